@@ -1,0 +1,85 @@
+# shardtune: build, test, demo, benchmark.
+#   make deps     install missing Debian packages (apt-get), nothing when present
+#   make          build bin/shardtune
+#   make check    deps + build + every test (serial and MPI)
+#   make demo     deps + build + a 2-rank fine-tuning demo
+#   make bench    deps + build + benchmarks (numbers go to benchmarks/RESULTS.md by hand)
+#   make check SANITIZE=address,undefined   the same tests under sanitizers
+
+PKGS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
+        libdnnl-dev check zlib1g-dev libcjson-dev libpcre2-dev libyaml-dev gnuplot-nox
+
+CC      := mpicc
+PKGCONF := hdf5-openmpi libcjson libpcre2-8 yaml-0.1
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Isrc -Impi -Iio
+ifdef CI
+CFLAGS  += -Werror
+endif
+ifdef SANITIZE
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -O1
+LDFLAGS += -fsanitize=$(SANITIZE)
+BUILD   := build-san
+else
+BUILD   := build
+endif
+DEPS_CFLAGS = $(shell pkg-config --cflags $(PKGCONF) 2>/dev/null)
+DEPS_LIBS   = $(shell pkg-config --libs $(PKGCONF) 2>/dev/null) -ldnnl -lz -lm
+CHECK_LIBS  = $(shell pkg-config --libs check 2>/dev/null)
+
+LIB_SRC  := $(wildcard src/*.c mpi/*.c io/*.c)
+LIB_SRC  := $(filter-out src/main.c,$(LIB_SRC))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_HELPERS := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
+BENCH_SRC := $(wildcard benchmarks/*.c)
+BENCH_BIN := $(BENCH_SRC:benchmarks/%.c=$(BUILD)/benchmarks/%)
+BIN      := bin/shardtune$(if $(SANITIZE),-san)
+
+.PHONY: all deps check test demo bench clean fuzz
+all: $(BIN)
+
+# Installs only what is missing; silent when everything is there.
+deps:
+	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BUILD)/%.o: %.c $(wildcard src/*.h mpi/*.h io/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPS_CFLAGS) -c $< -o $@
+
+$(BUILD)/libshardtune.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN): $(BUILD)/src/main.o $(BUILD)/libshardtune.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(DEPS_LIBS)
+
+$(BUILD)/tests/%: tests/%.c $(TEST_HELPERS) $(wildcard tests/*.h) $(BUILD)/libshardtune.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPS_CFLAGS) -Itests $< $(TEST_HELPERS) -o $@ $(LDFLAGS) $(BUILD)/libshardtune.a $(DEPS_LIBS) $(CHECK_LIBS)
+
+$(BUILD)/benchmarks/%: benchmarks/%.c $(BUILD)/libshardtune.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPS_CFLAGS) $< -o $@ $(LDFLAGS) $(BUILD)/libshardtune.a $(DEPS_LIBS)
+
+check: deps
+	@$(MAKE) --no-print-directory $(BIN) $(TEST_BIN)
+	@BUILD=$(BUILD) BIN=$(BIN) bash tests/run.sh $(TEST_BIN)
+
+demo: deps
+	@$(MAKE) --no-print-directory $(BIN)
+	@BIN=$(BIN) bash jobs/demo.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory $(BIN) $(BENCH_BIN)
+	@BUILD=$(BUILD) BIN=$(BIN) bash benchmarks/run.sh
+
+clean:
+	rm -rf build build-san bin

@@ -1,0 +1,287 @@
+/* llmc.c: llm.c GPT-2 checkpoints in (the format is in llmc.h).
+ *
+ * As in llama2c.c, the header is never trusted: sizes are overflow-checked
+ * and the file size must be exactly what the header implies before anything
+ * is allocated. Tensors stream with pread straight into the flat buffer (bf16
+ * through a small bounce buffer).
+ */
+#include "llmc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "params.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "llm.c files are little-endian and this code reads them in place"
+#endif
+
+enum {
+    LLMC_HEADER_INTS = 256,
+    LLMC_MAGIC = 20240326,
+    LLMC_FP32 = 3,
+    LLMC_BF16 = 5,
+    BF16_CHUNK = 1 << 16,   /* bf16 values converted per pread */
+};
+
+/* The per-layer kinds after wte and wpe, in file order, each stored for every
+ * layer before the next starts; a fused kind fills its parts one after another
+ * (qkvw rows: q then k then v). Then lnfw and lnfb. */
+static const struct {
+    const char *llmc;       /* llm.c's name, for messages */
+    const char *part[3];    /* HF names after "model.layers.<l>." */
+} layer_order[] = {
+    {"ln1w", {"input_layernorm.weight"}},                                        /* (L, C) */
+    {"ln1b", {"input_layernorm.bias"}},                                          /* (L, C) */
+    {"qkvw", {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"}}, /* (L, 3C, C) */
+    {"qkvb", {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}},       /* (L, 3C) */
+    {"attprojw", {"self_attn.o_proj.weight"}},                                   /* (L, C, C) */
+    {"attprojb", {"self_attn.o_proj.bias"}},                                     /* (L, C) */
+    {"ln2w", {"post_attention_layernorm.weight"}},                               /* (L, C) */
+    {"ln2b", {"post_attention_layernorm.bias"}},                                 /* (L, C) */
+    {"fcw", {"mlp.up_proj.weight"}},                                             /* (L, 4C, C) */
+    {"fcb", {"mlp.up_proj.bias"}},                                               /* (L, 4C) */
+    {"fcprojw", {"mlp.down_proj.weight"}},                                       /* (L, C, 4C) */
+    {"fcprojb", {"mlp.down_proj.bias"}},                                         /* (L, C) */
+};
+enum { N_LAYER_KINDS = sizeof layer_order / sizeof layer_order[0] };
+
+/* ------------------------------------------------------------------------- */
+/* header */
+
+static int64_t smul(int64_t a, int64_t b, int *ovf)
+{
+    int64_t r;
+    if (__builtin_mul_overflow(a, b, &r)) { *ovf = 1; return 0; }
+    return r;
+}
+
+static int64_t sadd(int64_t a, int64_t b, int *ovf)
+{
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r)) { *ovf = 1; return 0; }
+    return r;
+}
+
+#define HDR_FMT "maxT %d, V %d, L %d, NH %d, C %d, Vp %d"
+#define HDR_ARGS(h) h[2], h[3], h[4], h[5], h[6], h[7]
+
+/* Elements (of either width) a file with this header holds after the header. */
+static int64_t expected_elements(const int32_t *h, int *ovf)
+{
+    const int64_t maxT = h[2], L = h[4], C = h[6], Vp = h[7];
+    const int64_t CC = smul(C, C, ovf);
+    int64_t layer = smul(6, C, ovf);                           /* ln1w ln1b attprojb ln2w ln2b fcprojb */
+    layer = sadd(layer, smul(3, C, ovf), ovf);                 /* qkvb */
+    layer = sadd(layer, smul(4, C, ovf), ovf);                 /* fcb */
+    layer = sadd(layer, smul(3, CC, ovf), ovf);                /* qkvw */
+    layer = sadd(layer, CC, ovf);                              /* attprojw */
+    layer = sadd(layer, smul(8, CC, ovf), ovf);                /* fcw, fcprojw */
+    int64_t n = smul(sadd(Vp, maxT, ovf), C, ovf);             /* wte, wpe */
+    n = sadd(n, smul(L, layer, ovf), ovf);
+    return sadd(n, smul(2, C, ovf), ovf);                      /* lnfw, lnfb */
+}
+
+/* Check the header of a file of file_bytes bytes; gives the config and the element width. */
+static st_err header_to_config(const char *path, const int32_t *h, int64_t file_bytes, st_config *cfg,
+                               int *elem_bytes)
+{
+    if (h[0] != LLMC_MAGIC)
+        ST_FAIL(ST_ERR_FORMAT, "'%s' is not an llm.c GPT-2 checkpoint: magic is %d, expected %d",
+                path, h[0], LLMC_MAGIC);
+    if (h[1] != LLMC_FP32 && h[1] != LLMC_BF16)
+        ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s': version %d, expected %d (fp32) or %d (bf16); "
+                "re-export it with a current llm.c train_gpt2.py", path, h[1], LLMC_FP32, LLMC_BF16);
+    static const char *const field[8] = {"magic", "version", "maxT", "V", "L", "NH", "C", "Vp"};
+    for (int i = 2; i < 8; i++)
+        if (h[i] <= 0)
+            ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s': header field %s (header[%d]) is %d, expected a "
+                    "positive number (header: " HDR_FMT ")", path, field[i], i, h[i], HDR_ARGS(h));
+    if (h[7] < h[3])
+        ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s': padded vocabulary Vp %d is smaller than V %d",
+                path, h[7], h[3]);
+    if (h[6] % h[5])
+        ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s': header field C %d is not a multiple of NH %d",
+                path, h[6], h[5]);
+    if (h[6] > INT32_MAX / 4)
+        ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s': header field C %d is too large (the MLP width 4C "
+                "must fit in 32 bits)", path, h[6]);
+
+    int ovf = 0;
+    const int esize = h[1] == LLMC_FP32 ? 4 : 2;
+    const int64_t want = sadd(LLMC_HEADER_INTS * 4, smul(expected_elements(h, &ovf), esize, &ovf), &ovf);
+    if (ovf)
+        ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s': header sizes overflow 64 bits (" HDR_FMT "); "
+                "the header is corrupt", path, HDR_ARGS(h));
+    if (file_bytes != want)
+        ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s' is %lld bytes; its header (version %d, " HDR_FMT ") "
+                "needs exactly %lld: the file is truncated, has trailing bytes, or is corrupt",
+                path, (long long)file_bytes, h[1], HDR_ARGS(h), (long long)want);
+
+    memset(cfg, 0, sizeof *cfg);
+    cfg->family = ST_FAMILY_GPT2;
+    cfg->max_seq = h[2];
+    cfg->vocab_size = h[3];
+    cfg->n_layer = h[4];
+    cfg->n_head = h[5];
+    cfg->n_kv_head = h[5];
+    cfg->d_model = h[6];
+    cfg->d_ff = 4 * h[6];
+    cfg->norm_eps = 1e-5f;
+    cfg->rope_theta = 0.0f;  /* learned positions, no RoPE */
+    cfg->tied_embeddings = 1;
+    cfg->qkv_bias = 0;       /* llama-only flag; gpt2 always has biases */
+    *elem_bytes = esize;
+    return ST_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* reading */
+
+typedef struct {
+    int fd;
+    const char *path;
+    int64_t off;        /* next byte to read */
+    int elem_bytes;     /* 4 (fp32) or 2 (bf16) */
+    uint16_t *bounce;   /* BF16_CHUNK values, bf16 files only */
+} src_file;
+
+static st_err read_bytes(src_file *f, void *dst, size_t n, const char *what)
+{
+    char *p = dst;
+    while (n > 0) {
+        ssize_t got = pread(f->fd, p, n, (off_t)f->off);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0)
+            ST_FAIL(ST_ERR_IO, "llm.c checkpoint '%s': reading %s at byte %lld: %s",
+                    f->path, what, (long long)f->off, strerror(errno));
+        if (got == 0)
+            ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s' ends at byte %lld, inside %s "
+                    "(did the file change while it was read?)", f->path, (long long)f->off, what);
+        p += got;
+        n -= (size_t)got;
+        f->off += got;
+    }
+    return ST_OK;
+}
+
+/* bf16 is the top half of an fp32, so widening is exact. */
+static float bf16_to_f32(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* n values of the file's width into dst as fp32, refusing NaN and Inf. */
+static st_err read_values(src_file *f, float *dst, size_t n, const char *what)
+{
+    if (f->elem_bytes == 4) {
+        ST_TRY(read_bytes(f, dst, n * sizeof *dst, what));
+    } else {
+        for (size_t done = 0; done < n;) {
+            size_t m = n - done < BF16_CHUNK ? n - done : BF16_CHUNK;
+            ST_TRY(read_bytes(f, f->bounce, m * sizeof *f->bounce, what));
+            for (size_t i = 0; i < m; i++) dst[done + i] = bf16_to_f32(f->bounce[i]);
+            done += m;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(dst[i]))
+            ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s': %s element %zu is %g; the checkpoint is corrupt",
+                    f->path, what, i, (double)dst[i]);
+    return ST_OK;
+}
+
+/* The tensor called name (which the layout must have) read from the cursor. */
+static st_err read_tensor(src_file *f, const st_layout *lay, float *w, const char *name, const char *llmc)
+{
+    const st_tensor *t = st_layout_find(lay, name);
+    ST_ASSERT(t, "llm.c reader: the layout has no tensor %s", name);
+    char what[192];
+    snprintf(what, sizeof what, "%s (llm.c %s)", name, llmc);
+    return read_values(f, w + t->offset, t->numel, what);
+}
+
+static st_err read_tensors(src_file *f, const st_layout *lay, int padded_vocab, float *w)
+{
+    const st_config *c = &lay->cfg;
+    ST_TRY(read_tensor(f, lay, w, "model.embed_tokens.weight", "wte"));
+    /* rows V..Vp-1 of wte are GPU padding, never used as tokens */
+    f->off += (int64_t)(padded_vocab - c->vocab_size) * c->d_model * f->elem_bytes;
+    ST_TRY(read_tensor(f, lay, w, "model.embed_positions.weight", "wpe"));
+    char name[128];
+    for (int k = 0; k < N_LAYER_KINDS; k++)
+        for (int l = 0; l < c->n_layer; l++)
+            for (int p = 0; p < 3 && layer_order[k].part[p]; p++) {
+                snprintf(name, sizeof name, "model.layers.%d.%s", l, layer_order[k].part[p]);
+                ST_TRY(read_tensor(f, lay, w, name, layer_order[k].llmc));
+            }
+    ST_TRY(read_tensor(f, lay, w, "model.norm.weight", "lnfw"));
+    ST_TRY(read_tensor(f, lay, w, "model.norm.bias", "lnfb"));
+    return ST_OK;
+}
+
+static st_err read_fd(int fd, const char *path, st_config *cfg, float **params)
+{
+    struct stat st;
+    if (fstat(fd, &st))
+        ST_FAIL(ST_ERR_IO, "llm.c checkpoint '%s': fstat: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        ST_FAIL(ST_ERR_IO, "llm.c checkpoint '%s' is not a regular file", path);
+    if (st.st_size < LLMC_HEADER_INTS * 4)
+        ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s' is %lld bytes, shorter than its %d-byte header",
+                path, (long long)st.st_size, LLMC_HEADER_INTS * 4);
+
+    src_file f = {fd, path, 0, 4, NULL};
+    int32_t h[LLMC_HEADER_INTS];
+    ST_TRY(read_bytes(&f, h, sizeof h, "the header"));
+    st_config c;
+    ST_TRY(header_to_config(path, h, (int64_t)st.st_size, &c, &f.elem_bytes));
+
+    st_layout lay;
+    ST_TRY(st_layout_init(&lay, &c, 1, 0));
+    st_err e = ST_OK;
+    float *w = malloc(lay.numel * sizeof *w);
+    if (f.elem_bytes == 2) f.bounce = malloc(BF16_CHUNK * sizeof *f.bounce);
+    if (!w || (f.elem_bytes == 2 && !f.bounce)) {
+        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__,
+                         "out of memory for the %zu parameters of llm.c checkpoint '%s'", lay.numel, path);
+        goto done;
+    }
+    ST_TRY_GOTO(e, read_tensors(&f, &lay, h[7], w), done);
+    if (f.off != (int64_t)st.st_size) {
+        e = st_error_set(ST_ERR_INTERNAL, __FILE__, __LINE__, __func__,
+                         "llm.c reader stopped at byte %lld of '%s' (%lld bytes) after the size check passed",
+                         (long long)f.off, path, (long long)st.st_size);
+        goto done;
+    }
+    *cfg = c;
+    *params = w;
+    w = NULL;
+done:
+    free(f.bounce);
+    free(w);
+    st_layout_free(&lay);
+    return e;
+}
+
+st_err st_llmc_read(const char *path, st_config *cfg, float **params)
+{
+    *params = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        ST_FAIL(ST_ERR_IO, "cannot open llm.c checkpoint '%s': %s", path, strerror(errno));
+    st_err e = read_fd(fd, path, cfg, params);
+    close(fd);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}

@@ -1,0 +1,52 @@
+/* grid.h: the process grid, world = tp x dp.
+ *
+ * tp ranks are adjacent in the world (same node under a block mapping): world
+ * rank w sits at tp rank w % tp and dp rank w / tp. The tp communicator joins
+ * the ranks that hold one copy of the model between them; the dp communicator
+ * joins the ranks that hold the same slice in different copies.
+ * Every communicator is passed explicitly; only st_grid_init sees the world.
+ */
+#ifndef ST_GRID_H
+#define ST_GRID_H
+
+#include <mpi.h>
+
+#include "err.h"
+
+typedef struct {
+    MPI_Comm world;     /* the job (duplicated; ours to free) */
+    MPI_Comm tp;        /* the ranks sharing one model copy */
+    MPI_Comm dp;        /* the ranks holding the same slice of different copies */
+    int world_size, world_rank;
+    int tp_size, tp_rank;
+    int dp_size, dp_rank;
+} st_grid;
+
+/* Check an MPI call; on failure record the MPI error string and return. */
+#define ST_MPI(call)                                                          \
+    do {                                                                      \
+        int st_mpi_rc_ = (call);                                              \
+        if (st_mpi_rc_ != MPI_SUCCESS) {                                      \
+            char st_mpi_s_[MPI_MAX_ERROR_STRING];                             \
+            int st_mpi_l_ = 0;                                                \
+            MPI_Error_string(st_mpi_rc_, st_mpi_s_, &st_mpi_l_);              \
+            ST_FAIL(ST_ERR_MPI, "%s failed: %s", #call, st_mpi_s_);           \
+        }                                                                     \
+    } while (0)
+
+/* Split world into tp x dp. Fails (on every rank alike) when the world size
+ * is not a multiple of tp, naming the sizes and what would fix it. */
+st_err st_grid_init(st_grid *g, MPI_Comm world, int tp);
+void st_grid_free(st_grid *g);
+
+/* Collective agreement on failure: every rank passes its local status and all
+ * get back the worst one. A rank that did not fail itself records
+ * "rank R failed" so its exit says why it stopped. Use after any step where
+ * one rank alone can fail (reading a file, parsing input). */
+st_err st_agree(MPI_Comm comm, st_err local);
+
+/* Threads per rank: OMP_NUM_THREADS when set, else cores on this node divided
+ * by ranks on this node (at least 1). Applies it to OpenMP (and so oneDNN). */
+int st_threads_setup(MPI_Comm world);
+
+#endif

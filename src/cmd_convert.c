@@ -1,0 +1,135 @@
+/* cmd_convert.c: `shardtune convert` (import a model into a checkpoint) and
+ * `shardtune inspect` (describe a checkpoint). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "commands.h"
+#include "llama2c.h"
+#include "llmc.h"
+#include "options.h"
+#include "params.h"
+#include "tokenizer.h"
+
+typedef struct { char *out, *format, *tokenizer; } convert_opts;
+static convert_opts CV;
+static const st_option convert_options[] = {
+    {"out", ST_OPT_STRING, &CV.out, NULL, "checkpoint to write (required)"},
+    {"format", ST_OPT_STRING, &CV.format, "auto", "source format: auto, llama2c or llmc"},
+    {"tokenizer", ST_OPT_STRING, &CV.tokenizer, NULL, "tokenizer to store with the model (byte, gpt2:DIR, hf:FILE, llama2c:FILE)"},
+};
+
+/* llm.c files start with the magic 20240326; llama2.c files with a dim. */
+static st_err detect(const char *path, const char **fmt)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) ST_FAIL(ST_ERR_IO, "cannot open '%s'", path);
+    int32_t magic = 0;
+    size_t n = fread(&magic, 4, 1, f);
+    fclose(f);
+    if (n != 1) ST_FAIL(ST_ERR_FORMAT, "'%s' is too short to be a model file", path);
+    *fmt = magic == 20240326 ? "llmc" : "llama2c";
+    return ST_OK;
+}
+
+static st_err convert(const char *src, MPI_Comm world)
+{
+    int rank = 0;
+    MPI_Comm_rank(world, &rank);
+    if (!CV.out) ST_FAIL(ST_ERR_ARG, "convert needs --out FILE.h5");
+    st_err e = ST_OK;
+    /* One rank reads and writes (the file is written whole by a 1x1 grid). */
+    if (rank == 0) {
+        const char *fmt = CV.format;
+        st_config cfg;
+        float *params = NULL;
+        st_tokenizer *tok = NULL;
+        if (!strcmp(fmt, "auto")) e = detect(src, &fmt);
+        if (!e) {
+            if (!strcmp(fmt, "llama2c")) e = st_llama2c_read(src, &cfg, &params);
+            else if (!strcmp(fmt, "llmc")) e = st_llmc_read(src, &cfg, &params);
+            else e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
+                                  "unknown --format '%s' (auto, llama2c or llmc)", fmt);
+        }
+        if (!e && CV.tokenizer) e = st_tokenizer_load(&tok, CV.tokenizer);
+        if (!e && tok && st_tokenizer_vocab_size(tok) > cfg.vocab_size)
+            e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
+                             "tokenizer '%s' has %d tokens but the model only %d", CV.tokenizer,
+                             st_tokenizer_vocab_size(tok), cfg.vocab_size);
+        st_grid g;
+        st_layout lay;
+        const char *kind = NULL;
+        uint8_t *blob = NULL;
+        size_t nb = 0;
+        if (!e && tok) e = st_tokenizer_to_blob(tok, &kind, &blob, &nb);
+        if (!e) e = st_grid_init(&g, MPI_COMM_SELF, 1);
+        if (!e) {
+            e = st_layout_init(&lay, &cfg, 1, 0);
+            if (!e) {
+                st_ckpt_tensors t = {.lay = &lay, .params = params};
+                st_train_state s = {0};
+                e = st_ckpt_save_file(CV.out, &g, &t, &s, kind, blob, nb);
+                if (!e)
+                    printf("converted %s (%s, %s, %lld parameters) -> %s\n", src, fmt,
+                           st_family_name(cfg.family), st_config_num_params(&cfg), CV.out);
+                st_layout_free(&lay);
+            }
+            st_grid_free(&g);
+        }
+        free(blob);
+        free(params);
+        if (tok) st_tokenizer_free(tok);
+    }
+    return st_agree(world, e);
+}
+
+static st_err run_cmd(int argc, char **argv, MPI_Comm world, const st_option *opt, int nopt,
+                      const char *usage, st_err (*fn)(const char *, MPI_Comm))
+{
+    int rank = 0, help = 0, npos = 0;
+    char *pos[1];
+    MPI_Comm_rank(world, &rank);
+    st_options o;
+    ST_TRY(st_options_init(&o, opt, nopt));
+    st_err e = st_options_parse(&o, argc, argv, &help, pos, 1, &npos);
+    if (!e && (help || npos != 1)) {
+        if (!rank) {
+            printf("%s", usage);
+            st_options_print_help(&o, stdout);
+        }
+        if (!help) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s needs exactly one file argument", argv[0]);
+    } else if (!e) {
+        e = fn(pos[0], world);
+    }
+    st_options_free(&o);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+st_err st_cmd_convert(int argc, char **argv, MPI_Comm world)
+{
+    return run_cmd(argc, argv, world, convert_options, 3,
+                   "usage: shardtune convert SRC --out base.h5 [--tokenizer SPEC]\n\n"
+                   "Imports a llama2.c .bin or llm.c .bin model into a shardtune checkpoint\n"
+                   "(weights only), which `train --init_from` and `generate` read.\n\n",
+                   convert);
+}
+
+static st_err inspect(const char *path, MPI_Comm world)
+{
+    int rank = 0;
+    MPI_Comm_rank(world, &rank);
+    st_err e = ST_OK;
+    if (rank == 0) e = st_ckpt_inspect(path, MPI_COMM_SELF, stdout);
+    return st_agree(world, e);
+}
+
+st_err st_cmd_inspect(int argc, char **argv, MPI_Comm world)
+{
+    return run_cmd(argc, argv, world, NULL, 0,
+                   "usage: shardtune inspect CKPT.h5\n\n"
+                   "Prints format version, config, step, parameter count, tensor shapes and\n"
+                   "verifies every tensor's checksum. The file is plain HDF5: h5ls -r works too.\n\n",
+                   inspect);
+}

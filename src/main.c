@@ -1,0 +1,82 @@
+/* main.c: the shardtune binary. Starts MPI, dispatches to a subcommand, and
+ * makes sure a failure anywhere stops the job everywhere with a message. */
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "kernels.h"
+
+static const struct {
+    const char *name, *summary;
+} commands[] = {
+    {"prepare", "tokenize JSONL/CSV data into a dataset.h5"},
+    {"train", "pretrain or fine-tune a model on a dataset (mpirun for many ranks)"},
+    {"generate", "sample text from a checkpoint"},
+    {"convert", "import a llama2.c or llm.c model into a checkpoint"},
+    {"inspect", "describe a checkpoint: format, config, step, tensors, checksums"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: [mpirun -np N] shardtune COMMAND [options]   (COMMAND --help for its options)\n\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nThreads per rank: OMP_NUM_THREADS, else cores per node / ranks per node.\n");
+}
+
+static st_err dispatch(int argc, char **argv, MPI_Comm world)
+{
+    const char *cmd = argv[0];
+    if (!strcmp(cmd, "train")) return st_cmd_train(argc, argv, world);
+    if (!strcmp(cmd, "generate")) return st_cmd_generate(argc, argv, world);
+    if (!strcmp(cmd, "inspect")) return st_cmd_inspect(argc, argv, world);
+    if (!strcmp(cmd, "convert")) return st_cmd_convert(argc, argv, world);
+    if (!strcmp(cmd, "prepare")) {
+        st_grid g;
+        ST_TRY(st_grid_init(&g, world, 1));
+        st_err e = st_cmd_prepare(argc, argv, &g);
+        st_grid_free(&g);
+        return e;
+    }
+    ST_FAIL(ST_ERR_ARG, "unknown command '%s' (run `shardtune --help` for the list)", cmd);
+}
+
+int main(int argc, char **argv)
+{
+    int provided = 0, rank = 0, size = 1;
+    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "shardtune: error: MPI_Init failed\n");
+        return 1;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        if (!rank) usage(argc < 2 ? stderr : stdout);
+        MPI_Finalize();
+        return argc < 2 ? 2 : 0;
+    }
+    st_err e = dispatch(argc - 1, argv + 1, MPI_COMM_WORLD);
+    /* Agree: every rank exits nonzero if any failed. Commands agree on errors
+     * where one rank alone can fail; if a rank failed where the others went on
+     * into a collective, they never arrive here, so after a grace period the
+     * failed rank aborts the job rather than leave it hanging. */
+    int local = e != ST_OK, any = local, done = 0;
+    if (local) st_error_print(stderr, rank);
+    MPI_Request rq;
+    MPI_Iallreduce(&local, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD, &rq);
+    double t0 = MPI_Wtime();
+    while (!done) {
+        MPI_Test(&rq, &done, MPI_STATUS_IGNORE);
+        if (!done) usleep(1000);
+        if (!done && local && MPI_Wtime() - t0 > 10.0) {
+            fprintf(stderr, "shardtune[rank %d]: other ranks did not stop; aborting the job\n", rank);
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+    }
+    if (any && !local && !rank) fprintf(stderr, "shardtune: stopped because another rank failed\n");
+    st_kernels_shutdown();
+    MPI_Finalize();
+    return any ? 1 : 0;
+}

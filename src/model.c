@@ -1,0 +1,445 @@
+/* model.c: forward and backward of the decoder, layer by layer.
+ *
+ *   x = embed(tokens) (+ positions, gpt2)
+ *   for each layer:  x = x + attn(norm1(x));  x = x + mlp(norm2(x))
+ *   logits = norm_f(x) @ lm_head^T;  loss = masked cross-entropy
+ *
+ * Shapes: N = B*T tokens, C model width, Hl/KVl this rank's query/kv heads,
+ * hd head width, Fl this rank's MLP width, Vl this rank's vocabulary rows.
+ */
+#include "model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention.h"
+#include "grid.h"
+#include "kernels.h"
+#include "tp.h"
+
+#define GPT2(m) ((m)->lay.cfg.family == ST_FAMILY_GPT2)
+
+/* ---- allocation --------------------------------------------------------- */
+
+typedef struct { float **ptr; size_t n; } slot;
+
+static st_err alloc_acts(st_model *m)
+{
+    const st_layout *y = &m->lay;
+    const size_t L = m->training ? (size_t)y->cfg.n_layer : 1, B = m->B, T = m->T, N = B * T, C = y->cfg.d_model;
+    const size_t hd = y->head_dim, Hl = y->n_head_l, KVl = y->n_kv_head_l, Fl = y->d_ff_l,
+                 Vl = y->vocab_l;
+    const size_t qd = Hl * hd, kvd = KVl * hd;
+    const int gpt2 = GPT2(m);
+    st_acts *a = &m->a;
+    slot s[] = {
+        {&a->x, (m->training ? L + 1 : 2) * N * C},      {&a->ln1, L * N * C},     {&a->ln1_s1, L * N},
+        {&a->ln1_s2, L * N},           {&a->qh, L * N * qd},     {&a->kh, L * N * kvd},
+        {&a->vh, L * N * kvd},         {&a->att, L * B * Hl * T * T}, {&a->o, L * N * qd},
+        {&a->x2, L * N * C},           {&a->ln2, L * N * C},     {&a->ln2_s1, L * N},
+        {&a->ln2_s2, L * N},           {&a->up, L * N * Fl},     {&a->gate, gpt2 ? 0 : L * N * Fl},
+        {&a->act, gpt2 ? 0 : L * N * Fl}, {&a->mh, L * N * Fl},  {&a->lnf, N * C},
+        {&a->lnf_s1, N},               {&a->lnf_s2, N},          {&a->logits, N * Vl},
+        {&a->rowbuf, 3 * N},           {&a->qt, N * qd},         {&a->kt, N * kvd},
+        {&a->vt, N * kvd},             {&a->oh, N * qd},         {&a->dres, N * C},
+        {&a->dnorm, N * C},            {&a->dln, N * C},         {&a->dmh, N * Fl},
+        {&a->dup, N * Fl},             {&a->dgate, gpt2 ? 0 : N * Fl}, {&a->dqh, N * qd},
+        {&a->dkh, N * kvd},            {&a->dvh, N * kvd},       {&a->datt, B * Hl * T * T},
+    };
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+        *s[i].ptr = NULL;
+        if (!s[i].n) continue;
+        *s[i].ptr = calloc(s[i].n, sizeof(float));
+        if (!*s[i].ptr)
+            ST_FAIL(ST_ERR_MEM, "out of memory: activations for a micro-batch of %zu x %zu tokens "
+                    "need more memory (reduce batch_size or seq_len, or add tp ranks)", B, T);
+    }
+    return ST_OK;
+}
+
+static void free_acts(st_acts *a)
+{
+    float **p = (float **)a;
+    for (size_t i = 0; i < sizeof *a / sizeof(float *); i++) { free(p[i]); p[i] = NULL; }
+}
+
+st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, int T, uint64_t seed,
+                       int training)
+{
+    memset(m, 0, sizeof *m);
+    int tp_size, tp_rank;
+    ST_MPI(MPI_Comm_size(tp, &tp_size));
+    ST_MPI(MPI_Comm_rank(tp, &tp_rank));
+    if (B < 1 || T < 1) ST_FAIL(ST_ERR_ARG, "micro-batch %d x %d must be positive", B, T);
+    if (T > cfg->max_seq)
+        ST_FAIL(ST_ERR_ARG, "sequence length %d exceeds the model's max_seq %d", T, cfg->max_seq);
+    ST_TRY(st_kernels_init());
+    ST_TRY(st_layout_init(&m->lay, cfg, tp_size, tp_rank));
+    m->tp = tp;
+    m->B = B;
+    m->T = T;
+    m->training = training;
+    ST_ALLOC(m->params, m->lay.numel, "parameters");
+    ST_ALLOC(m->grads, m->lay.numel, "gradients");
+    ST_TRY(st_ptrs_init(&m->w, &m->lay, m->params));
+    ST_TRY(st_ptrs_init(&m->g, &m->lay, m->grads));
+    st_params_init(&m->lay, m->params, seed);
+    ST_TRY(alloc_acts(m));
+    if (!GPT2(m)) {
+        size_t n = (size_t)cfg->max_seq * (m->lay.head_dim / 2);
+        ST_ALLOC(m->rope_cos, n, "rope table");
+        ST_ALLOC(m->rope_sin, n, "rope table");
+        st_rope_table(m->rope_cos, m->rope_sin, cfg->max_seq, m->lay.head_dim, cfg->rope_theta);
+    }
+    return ST_OK;
+}
+
+void st_model_free(st_model *m)
+{
+    free_acts(&m->a);
+    st_ptrs_free(&m->w);
+    st_ptrs_free(&m->g);
+    free(m->params);
+    free(m->grads);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    st_layout_free(&m->lay);
+    memset(m, 0, sizeof *m);
+}
+
+void st_model_zero_grad(st_model *m) { memset(m->grads, 0, m->lay.numel * sizeof(float)); }
+
+/* ---- pieces ------------------------------------------------------------- */
+
+/* out (N,C) = LayerNorm or RMSNorm of inp; s1, s2 (N) saved statistics */
+static st_err norm_forward(const st_model *m, float *out, float *s1, float *s2, const float *inp,
+                           const float *w, const float *b, int64_t N)
+{
+    const int64_t C = m->lay.cfg.d_model;
+    const float eps = m->lay.cfg.norm_eps;
+    if (GPT2(m)) return st_layernorm_forward(out, s1, s2, inp, w, b, N, C, eps);
+    st_rmsnorm_forward(out, s1, inp, w, N, C, eps);
+    return ST_OK;
+}
+
+/* dinp (N,C) = d/dinp; dw, db += */
+static st_err norm_backward(const st_model *m, float *dinp, float *dw, float *db, const float *dout,
+                            const float *inp, const float *s1, const float *s2, const float *w,
+                            int64_t N)
+{
+    const int64_t C = m->lay.cfg.d_model;
+    if (GPT2(m))
+        return st_layernorm_backward(dinp, dw, db, dout, inp, s1, s2, w, N, C, m->lay.cfg.norm_eps);
+    st_rmsnorm_backward(dinp, dw, dout, inp, s1, w, N, C);
+    return ST_OK;
+}
+
+/* token-major (B,T,NH,hd) <-> head-major (B,NH,ld,hd) rows r0..r0+T-1 */
+static st_err to_heads(float *dst, const float *src, int B, int T, int NH, int ld, int r0, int hd)
+{
+    const int64_t dims[4] = {B, NH, T, hd};
+    const int64_t ss[4] = {(int64_t)T * NH * hd, hd, (int64_t)NH * hd, 1};
+    const int64_t ds[4] = {(int64_t)NH * ld * hd, (int64_t)ld * hd, hd, 1};
+    return st_copy4d(dst + (size_t)r0 * hd, ds, src, ss, dims);
+}
+
+static st_err from_heads(float *dst, const float *src, int B, int T, int NH, int hd)
+{
+    const int64_t dims[4] = {B, NH, T, hd};
+    const int64_t ss[4] = {(int64_t)NH * T * hd, (int64_t)T * hd, hd, 1};
+    const int64_t ds[4] = {(int64_t)T * NH * hd, hd, (int64_t)NH * hd, 1};
+    return st_copy4d(dst, ds, src, ss, dims);
+}
+
+/* Where a layer's keys and values go: the saved activations when training,
+ * the cache when generating. */
+typedef struct { float *k, *v, *att; int ld, pos0; } kv_dest;
+
+static kv_dest kv_for(const st_model *m, const st_kvcache *c, int l, int B, int T)
+{
+    const st_layout *y = &m->lay;
+    kv_dest d;
+    if (c) {
+        size_t per = (size_t)c->B * y->n_kv_head_l * c->max_seq * y->head_dim;
+        d.k = c->k + l * per;
+        d.v = c->v + l * per;
+        d.att = c->att;
+        d.ld = c->max_seq;
+        d.pos0 = c->len;
+    } else {
+        size_t N = (size_t)m->B * m->T;
+        d.k = m->a.kh + l * N * y->n_kv_head_l * y->head_dim;
+        d.v = m->a.vh + l * N * y->n_kv_head_l * y->head_dim;
+        d.att = m->a.att + l * (size_t)m->B * y->n_head_l * m->T * m->T;
+        d.ld = T;
+        d.pos0 = 0;
+    }
+    (void)B;
+    return d;
+}
+
+/* Per-layer activation slices: layer l's own when training; when not, one
+ * slot reused by every layer (and two for the residual stream, ping-pong). */
+#define LAYER(p, l, per) ((p) + (size_t)(m->training ? (l) : 0) * (per))
+#define XSLOT(l) ((size_t)(m->training ? (l) : (l) % 2))
+
+/* Attention block: x2 (N,C) = x + o_proj(attention(q,k,v of norm1(x))). */
+static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c)
+{
+    const st_layout *y = &m->lay;
+    const st_layer_ptrs *w = &m->w.layer[l];
+    st_acts *a = &m->a;
+    const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model;
+    const int hd = y->head_dim, Hl = y->n_head_l, KVl = y->n_kv_head_l;
+    const int64_t qd = (int64_t)Hl * hd, kvd = (int64_t)KVl * hd;
+    float *x = a->x + XSLOT(l) * Nmax * C, *ln1 = LAYER(a->ln1, l, Nmax * C);
+    float *qh = LAYER(a->qh, l, Nmax * qd), *o = LAYER(a->o, l, Nmax * qd);
+    float *x2 = LAYER(a->x2, l, Nmax * C);
+    kv_dest kv = kv_for(m, c, l, B, T);
+
+    ST_TRY(norm_forward(m, ln1, LAYER(a->ln1_s1, l, Nmax), LAYER(a->ln1_s2, l, Nmax), x, w->ln1_w,
+                        w->ln1_b, N));
+    /* q, k, v: column-parallel, this rank's heads only */
+    ST_TRY(st_tp_column_forward(a->qt, ln1, w->wq, w->bq, N, C, qd));
+    ST_TRY(st_tp_column_forward(a->kt, ln1, w->wk, w->bk, N, C, kvd));
+    ST_TRY(st_tp_column_forward(a->vt, ln1, w->wv, w->bv, N, C, kvd));
+    ST_TRY(to_heads(qh, a->qt, B, T, Hl, T, 0, hd));
+    ST_TRY(to_heads(kv.k, a->kt, B, T, KVl, kv.ld, kv.pos0, hd));
+    ST_TRY(to_heads(kv.v, a->vt, B, T, KVl, kv.ld, kv.pos0, hd));
+    if (!GPT2(m)) {
+        st_rope_apply(qh, m->rope_cos, m->rope_sin, B, Hl, T, T, 0, kv.pos0, hd, 0);
+        st_rope_apply(kv.k, m->rope_cos, m->rope_sin, B, KVl, T, kv.ld, kv.pos0, kv.pos0, hd, 0);
+    }
+    ST_TRY(st_attention_forward(a->oh, kv.att, qh, kv.k, kv.v, B, Hl, KVl, T, kv.pos0 + T, kv.ld, hd));
+    ST_TRY(from_heads(o, a->oh, B, T, Hl, hd));
+    /* o_proj: row-parallel, summed over tp */
+    ST_TRY(st_tp_row_forward(m->tp, a->dnorm, o, w->wo, w->bo, N, qd, C));
+    return st_add(x2, x, a->dnorm, N * C);
+}
+
+/* MLP block: x_next (N,C) = x2 + down(act(up(norm2(x2)))). The hidden width
+ * is split over tp: gate/up column-parallel, down row-parallel. */
+static st_err mlp_forward(st_model *m, int l, int B, int T)
+{
+    const st_layout *y = &m->lay;
+    const st_layer_ptrs *w = &m->w.layer[l];
+    st_acts *a = &m->a;
+    const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model, Fl = y->d_ff_l;
+    float *x2 = LAYER(a->x2, l, Nmax * C), *ln2 = LAYER(a->ln2, l, Nmax * C);
+    float *up = LAYER(a->up, l, Nmax * Fl), *mh = LAYER(a->mh, l, Nmax * Fl);
+    float *xn = a->x + XSLOT(l + 1) * Nmax * C;
+
+    ST_TRY(norm_forward(m, ln2, LAYER(a->ln2_s1, l, Nmax), LAYER(a->ln2_s2, l, Nmax), x2, w->ln2_w,
+                        w->ln2_b, N));
+    ST_TRY(st_tp_column_forward(up, ln2, w->wup, w->bup, N, C, Fl));
+    if (GPT2(m)) {
+        ST_TRY(st_gelu_forward(mh, up, N * Fl));
+    } else {
+        float *gate = LAYER(a->gate, l, Nmax * Fl), *act = LAYER(a->act, l, Nmax * Fl);
+        ST_TRY(st_tp_column_forward(gate, ln2, w->wgate, NULL, N, C, Fl));
+        ST_TRY(st_swiglu_forward(mh, act, gate, up, N * Fl));
+    }
+    ST_TRY(st_tp_row_forward(m->tp, a->dnorm, mh, w->wdown, w->bdown, N, Fl, C));
+    return st_add(xn, x2, a->dnorm, N * C);
+}
+
+/* x[0] (N,C) = token embeddings (+ positions pos0.. for gpt2) */
+static st_err embed_forward(st_model *m, const int32_t *tokens, int B, int T, int pos0)
+{
+    const st_layout *y = &m->lay;
+    const int64_t N = (int64_t)B * T, C = y->cfg.d_model;
+    float *x = m->a.x;
+    for (int64_t i = 0; i < N; i++)
+        if (tokens[i] < 0 || tokens[i] >= y->cfg.vocab_size)
+            ST_FAIL(ST_ERR_ARG, "token id %d at position %lld is outside the vocabulary [0, %d)",
+                    tokens[i], (long long)i, y->cfg.vocab_size);
+    ST_TRY(st_tp_embed_forward(m->tp, x, tokens, m->w.wte, N, C, y->vocab_start, y->vocab_l));
+    if (GPT2(m))
+        for (int64_t i = 0; i < N; i++) {
+            const float *p = m->w.wpe + (size_t)(pos0 + i % T) * C;
+            for (int64_t c = 0; c < C; c++) x[i * C + c] += p[c];
+        }
+    return ST_OK;
+}
+
+/* ---- training forward and backward --------------------------------------- */
+
+st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targets, const float *mask,
+                        int B, int T, float scale, double *loss_sum)
+{
+    const st_layout *y = &m->lay;
+    st_acts *a = &m->a;
+    if (!m->training) ST_FAIL(ST_ERR_INTERNAL, "training forward on a model created for inference");
+    if (B > m->B || T > m->T || B < 1 || T < 1)
+        ST_FAIL(ST_ERR_ARG, "micro-batch %d x %d does not fit the model's buffers (%d x %d)", B, T,
+                m->B, m->T);
+    const int L = y->cfg.n_layer;
+    const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model;
+    for (int64_t i = 0; i < N; i++)
+        if (targets[i] < 0 || targets[i] >= y->cfg.vocab_size)
+            ST_FAIL(ST_ERR_ARG, "target id %d at position %lld is outside the vocabulary [0, %d)",
+                    targets[i], (long long)i, y->cfg.vocab_size);
+    ST_TRY(embed_forward(m, tokens, B, T, 0));
+    for (int l = 0; l < L; l++) {
+        ST_TRY(attn_forward(m, l, B, T, NULL));
+        ST_TRY(mlp_forward(m, l, B, T));
+    }
+    ST_TRY(norm_forward(m, a->lnf, a->lnf_s1, a->lnf_s2, LAYER(a->x, L, Nmax * C), m->w.lnf_w,
+                        m->w.lnf_b, N));
+    /* lm head: column-parallel over the vocabulary */
+    ST_TRY(st_tp_column_forward(a->logits, a->lnf, m->w.lm_head, NULL, N, C, y->vocab_l));
+    /* the loss and its gradient w.r.t. the logits, in place */
+    ST_TRY(st_tp_cross_entropy(m->tp, loss_sum, a->logits, a->logits, targets, mask, scale, N,
+                               y->vocab_start, y->vocab_l, y->cfg.vocab_size, a->rowbuf));
+    m->last_B = B;
+    m->last_T = T;
+    return ST_OK;
+}
+
+static st_err mlp_backward(st_model *m, int l)
+{
+    const st_layout *y = &m->lay;
+    const st_layer_ptrs *w = &m->w.layer[l];
+    st_layer_ptrs *g = &m->g.layer[l];
+    st_acts *a = &m->a;
+    const int B = m->last_B, T = m->last_T;
+    const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model, Fl = y->d_ff_l;
+    float *x2 = LAYER(a->x2, l, Nmax * C), *ln2 = LAYER(a->ln2, l, Nmax * C);
+    float *up = LAYER(a->up, l, Nmax * Fl), *mh = LAYER(a->mh, l, Nmax * Fl);
+
+    /* down: row-parallel; dres is replicated so no communication */
+    ST_TRY(st_tp_row_backward(a->dmh, g->wdown, g->bdown, a->dres, mh, w->wdown, N, Fl, C));
+    if (GPT2(m)) {
+        ST_TRY(st_gelu_backward(a->dup, a->dmh, up, N * Fl));
+        ST_TRY(st_tp_column_backward(a->dln, g->wup, g->bup, a->dup, ln2, w->wup, N, C, Fl, 0));
+    } else {
+        float *gate = LAYER(a->gate, l, Nmax * Fl), *act = LAYER(a->act, l, Nmax * Fl);
+        ST_TRY(st_swiglu_backward(a->dgate, a->dup, a->dmh, act, gate, up, N * Fl));
+        ST_TRY(st_tp_column_backward(a->dln, g->wgate, NULL, a->dgate, ln2, w->wgate, N, C, Fl, 0));
+        ST_TRY(st_tp_column_backward(a->dln, g->wup, NULL, a->dup, ln2, w->wup, N, C, Fl, 1));
+    }
+    /* partial input gradients of the column-parallel layers, summed over tp */
+    ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
+    ST_TRY(norm_backward(m, a->dnorm, g->ln2_w, g->ln2_b, a->dln, x2, LAYER(a->ln2_s1, l, Nmax),
+                         LAYER(a->ln2_s2, l, Nmax), w->ln2_w, N));
+    return st_add(a->dres, a->dres, a->dnorm, N * C);
+}
+
+static st_err attn_backward(st_model *m, int l)
+{
+    const st_layout *y = &m->lay;
+    const st_layer_ptrs *w = &m->w.layer[l];
+    st_layer_ptrs *g = &m->g.layer[l];
+    st_acts *a = &m->a;
+    const int B = m->last_B, T = m->last_T;
+    const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model;
+    const int hd = y->head_dim, Hl = y->n_head_l, KVl = y->n_kv_head_l;
+    const int64_t qd = (int64_t)Hl * hd, kvd = (int64_t)KVl * hd;
+    float *x = a->x + XSLOT(l) * Nmax * C, *ln1 = LAYER(a->ln1, l, Nmax * C);
+    float *qh = LAYER(a->qh, l, Nmax * qd), *o = LAYER(a->o, l, Nmax * qd);
+    kv_dest kv = kv_for(m, NULL, l, B, T);
+
+    /* o_proj: row-parallel; d(o) lands token-major in qt, then head-major in oh */
+    ST_TRY(st_tp_row_backward(a->qt, g->wo, g->bo, a->dres, o, w->wo, N, qd, C));
+    ST_TRY(to_heads(a->oh, a->qt, B, T, Hl, T, 0, hd));
+    ST_TRY(st_attention_backward(a->dqh, a->dkh, a->dvh, a->datt, a->oh, kv.att, qh, kv.k, kv.v, B,
+                                 Hl, KVl, T, hd));
+    if (!GPT2(m)) {
+        st_rope_apply(a->dqh, m->rope_cos, m->rope_sin, B, Hl, T, T, 0, 0, hd, 1);
+        st_rope_apply(a->dkh, m->rope_cos, m->rope_sin, B, KVl, T, T, 0, 0, hd, 1);
+    }
+    ST_TRY(from_heads(a->qt, a->dqh, B, T, Hl, hd));
+    ST_TRY(from_heads(a->kt, a->dkh, B, T, KVl, hd));
+    ST_TRY(from_heads(a->vt, a->dvh, B, T, KVl, hd));
+    ST_TRY(st_tp_column_backward(a->dln, g->wq, g->bq, a->qt, ln1, w->wq, N, C, qd, 0));
+    ST_TRY(st_tp_column_backward(a->dln, g->wk, g->bk, a->kt, ln1, w->wk, N, C, kvd, 1));
+    ST_TRY(st_tp_column_backward(a->dln, g->wv, g->bv, a->vt, ln1, w->wv, N, C, kvd, 1));
+    ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
+    ST_TRY(norm_backward(m, a->dnorm, g->ln1_w, g->ln1_b, a->dln, x, LAYER(a->ln1_s1, l, Nmax),
+                         LAYER(a->ln1_s2, l, Nmax), w->ln1_w, N));
+    return st_add(a->dres, a->dres, a->dnorm, N * C);
+}
+
+st_err st_model_backward(st_model *m, const int32_t *tokens)
+{
+    const st_layout *y = &m->lay;
+    st_acts *a = &m->a;
+    const int B = m->last_B, T = m->last_T, L = y->cfg.n_layer;
+    if (!B) ST_FAIL(ST_ERR_INTERNAL, "st_model_backward called before st_model_forward");
+    const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model;
+
+    /* lm head (vocab-split): partial d(lnf) summed over tp */
+    ST_TRY(st_tp_column_backward(a->dln, m->g.lm_head, NULL, a->logits, a->lnf, m->w.lm_head, N, C,
+                                 y->vocab_l, 0));
+    ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
+    ST_TRY(norm_backward(m, a->dres, m->g.lnf_w, m->g.lnf_b, a->dln, LAYER(a->x, L, Nmax * C),
+                         a->lnf_s1, a->lnf_s2, m->w.lnf_w, N));
+    if (m->grad_ready) /* final norm and untied head are done (the tied one is not) */
+        ST_TRY(m->grad_ready(m->grad_ready_ctx, y->layer_begin[L], y->numel));
+    for (int l = L - 1; l >= 0; l--) {
+        ST_TRY(mlp_backward(m, l));
+        ST_TRY(attn_backward(m, l));
+        if (m->grad_ready)
+            ST_TRY(m->grad_ready(m->grad_ready_ctx, y->layer_begin[l], y->layer_begin[l + 1]));
+    }
+    st_tp_embed_backward(m->g.wte, a->dres, tokens, N, C, y->vocab_start, y->vocab_l);
+    if (GPT2(m))
+        for (int64_t i = 0; i < N; i++) {
+            float *p = m->g.wpe + (size_t)(i % T) * C;
+            const float *d = a->dres + i * C;
+            for (int64_t c = 0; c < C; c++) p[c] += d[c];
+        }
+    return ST_OK;
+}
+
+/* ---- inference ------------------------------------------------------------ */
+
+st_err st_kvcache_create(st_kvcache *c, const st_model *m, int B)
+{
+    const st_layout *y = &m->lay;
+    memset(c, 0, sizeof *c);
+    if (B > m->B) ST_FAIL(ST_ERR_ARG, "generation batch %d exceeds the model's %d rows", B, m->B);
+    c->B = B;
+    c->max_seq = y->cfg.max_seq;
+    size_t per = (size_t)B * y->n_kv_head_l * c->max_seq * y->head_dim;
+    ST_ALLOC(c->k, per * y->cfg.n_layer, "key cache");
+    ST_ALLOC(c->v, per * y->cfg.n_layer, "value cache");
+    ST_ALLOC(c->att, (size_t)B * y->n_head_l * m->T * c->max_seq, "attention scratch");
+    ST_ALLOC(c->last, (size_t)B * y->cfg.d_model, "last hidden states");
+    return ST_OK;
+}
+
+void st_kvcache_free(st_kvcache *c)
+{
+    free(c->k);
+    free(c->v);
+    free(c->att);
+    free(c->last);
+    memset(c, 0, sizeof *c);
+}
+
+st_err st_model_forward_cached(st_model *m, st_kvcache *c, const int32_t *tokens, int Tq,
+                               float *logits_local)
+{
+    const st_layout *y = &m->lay;
+    st_acts *a = &m->a;
+    const int B = c->B, L = y->cfg.n_layer;
+    if (Tq < 1 || Tq > m->T) ST_FAIL(ST_ERR_ARG, "%d new tokens: expected 1..%d", Tq, m->T);
+    if (c->len + Tq > c->max_seq)
+        ST_FAIL(ST_ERR_ARG, "sequence of %d tokens exceeds max_seq %d", c->len + Tq, c->max_seq);
+    const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * Tq, C = y->cfg.d_model;
+    ST_TRY(embed_forward(m, tokens, B, Tq, c->len));
+    for (int l = 0; l < L; l++) {
+        ST_TRY(attn_forward(m, l, B, Tq, c));
+        ST_TRY(mlp_forward(m, l, B, Tq));
+    }
+    /* only each row's last position feeds the head */
+    const float *xl = a->x + XSLOT(L) * Nmax * C;
+    for (int b = 0; b < B; b++)
+        memcpy(c->last + (size_t)b * C, xl + ((size_t)b * Tq + Tq - 1) * C, (size_t)C * sizeof(float));
+    ST_TRY(norm_forward(m, a->lnf, a->lnf_s1, a->lnf_s2, c->last, m->w.lnf_w, m->w.lnf_b, B));
+    ST_TRY(st_tp_column_forward(logits_local, a->lnf, m->w.lm_head, NULL, B, C, y->vocab_l));
+    c->len += Tq;
+    (void)N;
+    return ST_OK;
+}

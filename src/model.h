@@ -1,0 +1,96 @@
+/* model.h: the decoder-only transformer of one tp rank (both families).
+ *
+ * st_model owns this rank's slice of the parameters, their gradients, and the
+ * activations saved by the forward pass for the backward pass, all allocated
+ * once for a micro-batch of at most B x T tokens. The forward pass is the
+ * sequence embed -> block x L -> final norm -> lm head -> loss; the backward
+ * pass is the same sequence reversed. Communication over tp happens only
+ * inside the mpi/tp.h calls.
+ */
+#ifndef ST_MODEL_H
+#define ST_MODEL_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "params.h"
+
+typedef struct {
+    /* saved for backward; per-layer arrays are (L, ...) with the layer outermost */
+    float *x;                  /* (L+1, N, C) residual stream; x[l] enters layer l */
+    float *ln1, *ln1_s1, *ln1_s2; /* (L, N, C), (L, N) x2: mean/var (LayerNorm) or rstd (RMSNorm) */
+    float *qh;                 /* (L, B, Hl, T, hd) queries after RoPE, head-major */
+    float *kh, *vh;            /* (L, B, KVl, T, hd) */
+    float *att;                /* (L, B, Hl, T, T) attention probabilities */
+    float *o;                  /* (L, N, Hl*hd) attention output, token-major */
+    float *x2;                 /* (L, N, C) residual after attention */
+    float *ln2, *ln2_s1, *ln2_s2;
+    float *up;                 /* (L, N, Fl) gpt2: pre-GELU; llama: up projection */
+    float *gate, *act;         /* (L, N, Fl) llama: gate projection, silu(gate) */
+    float *mh;                 /* (L, N, Fl) MLP hidden after the nonlinearity */
+    float *lnf, *lnf_s1, *lnf_s2; /* (N, C), (N) */
+    float *logits;             /* (N, Vl) local vocabulary slice; becomes dlogits */
+    float *rowbuf;             /* (3N) cross-entropy scratch */
+    /* scratch, reused by every layer */
+    float *qt, *kt, *vt;       /* (N, Hl*hd) / (N, KVl*hd) token-major projections (and their grads) */
+    float *oh;                 /* (B, Hl, T, hd) */
+    float *dres, *dnorm, *dln; /* (N, C) */
+    float *dmh, *dup, *dgate;  /* (N, Fl) */
+    float *dqh, *dkh, *dvh;    /* head-major gradients */
+    float *datt;               /* (B, Hl, T, T) */
+} st_acts;
+
+typedef struct {
+    st_layout lay;
+    MPI_Comm tp;               /* the tp communicator (size lay.tp_size) */
+    int B, T;                  /* largest micro-batch the buffers hold */
+    int training;              /* activations saved per layer (else one layer's worth, reused) */
+    float *params, *grads;     /* lay.numel each */
+    st_ptrs w, g;              /* pointers into params and grads, by role */
+    st_acts a;
+    float *rope_cos, *rope_sin;/* (max_seq, hd/2) llama */
+    int last_B, last_T;        /* shape of the last training forward */
+    /* Called by st_model_backward whenever the gradients of the flat range
+     * [lo, hi) are final (top of the buffer first), so data parallelism can
+     * start reducing them while the backward pass goes on. NULL = none. */
+    st_err (*grad_ready)(void *ctx, size_t lo, size_t hi);
+    void *grad_ready_ctx;
+} st_model;
+
+/* Allocate a model for cfg on this rank's slice of the communicator tp.
+ * Parameters are initialised from seed (st_params_init); load a checkpoint to
+ * overwrite. training = 0 keeps activations for one layer only (generation,
+ * evaluation without backward), which is all the forward pass needs. */
+st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, int T, uint64_t seed,
+                       int training);
+void st_model_free(st_model *m);
+
+/* Training forward on a micro-batch: tokens, targets, mask (B,T), B <= m->B,
+ * T <= m->T. *loss_sum = sum over positions of mask * CE * scale. Activations
+ * are saved for st_model_backward. */
+st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targets, const float *mask,
+                        int B, int T, float scale, double *loss_sum);
+
+/* Backward of the last forward: ADDS d(loss_sum)/d(params) into m->grads. */
+st_err st_model_backward(st_model *m, const int32_t *tokens);
+
+void st_model_zero_grad(st_model *m);
+
+/* ---- inference with a key/value cache ---------------------------------- */
+typedef struct {
+    int B, max_seq, len;       /* rows, capacity, positions filled */
+    float *k, *v;              /* (L, B, KVl, max_seq, hd) */
+    float *att;                /* (B, Hl, m->T, max_seq) */
+    float *last;               /* (B, C) final hidden state of each row's last position */
+} st_kvcache;
+
+st_err st_kvcache_create(st_kvcache *c, const st_model *m, int B);
+void st_kvcache_free(st_kvcache *c);
+
+/* Run Tq new tokens (B, Tq) at positions c->len .. c->len+Tq-1, append their
+ * keys and values to the cache, and write the local logits of each row's last
+ * new position to logits_local (B, Vl). Tq <= m->T, B == c->B. */
+st_err st_model_forward_cached(st_model *m, st_kvcache *c, const int32_t *tokens, int Tq,
+                               float *logits_local);
+
+#endif

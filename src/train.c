@@ -1,0 +1,503 @@
+/* train.c: `shardtune train RECIPE.yaml [--set key=value ...]`.
+ *
+ * One step:
+ *   for each micro-batch of this dp rank's share of the global batch:
+ *       forward (loss summed over counted tokens) and backward (grads added);
+ *       on the last micro-batch each finished layer's gradients start their
+ *       dp reduction while the backward pass continues (mpi/dp.c)
+ *   gradients /= tokens counted in the whole global batch (so every grid
+ *   computes the same mean as one rank), global-norm clip, AdamW on the
+ *   owned range (ZeRO-1 slice or everything), all-gather the slices.
+ * The global batch is a fixed list of sample indices (step * global_batch ..),
+ * split over dp ranks and micro-batches: any grid sees the same data, and a
+ * resumed run sees exactly what the uninterrupted one would.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "checkpoint.h"
+#include "commands.h"
+#include "dataset.h"
+#include "dp.h"
+#include "grid.h"
+#include "kernels.h"
+#include "metrics.h"
+#include "model.h"
+#include "optim.h"
+#include "options.h"
+#include "perf.h"
+#include "rng.h"
+#include "tokenizer.h"
+
+typedef struct {
+    /* model */
+    char *family;
+    st_config cfg;
+    char *init_from;
+    /* data */
+    char *data_train, *sampling;
+    int seq_len, batch_size, global_batch;
+    /* method */
+    char *method;
+    /* optimisation */
+    st_optim_config opt;
+    int64_t steps;
+    int64_t seed;
+    /* grid */
+    int tp, zero;
+    /* run */
+    char *out_dir, *resume;
+    int save_every, keep, log_every, eval_every, eval_batches, plot;
+} train_opts;
+
+static train_opts O;
+
+static const st_option train_options[] = {
+    {"model.family", ST_OPT_STRING, &O.family, "llama", "gpt2 or llama (new model; ignored with init_from)"},
+    {"model.n_layer", ST_OPT_INT, &O.cfg.n_layer, "4", "transformer layers"},
+    {"model.d_model", ST_OPT_INT, &O.cfg.d_model, "128", "model width"},
+    {"model.n_head", ST_OPT_INT, &O.cfg.n_head, "4", "query heads"},
+    {"model.n_kv_head", ST_OPT_INT, &O.cfg.n_kv_head, "0", "key/value heads (0 = n_head)"},
+    {"model.d_ff", ST_OPT_INT, &O.cfg.d_ff, "0", "MLP width (0 = 4*d_model for gpt2, 8/3*d_model rounded up to 32 for llama)"},
+    {"model.vocab_size", ST_OPT_INT, &O.cfg.vocab_size, "0", "vocabulary (0 = the dataset tokenizer's)"},
+    {"model.max_seq", ST_OPT_INT, &O.cfg.max_seq, "0", "longest sequence (0 = seq_len)"},
+    {"model.norm_eps", ST_OPT_FLOAT, &O.cfg.norm_eps, "1e-5", "normalisation epsilon"},
+    {"model.rope_theta", ST_OPT_FLOAT, &O.cfg.rope_theta, "10000", "RoPE base (llama)"},
+    {"model.tied_embeddings", ST_OPT_BOOL, &O.cfg.tied_embeddings, "true", "share embedding and LM head"},
+    {"model.qkv_bias", ST_OPT_BOOL, &O.cfg.qkv_bias, "false", "bias on q/k/v (llama; Qwen2 style)"},
+    {"init_from", ST_OPT_STRING, &O.init_from, NULL, "checkpoint whose weights start the run (transfer learning)"},
+    {"data.train", ST_OPT_STRING, &O.data_train, NULL, "dataset.h5 made by `shardtune prepare` (required)"},
+    {"data.sampling", ST_OPT_STRING, &O.sampling, "auto", "stream (windows over concatenated text), docs (one example per row) or auto (by method)"},
+    {"seq_len", ST_OPT_INT, &O.seq_len, "128", "tokens per row"},
+    {"batch_size", ST_OPT_INT, &O.batch_size, "8", "rows per micro-batch on each rank"},
+    {"global_batch", ST_OPT_INT, &O.global_batch, "0", "rows per optimizer step over all dp ranks (0 = batch_size * dp); a multiple of batch_size * dp gives gradient accumulation"},
+    {"method", ST_OPT_STRING, &O.method, "pretrain", "pretrain (loss on every token) or sft (loss where the dataset's mask says)"},
+    {"optim.lr", ST_OPT_FLOAT, &O.opt.lr, "3e-4", "peak learning rate"},
+    {"optim.min_lr_ratio", ST_OPT_FLOAT, &O.opt.min_lr_ratio, "0.1", "cosine floor as a fraction of lr"},
+    {"optim.warmup_steps", ST_OPT_INT, &O.opt.warmup_steps, "0", "linear warmup steps"},
+    {"optim.beta1", ST_OPT_FLOAT, &O.opt.beta1, "0.9", "AdamW beta1"},
+    {"optim.beta2", ST_OPT_FLOAT, &O.opt.beta2, "0.95", "AdamW beta2"},
+    {"optim.eps", ST_OPT_FLOAT, &O.opt.eps, "1e-8", "AdamW epsilon"},
+    {"optim.weight_decay", ST_OPT_FLOAT, &O.opt.weight_decay, "0.1", "decoupled weight decay (2-D weights only)"},
+    {"optim.grad_clip", ST_OPT_FLOAT, &O.opt.grad_clip, "1.0", "global gradient-norm clip (0 = off)"},
+    {"steps", ST_OPT_INT64, &O.steps, "100", "optimizer steps (the cosine schedule ends here)"},
+    {"seed", ST_OPT_INT64, &O.seed, "1234", "initialisation and data-order seed"},
+    {"grid.tp", ST_OPT_INT, &O.tp, "1", "tensor-parallel ranks per model copy (dp = ranks / tp)"},
+    {"grid.zero", ST_OPT_BOOL, &O.zero, "false", "ZeRO-1: shard AdamW state over dp ranks"},
+    {"out_dir", ST_OPT_STRING, &O.out_dir, "runs/train", "run directory: metrics.jsonl, loss.png, ckpt/"},
+    {"resume", ST_OPT_STRING, &O.resume, "none", "none, auto (latest good checkpoint in out_dir/ckpt) or a checkpoint path"},
+    {"save_every", ST_OPT_INT, &O.save_every, "0", "checkpoint every N steps (0 = only at the end)"},
+    {"keep", ST_OPT_INT, &O.keep, "3", "checkpoints to keep (0 = all)"},
+    {"log_every", ST_OPT_INT, &O.log_every, "1", "progress line every N steps"},
+    {"eval_every", ST_OPT_INT, &O.eval_every, "0", "validation loss every N steps (0 = only at the end)"},
+    {"eval_batches", ST_OPT_INT, &O.eval_batches, "4", "micro-batches per validation"},
+    {"plot", ST_OPT_BOOL, &O.plot, "true", "draw out_dir/loss.png with gnuplot at the end"},
+};
+#define N_TRAIN_OPTIONS ((int)(sizeof train_options / sizeof train_options[0]))
+
+typedef struct {
+    st_grid grid;
+    st_model model;
+    st_dp dp;
+    st_adamw adam;
+    size_t own_begin, own_end;
+    st_dataset *ds;
+    st_loader *train, *val;
+    st_batch batch;
+    st_tokenizer *tok;
+    int micro_per_step;    /* micro-batches per rank per step */
+    int64_t start_step;
+    int64_t tokens_seen;
+    double peak_gflops;    /* measured matmul rate of one rank */
+    st_timers timers;
+    st_metrics metrics;
+    char ckpt_dir[4096];
+    const char *recipe_text;
+} trainer;
+
+/* grad_ready hook: forward a finished layer's range to the dp reduction */
+static st_err on_grad_ready(void *ctx, size_t lo, size_t hi)
+{
+    trainer *t = ctx;
+    return st_dp_bucket_ready(&t->dp, t->model.grads, lo, hi);
+}
+
+static int is_rank0(const trainer *t) { return t->grid.world_rank == 0; }
+
+static st_err mkdir_p(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) && errno != EEXIST) ST_FAIL(ST_ERR_IO, "cannot create '%s': %s", buf, strerror(errno));
+            *p = '/';
+        }
+    if (mkdir(buf, 0755) && errno != EEXIST) ST_FAIL(ST_ERR_IO, "cannot create '%s': %s", buf, strerror(errno));
+    return ST_OK;
+}
+
+/* ---- set-up --------------------------------------------------------------- */
+
+static st_err resolve_config(trainer *t, st_config *cfg)
+{
+    if (O.init_from) {
+        ST_TRY(st_ckpt_read_config(O.init_from, t->grid.world, cfg));
+        return ST_OK;
+    }
+    *cfg = O.cfg;
+    ST_TRY(st_family_parse(O.family, &cfg->family));
+    if (!cfg->n_kv_head) cfg->n_kv_head = cfg->n_head;
+    if (!cfg->d_ff) {
+        if (cfg->family == ST_FAMILY_GPT2) cfg->d_ff = 4 * cfg->d_model;
+        else cfg->d_ff = ((8 * cfg->d_model / 3) + 31) / 32 * 32;
+    }
+    if (!cfg->vocab_size) cfg->vocab_size = st_tokenizer_vocab_size(t->tok);
+    if (!cfg->max_seq) cfg->max_seq = O.seq_len;
+    if (cfg->family == ST_FAMILY_GPT2) cfg->tied_embeddings = 1;
+    return ST_OK;
+}
+
+static st_err open_data(trainer *t)
+{
+    if (!O.data_train)
+        ST_FAIL(ST_ERR_ARG, "no training data: set data.train in the recipe or --data.train FILE "
+                "(make one with `shardtune prepare --input FILE --out dataset.h5`)");
+    ST_TRY(st_dataset_open(&t->ds, O.data_train));
+    ST_TRY(st_dataset_tokenizer(t->ds, &t->tok));
+    st_sample_mode mode = ST_SAMPLE_STREAM;
+    if (!strcmp(O.sampling, "docs")) mode = ST_SAMPLE_DOCS;
+    else if (!strcmp(O.sampling, "stream")) mode = ST_SAMPLE_STREAM;
+    else if (!strcmp(O.sampling, "auto")) mode = strcmp(O.method, "pretrain") ? ST_SAMPLE_DOCS : ST_SAMPLE_STREAM;
+    else ST_FAIL(ST_ERR_ARG, "data.sampling '%s': expected stream, docs or auto", O.sampling);
+    ST_TRY(st_loader_create(&t->train, t->ds, mode, O.seq_len, (uint64_t)O.seed, 0));
+    if (st_loader_num_samples(t->train) < 1)
+        ST_FAIL(ST_ERR_ARG, "dataset '%s' has no training samples of %d tokens", O.data_train, O.seq_len);
+    st_err e = st_loader_create(&t->val, t->ds, mode, O.seq_len, (uint64_t)O.seed, 1);
+    if (e || st_loader_num_samples(t->val) < 1) {
+        st_error_clear();
+        if (t->val) st_loader_free(t->val);
+        t->val = NULL;
+    }
+    ST_TRY(st_batch_alloc(&t->batch, O.batch_size, O.seq_len));
+    return ST_OK;
+}
+
+static st_err setup(trainer *t, MPI_Comm world)
+{
+    ST_TRY(st_grid_init(&t->grid, world, O.tp));
+    int threads = st_threads_setup(world);
+    if (strcmp(O.method, "pretrain") && strcmp(O.method, "sft"))
+        ST_FAIL(ST_ERR_ARG, "method '%s' is not available: choose pretrain or sft", O.method);
+    ST_TRY(st_agree(world, open_data(t)));
+    st_config cfg;
+    ST_TRY(st_agree(world, resolve_config(t, &cfg)));
+    if (cfg.vocab_size < st_tokenizer_vocab_size(t->tok))
+        ST_FAIL(ST_ERR_ARG, "model vocabulary %d is smaller than the dataset tokenizer's %d "
+                "(prepare the data with the model's tokenizer)", cfg.vocab_size, st_tokenizer_vocab_size(t->tok));
+    if (O.seq_len > cfg.max_seq)
+        ST_FAIL(ST_ERR_ARG, "seq_len %d exceeds the model's max_seq %d", O.seq_len, cfg.max_seq);
+    int per_rank_rows = O.global_batch ? O.global_batch / t->grid.dp_size : O.batch_size;
+    if (O.global_batch && (O.global_batch % (t->grid.dp_size * O.batch_size)))
+        ST_FAIL(ST_ERR_ARG, "global_batch %d is not a multiple of batch_size %d x dp %d",
+                O.global_batch, O.batch_size, t->grid.dp_size);
+    t->micro_per_step = per_rank_rows / O.batch_size;
+    if (!O.global_batch) O.global_batch = O.batch_size * t->grid.dp_size;
+    ST_TRY(st_model_create(&t->model, &cfg, t->grid.tp, O.batch_size, O.seq_len, (uint64_t)O.seed, 1));
+    ST_TRY(st_dp_init(&t->dp, t->grid.dp, t->model.lay.numel, O.zero, cfg.n_layer + 2));
+    st_dp_owned(&t->dp, &t->own_begin, &t->own_end);
+    O.opt.total_steps = (int)O.steps;
+    ST_TRY(st_adamw_init(&t->adam, &t->model.lay, t->own_begin, t->own_end, &O.opt));
+    ST_TRY(st_measure_peak_gflops(1024, &t->peak_gflops));
+    snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/ckpt", O.out_dir);
+    if (is_rank0(t)) {
+        ST_TRY(mkdir_p(t->ckpt_dir));
+        ST_TRY(st_metrics_open(&t->metrics, O.out_dir));
+    }
+    ST_MPI(MPI_Barrier(world));
+    if (is_rank0(t)) {
+        long long n = st_config_num_params(&cfg);
+        printf("shardtune train: %d ranks = tp %d x dp %d, %d thread%s per rank%s\n", t->grid.world_size,
+               t->grid.tp_size, t->grid.dp_size, threads, threads > 1 ? "s" : "", O.zero ? ", ZeRO-1" : "");
+        printf("model: %s, %d layers, d_model %d, %d heads (%d kv), d_ff %d, vocab %d: %.2fM parameters\n",
+               st_family_name(cfg.family), cfg.n_layer, cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.d_ff,
+               cfg.vocab_size, n / 1e6);
+        printf("data: %s, %lld training samples of %d tokens, %s; global batch %d rows (%d micro-batch%s of %d per rank)\n",
+               O.data_train, (long long)st_loader_num_samples(t->train), O.seq_len, O.method, O.global_batch,
+               t->micro_per_step, t->micro_per_step > 1 ? "es" : "", O.batch_size);
+        printf("matmul ceiling: %.1f GFLOP/s per rank (measured)\n", t->peak_gflops);
+        fflush(stdout);
+    }
+    return ST_OK;
+}
+
+static st_ckpt_tensors ckpt_tensors(trainer *t)
+{
+    st_ckpt_tensors c = {
+        .lay = &t->model.lay, .params = t->model.params, .m = t->adam.m, .v = t->adam.v,
+        .opt_begin = t->own_begin, .opt_end = t->own_end, .adam_step = t->adam.step,
+        .beta1 = O.opt.beta1, .beta2 = O.opt.beta2, .eps = O.opt.eps, .weight_decay = O.opt.weight_decay,
+    };
+    return c;
+}
+
+static st_err load_start(trainer *t)
+{
+    char path[4096] = "";
+    int resuming = 0;
+    if (!strcmp(O.resume, "auto")) {
+        st_err e = st_ckpt_find_latest(t->ckpt_dir, t->grid.world, path, sizeof path);
+        if (e) {
+            st_error_clear();
+            path[0] = 0;
+            if (is_rank0(t)) printf("resume auto: no checkpoint in %s, starting fresh\n", t->ckpt_dir);
+        } else {
+            resuming = 1;
+        }
+    } else if (strcmp(O.resume, "none")) {
+        snprintf(path, sizeof path, "%s", O.resume);
+        resuming = 1;
+    }
+    if (resuming) {
+        st_config cfg;
+        ST_TRY(st_ckpt_read_config(path, t->grid.world, &cfg));
+        if (memcmp(&cfg, &t->model.lay.cfg, sizeof cfg))
+            ST_FAIL(ST_ERR_ARG, "checkpoint '%s' holds a different model than this recipe describes "
+                    "(compare `shardtune inspect %s` with the recipe's model settings)", path, path);
+        st_ckpt_tensors c = ckpt_tensors(t);
+        st_train_state s = {0};
+        ST_TRY(st_ckpt_load(path, &t->grid, &c, &s, NULL, 0, NULL, NULL, NULL));
+        t->adam.step = c.adam_step;
+        t->start_step = s.step;
+        t->tokens_seen = s.tokens_seen;
+        st_train_state_free(&s);
+        if (is_rank0(t)) printf("resumed from %s at step %lld\n", path, (long long)t->start_step);
+        return ST_OK;
+    }
+    if (O.init_from) {
+        st_ckpt_tensors c = ckpt_tensors(t);
+        c.m = c.v = NULL;
+        ST_TRY(st_ckpt_load(O.init_from, &t->grid, &c, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL));
+        if (is_rank0(t)) printf("initialised from %s\n", O.init_from);
+    }
+    return ST_OK;
+}
+
+static st_err save(trainer *t, int64_t step)
+{
+    st_timer_start(&t->timers, ST_PH_CHECKPOINT);
+    st_ckpt_tensors c = ckpt_tensors(t);
+    st_train_state s = {.step = step, .tokens_seen = t->tokens_seen, .data_seed = (uint64_t)O.seed,
+                        .data_cursor = step * O.global_batch, .recipe = (char *)t->recipe_text,
+                        .method = O.method};
+    const char *kind = NULL;
+    uint8_t *blob = NULL;
+    size_t n = 0;
+    ST_TRY(st_tokenizer_to_blob(t->tok, &kind, &blob, &n));
+    st_err e = st_ckpt_save(t->ckpt_dir, &t->grid, &c, &s, kind, blob, n, O.keep);
+    free(blob);
+    ST_TRY(e);
+    st_timer_stop(&t->timers, ST_PH_CHECKPOINT);
+    if (is_rank0(t)) printf("saved checkpoint %s/step_%08lld.h5\n", t->ckpt_dir, (long long)step);
+    return ST_OK;
+}
+
+/* ---- the step --------------------------------------------------------------- */
+
+static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gnorm_out, int64_t *ntok_out)
+{
+    st_model *m = &t->model;
+    const int B = O.batch_size, T = O.seq_len;
+    const int64_t rows_per_rank = (int64_t)t->micro_per_step * B;
+    double loss_sum = 0.0, counted = 0.0;
+    st_model_zero_grad(m);
+    for (int k = 0; k < t->micro_per_step; k++) {
+        int64_t g0 = step * O.global_batch + t->grid.dp_rank * rows_per_rank + (int64_t)k * B;
+        st_timer_start(&t->timers, ST_PH_DATA);
+        ST_TRY(st_loader_fill(t->train, &t->batch, g0, B, 1));
+        if (!strcmp(O.method, "pretrain")) /* every real next token counts */
+            for (int i = 0; i < B * T; i++) t->batch.mask[i] = (i % T) < t->batch.lengths[i / T] - 1 ? 1.0f : 0.0f;
+        for (int i = 0; i < B * T; i++) counted += t->batch.mask[i];
+        st_timer_stop(&t->timers, ST_PH_DATA);
+        double ls = 0.0;
+        st_timer_start(&t->timers, ST_PH_FORWARD);
+        ST_TRY(st_model_forward(m, t->batch.tokens, t->batch.targets, t->batch.mask, B, T, 1.0f, &ls));
+        st_timer_stop(&t->timers, ST_PH_FORWARD);
+        loss_sum += ls;
+        int last = k == t->micro_per_step - 1;
+        if (last) {
+            st_dp_begin(&t->dp);
+            m->grad_ready = on_grad_ready;
+            m->grad_ready_ctx = t;
+        }
+        st_timer_start(&t->timers, ST_PH_BACKWARD);
+        st_err e = st_model_backward(m, t->batch.tokens);
+        m->grad_ready = NULL;
+        ST_TRY(e);
+        st_timer_stop(&t->timers, ST_PH_BACKWARD);
+    }
+    st_timer_start(&t->timers, ST_PH_GRAD_REDUCE);
+    ST_TRY(st_dp_finish(&t->dp, m->grads));
+    double sums[2] = {loss_sum, counted};
+    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, t->grid.dp));
+    st_timer_stop(&t->timers, ST_PH_GRAD_REDUCE);
+    if (sums[1] <= 0) ST_FAIL(ST_ERR_ARG, "step %lld has no tokens that count toward the loss", (long long)step);
+    st_timer_start(&t->timers, ST_PH_OPTIMIZER);
+    /* mean over the global batch's counted tokens */
+    st_scale(m->grads, t->own_begin, t->own_end, (float)(1.0 / sums[1]));
+    /* global norm: every tensor once per model copy, over all owned slices */
+    double sq = st_grad_sumsq(&m->lay, m->grads, t->own_begin, t->own_end, t->grid.tp_rank == 0);
+    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, &sq, 1, MPI_DOUBLE, MPI_SUM, t->dp.zero ? t->grid.world : t->grid.tp));
+    double gnorm = sqrt(sq);
+    if (O.opt.grad_clip > 0 && gnorm > O.opt.grad_clip)
+        st_scale(m->grads, t->own_begin, t->own_end, (float)(O.opt.grad_clip / gnorm));
+    st_adamw_update(&t->adam, m->params, m->grads, st_lr_at(&O.opt, step));
+    ST_TRY(st_dp_allgather_params(&t->dp, m->params));
+    st_timer_stop(&t->timers, ST_PH_OPTIMIZER);
+    *loss_out = sums[0] / sums[1];
+    *gnorm_out = gnorm;
+    *ntok_out = (int64_t)O.global_batch * T;
+    return ST_OK;
+}
+
+/* Mean loss over the first eval_batches micro-batches of the validation split. */
+static st_err eval_loss(trainer *t, double *out)
+{
+    *out = -1;
+    if (!t->val) return ST_OK;
+    st_timer_start(&t->timers, ST_PH_EVAL);
+    const int B = O.batch_size, T = O.seq_len;
+    int64_t n = st_loader_num_samples(t->val);
+    double sums[2] = {0, 0};
+    for (int k = 0; k < O.eval_batches; k++) {
+        int64_t g0 = ((int64_t)k * t->grid.dp_size + t->grid.dp_rank) * B;
+        if (g0 >= n) break;
+        int rows = n - g0 < B ? (int)(n - g0) : B;
+        ST_TRY(st_loader_fill(t->val, &t->batch, g0, rows, 0));
+        if (!strcmp(O.method, "pretrain"))
+            for (int i = 0; i < rows * T; i++) t->batch.mask[i] = (i % T) < t->batch.lengths[i / T] - 1 ? 1.0f : 0.0f;
+        double ls = 0;
+        ST_TRY(st_model_forward(&t->model, t->batch.tokens, t->batch.targets, t->batch.mask, rows, T, 1.0f, &ls));
+        sums[0] += ls;
+        for (int i = 0; i < rows * T; i++) sums[1] += t->batch.mask[i];
+    }
+    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, t->grid.dp));
+    st_timer_stop(&t->timers, ST_PH_EVAL);
+    if (sums[1] > 0) *out = sums[0] / sums[1];
+    return ST_OK;
+}
+
+static void fmt_eta(char *buf, size_t n, double s)
+{
+    if (s < 0 || !isfinite(s)) snprintf(buf, n, "?");
+    else if (s < 90) snprintf(buf, n, "%.0fs", s);
+    else if (s < 5400) snprintf(buf, n, "%.0fm%02.0fs", floor(s / 60), fmod(s, 60));
+    else snprintf(buf, n, "%.0fh%02.0fm", floor(s / 3600), fmod(s / 60, 60));
+}
+
+static st_err run(trainer *t)
+{
+    const double flops_tok = st_config_flops_per_token(&t->model.lay.cfg, O.seq_len);
+    double t_start = st_now(), t_window = t_start;
+    int64_t tok_window = 0;
+    double val = -1;
+    for (int64_t step = t->start_step; step < O.steps; step++) {
+        double loss = 0, gnorm = 0;
+        int64_t ntok = 0;
+        ST_TRY(train_step(t, step, &loss, &gnorm, &ntok));
+        t->tokens_seen += ntok;
+        tok_window += ntok;
+        int last = step + 1 == O.steps;
+        val = -1;
+        if ((O.eval_every > 0 && (step + 1) % O.eval_every == 0) || last) ST_TRY(eval_loss(t, &val));
+        if ((O.log_every > 0 && (step + 1) % O.log_every == 0) || last || val >= 0) {
+            double now = st_now(), dt = now - t_window;
+            double tps = dt > 0 ? tok_window / dt : 0;
+            double mfu = tps * flops_tok / (t->peak_gflops * 1e9 * t->grid.world_size);
+            double per_step = (now - t_start) / (double)(step + 1 - t->start_step);
+            char eta[32];
+            fmt_eta(eta, sizeof eta, per_step * (double)(O.steps - step - 1));
+            if (is_rank0(t)) {
+                printf("step %6lld/%lld | loss %.4f", (long long)step + 1, (long long)O.steps, loss);
+                if (val >= 0) printf(" | val %.4f", val);
+                printf(" | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | ETA %s\n",
+                       st_lr_at(&O.opt, step), gnorm, tps, 100 * mfu, eta);
+                fflush(stdout);
+                st_metrics_step(&t->metrics, step + 1, loss, val, st_lr_at(&O.opt, step), gnorm, tps, mfu,
+                                t->tokens_seen);
+            }
+            t_window = st_now();
+            tok_window = 0;
+        }
+        if ((O.save_every > 0 && (step + 1) % O.save_every == 0) || last) ST_TRY(save(t, step + 1));
+    }
+    return ST_OK;
+}
+
+static void teardown(trainer *t)
+{
+    st_metrics_close(&t->metrics);
+    st_adamw_free(&t->adam);
+    st_dp_free(&t->dp);
+    st_model_free(&t->model);
+    st_batch_free(&t->batch);
+    if (t->train) st_loader_free(t->train);
+    if (t->val) st_loader_free(t->val);
+    if (t->ds) st_dataset_close(t->ds);
+    if (t->tok) st_tokenizer_free(t->tok);
+    st_grid_free(&t->grid);
+}
+
+st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
+{
+    int rank = 0, help = 0, npos = 0;
+    char *pos[1];
+    MPI_Comm_rank(world, &rank);
+    st_options opts;
+    ST_TRY(st_options_init(&opts, train_options, N_TRAIN_OPTIONS));
+    st_err e = st_options_parse(&opts, argc, argv, &help, pos, 0, &npos);
+    if (!e && help) {
+        if (!rank) {
+            printf("usage: mpirun -np N shardtune train [RECIPE.yaml] [--set key=value | --key value ...]\n\n"
+                   "Trains (pretrain, sft) a model on a dataset made by `shardtune prepare`.\n"
+                   "Settings come from the recipe, then the command line; unknown keys are errors.\n\n");
+            st_options_print_help(&opts, stdout);
+        }
+        st_options_free(&opts);
+        return ST_OK;
+    }
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.recipe_text = opts.recipe_text;
+    if (!e) e = setup(&t, world);
+    if (!e) e = st_agree(world, load_start(&t));
+    if (!e && !rank) {
+        printf("settings:\n");
+        st_options_print(&opts, stdout);
+        fflush(stdout);
+    }
+    double t0 = st_now();
+    if (!e) e = run(&t);
+    if (!e && !rank) {
+        printf("\n");
+        st_timers_print(&t.timers, st_now() - t0, stdout);
+        if (O.plot) {
+            char png[4200];
+            snprintf(png, sizeof png, "%s/loss.png", O.out_dir);
+            st_metrics_close(&t.metrics);
+            if (st_metrics_plot(t.metrics.path, png, "shardtune: loss") == ST_OK)
+                printf("loss curve: %s\n", png);
+            else
+                fprintf(stderr, "shardtune: warning: %s\n", st_error_message());
+            st_error_clear();
+        }
+    }
+    teardown(&t);
+    st_options_free(&opts);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}

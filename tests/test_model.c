@@ -1,0 +1,244 @@
+/* test_model.c: the float model (src/model.c on oneDNN) against the double
+ * reference (tests/ref.c), both families; training, determinism, KV cache. */
+#include <check.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "optim.h"
+#include "ref.h"
+#include "rng.h"
+
+static st_config cfg_llama(void)
+{
+    st_config c = {.family = ST_FAMILY_LLAMA, .n_layer = 2, .d_model = 24, .n_head = 6, .n_kv_head = 2,
+                   .d_ff = 40, .vocab_size = 37, .max_seq = 16, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
+                   .tied_embeddings = 0, .qkv_bias = 1};
+    return c;
+}
+
+static st_config cfg_gpt2(void)
+{
+    st_config c = {.family = ST_FAMILY_GPT2, .n_layer = 2, .d_model = 20, .n_head = 4, .n_kv_head = 4,
+                   .d_ff = 36, .vocab_size = 41, .max_seq = 16, .norm_eps = 1e-5f, .tied_embeddings = 1};
+    return c;
+}
+
+typedef struct { int32_t *tok, *tgt; float *mask; int B, T; } batch;
+
+static batch make_batch(int B, int T, int V, uint64_t seed)
+{
+    batch b = {malloc(sizeof(int32_t) * B * T), malloc(sizeof(int32_t) * B * T), malloc(sizeof(float) * B * T), B, T};
+    st_rng r;
+    st_rng_seed(&r, seed);
+    for (int i = 0; i < B * T; i++) {
+        b.tok[i] = (int32_t)st_rng_below(&r, (uint64_t)V);
+        b.tgt[i] = (int32_t)st_rng_below(&r, (uint64_t)V);
+        b.mask[i] = (i % 5 == 3) ? 0.0f : 1.0f; /* some positions do not count */
+    }
+    return b;
+}
+
+static void free_batch(batch *b) { free(b->tok); free(b->tgt); free(b->mask); }
+
+/* Perturb the seeded init so norms and biases are not trivially 1 and 0. */
+static void perturb(st_model *m, uint64_t seed)
+{
+    st_rng r;
+    st_rng_seed(&r, seed);
+    for (size_t i = 0; i < m->lay.numel; i++) m->params[i] += 0.05f * (float)(st_rng_uniform(&r) - 0.5);
+    /* padding rows of a vocab-split tensor must stay zero (1 rank: none) */
+}
+
+/* max |a-b| / max |b| over a tensor */
+static double rel_err_tensor(const float *a, const double *b, size_t n)
+{
+    double md = 0, mb = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > md) md = d;
+        if (fabs(b[i]) > mb) mb = fabs(b[i]);
+    }
+    return md / mb;
+}
+
+static void check_against_reference(st_config cfg)
+{
+    const int B = 3, T = 7;
+    st_model m;
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 42, 1), 0);
+    perturb(&m, 7);
+    ref_model r;
+    ck_assert_int_eq(ref_model_init(&r, &cfg), 0);
+    ref_model_set_params(&r, m.params);
+    batch b = make_batch(B, T, cfg.vocab_size, 99);
+    int tok[B * T], tgt[B * T];
+    double norm = 0;
+    for (int i = 0; i < B * T; i++) { tok[i] = b.tok[i]; tgt[i] = b.tgt[i]; norm += b.mask[i]; }
+
+    double loss = 0;
+    st_model_zero_grad(&m);
+    ck_assert_int_eq(st_model_forward(&m, b.tok, b.tgt, b.mask, B, T, (float)(1.0 / norm), &loss), 0);
+    ck_assert_int_eq(st_model_backward(&m, b.tok), 0);
+    double rl = ref_model_forward_backward(&r, tok, tgt, b.mask, B, T, norm, NULL, 1);
+    ck_assert_msg(fabs(loss - rl) / fabs(rl) < 1e-5, "loss %.9g vs reference %.9g", loss, rl);
+
+    /* every tensor's gradient, relative to the largest gradient of the whole
+     * model (some true gradients are exactly 0, e.g. gpt2's k bias) */
+    double gmax = 0;
+    for (size_t i = 0; i < r.numel; i++) gmax = fmax(gmax, fabs(r.grads[i]));
+    for (int t = 0; t < m.lay.n_tensors; t++) {
+        const st_tensor *ts = &m.lay.tensors[t];
+        double tmax = 0, dmax = 0;
+        for (size_t i = 0; i < ts->numel; i++) {
+            tmax = fmax(tmax, fabs(r.grads[ts->offset + i]));
+            dmax = fmax(dmax, fabs(m.grads[ts->offset + i] - r.grads[ts->offset + i]));
+        }
+        double denom = fmax(tmax, 1e-3 * gmax);
+        ck_assert_msg(dmax / denom < 1e-4, "%s: gradient error %.3g relative to %.3g", ts->name, dmax, denom);
+    }
+    (void)rel_err_tensor;
+
+    /* the cached (generation) forward: logits of the last position of row 0 */
+    double *rlogits = malloc(sizeof(double) * B * T * cfg.vocab_size);
+    ref_model_forward_backward(&r, tok, tgt, NULL, B, T, 1.0, rlogits, 0);
+    st_model g;
+    ck_assert_int_eq(st_model_create(&g, &cfg, MPI_COMM_SELF, 1, T, 0, 0), 0);
+    memcpy(g.params, m.params, sizeof(float) * m.lay.numel);
+    st_kvcache c;
+    ck_assert_int_eq(st_kvcache_create(&c, &g, 1), 0);
+    float *lg = malloc(sizeof(float) * g.lay.vocab_l);
+    /* prefill 4 tokens, then one at a time: each step equals the full forward at that position */
+    ck_assert_int_eq(st_model_forward_cached(&g, &c, b.tok, 4, lg), 0);
+    for (int t = 3; t < T; t++) {
+        if (t > 3) ck_assert_int_eq(st_model_forward_cached(&g, &c, b.tok + t, 1, lg), 0);
+        const double *want = rlogits + (size_t)t * cfg.vocab_size;
+        double e = 0, mx = 0;
+        for (int v = 0; v < cfg.vocab_size; v++) { e = fmax(e, fabs(lg[v] - want[v])); mx = fmax(mx, fabs(want[v])); }
+        ck_assert_msg(e / mx < 1e-5, "cached logits at position %d: error %.3g of %.3g", t, e, mx);
+    }
+    free(lg);
+    st_kvcache_free(&c);
+    st_model_free(&g);
+    free(rlogits);
+    free_batch(&b);
+    ref_model_free(&r);
+    st_model_free(&m);
+}
+
+START_TEST(llama_matches_reference) { check_against_reference(cfg_llama()); }
+END_TEST
+START_TEST(gpt2_matches_reference) { check_against_reference(cfg_gpt2()); }
+END_TEST
+
+START_TEST(llama_tied_no_bias_matches_reference)
+{
+    st_config c = cfg_llama();
+    c.tied_embeddings = 1;
+    c.qkv_bias = 0;
+    c.n_kv_head = 3;
+    check_against_reference(c);
+}
+END_TEST
+
+/* A tiny model overfits one fixed batch: the loss falls below 5% of its start. */
+static double overfit(st_config cfg, int steps, double *first)
+{
+    const int B = 4, T = 12;
+    st_model m;
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 3, 1), 0);
+    st_optim_config oc;
+    st_optim_config_default(&oc);
+    oc.lr = 1e-2f;
+    oc.weight_decay = 0.0f;
+    oc.warmup_steps = 5;
+    oc.total_steps = 0;
+    st_adamw o;
+    ck_assert_int_eq(st_adamw_init(&o, &m.lay, 0, m.lay.numel, &oc), 0);
+    batch b = make_batch(B, T, cfg.vocab_size, 5);
+    for (int i = 0; i < B * T; i++) b.mask[i] = 1.0f;
+    double loss = 0;
+    for (int s = 0; s < steps; s++) {
+        st_model_zero_grad(&m);
+        ck_assert_int_eq(st_model_forward(&m, b.tok, b.tgt, b.mask, B, T, 1.0f / (B * T), &loss), 0);
+        if (s == 0) *first = loss;
+        ck_assert_int_eq(st_model_backward(&m, b.tok), 0);
+        st_adamw_update(&o, m.params, m.grads, st_lr_at(&oc, s));
+    }
+    st_adamw_free(&o);
+    free_batch(&b);
+    st_model_free(&m);
+    return loss;
+}
+
+START_TEST(llama_overfits_a_batch)
+{
+    double first = 0, last = overfit(cfg_llama(), 200, &first);
+    ck_assert_msg(last < 0.05 * first, "llama loss %.4f -> %.4f", first, last);
+}
+END_TEST
+
+START_TEST(gpt2_overfits_a_batch)
+{
+    double first = 0, last = overfit(cfg_gpt2(), 200, &first);
+    ck_assert_msg(last < 0.05 * first, "gpt2 loss %.4f -> %.4f", first, last);
+}
+END_TEST
+
+/* The same seed gives bitwise-identical losses. */
+START_TEST(training_is_deterministic)
+{
+    double f1 = 0, f2 = 0;
+    double a = overfit(cfg_llama(), 20, &f1), b = overfit(cfg_llama(), 20, &f2);
+    ck_assert(memcmp(&a, &b, sizeof a) == 0 && memcmp(&f1, &f2, sizeof f1) == 0);
+}
+END_TEST
+
+/* Bad input is an error, not a crash. */
+START_TEST(rejects_bad_tokens_and_shapes)
+{
+    st_config cfg = cfg_llama();
+    st_model m;
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, 2, 4, 1, 1), 0);
+    batch b = make_batch(2, 4, cfg.vocab_size, 1);
+    double loss;
+    b.tok[3] = cfg.vocab_size;
+    ck_assert_int_eq(st_model_forward(&m, b.tok, b.tgt, b.mask, 2, 4, 1.0f, &loss), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "outside the vocabulary"));
+    b.tok[3] = 0;
+    ck_assert_int_eq(st_model_forward(&m, b.tok, b.tgt, b.mask, 3, 4, 1.0f, &loss), ST_ERR_ARG);
+    free_batch(&b);
+    st_model_free(&m);
+    st_model m2;
+    cfg.max_seq = 3;
+    ck_assert_int_eq(st_model_create(&m2, &cfg, MPI_COMM_SELF, 2, 4, 1, 1), ST_ERR_ARG);
+    cfg = cfg_llama();
+    cfg.n_kv_head = 4; /* 6 heads do not group into 4 */
+    ck_assert_int_eq(st_model_create(&m2, &cfg, MPI_COMM_SELF, 2, 4, 1, 1), ST_ERR_ARG);
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("model");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, llama_matches_reference);
+    tcase_add_test(tc, gpt2_matches_reference);
+    tcase_add_test(tc, llama_tied_no_bias_matches_reference);
+    tcase_add_test(tc, llama_overfits_a_batch);
+    tcase_add_test(tc, gpt2_overfits_a_batch);
+    tcase_add_test(tc, training_is_deterministic);
+    tcase_add_test(tc, rejects_bad_tokens_and_shapes);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    MPI_Finalize();
+    return failed ? 1 : 0;
+}
