@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "checkpoint.h"
 #include "commands.h"
@@ -186,7 +187,9 @@ static st_err generate(const char *ckpt, MPI_Comm world)
                 free(s);
                 cJSON_Delete(j);
             } else {
-                printf("=== prompt %d\n%s\033[1m%s\033[0m\n", i + 1, prompts[i], text);
+                int tty = isatty(fileno(stdout));
+                printf("=== prompt %d\n%s%s%s%s\n", i + 1, prompts[i], tty ? "\033[1m" : "", text,
+                       tty ? "\033[0m" : "");
             }
             fflush(stdout);
         }

@@ -404,7 +404,12 @@ static st_err run(trainer *t)
     const double flops_tok = st_config_flops_per_token(&t->model.lay.cfg, O.seq_len);
     double t_start = st_now(), t_window = t_start;
     int64_t tok_window = 0;
-    double val = -1;
+    double val = -1, val_before = -1;
+    ST_TRY(eval_loss(t, &val_before));
+    if (is_rank0(t) && val_before >= 0) {
+        printf("validation loss before training: %.4f (perplexity %.2f)\n", val_before, exp(val_before));
+        fflush(stdout);
+    }
     for (int64_t step = t->start_step; step < O.steps; step++) {
         double loss = 0, gnorm = 0;
         int64_t ntok = 0;
@@ -434,6 +439,9 @@ static st_err run(trainer *t)
             tok_window = 0;
         }
         if ((O.save_every > 0 && (step + 1) % O.save_every == 0) || last) ST_TRY(save(t, step + 1));
+        if (last && is_rank0(t) && val >= 0 && val_before >= 0)
+            printf("validation loss: before %.4f (perplexity %.2f) -> after %.4f (perplexity %.2f)\n",
+                   val_before, exp(val_before), val, exp(val));
     }
     return ST_OK;
 }

@@ -1,0 +1,1311 @@
+/* checkpoint.c: parallel HDF5 checkpoints, one file per save, global view.
+ *
+ * The file layout and the checksum are described in checkpoint.h. Here:
+ *   slices       which elements of a global tensor a rank holds, as HDF5
+ *                hyperslabs, and their checksum terms
+ *   save         write PATH.tmp collectively, then rename (atomic)
+ *   load         read any grid's slices back, verifying shapes and checksums
+ *   verify       check a whole file with the reading spread over a
+ *                communicator: find_latest and inspect
+ *
+ * Every step that one rank alone could fail ends in st_agree, so all ranks
+ * leave each function together with the same status and nobody is left
+ * waiting in a collective HDF5 call.
+ */
+#include "checkpoint.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "h5util.h"
+#include "rng.h"
+
+/* Elements per rank per H5Dwrite/H5Dread call: keeps every MPI-IO request
+ * below 2 GiB, where some MPI-IO layers still count bytes in an int. */
+#define XFER_CAP ((int64_t)1 << 28)
+/* Elements per read when verifying a whole file. */
+#define VERIFY_BLOCK ((int64_t)1 << 20)
+/* Limits on what a (possibly hostile) file may make us allocate. */
+#define MAX_SHORT_STR 4096
+#define MAX_RECIPE ((size_t)64 << 20)
+#define MAX_TOKENIZER ((size_t)1 << 30)
+
+enum { G_MODEL = 0, G_M, G_V, N_GROUPS };
+static const char *group_path[N_GROUPS] = {"model", "optim/m", "optim/v"};
+
+/* ---- slices and checksums ------------------------------------------------ */
+
+uint64_t st_ckpt_checksum_run(const float *x, size_t n, uint64_t first)
+{
+    uint64_t s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static) if (n > 65536)
+    for (size_t k = 0; k < n; k++) {
+        uint32_t bits;
+        memcpy(&bits, &x[k], sizeof bits);
+        s += st_splitmix64((uint64_t)bits ^ st_splitmix64(first + k));
+    }
+    return s;
+}
+
+/* Elements of t this rank really holds (vocab padding rows excluded). */
+static int64_t real_numel(const st_tensor *t) { return t->lshape[0] * t->lshape[1]; }
+static int64_t global_numel(const st_tensor *t) { return t->shape[0] * t->shape[1]; }
+
+/* Replicated tensors are held by every tp rank; only tp rank 0's copy is
+ * written and counted in checksums, so each element counts once. */
+static int tp_owner(const st_tensor *t, int tp_rank) { return t->split != ST_SPLIT_NONE || tp_rank == 0; }
+
+/* A "piece" is a local flat range [a, b) of t's real elements: local element
+ * k sits at row k / W, column k % W of the slice (W = lshape[1]), i.e. at
+ * global (start[0] + k / W, start[1] + k % W). */
+
+/* Checksum terms of the piece; x points at local element a. */
+static uint64_t piece_checksum(const st_tensor *t, const float *x, int64_t a, int64_t b)
+{
+    if (b <= a) return 0;
+    const int64_t W = t->lshape[1];
+    uint64_t s = 0;
+    for (int64_t r = a / W; r <= (b - 1) / W; r++) {
+        int64_t c0 = r == a / W ? a % W : 0;
+        int64_t c1 = r == (b - 1) / W ? (b - 1) % W + 1 : W;
+        uint64_t g = (uint64_t)((t->start[0] + r) * t->shape[1] + t->start[1] + c0);
+        s += st_ckpt_checksum_run(x + (r * W + c0 - a), (size_t)(c1 - c0), g);
+    }
+    return s;
+}
+
+/* Select the piece in fspace (the global dataspace of t). A flat range cuts
+ * the slice into at most a partial first row, whole rows and a partial last
+ * row; HDF5 visits the union in row-major order, which is the local order. */
+static st_err select_piece(hid_t fspace, const st_tensor *t, int64_t a, int64_t b)
+{
+    if (b <= a) {
+        if (H5Sselect_none(fspace) < 0) ST_H5_FAIL("cannot clear a selection");
+        return ST_OK;
+    }
+    if (t->ndim == 1) {
+        hsize_t st = (hsize_t)(t->start[0] + a), cnt = (hsize_t)(b - a);
+        if (H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &st, NULL, &cnt, NULL) < 0)
+            ST_H5_FAIL("cannot select elements [%lld, %lld) of %s", (long long)a, (long long)b, t->name);
+        return ST_OK;
+    }
+    const int64_t W = t->lshape[1];
+    int64_t r0 = a / W, c0 = a % W, r1 = b / W, c1 = b % W;
+    int64_t blocks[3][4]; /* row, col, rows, cols */
+    int nb = 0;
+    if (r0 == r1) {
+        blocks[nb][0] = r0, blocks[nb][1] = c0, blocks[nb][2] = 1, blocks[nb][3] = c1 - c0, nb++;
+    } else {
+        if (c0) blocks[nb][0] = r0, blocks[nb][1] = c0, blocks[nb][2] = 1, blocks[nb][3] = W - c0, nb++, r0++;
+        if (r1 > r0) blocks[nb][0] = r0, blocks[nb][1] = 0, blocks[nb][2] = r1 - r0, blocks[nb][3] = W, nb++;
+        if (c1) blocks[nb][0] = r1, blocks[nb][1] = 0, blocks[nb][2] = 1, blocks[nb][3] = c1, nb++;
+    }
+    for (int i = 0; i < nb; i++) {
+        hsize_t st[2] = {(hsize_t)(t->start[0] + blocks[i][0]), (hsize_t)(t->start[1] + blocks[i][1])};
+        hsize_t cnt[2] = {(hsize_t)blocks[i][2], (hsize_t)blocks[i][3]};
+        if (H5Sselect_hyperslab(fspace, i ? H5S_SELECT_OR : H5S_SELECT_SET, st, NULL, cnt, NULL) < 0)
+            ST_H5_FAIL("cannot select elements [%lld, %lld) of %s", (long long)a, (long long)b, t->name);
+    }
+    return ST_OK;
+}
+
+/* Collective transfer of the piece [a, b) between buf (local element a) and
+ * dataset d. Every rank calls it, with an empty piece if it has nothing; the
+ * number of calls depends only on the global size, so it matches everywhere. */
+static st_err xfer_piece(hid_t d, const st_tensor *t, int64_t a, int64_t b, float *buf, hid_t dxpl,
+                         int write, const char *path, const char *what)
+{
+    st_err e = ST_OK;
+    hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
+    const int64_t calls = (global_numel(t) + XFER_CAP - 1) / XFER_CAP, n = b > a ? b - a : 0;
+    if ((fspace = H5Dget_space(d)) < 0) ST_H5_GOTO(e, done, "%s: cannot get the dataspace of %s", path, what);
+    for (int64_t k = 0; k < calls; k++) {
+        int64_t x = a + n * k / calls, y = a + n * (k + 1) / calls;
+        ST_TRY_GOTO(e, select_piece(fspace, t, x, y), done);
+        hsize_t cnt = (hsize_t)(y > x ? y - x : 1);
+        if ((mspace = H5Screate_simple(1, &cnt, NULL)) < 0 || (y <= x && H5Sselect_none(mspace) < 0))
+            ST_H5_GOTO(e, done, "cannot create a memory dataspace for %s", what);
+        float *p = y > x ? buf + (x - a) : buf;
+        herr_t rc = write ? H5Dwrite(d, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, p)
+                          : H5Dread(d, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, p);
+        if (rc < 0) ST_H5_GOTO(e, done, "%s: cannot %s %s", path, write ? "write" : "read", what);
+        st_h5_close(&mspace);
+    }
+done:
+    st_h5_close(&mspace);
+    st_h5_close(&fspace);
+    return e;
+}
+
+/* The real elements of t inside the optimizer range [ob, oe) of the flat
+ * buffer, as a piece [*a, *b) (empty when they do not meet). */
+static void opt_piece(const st_tensor *t, size_t ob, size_t oe, int64_t *a, int64_t *b)
+{
+    int64_t lo = (int64_t)t->offset, hi = lo + real_numel(t);
+    int64_t x = lo > (int64_t)ob ? lo : (int64_t)ob, y = hi < (int64_t)oe ? hi : (int64_t)oe;
+    *a = *b = 0;
+    if (y > x) *a = x - lo, *b = y - lo;
+}
+
+static const char *shape_str(int ndim, const int64_t *d, char *buf, size_t cap)
+{
+    if (ndim == 1) snprintf(buf, cap, "[%lld]", (long long)d[0]);
+    else snprintf(buf, cap, "[%lld, %lld]", (long long)d[0], (long long)d[1]);
+    return buf;
+}
+
+/* ---- small shared pieces ------------------------------------------------- */
+
+static int skipped(const char *name, const char *const *skip)
+{
+    for (; skip && *skip; skip++) {
+        size_t n = strlen(*skip);
+        if (n && (*skip)[n - 1] == '*') {
+            if (!strncmp(name, *skip, n - 1)) return 1;
+        } else if (!strcmp(name, *skip)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The first line of the current error message (the part a user reads). */
+static void error_headline(char *buf, size_t cap)
+{
+    const char *m = st_error_message(), *nl = strstr(m, "\n    at ");
+    size_t n = nl ? (size_t)(nl - m) : strlen(m);
+    if (n >= cap) n = cap - 1;
+    memcpy(buf, m, n);
+    buf[n] = '\0';
+}
+
+/* Broadcast a string (NULL allowed) from root; every rank ends up owning a
+ * malloc'd copy in *out. */
+static st_err bcast_str(MPI_Comm comm, int root, const char *in, char **out)
+{
+    int me;
+    long long len = -1;
+    *out = NULL;
+    ST_MPI(MPI_Comm_rank(comm, &me));
+    if (me == root && in) len = (long long)strlen(in);
+    ST_MPI(MPI_Bcast(&len, 1, MPI_LONG_LONG, root, comm));
+    if (len < 0) return ST_OK;
+    if (len > INT_MAX - 1) ST_FAIL(ST_ERR_ARG, "string of %lld bytes is too long to broadcast", len);
+    char *p = malloc((size_t)len + 1);
+    int ok = p != NULL, all_ok;
+    ST_MPI(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, comm));
+    if (!all_ok) {
+        free(p);
+        ST_FAIL(ST_ERR_MEM, "out of memory broadcasting a string of %lld bytes", len);
+    }
+    if (me == root) memcpy(p, in, (size_t)len);
+    p[len] = '\0';
+    ST_MPI(MPI_Bcast(p, (int)len + 1, MPI_CHAR, root, comm));
+    *out = p;
+    return ST_OK;
+}
+
+/* Is v the same on every rank of comm? */
+static st_err same_everywhere(MPI_Comm comm, uint64_t v, int *same)
+{
+    uint64_t in[2] = {v, ~v}, out[2];
+    ST_MPI(MPI_Allreduce(in, out, 2, MPI_UINT64_T, MPI_MAX, comm));
+    *same = out[0] == ~out[1];
+    return ST_OK;
+}
+
+static uint64_t config_hash(const st_config *c)
+{
+    char s[512];
+    snprintf(s, sizeof s, "%d %d %d %d %d %d %d %d %a %a %d %d", (int)c->family, c->n_layer, c->d_model,
+             c->n_head, c->n_kv_head, c->d_ff, c->vocab_size, c->max_seq, (double)c->norm_eps,
+             (double)c->rope_theta, c->tied_embeddings, c->qkv_bias);
+    return st_hash_str(s);
+}
+
+/* The grid, the layout and the buffers belong together, identically on every rank. */
+static st_err check_tensors_arg(const st_grid *g, const st_ckpt_tensors *t, const char *path)
+{
+    if (!t || !t->lay || !t->params)
+        ST_FAIL(ST_ERR_ARG, "%s: no layout or parameter buffer given", path);
+    if (t->lay->tp_size != g->tp_size || t->lay->tp_rank != g->tp_rank)
+        ST_FAIL(ST_ERR_ARG, "%s: layout is for tp rank %d of %d but this rank is tp rank %d of %d",
+                path, t->lay->tp_rank, t->lay->tp_size, g->tp_rank, g->tp_size);
+    if ((t->m == NULL) != (t->v == NULL))
+        ST_FAIL(ST_ERR_ARG, "%s: give both AdamW moments m and v, or neither", path);
+    if (t->m && (t->opt_begin > t->opt_end || t->opt_end > t->lay->numel))
+        ST_FAIL(ST_ERR_ARG, "%s: optimizer range [%zu, %zu) is not inside the %zu-float buffer",
+                path, t->opt_begin, t->opt_end, t->lay->numel);
+    return ST_OK;
+}
+
+static st_err check_same_model(const st_grid *g, const st_ckpt_tensors *t, const char *path)
+{
+    int same1, same2;
+    uint64_t h = config_hash(&t->lay->cfg) ^ st_splitmix64((uint64_t)t->lay->n_tensors);
+    ST_TRY(same_everywhere(g->world, h, &same1));
+    ST_TRY(same_everywhere(g->world, t->m != NULL, &same2));
+    if (!same1) ST_FAIL(ST_ERR_ARG, "%s: ranks disagree on the model config", path);
+    if (!same2) ST_FAIL(ST_ERR_ARG, "%s: some ranks pass optimizer moments and others do not", path);
+    return ST_OK;
+}
+
+static st_err hook_ms(const char *name, long *out)
+{
+    const char *env = getenv(name);
+    *out = -1;
+    if (!env || !*env) return ST_OK;
+    char *end;
+    errno = 0;
+    long v = strtol(env, &end, 10);
+    if (errno || *end || v < 0) ST_FAIL(ST_ERR_ARG, "%s='%s' is not a non-negative integer", name, env);
+    *out = v;
+    return ST_OK;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) && errno == EINTR) {}
+}
+
+/* ---- format checks --------------------------------------------------------- */
+
+static st_err check_format(hid_t file, const char *path)
+{
+    char *fmt = NULL;
+    int version;
+    if (!st_h5_has_attr(file, "format"))
+        ST_FAIL(ST_ERR_FORMAT, "%s is not a shardtune checkpoint: its root group has no 'format' attribute", path);
+    ST_TRY(st_h5_attr_read_str(file, "format", MAX_SHORT_STR, &fmt));
+    int ok = !strcmp(fmt, ST_CKPT_FORMAT);
+    if (!ok) {
+        st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                     "%s is not a shardtune checkpoint: format is '%.64s', expected '%s'", path, fmt, ST_CKPT_FORMAT);
+        free(fmt);
+        return ST_ERR_FORMAT;
+    }
+    free(fmt);
+    ST_TRY(st_h5_attr_read_int(file, "version", INT_MIN, INT_MAX, &version));
+    if (version != ST_CKPT_VERSION)
+        ST_FAIL(ST_ERR_FORMAT, "%s is checkpoint format version %d; this shardtune reads version %d%s",
+                path, version, ST_CKPT_VERSION, version > ST_CKPT_VERSION ? " (upgrade shardtune)" : "");
+    return ST_OK;
+}
+
+static st_err read_config_attrs(hid_t file, const char *path, st_config *cfg)
+{
+    st_err e = ST_OK;
+    char *fam = NULL;
+    memset(cfg, 0, sizeof *cfg);
+    if (!st_h5_has_link(file, "config"))
+        ST_FAIL(ST_ERR_FORMAT, "%s has no /config group", path);
+    hid_t g = H5Gopen2(file, "config", H5P_DEFAULT);
+    if (g < 0) ST_H5_FAIL("%s: cannot open /config", path);
+    ST_TRY_GOTO(e, st_h5_attr_read_str(g, "family", MAX_SHORT_STR, &fam), done);
+    if (st_family_parse(fam, &cfg->family))
+        ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "%s: /config family '%.64s' is neither gpt2 nor llama", path, fam);
+    struct { const char *name; int *v; } ints[] = {
+        {"n_layer", &cfg->n_layer}, {"d_model", &cfg->d_model}, {"n_head", &cfg->n_head},
+        {"n_kv_head", &cfg->n_kv_head}, {"d_ff", &cfg->d_ff}, {"vocab_size", &cfg->vocab_size},
+        {"max_seq", &cfg->max_seq}, {"tied_embeddings", &cfg->tied_embeddings}, {"qkv_bias", &cfg->qkv_bias}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        ST_TRY_GOTO(e, st_h5_attr_read_int(g, ints[i].name, 0, INT_MAX, ints[i].v), done);
+    ST_TRY_GOTO(e, st_h5_attr_read_f32(g, "norm_eps", &cfg->norm_eps), done);
+    ST_TRY_GOTO(e, st_h5_attr_read_f32(g, "rope_theta", &cfg->rope_theta), done);
+    if (st_config_validate(cfg, 1)) {
+        char why[512];
+        error_headline(why, sizeof why);
+        ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "%s: /config is not a valid model: %s", path, why);
+    }
+done:
+    free(fam);
+    H5Gclose(g);
+    return e;
+}
+
+static st_err write_config_attrs(hid_t file, const st_config *c)
+{
+    hid_t g = H5Gcreate2(file, "config", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) ST_H5_FAIL("cannot create /config");
+    st_err e = ST_OK;
+    ST_TRY_GOTO(e, st_h5_attr_write_str(g, "family", st_family_name(c->family)), done);
+    struct { const char *name; int v; } ints[] = {
+        {"n_layer", c->n_layer}, {"d_model", c->d_model}, {"n_head", c->n_head},
+        {"n_kv_head", c->n_kv_head}, {"d_ff", c->d_ff}, {"vocab_size", c->vocab_size},
+        {"max_seq", c->max_seq}, {"tied_embeddings", c->tied_embeddings}, {"qkv_bias", c->qkv_bias}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        ST_TRY_GOTO(e, st_h5_attr_write_i32(g, ints[i].name, ints[i].v), done);
+    ST_TRY_GOTO(e, st_h5_attr_write_f32(g, "norm_eps", c->norm_eps), done);
+    ST_TRY_GOTO(e, st_h5_attr_write_f32(g, "rope_theta", c->rope_theta), done);
+done:
+    H5Gclose(g);
+    return e;
+}
+
+/* Open tensor t in group gname of file, checking it is float32 at t's global shape. */
+static st_err open_tensor(hid_t grp, const char *gname, const st_tensor *t, const char *path, hid_t *out)
+{
+    st_err e = ST_OK;
+    char want[64], have[64];
+    hid_t d = H5I_INVALID_HID, type = H5I_INVALID_HID, space = H5I_INVALID_HID;
+    *out = H5I_INVALID_HID;
+    shape_str(t->ndim, t->shape, want, sizeof want);
+    if (!st_h5_has_link(grp, t->name))
+        ST_FAIL(ST_ERR_FORMAT, "%s has no tensor /%s/%s (expected shape %s)", path, gname, t->name, want);
+    if ((d = H5Dopen2(grp, t->name, H5P_DEFAULT)) < 0 || (type = H5Dget_type(d)) < 0 || (space = H5Dget_space(d)) < 0)
+        ST_H5_GOTO(e, done, "%s: cannot open tensor /%s/%s", path, gname, t->name);
+    if (H5Tget_class(type) != H5T_FLOAT || H5Tget_size(type) != 4)
+        ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "%s: tensor /%s/%s is not float32", path, gname, t->name);
+    hsize_t dims[H5S_MAX_RANK];
+    int nd = H5Sget_simple_extent_ndims(space);
+    if (nd < 0 || nd > H5S_MAX_RANK || H5Sget_simple_extent_dims(space, dims, NULL) < 0)
+        ST_H5_GOTO(e, done, "%s: cannot read the shape of /%s/%s", path, gname, t->name);
+    int64_t found[2] = {nd > 0 ? (int64_t)dims[0] : 0, nd > 1 ? (int64_t)dims[1] : 1};
+    if (nd != t->ndim || found[0] != t->shape[0] || found[1] != t->shape[1]) {
+        if (nd <= 2) shape_str(nd == 2 ? 2 : 1, found, have, sizeof have);
+        else snprintf(have, sizeof have, "a %d-D array", nd);
+        ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "%s: tensor /%s/%s has shape %s, expected %s "
+                     "(the checkpoint is of a different model; compare configs with 'shardtune inspect')",
+                     path, gname, t->name, have, want);
+    }
+    *out = d;
+    d = H5I_INVALID_HID;
+done:
+    st_h5_close(&space);
+    st_h5_close(&type);
+    st_h5_close(&d);
+    return e;
+}
+
+/* ---- save ------------------------------------------------------------------ */
+
+/* What world rank 0 decides and every rank writes identically. */
+typedef struct {
+    int64_t step, tokens_seen, data_epoch, data_cursor, adam_step;
+    uint64_t rng[4], data_seed, tok_n;
+    float beta1, beta2, eps, weight_decay;
+    int has_train, has_tok;
+    long pause_ms, fail_after;
+} save_meta;
+
+typedef struct {
+    save_meta meta;
+    char *created, *git, *recipe, *method, *tok_kind;
+    const uint8_t *tok_blob;    /* world rank 0 only */
+    int has_optim;
+    uint64_t *sums;             /* N_GROUPS x n_tensors checksums, already reduced */
+} save_job;
+
+static void save_job_free(save_job *j)
+{
+    free(j->created);
+    free(j->git);
+    free(j->recipe);
+    free(j->method);
+    free(j->tok_kind);
+    free(j->sums);
+}
+
+static st_err save_job_init(save_job *j, const st_grid *g, const st_ckpt_tensors *t, const st_train_state *s,
+                            const char *tok_kind, const uint8_t *tok_blob, size_t tok_n)
+{
+    const int root = g->world_rank == 0;
+    save_meta *m = &j->meta;
+    char created[64] = "", *git = NULL;
+    if (root) {
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        git = getenv("SHARDTUNE_GIT_REV");
+        if (!git || !*git) git = "unknown";
+        if (s) {
+            m->step = s->step, m->tokens_seen = s->tokens_seen;
+            m->data_epoch = s->data_epoch, m->data_cursor = s->data_cursor, m->data_seed = s->data_seed;
+            memcpy(m->rng, s->rng, sizeof m->rng);
+            m->has_train = 1;
+        }
+        m->adam_step = t->adam_step, m->beta1 = t->beta1, m->beta2 = t->beta2;
+        m->eps = t->eps, m->weight_decay = t->weight_decay;
+        m->has_tok = tok_kind != NULL;
+        m->tok_n = tok_kind ? tok_n : 0;
+        j->tok_blob = tok_blob;
+    }
+    ST_TRY(hook_ms("SHARDTUNE_CKPT_TEST_PAUSE_MS", &m->pause_ms));
+    ST_TRY(hook_ms("SHARDTUNE_CKPT_TEST_FAIL_AFTER", &m->fail_after));
+    ST_MPI(MPI_Bcast(m, (int)sizeof *m, MPI_BYTE, 0, g->world));
+    if (root && m->tok_n && !tok_blob) ST_FAIL(ST_ERR_ARG, "tokenizer '%s' has %zu bytes but no data", tok_kind, tok_n);
+    ST_TRY(bcast_str(g->world, 0, created, &j->created));
+    ST_TRY(bcast_str(g->world, 0, git, &j->git));
+    ST_TRY(bcast_str(g->world, 0, root && s ? s->recipe : NULL, &j->recipe));
+    ST_TRY(bcast_str(g->world, 0, root && s ? s->method : NULL, &j->method));
+    ST_TRY(bcast_str(g->world, 0, root ? tok_kind : NULL, &j->tok_kind));
+    j->has_optim = t->m != NULL;
+    return ST_OK;
+}
+
+/* Every tensor's checksum, from the slices each rank will write, reduced
+ * over the world; also checks that the slices cover every tensor once. */
+static st_err save_checksums(save_job *j, const st_grid *g, const st_ckpt_tensors *t, const char *path)
+{
+    const st_layout *lay = t->lay;
+    const int nt = lay->n_tensors;
+    uint64_t *sums;
+    int64_t *counts, *all;
+    ST_ALLOC(sums, N_GROUPS * nt, "checkpoint checksums");
+    j->sums = sums;
+    ST_ALLOC(counts, 2 * N_GROUPS * nt, "checkpoint element counts");
+    all = counts + N_GROUPS * nt;
+    for (int i = 0; i < nt; i++) {
+        const st_tensor *ti = &lay->tensors[i];
+        if (!tp_owner(ti, g->tp_rank)) continue;
+        if (g->dp_rank == 0) {
+            sums[G_MODEL * nt + i] = piece_checksum(ti, t->params + ti->offset, 0, real_numel(ti));
+            counts[G_MODEL * nt + i] = real_numel(ti);
+        }
+        if (!j->has_optim) continue;
+        int64_t a, b;
+        opt_piece(ti, t->opt_begin, t->opt_end, &a, &b);
+        if (b <= a) continue;
+        const size_t at = ti->offset + (size_t)a - t->opt_begin;
+        sums[G_M * nt + i] = piece_checksum(ti, t->m + at, a, b);
+        sums[G_V * nt + i] = piece_checksum(ti, t->v + at, a, b);
+        counts[G_M * nt + i] = counts[G_V * nt + i] = b - a;
+    }
+    st_err e = ST_OK;
+    int rc = MPI_Allreduce(MPI_IN_PLACE, sums, N_GROUPS * nt, MPI_UINT64_T, MPI_SUM, g->world);
+    if (rc == MPI_SUCCESS) rc = MPI_Allreduce(counts, all, N_GROUPS * nt, MPI_INT64_T, MPI_SUM, g->world);
+    if (rc != MPI_SUCCESS) ST_FAIL_GOTO(e, done, ST_ERR_MPI, "MPI_Allreduce of checkpoint checksums failed");
+    for (int gi = 0; gi < (j->has_optim ? N_GROUPS : 1); gi++)
+        for (int i = 0; i < nt; i++) {
+            const st_tensor *ti = &lay->tensors[i];
+            if (all[gi * nt + i] != global_numel(ti))
+                ST_FAIL_GOTO(e, done, ST_ERR_ARG,
+                             "%s: the ranks' slices hold %lld of the %lld elements of /%s/%s; %s", path,
+                             (long long)all[gi * nt + i], (long long)global_numel(ti), group_path[gi], ti->name,
+                             gi == G_MODEL ? "the layouts do not match the grid"
+                                           : "the optimizer ranges [opt_begin, opt_end) of the dp ranks must "
+                                             "split each tp rank's flat buffer into disjoint covering ranges");
+        }
+done:
+    free(counts);
+    return e;
+}
+
+static st_err create_group(hid_t loc, const char *name, hid_t *out)
+{
+    *out = H5Gcreate2(loc, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (*out < 0) ST_H5_FAIL("cannot create group /%s", name);
+    return ST_OK;
+}
+
+/* Root, /config, /tokenizer, /train and /optim attributes. Collective. */
+static st_err write_header(hid_t file, const save_job *j, const st_config *cfg, int root, hid_t dxpl)
+{
+    const save_meta *m = &j->meta;
+    st_err e = ST_OK;
+    hid_t grp = H5I_INVALID_HID;
+    ST_TRY(st_h5_attr_write_str(file, "format", ST_CKPT_FORMAT));
+    ST_TRY(st_h5_attr_write_i32(file, "version", ST_CKPT_VERSION));
+    ST_TRY(st_h5_attr_write_i64(file, "step", m->step));
+    ST_TRY(st_h5_attr_write_i64(file, "tokens_seen", m->tokens_seen));
+    ST_TRY(st_h5_attr_write_str(file, "created", j->created));
+    ST_TRY(st_h5_attr_write_str(file, "git", j->git));
+    ST_TRY(write_config_attrs(file, cfg));
+    if (m->has_tok) {
+        ST_TRY(create_group(file, "tokenizer", &grp));
+        ST_TRY_GOTO(e, st_h5_attr_write_str(grp, "kind", j->tok_kind), done);
+        ST_TRY_GOTO(e, st_h5_bytes_write(grp, "blob", j->tok_blob, (size_t)m->tok_n, root, dxpl), done);
+        st_h5_close(&grp);
+    }
+    if (m->has_train) {
+        ST_TRY(create_group(file, "train", &grp));
+        ST_TRY_GOTO(e, st_h5_attr_write_u64s(grp, "rng", m->rng, 4), done);
+        ST_TRY_GOTO(e, st_h5_attr_write_i64(grp, "data_epoch", m->data_epoch), done);
+        ST_TRY_GOTO(e, st_h5_attr_write_i64(grp, "data_cursor", m->data_cursor), done);
+        ST_TRY_GOTO(e, st_h5_attr_write_u64(grp, "data_seed", m->data_seed), done);
+        if (j->method) ST_TRY_GOTO(e, st_h5_attr_write_str(grp, "method", j->method), done);
+        if (j->recipe) ST_TRY_GOTO(e, st_h5_str_dataset_write(grp, "recipe", j->recipe, root, dxpl), done);
+        st_h5_close(&grp);
+    }
+    if (j->has_optim) {
+        ST_TRY(create_group(file, "optim", &grp));
+        ST_TRY_GOTO(e, st_h5_attr_write_i64(grp, "step", m->adam_step), done);
+        ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "beta1", m->beta1), done);
+        ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "beta2", m->beta2), done);
+        ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "eps", m->eps), done);
+        ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "weight_decay", m->weight_decay), done);
+        st_h5_close(&grp);
+    }
+done:
+    st_h5_close(&grp);
+    return e;
+}
+
+/* Create tensor ti of group gi (contiguous float32 at its global shape, with
+ * its checksum) and write this rank's piece of it. */
+static st_err write_tensor(hid_t grp, int gi, const st_tensor *ti, uint64_t sum, const st_grid *g,
+                           const st_ckpt_tensors *t, hid_t dcpl, hid_t dxpl, const char *path)
+{
+    st_err e = ST_OK;
+    hsize_t dims[2] = {(hsize_t)ti->shape[0], (hsize_t)ti->shape[1]};
+    hid_t space = H5I_INVALID_HID, d = H5I_INVALID_HID;
+    char what[160];
+    snprintf(what, sizeof what, "/%s/%s", group_path[gi], ti->name);
+    if ((space = H5Screate_simple(ti->ndim, dims, NULL)) < 0 ||
+        (d = H5Dcreate2(grp, ti->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)) < 0)
+        ST_H5_GOTO(e, done, "%s: cannot create tensor %s", path, what);
+    ST_TRY_GOTO(e, st_h5_attr_write_u64(d, "checksum", sum), done);
+    int64_t a = 0, b = 0;
+    float *buf;
+    if (gi == G_MODEL) {
+        if (g->dp_rank == 0 && tp_owner(ti, g->tp_rank)) b = real_numel(ti);
+        buf = t->params + ti->offset;
+    } else {
+        if (tp_owner(ti, g->tp_rank)) opt_piece(ti, t->opt_begin, t->opt_end, &a, &b);
+        float *base = gi == G_M ? t->m : t->v;
+        buf = b > a ? base + (ti->offset + (size_t)a - t->opt_begin) : base;
+    }
+    ST_TRY_GOTO(e, xfer_piece(d, ti, a, b, buf, dxpl, 1, path, what), done);
+done:
+    st_h5_close(&d);
+    st_h5_close(&space);
+    return e;
+}
+
+static st_err write_tensors(hid_t file, const save_job *j, const st_grid *g, const st_ckpt_tensors *t,
+                            hid_t dxpl, const char *path)
+{
+    st_err e = ST_OK;
+    const int nt = t->lay->n_tensors;
+    hid_t grp = H5I_INVALID_HID, dcpl = H5P_DEFAULT;
+    long written = 0;
+    dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    /* Contiguous, allocated at creation, never filled: plain fast I/O. */
+    if (dcpl < 0 || H5Pset_layout(dcpl, H5D_CONTIGUOUS) < 0 || H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) < 0 ||
+        H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) < 0)
+        ST_H5_GOTO(e, done, "cannot set up the tensor dataset properties");
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    for (int gi = 0; gi < (j->has_optim ? N_GROUPS : 1); gi++) {
+        e = create_group(file, group_path[gi], &grp);
+        ST_TRY_GOTO(e, st_agree(g->world, e), done);
+        for (int i = 0; i < nt; i++) {
+            e = write_tensor(grp, gi, &t->lay->tensors[i], j->sums[gi * nt + i], g, t, dcpl, dxpl, path);
+            written++;
+            if (!e && written == 1 && j->meta.pause_ms > 0) sleep_ms(j->meta.pause_ms);
+            if (!e && g->world_rank == 0 && j->meta.fail_after >= 0 && written == j->meta.fail_after + 1)
+                e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__,
+                                 "%s: injected failure after %ld tensors (SHARDTUNE_CKPT_TEST_FAIL_AFTER)",
+                                 path, j->meta.fail_after);
+            ST_TRY_GOTO(e, st_agree(g->world, e), done);
+        }
+        st_h5_close(&grp);
+    }
+done:
+    st_h5_close(&grp);
+    if (dcpl != H5P_DEFAULT) st_h5_close(&dcpl);
+    return e;
+}
+
+/* Write everything into tmp. Collective; the status is agreed. */
+static st_err write_tmp(const char *tmp, const save_job *j, const st_grid *g, const st_ckpt_tensors *t)
+{
+    st_err e = ST_OK;
+    hid_t fapl = H5I_INVALID_HID, file = H5I_INVALID_HID, dxpl = H5I_INVALID_HID;
+    e = st_h5_fapl_mpio(g->world, &fapl);
+    if (!e && H5Pset_coll_metadata_write(fapl, 1) < 0) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__, "cannot enable collective metadata writes");
+    }
+    if (!e && (file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl)) < 0) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__,
+                            "cannot create checkpoint file %s (does the directory exist and is it writable?)", tmp);
+    }
+    if (!e) e = st_h5_dxpl_mpio(1, &dxpl);
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    e = write_header(file, j, &t->lay->cfg, g->world_rank == 0, dxpl);
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    ST_TRY_GOTO(e, write_tensors(file, j, g, t, dxpl, tmp), done);
+done:
+    st_h5_close(&dxpl);
+    if (file >= 0 && H5Fclose(file) < 0 && !e) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__, "closing checkpoint file %s failed", tmp);
+    }
+    st_h5_close(&fapl);
+    return st_agree(g->world, e);
+}
+
+static st_err fsync_path(const char *p, int dir)
+{
+    int fd = open(p, O_RDONLY | (dir ? O_DIRECTORY : 0));
+    if (fd < 0) ST_FAIL(ST_ERR_IO, "cannot open %s to sync it: %s", p, strerror(errno));
+    /* some file systems cannot sync a directory (EINVAL): nothing to do then */
+    if (fsync(fd) && !(dir && (errno == EINVAL || errno == EROFS))) {
+        int err = errno;
+        close(fd);
+        ST_FAIL(ST_ERR_IO, "fsync of %s failed: %s", p, strerror(err));
+    }
+    close(fd);
+    return ST_OK;
+}
+
+static void dir_of(const char *path, char *dir, size_t cap)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, cap, ".");
+    else if (slash == path) snprintf(dir, cap, "/");
+    else snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+}
+
+/* Rank 0 only: make tmp durable, then rename it over path. */
+static st_err commit(const char *tmp, const char *path)
+{
+    char dir[PATH_MAX];
+    ST_TRY(fsync_path(tmp, 0));
+    if (rename(tmp, path))
+        ST_FAIL(ST_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+    dir_of(path, dir, sizeof dir);
+    ST_TRY(fsync_path(dir, 1));
+    return ST_OK;
+}
+
+st_err st_ckpt_save_file(const char *path, const st_grid *g, const st_ckpt_tensors *t, const st_train_state *s,
+                         const char *tok_kind, const uint8_t *tok_blob, size_t tok_n)
+{
+    st_h5_quiet();
+    save_job j;
+    memset(&j, 0, sizeof j);
+    char tmp[PATH_MAX];
+    st_err e = ST_OK;
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "checkpoint path too long: %s", path);
+    if (!e) e = check_tensors_arg(g, t, path);
+    ST_TRY(st_agree(g->world, e));
+    ST_TRY(check_same_model(g, t, path));
+    e = save_job_init(&j, g, t, s, tok_kind, tok_blob, tok_n);
+    if (!e) e = save_checksums(&j, g, t, path);
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    e = write_tmp(tmp, &j, g, t);
+    if (!e && MPI_Barrier(g->world) != MPI_SUCCESS)
+        e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "MPI_Barrier after writing %s failed", tmp);
+    if (!e && g->world_rank == 0) e = commit(tmp, path);
+    e = st_agree(g->world, e);
+    if (e && g->world_rank == 0) unlink(tmp); /* a directory in its place is not ours: unlink leaves it */
+done:
+    save_job_free(&j);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+/* ---- run directory: step files, latest, retention --------------------------- */
+
+/* Step number of a name "step_<digits>.h5" (suffix ".h5.tmp" when tmp), or -1. */
+static long long step_of(const char *name, int tmp)
+{
+    const char *suffix = tmp ? ".h5.tmp" : ".h5";
+    if (strncmp(name, "step_", 5)) return -1;
+    const char *p = name + 5, *q = p;
+    while (*q >= '0' && *q <= '9') q++;
+    if (q == p || q - p > 18 || strcmp(q, suffix)) return -1;
+    return strtoll(p, NULL, 10);
+}
+
+typedef struct { long long step; char name[256]; } step_file;
+
+static int by_step_desc(const void *a, const void *b)
+{
+    long long x = ((const step_file *)a)->step, y = ((const step_file *)b)->step;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Files of dir named step_N.h5 (or .h5.tmp), newest first. */
+static st_err list_steps(const char *dir, int tmp, step_file **out, int *n)
+{
+    DIR *d = opendir(dir);
+    *out = NULL;
+    *n = 0;
+    if (!d) ST_FAIL(ST_ERR_IO, "cannot open checkpoint directory %s: %s", dir, strerror(errno));
+    step_file *v = NULL;
+    int cap = 0, cnt = 0;
+    struct dirent *ent;
+    while ((ent = readdir(d))) {
+        long long st = step_of(ent->d_name, tmp);
+        if (st < 0 || strlen(ent->d_name) >= sizeof v->name) continue;
+        if (cnt == cap) {
+            cap = cap ? 2 * cap : 16;
+            step_file *nv = realloc(v, (size_t)cap * sizeof *nv);
+            if (!nv) {
+                free(v);
+                closedir(d);
+                ST_FAIL(ST_ERR_MEM, "out of memory listing %s", dir);
+            }
+            v = nv;
+        }
+        v[cnt].step = st;
+        snprintf(v[cnt].name, sizeof v[cnt].name, "%s", ent->d_name);
+        cnt++;
+    }
+    closedir(d);
+    if (cnt) qsort(v, (size_t)cnt, sizeof *v, by_step_desc);
+    *out = v;
+    *n = cnt;
+    return ST_OK;
+}
+
+static st_err join_path(char *out, size_t cap, const char *dir, const char *name)
+{
+    if (snprintf(out, cap, "%s/%s", dir, name) >= (int)cap)
+        ST_FAIL(ST_ERR_ARG, "path too long: %s/%s", dir, name);
+    return ST_OK;
+}
+
+/* Rank 0: DIR/latest <- name, through latest.tmp and a rename. */
+static st_err write_latest(const char *dir, const char *name)
+{
+    char tmp[PATH_MAX], dst[PATH_MAX];
+    ST_TRY(join_path(tmp, sizeof tmp, dir, "latest.tmp"));
+    ST_TRY(join_path(dst, sizeof dst, dir, "latest"));
+    FILE *f = fopen(tmp, "w");
+    if (!f) ST_FAIL(ST_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+    int bad = fprintf(f, "%s\n", name) < 0;
+    bad |= fflush(f) != 0;
+    bad |= fsync(fileno(f)) != 0;
+    bad |= fclose(f) != 0;
+    if (bad) {
+        unlink(tmp);
+        ST_FAIL(ST_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    }
+    if (rename(tmp, dst)) {
+        int err = errno;
+        unlink(tmp);
+        ST_FAIL(ST_ERR_IO, "cannot rename %s to %s: %s", tmp, dst, strerror(err));
+    }
+    return fsync_path(dir, 1);
+}
+
+/* Rank 0: keep the newest `keep` step files (never removing `current`) and
+ * drop temporaries of crashed saves. Failing to delete only warns. */
+static void prune(const char *dir, const char *current, int keep)
+{
+    char p[PATH_MAX];
+    step_file *v;
+    int n;
+    for (int tmp = 0; tmp <= 1; tmp++) {
+        if (tmp == 0 && keep <= 0) continue;
+        if (list_steps(dir, tmp, &v, &n)) {
+            fprintf(stderr, "shardtune: warning: %s\n", st_error_message());
+            st_error_clear();
+            return;
+        }
+        int kept = 0;
+        for (int i = 0; i < n; i++) {
+            if (!tmp && (!strcmp(v[i].name, current) || kept < keep - 1)) {
+                kept += strcmp(v[i].name, current) != 0;
+                continue;
+            }
+            if (join_path(p, sizeof p, dir, v[i].name)) continue;
+            if (unlink(p) && errno != ENOENT)
+                fprintf(stderr, "shardtune: warning: cannot remove old checkpoint %s: %s\n", p, strerror(errno));
+        }
+        free(v);
+    }
+}
+
+st_err st_ckpt_save(const char *dir, const st_grid *g, const st_ckpt_tensors *t, const st_train_state *s,
+                    const char *tok_kind, const uint8_t *tok_blob, size_t tok_n, int keep)
+{
+    st_err e = ST_OK;
+    long long step = 0;
+    if (g->world_rank == 0) {
+        if (!s) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "saving into %s needs the train state (its step names the file)", dir);
+        else if (s->step < 0) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "negative step %lld", (long long)s->step);
+        else step = s->step;
+        if (!e && mkdir(dir, 0777) && errno != EEXIST)
+            e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot create checkpoint directory %s: %s",
+                             dir, strerror(errno));
+    }
+    ST_TRY(st_agree(g->world, e));
+    ST_MPI(MPI_Bcast(&step, 1, MPI_LONG_LONG, 0, g->world));
+    char name[64], path[PATH_MAX];
+    snprintf(name, sizeof name, "step_%08lld.h5", step);
+    e = join_path(path, sizeof path, dir, name);
+    ST_TRY(st_agree(g->world, e));
+    ST_TRY(st_ckpt_save_file(path, g, t, s, tok_kind, tok_blob, tok_n));
+    if (g->world_rank == 0) {
+        e = write_latest(dir, name);
+        if (!e) prune(dir, name, keep);
+    }
+    ST_TRY(st_agree(g->world, e));
+    return ST_OK;
+}
+
+/* ---- read config ------------------------------------------------------------ */
+
+/* Serial open (one rank) of a checkpoint, its format checked. */
+static st_err open_serial(const char *path, hid_t *file)
+{
+    *file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (*file < 0) ST_H5_FAIL("cannot open checkpoint %s", path);
+    st_err e = check_format(*file, path);
+    if (e) {
+        st_h5_close(file);
+        st_error_trace(__FILE__, __LINE__, __func__);
+    }
+    return e;
+}
+
+st_err st_ckpt_read_config(const char *path, MPI_Comm comm, st_config *cfg)
+{
+    st_h5_quiet();
+    int me;
+    st_err e = ST_OK;
+    ST_MPI(MPI_Comm_rank(comm, &me));
+    memset(cfg, 0, sizeof *cfg);
+    if (me == 0) {
+        hid_t file;
+        e = open_serial(path, &file);
+        if (!e) {
+            e = read_config_attrs(file, path, cfg);
+            H5Fclose(file);
+        }
+    }
+    ST_TRY(st_agree(comm, e));
+    ST_MPI(MPI_Bcast(cfg, (int)sizeof *cfg, MPI_BYTE, 0, comm));
+    return ST_OK;
+}
+
+/* ---- load ------------------------------------------------------------------- */
+
+/* Read this rank's pieces of one group's tensors (collective over the world,
+ * one tensor at a time), then compare checksums reduced over `red`. */
+static st_err load_group(hid_t file, int gi, const char *path, const st_grid *g, st_ckpt_tensors *t,
+                         const char *const *skip, hid_t dxpl)
+{
+    const st_layout *lay = t->lay;
+    const int nt = lay->n_tensors;
+    st_err e = ST_OK;
+    hid_t grp = H5I_INVALID_HID, d = H5I_INVALID_HID;
+    uint64_t *sum = NULL, *stored = NULL;
+    char what[160];
+    ST_ALLOC(sum, 2 * nt, "checkpoint checksums");
+    stored = sum + nt;
+    if (!st_h5_has_link(file, group_path[gi]) || (grp = H5Gopen2(file, group_path[gi], H5P_DEFAULT)) < 0)
+        e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__, "%s has no group /%s", path, group_path[gi]);
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    for (int i = 0; i < nt; i++) {
+        const st_tensor *ti = &lay->tensors[i];
+        if (skipped(ti->name, skip)) continue;
+        snprintf(what, sizeof what, "/%s/%s", group_path[gi], ti->name);
+        e = open_tensor(grp, group_path[gi], ti, path, &d);
+        if (!e) e = st_h5_attr_read_u64(d, "checksum", &stored[i]);
+        ST_TRY_GOTO(e, st_agree(g->world, e), done);
+        int64_t a = 0, b = 0;
+        float *buf;
+        if (gi == G_MODEL) {
+            b = real_numel(ti);
+            buf = t->params + ti->offset;
+        } else {
+            opt_piece(ti, t->opt_begin, t->opt_end, &a, &b);
+            float *base = gi == G_M ? t->m : t->v;
+            buf = b > a ? base + (ti->offset + (size_t)a - t->opt_begin) : base;
+        }
+        e = xfer_piece(d, ti, a, b, buf, dxpl, 0, path, what);
+        if (!e && tp_owner(ti, g->tp_rank)) sum[i] = piece_checksum(ti, buf, a, b);
+        st_h5_close(&d);
+        ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    }
+    /* parameters: each dp group holds a whole copy; moments: the world does */
+    MPI_Comm red = gi == G_MODEL ? g->tp : g->world;
+    if (MPI_Allreduce(MPI_IN_PLACE, sum, nt, MPI_UINT64_T, MPI_SUM, red) != MPI_SUCCESS)
+        ST_FAIL_GOTO(e, agree, ST_ERR_MPI, "MPI_Allreduce of checksums failed");
+    for (int i = 0; i < nt; i++) {
+        if (skipped(lay->tensors[i].name, skip) || sum[i] == stored[i]) continue;
+        ST_FAIL_GOTO(e, agree, ST_ERR_FORMAT,
+                     "%s: tensor /%s/%s is damaged: its data has checksum %016" PRIx64 " but the file "
+                     "recorded %016" PRIx64 " (the file was modified or corrupted after it was written)",
+                     path, group_path[gi], lay->tensors[i].name, sum[i], stored[i]);
+    }
+agree:
+    e = st_agree(g->world, e);
+done:
+    st_h5_close(&d);
+    st_h5_close(&grp);
+    free(sum);
+    return e;
+}
+
+static st_err load_optim_attrs(hid_t file, st_ckpt_tensors *t)
+{
+    st_err e = ST_OK;
+    hid_t grp = H5Gopen2(file, "optim", H5P_DEFAULT);
+    if (grp < 0) ST_H5_FAIL("cannot open /optim");
+    ST_TRY_GOTO(e, st_h5_attr_read_i64(grp, "step", &t->adam_step), done);
+    ST_TRY_GOTO(e, st_h5_attr_read_f32(grp, "beta1", &t->beta1), done);
+    ST_TRY_GOTO(e, st_h5_attr_read_f32(grp, "beta2", &t->beta2), done);
+    ST_TRY_GOTO(e, st_h5_attr_read_f32(grp, "eps", &t->eps), done);
+    ST_TRY_GOTO(e, st_h5_attr_read_f32(grp, "weight_decay", &t->weight_decay), done);
+done:
+    H5Gclose(grp);
+    return e;
+}
+
+/* Root step counters and /train (absent in converted base models: zeros). */
+static st_err load_train_state(hid_t file, st_train_state *s)
+{
+    st_err e = ST_OK;
+    memset(s, 0, sizeof *s);
+    ST_TRY(st_h5_attr_read_i64(file, "step", &s->step));
+    ST_TRY(st_h5_attr_read_i64(file, "tokens_seen", &s->tokens_seen));
+    if (!st_h5_has_link(file, "train")) return ST_OK;
+    hid_t grp = H5Gopen2(file, "train", H5P_DEFAULT);
+    if (grp < 0) ST_H5_FAIL("cannot open /train");
+    ST_TRY_GOTO(e, st_h5_attr_read_u64s(grp, "rng", s->rng, 4), done);
+    ST_TRY_GOTO(e, st_h5_attr_read_i64(grp, "data_epoch", &s->data_epoch), done);
+    ST_TRY_GOTO(e, st_h5_attr_read_i64(grp, "data_cursor", &s->data_cursor), done);
+    ST_TRY_GOTO(e, st_h5_attr_read_u64(grp, "data_seed", &s->data_seed), done);
+    if (st_h5_has_attr(grp, "method"))
+        ST_TRY_GOTO(e, st_h5_attr_read_str(grp, "method", MAX_SHORT_STR, &s->method), done);
+    if (st_h5_has_link(grp, "recipe"))
+        ST_TRY_GOTO(e, st_h5_str_dataset_read(grp, "recipe", MAX_RECIPE, &s->recipe), done);
+done:
+    H5Gclose(grp);
+    if (e) st_train_state_free(s);
+    return e;
+}
+
+static st_err load_tokenizer(hid_t file, char **kind, uint8_t **blob, size_t *n)
+{
+    if (!st_h5_has_link(file, "tokenizer")) return ST_OK;
+    st_err e = ST_OK;
+    hid_t grp = H5Gopen2(file, "tokenizer", H5P_DEFAULT);
+    uint8_t *b = NULL;
+    size_t bn = 0;
+    if (grp < 0) ST_H5_FAIL("cannot open /tokenizer");
+    if (kind) ST_TRY_GOTO(e, st_h5_attr_read_str(grp, "kind", MAX_SHORT_STR, kind), done);
+    if (blob || n) ST_TRY_GOTO(e, st_h5_bytes_read(grp, "blob", MAX_TOKENIZER, &b, &bn), done);
+    if (blob) *blob = b, b = NULL;
+    if (n) *n = bn;
+done:
+    free(b);
+    H5Gclose(grp);
+    if (e && kind) free(*kind), *kind = NULL;
+    return e;
+}
+
+st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_train_state *s,
+                    const char *const *skip, int flags, char **tok_kind, uint8_t **tok_blob, size_t *tok_n)
+{
+    st_h5_quiet();
+    st_err e = ST_OK;
+    hid_t fapl = H5I_INVALID_HID, file = H5I_INVALID_HID, dxpl = H5I_INVALID_HID;
+    if (tok_kind) *tok_kind = NULL;
+    if (tok_blob) *tok_blob = NULL;
+    if (tok_n) *tok_n = 0;
+    if (s) memset(s, 0, sizeof *s);
+    e = check_tensors_arg(g, t, path);
+    ST_TRY(st_agree(g->world, e));
+    e = st_h5_fapl_mpio(g->world, &fapl);
+    if (!e && (file = H5Fopen(path, H5F_ACC_RDONLY, fapl)) < 0) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__, "cannot open checkpoint %s", path);
+    }
+    if (!e) e = check_format(file, path);
+    if (!e) e = st_h5_dxpl_mpio(1, &dxpl);
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    ST_TRY_GOTO(e, load_group(file, G_MODEL, path, g, t, skip, dxpl), done);
+    if (t->m && !(flags & ST_CKPT_WEIGHTS_ONLY)) {
+        if (!st_h5_has_link(file, "optim"))
+            e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                             "%s has no optimizer state (/optim): it holds weights only; load it with "
+                             "weights only (fresh AdamW moments) or resume from a training checkpoint", path);
+        if (!e) e = load_optim_attrs(file, t);
+        ST_TRY_GOTO(e, st_agree(g->world, e), done);
+        ST_TRY_GOTO(e, load_group(file, G_M, path, g, t, skip, dxpl), done);
+        ST_TRY_GOTO(e, load_group(file, G_V, path, g, t, skip, dxpl), done);
+    }
+    if (s) e = load_train_state(file, s);
+    if (!e && (tok_kind || tok_blob || tok_n)) e = load_tokenizer(file, tok_kind, tok_blob, tok_n);
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+done:
+    st_h5_close(&dxpl);
+    if (file >= 0 && H5Fclose(file) < 0 && !e) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__, "closing %s failed", path);
+    }
+    st_h5_close(&fapl);
+    e = st_agree(g->world, e);
+    if (e) {
+        if (s) st_train_state_free(s);
+        if (tok_kind) free(*tok_kind), *tok_kind = NULL;
+        if (tok_blob) free(*tok_blob), *tok_blob = NULL;
+        if (tok_n) *tok_n = 0;
+    }
+    return e;
+}
+
+void st_train_state_free(st_train_state *s)
+{
+    if (!s) return;
+    free(s->recipe);
+    free(s->method);
+    s->recipe = s->method = NULL;
+}
+
+/* ---- verify a whole file: find_latest, inspect -------------------------------- */
+
+enum { V_OK = 0, V_MISSING, V_BADSHAPE, V_NOSUM, V_READ, V_MISMATCH };
+
+/* One row block of every tensor per rank, read independently (no collective
+ * to keep in step), checksummed; results reduced over comm. With out, comm
+ * rank 0 prints one line per tensor. Fails on the first problem after all
+ * tensors were checked, naming the file and the tensor. */
+static st_err verify_tensors(hid_t file, const char *path, const st_config *cfg, MPI_Comm comm, FILE *out)
+{
+    st_err e = ST_OK;
+    st_layout lay;
+    int me, np;
+    ST_MPI(MPI_Comm_rank(comm, &me));
+    ST_MPI(MPI_Comm_size(comm, &np));
+    ST_TRY(st_layout_init(&lay, cfg, 1, 0));
+    const int nt = lay.n_tensors, ng = st_h5_has_link(file, "optim") ? N_GROUPS : 1;
+    uint64_t *sum = calloc((size_t)(2 * N_GROUPS * nt), sizeof *sum), *stored = sum ? sum + N_GROUPS * nt : NULL;
+    int *status = calloc((size_t)(N_GROUPS * nt), sizeof *status);
+    float *buf = NULL;
+    size_t buf_n = 0;
+    hid_t grp = H5I_INVALID_HID, d = H5I_INVALID_HID, fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
+    if (!sum || !status) ST_FAIL_GOTO(e, done, ST_ERR_MEM, "out of memory verifying %s", path);
+    for (int gi = 0; gi < ng; gi++) {
+        if ((grp = H5Gopen2(file, group_path[gi], H5P_DEFAULT)) < 0) {
+            for (int i = 0; i < nt; i++) status[gi * nt + i] = V_MISSING;
+            continue;
+        }
+        for (int i = 0; i < nt; i++) {
+            const st_tensor *ti = &lay.tensors[i];
+            int *st = &status[gi * nt + i];
+            if (!st_h5_has_link(grp, ti->name)) { *st = V_MISSING; continue; }
+            if (open_tensor(grp, group_path[gi], ti, path, &d)) { *st = V_BADSHAPE; continue; }
+            if (st_h5_attr_read_u64(d, "checksum", &stored[gi * nt + i])) *st = V_NOSUM;
+            const int64_t R = ti->shape[0], W = ti->shape[1];
+            const int64_t r_end = R * (me + 1) / np, step = W >= VERIFY_BLOCK ? 1 : VERIFY_BLOCK / W;
+            for (int64_t r = R * me / np; r < r_end && *st == V_OK; r += step) {
+                int64_t nr = r_end - r < step ? r_end - r : step;
+                size_t n = (size_t)(nr * W);
+                if (n > buf_n) {
+                    free(buf);
+                    if (!(buf = malloc(n * sizeof *buf))) ST_FAIL_GOTO(e, done, ST_ERR_MEM, "out of memory verifying %s", path);
+                    buf_n = n;
+                }
+                hsize_t fst[2] = {(hsize_t)r, 0}, cnt[2] = {(hsize_t)nr, (hsize_t)W}, mn = n;
+                if ((fspace = H5Dget_space(d)) < 0 ||
+                    H5Sselect_hyperslab(fspace, H5S_SELECT_SET, fst, NULL, cnt, NULL) < 0 ||
+                    (mspace = H5Screate_simple(1, &mn, NULL)) < 0 ||
+                    H5Dread(d, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, buf) < 0)
+                    *st = V_READ;
+                else
+                    sum[gi * nt + i] += st_ckpt_checksum_run(buf, n, (uint64_t)(r * W));
+                st_h5_close(&mspace);
+                st_h5_close(&fspace);
+            }
+            st_h5_close(&d);
+        }
+        st_h5_close(&grp);
+    }
+    if (MPI_Allreduce(MPI_IN_PLACE, sum, N_GROUPS * nt, MPI_UINT64_T, MPI_SUM, comm) != MPI_SUCCESS ||
+        MPI_Allreduce(MPI_IN_PLACE, status, N_GROUPS * nt, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
+        ST_FAIL_GOTO(e, done, ST_ERR_MPI, "MPI_Allreduce while verifying %s failed", path);
+    int bad = 0, first = -1;
+    double bytes = 0;
+    for (int gi = 0; gi < ng; gi++)
+        for (int i = 0; i < nt; i++) {
+            const int k = gi * nt + i;
+            const st_tensor *ti = &lay.tensors[i];
+            if (status[k] == V_OK && sum[k] != stored[k]) status[k] = V_MISMATCH;
+            if (status[k] != V_OK && first < 0) first = k;
+            bad += status[k] != V_OK;
+            bytes += 4.0 * (double)global_numel(ti);
+            if (!out || me) continue;
+            char shp[64], name[160];
+            static const char *what[] = {"ok", "MISSING", "WRONG SHAPE OR TYPE", "NO CHECKSUM", "READ ERROR",
+                                         "CHECKSUM MISMATCH (damaged)"};
+            snprintf(name, sizeof name, "/%s/%s", group_path[gi], ti->name);
+            fprintf(out, "  %-52s %-14s %10.3f MB  %s\n", name, shape_str(ti->ndim, ti->shape, shp, sizeof shp),
+                    4.0 * (double)global_numel(ti) / 1e6, what[status[k]]);
+        }
+    if (out && !me)
+        fprintf(out, "%d tensors, %.3f MB: %s\n", ng * nt, bytes / 1e6,
+                bad ? "SOME TENSORS FAILED VERIFICATION" : "all checksums verified");
+    if (first >= 0) {
+        static const char *why[] = {"", "is missing", "has the wrong shape or type", "has no checksum attribute",
+                                    "could not be read", "is damaged (checksum mismatch)"};
+        ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "%s: tensor /%s/%s %s%s", path, group_path[first / nt],
+                     lay.tensors[first % nt].name, why[status[first]],
+                     bad > 1 ? " (and other tensors: see 'shardtune inspect')" : "");
+    }
+done:
+    st_h5_close(&mspace);
+    st_h5_close(&fspace);
+    st_h5_close(&d);
+    st_h5_close(&grp);
+    free(buf);
+    free(status);
+    free(sum);
+    st_layout_free(&lay);
+    return e;
+}
+
+/* Open path over comm and verify it whole. Collective; the status is agreed. */
+static st_err verify_file(const char *path, MPI_Comm comm, FILE *out)
+{
+    st_err e = ST_OK;
+    st_config cfg;
+    hid_t fapl = H5I_INVALID_HID, file = H5I_INVALID_HID;
+    e = st_h5_fapl_mpio(comm, &fapl);
+    if (!e && (file = H5Fopen(path, H5F_ACC_RDONLY, fapl)) < 0) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__, "cannot open checkpoint %s", path);
+    }
+    if (!e) e = check_format(file, path);
+    if (!e) e = read_config_attrs(file, path, &cfg);
+    ST_TRY_GOTO(e, st_agree(comm, e), done);
+    e = verify_tensors(file, path, &cfg, comm, out);
+done:
+    if (file >= 0) H5Fclose(file);
+    st_h5_close(&fapl);
+    return st_agree(comm, e);
+}
+
+st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_t cap)
+{
+    st_h5_quiet();
+    int me;
+    st_err e = ST_OK;
+    char *names = NULL, *all = NULL, path[PATH_MAX];
+    ST_MPI(MPI_Comm_rank(comm, &me));
+    if (me == 0) {
+        /* candidates, one per line: what `latest` names, then step files newest first */
+        step_file *v = NULL;
+        int n = 0;
+        char latest[256] = "", lp[PATH_MAX];
+        e = join_path(lp, sizeof lp, dir, "latest");
+        FILE *f = e ? NULL : fopen(lp, "r");
+        if (f) {
+            if (fgets(latest, sizeof latest, f)) latest[strcspn(latest, "\r\n")] = '\0';
+            fclose(f);
+            if (strchr(latest, '/') || !strcmp(latest, ".") || !strcmp(latest, "..")) latest[0] = '\0';
+        }
+        if (!e) e = list_steps(dir, 0, &v, &n);
+        size_t len = strlen(latest) + 2;
+        for (int i = 0; i < n; i++) len += strlen(v[i].name) + 1;
+        if (!e && !(names = malloc(len))) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+        if (!e) {
+            size_t at = (size_t)sprintf(names, "%s%s", latest, latest[0] ? "\n" : "");
+            for (int i = 0; i < n; i++)
+                if (strcmp(v[i].name, latest)) at += (size_t)sprintf(names + at, "%s\n", v[i].name);
+        }
+        free(v);
+    }
+    ST_TRY_GOTO(e, st_agree(comm, e), done);
+    ST_TRY_GOTO(e, bcast_str(comm, 0, names, &all), done);
+    int tried = 0;
+    for (char *name = all, *nl; name && *name; name = nl + 1) {
+        nl = strchr(name, '\n');
+        *nl = '\0';
+        tried++;
+        ST_TRY_GOTO(e, join_path(path, sizeof path, dir, name), done);
+        if (!verify_file(path, comm, NULL)) {
+            if (strlen(path) >= cap) ST_FAIL_GOTO(e, done, ST_ERR_ARG, "checkpoint path %s does not fit %zu bytes", path, cap);
+            memcpy(path_out, path, strlen(path) + 1);
+            goto done;
+        }
+        if (me == 0) {
+            char why[1024];
+            error_headline(why, sizeof why);
+            fprintf(stderr, "shardtune: warning: skipping checkpoint %s: %s\n", path, why);
+        }
+        st_error_clear();
+    }
+    if (!tried)
+        ST_FAIL_GOTO(e, done, ST_ERR_IO, "no checkpoint in %s: no 'latest' file and no step_*.h5 files "
+                     "(is this the run's checkpoint directory?)", dir);
+    ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "no complete checkpoint in %s: all %d candidates failed verification "
+                 "(the warnings above name each file and why)", dir, tried);
+done:
+    free(names);
+    free(all);
+    return e;
+}
+
+/* Rank 0's header lines of inspect. */
+static st_err inspect_header(const char *path, FILE *out)
+{
+    hid_t file;
+    st_err e = ST_OK;
+    st_config c;
+    st_train_state s;
+    char *created = NULL, *git = NULL, *kind = NULL;
+    size_t tok_n = 0;
+    memset(&s, 0, sizeof s);
+    ST_TRY(open_serial(path, &file));
+    ST_TRY_GOTO(e, read_config_attrs(file, path, &c), done);
+    ST_TRY_GOTO(e, load_train_state(file, &s), done);
+    if (st_h5_has_attr(file, "created")) ST_TRY_GOTO(e, st_h5_attr_read_str(file, "created", MAX_SHORT_STR, &created), done);
+    if (st_h5_has_attr(file, "git")) ST_TRY_GOTO(e, st_h5_attr_read_str(file, "git", MAX_SHORT_STR, &git), done);
+    ST_TRY_GOTO(e, load_tokenizer(file, &kind, NULL, &tok_n), done);
+    fprintf(out, "checkpoint %s\n", path);
+    fprintf(out, "format: %s version %d, created %s, git %s\n", ST_CKPT_FORMAT, ST_CKPT_VERSION,
+            created ? created : "?", git ? git : "?");
+    fprintf(out, "config: family=%s n_layer=%d d_model=%d n_head=%d n_kv_head=%d d_ff=%d vocab_size=%d "
+            "max_seq=%d norm_eps=%g rope_theta=%g tied_embeddings=%d qkv_bias=%d\n",
+            st_family_name(c.family), c.n_layer, c.d_model, c.n_head, c.n_kv_head, c.d_ff, c.vocab_size,
+            c.max_seq, (double)c.norm_eps, (double)c.rope_theta, c.tied_embeddings, c.qkv_bias);
+    fprintf(out, "parameters: %lld\n", st_config_num_params(&c));
+    fprintf(out, "step: %lld, tokens seen: %lld\n", (long long)s.step, (long long)s.tokens_seen);
+    if (st_h5_has_link(file, "train"))
+        fprintf(out, "train: method=%s data epoch %lld cursor %lld seed %llu, recipe %zu bytes\n",
+                s.method ? s.method : "-", (long long)s.data_epoch, (long long)s.data_cursor,
+                (unsigned long long)s.data_seed, s.recipe ? strlen(s.recipe) : (size_t)0);
+    else
+        fprintf(out, "train: none (weights only)\n");
+    if (kind) fprintf(out, "tokenizer: %s, %zu bytes\n", kind, tok_n);
+    else fprintf(out, "tokenizer: none\n");
+    if (st_h5_has_link(file, "optim")) {
+        st_ckpt_tensors t;
+        memset(&t, 0, sizeof t);
+        ST_TRY_GOTO(e, load_optim_attrs(file, &t), done);
+        fprintf(out, "optimizer: AdamW step %lld, beta1 %g, beta2 %g, eps %g, weight decay %g\n",
+                (long long)t.adam_step, (double)t.beta1, (double)t.beta2, (double)t.eps, (double)t.weight_decay);
+    } else {
+        fprintf(out, "optimizer: none\n");
+    }
+    fprintf(out, "tensors:\n");
+done:
+    free(created);
+    free(git);
+    free(kind);
+    st_train_state_free(&s);
+    H5Fclose(file);
+    return e;
+}
+
+st_err st_ckpt_inspect(const char *path, MPI_Comm comm, FILE *out)
+{
+    st_h5_quiet();
+    int me;
+    ST_MPI(MPI_Comm_rank(comm, &me));
+    st_err e = me == 0 && out ? inspect_header(path, out) : ST_OK;
+    ST_TRY(st_agree(comm, e));
+    ST_TRY(verify_file(path, comm, out));
+    if (out && me == 0) fflush(out);
+    return ST_OK;
+}

@@ -1,0 +1,125 @@
+/* checkpoint.h: one HDF5 file per save, a global view of the model.
+ *
+ * Layout (plain HDF5: h5ls -r / h5dump read it):
+ *   /              attrs format="shardtune", version=1, step, tokens_seen,
+ *                  created (ISO 8601 UTC), git (SHARDTUNE_GIT_REV or "unknown")
+ *   /config        attrs family, n_layer, d_model, n_head, n_kv_head, d_ff,
+ *                  vocab_size, max_seq, norm_eps, rope_theta, tied_embeddings, qkv_bias
+ *   /tokenizer     attr kind; dataset blob (uint8, the tokenizer file whole)
+ *   /train         attrs rng (uint64[4]), data_epoch, data_cursor, data_seed,
+ *                  method; dataset recipe (string: recipes outgrow attributes)
+ *   /model/<name>  float32 at the GLOBAL shape, names from the tensor table
+ *   /optim         attrs step, beta1, beta2, eps, weight_decay
+ *   /optim/m/<name>, /optim/v/<name>   AdamW moments, float32, global shapes
+ * Every /model and /optim tensor carries a uint64 attribute "checksum":
+ *   sum over elements i (global row-major index) of
+ *   splitmix64(bits(x_i) XOR splitmix64(i))   (mod 2^64)
+ * A sum of per-element terms, so each rank checksums only its slice and one
+ * MPI_Allreduce combines them; no rank ever holds a whole tensor.
+ *
+ * Saving is atomic: everything goes to PATH.tmp through collective MPI-IO;
+ * after every rank has closed it, rank 0 fsyncs, renames to PATH and fsyncs
+ * the directory. A crash or error at any point leaves an existing PATH as it
+ * was. Every function here is collective over the communicator it is given
+ * and returns the same status on every rank.
+ *
+ * Test hooks (environment, read by st_ckpt_save_file on every rank):
+ *   SHARDTUNE_CKPT_TEST_PAUSE_MS=N   sleep N ms after the first tensor is
+ *                                    written (to kill a job mid-save)
+ *   SHARDTUNE_CKPT_TEST_FAIL_AFTER=N world rank 0 fails after writing N
+ *                                    parameter tensors (fault injection)
+ */
+#ifndef ST_CHECKPOINT_H
+#define ST_CHECKPOINT_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "err.h"
+#include "grid.h"
+#include "params.h"
+
+#define ST_CKPT_FORMAT "shardtune"
+#define ST_CKPT_VERSION 1
+
+typedef struct {
+    int64_t step, tokens_seen;
+    uint64_t rng[4];                 /* trainer RNG state */
+    int64_t data_epoch, data_cursor;
+    uint64_t data_seed;
+    char *recipe;                    /* recipe text (NULL = none); malloc'd on load */
+    char *method;                    /* "pretrain", "sft", ... (NULL = none); malloc'd on load */
+} st_train_state;
+
+typedef struct {
+    const st_layout *lay;            /* this rank's layout (its tp slice) */
+    float *params;                   /* lay->numel floats */
+    float *m, *v;                    /* AdamW moments of the flat range [opt_begin, opt_end)
+                                        of this rank's buffer (ZeRO-1 slice over dp), indexed
+                                        from opt_begin; NULL = no optimizer state */
+    size_t opt_begin, opt_end;
+    int64_t adam_step;               /* attrs on /optim */
+    float beta1, beta2, eps, weight_decay;
+} st_ckpt_tensors;
+
+enum { ST_CKPT_WEIGHTS_ONLY = 1 };
+
+/* Write path atomically (see above). Collective over g->world. Each rank
+ * writes only its slice: parameters from the dp_rank 0 group (replicated
+ * tensors from tp rank 0 only), moments from every rank's [opt_begin,
+ * opt_end) range (replicated tensors from tp rank 0). Train state, tokenizer
+ * and optimizer attributes are taken from world rank 0 (other ranks may pass
+ * NULL s / tok_kind). On error PATH.tmp is removed and PATH is untouched. */
+st_err st_ckpt_save_file(const char *path, const st_grid *g, const st_ckpt_tensors *t,
+                         const st_train_state *s, const char *tok_kind,
+                         const uint8_t *tok_blob, size_t tok_n);
+
+/* DIR/step_%08lld.h5 via st_ckpt_save_file (creating DIR if missing), then
+ * rank 0 points DIR/latest at it (latest.tmp + rename) and removes the oldest
+ * step_*.h5 beyond keep (keep <= 0: keep all) and stale step_*.h5.tmp files.
+ * A failed save removes nothing. */
+st_err st_ckpt_save(const char *dir, const st_grid *g, const st_ckpt_tensors *t,
+                    const st_train_state *s, const char *tok_kind, const uint8_t *tok_blob,
+                    size_t tok_n, int keep);
+
+/* Read /config (rank 0 reads, then broadcasts over comm); checks the format
+ * and version attributes and validates the config. */
+st_err st_ckpt_read_config(const char *path, MPI_Comm comm, st_config *cfg);
+
+/* Load into t->lay, a layout for ANY grid (the file stores global tensors).
+ * Collective over g->world. Every rank reads its tp slice of every parameter
+ * and, when t->m != NULL and not ST_CKPT_WEIGHTS_ONLY, its [opt_begin,
+ * opt_end) slice of both moments plus the /optim attributes (a file without
+ * /optim is then an error). skip: NULL-terminated names, or prefixes ending
+ * in '*', left as they are (e.g. a new head). Checks format, version, every
+ * expected tensor's presence and global shape, and every loaded tensor's
+ * checksum; errors name the file and the tensor. On error the buffers may be
+ * partly overwritten. s (may be NULL) is overwritten: free its strings first.
+ * tok_kind / tok_blob / tok_n (each may be NULL) receive malloc'd copies of
+ * the tokenizer, NULL when the file has none. */
+st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_train_state *s,
+                    const char *const *skip, int flags, char **tok_kind, uint8_t **tok_blob,
+                    size_t *tok_n);
+
+/* The newest complete checkpoint in dir: DIR/latest first, then step_*.h5 by
+ * descending step. Each candidate is verified (format, shapes, every
+ * checksum; the reading is spread over comm); a bad one is skipped with a
+ * warning on rank 0's stderr naming the file and the reason. Collective. */
+st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_t cap);
+
+/* Human-readable summary to out on comm rank 0: format, config, step,
+ * tokens, parameter count, every tensor's shape and size and whether its
+ * checksum verifies. Collective over comm (MPI_COMM_SELF runs it on one
+ * rank). Returns ST_ERR_FORMAT when any tensor is missing or damaged. */
+st_err st_ckpt_inspect(const char *path, MPI_Comm comm, FILE *out);
+
+/* Checksum terms of n consecutive elements whose global row-major indices
+ * start at first (see the layout comment). */
+uint64_t st_ckpt_checksum_run(const float *x, size_t n, uint64_t first);
+
+void st_train_state_free(st_train_state *s);
+
+#endif

@@ -1,0 +1,241 @@
+/* harness.c: see harness.h. */
+#include "harness.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "commands.h"
+#include "grid.h"
+#include "params.h"
+
+void th_tmpdir(MPI_Comm comm, char *out, size_t cap)
+{
+    int rank = 0;
+    MPI_Comm_rank(comm, &rank);
+    char buf[256] = "";
+    if (!rank) {
+        snprintf(buf, sizeof buf, "/tmp/shardtune-test-XXXXXX");
+        if (!mkdtemp(buf)) buf[0] = 0;
+    }
+    MPI_Bcast(buf, sizeof buf, MPI_CHAR, 0, comm);
+    snprintf(out, cap, "%s", buf);
+}
+
+/* Sentences of varied length, so documents and windows cut differently. */
+static const char *const words[] = {"the", "card", "payment", "arrived", "bank", "transfer", "is",
+                                    "pending", "why", "my", "account", "was", "charged", "twice",
+                                    "please", "help", "refund", "exchange", "rate", "top", "up"};
+
+int th_make_dataset(MPI_Comm comm, const char *dir)
+{
+    int rank = 0;
+    MPI_Comm_rank(comm, &rank);
+    char in[512], out[512];
+    snprintf(in, sizeof in, "%s/corpus.jsonl", dir);
+    snprintf(out, sizeof out, "%s/data.h5", dir);
+    if (!rank) {
+        FILE *f = fopen(in, "w");
+        if (!f) return 1;
+        unsigned s = 12345;
+        for (int d = 0; d < 200; d++) {
+            fprintf(f, "{\"text\": \"");
+            int n = 4 + d % 13;
+            for (int w = 0; w < n; w++) {
+                s = s * 1103515245u + 12345u;
+                fprintf(f, "%s%s", w ? " " : "", words[(s >> 16) % (sizeof words / sizeof words[0])]);
+            }
+            fprintf(f, ".\"}\n");
+        }
+        fclose(f);
+    }
+    MPI_Barrier(comm);
+    char *argv[] = {"prepare", "--input", in, "--out", out, "--tokenizer", "byte", "--val-fraction", "0.1", NULL};
+    st_grid g;
+    if (st_grid_init(&g, comm, 1)) return 1;
+    st_err e = st_cmd_prepare(9, argv, &g);
+    st_grid_free(&g);
+    if (e) st_error_print(stderr, rank);
+    return e;
+}
+
+int th_train(MPI_Comm comm, const char *const *args)
+{
+    char *argv[128];
+    int argc = 0;
+    argv[argc++] = "train";
+    for (int i = 0; args[i] && argc < 127; i++) argv[argc++] = (char *)args[i];
+    argv[argc] = NULL;
+    setenv("SHARDTUNE_PEAK_GFLOPS", "10", 0); /* skip the measurement in tests */
+    st_err e = st_cmd_train(argc, argv, comm);
+    if (e) {
+        int rank = 0;
+        MPI_Comm_rank(comm, &rank);
+        st_error_print(stderr, rank);
+    }
+    return e;
+}
+
+int th_read_losses(const char *path, double *loss, int max)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[4096];
+    int n = 0;
+    while (n < max && fgets(line, sizeof line, f)) {
+        cJSON *j = cJSON_Parse(line);
+        cJSON *l = j ? cJSON_GetObjectItem(j, "loss") : NULL;
+        if (cJSON_IsNumber(l)) loss[n++] = l->valuedouble;
+        cJSON_Delete(j);
+    }
+    fclose(f);
+    return n;
+}
+
+int th_load_weights(const char *path, st_config *cfg, float **params, size_t *n)
+{
+    st_grid g;
+    st_layout lay;
+    if (st_grid_init(&g, MPI_COMM_SELF, 1)) return 1;
+    st_err e = st_ckpt_read_config(path, MPI_COMM_SELF, cfg);
+    if (!e) e = st_layout_init(&lay, cfg, 1, 0);
+    if (!e) {
+        *n = lay.numel;
+        *params = calloc(lay.numel, sizeof(float));
+        st_ckpt_tensors t = {.lay = &lay, .params = *params};
+        e = st_ckpt_load(path, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL);
+        st_layout_free(&lay);
+    }
+    st_grid_free(&g);
+    if (e) st_error_print(stderr, 0);
+    return e;
+}
+
+double th_max_rel_diff(const st_config *cfg, const float *a, const float *b, char *worst, size_t cap)
+{
+    st_layout lay;
+    if (st_layout_init(&lay, cfg, 1, 0)) return INFINITY;
+    double w = 0;
+    for (int t = 0; t < lay.n_tensors; t++) {
+        const st_tensor *ts = &lay.tensors[t];
+        double d = 0, m = 1e-30;
+        for (size_t i = 0; i < ts->numel; i++) {
+            d = fmax(d, fabs((double)a[ts->offset + i] - b[ts->offset + i]));
+            m = fmax(m, fabs((double)b[ts->offset + i]));
+        }
+        if (d / m > w) {
+            w = d / m;
+            snprintf(worst, cap, "%s", ts->name);
+        }
+    }
+    st_layout_free(&lay);
+    return w;
+}
+
+void th_rm_rf(const char *dir)
+{
+    if (!dir[0] || strncmp(dir, "/tmp/shardtune-test-", 20)) return;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd)) { /* best effort */ }
+}
+
+/* Common settings of the equivalence runs. */
+static void grid_args(const char **a, int *n, const char *family, const char *dir, const char *data,
+                      char *tpbuf, int tp, int zero, char *bsbuf, int dp)
+{
+    static const char *fixed[] = {
+        "--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "4", "--model.n_kv_head", "2",
+        "--model.d_ff", "64", "--seq_len", "16", "--global_batch", "8", "--steps", "10",
+        "--optim.lr", "3e-3", "--optim.warmup_steps", "2", "--optim.grad_clip", "0.5", "--seed", "7",
+        "--log_every", "1", "--eval_every", "0", "--eval_batches", "1", "--plot", "false", "--keep", "1"};
+    int k = 0;
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) a[k++] = fixed[i];
+    a[k++] = "--model.family";
+    a[k++] = family;
+    if (!strcmp(family, "gpt2")) { a[k++] = "--model.n_kv_head"; a[k++] = "4"; }
+    a[k++] = "--data.train";
+    a[k++] = data;
+    a[k++] = "--out_dir";
+    a[k++] = dir;
+    sprintf(tpbuf, "%d", tp);
+    a[k++] = "--grid.tp";
+    a[k++] = tpbuf;
+    a[k++] = "--grid.zero";
+    a[k++] = zero ? "true" : "false";
+    /* 8 rows per step: micro-batches of 8/dp/2 rows, or fewer ranks accumulate more */
+    sprintf(bsbuf, "%d", 8 / dp / 2 > 0 ? 8 / dp / 2 : 1);
+    a[k++] = "--batch_size";
+    a[k++] = bsbuf;
+    a[k] = NULL;
+    *n = k;
+}
+
+int th_check_grids(MPI_Comm world, const char *family, const th_grid *grids, int n_grids,
+                   double *worst_loss, double *worst_weight)
+{
+    int rank = 0, size = 1;
+    MPI_Comm_rank(world, &rank);
+    MPI_Comm_size(world, &size);
+    char dir[256], data[300], refdir[320], ckpt[400];
+    th_tmpdir(world, dir, sizeof dir);
+    snprintf(data, sizeof data, "%s/data.h5", dir);
+    if (th_make_dataset(world, dir)) return 1;
+    const char *a[96];
+    int n;
+    char tpbuf[16], bsbuf[16];
+    double ref_loss[16] = {0};
+    float *ref_w = NULL;
+    size_t nw = 0;
+    st_config cfg;
+    int err = 0;
+    snprintf(refdir, sizeof refdir, "%s/ref", dir);
+    if (!rank) {
+        grid_args(a, &n, family, refdir, data, tpbuf, 1, 0, bsbuf, 1);
+        err = th_train(MPI_COMM_SELF, a);
+        char mp[400];
+        snprintf(mp, sizeof mp, "%s/metrics.jsonl", refdir);
+        if (!err && th_read_losses(mp, ref_loss, 16) != 10) err = 1;
+        snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_00000010.h5", refdir);
+        if (!err) err = th_load_weights(ckpt, &cfg, &ref_w, &nw);
+    }
+    MPI_Bcast(&err, 1, MPI_INT, 0, world);
+    if (err) return err;
+    *worst_loss = *worst_weight = 0;
+    for (int g = 0; g < n_grids && !err; g++) {
+        char gdir[320];
+        snprintf(gdir, sizeof gdir, "%s/grid%d", dir, g);
+        grid_args(a, &n, family, gdir, data, tpbuf, grids[g].tp, grids[g].zero, bsbuf, size / grids[g].tp);
+        err = th_train(world, a);
+        if (err || rank) continue;
+        double loss[16];
+        char mp[400], worst[128] = "";
+        snprintf(mp, sizeof mp, "%s/metrics.jsonl", gdir);
+        if (th_read_losses(mp, loss, 16) != 10) { err = 1; continue; }
+        double dl = 0;
+        for (int i = 0; i < 10; i++) dl = fmax(dl, fabs(loss[i] - ref_loss[i]) / fabs(ref_loss[i]));
+        float *w = NULL;
+        size_t nw2 = 0;
+        st_config c2;
+        snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_00000010.h5", gdir);
+        if (th_load_weights(ckpt, &c2, &w, &nw2) || nw2 != nw) { err = 1; continue; }
+        double dw = th_max_rel_diff(&cfg, w, ref_w, worst, sizeof worst);
+        printf("%s grid tp%d x dp%d%s: loss rel diff %.2e, weights rel diff %.2e (%s); losses %.5f -> %.5f\n",
+               family, grids[g].tp, size / grids[g].tp, grids[g].zero ? " ZeRO-1" : "", dl, dw, worst,
+               loss[0], loss[9]);
+        fflush(stdout);
+        if (dl > *worst_loss) *worst_loss = dl;
+        if (dw > *worst_weight) *worst_weight = dw;
+        free(w);
+    }
+    MPI_Bcast(&err, 1, MPI_INT, 0, world);
+    MPI_Bcast(worst_loss, 1, MPI_DOUBLE, 0, world);
+    MPI_Bcast(worst_weight, 1, MPI_DOUBLE, 0, world);
+    free(ref_w);
+    if (!rank && !err) th_rm_rf(dir);
+    return err;
+}

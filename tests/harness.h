@@ -1,0 +1,34 @@
+/* harness.h: running the real subcommands in-process from MPI tests, so the
+ * parallel-equivalence and resume tests exercise exactly what users run. */
+#ifndef ST_TEST_HARNESS_H
+#define ST_TEST_HARNESS_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "config.h"
+
+/* A fresh temporary directory, the same path on every rank of comm. */
+void th_tmpdir(MPI_Comm comm, char *out, size_t cap);
+/* Write a small text corpus (JSONL {"text": ...}) and prepare it into
+ * DIR/data.h5 with the byte tokenizer on every rank of comm. */
+int th_make_dataset(MPI_Comm comm, const char *dir);
+/* Run `shardtune train` on comm with "--key value" pairs (NULL-terminated). */
+int th_train(MPI_Comm comm, const char *const *args);
+/* Losses of metrics.jsonl (step order); returns how many were read. */
+int th_read_losses(const char *metrics_path, double *loss, int max);
+/* Load a checkpoint's weights whole on this rank (1x1): *params malloc'd. */
+int th_load_weights(const char *path, st_config *cfg, float **params, size_t *n);
+/* max |a - b| / max |b| per tensor, the worst tensor's value and name. */
+double th_max_rel_diff(const st_config *cfg, const float *a, const float *b, char *worst, size_t cap);
+void th_rm_rf(const char *dir);
+
+#endif
+
+/* Parallel equivalence: train the same tiny model 10 steps on a 1x1 grid
+ * (rank 0 alone) and on each grid of `grids` ("tp,zero" pairs over all ranks
+ * of world), with the same global batch; returns the worst relative loss and
+ * weight differences found (and prints each). family: "gpt2" or "llama". */
+typedef struct { int tp, zero; } th_grid;
+int th_check_grids(MPI_Comm world, const char *family, const th_grid *grids, int n_grids,
+                   double *worst_loss, double *worst_weight);

@@ -1,0 +1,37 @@
+/* test_mpi2_grid.c: every process grid of 2 ranks trains exactly like
+ * one rank: the same losses over 10 steps and the same weights after them
+ * (within 1e-5 relative), for both model families, with tensor parallelism,
+ * data parallelism (gradient accumulation on fewer ranks) and ZeRO-1. */
+#include <stdio.h>
+
+#include "harness.h"
+#include "mpi_check.h"
+
+static const th_grid grids[] = {{2, 0}, {1, 0}, {1, 1}};
+
+static void check_family(const char *family)
+{
+    double dl = 1, dw = 1;
+    ck_assert_int_eq(th_check_grids(MPI_COMM_WORLD, family, grids, 3, &dl, &dw), 0);
+    ck_assert_msg(dl < 1e-5, "%s: losses differ from 1x1 by %.3g (relative)", family, dl);
+    ck_assert_msg(dw < 1e-5, "%s: weights differ from 1x1 by %.3g (relative)", family, dw);
+}
+
+START_TEST(llama_grids_equal_one_rank) { check_family("llama"); }
+END_TEST
+START_TEST(gpt2_grids_equal_one_rank) { check_family("gpt2"); }
+END_TEST
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    Suite *s = suite_create("grid2");
+    TCase *tc = tcase_create("grid");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, llama_grids_equal_one_rank);
+    tcase_add_test(tc, gpt2_grids_equal_one_rank);
+    suite_add_tcase(s, tc);
+    int rc = st_run_mpi_suite(s);
+    MPI_Finalize();
+    return rc;
+}
