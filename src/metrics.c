@@ -20,8 +20,8 @@ void st_metrics_step(st_metrics *m, int64_t step, double loss, double val_loss, 
                      double grad_norm, double tokens_per_s, double mfu, int64_t tokens_seen)
 {
     if (!m->f) return;
-    fprintf(m->f, "{\"step\":%lld,\"loss\":%.6f,", (long long)step, loss);
-    if (val_loss >= 0) fprintf(m->f, "\"val_loss\":%.6f,", val_loss);
+    fprintf(m->f, "{\"step\":%lld,\"loss\":%.9g,", (long long)step, loss);
+    if (val_loss >= 0) fprintf(m->f, "\"val_loss\":%.9g,", val_loss);
     fprintf(m->f, "\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"tokens\":%lld}\n",
             lr, grad_norm, tokens_per_s, mfu, (long long)tokens_seen);
     fflush(m->f);

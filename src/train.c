@@ -51,6 +51,7 @@ typedef struct {
     /* run */
     char *out_dir, *resume;
     int save_every, keep, log_every, eval_every, eval_batches, plot;
+    int64_t stop_after;
 } train_opts;
 
 static train_opts O;
@@ -89,6 +90,7 @@ static const st_option train_options[] = {
     {"grid.zero", ST_OPT_BOOL, &O.zero, "false", "ZeRO-1: shard AdamW state over dp ranks"},
     {"out_dir", ST_OPT_STRING, &O.out_dir, "runs/train", "run directory: metrics.jsonl, loss.png, ckpt/"},
     {"resume", ST_OPT_STRING, &O.resume, "none", "none, auto (latest good checkpoint in out_dir/ckpt) or a checkpoint path"},
+    {"stop_after", ST_OPT_INT64, &O.stop_after, "0", "stop (with a checkpoint) after this step though the schedule runs to `steps` (0 = steps); for time-limited jobs that resume"},
     {"save_every", ST_OPT_INT, &O.save_every, "0", "checkpoint every N steps (0 = only at the end)"},
     {"keep", ST_OPT_INT, &O.keep, "3", "checkpoints to keep (0 = all)"},
     {"log_every", ST_OPT_INT, &O.log_every, "1", "progress line every N steps"},
@@ -291,6 +293,8 @@ static st_err save(trainer *t, int64_t step)
 {
     st_timer_start(&t->timers, ST_PH_CHECKPOINT);
     st_ckpt_tensors c = ckpt_tensors(t);
+    /* without ZeRO every dp rank holds the same moments: dp rank 0 writes them */
+    if (!t->dp.zero && t->grid.dp_rank > 0) c.opt_begin = c.opt_end = 0;
     st_train_state s = {.step = step, .tokens_seen = t->tokens_seen, .data_seed = (uint64_t)O.seed,
                         .data_cursor = step * O.global_batch, .recipe = (char *)t->recipe_text,
                         .method = O.method};
@@ -416,7 +420,7 @@ static st_err run(trainer *t)
         ST_TRY(train_step(t, step, &loss, &gnorm, &ntok));
         t->tokens_seen += ntok;
         tok_window += ntok;
-        int last = step + 1 == O.steps;
+        int last = step + 1 == O.steps || step + 1 == O.stop_after;
         val = -1;
         if ((O.eval_every > 0 && (step + 1) % O.eval_every == 0) || last) ST_TRY(eval_loss(t, &val));
         if ((O.log_every > 0 && (step + 1) % O.log_every == 0) || last || val >= 0) {
@@ -442,6 +446,7 @@ static st_err run(trainer *t)
         if (last && is_rank0(t) && val >= 0 && val_before >= 0)
             printf("validation loss: before %.4f (perplexity %.2f) -> after %.4f (perplexity %.2f)\n",
                    val_before, exp(val_before), val, exp(val));
+        if (last) break;
     }
     return ST_OK;
 }

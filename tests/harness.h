@@ -19,7 +19,9 @@ int th_train(MPI_Comm comm, const char *const *args);
 int th_read_losses(const char *metrics_path, double *loss, int max);
 /* Load a checkpoint's weights whole on this rank (1x1): *params malloc'd. */
 int th_load_weights(const char *path, st_config *cfg, float **params, size_t *n);
-/* max |a - b| / max |b| per tensor, the worst tensor's value and name. */
+/* ||a - b|| / ||b|| (2-norm) per tensor: the worst tensor's value and name.
+ * (A max-norm would be dominated by AdamW's sign-like steps on elements whose
+ * gradient is rounding noise.) */
 double th_max_rel_diff(const st_config *cfg, const float *a, const float *b, char *worst, size_t cap);
 void th_rm_rf(const char *dir);
 

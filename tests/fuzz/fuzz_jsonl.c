@@ -16,7 +16,9 @@
  *   odd   CSV with a header: every record is split; a record that reads must
  *         have as many fields as the header, each inside the record buffer
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
