@@ -272,7 +272,32 @@ static st_err load_start(trainer *t)
                     "(compare `shardtune inspect %s` with the recipe's model settings)", path, path);
         st_ckpt_tensors c = ckpt_tensors(t);
         st_train_state s = {0};
+        /* The file wants disjoint moment ranges over dp. Without ZeRO every dp
+         * rank needs all moments: read a 1/dp slice each, then all-gather. */
+        const int replicate = !t->dp.zero && t->grid.dp_size > 1;
+        const size_t n = t->model.lay.numel, d = (size_t)t->grid.dp_size, r = (size_t)t->grid.dp_rank;
+        if (replicate) {
+            c.opt_begin = n * r / d;
+            c.opt_end = n * (r + 1) / d;
+            c.m = t->adam.m + c.opt_begin;
+            c.v = t->adam.v + c.opt_begin;
+        }
         ST_TRY(st_ckpt_load(path, &t->grid, &c, &s, NULL, 0, NULL, NULL, NULL));
+        if (replicate) {
+            int *counts, *displs;
+            ST_ALLOC(counts, d, "moment counts");
+            ST_ALLOC(displs, d, "moment displacements");
+            for (size_t k = 0; k < d; k++) {
+                displs[k] = (int)(n * k / d);
+                counts[k] = (int)(n * (k + 1) / d) - displs[k];
+            }
+            int rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, t->adam.m, counts, displs, MPI_FLOAT, t->grid.dp);
+            if (rc == MPI_SUCCESS)
+                rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, t->adam.v, counts, displs, MPI_FLOAT, t->grid.dp);
+            free(counts);
+            free(displs);
+            if (rc != MPI_SUCCESS) ST_FAIL(ST_ERR_MPI, "all-gather of AdamW moments over dp failed");
+        }
         t->adam.step = c.adam_step;
         t->start_step = s.step;
         t->tokens_seen = s.tokens_seen;
@@ -411,7 +436,8 @@ static st_err run(trainer *t)
     double val = -1, val_before = -1;
     ST_TRY(eval_loss(t, &val_before));
     if (is_rank0(t) && val_before >= 0) {
-        printf("validation loss before training: %.4f (perplexity %.2f)\n", val_before, exp(val_before));
+        if (t->start_step) printf("validation loss at step %lld: %.4f (perplexity %.2f)\n", (long long)t->start_step, val_before, exp(val_before));
+        else printf("validation loss before training: %.4f (perplexity %.2f)\n", val_before, exp(val_before));
         fflush(stdout);
     }
     for (int64_t step = t->start_step; step < O.steps; step++) {
