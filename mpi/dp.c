@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "commstats.h"
 #include "grid.h"
+#include "perf.h"
 
 st_err st_dp_init(st_dp *d, MPI_Comm dp, size_t numel, int zero, int max_buckets)
 {
@@ -76,6 +78,7 @@ st_err st_dp_bucket_ready(st_dp *d, float *grads, size_t lo, size_t hi)
     if (d->size == 1 || lo == hi) return ST_OK;
     if (d->n_pending == d->max_buckets) ST_FAIL(ST_ERR_INTERNAL, "too many gradient buckets in flight");
     MPI_Request *rq = &d->req[d->n_pending];
+    st_comm.dp_bytes += (hi - lo) * sizeof(float);
     if (!d->zero) {
         ST_MPI(MPI_Iallreduce(MPI_IN_PLACE, grads + lo, (int)(hi - lo), MPI_FLOAT, MPI_SUM, d->dp, rq));
     } else {
@@ -91,7 +94,9 @@ st_err st_dp_bucket_ready(st_dp *d, float *grads, size_t lo, size_t hi)
 st_err st_dp_finish(st_dp *d, float *grads)
 {
     ST_TRY(st_dp_bucket_ready(d, grads, 0, d->reduced_lo));
+    double t0 = st_now();
     if (d->n_pending) ST_MPI(MPI_Waitall(d->n_pending, d->req, MPI_STATUSES_IGNORE));
+    st_comm.dp_wait_seconds += st_now() - t0;
     d->n_pending = 0;
     if (d->zero) {
         size_t b = d->own[d->rank], e = d->own[d->rank + 1];
@@ -103,6 +108,7 @@ st_err st_dp_finish(st_dp *d, float *grads)
 st_err st_dp_allgather_params(st_dp *d, float *params)
 {
     if (!d->zero) return ST_OK;
+    st_comm.dp_bytes += d->numel * sizeof(float);
     ST_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, params, d->counts, d->displs, MPI_FLOAT,
                           d->dp));
     return ST_OK;

@@ -8,16 +8,31 @@
 #include <string.h>
 
 #include "grid.h"
+#include "commstats.h"
 #include "kernels.h"
+#include "perf.h"
+
+st_comm_stats st_comm;
+void st_comm_reset(void) { memset(&st_comm, 0, sizeof st_comm); }
+
+/* Every tp collective goes through here, so its time and bytes are counted. */
+static st_err tp_allreduce(MPI_Comm tp, void *buf, int64_t n, MPI_Datatype type, MPI_Op op, int elem)
+{
+    if (n > INT32_MAX) ST_FAIL(ST_ERR_ARG, "tp all-reduce of %lld elements exceeds one MPI message", (long long)n);
+    double t0 = st_now();
+    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, type, op, tp));
+    st_comm.tp_seconds += st_now() - t0;
+    st_comm.tp_bytes += (uint64_t)n * (uint64_t)elem;
+    st_comm.tp_calls++;
+    return ST_OK;
+}
 
 st_err st_tp_allreduce(MPI_Comm tp, float *buf, int64_t n)
 {
     int size = 1;
     ST_MPI(MPI_Comm_size(tp, &size));
     if (size == 1) return ST_OK;
-    if (n > INT32_MAX) ST_FAIL(ST_ERR_ARG, "tp all-reduce of %lld floats exceeds one MPI message", (long long)n);
-    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, tp));
-    return ST_OK;
+    return tp_allreduce(tp, buf, n, MPI_FLOAT, MPI_SUM, 4);
 }
 
 st_err st_tp_column_forward(float *out, const float *inp, const float *w, const float *bias,
@@ -88,7 +103,7 @@ st_err st_tp_cross_entropy(MPI_Comm tp, double *loss_sum, float *dlogits, float 
     }
     int size = 1;
     ST_MPI(MPI_Comm_size(tp, &size));
-    if (size > 1) ST_MPI(MPI_Allreduce(MPI_IN_PLACE, rmax, (int)N, MPI_FLOAT, MPI_MAX, tp));
+    if (size > 1) ST_TRY(tp_allreduce(tp, rmax, N, MPI_FLOAT, MPI_MAX, 4));
     /* 2. sum of exp and the target's logit (held by exactly one rank) */
     for (int64_t i = 0; i < N; i++) {
         const float *l = logits + i * Vl;
@@ -98,7 +113,7 @@ st_err st_tp_cross_entropy(MPI_Comm tp, double *loss_sum, float *dlogits, float 
         int64_t t = (int64_t)targets[i] - v0;
         rtgt[i] = (t >= 0 && t < real) ? l[t] : 0.0f;
     }
-    if (size > 1) ST_MPI(MPI_Allreduce(MPI_IN_PLACE, rsum, (int)(2 * N), MPI_FLOAT, MPI_SUM, tp));
+    if (size > 1) ST_TRY(tp_allreduce(tp, rsum, 2 * N, MPI_FLOAT, MPI_SUM, 4));
     /* 3. loss and, on request, its gradient: (softmax - onehot) * mask * scale */
     double total = 0.0;
     for (int64_t i = 0; i < N; i++) {

@@ -3,9 +3,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "checkpoint.h"
 #include "commands.h"
+#include "hf.h"
 #include "llama2c.h"
 #include "llmc.h"
 #include "options.h"
@@ -16,13 +19,19 @@ typedef struct { char *out, *format, *tokenizer; } convert_opts;
 static convert_opts CV;
 static const st_option convert_options[] = {
     {"out", ST_OPT_STRING, &CV.out, NULL, "checkpoint to write (required)"},
-    {"format", ST_OPT_STRING, &CV.format, "auto", "source format: auto, llama2c or llmc"},
+    {"format", ST_OPT_STRING, &CV.format, "auto", "source format: auto, llama2c, llmc or hf (a Hugging Face directory)"},
     {"tokenizer", ST_OPT_STRING, &CV.tokenizer, NULL, "tokenizer to store with the model (byte, gpt2:DIR, hf:FILE, llama2c:FILE)"},
 };
 
-/* llm.c files start with the magic 20240326; llama2.c files with a dim. */
+/* A directory is a Hugging Face model; llm.c files start with the magic
+ * 20240326; llama2.c files with a dim. */
 static st_err detect(const char *path, const char **fmt)
 {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        *fmt = "hf";
+        return ST_OK;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) ST_FAIL(ST_ERR_IO, "cannot open '%s'", path);
     int32_t magic = 0;
@@ -31,6 +40,25 @@ static st_err detect(const char *path, const char **fmt)
     if (n != 1) ST_FAIL(ST_ERR_FORMAT, "'%s' is too short to be a model file", path);
     *fmt = magic == 20240326 ? "llmc" : "llama2c";
     return ST_OK;
+}
+
+/* DIR/tokenizer.json, when there is one shardtune reads; otherwise a warning
+ * and no tokenizer (--tokenizer can supply one). */
+static void hf_tokenizer(const char *dir, st_tokenizer **tok)
+{
+    char spec[4200];
+    snprintf(spec, sizeof spec, "hf:%s/tokenizer.json", dir);
+    if (access(spec + 3, R_OK) != 0) {
+        fprintf(stderr, "shardtune: warning: %s not found; the checkpoint stores no tokenizer "
+                "(pass --tokenizer SPEC to add one)\n", spec + 3);
+        return;
+    }
+    if (st_tokenizer_load(tok, spec) != ST_OK) {
+        fprintf(stderr, "shardtune: warning: %s is not stored in the checkpoint: %s\n"
+                "(pass --tokenizer SPEC to store another one)\n", spec + 3, st_error_message());
+        st_error_clear();
+        *tok = NULL;
+    }
 }
 
 static st_err convert(const char *src, MPI_Comm world)
@@ -49,10 +77,12 @@ static st_err convert(const char *src, MPI_Comm world)
         if (!e) {
             if (!strcmp(fmt, "llama2c")) e = st_llama2c_read(src, &cfg, &params);
             else if (!strcmp(fmt, "llmc")) e = st_llmc_read(src, &cfg, &params);
+            else if (!strcmp(fmt, "hf")) e = st_hf_read(src, &cfg, &params);
             else e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
-                                  "unknown --format '%s' (auto, llama2c or llmc)", fmt);
+                                  "unknown --format '%s' (auto, llama2c, llmc or hf)", fmt);
         }
         if (!e && CV.tokenizer) e = st_tokenizer_load(&tok, CV.tokenizer);
+        else if (!e && !strcmp(fmt, "hf")) hf_tokenizer(src, &tok);
         if (!e && tok && st_tokenizer_vocab_size(tok) > cfg.vocab_size)
             e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
                              "tokenizer '%s' has %d tokens but the model only %d", CV.tokenizer,
@@ -111,8 +141,10 @@ st_err st_cmd_convert(int argc, char **argv, MPI_Comm world)
 {
     return run_cmd(argc, argv, world, convert_options, 3,
                    "usage: shardtune convert SRC --out base.h5 [--tokenizer SPEC]\n\n"
-                   "Imports a llama2.c .bin or llm.c .bin model into a shardtune checkpoint\n"
-                   "(weights only), which `train --init_from` and `generate` read.\n\n",
+                   "Imports a llama2.c .bin, an llm.c .bin or a Hugging Face model directory\n"
+                   "(config.json + *.safetensors + tokenizer.json: GPT-2, Llama, Mistral, Qwen2)\n"
+                   "into a shardtune checkpoint (weights only), which `train --init_from` and\n"
+                   "`generate` read.\n\n",
                    convert);
 }
 

@@ -486,12 +486,13 @@ static st_err handle(prep *p, st_err e, int reason)
 
 /* ---- reading the input ---------------------------------------------------- */
 
-/* Calls fn(ctx, rec, k) for every record k in [lo, hi) and, when a record is
- * malformed below the record level, bad(ctx, reason, err, k). Records are the
- * non-blank lines of a JSONL file or the data rows of a CSV file; a malformed
- * line still counts as a record. hi < 0 reads to the end; *n_seen counts. */
-typedef st_err (*record_fn)(void *ctx, const record *rec, int64_t k);
-typedef st_err (*bad_fn)(void *ctx, int reason, st_err e, int64_t k);
+/* Calls fn(ctx, rec) for every record k in [lo, hi) and, for one that is
+ * malformed below the field level (JSON or CSV syntax), bad(ctx, reason, e).
+ * Records are the non-blank lines of a JSONL file or the data rows of a CSV
+ * file; a malformed line still counts as one. hi < 0 reads to the end;
+ * *n_seen = the records passed. */
+typedef st_err (*record_fn)(void *ctx, const record *rec);
+typedef st_err (*bad_fn)(void *ctx, int reason, st_err e);
 
 static st_err for_records(const char *path, int64_t lo, int64_t hi, void *ctx, record_fn fn,
                           bad_fn bad, int64_t *n_seen)
@@ -512,11 +513,11 @@ static st_err for_records(const char *path, int64_t lo, int64_t hi, void *ctx, r
                 continue;
             }
             if (e) {
-                e = bad(ctx, R_CSV, e, k);
+                e = bad(ctx, R_CSV, e);
             } else {
                 record rec = {path, st_csv_lineno(c), NULL, c, NULL, 0};
                 rec.raw = st_csv_raw(c, &rec.raw_len);
-                e = fn(ctx, &rec, k);
+                e = fn(ctx, &rec);
             }
             if (e) break;
         }
@@ -536,11 +537,11 @@ static st_err for_records(const char *path, int64_t lo, int64_t hi, void *ctx, r
                 e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
                                  "%s:%lld: the line is %s, expected a JSON object", path,
                                  (long long)rec.line, json_type(rec.obj));
-                e = bad(ctx, R_TYPE, e, k - 1);
+                e = bad(ctx, R_TYPE, e);
             } else if (e) {
-                e = bad(ctx, R_JSON, e, k - 1);
+                e = bad(ctx, R_JSON, e);
             } else {
-                e = fn(ctx, &rec, k - 1);
+                e = fn(ctx, &rec);
             }
             cJSON_Delete(rec.obj);
             if (e) break;
@@ -597,16 +598,15 @@ static st_err detect(scan_ctx *s, const record *rec)
     return ST_OK;
 }
 
-static st_err scan_record(void *ctx, const record *rec, int64_t k)
+static st_err scan_record(void *ctx, const record *rec)
 {
-    (void)k;
     scan_ctx *s = ctx;
     return s->detected ? ST_OK : detect(s, rec);
 }
 
-static st_err scan_bad(void *ctx, int reason, st_err e, int64_t k)
+static st_err scan_bad(void *ctx, int reason, st_err e)
 {
-    (void)ctx, (void)reason, (void)e, (void)k;
+    (void)ctx, (void)reason, (void)e;
     st_error_clear(); /* reported by pass 2, with the rank that owns the record */
     return ST_OK;
 }
@@ -624,9 +624,8 @@ static st_err scan(plan *pl, int fmt_given)
 
 /* ---- pass 2 (every rank): its block of records ---------------------------- */
 
-static st_err prep_record(void *ctx, const record *rec, int64_t k)
+static st_err prep_record(void *ctx, const record *rec)
 {
-    (void)k;
     prep *p = ctx;
     int reason = -1;
     p->n_records++;
@@ -635,9 +634,8 @@ static st_err prep_record(void *ctx, const record *rec, int64_t k)
     return handle(p, e, reason);
 }
 
-static st_err prep_bad(void *ctx, int reason, st_err e, int64_t k)
+static st_err prep_bad(void *ctx, int reason, st_err e)
 {
-    (void)k;
     prep *p = ctx;
     p->n_records++;
     return handle(p, e, reason);
@@ -702,64 +700,81 @@ static int name_cmp(const void *a, const void *b)
     return strcmp(x, y);
 }
 
-/* Every rank learns every label name; ids follow name_cmp; the docs' local
- * ids are rewritten. *names (n) point into *store. */
-static st_err unify_labels(prep *p, MPI_Comm comm, char ***names, int *n, char **store)
+/* Every rank's label names, NUL-separated, into *all (*total bytes, the
+ * same on every rank). Collective; a local failure stops every rank. */
+static st_err gather_names(const prep *p, MPI_Comm comm, char **all, int64_t *total)
 {
     int size;
+    *all = NULL;
+    *total = 0;
     ST_MPI(MPI_Comm_size(comm, &size));
     size_t mine = 0;
     for (int i = 0; i < p->n_labels; i++) mine += strlen(p->label_list[i]) + 1;
-    if (mine > (size_t)(1 << 30)) ST_FAIL(ST_ERR_ARG, "label names take more than 1 GiB");
-    int my_len = (int)mine, *lens = calloc((size_t)size, sizeof *lens), *displs = calloc((size_t)size, sizeof *displs);
+    int *lens = calloc((size_t)size, sizeof *lens), *displs = calloc((size_t)size, sizeof *displs);
     char *buf = malloc(mine + 1);
-    if (!lens || !displs || !buf) {
-        free(lens), free(displs), free(buf);
-        ST_FAIL(ST_ERR_MEM, "out of memory for labels");
-    }
-    for (int i = 0, at = 0; i < p->n_labels; i++) {
-        size_t l = strlen(p->label_list[i]) + 1;
-        memcpy(buf + at, p->label_list[i], l);
-        at += (int)l;
-    }
     st_err e = ST_OK;
-    int64_t total = 0;
-    char *all = NULL, **list = NULL;
-    int rc = MPI_Allgather(&my_len, 1, MPI_INT, lens, 1, MPI_INT, comm);
-    for (int r = 0; rc == MPI_SUCCESS && r < size; r++) displs[r] = (int)total, total += lens[r];
-    if (rc != MPI_SUCCESS) e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "MPI_Allgather of label sizes failed");
-    else if (total > (1 << 30)) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "label names take more than 1 GiB");
-    else if (!(all = malloc((size_t)total + 1))) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-    else if (MPI_Allgatherv(buf, my_len, MPI_CHAR, all, lens, displs, MPI_CHAR, comm) != MPI_SUCCESS)
-        e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "MPI_Allgatherv of label names failed");
-    int64_t count = 0;
-    for (int64_t i = 0; !e && i < total; i++) count += all[i] == '\0';
-    if (!e && !(list = malloc((size_t)(count + 1) * sizeof *list)))
-        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-    int u = 0;
-    if (!e) {
-        int64_t c = 0;
-        for (int64_t i = 0; i < total; i += (int64_t)strlen(all + i) + 1) list[c++] = all + i;
-        qsort(list, (size_t)count, sizeof *list, name_cmp);
-        for (int64_t i = 0; i < count; i++)
-            if (u == 0 || strcmp(list[u - 1], list[i])) list[u++] = list[i];
-        if (u > MAX_LABELS) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "more than %d labels", MAX_LABELS);
+    if (!lens || !displs || !buf) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    else if (mine > (size_t)1 << 30)
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "label names take more than 1 GiB");
+    int my_len = (int)mine;
+    if (!(e = st_agree(comm, e))) {
+        for (int i = 0, at = 0; i < p->n_labels; i++) {
+            size_t l = strlen(p->label_list[i]) + 1;
+            memcpy(buf + at, p->label_list[i], l);
+            at += (int)l;
+        }
+        if (MPI_Allgather(&my_len, 1, MPI_INT, lens, 1, MPI_INT, comm) != MPI_SUCCESS)
+            e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "MPI_Allgather of label sizes failed");
+        for (int r = 0; !e && r < size; r++) displs[r] = (int)*total, *total += lens[r];
+        if (!e && *total > (int64_t)1 << 30)
+            e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "label names take more than 1 GiB");
+        if (!e && !(*all = malloc((size_t)*total + 1)))
+            e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for label names");
+        if (!(e = st_agree(comm, e)) &&
+            MPI_Allgatherv(buf, my_len, MPI_CHAR, *all, lens, displs, MPI_CHAR, comm) != MPI_SUCCESS)
+            e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "MPI_Allgatherv of label names failed");
     }
-    /* local id -> global id, then rewrite the docs */
-    int *map = e ? NULL : malloc((size_t)(p->n_labels + 1) * sizeof *map);
-    if (!e && !map) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-    for (int i = 0; !e && i < p->n_labels; i++) {
+    free(lens), free(displs), free(buf);
+    if (e) {
+        free(*all);
+        *all = NULL;
+        st_error_trace(__FILE__, __LINE__, __func__);
+    }
+    return e;
+}
+
+/* Every rank learns every label name; ids follow name_cmp (the same table on
+ * every rank); the docs' local ids are rewritten. *names (n) point into *store. */
+static st_err unify_labels(prep *p, MPI_Comm comm, char ***names, int *n, char **store)
+{
+    char *all = NULL;
+    int64_t total = 0, count = 0;
+    ST_TRY(gather_names(p, comm, &all, &total));
+    for (int64_t i = 0; i < total; i++) count += all[i] == '\0';
+    char **list = malloc((size_t)(count + 1) * sizeof *list);
+    int *map = malloc((size_t)(p->n_labels + 1) * sizeof *map);
+    if (!list || !map) {
+        free(all), free(list), free(map);
+        ST_FAIL(ST_ERR_MEM, "out of memory for %lld label names", (long long)count);
+    }
+    int64_t c = 0, u = 0;
+    for (int64_t i = 0; i < total; i += (int64_t)strlen(all + i) + 1) list[c++] = all + i;
+    qsort(list, (size_t)count, sizeof *list, name_cmp);
+    for (int64_t i = 0; i < count; i++)
+        if (u == 0 || strcmp(list[u - 1], list[i])) list[u++] = list[i];
+    if (u > MAX_LABELS) { /* the same verdict on every rank: the table is the same */
+        free(all), free(list), free(map);
+        ST_FAIL(ST_ERR_ARG, "%s has %lld distinct labels, more than %d", O.input, (long long)u, MAX_LABELS);
+    }
+    /* local id -> global id (every local name is in the list) */
+    for (int i = 0; i < p->n_labels; i++) {
         char **hit = bsearch(&p->label_list[i], list, (size_t)u, sizeof *list, name_cmp);
         map[i] = (int)(hit - list);
     }
-    for (size_t d = 0; !e && d < p->docs.n_docs; d++) p->docs.label[d] = map[p->docs.label[d]];
-    free(map), free(lens), free(displs), free(buf);
-    if (e) {
-        free(all), free(list);
-        return e;
-    }
+    for (size_t d = 0; d < p->docs.n_docs; d++) p->docs.label[d] = map[p->docs.label[d]];
+    free(map);
     *names = list;
-    *n = u;
+    *n = (int)u;
     *store = all;
     return ST_OK;
 }
@@ -820,7 +835,7 @@ static void print_summary(const prep *p, const int64_t *c, char first[][MSG_CAP]
     for (int i = 0; i < N_REASONS; i++)
         if (c[C_SKIP0 + i])
             printf("    %-15s %lld  (first: %s)\n", reason_name[i], (long long)c[C_SKIP0 + i], first[i]);
-    printf("  truncated to --max-len %d: %lld prompts, %lld responses\n", O.max_len,
+    printf("  cut to --max-len %d: %lld docs lost the start of their prompt, %lld the end of their response\n", O.max_len,
            (long long)c[C_CUT_P], (long long)c[C_CUT_R]);
     if (pl->format == FMT_CLASSIFY) printf("  labels %d\n", n_labels);
     printf("  time %.2f s on %d rank%s\n", seconds, ranks, ranks > 1 ? "s" : "");
@@ -831,7 +846,8 @@ static void print_summary(const prep *p, const int64_t *c, char first[][MSG_CAP]
 static st_err gather_first(prep *p, MPI_Comm comm, int rank, int size, char out[][MSG_CAP])
 {
     char *all = rank == 0 ? calloc((size_t)size, sizeof p->first_msg) : NULL;
-    if (rank == 0 && !all) ST_FAIL(ST_ERR_MEM, "out of memory");
+    st_err e = rank == 0 && !all ? st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory") : ST_OK;
+    ST_TRY(st_agree(comm, e));
     int rc = MPI_Gather(p->first_msg, (int)sizeof p->first_msg, MPI_CHAR, all,
                         (int)sizeof p->first_msg, MPI_CHAR, 0, comm);
     if (rc != MPI_SUCCESS) {
@@ -854,12 +870,13 @@ static st_err prepare(MPI_Comm comm, int fmt)
     ST_MPI(MPI_Comm_size(comm, &size));
     double t0 = MPI_Wtime();
     st_tokenizer *tok = NULL;
-    ST_TRY(st_agree(comm, st_tokenizer_load(&tok, O.tokenizer)));
     plan pl;
-    prep p = {.pl = &pl, .tok = tok, .skip = !strcmp(O.on_error, "skip")};
+    prep p = {.pl = &pl, .skip = !strcmp(O.on_error, "skip")};
     char **names = NULL, *store = NULL;
     int n_labels = 0;
-    st_err e = make_plan(&pl, fmt, comm, rank);
+    st_err e = st_agree(comm, st_tokenizer_load(&tok, O.tokenizer));
+    p.tok = tok;
+    if (!e) e = make_plan(&pl, fmt, comm, rank);
     if (e) goto done;
     if (pl.format == FMT_SFT || pl.format == FMT_CHAT || pl.format == FMT_PREF)
         p.tpl = st_template_find(O.template_name ? O.template_name : pl.hh ? "plain" : "default");
@@ -875,7 +892,7 @@ static st_err prepare(MPI_Comm comm, int fmt)
             n_labels = p.n_labels;
             names = p.label_list;
         } else {
-            ST_TRY_GOTO(e, unify_labels(&p, comm, &names, &n_labels, &store), done);
+            ST_TRY_GOTO(e, st_agree(comm, unify_labels(&p, comm, &names, &n_labels, &store)), done);
         }
     }
     int64_t mine[N_COUNTS] = {p.n_records, (int64_t)p.docs.n_docs, (int64_t)p.docs.n_tokens,

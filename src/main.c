@@ -2,6 +2,7 @@
  * makes sure a failure anywhere stops the job everywhere with a message. */
 #include <mpi.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -46,6 +47,11 @@ static st_err dispatch(int argc, char **argv, MPI_Comm world)
 int main(int argc, char **argv)
 {
     int provided = 0, rank = 0, size = 1;
+    /* Open MPI's MPI-IO (OMPIO) defaults to two-phase collective buffering
+     * (fcoll vulcan), which was 10x slower than direct per-rank writes for our
+     * checkpoints on local disks (benchmarks/RESULTS.md). Set OMPI_MCA_fcoll
+     * yourself (e.g. vulcan on Lustre) to override this default. */
+    setenv("OMPI_MCA_fcoll", "individual", 0);
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "shardtune: error: MPI_Init failed\n");
         return 1;

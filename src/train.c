@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 #include "checkpoint.h"
+#include "commstats.h"
 #include "commands.h"
 #include "dataset.h"
 #include "dp.h"
@@ -47,7 +48,8 @@ typedef struct {
     int64_t steps;
     int64_t seed;
     /* grid */
-    int tp, zero;
+    int tp, dp, zero;
+    char *init_skip;
     /* run */
     char *out_dir, *resume;
     int save_every, keep, log_every, eval_every, eval_batches, plot;
@@ -70,6 +72,7 @@ static const st_option train_options[] = {
     {"model.tied_embeddings", ST_OPT_BOOL, &O.cfg.tied_embeddings, "true", "share embedding and LM head"},
     {"model.qkv_bias", ST_OPT_BOOL, &O.cfg.qkv_bias, "false", "bias on q/k/v (llama; Qwen2 style)"},
     {"init_from", ST_OPT_STRING, &O.init_from, NULL, "checkpoint whose weights start the run (transfer learning)"},
+    {"init_skip", ST_OPT_STRING, &O.init_skip, NULL, "comma-separated tensor names (a trailing * matches a prefix) that init_from does not load, e.g. lm_head.weight for a new head"},
     {"data.train", ST_OPT_STRING, &O.data_train, NULL, "dataset.h5 made by `shardtune prepare` (required)"},
     {"data.sampling", ST_OPT_STRING, &O.sampling, "auto", "stream (windows over concatenated text), docs (one example per row) or auto (by method)"},
     {"seq_len", ST_OPT_INT, &O.seq_len, "128", "tokens per row"},
@@ -87,6 +90,7 @@ static const st_option train_options[] = {
     {"steps", ST_OPT_INT64, &O.steps, "100", "optimizer steps (the cosine schedule ends here)"},
     {"seed", ST_OPT_INT64, &O.seed, "1234", "initialisation and data-order seed"},
     {"grid.tp", ST_OPT_INT, &O.tp, "1", "tensor-parallel ranks per model copy (dp = ranks / tp)"},
+    {"grid.dp", ST_OPT_INT, &O.dp, "0", "data-parallel copies; 0 = ranks / tp (when set, it must equal that)"},
     {"grid.zero", ST_OPT_BOOL, &O.zero, "false", "ZeRO-1: shard AdamW state over dp ranks"},
     {"out_dir", ST_OPT_STRING, &O.out_dir, "runs/train", "run directory: metrics.jsonl, loss.png, ckpt/"},
     {"resume", ST_OPT_STRING, &O.resume, "none", "none, auto (latest good checkpoint in out_dir/ckpt) or a checkpoint path"},
@@ -192,6 +196,9 @@ static st_err open_data(trainer *t)
 static st_err setup(trainer *t, MPI_Comm world)
 {
     ST_TRY(st_grid_init(&t->grid, world, O.tp));
+    if (O.dp && O.dp != t->grid.dp_size)
+        ST_FAIL(ST_ERR_ARG, "grid.dp %d does not match %d ranks / tp %d = %d (start %d ranks, or leave grid.dp unset)",
+                O.dp, t->grid.world_size, O.tp, t->grid.dp_size, O.dp * O.tp);
     int threads = st_threads_setup(world);
     if (strcmp(O.method, "pretrain") && strcmp(O.method, "sft"))
         ST_FAIL(ST_ERR_ARG, "method '%s' is not available: choose pretrain or sft", O.method);
@@ -308,7 +315,15 @@ static st_err load_start(trainer *t)
     if (O.init_from) {
         st_ckpt_tensors c = ckpt_tensors(t);
         c.m = c.v = NULL;
-        ST_TRY(st_ckpt_load(O.init_from, &t->grid, &c, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL));
+        /* the skip list: "a,b,c*" -> {"a", "b", "c*", NULL} */
+        char *list = O.init_skip ? strdup(O.init_skip) : NULL, *names[64] = {0}, *save = NULL;
+        int n = 0;
+        for (char *p = list ? strtok_r(list, ",", &save) : NULL; p && n < 63; p = strtok_r(NULL, ",", &save))
+            names[n++] = p;
+        st_err e = st_ckpt_load(O.init_from, &t->grid, &c, NULL, (const char *const *)names,
+                                ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL);
+        free(list);
+        ST_TRY(e);
         if (is_rank0(t)) printf("initialised from %s\n", O.init_from);
     }
     return ST_OK;
@@ -520,10 +535,15 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
         fflush(stdout);
     }
     double t0 = st_now();
+    st_comm_reset();
     if (!e) e = run(&t);
     if (!e && !rank) {
         printf("\n");
         st_timers_print(&t.timers, st_now() - t0, stdout);
+        printf("inside forward+backward: tp collectives %.3f s (%llu calls, %.1f MB); "
+               "dp gradient wait %.3f s (%.1f MB reduced)\n",
+               st_comm.tp_seconds, (unsigned long long)st_comm.tp_calls, st_comm.tp_bytes / 1e6,
+               st_comm.dp_wait_seconds, st_comm.dp_bytes / 1e6);
         if (O.plot) {
             char png[4200];
             snprintf(png, sizeof png, "%s/loss.png", O.out_dir);

@@ -27,6 +27,7 @@
 #include "dataset.h"
 #include "grid.h"
 #include "h5util.h"
+#include "harness.h"
 #include "tokenizer.h"
 
 #define EOS 256 /* the byte tokenizer's <|endoftext|> */
@@ -940,8 +941,8 @@ static Suite *dataset_suite(void)
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    snprintf(DIR_, sizeof DIR_, "/tmp/st_dataset_XXXXXX");
-    if (!mkdtemp(DIR_) || st_grid_init(&G, MPI_COMM_SELF, 1)) {
+    th_tmpdir(MPI_COMM_SELF, DIR_, sizeof DIR_);
+    if (!DIR_[0] || st_grid_init(&G, MPI_COMM_SELF, 1)) {
         fprintf(stderr, "test_dataset: setup failed\n");
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
@@ -951,9 +952,7 @@ int main(int argc, char **argv)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     st_grid_free(&G);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", DIR_);
-    if (system(cmd) != 0) fprintf(stderr, "test_dataset: could not remove %s\n", DIR_);
+    th_rm_rf(DIR_);
     MPI_Finalize();
     return failed ? 1 : 0;
 }

@@ -1,7 +1,8 @@
 /* fuzz_tokenizer.c: libFuzzer harness for io/tokenizer (not part of make check).
  *
  * Build and run by hand from the repo root:
- *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -Iio \
+ *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+ *     -fno-sanitize-recover=undefined -Isrc -Iio \
  *     $(pkg-config --cflags libcjson libpcre2-8) tests/fuzz/fuzz_tokenizer.c io/tokenizer.c \
  *     io/tok_*.c src/err.c $(pkg-config --libs libcjson libpcre2-8) -lm -o /tmp/fuzz_tokenizer
  *   /tmp/fuzz_tokenizer -max_total_time=300 /tmp/fuzz_corpus
@@ -37,8 +38,8 @@ static uint8_t *frame(const uint8_t *f0, size_t n0, const uint8_t *f1, size_t n1
     put(&p, 0x4B4F5453u, 4);
     put(&p, 1, 4);
     put(&p, (uint64_t)nfiles, 4);
-    if (nfiles > 0) put(&p, n0, 8), memcpy(p, f0, n0), p += n0;
-    if (nfiles > 1) put(&p, n1, 8), memcpy(p, f1, n1), p += n1;
+    if (nfiles > 0) put(&p, n0, 8), p = n0 ? (uint8_t *)memcpy(p, f0, n0) + n0 : p;
+    if (nfiles > 1) put(&p, n1, 8), p = n1 ? (uint8_t *)memcpy(p, f1, n1) + n1 : p;
     return b;
 }
 

@@ -1,0 +1,137 @@
+/* cmd_export.c: `shardtune export CKPT --to hf:DIR | gguf:FILE [--dtype ...]`:
+ * a checkpoint's weights (and tokenizer) as a Hugging Face model directory
+ * or a llama.cpp GGUF file. One rank does the work on a 1x1 view of the
+ * checkpoint; the others wait and agree on the outcome. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "commands.h"
+#include "gguf.h"
+#include "hf.h"
+#include "options.h"
+#include "params.h"
+#include "tokenizer.h"
+
+st_err st_cmd_export(int argc, char **argv, MPI_Comm world);
+
+typedef struct { char *to, *dtype, *name; } export_opts;
+static export_opts EX;
+static const st_option export_options[] = {
+    {"to", ST_OPT_STRING, &EX.to, NULL, "destination: hf:DIR (Hugging Face directory) or gguf:FILE (llama.cpp)"},
+    {"dtype", ST_OPT_STRING, &EX.dtype, "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)"},
+    {"name", ST_OPT_STRING, &EX.name, "shardtune", "model name recorded in GGUF general.name"},
+};
+
+static const char usage[] =
+    "usage: shardtune export CKPT.h5 --to hf:DIR | gguf:FILE [--dtype f32|f16|bf16]\n\n"
+    "Writes a checkpoint's weights and tokenizer as a Hugging Face model directory\n"
+    "(config.json, model.safetensors, tokenizer.json; loads with transformers'\n"
+    "from_pretrained) or as a GGUF file for llama.cpp. Optimizer state is not exported.\n\n";
+
+/* The weights of path on this rank alone, and its tokenizer (NULL if none). */
+static st_err load_weights(const char *path, st_config *cfg, float **params, st_tokenizer **tok)
+{
+    *params = NULL;
+    *tok = NULL;
+    ST_TRY(st_ckpt_read_config(path, MPI_COMM_SELF, cfg));
+    st_layout lay;
+    ST_TRY(st_layout_init(&lay, cfg, 1, 0));
+    st_grid g;
+    st_err e = st_grid_init(&g, MPI_COMM_SELF, 1);
+    char *kind = NULL;
+    uint8_t *blob = NULL;
+    size_t nb = 0;
+    float *p = NULL;
+    if (!e) {
+        p = calloc(lay.numel, sizeof *p);
+        if (!p) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for %zu parameters",
+                                 lay.numel);
+        st_ckpt_tensors t = {.lay = &lay, .params = p};
+        if (!e) e = st_ckpt_load(path, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb);
+        st_grid_free(&g);
+    }
+    if (!e && kind) e = st_tokenizer_from_blob(tok, kind, blob, nb);
+    free(kind);
+    free(blob);
+    st_layout_free(&lay);
+    if (e) {
+        free(p);
+        st_error_trace(__FILE__, __LINE__, __func__);
+        return e;
+    }
+    *params = p;
+    return ST_OK;
+}
+
+static st_err parse_dtype(const char *s, st_dtype *d)
+{
+    if (!strcmp(s, "f32")) *d = ST_DT_F32;
+    else if (!strcmp(s, "f16")) *d = ST_DT_F16;
+    else if (!strcmp(s, "bf16")) *d = ST_DT_BF16;
+    else ST_FAIL(ST_ERR_ARG, "--dtype %s: expected f32, f16 or bf16", s);
+    return ST_OK;
+}
+
+/* --to hf:DIR or gguf:FILE, checked before any work. */
+static st_err parse_dest(const char *to, st_dtype dt, int *gguf, const char **where)
+{
+    if (!to) ST_FAIL(ST_ERR_ARG, "export needs --to hf:DIR or --to gguf:FILE");
+    if (!strncmp(to, "hf:", 3) && to[3]) *gguf = 0, *where = to + 3;
+    else if (!strncmp(to, "gguf:", 5) && to[5]) *gguf = 1, *where = to + 5;
+    else ST_FAIL(ST_ERR_ARG, "--to %s: expected hf:DIR or gguf:FILE", to);
+    if (*gguf && dt == ST_DT_BF16) ST_FAIL(ST_ERR_ARG, "GGUF export writes f32 or f16; --dtype bf16 is for hf:DIR");
+    return ST_OK;
+}
+
+static st_err export_one(const char *ckpt)
+{
+    st_dtype dt = ST_DT_F32;
+    int gguf = 0;
+    const char *where = NULL;
+    ST_TRY(parse_dtype(EX.dtype, &dt));
+    ST_TRY(parse_dest(EX.to, dt, &gguf, &where));
+    st_config cfg;
+    float *params;
+    st_tokenizer *tok;
+    ST_TRY(load_weights(ckpt, &cfg, &params, &tok));
+    /* LoRA hook: when the checkpoint carries /lora adapters, merge them into
+     * params here (W += scale * B A for each adapted weight) before writing,
+     * so both formats receive the merged weights. Not done yet: see the LoRA
+     * issue. */
+    st_err e = gguf ? st_gguf_export(where, &cfg, params, tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32, EX.name)
+                    : st_hf_write(where, &cfg, params, tok, dt);
+    if (!e)
+        printf("exported %s (%s, %lld parameters, %s) -> %s\n", ckpt, st_family_name(cfg.family),
+               st_config_num_params(&cfg), EX.dtype, EX.to);
+    free(params);
+    if (tok) st_tokenizer_free(tok);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+st_err st_cmd_export(int argc, char **argv, MPI_Comm world)
+{
+    int rank = 0, help = 0, npos = 0;
+    char *pos[1];
+    MPI_Comm_rank(world, &rank);
+    st_options o;
+    ST_TRY(st_options_init(&o, export_options, (int)(sizeof export_options / sizeof export_options[0])));
+    st_err e = st_options_parse(&o, argc, argv, &help, pos, 1, &npos);
+    if (!e && (help || npos != 1)) {
+        if (!rank) {
+            printf("%s", usage);
+            st_options_print_help(&o, stdout);
+        }
+        if (!help) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "export needs exactly one checkpoint");
+        st_options_free(&o);
+        return e;
+    }
+    if (!e && rank == 0) e = export_one(pos[0]);
+    st_options_free(&o);
+    e = st_agree(world, e);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
