@@ -169,17 +169,7 @@ static st_err bpe_word(st_tok_enc *e, const char *s, size_t len)
         int32_t id = st_tok_strmap_get(&t->vocab, e->buf, m);
         if (id >= 0) return st_tok_push_id(e, id);
     }
-    size_t cap = e->sym_cap;
-    void *p = e->sym, *q = e->prev, *r = e->next;
-    ST_TRY(st_tok_reserve(&p, &cap, len, sizeof(int32_t), "the BPE symbols"));
-    e->sym = p;
-    cap = e->sym_cap;
-    ST_TRY(st_tok_reserve(&q, &cap, len, sizeof(int32_t), "the BPE symbols"));
-    e->prev = q;
-    cap = e->sym_cap;
-    ST_TRY(st_tok_reserve(&r, &cap, len, sizeof(int32_t), "the BPE symbols"));
-    e->next = r;
-    e->sym_cap = cap;
+    ST_TRY(st_tok_reserve_syms(e, len));
     int32_t n = (int32_t)len;
     for (int32_t i = 0; i < n; i++) {
         uint8_t b = (uint8_t)s[i];

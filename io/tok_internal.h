@@ -9,6 +9,7 @@
 #define ST_TOK_INTERNAL_H
 
 #define PCRE2_CODE_UNIT_WIDTH 8
+#include <cjson/cJSON.h>
 #include <pcre2.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -98,6 +99,14 @@ struct st_tokenizer {
     uint64_t hash;
 };
 
+/* A candidate merge of the symbols at positions left and right. */
+typedef struct {
+    uint64_t prio;      /* (key << 32) | left position: smaller pops first */
+    int32_t right;      /* right symbol position when pushed */
+    int32_t rid;        /* right symbol id when pushed */
+    int32_t merged;     /* id after merging */
+} st_tok_heap_ent;
+
 /* Working state of one encode call (per call, so encode is thread-safe). */
 typedef struct {
     const st_tokenizer *t;
@@ -107,18 +116,11 @@ typedef struct {
     /* BPE / merge workspace, grown on demand */
     int32_t *sym, *prev, *next;
     size_t sym_cap;
-    struct st_tok_heap_ent *heap;
+    st_tok_heap_ent *heap;
     size_t heap_len, heap_cap;
     char *buf;                          /* scratch string */
     size_t buf_cap;
 } st_tok_enc;
-
-typedef struct st_tok_heap_ent {
-    uint64_t prio;      /* (key << 32) | left position: smaller pops first */
-    int32_t right;      /* right symbol position when pushed */
-    int32_t rid;        /* right symbol id when pushed */
-    int32_t merged;     /* id after merging */
-} st_tok_heap_ent;
 
 /* tok_util.c */
 uint64_t st_tok_fnv(uint64_t h, const void *p, size_t n);
@@ -132,6 +134,8 @@ st_err st_tok_heap_push(st_tok_enc *e, st_tok_heap_ent ent);
 st_tok_heap_ent st_tok_heap_pop(st_tok_enc *e);
 st_err st_tok_reserve(void **p, size_t *cap, size_t need, size_t elem, const char *what);
 st_err st_tok_push_id(st_tok_enc *e, int32_t id);
+/* Room for n symbols in e->sym, e->prev, e->next. */
+st_err st_tok_reserve_syms(st_tok_enc *e, size_t n);
 /* Offset of the first invalid UTF-8 byte, or len when all valid. */
 size_t st_tok_utf8_check(const uint8_t *s, size_t len);
 st_err st_tok_read_file(const char *path, uint8_t **data, size_t *n);
@@ -156,7 +160,6 @@ st_err st_tok_bpe_finish(st_tokenizer *t, const char *file);
 st_err st_tok_bpe_encode(st_tok_enc *e, const char *s, size_t len);
 
 /* tok_gpt2.c: JSON helpers shared with tok_hf.c */
-#include <cjson/cJSON.h>
 st_err st_tok_json_parse(cJSON **out, const uint8_t *data, size_t n, const char *name);
 /* Check a {"token": id, ...} object; *max_id = largest id (-1 when empty). */
 st_err st_tok_json_vocab_scan(const cJSON *vocab, const char *name, int32_t *max_id, int32_t *count);

@@ -143,17 +143,7 @@ static st_err queue_pair(st_tok_enc *e, int32_t a, int32_t b)
 
 static st_err add_symbol(st_tok_enc *e, size_t *n, int32_t id)
 {
-    size_t cap = e->sym_cap;
-    void *p = e->sym, *q = e->prev, *r = e->next;
-    ST_TRY(st_tok_reserve(&p, &cap, *n + 1, sizeof(int32_t), "the merge symbols"));
-    e->sym = p;
-    cap = e->sym_cap;
-    ST_TRY(st_tok_reserve(&q, &cap, *n + 1, sizeof(int32_t), "the merge symbols"));
-    e->prev = q;
-    cap = e->sym_cap;
-    ST_TRY(st_tok_reserve(&r, &cap, *n + 1, sizeof(int32_t), "the merge symbols"));
-    e->next = r;
-    e->sym_cap = cap;
+    ST_TRY(st_tok_reserve_syms(e, *n + 1));
     e->sym[*n] = id;
     (*n)++;
     return ST_OK;

@@ -170,6 +170,21 @@ st_err st_tok_push_id(st_tok_enc *e, int32_t id)
     return ST_OK;
 }
 
+st_err st_tok_reserve_syms(st_tok_enc *e, size_t n)
+{
+    if (n <= e->sym_cap) return ST_OK;
+    size_t cap = e->sym_cap;
+    void *p = e->sym;
+    ST_TRY(st_tok_reserve(&p, &cap, n, sizeof(int32_t), "the merge symbols"));
+    e->sym = p;
+    int32_t *q = realloc(e->prev, cap * sizeof(int32_t)), *r = q ? realloc(e->next, cap * sizeof(int32_t)) : NULL;
+    if (q) e->prev = q;
+    if (r) e->next = r;
+    if (!q || !r) ST_FAIL(ST_ERR_MEM, "out of memory for %zu merge symbols", cap);
+    e->sym_cap = cap;
+    return ST_OK;
+}
+
 st_err st_tok_heap_push(st_tok_enc *e, st_tok_heap_ent ent)
 {
     void *p = e->heap;

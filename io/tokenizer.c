@@ -164,7 +164,7 @@ static uint64_t compute_hash(const st_tokenizer *t)
     for (int32_t i = 0; i < 2 * t->n_merges; i++) h = hash_u64(h, (uint32_t)t->merge_pair[i]);
     h = hash_u64(h, (uint64_t)t->n_stages);
     for (int k = 0; k < t->n_stages; k++) h = st_tok_fnv(h, t->stage_pat[k], strlen(t->stage_pat[k]) + 1);
-    h = st_tok_fnv(h, t->stage_prefix_space, sizeof(t->stage_prefix_space));
+    h = st_tok_fnv(h, t->stage_prefix_space, (size_t)t->n_stages + 1);
     h = hash_u64(h, (uint64_t)t->ignore_merges);
     h = hash_u64(h, t->added_hash);
     return h;
