@@ -608,6 +608,7 @@ void st_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float 
     /* dw += sum over rows of dout * x * rstd; a block of columns per thread so the
      * sum order (and result) does not depend on the thread count. */
     enum { BLK = 64 };
+    if (!dw) return; /* a frozen norm */
 #pragma omp parallel for
     for (int64_t c0 = 0; c0 < C; c0 += BLK) {
         int64_t c1 = c0 + BLK < C ? c0 + BLK : C;

@@ -68,7 +68,7 @@ st_err st_layernorm_backward(float *dinp, float *dw, float *db, const float *dou
  * out (N,C); rstd (N) saved; inp (N,C); w (C). */
 void st_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
                         int64_t N, int64_t C, float eps);
-/* dinp (N,C) =; dw (C) +=. */
+/* dinp (N,C) =; dw (C) += (skipped when NULL). */
 void st_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
                          const float *rstd, const float *w, int64_t N, int64_t C);
 

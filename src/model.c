@@ -9,6 +9,7 @@
  */
 #include "model.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,6 +84,8 @@ st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, in
     ST_ALLOC(m->grads, m->lay.numel, "gradients");
     ST_TRY(st_ptrs_init(&m->w, &m->lay, m->params));
     ST_TRY(st_ptrs_init(&m->g, &m->lay, m->grads));
+    ST_TRY(st_ptrs_init(&m->gt, &m->lay, m->grads));
+    m->embed_trainable = 1;
     st_params_init(&m->lay, m->params, seed);
     ST_TRY(alloc_acts(m));
     if (!GPT2(m)) {
@@ -99,6 +102,7 @@ void st_model_free(st_model *m)
     free_acts(&m->a);
     st_ptrs_free(&m->w);
     st_ptrs_free(&m->g);
+    st_ptrs_free(&m->gt);
     free(m->params);
     free(m->grads);
     free(m->rope_cos);
@@ -108,6 +112,39 @@ void st_model_free(st_model *m)
 }
 
 void st_model_zero_grad(st_model *m) { memset(m->grads, 0, m->lay.numel * sizeof(float)); }
+
+void st_model_set_trainable(st_model *m, const uint8_t *trainable, int adapters_everywhere)
+{
+    const st_layout *y = &m->lay;
+    /* point gt at the trainable gradients only: rebuild from g, then clear */
+    float **g = (float **)&m->g, **gt = (float **)&m->gt;
+    size_t top = offsetof(st_ptrs, layer) / sizeof(float *);
+    for (size_t i = 0; i < top; i++) gt[i] = g[i];
+    for (int l = 0; l < y->cfg.n_layer; l++) m->gt.layer[l] = m->g.layer[l];
+    m->backward_floor = 0;
+    m->embed_trainable = 1;
+    if (!trainable) return;
+    int lowest = y->cfg.n_layer;
+    for (int t = y->n_tensors - 1; t >= 0; t--) {
+        const st_tensor *ts = &y->tensors[t];
+        float *gp = m->grads + ts->offset;
+        if (trainable[t]) {
+            if (ts->layer >= 0 && ts->layer < lowest) lowest = ts->layer;
+            if (ts->layer < 0 && ts->offset < y->layer_begin[0]) lowest = 0;
+            continue;
+        }
+        /* clear every role pointer equal to this tensor's gradient */
+        for (size_t i = 0; i < top; i++) if (gt[i] == gp) gt[i] = NULL;
+        if (ts->layer >= 0) {
+            float **lp = (float **)&m->gt.layer[ts->layer];
+            for (size_t i = 0; i < sizeof(st_layer_ptrs) / sizeof(float *); i++) if (lp[i] == gp) lp[i] = NULL;
+        }
+        if (!strcmp(ts->name, "model.embed_tokens.weight")) m->embed_trainable = 0;
+    }
+    /* a tied head is the embedding: trainable if the embedding is */
+    if (y->cfg.tied_embeddings) m->gt.lm_head = m->gt.wte;
+    m->backward_floor = adapters_everywhere ? 0 : lowest;
+}
 
 /* ---- pieces ------------------------------------------------------------- */
 
@@ -183,6 +220,20 @@ static kv_dest kv_for(const st_model *m, const st_kvcache *c, int l, int B, int 
 #define LAYER(p, l, per) ((p) + (size_t)(m->training ? (l) : 0) * (per))
 #define XSLOT(l) ((size_t)(m->training ? (l) : (l) % 2))
 
+/* The adapters' share of a projection (see src/adapter.h). */
+static st_err adapt_forward(st_model *m, int l, st_target t, float *out, const float *inp, int64_t N)
+{
+    if (!m->adapter) return ST_OK;
+    return m->adapter->forward(m->adapter->ctx, m->tp, l, t, out, inp, N, m->training);
+}
+
+static st_err adapt_backward(st_model *m, int l, st_target t, float *dinp, const float *dout,
+                             const float *inp, int64_t N)
+{
+    if (!m->adapter) return ST_OK;
+    return m->adapter->backward(m->adapter->ctx, m->tp, l, t, dinp, dout, inp, N);
+}
+
 /* Attention block: x2 (N,C) = x + o_proj(attention(q,k,v of norm1(x))). */
 static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c)
 {
@@ -203,6 +254,9 @@ static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c
     ST_TRY(st_tp_column_forward(a->qt, ln1, w->wq, w->bq, N, C, qd));
     ST_TRY(st_tp_column_forward(a->kt, ln1, w->wk, w->bk, N, C, kvd));
     ST_TRY(st_tp_column_forward(a->vt, ln1, w->wv, w->bv, N, C, kvd));
+    ST_TRY(adapt_forward(m, l, ST_T_Q, a->qt, ln1, N));
+    ST_TRY(adapt_forward(m, l, ST_T_K, a->kt, ln1, N));
+    ST_TRY(adapt_forward(m, l, ST_T_V, a->vt, ln1, N));
     ST_TRY(to_heads(qh, a->qt, B, T, Hl, T, 0, hd));
     ST_TRY(to_heads(kv.k, a->kt, B, T, KVl, kv.ld, kv.pos0, hd));
     ST_TRY(to_heads(kv.v, a->vt, B, T, KVl, kv.ld, kv.pos0, hd));
@@ -214,6 +268,7 @@ static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c
     ST_TRY(from_heads(o, a->oh, B, T, Hl, hd));
     /* o_proj: row-parallel, summed over tp */
     ST_TRY(st_tp_row_forward(m->tp, a->dnorm, o, w->wo, w->bo, N, qd, C));
+    ST_TRY(adapt_forward(m, l, ST_T_O, a->dnorm, o, N));
     return st_add(x2, x, a->dnorm, N * C);
 }
 
@@ -232,14 +287,17 @@ static st_err mlp_forward(st_model *m, int l, int B, int T)
     ST_TRY(norm_forward(m, ln2, LAYER(a->ln2_s1, l, Nmax), LAYER(a->ln2_s2, l, Nmax), x2, w->ln2_w,
                         w->ln2_b, N));
     ST_TRY(st_tp_column_forward(up, ln2, w->wup, w->bup, N, C, Fl));
+    ST_TRY(adapt_forward(m, l, ST_T_UP, up, ln2, N));
     if (GPT2(m)) {
         ST_TRY(st_gelu_forward(mh, up, N * Fl));
     } else {
         float *gate = LAYER(a->gate, l, Nmax * Fl), *act = LAYER(a->act, l, Nmax * Fl);
         ST_TRY(st_tp_column_forward(gate, ln2, w->wgate, NULL, N, C, Fl));
+        ST_TRY(adapt_forward(m, l, ST_T_GATE, gate, ln2, N));
         ST_TRY(st_swiglu_forward(mh, act, gate, up, N * Fl));
     }
     ST_TRY(st_tp_row_forward(m->tp, a->dnorm, mh, w->wdown, w->bdown, N, Fl, C));
+    ST_TRY(adapt_forward(m, l, ST_T_DOWN, a->dnorm, mh, N));
     return st_add(xn, x2, a->dnorm, N * C);
 }
 
@@ -300,7 +358,7 @@ static st_err mlp_backward(st_model *m, int l)
 {
     const st_layout *y = &m->lay;
     const st_layer_ptrs *w = &m->w.layer[l];
-    st_layer_ptrs *g = &m->g.layer[l];
+    st_layer_ptrs *g = &m->gt.layer[l];
     st_acts *a = &m->a;
     const int B = m->last_B, T = m->last_T;
     const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model, Fl = y->d_ff_l;
@@ -309,6 +367,7 @@ static st_err mlp_backward(st_model *m, int l)
 
     /* down: row-parallel; dres is replicated so no communication */
     ST_TRY(st_tp_row_backward(a->dmh, g->wdown, g->bdown, a->dres, mh, w->wdown, N, Fl, C));
+    ST_TRY(adapt_backward(m, l, ST_T_DOWN, a->dmh, a->dres, mh, N));
     if (GPT2(m)) {
         ST_TRY(st_gelu_backward(a->dup, a->dmh, up, N * Fl));
         ST_TRY(st_tp_column_backward(a->dln, g->wup, g->bup, a->dup, ln2, w->wup, N, C, Fl, 0));
@@ -316,8 +375,10 @@ static st_err mlp_backward(st_model *m, int l)
         float *gate = LAYER(a->gate, l, Nmax * Fl), *act = LAYER(a->act, l, Nmax * Fl);
         ST_TRY(st_swiglu_backward(a->dgate, a->dup, a->dmh, act, gate, up, N * Fl));
         ST_TRY(st_tp_column_backward(a->dln, g->wgate, NULL, a->dgate, ln2, w->wgate, N, C, Fl, 0));
+        ST_TRY(adapt_backward(m, l, ST_T_GATE, a->dln, a->dgate, ln2, N));
         ST_TRY(st_tp_column_backward(a->dln, g->wup, NULL, a->dup, ln2, w->wup, N, C, Fl, 1));
     }
+    ST_TRY(adapt_backward(m, l, ST_T_UP, a->dln, a->dup, ln2, N));
     /* partial input gradients of the column-parallel layers, summed over tp */
     ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
     ST_TRY(norm_backward(m, a->dnorm, g->ln2_w, g->ln2_b, a->dln, x2, LAYER(a->ln2_s1, l, Nmax),
@@ -329,7 +390,7 @@ static st_err attn_backward(st_model *m, int l)
 {
     const st_layout *y = &m->lay;
     const st_layer_ptrs *w = &m->w.layer[l];
-    st_layer_ptrs *g = &m->g.layer[l];
+    st_layer_ptrs *g = &m->gt.layer[l];
     st_acts *a = &m->a;
     const int B = m->last_B, T = m->last_T;
     const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model;
@@ -341,6 +402,7 @@ static st_err attn_backward(st_model *m, int l)
 
     /* o_proj: row-parallel; d(o) lands token-major in qt, then head-major in oh */
     ST_TRY(st_tp_row_backward(a->qt, g->wo, g->bo, a->dres, o, w->wo, N, qd, C));
+    ST_TRY(adapt_backward(m, l, ST_T_O, a->qt, a->dres, o, N));
     ST_TRY(to_heads(a->oh, a->qt, B, T, Hl, T, 0, hd));
     ST_TRY(st_attention_backward(a->dqh, a->dkh, a->dvh, a->datt, a->oh, kv.att, qh, kv.k, kv.v, B,
                                  Hl, KVl, T, hd));
@@ -354,38 +416,67 @@ static st_err attn_backward(st_model *m, int l)
     ST_TRY(st_tp_column_backward(a->dln, g->wq, g->bq, a->qt, ln1, w->wq, N, C, qd, 0));
     ST_TRY(st_tp_column_backward(a->dln, g->wk, g->bk, a->kt, ln1, w->wk, N, C, kvd, 1));
     ST_TRY(st_tp_column_backward(a->dln, g->wv, g->bv, a->vt, ln1, w->wv, N, C, kvd, 1));
+    ST_TRY(adapt_backward(m, l, ST_T_Q, a->dln, a->qt, ln1, N));
+    ST_TRY(adapt_backward(m, l, ST_T_K, a->dln, a->kt, ln1, N));
+    ST_TRY(adapt_backward(m, l, ST_T_V, a->dln, a->vt, ln1, N));
     ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
     ST_TRY(norm_backward(m, a->dnorm, g->ln1_w, g->ln1_b, a->dln, x, LAYER(a->ln1_s1, l, Nmax),
                          LAYER(a->ln1_s2, l, Nmax), w->ln1_w, N));
     return st_add(a->dres, a->dres, a->dnorm, N * C);
 }
 
+static st_err head_backward_tail(st_model *m, int64_t N);
+static st_err body_backward(st_model *m, const int32_t *tokens);
+
 st_err st_model_backward(st_model *m, const int32_t *tokens)
 {
     const st_layout *y = &m->lay;
     st_acts *a = &m->a;
-    const int B = m->last_B, T = m->last_T, L = y->cfg.n_layer;
+    const int B = m->last_B, T = m->last_T;
     if (!B) ST_FAIL(ST_ERR_INTERNAL, "st_model_backward called before st_model_forward");
-    const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model;
+    const int64_t N = (int64_t)B * T, C = y->cfg.d_model;
 
     /* lm head (vocab-split): partial d(lnf) summed over tp */
-    ST_TRY(st_tp_column_backward(a->dln, m->g.lm_head, NULL, a->logits, a->lnf, m->w.lm_head, N, C,
+    ST_TRY(st_tp_column_backward(a->dln, m->gt.lm_head, NULL, a->logits, a->lnf, m->w.lm_head, N, C,
                                  y->vocab_l, 0));
+    ST_TRY(head_backward_tail(m, N));
+    return body_backward(m, tokens);
+}
+
+/* From d(final norm output) in a->dln (partial over tp) to d(x[L]) in a->dres. */
+static st_err head_backward_tail(st_model *m, int64_t N)
+{
+    const st_layout *y = &m->lay;
+    st_acts *a = &m->a;
+    const int L = y->cfg.n_layer;
+    const int64_t Nmax = (int64_t)m->B * m->T, C = y->cfg.d_model;
     ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
-    ST_TRY(norm_backward(m, a->dres, m->g.lnf_w, m->g.lnf_b, a->dln, LAYER(a->x, L, Nmax * C),
-                         a->lnf_s1, a->lnf_s2, m->w.lnf_w, N));
+    return norm_backward(m, a->dres, m->gt.lnf_w, m->gt.lnf_b, a->dln, LAYER(a->x, L, Nmax * C),
+                         a->lnf_s1, a->lnf_s2, m->w.lnf_w, N);
+}
+
+/* From d(x[L]) in a->dres down through the layers to the embeddings. */
+static st_err body_backward(st_model *m, const int32_t *tokens)
+{
+    const st_layout *y = &m->lay;
+    st_acts *a = &m->a;
+    const int B = m->last_B, T = m->last_T, L = y->cfg.n_layer;
+    const int64_t N = (int64_t)B * T, C = y->cfg.d_model;
     if (m->grad_ready) /* final norm and untied head are done (the tied one is not) */
         ST_TRY(m->grad_ready(m->grad_ready_ctx, y->layer_begin[L], y->numel));
     for (int l = L - 1; l >= 0; l--) {
-        ST_TRY(mlp_backward(m, l));
-        ST_TRY(attn_backward(m, l));
+        if (l >= m->backward_floor) {
+            ST_TRY(mlp_backward(m, l));
+            ST_TRY(attn_backward(m, l));
+        }
         if (m->grad_ready)
             ST_TRY(m->grad_ready(m->grad_ready_ctx, y->layer_begin[l], y->layer_begin[l + 1]));
     }
-    st_tp_embed_backward(m->g.wte, a->dres, tokens, N, C, y->vocab_start, y->vocab_l);
-    if (GPT2(m))
+    if (m->backward_floor > 0) return ST_OK;
+    if (m->gt.wte) st_tp_embed_backward(m->gt.wte, a->dres, tokens, N, C, y->vocab_start, y->vocab_l);
+    if (GPT2(m) && m->gt.wpe)
         for (int64_t i = 0; i < N; i++) {
-            float *p = m->g.wpe + (size_t)(i % T) * C;
+            float *p = m->gt.wpe + (size_t)(i % T) * C;
             const float *d = a->dres + i * C;
             for (int64_t c = 0; c < C; c++) p[c] += d[c];
         }

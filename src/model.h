@@ -13,6 +13,7 @@
 #include <mpi.h>
 #include <stdint.h>
 
+#include "adapter.h"
 #include "params.h"
 
 typedef struct {
@@ -47,6 +48,10 @@ typedef struct {
     int training;              /* activations saved per layer (else one layer's worth, reused) */
     float *params, *grads;     /* lay.numel each */
     st_ptrs w, g;              /* pointers into params and grads, by role */
+    st_ptrs gt;                /* the gradients backward computes: g, with frozen tensors NULL */
+    int backward_floor;        /* lowest layer backward must reach (layers below are frozen) */
+    int embed_trainable;       /* embeddings (and positions) get gradients */
+    const st_adapter *adapter; /* low-rank adapters on the projections, or NULL */
     st_acts a;
     float *rope_cos, *rope_sin;/* (max_seq, hd/2) llama */
     int last_B, last_T;        /* shape of the last training forward */
@@ -75,6 +80,13 @@ st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targe
 st_err st_model_backward(st_model *m, const int32_t *tokens);
 
 void st_model_zero_grad(st_model *m);
+
+/* Freeze: trainable (lay.n_tensors flags, NULL = all) says which tensors get
+ * gradients. Backward then skips the weight gradients of frozen tensors and
+ * stops below the lowest layer that has a trainable tensor, unless
+ * adapters_everywhere (adapters need the gradient to flow through every
+ * layer). A tied LM head trains with the embeddings. */
+void st_model_set_trainable(st_model *m, const uint8_t *trainable, int adapters_everywhere);
 
 /* ---- inference with a key/value cache ---------------------------------- */
 typedef struct {
