@@ -322,8 +322,7 @@ static st_err embed_forward(st_model *m, const int32_t *tokens, int B, int T, in
 
 /* ---- training forward and backward --------------------------------------- */
 
-st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targets, const float *mask,
-                        int B, int T, float scale, double *loss_sum)
+st_err st_model_forward_body(st_model *m, const int32_t *tokens, int B, int T)
 {
     const st_layout *y = &m->lay;
     st_acts *a = &m->a;
@@ -333,10 +332,6 @@ st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targe
                 m->B, m->T);
     const int L = y->cfg.n_layer;
     const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model;
-    for (int64_t i = 0; i < N; i++)
-        if (targets[i] < 0 || targets[i] >= y->cfg.vocab_size)
-            ST_FAIL(ST_ERR_ARG, "target id %d at position %lld is outside the vocabulary [0, %d)",
-                    targets[i], (long long)i, y->cfg.vocab_size);
     ST_TRY(embed_forward(m, tokens, B, T, 0));
     for (int l = 0; l < L; l++) {
         ST_TRY(attn_forward(m, l, B, T, NULL));
@@ -344,13 +339,29 @@ st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targe
     }
     ST_TRY(norm_forward(m, a->lnf, a->lnf_s1, a->lnf_s2, LAYER(a->x, L, Nmax * C), m->w.lnf_w,
                         m->w.lnf_b, N));
+    m->last_B = B;
+    m->last_T = T;
+    m->head_is_lm = 0;
+    return ST_OK;
+}
+
+st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targets, const float *mask,
+                        int B, int T, float scale, double *loss_sum)
+{
+    const st_layout *y = &m->lay;
+    st_acts *a = &m->a;
+    const int64_t N = (int64_t)B * T, C = y->cfg.d_model;
+    for (int64_t i = 0; i < N && B <= m->B && T <= m->T; i++)
+        if (targets[i] < 0 || targets[i] >= y->cfg.vocab_size)
+            ST_FAIL(ST_ERR_ARG, "target id %d at position %lld is outside the vocabulary [0, %d)",
+                    targets[i], (long long)i, y->cfg.vocab_size);
+    ST_TRY(st_model_forward_body(m, tokens, B, T));
     /* lm head: column-parallel over the vocabulary */
     ST_TRY(st_tp_column_forward(a->logits, a->lnf, m->w.lm_head, NULL, N, C, y->vocab_l));
     /* the loss and its gradient w.r.t. the logits, in place */
     ST_TRY(st_tp_cross_entropy(m->tp, loss_sum, a->logits, a->logits, targets, mask, scale, N,
                                y->vocab_start, y->vocab_l, y->cfg.vocab_size, a->rowbuf));
-    m->last_B = B;
-    m->last_T = T;
+    m->head_is_lm = 1;
     return ST_OK;
 }
 
@@ -425,7 +436,7 @@ static st_err attn_backward(st_model *m, int l)
     return st_add(a->dres, a->dres, a->dnorm, N * C);
 }
 
-static st_err head_backward_tail(st_model *m, int64_t N);
+static st_err head_backward_tail(st_model *m, int64_t N, int partial);
 static st_err body_backward(st_model *m, const int32_t *tokens);
 
 st_err st_model_backward(st_model *m, const int32_t *tokens)
@@ -439,18 +450,29 @@ st_err st_model_backward(st_model *m, const int32_t *tokens)
     /* lm head (vocab-split): partial d(lnf) summed over tp */
     ST_TRY(st_tp_column_backward(a->dln, m->gt.lm_head, NULL, a->logits, a->lnf, m->w.lm_head, N, C,
                                  y->vocab_l, 0));
-    ST_TRY(head_backward_tail(m, N));
+    if (!m->head_is_lm) ST_FAIL(ST_ERR_INTERNAL, "st_model_backward after a forward without the LM head");
+    ST_TRY(head_backward_tail(m, N, 1));
     return body_backward(m, tokens);
 }
 
-/* From d(final norm output) in a->dln (partial over tp) to d(x[L]) in a->dres. */
-static st_err head_backward_tail(st_model *m, int64_t N)
+st_err st_model_backward_hidden(st_model *m, const int32_t *tokens, const float *dhidden)
+{
+    const int64_t N = (int64_t)m->last_B * m->last_T;
+    if (!N) ST_FAIL(ST_ERR_INTERNAL, "st_model_backward_hidden called before st_model_forward_body");
+    memcpy(m->a.dln, dhidden, (size_t)N * m->lay.cfg.d_model * sizeof(float));
+    ST_TRY(head_backward_tail(m, N, 0));
+    return body_backward(m, tokens);
+}
+
+/* From d(final norm output) in a->dln (partial over tp when partial) to
+ * d(x[L]) in a->dres. */
+static st_err head_backward_tail(st_model *m, int64_t N, int partial)
 {
     const st_layout *y = &m->lay;
     st_acts *a = &m->a;
     const int L = y->cfg.n_layer;
     const int64_t Nmax = (int64_t)m->B * m->T, C = y->cfg.d_model;
-    ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
+    if (partial) ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
     return norm_backward(m, a->dres, m->gt.lnf_w, m->gt.lnf_b, a->dln, LAYER(a->x, L, Nmax * C),
                          a->lnf_s1, a->lnf_s2, m->w.lnf_w, N);
 }

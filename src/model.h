@@ -55,6 +55,7 @@ typedef struct {
     st_acts a;
     float *rope_cos, *rope_sin;/* (max_seq, hd/2) llama */
     int last_B, last_T;        /* shape of the last training forward */
+    int head_is_lm;            /* the last forward ended in the LM head and its loss */
     /* Called by st_model_backward whenever the gradients of the flat range
      * [lo, hi) are final (top of the buffer first), so data parallelism can
      * start reducing them while the backward pass goes on. NULL = none. */
@@ -78,6 +79,13 @@ st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targe
 
 /* Backward of the last forward: ADDS d(loss_sum)/d(params) into m->grads. */
 st_err st_model_backward(st_model *m, const int32_t *tokens);
+
+/* The body alone, for other heads (src/classify.c): embeddings, layers and the
+ * final norm; the result is m->a.lnf (B*T, C), identical on every tp rank. */
+st_err st_model_forward_body(st_model *m, const int32_t *tokens, int B, int T);
+/* Backward from the gradient of the final norm's output, dhidden (B*T, C),
+ * complete (not partial over tp). ADDS into m->grads. */
+st_err st_model_backward_hidden(st_model *m, const int32_t *tokens, const float *dhidden);
 
 void st_model_zero_grad(st_model *m);
 

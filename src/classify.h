@@ -1,0 +1,43 @@
+/* classify.h: a classification head on the transformer body, for intent and
+ * sentiment tasks (Hugging Face's *ForSequenceClassification).
+ *
+ *   pooled (B, C) = final-norm output at each row's last real token
+ *                   (pool "last", what decoder models use) or its mean over
+ *                   the row's real tokens (pool "mean")
+ *   logits (B, K) = pooled @ score.weight^T + score.bias
+ *   loss          = cross-entropy with the labels
+ * The head is small and replicated on every tp rank (its input is replicated),
+ * so it needs no communication; its parameters are a separate set with their
+ * own tensor table ("score.weight" (K, C), "score.bias" (K)).
+ */
+#ifndef ST_CLASSIFY_H
+#define ST_CLASSIFY_H
+
+#include "model.h"
+
+typedef struct {
+    int n_classes, pool_mean, max_B;
+    st_layout lay;          /* the head's tensor table */
+    float *params, *grads;  /* K*C + K */
+    float *w, *b, *dw, *db;
+    float *pooled;          /* (max_B, C) */
+    float *logits;          /* (max_B, K), becomes dlogits */
+    float *rowbuf;          /* (3 max_B) */
+    float *dpooled;         /* (max_B, C) */
+    float *dhidden;         /* (N, C) for the body's backward */
+    int32_t lengths[4096];  /* lengths of the last forward's rows */
+} st_cls_head;
+
+st_err st_cls_create(st_cls_head *h, const st_model *m, int n_classes, int pool_mean, uint64_t seed);
+void st_cls_free(st_cls_head *h);
+void st_cls_zero_grad(st_cls_head *h);
+
+/* Forward on a micro-batch: tokens (B,T), lengths (B) real tokens per row,
+ * labels (B) or NULL (inference). *loss_sum = sum over rows of CE * scale;
+ * pred (B) receives the argmax class (may be NULL). */
+st_err st_cls_forward(st_cls_head *h, st_model *m, const int32_t *tokens, const int32_t *lengths,
+                      const int32_t *labels, int B, int T, float scale, double *loss_sum, int32_t *pred);
+/* Backward of the last forward: ADDS into h->grads and the model's grads. */
+st_err st_cls_backward(st_cls_head *h, st_model *m, const int32_t *tokens);
+
+#endif

@@ -1,0 +1,187 @@
+/* test_classify.c: the classification head. With pooling on the last token, a
+ * classifier over K classes is the language model whose vocabulary is the K
+ * classes, scored only at each row's last token, so the double reference
+ * model checks it exactly; plus freezing, mean pooling and learning a
+ * separable task to 100%. */
+#include <check.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "classify.h"
+#include "optim.h"
+#include "ref.h"
+#include "rng.h"
+
+static st_config cfg_k(int K)
+{
+    st_config c = {.family = ST_FAMILY_LLAMA, .n_layer = 2, .d_model = 16, .n_head = 4, .n_kv_head = 2,
+                   .d_ff = 24, .vocab_size = K, .max_seq = 12, .norm_eps = 1e-5f, .rope_theta = 1e4f,
+                   .tied_embeddings = 0};
+    return c;
+}
+
+START_TEST(matches_reference_as_a_k_token_lm)
+{
+    enum { K = 7, B = 3, T = 9 };
+    st_config cfg = cfg_k(K);
+    st_model m;
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 3, 1), 0);
+    st_cls_head h;
+    ck_assert_int_eq(st_cls_create(&h, &m, K, 0, 5), 0);
+    /* the reference: same body, lm_head = score.weight (bias 0) */
+    ref_model r;
+    ck_assert_int_eq(ref_model_init(&r, &cfg), 0);
+    const st_tensor *head = st_layout_find(&m.lay, "lm_head.weight");
+    memcpy(m.params + head->offset, h.w, sizeof(float) * K * cfg.d_model);
+    ref_model_set_params(&r, m.params);
+    int32_t tok[B * T], len[B] = {9, 4, 1}, lab[B] = {2, 6, 0};
+    int rt[B * T], rtg[B * T];
+    float mask[B * T];
+    st_rng g;
+    st_rng_seed(&g, 1);
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = rt[i] = (int)st_rng_below(&g, K);
+        int b = i / T, t = i % T;
+        mask[i] = t == len[b] - 1 ? 1.0f : 0.0f;
+        rtg[i] = t == len[b] - 1 ? lab[b] : 0;
+    }
+    double loss = 0;
+    st_model_zero_grad(&m);
+    st_cls_zero_grad(&h);
+    int32_t pred[B];
+    ck_assert_int_eq(st_cls_forward(&h, &m, tok, len, lab, B, T, 1.0f / B, &loss, pred), 0);
+    ck_assert_int_eq(st_cls_backward(&h, &m, tok), 0);
+    double *logits = malloc(sizeof(double) * B * T * K);
+    double rl = ref_model_forward_backward(&r, rt, rtg, mask, B, T, B, logits, 1);
+    ck_assert_msg(fabs(loss - rl) < 1e-5 * fabs(rl), "loss %.9g vs reference %.9g", loss, rl);
+    /* predictions are the reference's argmax at the last token */
+    for (int b = 0; b < B; b++) {
+        const double *lg = logits + ((size_t)b * T + len[b] - 1) * K;
+        int best = 0;
+        for (int k = 1; k < K; k++) if (lg[k] > lg[best]) best = k;
+        ck_assert_int_eq(pred[b], best);
+        /* bias gradient: (softmax - onehot) / B summed over rows, checked below */
+    }
+    double gmax = 0;
+    for (size_t i = 0; i < r.numel; i++) gmax = fmax(gmax, fabs(r.grads[i]));
+    for (int t = 0; t < m.lay.n_tensors; t++) {
+        const st_tensor *ts = &m.lay.tensors[t];
+        const float *mine = strcmp(ts->name, "lm_head.weight") ? m.grads + ts->offset : h.dw;
+        double d = 0, tm = 0;
+        for (size_t i = 0; i < ts->numel; i++) {
+            d = fmax(d, fabs(mine[i] - r.grads[ts->offset + i]));
+            tm = fmax(tm, fabs(r.grads[ts->offset + i]));
+        }
+        ck_assert_msg(d / fmax(tm, 1e-3 * gmax) < 1e-4, "%s: gradient error %.3g", ts->name, d);
+    }
+    for (int k = 0; k < K; k++) {
+        double want = 0;
+        for (int b = 0; b < B; b++) {
+            const double *lg = logits + ((size_t)b * T + len[b] - 1) * K;
+            double mx = lg[0], z = 0;
+            for (int j = 1; j < K; j++) mx = fmax(mx, lg[j]);
+            for (int j = 0; j < K; j++) z += exp(lg[j] - mx);
+            want += (exp(lg[k] - mx) / z - (k == lab[b])) / B;
+        }
+        ck_assert_msg(fabs(h.db[k] - want) < 1e-5, "bias gradient %d: %g vs %g", k, h.db[k], want);
+    }
+    free(logits);
+    ref_model_free(&r);
+    st_cls_free(&h);
+    st_model_free(&m);
+}
+END_TEST
+
+/* Rows whose class is written in their tokens: the head learns them all. */
+static double learn(int pool_mean, int freeze, float *before, float *after, size_t *nfrozen)
+{
+    enum { K = 4, B = 8, T = 6 };
+    st_config cfg = cfg_k(11);
+    st_model m;
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 9, 1), 0);
+    st_cls_head h;
+    ck_assert_int_eq(st_cls_create(&h, &m, K, pool_mean, 2), 0);
+    uint8_t *tr = calloc(m.lay.n_tensors, 1);
+    for (int t = 0; t < m.lay.n_tensors; t++) tr[t] = !(freeze && m.lay.tensors[t].layer == 0) &&
+                                                      !(freeze && m.lay.tensors[t].layer < 0 && m.lay.tensors[t].offset < m.lay.layer_begin[0]);
+    st_model_set_trainable(&m, tr, 0);
+    size_t lo = m.lay.tensors[0].offset, hi = m.lay.layer_begin[1];
+    *nfrozen = hi - lo;
+    if (before) memcpy(before, m.params, sizeof(float) * hi);
+    st_optim_config oc;
+    st_optim_config_default(&oc);
+    oc.lr = 1e-2f;
+    st_adamw om, oh;
+    ck_assert_int_eq(st_adamw_init(&om, &m.lay, 0, m.lay.numel, &oc), 0);
+    om.trainable = tr;
+    ck_assert_int_eq(st_adamw_init(&oh, &h.lay, 0, h.lay.numel, &oc), 0);
+    int32_t tok[B * T], len[B], lab[B], pred[B];
+    st_rng g;
+    st_rng_seed(&g, 4);
+    for (int b = 0; b < B; b++) {
+        lab[b] = b % K;
+        len[b] = 3 + b % 4;
+        for (int t = 0; t < T; t++) tok[b * T + t] = (int32_t)(4 + st_rng_below(&g, 7));
+        tok[b * T + (int)st_rng_below(&g, (uint64_t)len[b])] = lab[b]; /* the class token, somewhere */
+    }
+    double loss = 0;
+    for (int s = 0; s < 120; s++) {
+        st_model_zero_grad(&m);
+        st_cls_zero_grad(&h);
+        ck_assert_int_eq(st_cls_forward(&h, &m, tok, len, lab, B, T, 1.0f / B, &loss, pred), 0);
+        ck_assert_int_eq(st_cls_backward(&h, &m, tok), 0);
+        st_adamw_update(&om, m.params, m.grads, oc.lr);
+        st_adamw_update(&oh, h.params, h.grads, oc.lr);
+    }
+    ck_assert_int_eq(st_cls_forward(&h, &m, tok, len, lab, B, T, 1.0f / B, &loss, pred), 0);
+    int correct = 0;
+    for (int b = 0; b < B; b++) correct += pred[b] == lab[b];
+    if (after) memcpy(after, m.params, sizeof(float) * hi);
+    st_adamw_free(&om);
+    st_adamw_free(&oh);
+    free(tr);
+    st_cls_free(&h);
+    st_model_free(&m);
+    return (double)correct / B;
+}
+
+START_TEST(learns_a_separable_task_to_100_percent)
+{
+    size_t n;
+    ck_assert_double_eq(learn(0, 0, NULL, NULL, &n), 1.0);
+    ck_assert_double_eq(learn(1, 0, NULL, NULL, &n), 1.0);
+}
+END_TEST
+
+START_TEST(frozen_layers_stay_bitwise_unchanged)
+{
+    float *before = malloc(sizeof(float) * 100000), *after = malloc(sizeof(float) * 100000);
+    size_t n;
+    double acc = learn(0, 1, before, after, &n);
+    ck_assert(memcmp(before, after, n * sizeof(float)) == 0);
+    ck_assert_double_eq(acc, 1.0); /* the upper layer and head still learn it */
+    free(before);
+    free(after);
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    Suite *s = suite_create("classify");
+    TCase *tc = tcase_create("classify");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, matches_reference_as_a_k_token_lm);
+    tcase_add_test(tc, learns_a_separable_task_to_100_percent);
+    tcase_add_test(tc, frozen_layers_stay_bitwise_unchanged);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    MPI_Finalize();
+    return failed ? 1 : 0;
+}
