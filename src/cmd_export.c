@@ -15,7 +15,7 @@
 #include "params.h"
 #include "tokenizer.h"
 
-st_err st_cmd_export(int argc, char **argv, MPI_Comm world);
+
 
 typedef struct { char *to, *dtype, *name; } export_opts;
 static export_opts EX;

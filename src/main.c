@@ -15,7 +15,8 @@ static const struct {
     {"prepare", "tokenize JSONL/CSV data into a dataset.h5"},
     {"train", "pretrain or fine-tune a model on a dataset (mpirun for many ranks)"},
     {"generate", "sample text from a checkpoint"},
-    {"convert", "import a llama2.c or llm.c model into a checkpoint"},
+    {"convert", "import a Hugging Face directory, llama2.c or llm.c model into a checkpoint"},
+    {"export", "write a checkpoint as a Hugging Face directory or a GGUF file"},
     {"inspect", "describe a checkpoint: format, config, step, tensors, checksums"},
 };
 
@@ -34,6 +35,7 @@ static st_err dispatch(int argc, char **argv, MPI_Comm world)
     if (!strcmp(cmd, "generate")) return st_cmd_generate(argc, argv, world);
     if (!strcmp(cmd, "inspect")) return st_cmd_inspect(argc, argv, world);
     if (!strcmp(cmd, "convert")) return st_cmd_convert(argc, argv, world);
+    if (!strcmp(cmd, "export")) return st_cmd_export(argc, argv, world);
     if (!strcmp(cmd, "prepare")) {
         st_grid g;
         ST_TRY(st_grid_init(&g, world, 1));

@@ -40,7 +40,7 @@
 #include "safetensors.h"
 #include "tokenizer.h"
 
-st_err st_cmd_export(int argc, char **argv, MPI_Comm world);
+
 
 /* ==== helpers ============================================================== */
 
@@ -1128,6 +1128,31 @@ START_TEST(test_hf_config_refusals)
 }
 END_TEST
 
+/* Defaults as transformers has them, and Mistral without a sliding window. */
+START_TEST(test_hf_config_defaults)
+{
+    static const char gpt2[] = "{\"model_type\": \"gpt2\", \"n_embd\": 32, \"n_layer\": 1, \"n_head\": 4, "
+                               "\"vocab_size\": 100, \"n_ctx\": 64}";
+    st_config c;
+    ck_assert_msg(st_hf_config_parse(gpt2, strlen(gpt2), "gpt2.json", &c) == ST_OK, "%s", st_error_message());
+    ck_assert(c.family == ST_FAMILY_GPT2 && c.d_ff == 128 && c.max_seq == 64 && c.tied_embeddings == 1 &&
+              c.n_kv_head == 4 && c.norm_eps == 1e-5f);
+    static const char mistral[] = "{\"architectures\": [\"MistralForCausalLM\"], \"hidden_size\": 32, "
+                                  "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"intermediate_size\": 48, "
+                                  "\"vocab_size\": 100, \"sliding_window\": null, \"head_dim\": 8}";
+    ck_assert_msg(st_hf_config_parse(mistral, strlen(mistral), "m.json", &c) == ST_OK, "%s", st_error_message());
+    ck_assert(c.family == ST_FAMILY_LLAMA && c.n_kv_head == 4 && c.max_seq == 2048 && c.rope_theta == 10000.0f &&
+              c.norm_eps == 1e-6f && !c.tied_embeddings && !c.qkv_bias);
+    static const char big_window[] = "{\"architectures\": [\"MistralForCausalLM\"], \"hidden_size\": 32, "
+                                     "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"intermediate_size\": 48, "
+                                     "\"vocab_size\": 100, \"max_position_embeddings\": 512, \"sliding_window\": 4096}";
+    ck_assert_int_eq(st_hf_config_parse(big_window, strlen(big_window), "w.json", &c), ST_OK);
+    expect_error(st_hf_config_parse("[]", 2, "arr.json", &c), ST_ERR_FORMAT, "arr.json", "not a JSON object");
+    static const char bert[] = "{\"model_type\": \"bert\"}";
+    expect_error(st_hf_config_parse(bert, strlen(bert), "bert.json", &c), ST_ERR_FORMAT, "bert", "not supported");
+}
+END_TEST
+
 START_TEST(test_hf_tensor_refusals)
 {
     char dir[512];
@@ -1614,6 +1639,46 @@ START_TEST(test_gguf_llama2c_tokenizer)
 }
 END_TEST
 
+/* An imported tokenizer.json ("hf" kind) as a GGUF gpt2 vocabulary. */
+START_TEST(test_gguf_hf_tokenizer)
+{
+    char dir[512], ckpt[512], gguf[512], to[600];
+    path_in(dir, sizeof dir, "ghf");
+    path_in(ckpt, sizeof ckpt, "ghf.h5");
+    path_in(gguf, sizeof gguf, "ghf.gguf");
+    fx_model *m = calloc(1, sizeof *m);
+    llama_fixture(m, dir, "F32", 1, 1, 0);
+    ck_assert_int_eq(run_convert(dir, ckpt, NULL), ST_OK);
+    snprintf(to, sizeof to, "gguf:%s", gguf);
+    ck_assert_int_eq(run_export(ckpt, to, "f32"), ST_OK);
+    st_gguf g;
+    ck_assert_msg(st_gguf_open(&g, gguf) == ST_OK, "%s", st_error_message());
+    check_str(&g, "tokenizer.ggml.model", "gpt2");
+    check_str(&g, "tokenizer.ggml.pre", "gpt-2");
+    check_u32(&g, "tokenizer.ggml.eos_token_id", 261);
+    const st_gguf_kv *toks = st_gguf_find(&g, "tokenizer.ggml.tokens"), *types = st_gguf_find(&g, "tokenizer.ggml.token_type"),
+                     *mg = st_gguf_find(&g, "tokenizer.ggml.merges");
+    ck_assert(toks && types && mg && toks->n == L_V && mg->n == 5);
+    static const struct { int id; const char *text; int type; } want[] = {
+        {'a', "a", ST_GGUF_TOK_NORMAL}, {' ', "\xc4\xa0", ST_GGUF_TOK_NORMAL}, {256, "\xc4\xa0t", ST_GGUF_TOK_NORMAL},
+        {261, "<|endoftext|>", ST_GGUF_TOK_CONTROL}, {263, "[PAD263]", ST_GGUF_TOK_UNUSED}};
+    const char *s;
+    uint64_t len;
+    int32_t ty;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        ck_assert_int_eq(st_gguf_arr_str(toks, (uint64_t)want[i].id, &s, &len), ST_OK);
+        ck_assert_msg(len == strlen(want[i].text) && !memcmp(s, want[i].text, len), "token %d", want[i].id);
+        ck_assert_int_eq(st_gguf_arr_i32(types, (uint64_t)want[i].id, &ty), ST_OK);
+        ck_assert_int_eq(ty, want[i].type);
+    }
+    ck_assert_int_eq(st_gguf_arr_str(mg, 2, &s, &len), ST_OK);
+    ck_assert(len == strlen("\xc4\xa0t he") && !memcmp(s, "\xc4\xa0t he", len));
+    st_gguf_close(&g);
+    fx_free(m);
+    free(m);
+}
+END_TEST
+
 /* ---- hostile GGUF: built byte by byte here ---- */
 
 typedef struct {
@@ -1799,6 +1864,7 @@ static Suite *formats_suite(void)
     tcase_add_test(tc, test_roundtrip_llama_bf16);
     tcase_add_test(tc, test_roundtrip_llama2c);
     tcase_add_test(tc, test_hf_config_refusals);
+    tcase_add_test(tc, test_hf_config_defaults);
     tcase_add_test(tc, test_hf_tensor_refusals);
     tcase_add_test(tc, test_hf_extra_and_index);
     tcase_add_test(tc, test_export_arguments);
@@ -1813,6 +1879,7 @@ static Suite *formats_suite(void)
     tcase_add_test(tc, test_gguf_llama_f16);
     tcase_add_test(tc, test_gguf_gpt2_tokenizer);
     tcase_add_test(tc, test_gguf_llama2c_tokenizer);
+    tcase_add_test(tc, test_gguf_hf_tokenizer);
     tcase_add_test(tc, test_gguf_reader_valid);
     tcase_add_test(tc, test_gguf_reader_hostile);
     suite_add_tcase(s, tc);

@@ -1,0 +1,54 @@
+/* hf.h: Hugging Face model directories <-> a shardtune config and parameters.
+ *
+ * A directory holds config.json, the weights as model.safetensors or as
+ * shards model-0000K-of-0000N.safetensors listed by
+ * model.safetensors.index.json ({"weight_map": {tensor: shard file}}), and
+ * tokenizer.json (+ tokenizer_config.json, generation_config.json).
+ *
+ * Architectures:
+ *   GPT2LMHeadModel      gpt2 family. Its linear layers are Conv1D with
+ *                        weights [in, out]: transposed on the way in and out;
+ *                        attn.c_attn fuses q, k, v along out. Names may carry
+ *                        the "transformer." prefix or not; attn.bias /
+ *                        attn.masked_bias buffers are skipped.
+ *   LlamaForCausalLM     llama family, the same names as shardtune's own.
+ *   MistralForCausalLM   llama family (no sliding window in effect).
+ *   Qwen2ForCausalLM     llama family with q/k/v bias.
+ * Config keys shardtune cannot honour (rope_scaling, biases on o_proj or the
+ * MLP, sliding windows, other activations, quantization_config, ...) are
+ * refused with a message naming the key, never silently ignored; so is any
+ * tensor the model would not use.
+ *
+ * Export writes the same layouts back: gpt2 -> GPT2LMHeadModel with
+ * "transformer." names; llama -> LlamaForCausalLM, or Qwen2ForCausalLM when
+ * the model has q/k/v bias.
+ */
+#ifndef ST_HF_H
+#define ST_HF_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "err.h"
+#include "safetensors.h"
+#include "tokenizer.h"
+
+/* config.json text (n bytes) -> cfg; name is used in messages. */
+st_err st_hf_config_parse(const char *text, size_t n, const char *name, st_config *cfg);
+
+/* Read the model in dir: cfg, and *params (malloc'd, a 1x1 st_layout of
+ * cfg, fp32; the caller frees it). Source tensors are read one at a time
+ * (F32, F16 or BF16), so the peak is the parameters plus one tensor. */
+st_err st_hf_read(const char *dir, st_config *cfg, float **params);
+
+/* Write dir (created if missing): config.json, model.safetensors (dtype F32,
+ * F16 or BF16), generation_config.json and, from tok (may be NULL),
+ * tokenizer.json + tokenizer_config.json: an "hf" tokenizer is written back
+ * as its original files; "gpt2" and "byte" as an equivalent byte-level BPE
+ * tokenizer.json; "llama2c" has no tokenizer.json form here (warning). Every
+ * file goes to NAME.tmp first and all are renamed only when all are
+ * complete. */
+st_err st_hf_write(const char *dir, const st_config *cfg, const float *params, const st_tokenizer *tok,
+                   st_dtype dtype);
+
+#endif
