@@ -43,14 +43,26 @@ static const char *group_path[N_GROUPS] = {"model", "optim/m", "optim/v"};
 
 /* ---- slices and checksums ------------------------------------------------ */
 
-uint64_t st_ckpt_checksum_run(const float *x, size_t n, uint64_t first)
+static uint64_t checksum_serial(const float *x, size_t n, uint64_t first)
 {
     uint64_t s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static) if (n > 65536)
     for (size_t k = 0; k < n; k++) {
         uint32_t bits;
         memcpy(&bits, &x[k], sizeof bits);
         s += st_splitmix64((uint64_t)bits ^ st_splitmix64(first + k));
+    }
+    return s;
+}
+
+uint64_t st_ckpt_checksum_run(const float *x, size_t n, uint64_t first)
+{
+    const size_t chunk = 1 << 16;
+    const size_t nchunks = (n + chunk - 1) / chunk;
+    uint64_t s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static) if (nchunks > 1)
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t k = c * chunk, m = n - k < chunk ? n - k : chunk;
+        s += checksum_serial(x + k, m, first + k);
     }
     return s;
 }
@@ -72,12 +84,16 @@ static uint64_t piece_checksum(const st_tensor *t, const float *x, int64_t a, in
 {
     if (b <= a) return 0;
     const int64_t W = t->lshape[1];
+    /* whole rows (every split but ROW): the piece is one run of global indices */
+    if (W == t->shape[1]) return st_ckpt_checksum_run(x, (size_t)(b - a), (uint64_t)(t->start[0] * W + a));
     uint64_t s = 0;
+    /* a ROW slice: each of its rows is a run of consecutive global indices */
+#pragma omp parallel for reduction(+ : s) schedule(static) if (b - a > (1 << 16))
     for (int64_t r = a / W; r <= (b - 1) / W; r++) {
         int64_t c0 = r == a / W ? a % W : 0;
         int64_t c1 = r == (b - 1) / W ? (b - 1) % W + 1 : W;
         uint64_t g = (uint64_t)((t->start[0] + r) * t->shape[1] + t->start[1] + c0);
-        s += st_ckpt_checksum_run(x + (r * W + c0 - a), (size_t)(c1 - c0), g);
+        s += checksum_serial(x + (r * W + c0 - a), (size_t)(c1 - c0), g);
     }
     return s;
 }
@@ -313,12 +329,16 @@ static st_err read_config_attrs(hid_t file, const char *path, st_config *cfg)
     ST_TRY_GOTO(e, st_h5_attr_read_str(g, "family", MAX_SHORT_STR, &fam), done);
     if (st_family_parse(fam, &cfg->family))
         ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "%s: /config family '%.64s' is neither gpt2 nor llama", path, fam);
-    struct { const char *name; int *v; } ints[] = {
-        {"n_layer", &cfg->n_layer}, {"d_model", &cfg->d_model}, {"n_head", &cfg->n_head},
-        {"n_kv_head", &cfg->n_kv_head}, {"d_ff", &cfg->d_ff}, {"vocab_size", &cfg->vocab_size},
-        {"max_seq", &cfg->max_seq}, {"tied_embeddings", &cfg->tied_embeddings}, {"qkv_bias", &cfg->qkv_bias}};
+    /* bounds far beyond any real model, so a hostile file cannot make the
+     * layout (and everything sized from it) absurdly large */
+    struct { const char *name; int *v; int hi; } ints[] = {
+        {"n_layer", &cfg->n_layer, 1 << 16}, {"d_model", &cfg->d_model, 1 << 20},
+        {"n_head", &cfg->n_head, 1 << 16}, {"n_kv_head", &cfg->n_kv_head, 1 << 16},
+        {"d_ff", &cfg->d_ff, 1 << 22}, {"vocab_size", &cfg->vocab_size, 1 << 26},
+        {"max_seq", &cfg->max_seq, 1 << 26}, {"tied_embeddings", &cfg->tied_embeddings, 1},
+        {"qkv_bias", &cfg->qkv_bias, 1}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
-        ST_TRY_GOTO(e, st_h5_attr_read_int(g, ints[i].name, 0, INT_MAX, ints[i].v), done);
+        ST_TRY_GOTO(e, st_h5_attr_read_int(g, ints[i].name, 0, ints[i].hi, ints[i].v), done);
     ST_TRY_GOTO(e, st_h5_attr_read_f32(g, "norm_eps", &cfg->norm_eps), done);
     ST_TRY_GOTO(e, st_h5_attr_read_f32(g, "rope_theta", &cfg->rope_theta), done);
     if (st_config_validate(cfg, 1)) {
@@ -415,8 +435,10 @@ static void save_job_free(save_job *j)
     free(j->sums);
 }
 
+/* Collective; fails only where every rank fails (MPI, memory agreed in bcast_str). */
 static st_err save_job_init(save_job *j, const st_grid *g, const st_ckpt_tensors *t, const st_train_state *s,
-                            const char *tok_kind, const uint8_t *tok_blob, size_t tok_n)
+                            const char *tok_kind, const uint8_t *tok_blob, size_t tok_n, long pause_ms,
+                            long fail_after)
 {
     const int root = g->world_rank == 0;
     save_meta *m = &j->meta;
@@ -440,10 +462,8 @@ static st_err save_job_init(save_job *j, const st_grid *g, const st_ckpt_tensors
         m->tok_n = tok_kind ? tok_n : 0;
         j->tok_blob = tok_blob;
     }
-    ST_TRY(hook_ms("SHARDTUNE_CKPT_TEST_PAUSE_MS", &m->pause_ms));
-    ST_TRY(hook_ms("SHARDTUNE_CKPT_TEST_FAIL_AFTER", &m->fail_after));
+    m->pause_ms = pause_ms, m->fail_after = fail_after;
     ST_MPI(MPI_Bcast(m, (int)sizeof *m, MPI_BYTE, 0, g->world));
-    if (root && m->tok_n && !tok_blob) ST_FAIL(ST_ERR_ARG, "tokenizer '%s' has %zu bytes but no data", tok_kind, tok_n);
     ST_TRY(bcast_str(g->world, 0, created, &j->created));
     ST_TRY(bcast_str(g->world, 0, git, &j->git));
     ST_TRY(bcast_str(g->world, 0, root && s ? s->recipe : NULL, &j->recipe));
@@ -459,12 +479,12 @@ static st_err save_checksums(save_job *j, const st_grid *g, const st_ckpt_tensor
 {
     const st_layout *lay = t->lay;
     const int nt = lay->n_tensors;
-    uint64_t *sums;
-    int64_t *counts, *all;
-    ST_ALLOC(sums, N_GROUPS * nt, "checkpoint checksums");
+    uint64_t *sums = calloc((size_t)(N_GROUPS * nt), sizeof *sums);
+    int64_t *counts = calloc((size_t)(2 * N_GROUPS * nt), sizeof *counts), *all = counts ? counts + N_GROUPS * nt : NULL;
+    st_err e = ST_OK;
     j->sums = sums;
-    ST_ALLOC(counts, 2 * N_GROUPS * nt, "checkpoint element counts");
-    all = counts + N_GROUPS * nt;
+    if (!sums || !counts) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for checksums");
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
     for (int i = 0; i < nt; i++) {
         const st_tensor *ti = &lay->tensors[i];
         if (!tp_owner(ti, g->tp_rank)) continue;
@@ -481,7 +501,6 @@ static st_err save_checksums(save_job *j, const st_grid *g, const st_ckpt_tensor
         sums[G_V * nt + i] = piece_checksum(ti, t->v + at, a, b);
         counts[G_M * nt + i] = counts[G_V * nt + i] = b - a;
     }
-    st_err e = ST_OK;
     int rc = MPI_Allreduce(MPI_IN_PLACE, sums, N_GROUPS * nt, MPI_UINT64_T, MPI_SUM, g->world);
     if (rc == MPI_SUCCESS) rc = MPI_Allreduce(counts, all, N_GROUPS * nt, MPI_INT64_T, MPI_SUM, g->world);
     if (rc != MPI_SUCCESS) ST_FAIL_GOTO(e, done, ST_ERR_MPI, "MPI_Allreduce of checkpoint checksums failed");
@@ -691,9 +710,15 @@ st_err st_ckpt_save_file(const char *path, const st_grid *g, const st_ckpt_tenso
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
         e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "checkpoint path too long: %s", path);
     if (!e) e = check_tensors_arg(g, t, path);
+    if (!e && g->world_rank == 0 && tok_kind && tok_n && !tok_blob)
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s: tokenizer '%s' has %zu bytes but no data",
+                         path, tok_kind, tok_n);
+    long pause_ms = -1, fail_after = -1;
+    if (!e) e = hook_ms("SHARDTUNE_CKPT_TEST_PAUSE_MS", &pause_ms);
+    if (!e) e = hook_ms("SHARDTUNE_CKPT_TEST_FAIL_AFTER", &fail_after);
     ST_TRY(st_agree(g->world, e));
     ST_TRY(check_same_model(g, t, path));
-    e = save_job_init(&j, g, t, s, tok_kind, tok_blob, tok_n);
+    e = save_job_init(&j, g, t, s, tok_kind, tok_blob, tok_n, pause_ms, fail_after);
     if (!e) e = save_checksums(&j, g, t, path);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
     e = write_tmp(tmp, &j, g, t);
@@ -808,13 +833,11 @@ static void prune(const char *dir, const char *current, int keep)
             st_error_clear();
             return;
         }
-        int kept = 0;
+        /* newest first: keep `current` and the keep - 1 newest others */
+        int others = 0;
         for (int i = 0; i < n; i++) {
-            if (!tmp && (!strcmp(v[i].name, current) || kept < keep - 1)) {
-                kept += strcmp(v[i].name, current) != 0;
-                continue;
-            }
-            if (join_path(p, sizeof p, dir, v[i].name)) continue;
+            if (!tmp && (!strcmp(v[i].name, current) || others++ < keep - 1)) continue;
+            if (snprintf(p, sizeof p, "%s/%s", dir, v[i].name) >= (int)sizeof p) continue;
             if (unlink(p) && errno != ENOENT)
                 fprintf(stderr, "shardtune: warning: cannot remove old checkpoint %s: %s\n", p, strerror(errno));
         }
@@ -855,7 +878,15 @@ st_err st_ckpt_save(const char *dir, const st_grid *g, const st_ckpt_tensors *t,
 /* Serial open (one rank) of a checkpoint, its format checked. */
 static st_err open_serial(const char *path, hid_t *file)
 {
-    *file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    /* read-only: no need for file locks (absent on some network file systems) */
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl < 0 || H5Pset_file_locking(fapl, 0, 1) < 0) {
+        st_h5_snapshot();
+        st_h5_close(&fapl);
+        return st_h5_error_set(__FILE__, __LINE__, __func__, "cannot set up reading %s", path);
+    }
+    *file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
     if (*file < 0) ST_H5_FAIL("cannot open checkpoint %s", path);
     st_err e = check_format(*file, path);
     if (e) {
@@ -896,11 +927,10 @@ static st_err load_group(hid_t file, int gi, const char *path, const st_grid *g,
     const int nt = lay->n_tensors;
     st_err e = ST_OK;
     hid_t grp = H5I_INVALID_HID, d = H5I_INVALID_HID;
-    uint64_t *sum = NULL, *stored = NULL;
+    uint64_t *sum = calloc((size_t)(2 * nt), sizeof *sum), *stored = sum ? sum + nt : NULL;
     char what[160];
-    ST_ALLOC(sum, 2 * nt, "checkpoint checksums");
-    stored = sum + nt;
-    if (!st_h5_has_link(file, group_path[gi]) || (grp = H5Gopen2(file, group_path[gi], H5P_DEFAULT)) < 0)
+    if (!sum) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for checksums");
+    else if (!st_h5_has_link(file, group_path[gi]) || (grp = H5Gopen2(file, group_path[gi], H5P_DEFAULT)) < 0)
         e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__, "%s has no group /%s", path, group_path[gi]);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
     for (int i = 0; i < nt; i++) {
@@ -1084,7 +1114,8 @@ static st_err verify_tensors(hid_t file, const char *path, const st_config *cfg,
     float *buf = NULL;
     size_t buf_n = 0;
     hid_t grp = H5I_INVALID_HID, d = H5I_INVALID_HID, fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
-    if (!sum || !status) ST_FAIL_GOTO(e, done, ST_ERR_MEM, "out of memory verifying %s", path);
+    if (!sum || !status) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory verifying %s", path);
+    ST_TRY_GOTO(e, st_agree(comm, e), done);
     for (int gi = 0; gi < ng; gi++) {
         if ((grp = H5Gopen2(file, group_path[gi], H5P_DEFAULT)) < 0) {
             for (int i = 0; i < nt; i++) status[gi * nt + i] = V_MISSING;
@@ -1103,8 +1134,8 @@ static st_err verify_tensors(hid_t file, const char *path, const st_config *cfg,
                 size_t n = (size_t)(nr * W);
                 if (n > buf_n) {
                     free(buf);
-                    if (!(buf = malloc(n * sizeof *buf))) ST_FAIL_GOTO(e, done, ST_ERR_MEM, "out of memory verifying %s", path);
-                    buf_n = n;
+                    buf_n = (buf = malloc(n * sizeof *buf)) ? n : 0;
+                    if (!buf) { *st = V_READ; break; } /* reported after the reduction */
                 }
                 hsize_t fst[2] = {(hsize_t)r, 0}, cnt[2] = {(hsize_t)nr, (hsize_t)W}, mn = n;
                 if ((fspace = H5Dget_space(d)) < 0 ||
@@ -1139,7 +1170,7 @@ static st_err verify_tensors(hid_t file, const char *path, const st_config *cfg,
             static const char *what[] = {"ok", "MISSING", "WRONG SHAPE OR TYPE", "NO CHECKSUM", "READ ERROR",
                                          "CHECKSUM MISMATCH (damaged)"};
             snprintf(name, sizeof name, "/%s/%s", group_path[gi], ti->name);
-            fprintf(out, "  %-52s %-14s %10.3f MB  %s\n", name, shape_str(ti->ndim, ti->shape, shp, sizeof shp),
+            fprintf(out, "  %-60s %-14s %10.3f MB  %s\n", name, shape_str(ti->ndim, ti->shape, shp, sizeof shp),
                     4.0 * (double)global_numel(ti) / 1e6, what[status[k]]);
         }
     if (out && !me)
@@ -1231,7 +1262,9 @@ st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_
         if (me == 0) {
             char why[1024];
             error_headline(why, sizeof why);
-            fprintf(stderr, "shardtune: warning: skipping checkpoint %s: %s\n", path, why);
+            /* the reason usually names the file already */
+            if (strstr(why, path)) fprintf(stderr, "shardtune: warning: skipping checkpoint: %s\n", why);
+            else fprintf(stderr, "shardtune: warning: skipping checkpoint %s: %s\n", path, why);
         }
         st_error_clear();
     }

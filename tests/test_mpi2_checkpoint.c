@@ -7,12 +7,15 @@
 #include <check.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <hdf5.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "checkpoint.h"
@@ -726,10 +729,130 @@ START_TEST(test_pause_hook)
 }
 END_TEST
 
+/* ---- a crash in the middle of a save ----------------------------------------- */
+
+/* Child mode (`--crash-child DIR`): a one-process MPI job of its own (a
+ * singleton) that saves step 2 into DIR. SHARDTUNE_CKPT_TEST_PAUSE_MS makes
+ * it sleep inside the save, where the parent kills it with SIGKILL. */
+static int crash_child(const char *dir)
+{
+    st_grid g;
+    st_layout lay;
+    st_config c = gpt2_cfg();
+    MPI_Init(NULL, NULL);
+    if (st_grid_init(&g, MPI_COMM_WORLD, 1) || st_layout_init(&lay, &c, 1, 0)) return 2;
+    float *p = malloc(lay.numel * sizeof *p);
+    fill_full(&lay, p, 0, 0.0f);
+    st_ckpt_tensors t = {.lay = &lay, .params = p};
+    st_train_state s = {.step = 2};
+    st_ckpt_save(dir, &g, &t, &s, NULL, NULL, 0, 1);
+    MPI_Finalize();
+    return 3; /* not killed: the parent reports it */
+}
+
+/* Fork and exec this binary in child mode, outside our MPI job. */
+static pid_t spawn_crash_child(const char *dir)
+{
+    pid_t pid = fork();
+    if (pid) return pid;
+    extern char **environ;
+    static char *envp[1024];
+    int n = 0;
+    for (char **e = environ; *e && n < 1020; e++) {
+        int ours = (!strncmp(*e, "OMPI_", 5) && strncmp(*e, "OMPI_ALLOW_RUN_AS_ROOT", 22)) ||
+                   !strncmp(*e, "PMIX_", 5) || !strncmp(*e, "ORTE_", 5) || !strncmp(*e, "OPAL_", 5);
+        if (!ours) envp[n++] = *e;
+    }
+    envp[n++] = "SHARDTUNE_CKPT_TEST_PAUSE_MS=120000";
+    envp[n] = NULL;
+    char *argv[] = {"test_mpi2_checkpoint", "--crash-child", (char *)dir, NULL};
+    execve("/proc/self/exe", argv, envp);
+    _exit(127);
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Rank 0: start the child, wait until its save has created the temporary,
+ * SIGKILL it. 1 on success; a child that exits by itself or never starts
+ * writing within two minutes is a failure. */
+static int kill_child_mid_save(const char *dir)
+{
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s/step_00000002.h5.tmp", dir);
+    pid_t pid = spawn_crash_child(dir);
+    if (pid < 0) return 0;
+    int status, seen = 0;
+    for (int i = 0; i < 2400 && !seen; i++) {
+        struct stat st;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            fprintf(stderr, "crash child exited by itself (status %d)\n", status);
+            return 0;
+        }
+        seen = stat(tmp, &st) == 0 && st.st_size > 0;
+        if (!seen) sleep_ms(50);
+    }
+    sleep_ms(200); /* let it get into the pause; any point of the save must be safe anyway */
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return seen && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+}
+
+/* Like MPI_Barrier, but waiting ranks sleep instead of spinning (the child
+ * process needs the cores). */
+static void lazy_barrier(void)
+{
+    MPI_Request rq;
+    int done = 0;
+    MPI_Ibarrier(MPI_COMM_WORLD, &rq);
+    while (MPI_Test(&rq, &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && !done) sleep_ms(2);
+}
+
+START_TEST(test_killed_mid_save)
+{
+    st_config c = gpt2_cfg();
+    char dir[512], p[700], found[1024], text[1024];
+    path_in(dir, sizeof dir, "crash");
+    rig r;
+    rig_init(&r, &c, 2, 0);
+    rig_fill(&r);
+    st_train_state s = {.step = 1};
+    ALL(st_ckpt_save(dir, &r.g, &r.t, &s, NULL, NULL, 0, 1) == 0);
+    int ok = g_rank != 0 || kill_child_mid_save(dir);
+    lazy_barrier();
+    ALL(ok);
+    /* the killed save left its temporary; latest and step 1 are untouched */
+    snprintf(p, sizeof p, "%s/step_00000002.h5.tmp", dir);
+    ALL(exists(p));
+    snprintf(p, sizeof p, "%s/latest", dir);
+    read_first_line(p, text, sizeof text);
+    ck_assert_str_eq(text, "step_00000001.h5");
+    ALL(st_ckpt_find_latest(dir, MPI_COMM_WORLD, found, sizeof found) == 0);
+    snprintf(p, sizeof p, "%s/step_00000001.h5", dir);
+    ck_assert_str_eq(found, p);
+    rig d;
+    rig_init(&d, &c, 1, 0);
+    rig_clear(&d);
+    ALL(st_ckpt_load(found, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) == 0);
+    ck_assert(rig_params_ok(&d, NULL));
+    rig_free(&d);
+    /* the next good save cleans the leftover up */
+    s.step = 3;
+    ALL(st_ckpt_save(dir, &r.g, &r.t, &s, NULL, NULL, 0, 1) == 0);
+    listing(dir, text, sizeof text);
+    ck_assert_str_eq(text, "latest step_00000003.h5 ");
+    rig_free(&r);
+}
+END_TEST
+
 /* ---- runner ------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
 {
+    if (argc == 3 && !strcmp(argv[1], "--crash-child")) return crash_child(argv[2]);
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     th_tmpdir(MPI_COMM_WORLD, g_dir, sizeof g_dir);
@@ -751,6 +874,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_find_latest_skips_damaged);
     tcase_add_test(tc, test_read_config_and_inspect);
     tcase_add_test(tc, test_pause_hook);
+    tcase_add_test(tc, test_killed_mid_save);
     suite_add_tcase(su, tc);
     int failed = st_run_mpi_suite(su);
     MPI_Barrier(MPI_COMM_WORLD);
