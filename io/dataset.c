@@ -135,6 +135,7 @@ static st_err write_label_names(hid_t file, hid_t dxpl, int rank, int n, char *c
     if (n < 1 || n > MAX_LABELS) ST_FAIL(ST_ERR_INTERNAL, "%d label names", n);
     for (int i = 0; i < n; i++) {
         size_t l = strlen(names[i]) + 1;
+        if (l > 4096) ST_FAIL(ST_ERR_ARG, "label name %d is %zu bytes long; at most 4095 are allowed", i, l - 1);
         if (l > width) width = l;
     }
     char *buf = calloc((size_t)n, width);

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 #include "checkpoint.h"
+#include "classify.h"
 #include "commstats.h"
 #include "commands.h"
 #include "dataset.h"
@@ -54,6 +55,8 @@ typedef struct {
     char *out_dir, *resume;
     int save_every, keep, log_every, eval_every, eval_batches, plot;
     int64_t stop_after;
+    char *pool;
+    int freeze_layers, patience;
 } train_opts;
 
 static train_opts O;
@@ -78,7 +81,10 @@ static const st_option train_options[] = {
     {"seq_len", ST_OPT_INT, &O.seq_len, "128", "tokens per row"},
     {"batch_size", ST_OPT_INT, &O.batch_size, "8", "rows per micro-batch on each rank"},
     {"global_batch", ST_OPT_INT, &O.global_batch, "0", "rows per optimizer step over all dp ranks (0 = batch_size * dp); a multiple of batch_size * dp gives gradient accumulation"},
-    {"method", ST_OPT_STRING, &O.method, "pretrain", "pretrain (loss on every token) or sft (loss where the dataset's mask says)"},
+    {"method", ST_OPT_STRING, &O.method, "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses) or classify (a head over the dataset's labels)"},
+    {"classify.pool", ST_OPT_STRING, &O.pool, "last", "method classify: pool the last token's state (last) or all tokens' (mean)"},
+    {"freeze_layers", ST_OPT_INT, &O.freeze_layers, "0", "keep the embeddings and the lowest N layers fixed (-1: the whole body)"},
+    {"early_stopping.patience", ST_OPT_INT, &O.patience, "0", "stop after this many evaluations without a better validation loss (0 = off)"},
     {"optim.lr", ST_OPT_FLOAT, &O.opt.lr, "3e-4", "peak learning rate"},
     {"optim.min_lr_ratio", ST_OPT_FLOAT, &O.opt.min_lr_ratio, "0.1", "cosine floor as a fraction of lr"},
     {"optim.warmup_steps", ST_OPT_INT, &O.opt.warmup_steps, "0", "linear warmup steps"},
@@ -104,9 +110,27 @@ static const st_option train_options[] = {
 };
 #define N_TRAIN_OPTIONS ((int)(sizeof train_options / sizeof train_options[0]))
 
+/* A parameter set trained besides the body (a classification head, adapters):
+ * replicated over dp, reduced with one all-reduce per step, its own AdamW. */
+typedef struct {
+    const char *what;
+    const st_layout *lay;
+    float *params, *grads;
+    st_adamw adam;
+} pset;
+
 typedef struct {
     st_grid grid;
     st_model model;
+    int classify;          /* method classify */
+    st_cls_head head;
+    uint8_t *trainable;    /* per body tensor */
+    int body_trainable;    /* any body tensor trains */
+    pset extra[2];
+    int n_extra;
+    double best_val;
+    int bad_evals;
+    int32_t *pred;         /* (batch_size) predictions */
     st_dp dp;
     st_adamw adam;
     size_t own_begin, own_end;
@@ -193,6 +217,52 @@ static st_err open_data(trainer *t)
     return ST_OK;
 }
 
+static st_err add_extra(trainer *t, const char *what, const st_layout *lay, float *params, float *grads)
+{
+    pset *p = &t->extra[t->n_extra++];
+    p->what = what;
+    p->lay = lay;
+    p->params = params;
+    p->grads = grads;
+    return st_adamw_init(&p->adam, lay, 0, lay->numel, &O.opt);
+}
+
+/* What trains: the head of classify, and which body tensors (freeze_layers). */
+static st_err setup_method(trainer *t)
+{
+    st_model *m = &t->model;
+    const st_layout *y = &m->lay;
+    ST_ALLOC(t->pred, O.batch_size, "predictions");
+    if (t->classify) {
+        int k = st_dataset_num_labels(t->ds);
+        if (k < 2)
+            ST_FAIL(ST_ERR_ARG, "method classify needs a dataset with labels ('%s' has %d); prepare it with "
+                    "--format classify", O.data_train, k);
+        ST_TRY(st_cls_create(&t->head, m, k, !strcmp(O.pool, "mean"), (uint64_t)O.seed));
+        ST_TRY(add_extra(t, "classification head", &t->head.lay, t->head.params, t->head.grads));
+    }
+    int fl = O.freeze_layers < 0 ? y->cfg.n_layer : O.freeze_layers;
+    if (fl > y->cfg.n_layer)
+        ST_FAIL(ST_ERR_ARG, "freeze_layers %d exceeds the model's %d layers", fl, y->cfg.n_layer);
+    ST_ALLOC(t->trainable, y->n_tensors, "trainable flags");
+    t->body_trainable = 0;
+    for (int i = 0; i < y->n_tensors; i++) {
+        const st_tensor *ts = &y->tensors[i];
+        int frozen;
+        if (ts->layer >= 0) frozen = ts->layer < fl;
+        else if (ts->offset < y->layer_begin[0]) frozen = fl > 0;      /* embeddings, positions */
+        else if (!strcmp(ts->name, "lm_head.weight")) frozen = t->classify || fl == y->cfg.n_layer;
+        else frozen = fl == y->cfg.n_layer;                            /* final norm */
+        t->trainable[i] = !frozen;
+        t->body_trainable |= t->trainable[i];
+    }
+    st_model_set_trainable(m, t->trainable, 0);
+    t->adam.trainable = t->trainable;
+    if (!t->body_trainable && !t->n_extra)
+        ST_FAIL(ST_ERR_ARG, "nothing to train: freeze_layers freezes the whole model and no head or adapters are set");
+    return ST_OK;
+}
+
 static st_err setup(trainer *t, MPI_Comm world)
 {
     ST_TRY(st_grid_init(&t->grid, world, O.tp));
@@ -200,8 +270,11 @@ static st_err setup(trainer *t, MPI_Comm world)
         ST_FAIL(ST_ERR_ARG, "grid.dp %d does not match %d ranks / tp %d = %d (start %d ranks, or leave grid.dp unset)",
                 O.dp, t->grid.world_size, O.tp, t->grid.dp_size, O.dp * O.tp);
     int threads = st_threads_setup(world);
-    if (strcmp(O.method, "pretrain") && strcmp(O.method, "sft"))
-        ST_FAIL(ST_ERR_ARG, "method '%s' is not available: choose pretrain or sft", O.method);
+    if (strcmp(O.method, "pretrain") && strcmp(O.method, "sft") && strcmp(O.method, "classify"))
+        ST_FAIL(ST_ERR_ARG, "method '%s' is not available: choose pretrain, sft or classify", O.method);
+    t->classify = !strcmp(O.method, "classify");
+    if (strcmp(O.pool, "last") && strcmp(O.pool, "mean"))
+        ST_FAIL(ST_ERR_ARG, "classify.pool '%s': expected last or mean", O.pool);
     ST_TRY(st_agree(world, open_data(t)));
     st_config cfg;
     ST_TRY(st_agree(world, resolve_config(t, &cfg)));
@@ -221,6 +294,7 @@ static st_err setup(trainer *t, MPI_Comm world)
     st_dp_owned(&t->dp, &t->own_begin, &t->own_end);
     O.opt.total_steps = (int)O.steps;
     ST_TRY(st_adamw_init(&t->adam, &t->model.lay, t->own_begin, t->own_end, &O.opt));
+    ST_TRY(setup_method(t));
     ST_TRY(st_measure_peak_gflops(1024, &t->peak_gflops));
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/ckpt", O.out_dir);
     if (is_rank0(t)) {
@@ -352,55 +426,99 @@ static st_err save(trainer *t, int64_t step)
 
 /* ---- the step --------------------------------------------------------------- */
 
+/* One micro-batch of `rows` rows already in t->batch: the method's forward. *loss is a sum over what counts (tokens, or rows
+ * for classify), *count how many counted, *correct right predictions. */
+static st_err micro_step(trainer *t, int rows, double *loss, double *count, double *correct)
+{
+    st_model *m = &t->model;
+    st_batch *b = &t->batch;
+    const int T = O.seq_len;
+    *loss = *count = *correct = 0;
+    if (t->classify) {
+        ST_TRY(st_cls_forward(&t->head, m, b->tokens, b->lengths, b->labels, rows, T, 1.0f, loss, t->pred));
+        *count = rows;
+        for (int i = 0; i < rows; i++) *correct += t->pred[i] == b->labels[i];
+        return ST_OK;
+    }
+    if (!strcmp(O.method, "pretrain")) /* every real next token counts */
+        for (int i = 0; i < rows * T; i++) b->mask[i] = (i % T) < b->lengths[i / T] - 1 ? 1.0f : 0.0f;
+    for (int i = 0; i < rows * T; i++) *count += b->mask[i];
+    return st_model_forward(m, b->tokens, b->targets, b->mask, rows, T, 1.0f, loss);
+}
+
+/* Backward of the last micro_step: gradients added into the model and heads. */
+static st_err micro_backward(trainer *t)
+{
+    if (t->classify) return st_cls_backward(&t->head, &t->model, t->batch.tokens);
+    return st_model_backward(&t->model, t->batch.tokens);
+}
+
 static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gnorm_out, int64_t *ntok_out)
 {
     st_model *m = &t->model;
     const int B = O.batch_size, T = O.seq_len;
     const int64_t rows_per_rank = (int64_t)t->micro_per_step * B;
-    double loss_sum = 0.0, counted = 0.0;
+    double sums[3] = {0, 0, 0}; /* loss, count, correct */
     st_model_zero_grad(m);
+    for (int e = 0; e < t->n_extra; e++) memset(t->extra[e].grads, 0, t->extra[e].lay->numel * sizeof(float));
     for (int k = 0; k < t->micro_per_step; k++) {
         int64_t g0 = step * O.global_batch + t->grid.dp_rank * rows_per_rank + (int64_t)k * B;
         st_timer_start(&t->timers, ST_PH_DATA);
         ST_TRY(st_loader_fill(t->train, &t->batch, g0, B, 1));
-        if (!strcmp(O.method, "pretrain")) /* every real next token counts */
-            for (int i = 0; i < B * T; i++) t->batch.mask[i] = (i % T) < t->batch.lengths[i / T] - 1 ? 1.0f : 0.0f;
-        for (int i = 0; i < B * T; i++) counted += t->batch.mask[i];
         st_timer_stop(&t->timers, ST_PH_DATA);
-        double ls = 0.0;
-        st_timer_start(&t->timers, ST_PH_FORWARD);
-        ST_TRY(st_model_forward(m, t->batch.tokens, t->batch.targets, t->batch.mask, B, T, 1.0f, &ls));
-        st_timer_stop(&t->timers, ST_PH_FORWARD);
-        loss_sum += ls;
-        int last = k == t->micro_per_step - 1;
-        if (last) {
+        /* on the last micro-batch, finished layers start their dp reduction
+         * while the backward pass goes on */
+        if (k == t->micro_per_step - 1 && t->body_trainable) {
             st_dp_begin(&t->dp);
             m->grad_ready = on_grad_ready;
             m->grad_ready_ctx = t;
         }
+        double l, c, r;
+        st_timer_start(&t->timers, ST_PH_FORWARD);
+        ST_TRY(micro_step(t, B, &l, &c, &r));
+        st_timer_stop(&t->timers, ST_PH_FORWARD);
+        sums[0] += l, sums[1] += c, sums[2] += r;
         st_timer_start(&t->timers, ST_PH_BACKWARD);
-        st_err e = st_model_backward(m, t->batch.tokens);
+        st_err e = micro_backward(t);
         m->grad_ready = NULL;
         ST_TRY(e);
         st_timer_stop(&t->timers, ST_PH_BACKWARD);
     }
     st_timer_start(&t->timers, ST_PH_GRAD_REDUCE);
-    ST_TRY(st_dp_finish(&t->dp, m->grads));
-    double sums[2] = {loss_sum, counted};
-    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, t->grid.dp));
+    if (t->body_trainable) ST_TRY(st_dp_finish(&t->dp, m->grads));
+    for (int e = 0; e < t->n_extra; e++)
+        ST_MPI(MPI_Allreduce(MPI_IN_PLACE, t->extra[e].grads, (int)t->extra[e].lay->numel, MPI_FLOAT, MPI_SUM,
+                             t->grid.dp));
+    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, t->grid.dp));
     st_timer_stop(&t->timers, ST_PH_GRAD_REDUCE);
-    if (sums[1] <= 0) ST_FAIL(ST_ERR_ARG, "step %lld has no tokens that count toward the loss", (long long)step);
+    if (sums[1] <= 0) ST_FAIL(ST_ERR_ARG, "step %lld has nothing that counts toward the loss", (long long)step);
     st_timer_start(&t->timers, ST_PH_OPTIMIZER);
-    /* mean over the global batch's counted tokens */
-    st_scale(m->grads, t->own_begin, t->own_end, (float)(1.0 / sums[1]));
-    /* global norm: every tensor once per model copy, over all owned slices */
-    double sq = st_grad_sumsq(&m->lay, m->grads, t->own_begin, t->own_end, t->grid.tp_rank == 0);
-    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, &sq, 1, MPI_DOUBLE, MPI_SUM, t->dp.zero ? t->grid.world : t->grid.tp));
-    double gnorm = sqrt(sq);
-    if (O.opt.grad_clip > 0 && gnorm > O.opt.grad_clip)
-        st_scale(m->grads, t->own_begin, t->own_end, (float)(O.opt.grad_clip / gnorm));
-    st_adamw_update(&t->adam, m->params, m->grads, st_lr_at(&O.opt, step));
-    ST_TRY(st_dp_allgather_params(&t->dp, m->params));
+    /* the mean over what counted in the whole global batch, then the global
+     * norm: every tensor once per model copy */
+    const float inv = (float)(1.0 / sums[1]);
+    double sq[2] = {0, 0}; /* body (over owned slices), extras (replicated over dp) */
+    if (t->body_trainable) {
+        st_scale(m->grads, t->own_begin, t->own_end, inv);
+        sq[0] = st_grad_sumsq(&m->lay, m->grads, t->own_begin, t->own_end, t->grid.tp_rank == 0);
+    }
+    for (int e = 0; e < t->n_extra; e++) {
+        st_scale(t->extra[e].grads, 0, t->extra[e].lay->numel, inv);
+        sq[1] += st_grad_sumsq(t->extra[e].lay, t->extra[e].grads, 0, t->extra[e].lay->numel, t->grid.tp_rank == 0);
+    }
+    if (t->dp.zero) ST_MPI(MPI_Allreduce(MPI_IN_PLACE, &sq[0], 1, MPI_DOUBLE, MPI_SUM, t->grid.dp));
+    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, sq, 2, MPI_DOUBLE, MPI_SUM, t->grid.tp));
+    double gnorm = sqrt(sq[0] + sq[1]);
+    float clip = O.opt.grad_clip > 0 && gnorm > O.opt.grad_clip ? (float)(O.opt.grad_clip / gnorm) : 1.0f;
+    const float lr = st_lr_at(&O.opt, step);
+    if (t->body_trainable) {
+        if (clip != 1.0f) st_scale(m->grads, t->own_begin, t->own_end, clip);
+        st_adamw_update(&t->adam, m->params, m->grads, lr);
+        ST_TRY(st_dp_allgather_params(&t->dp, m->params));
+    }
+    for (int e = 0; e < t->n_extra; e++) {
+        if (clip != 1.0f) st_scale(t->extra[e].grads, 0, t->extra[e].lay->numel, clip);
+        st_adamw_update(&t->extra[e].adam, t->extra[e].params, t->extra[e].grads, lr);
+    }
     st_timer_stop(&t->timers, ST_PH_OPTIMIZER);
     *loss_out = sums[0] / sums[1];
     *gnorm_out = gnorm;
@@ -408,30 +526,29 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
     return ST_OK;
 }
 
-/* Mean loss over the first eval_batches micro-batches of the validation split. */
-static st_err eval_loss(trainer *t, double *out)
+/* Mean loss (and accuracy, for classify) over the first eval_batches
+ * micro-batches of the validation split. */
+static st_err eval_loss(trainer *t, double *out, double *acc)
 {
-    *out = -1;
+    *out = *acc = -1;
     if (!t->val) return ST_OK;
     st_timer_start(&t->timers, ST_PH_EVAL);
-    const int B = O.batch_size, T = O.seq_len;
+    const int B = O.batch_size;
     int64_t n = st_loader_num_samples(t->val);
-    double sums[2] = {0, 0};
+    double sums[3] = {0, 0, 0};
     for (int k = 0; k < O.eval_batches; k++) {
         int64_t g0 = ((int64_t)k * t->grid.dp_size + t->grid.dp_rank) * B;
         if (g0 >= n) break;
         int rows = n - g0 < B ? (int)(n - g0) : B;
         ST_TRY(st_loader_fill(t->val, &t->batch, g0, rows, 0));
-        if (!strcmp(O.method, "pretrain"))
-            for (int i = 0; i < rows * T; i++) t->batch.mask[i] = (i % T) < t->batch.lengths[i / T] - 1 ? 1.0f : 0.0f;
-        double ls = 0;
-        ST_TRY(st_model_forward(&t->model, t->batch.tokens, t->batch.targets, t->batch.mask, rows, T, 1.0f, &ls));
-        sums[0] += ls;
-        for (int i = 0; i < rows * T; i++) sums[1] += t->batch.mask[i];
+        double l, c, r;
+        ST_TRY(micro_step(t, rows, &l, &c, &r));
+        sums[0] += l, sums[1] += c, sums[2] += r;
     }
-    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, t->grid.dp));
+    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, t->grid.dp));
     st_timer_stop(&t->timers, ST_PH_EVAL);
     if (sums[1] > 0) *out = sums[0] / sums[1];
+    if (sums[1] > 0 && t->classify) *acc = sums[2] / sums[1];
     return ST_OK;
 }
 
@@ -443,51 +560,98 @@ static void fmt_eta(char *buf, size_t n, double s)
     else snprintf(buf, n, "%.0fh%02.0fm", floor(s / 3600), fmod(s / 60, 60));
 }
 
+static void print_eval(const trainer *t, const char *when, double val, double acc)
+{
+    if (!is_rank0(t) || val < 0) return;
+    printf("validation %s: loss %.4f (perplexity %.2f)", when, val, exp(val));
+    if (acc >= 0) printf(", accuracy %.2f%%", 100 * acc);
+    printf("\n");
+    fflush(stdout);
+}
+
+/* Remember the best validation loss; rank 0 writes its step to ckpt/best. */
+static st_err track_best(trainer *t, int64_t step, double val, int *improved)
+{
+    *improved = val >= 0 && (t->best_val < 0 || val < t->best_val);
+    if (!*improved) {
+        t->bad_evals++;
+        return ST_OK;
+    }
+    t->best_val = val;
+    t->bad_evals = 0;
+    ST_TRY(save(t, step));
+    if (is_rank0(t)) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/best", t->ckpt_dir);
+        FILE *f = fopen(p, "w");
+        if (!f) ST_FAIL(ST_ERR_IO, "cannot write '%s': %s", p, strerror(errno));
+        fprintf(f, "step_%08lld.h5 %.6f\n", (long long)step, val);
+        fclose(f);
+    }
+    return ST_OK;
+}
+
 static st_err run(trainer *t)
 {
     const double flops_tok = st_config_flops_per_token(&t->model.lay.cfg, O.seq_len);
     double t_start = st_now(), t_window = t_start;
     int64_t tok_window = 0;
-    double val = -1, val_before = -1;
-    ST_TRY(eval_loss(t, &val_before));
-    if (is_rank0(t) && val_before >= 0) {
-        if (t->start_step) printf("validation loss at step %lld: %.4f (perplexity %.2f)\n", (long long)t->start_step, val_before, exp(val_before));
-        else printf("validation loss before training: %.4f (perplexity %.2f)\n", val_before, exp(val_before));
-        fflush(stdout);
-    }
+    double val0 = -1, acc0 = -1, val = -1, acc = -1;
+    t->best_val = -1;
+    ST_TRY(eval_loss(t, &val0, &acc0));
+    print_eval(t, t->start_step ? "at the resumed step" : "before training", val0, acc0);
     for (int64_t step = t->start_step; step < O.steps; step++) {
-        double loss = 0, gnorm = 0;
+        double loss = 0, gnorm = 0, t_step = st_now();
         int64_t ntok = 0;
         ST_TRY(train_step(t, step, &loss, &gnorm, &ntok));
         t->tokens_seen += ntok;
         tok_window += ntok;
-        int last = step + 1 == O.steps || step + 1 == O.stop_after;
-        val = -1;
-        if ((O.eval_every > 0 && (step + 1) % O.eval_every == 0) || last) ST_TRY(eval_loss(t, &val));
-        if ((O.log_every > 0 && (step + 1) % O.log_every == 0) || last || val >= 0) {
-            double now = st_now(), dt = now - t_window;
-            double tps = dt > 0 ? tok_window / dt : 0;
+        int last = step + 1 == O.steps || step + 1 == O.stop_after, saved = 0;
+        double v = -1, a = -1;
+        if ((O.eval_every > 0 && (step + 1) % O.eval_every == 0) || last) {
+            ST_TRY(eval_loss(t, &v, &a));
+            val = v, acc = a;
+            if (O.eval_every > 0) {
+                ST_TRY(track_best(t, step + 1, v, &saved));
+                if (O.patience > 0 && t->bad_evals >= O.patience) {
+                    if (is_rank0(t)) printf("early stopping: no better validation loss in %d evaluations (best %.4f)\n",
+                                            O.patience, t->best_val);
+                    last = 1;
+                }
+            }
+        }
+        double now = st_now();
+        double mfu_step = ntok * flops_tok / (now - t_step) / (t->peak_gflops * 1e9 * t->grid.world_size);
+        if (is_rank0(t))
+            st_metrics_step(&t->metrics, step + 1, loss, v, st_lr_at(&O.opt, step), gnorm, ntok / (now - t_step),
+                            mfu_step, t->tokens_seen);
+        if ((O.log_every > 0 && (step + 1) % O.log_every == 0) || last || v >= 0) {
+            double dt = now - t_window, tps = dt > 0 ? tok_window / dt : 0;
             double mfu = tps * flops_tok / (t->peak_gflops * 1e9 * t->grid.world_size);
             double per_step = (now - t_start) / (double)(step + 1 - t->start_step);
             char eta[32];
             fmt_eta(eta, sizeof eta, per_step * (double)(O.steps - step - 1));
             if (is_rank0(t)) {
                 printf("step %6lld/%lld | loss %.4f", (long long)step + 1, (long long)O.steps, loss);
-                if (val >= 0) printf(" | val %.4f", val);
-                printf(" | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | ETA %s\n",
-                       st_lr_at(&O.opt, step), gnorm, tps, 100 * mfu, eta);
+                if (v >= 0) printf(" | val %.4f", v);
+                if (a >= 0) printf(" | acc %.1f%%", 100 * a);
+                printf(" | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | ETA %s\n", st_lr_at(&O.opt, step),
+                       gnorm, tps, 100 * mfu, eta);
                 fflush(stdout);
-                st_metrics_step(&t->metrics, step + 1, loss, val, st_lr_at(&O.opt, step), gnorm, tps, mfu,
-                                t->tokens_seen);
             }
             t_window = st_now();
             tok_window = 0;
         }
-        if ((O.save_every > 0 && (step + 1) % O.save_every == 0) || last) ST_TRY(save(t, step + 1));
-        if (last && is_rank0(t) && val >= 0 && val_before >= 0)
-            printf("validation loss: before %.4f (perplexity %.2f) -> after %.4f (perplexity %.2f)\n",
-                   val_before, exp(val_before), val, exp(val));
+        if (!saved && ((O.save_every > 0 && (step + 1) % O.save_every == 0) || last)) ST_TRY(save(t, step + 1));
         if (last) break;
+    }
+    if (is_rank0(t) && val0 >= 0 && val >= 0) {
+        printf("validation: before loss %.4f", val0);
+        if (acc0 >= 0) printf(" accuracy %.2f%%", 100 * acc0);
+        printf(" -> after loss %.4f", val);
+        if (acc >= 0) printf(" accuracy %.2f%%", 100 * acc);
+        if (t->best_val >= 0) printf(" (best loss %.4f)", t->best_val);
+        printf("\n");
     }
     return ST_OK;
 }
@@ -495,6 +659,10 @@ static st_err run(trainer *t)
 static void teardown(trainer *t)
 {
     st_metrics_close(&t->metrics);
+    for (int e = 0; e < t->n_extra; e++) st_adamw_free(&t->extra[e].adam);
+    if (t->classify) st_cls_free(&t->head);
+    free(t->trainable);
+    free(t->pred);
     st_adamw_free(&t->adam);
     st_dp_free(&t->dp);
     st_model_free(&t->model);
