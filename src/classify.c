@@ -1,6 +1,7 @@
 /* classify.c: the classification head (see classify.h). */
 #include "classify.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,4 +133,46 @@ st_err st_cls_backward(st_cls_head *h, st_model *m, const int32_t *tokens)
         }
     }
     return st_model_backward_hidden(m, tokens, h->dhidden);
+}
+
+st_err st_cls_meta_json(const st_cls_head *h, const char *const *labels, char **json)
+{
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    if (!o || !arr) { cJSON_Delete(o); cJSON_Delete(arr); ST_FAIL(ST_ERR_MEM, "out of memory"); }
+    cJSON_AddNumberToObject(o, "n_classes", h->n_classes);
+    cJSON_AddStringToObject(o, "pool", h->pool_mean ? "mean" : "last");
+    for (int k = 0; k < h->n_classes; k++) {
+        char num[16];
+        snprintf(num, sizeof num, "%d", k);
+        cJSON_AddItemToArray(arr, cJSON_CreateString(labels && labels[k] ? labels[k] : num));
+    }
+    cJSON_AddItemToObject(o, "labels", arr);
+    *json = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!*json) ST_FAIL(ST_ERR_MEM, "out of memory");
+    return ST_OK;
+}
+
+st_err st_cls_meta_parse(const char *json, int *n_classes, int *pool_mean, char ***labels)
+{
+    cJSON *o = cJSON_Parse(json);
+    if (!o) ST_FAIL(ST_ERR_FORMAT, "classification head description is not JSON: %.60s", json);
+    cJSON *k = cJSON_GetObjectItemCaseSensitive(o, "n_classes"), *p = cJSON_GetObjectItemCaseSensitive(o, "pool"),
+          *l = cJSON_GetObjectItemCaseSensitive(o, "labels");
+    if (!cJSON_IsNumber(k) || k->valueint < 2 || k->valueint > 1000000 || !cJSON_IsString(p) ||
+        !cJSON_IsArray(l) || cJSON_GetArraySize(l) != k->valueint) {
+        cJSON_Delete(o);
+        ST_FAIL(ST_ERR_FORMAT, "classification head description lacks n_classes, pool or labels: %.80s", json);
+    }
+    *n_classes = k->valueint;
+    *pool_mean = !strcmp(p->valuestring, "mean");
+    if (labels) {
+        *labels = calloc((size_t)*n_classes, sizeof **labels);
+        if (!*labels) { cJSON_Delete(o); ST_FAIL(ST_ERR_MEM, "out of memory"); }
+        int i = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, l) (*labels)[i++] = strdup(cJSON_IsString(it) ? it->valuestring : "?");
+    }
+    cJSON_Delete(o);
+    return ST_OK;
 }

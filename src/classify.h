@@ -40,4 +40,11 @@ st_err st_cls_forward(st_cls_head *h, st_model *m, const int32_t *tokens, const 
 /* Backward of the last forward: ADDS into h->grads and the model's grads. */
 st_err st_cls_backward(st_cls_head *h, st_model *m, const int32_t *tokens);
 
+/* The head's description stored with its checkpoint set ("head" group):
+ * {"n_classes": K, "pool": "last"|"mean", "labels": [names...]}.
+ * labels may be NULL (then names are "0".."K-1"). *json is malloc'd. */
+st_err st_cls_meta_json(const st_cls_head *h, const char *const *labels, char **json);
+/* Parse it back; *labels (n_classes malloc'd strings, array malloc'd) may be NULL to skip. */
+st_err st_cls_meta_parse(const char *json, int *n_classes, int *pool_mean, char ***labels);
+
 #endif

@@ -19,7 +19,7 @@ typedef struct { char *out, *format, *tokenizer; } convert_opts;
 static convert_opts CV;
 static const st_option convert_options[] = {
     {"out", ST_OPT_STRING, &CV.out, NULL, "checkpoint to write (required)"},
-    {"format", ST_OPT_STRING, &CV.format, "auto", "source format: auto, llama2c, llmc or hf (a Hugging Face directory)"},
+    {"format", ST_OPT_STRING, &CV.format, "auto", "source format: auto, llama2c, llmc, hf (a Hugging Face directory) or shardtune (a checkpoint: keeps weights and tokenizer, drops optimizer state)"},
     {"tokenizer", ST_OPT_STRING, &CV.tokenizer, NULL, "tokenizer to store with the model (byte, gpt2:DIR, hf:FILE, llama2c:FILE)"},
 };
 
@@ -38,7 +38,8 @@ static st_err detect(const char *path, const char **fmt)
     size_t n = fread(&magic, 4, 1, f);
     fclose(f);
     if (n != 1) ST_FAIL(ST_ERR_FORMAT, "'%s' is too short to be a model file", path);
-    *fmt = magic == 20240326 ? "llmc" : "llama2c";
+    /* HDF5's signature starts \x89HDF: one of our checkpoints */
+    *fmt = magic == 20240326 ? "llmc" : !memcmp(&magic, "\x89HDF", 4) ? "shardtune" : "llama2c";
     return ST_OK;
 }
 
@@ -61,6 +62,33 @@ static void hf_tokenizer(const char *dir, st_tokenizer **tok)
     }
 }
 
+/* A shardtune checkpoint, whole on this rank: weights and tokenizer only
+ * (dropping optimizer and training state: a release copy of a model). */
+static st_err read_checkpoint(const char *path, st_config *cfg, float **params, st_tokenizer **tok)
+{
+    st_grid g;
+    st_layout lay;
+    ST_TRY(st_ckpt_read_config(path, MPI_COMM_SELF, cfg));
+    ST_TRY(st_grid_init(&g, MPI_COMM_SELF, 1));
+    st_err e = st_layout_init(&lay, cfg, 1, 0);
+    char *kind = NULL;
+    uint8_t *blob = NULL;
+    size_t nb = 0;
+    if (!e) {
+        *params = calloc(lay.numel, sizeof(float));
+        st_ckpt_tensors t = {.lay = &lay, .params = *params};
+        if (!*params) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+        else e = st_ckpt_load(path, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb);
+        st_layout_free(&lay);
+    }
+    if (!e && kind) e = st_tokenizer_from_blob(tok, kind, blob, nb);
+    free(kind);
+    free(blob);
+    st_grid_free(&g);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
 static st_err convert(const char *src, MPI_Comm world)
 {
     int rank = 0;
@@ -78,10 +106,15 @@ static st_err convert(const char *src, MPI_Comm world)
             if (!strcmp(fmt, "llama2c")) e = st_llama2c_read(src, &cfg, &params);
             else if (!strcmp(fmt, "llmc")) e = st_llmc_read(src, &cfg, &params);
             else if (!strcmp(fmt, "hf")) e = st_hf_read(src, &cfg, &params);
+            else if (!strcmp(fmt, "shardtune")) e = read_checkpoint(src, &cfg, &params, &tok);
             else e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
-                                  "unknown --format '%s' (auto, llama2c, llmc or hf)", fmt);
+                                  "unknown --format '%s' (auto, llama2c, llmc, hf or shardtune)", fmt);
         }
-        if (!e && CV.tokenizer) e = st_tokenizer_load(&tok, CV.tokenizer);
+        if (!e && CV.tokenizer) {
+            if (tok) st_tokenizer_free(tok);
+            tok = NULL;
+            e = st_tokenizer_load(&tok, CV.tokenizer);
+        }
         else if (!e && !strcmp(fmt, "hf")) hf_tokenizer(src, &tok);
         if (!e && tok && st_tokenizer_vocab_size(tok) > cfg.vocab_size)
             e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,

@@ -104,15 +104,15 @@ st_err st_lora_parse_targets(const char *list, unsigned *mask)
 static st_err resolve_targets(const st_config *cfg, unsigned mask, unsigned *out)
 {
     const unsigned has = cfg->family == ST_FAMILY_GPT2 ? ALL_TARGETS & ~(1u << ST_T_GATE) : ALL_TARGETS;
-    const unsigned explicit = mask & ALL_TARGETS, soft = (mask >> 8) & ALL_TARGETS;
+    const unsigned named = mask & ALL_TARGETS, soft = (mask >> 8) & ALL_TARGETS;
     if (mask & ~(ALL_TARGETS | (ALL_TARGETS << 8)))
         ST_FAIL(ST_ERR_ARG, "LoRA target mask 0x%x has bits that name no target", mask);
     for (int t = 0; t < ST_T_COUNT; t++)
-        if ((explicit >> t) & 1 && !((has >> t) & 1))
+        if ((named >> t) & 1 && !((has >> t) & 1))
             ST_FAIL(ST_ERR_ARG, "LoRA target '%s': %s models have no %s projection "
                     "(targets for this family: q, k, v, o, up, down)",
                     TARGET[t].name, st_family_name(cfg->family), TARGET[t].module);
-    *out = explicit | (soft & has);
+    *out = named | (soft & has);
     if (!*out) ST_FAIL(ST_ERR_ARG, "no LoRA targets: give at least one of q, k, v, o, gate, up, down");
     return ST_OK;
 }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Rebuild data/base/shardtune-base-byte.h5, the base model the banking demo
+# fine-tunes: corpus -> prepare -> pretrain (2 ranks) -> weights-only copy.
+# About 10 minutes on 2 cores. The log of the run that made the committed
+# file is data/base/pretrain.log.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-bin/shardtune}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+mkdir -p runs/base data/base
+python3 jobs/base/corpus.py data/banking77/train.csv ../shared/data/medquad/medquad-xml.tar.gz runs/base/corpus.jsonl
+mpirun --bind-to none -np 2 "$BIN" prepare --input runs/base/corpus.jsonl --format text --tokenizer byte \
+    --out runs/base/corpus.h5
+mpirun --bind-to none -np 2 "$BIN" train jobs/recipes/base-pretrain.yaml 2>&1 | tee data/base/pretrain.log
+"$BIN" convert runs/base/ckpt/step_00001500.h5 --out data/base/shardtune-base-byte.h5
