@@ -53,7 +53,7 @@ static const char hh_marker[] = "\n\nAssistant:";
 
 static struct {
     char *input, *out, *tokenizer, *format, *template_name, *on_error;
-    char *text_col, *label_col, *text_field, *label_field, *label_names;
+    char *text_col, *label_col, *text_field, *label_field, *label_names, *prompt_field, *response_field;
     int max_len;
     float val_fraction;
     int64_t seed;
@@ -70,6 +70,8 @@ static const st_option prepare_options[] = {
     {"seed", ST_OPT_INT64, &O.seed, "1234", "seed of the train/validation split"},
     {"on-error", ST_OPT_STRING, &O.on_error, "fail", "fail (stop at the first bad record, write nothing) or skip"},
     {"text-col", ST_OPT_STRING, &O.text_col, "text", "CSV column with the text"},
+    {"prompt-field", ST_OPT_STRING, &O.prompt_field, "prompt", "sft: JSONL field or CSV column with the prompt"},
+    {"response-field", ST_OPT_STRING, &O.response_field, "response", "sft: JSONL field or CSV column with the response (e.g. banking77's category)"},
     {"label-col", ST_OPT_STRING, &O.label_col, NULL, "CSV column with the label (unset: label, category, intent or class)"},
     {"text-field", ST_OPT_STRING, &O.text_field, "text", "JSONL field with the text"},
     {"label-field", ST_OPT_STRING, &O.label_field, NULL, "JSONL field with the label (unset: label, category, intent or class)"},
@@ -303,9 +305,9 @@ static st_err do_sft(prep *p, const record *rec, int *reason)
 {
     const char *pr, *re;
     size_t np, nr;
-    ST_TRY(get_string(rec, "prompt", &pr, &np, reason));
-    ST_TRY(get_string(rec, "response", &re, &nr, reason));
-    ST_TRY(nonempty(rec, "response", nr, reason));
+    ST_TRY(get_string(rec, O.prompt_field, &pr, &np, reason));
+    ST_TRY(get_string(rec, O.response_field, &re, &nr, reason));
+    ST_TRY(nonempty(rec, O.response_field, nr, reason));
     ST_TRY(render_pair(p, &p->seq[0], pr, np, re, nr));
     fit(p, &p->seq[0], 0);
     return add_doc(p, &p->seq[0], split_of(rec), -1);
@@ -579,7 +581,7 @@ static st_err detect(scan_ctx *s, const record *rec)
     if (!s->fmt_given) {
         if (has_field(rec, "messages")) pl->format = FMT_CHAT;
         else if (has_field(rec, "chosen") && has_field(rec, "rejected")) pl->format = FMT_PREF;
-        else if (has_field(rec, "prompt") && has_field(rec, "response")) pl->format = FMT_SFT;
+        else if (has_field(rec, O.prompt_field) && has_field(rec, O.response_field)) pl->format = FMT_SFT;
         else if (has_field(rec, text) && label && has_field(rec, label)) pl->format = FMT_CLASSIFY;
         else if (has_field(rec, text)) pl->format = FMT_TEXT;
         else

@@ -26,6 +26,7 @@
 #include "dp.h"
 #include "grid.h"
 #include "kernels.h"
+#include "lora.h"
 #include "metrics.h"
 #include "model.h"
 #include "optim.h"
@@ -57,6 +58,8 @@ typedef struct {
     int64_t stop_after;
     char *pool;
     int freeze_layers, patience;
+    st_lora_config lora;
+    char *lora_targets;
 } train_opts;
 
 static train_opts O;
@@ -83,6 +86,10 @@ static const st_option train_options[] = {
     {"global_batch", ST_OPT_INT, &O.global_batch, "0", "rows per optimizer step over all dp ranks (0 = batch_size * dp); a multiple of batch_size * dp gives gradient accumulation"},
     {"method", ST_OPT_STRING, &O.method, "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses) or classify (a head over the dataset's labels)"},
     {"classify.pool", ST_OPT_STRING, &O.pool, "last", "method classify: pool the last token's state (last) or all tokens' (mean)"},
+    {"lora.rank", ST_OPT_INT, &O.lora.rank, "0", "LoRA adapters of this rank on a frozen base (0 = full fine-tuning)"},
+    {"lora.alpha", ST_OPT_FLOAT, &O.lora.alpha, "16", "LoRA scale numerator: adapters add (alpha/rank) B A x"},
+    {"lora.dropout", ST_OPT_FLOAT, &O.lora.dropout, "0", "dropout on the adapters' input"},
+    {"lora.targets", ST_OPT_STRING, &O.lora_targets, "q,v", "projections with adapters: q,k,v,o,gate,up,down (or attn, mlp, all)"},
     {"freeze_layers", ST_OPT_INT, &O.freeze_layers, "0", "keep the embeddings and the lowest N layers fixed (-1: the whole body)"},
     {"early_stopping.patience", ST_OPT_INT, &O.patience, "0", "stop after this many evaluations without a better validation loss (0 = off)"},
     {"optim.lr", ST_OPT_FLOAT, &O.opt.lr, "3e-4", "peak learning rate"},
@@ -124,6 +131,7 @@ typedef struct {
     st_model model;
     int classify;          /* method classify */
     st_cls_head head;
+    st_lora *lora;         /* adapters, or NULL */
     uint8_t *trainable;    /* per body tensor */
     int body_trainable;    /* any body tensor trains */
     pset extra[2];
@@ -240,6 +248,19 @@ static st_err setup_method(trainer *t)
                     "--format classify", O.data_train, k);
         ST_TRY(st_cls_create(&t->head, m, k, !strcmp(O.pool, "mean"), (uint64_t)O.seed));
         ST_TRY(add_extra(t, "classification head", &t->head.lay, t->head.params, t->head.grads));
+    }
+    if (O.lora.rank > 0) {
+        if (O.freeze_layers)
+            ST_FAIL(ST_ERR_ARG, "freeze_layers and lora.rank together: with LoRA the whole base is frozen already");
+        ST_TRY(st_lora_parse_targets(O.lora_targets, &O.lora.targets));
+        ST_TRY(st_lora_create(&t->lora, y, &O.lora, (int64_t)O.batch_size * O.seq_len, (uint64_t)O.seed));
+        m->adapter = st_lora_adapter(t->lora);
+        ST_TRY(add_extra(t, "LoRA adapters", st_lora_layout(t->lora), st_lora_params(t->lora), st_lora_grads(t->lora)));
+        ST_ALLOC(t->trainable, y->n_tensors, "trainable flags"); /* all zero: the base is frozen */
+        st_model_set_trainable(m, t->trainable, 1);
+        t->adam.trainable = t->trainable;
+        t->body_trainable = 0;
+        return ST_OK;
     }
     int fl = O.freeze_layers < 0 ? y->cfg.n_layer : O.freeze_layers;
     if (fl > y->cfg.n_layer)
@@ -474,6 +495,10 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
             m->grad_ready_ctx = t;
         }
         double l, c, r;
+        if (t->lora) { /* the dropout mask follows the global rows, so any grid draws the same */
+            st_lora_set_step(t->lora, step, 1);
+            st_lora_set_rows(t->lora, g0 * T);
+        }
         st_timer_start(&t->timers, ST_PH_FORWARD);
         ST_TRY(micro_step(t, B, &l, &c, &r));
         st_timer_stop(&t->timers, ST_PH_FORWARD);
@@ -534,6 +559,7 @@ static st_err eval_loss(trainer *t, double *out, double *acc)
     if (!t->val) return ST_OK;
     st_timer_start(&t->timers, ST_PH_EVAL);
     const int B = O.batch_size;
+    if (t->lora) st_lora_set_step(t->lora, 0, 0);
     int64_t n = st_loader_num_samples(t->val);
     double sums[3] = {0, 0, 0};
     for (int k = 0; k < O.eval_batches; k++) {
@@ -661,6 +687,7 @@ static void teardown(trainer *t)
     st_metrics_close(&t->metrics);
     for (int e = 0; e < t->n_extra; e++) st_adamw_free(&t->extra[e].adam);
     if (t->classify) st_cls_free(&t->head);
+    if (t->lora) st_lora_free(t->lora);
     free(t->trainable);
     free(t->pred);
     st_adamw_free(&t->adam);
@@ -697,9 +724,15 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
     t.recipe_text = opts.recipe_text;
     if (!e) e = setup(&t, world);
     if (!e) e = st_agree(world, load_start(&t));
-    if (!e && !rank) {
-        printf("settings:\n");
-        st_options_print(&opts, stdout);
+    if (!e && !rank) { /* what this run used, and where each value came from */
+        char path[4200];
+        snprintf(path, sizeof path, "%s/settings.txt", O.out_dir);
+        FILE *f = fopen(path, "w");
+        if (f) {
+            st_options_print(&opts, f);
+            fclose(f);
+            printf("settings (with where each came from): %s\n", path);
+        }
         fflush(stdout);
     }
     double t0 = st_now();
