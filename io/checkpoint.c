@@ -3,6 +3,9 @@
  * The file layout and the checksum are described in checkpoint.h. Here:
  *   slices       which elements of a global tensor a rank holds, as HDF5
  *                hyperslabs, and their checksum terms
+ *   groups       the model's parameters and moments and each extra set's
+ *                parameters and moments, as "tensor groups": one HDF5
+ *                group, a layout, and the part of a flat buffer a rank holds
  *   save         write PATH.tmp collectively, then rename (atomic)
  *   load         read any grid's slices back, verifying shapes and checksums
  *   verify       check a whole file with the reading spread over a
@@ -37,9 +40,13 @@
 #define MAX_SHORT_STR 4096
 #define MAX_RECIPE ((size_t)64 << 20)
 #define MAX_TOKENIZER ((size_t)1 << 30)
-
-enum { G_MODEL = 0, G_M, G_V, N_GROUPS };
-static const char *group_path[N_GROUPS] = {"model", "optim/m", "optim/v"};
+#define MAX_SET_TENSORS 65536          /* tensors per set group a file may list */
+#define MAX_DIM ((int64_t)1 << 40)     /* any dimension of a tensor found in a file */
+/* the model's parameters and two moments, then three per set */
+#define MAX_TGROUPS (3 + 3 * ST_CKPT_MAX_SETS)
+/* Room for a group path ("optim/<set>/m") and for "/<group path>/<tensor name>". */
+#define GPATH_CAP 160
+#define WHAT_CAP (GPATH_CAP + 100)
 
 /* ---- slices and checksums ------------------------------------------------ */
 
@@ -94,6 +101,29 @@ static uint64_t piece_checksum(const st_tensor *t, const float *x, int64_t a, in
         int64_t c1 = r == (b - 1) / W ? (b - 1) % W + 1 : W;
         uint64_t g = (uint64_t)((t->start[0] + r) * t->shape[1] + t->start[1] + c0);
         s += checksum_serial(x + (r * W + c0 - a), (size_t)(c1 - c0), g);
+    }
+    return s;
+}
+
+/* Sum of the integers [g, g + n) mod 2^64. */
+static uint64_t run_index_sum(uint64_t g, uint64_t n)
+{
+    uint64_t tri = n % 2 ? n * ((n - 1) / 2) : (n / 2) * (n - 1);
+    return n * g + tri;
+}
+
+/* Sum of the global indices of the piece's elements mod 2^64: with the
+ * element count, what tells that the ranks' slices cover a tensor once
+ * (overlapping slices of the right total size change it). */
+static uint64_t piece_index_sum(const st_tensor *t, int64_t a, int64_t b)
+{
+    if (b <= a) return 0;
+    const int64_t W = t->lshape[1];
+    if (W == t->shape[1]) return run_index_sum((uint64_t)(t->start[0] * W + a), (uint64_t)(b - a));
+    uint64_t s = 0;
+    for (int64_t r = a / W; r <= (b - 1) / W; r++) {
+        int64_t c0 = r == a / W ? a % W : 0, c1 = r == (b - 1) / W ? (b - 1) % W + 1 : W;
+        s += run_index_sum((uint64_t)((t->start[0] + r) * t->shape[1] + t->start[1] + c0), (uint64_t)(c1 - c0));
     }
     return s;
 }
@@ -178,6 +208,108 @@ static const char *shape_str(int ndim, const int64_t *d, char *buf, size_t cap)
     return buf;
 }
 
+/* ---- tensor groups ---------------------------------------------------------- */
+
+/* One HDF5 group of float32 tensors described by a layout, and the part of a
+ * flat buffer of that layout this rank holds. */
+typedef struct {
+    char path[GPATH_CAP];       /* "model", "optim/m", "head", "optim/head/v" */
+    const st_layout *lay;
+    float *buf;                 /* flat elements [ob, oe) of the layout's buffer; buf[0] is ob */
+    size_t ob, oe;
+    int zero;                   /* 1: the dp ranks hold disjoint ranges (ZeRO-1 moments) and each
+                                   writes its own; 0: every dp group holds [ob, oe) whole and the
+                                   dp rank 0 group writes it */
+    const char *const *skip;    /* names left as they are on load (the model's groups only) */
+} tgroup;
+
+enum { W_PARAMS = 0, W_M, W_V };
+
+/* The model's parameters (which = W_PARAMS) or one of its moments. */
+static tgroup model_group(const st_ckpt_tensors *t, int which, const char *const *skip)
+{
+    tgroup gr = {.lay = t->lay, .skip = skip};
+    if (which == W_PARAMS) {
+        snprintf(gr.path, sizeof gr.path, "model");
+        gr.buf = t->params, gr.ob = 0, gr.oe = t->lay->numel;
+    } else {
+        snprintf(gr.path, sizeof gr.path, "optim/%s", which == W_M ? "m" : "v");
+        gr.buf = which == W_M ? t->m : t->v, gr.ob = t->opt_begin, gr.oe = t->opt_end, gr.zero = 1;
+    }
+    return gr;
+}
+
+/* A set's parameters or one of its moments: whole on every dp group. */
+static tgroup set_group(const st_ckpt_set *s, int which)
+{
+    tgroup gr = {.lay = s->lay, .ob = 0, .oe = s->lay->numel};
+    if (which == W_PARAMS) snprintf(gr.path, sizeof gr.path, "%s", s->group);
+    else snprintf(gr.path, sizeof gr.path, "optim/%s/%s", s->group, which == W_M ? "m" : "v");
+    gr.buf = which == W_PARAMS ? s->params : which == W_M ? s->m : s->v;
+    return gr;
+}
+
+/* This rank's piece [*a, *b) of tensor ti in group gr and where it sits in gr->buf. */
+static float *group_piece(const tgroup *gr, const st_tensor *ti, int64_t *a, int64_t *b)
+{
+    opt_piece(ti, gr->ob, gr->oe, a, b);
+    return *b > *a ? gr->buf + (ti->offset + (size_t)*a - gr->ob) : gr->buf;
+}
+
+/* Does this rank write its piece of ti in gr? Each element is written once. */
+static int group_writer(const tgroup *gr, const st_tensor *ti, const st_grid *g)
+{
+    return tp_owner(ti, g->tp_rank) && (gr->zero || g->dp_rank == 0);
+}
+
+/* A set group name: 1..ST_CKPT_MAX_SET_NAME of [A-Za-z0-9_-], not a name the
+ * file uses for anything else. */
+static int valid_set_name(const char *s)
+{
+    static const char *reserved[] = {"model", "optim", "config", "tokenizer", "train"};
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > ST_CKPT_MAX_SET_NAME) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+        if (!strcmp(s, reserved[i])) return 0;
+    return 1;
+}
+
+/* A hand-built layout (a set's) must describe slices inside its own buffer. */
+static st_err check_set_layout(const st_ckpt_set *s, const char *path)
+{
+    const st_layout *lay = s->lay;
+    if (lay->n_tensors < 0 || (lay->n_tensors > 0 && !lay->tensors))
+        ST_FAIL(ST_ERR_ARG, "%s: set '%s' has a layout without a tensor table", path, s->group);
+    for (int i = 0; i < lay->n_tensors; i++) {
+        const st_tensor *t = &lay->tensors[i];
+        const char *nm = t->name;
+        if (!memchr(nm, '\0', sizeof t->name) || !nm[0] || strchr(nm, '/') || !strcmp(nm, ".") || !strcmp(nm, ".."))
+            ST_FAIL(ST_ERR_ARG, "%s: set '%s' tensor %d has an empty or invalid name (no '/', not '.')", path,
+                    s->group, i);
+        int ok = (t->ndim == 1 || t->ndim == 2) && (t->ndim == 2 || (t->shape[1] == 1 && t->lshape[1] == 1 &&
+                                                                      t->start[1] == 0));
+        for (int d = 0; d < 2 && ok; d++)
+            ok = t->shape[d] >= 0 && t->shape[d] <= MAX_DIM && t->lshape[d] >= 0 && t->start[d] >= 0 &&
+                 t->start[d] + t->lshape[d] <= t->shape[d];
+        ok = ok && (uint64_t)real_numel(t) <= t->numel && t->offset <= lay->numel && t->numel <= lay->numel - t->offset;
+        if (!ok)
+            ST_FAIL(ST_ERR_ARG, "%s: set '%s' tensor %s: its shape, slice or offset is inconsistent "
+                    "(ndim %d, shape [%lld, %lld], slice [%lld, %lld] at [%lld, %lld], offset %zu + %zu of %zu)",
+                    path, s->group, nm, t->ndim, (long long)t->shape[0], (long long)t->shape[1],
+                    (long long)t->lshape[0], (long long)t->lshape[1], (long long)t->start[0],
+                    (long long)t->start[1], t->offset, t->numel, lay->numel);
+        for (int k = 0; k < i; k++)
+            if (!strcmp(lay->tensors[k].name, nm))
+                ST_FAIL(ST_ERR_ARG, "%s: set '%s' has two tensors named %s", path, s->group, nm);
+    }
+    return ST_OK;
+}
+
 /* ---- small shared pieces ------------------------------------------------- */
 
 static int skipped(const char *name, const char *const *skip)
@@ -260,17 +392,57 @@ static st_err check_tensors_arg(const st_grid *g, const st_ckpt_tensors *t, cons
     if (t->m && (t->opt_begin > t->opt_end || t->opt_end > t->lay->numel))
         ST_FAIL(ST_ERR_ARG, "%s: optimizer range [%zu, %zu) is not inside the %zu-float buffer",
                 path, t->opt_begin, t->opt_end, t->lay->numel);
+    if (t->n_sets < 0 || t->n_sets > ST_CKPT_MAX_SETS)
+        ST_FAIL(ST_ERR_ARG, "%s: %d parameter sets; at most %d (ST_CKPT_MAX_SETS)", path, t->n_sets, ST_CKPT_MAX_SETS);
+    for (int i = 0; i < t->n_sets; i++) {
+        const st_ckpt_set *s = &t->sets[i];
+        if (!valid_set_name(s->group))
+            ST_FAIL(ST_ERR_ARG, "%s: parameter set %d has group name '%.40s'; expected 1 to %d of [A-Za-z0-9_-], "
+                    "not model, optim, config, tokenizer or train", path, i, s->group ? s->group : "(null)",
+                    ST_CKPT_MAX_SET_NAME);
+        for (int k = 0; k < i; k++)
+            if (!strcmp(t->sets[k].group, s->group))
+                ST_FAIL(ST_ERR_ARG, "%s: two parameter sets are named '%s'", path, s->group);
+        if (!s->lay || !s->params) ST_FAIL(ST_ERR_ARG, "%s: set '%s' has no layout or parameter buffer", path, s->group);
+        if (s->lay->tp_size != g->tp_size || s->lay->tp_rank != g->tp_rank)
+            ST_FAIL(ST_ERR_ARG, "%s: set '%s' layout is for tp rank %d of %d but this rank is tp rank %d of %d",
+                    path, s->group, s->lay->tp_rank, s->lay->tp_size, g->tp_rank, g->tp_size);
+        if ((s->m == NULL) != (s->v == NULL))
+            ST_FAIL(ST_ERR_ARG, "%s: set '%s': give both AdamW moments m and v, or neither", path, s->group);
+        ST_TRY(check_set_layout(s, path));
+    }
     return ST_OK;
 }
 
-static st_err check_same_model(const st_grid *g, const st_ckpt_tensors *t, const char *path)
+/* The sets' structure (names, tensor tables, which have moments). */
+static uint64_t sets_hash(const st_ckpt_tensors *t)
 {
-    int same1, same2;
+    uint64_t h = st_splitmix64((uint64_t)t->n_sets);
+    for (int i = 0; i < t->n_sets; i++) {
+        const st_ckpt_set *s = &t->sets[i];
+        h = st_splitmix64(h ^ st_hash_str(s->group) ^ (s->m != NULL));
+        for (int k = 0; k < s->lay->n_tensors; k++) {
+            const st_tensor *ti = &s->lay->tensors[k];
+            h = st_splitmix64(h ^ st_hash_str(ti->name));
+            h = st_splitmix64(h ^ (uint64_t)ti->shape[0] ^ ((uint64_t)ti->shape[1] << 32) ^ ((uint64_t)ti->split << 60));
+        }
+    }
+    return h;
+}
+
+/* Everything that decides the sequence of collective calls is the same on
+ * every rank: the model, whether moments are given, the sets, the flags. */
+static st_err check_same_model(const st_grid *g, const st_ckpt_tensors *t, int flags, const char *path)
+{
+    int same1, same2, same3;
     uint64_t h = config_hash(&t->lay->cfg) ^ st_splitmix64((uint64_t)t->lay->n_tensors);
     ST_TRY(same_everywhere(g->world, h, &same1));
     ST_TRY(same_everywhere(g->world, t->m != NULL, &same2));
+    ST_TRY(same_everywhere(g->world, sets_hash(t) ^ st_splitmix64((uint64_t)flags), &same3));
     if (!same1) ST_FAIL(ST_ERR_ARG, "%s: ranks disagree on the model config", path);
     if (!same2) ST_FAIL(ST_ERR_ARG, "%s: some ranks pass optimizer moments and others do not", path);
+    if (!same3) ST_FAIL(ST_ERR_ARG, "%s: ranks disagree on the parameter sets (groups, tensor tables, moments) "
+                        "or the flags", path);
     return ST_OK;
 }
 
@@ -411,6 +583,7 @@ done:
 /* What world rank 0 decides and every rank writes identically. */
 typedef struct {
     int64_t step, tokens_seen, data_epoch, data_cursor, adam_step;
+    int64_t set_step[ST_CKPT_MAX_SETS];
     uint64_t rng[4], data_seed, tok_n;
     float beta1, beta2, eps, weight_decay;
     int has_train, has_tok;
@@ -420,9 +593,15 @@ typedef struct {
 typedef struct {
     save_meta meta;
     char *created, *git, *recipe, *method, *tok_kind;
+    char *set_meta[ST_CKPT_MAX_SETS];
+    char sets[ST_CKPT_MAX_SETS * (ST_CKPT_MAX_SET_NAME + 1) + 1]; /* "head,lora" */
     const uint8_t *tok_blob;    /* world rank 0 only */
-    int has_optim;
-    uint64_t *sums;             /* N_GROUPS x n_tensors checksums, already reduced */
+    int has_optim;              /* the model's moments */
+    int any_optim;              /* the model's or a set's moments: /optim exists */
+    const st_ckpt_tensors *t;
+    tgroup groups[MAX_TGROUPS]; /* in file order */
+    int n_groups;
+    uint64_t *sums[MAX_TGROUPS];/* per tensor of each group, reduced; sums[0] owns the allocation */
 } save_job;
 
 static void save_job_free(save_job *j)
@@ -432,7 +611,33 @@ static void save_job_free(save_job *j)
     free(j->recipe);
     free(j->method);
     free(j->tok_kind);
-    free(j->sums);
+    for (int i = 0; i < ST_CKPT_MAX_SETS; i++) free(j->set_meta[i]);
+    free(j->sums[0]);
+}
+
+/* The groups of t in file order: the model, its moments, then each set and its moments. */
+static void save_job_groups(save_job *j, const st_ckpt_tensors *t)
+{
+    j->t = t;
+    j->n_groups = 0;
+    j->groups[j->n_groups++] = model_group(t, W_PARAMS, NULL);
+    if (t->m) {
+        j->groups[j->n_groups++] = model_group(t, W_M, NULL);
+        j->groups[j->n_groups++] = model_group(t, W_V, NULL);
+    }
+    j->has_optim = j->any_optim = t->m != NULL;
+    j->sets[0] = '\0';
+    for (int i = 0; i < t->n_sets; i++) {
+        const st_ckpt_set *s = &t->sets[i];
+        j->groups[j->n_groups++] = set_group(s, W_PARAMS);
+        if (s->m) {
+            j->groups[j->n_groups++] = set_group(s, W_M);
+            j->groups[j->n_groups++] = set_group(s, W_V);
+            j->any_optim = 1;
+        }
+        size_t at = strlen(j->sets);
+        snprintf(j->sets + at, sizeof j->sets - at, "%s%s", i ? "," : "", s->group);
+    }
 }
 
 /* Collective; fails only where every rank fails (MPI, memory agreed in bcast_str). */
@@ -458,6 +663,7 @@ static st_err save_job_init(save_job *j, const st_grid *g, const st_ckpt_tensors
         }
         m->adam_step = t->adam_step, m->beta1 = t->beta1, m->beta2 = t->beta2;
         m->eps = t->eps, m->weight_decay = t->weight_decay;
+        for (int i = 0; i < t->n_sets; i++) m->set_step[i] = t->sets[i].adam_step;
         m->has_tok = tok_kind != NULL;
         m->tok_n = tok_kind ? tok_n : 0;
         j->tok_blob = tok_blob;
@@ -469,52 +675,58 @@ static st_err save_job_init(save_job *j, const st_grid *g, const st_ckpt_tensors
     ST_TRY(bcast_str(g->world, 0, root && s ? s->recipe : NULL, &j->recipe));
     ST_TRY(bcast_str(g->world, 0, root && s ? s->method : NULL, &j->method));
     ST_TRY(bcast_str(g->world, 0, root ? tok_kind : NULL, &j->tok_kind));
-    j->has_optim = t->m != NULL;
+    for (int i = 0; i < t->n_sets; i++)
+        ST_TRY(bcast_str(g->world, 0, root ? t->sets[i].meta : NULL, &j->set_meta[i]));
+    save_job_groups(j, t);
     return ST_OK;
 }
 
 /* Every tensor's checksum, from the slices each rank will write, reduced
- * over the world; also checks that the slices cover every tensor once. */
-static st_err save_checksums(save_job *j, const st_grid *g, const st_ckpt_tensors *t, const char *path)
+ * over the world; also checks that the slices cover every tensor once (the
+ * element counts and the sums of global indices add up). */
+static st_err save_checksums(save_job *j, const st_grid *g, const char *path)
 {
-    const st_layout *lay = t->lay;
-    const int nt = lay->n_tensors;
-    uint64_t *sums = calloc((size_t)(N_GROUPS * nt), sizeof *sums);
-    int64_t *counts = calloc((size_t)(2 * N_GROUPS * nt), sizeof *counts), *all = counts ? counts + N_GROUPS * nt : NULL;
+    int total = 0;
+    for (int gi = 0; gi < j->n_groups; gi++) total += j->groups[gi].lay->n_tensors;
+    uint64_t *sums = calloc((size_t)total + 1, sizeof *sums);
+    /* per tensor: element count, index sum; then the same reduced */
+    uint64_t *counts = calloc(4 * (size_t)total + 1, sizeof *counts), *all = counts ? counts + 2 * total : NULL;
     st_err e = ST_OK;
-    j->sums = sums;
+    j->sums[0] = sums;
     if (!sums || !counts) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for checksums");
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
-    for (int i = 0; i < nt; i++) {
-        const st_tensor *ti = &lay->tensors[i];
-        if (!tp_owner(ti, g->tp_rank)) continue;
-        if (g->dp_rank == 0) {
-            sums[G_MODEL * nt + i] = piece_checksum(ti, t->params + ti->offset, 0, real_numel(ti));
-            counts[G_MODEL * nt + i] = real_numel(ti);
+    for (int gi = 0, at = 0; gi < j->n_groups; at += j->groups[gi].lay->n_tensors, gi++) {
+        const tgroup *gr = &j->groups[gi];
+        j->sums[gi] = sums + at;
+        for (int i = 0; i < gr->lay->n_tensors; i++) {
+            const st_tensor *ti = &gr->lay->tensors[i];
+            int64_t a, b;
+            if (!group_writer(gr, ti, g)) continue;
+            const float *x = group_piece(gr, ti, &a, &b);
+            if (b <= a) continue;
+            sums[at + i] = piece_checksum(ti, x, a, b);
+            counts[2 * (at + i)] = (uint64_t)(b - a);
+            counts[2 * (at + i) + 1] = piece_index_sum(ti, a, b);
         }
-        if (!j->has_optim) continue;
-        int64_t a, b;
-        opt_piece(ti, t->opt_begin, t->opt_end, &a, &b);
-        if (b <= a) continue;
-        const size_t at = ti->offset + (size_t)a - t->opt_begin;
-        sums[G_M * nt + i] = piece_checksum(ti, t->m + at, a, b);
-        sums[G_V * nt + i] = piece_checksum(ti, t->v + at, a, b);
-        counts[G_M * nt + i] = counts[G_V * nt + i] = b - a;
     }
-    int rc = MPI_Allreduce(MPI_IN_PLACE, sums, N_GROUPS * nt, MPI_UINT64_T, MPI_SUM, g->world);
-    if (rc == MPI_SUCCESS) rc = MPI_Allreduce(counts, all, N_GROUPS * nt, MPI_INT64_T, MPI_SUM, g->world);
+    int rc = MPI_Allreduce(MPI_IN_PLACE, sums, total, MPI_UINT64_T, MPI_SUM, g->world);
+    if (rc == MPI_SUCCESS) rc = MPI_Allreduce(counts, all, 2 * total, MPI_UINT64_T, MPI_SUM, g->world);
     if (rc != MPI_SUCCESS) ST_FAIL_GOTO(e, done, ST_ERR_MPI, "MPI_Allreduce of checkpoint checksums failed");
-    for (int gi = 0; gi < (j->has_optim ? N_GROUPS : 1); gi++)
-        for (int i = 0; i < nt; i++) {
-            const st_tensor *ti = &lay->tensors[i];
-            if (all[gi * nt + i] != global_numel(ti))
+    for (int gi = 0, at = 0; gi < j->n_groups; at += j->groups[gi].lay->n_tensors, gi++) {
+        const tgroup *gr = &j->groups[gi];
+        for (int i = 0; i < gr->lay->n_tensors; i++) {
+            const st_tensor *ti = &gr->lay->tensors[i];
+            const uint64_t n = (uint64_t)global_numel(ti);
+            if (all[2 * (at + i)] != n || all[2 * (at + i) + 1] != run_index_sum(0, n))
                 ST_FAIL_GOTO(e, done, ST_ERR_ARG,
-                             "%s: the ranks' slices hold %lld of the %lld elements of /%s/%s; %s", path,
-                             (long long)all[gi * nt + i], (long long)global_numel(ti), group_path[gi], ti->name,
-                             gi == G_MODEL ? "the layouts do not match the grid"
-                                           : "the optimizer ranges [opt_begin, opt_end) of the dp ranks must "
-                                             "split each tp rank's flat buffer into disjoint covering ranges");
+                             "%s: the ranks' slices hold %llu elements of the %llu of /%s/%s%s; %s", path,
+                             (unsigned long long)all[2 * (at + i)], (unsigned long long)n, gr->path, ti->name,
+                             all[2 * (at + i)] == n ? ", but not each element once" : "",
+                             !gr->zero ? "the layouts do not match the grid"
+                                       : "the optimizer ranges [opt_begin, opt_end) of the dp ranks must "
+                                         "split each tp rank's flat buffer into disjoint covering ranges");
         }
+    }
 done:
     free(counts);
     return e;
@@ -527,7 +739,32 @@ static st_err create_group(hid_t loc, const char *name, hid_t *out)
     return ST_OK;
 }
 
-/* Root, /config, /tokenizer, /train and /optim attributes. Collective. */
+/* The sets' groups with their attributes: /<group> (meta; n_tensors, so a
+ * check without the caller's layout notices a tensor gone) and, for a set
+ * with moments, /optim/<group> (step). Collective. */
+static st_err write_set_headers(hid_t file, const save_job *j)
+{
+    st_err e = ST_OK;
+    hid_t grp = H5I_INVALID_HID;
+    char name[GPATH_CAP];
+    for (int i = 0; i < j->t->n_sets; i++) {
+        const st_ckpt_set *s = &j->t->sets[i];
+        ST_TRY(create_group(file, s->group, &grp));
+        ST_TRY_GOTO(e, st_h5_attr_write_i64(grp, "n_tensors", s->lay->n_tensors), done);
+        if (j->set_meta[i]) ST_TRY_GOTO(e, st_h5_attr_write_str(grp, "meta", j->set_meta[i]), done);
+        st_h5_close(&grp);
+        if (!s->m) continue;
+        snprintf(name, sizeof name, "optim/%s", s->group);
+        ST_TRY(create_group(file, name, &grp));
+        ST_TRY_GOTO(e, st_h5_attr_write_i64(grp, "step", j->meta.set_step[i]), done);
+        st_h5_close(&grp);
+    }
+done:
+    st_h5_close(&grp);
+    return e;
+}
+
+/* Root, /config, /tokenizer, /train, /optim and the sets' attributes. Collective. */
 static st_err write_header(hid_t file, const save_job *j, const st_config *cfg, int root, hid_t dxpl)
 {
     const save_meta *m = &j->meta;
@@ -539,6 +776,7 @@ static st_err write_header(hid_t file, const save_job *j, const st_config *cfg, 
     ST_TRY(st_h5_attr_write_i64(file, "tokens_seen", m->tokens_seen));
     ST_TRY(st_h5_attr_write_str(file, "created", j->created));
     ST_TRY(st_h5_attr_write_str(file, "git", j->git));
+    if (j->sets[0]) ST_TRY(st_h5_attr_write_str(file, "sets", j->sets));
     ST_TRY(write_config_attrs(file, cfg));
     if (m->has_tok) {
         ST_TRY(create_group(file, "tokenizer", &grp));
@@ -556,44 +794,41 @@ static st_err write_header(hid_t file, const save_job *j, const st_config *cfg, 
         if (j->recipe) ST_TRY_GOTO(e, st_h5_str_dataset_write(grp, "recipe", j->recipe, root, dxpl), done);
         st_h5_close(&grp);
     }
-    if (j->has_optim) {
+    if (j->any_optim) {
         ST_TRY(create_group(file, "optim", &grp));
-        ST_TRY_GOTO(e, st_h5_attr_write_i64(grp, "step", m->adam_step), done);
-        ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "beta1", m->beta1), done);
-        ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "beta2", m->beta2), done);
-        ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "eps", m->eps), done);
-        ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "weight_decay", m->weight_decay), done);
+        /* the AdamW attributes belong to the model's moments (a set only has its step) */
+        if (j->has_optim) {
+            ST_TRY_GOTO(e, st_h5_attr_write_i64(grp, "step", m->adam_step), done);
+            ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "beta1", m->beta1), done);
+            ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "beta2", m->beta2), done);
+            ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "eps", m->eps), done);
+            ST_TRY_GOTO(e, st_h5_attr_write_f32(grp, "weight_decay", m->weight_decay), done);
+        }
         st_h5_close(&grp);
     }
+    ST_TRY(write_set_headers(file, j));
 done:
     st_h5_close(&grp);
     return e;
 }
 
-/* Create tensor ti of group gi (contiguous float32 at its global shape, with
+/* Create tensor ti of group gr (contiguous float32 at its global shape, with
  * its checksum) and write this rank's piece of it. */
-static st_err write_tensor(hid_t grp, int gi, const st_tensor *ti, uint64_t sum, const st_grid *g,
-                           const st_ckpt_tensors *t, hid_t dcpl, hid_t dxpl, const char *path)
+static st_err write_tensor(hid_t grp, const tgroup *gr, const st_tensor *ti, uint64_t sum, const st_grid *g,
+                           hid_t dcpl, hid_t dxpl, const char *path)
 {
     st_err e = ST_OK;
     hsize_t dims[2] = {(hsize_t)ti->shape[0], (hsize_t)ti->shape[1]};
     hid_t space = H5I_INVALID_HID, d = H5I_INVALID_HID;
-    char what[160];
-    snprintf(what, sizeof what, "/%s/%s", group_path[gi], ti->name);
+    char what[WHAT_CAP];
+    snprintf(what, sizeof what, "/%s/%s", gr->path, ti->name);
     if ((space = H5Screate_simple(ti->ndim, dims, NULL)) < 0 ||
         (d = H5Dcreate2(grp, ti->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)) < 0)
         ST_H5_GOTO(e, done, "%s: cannot create tensor %s", path, what);
     ST_TRY_GOTO(e, st_h5_attr_write_u64(d, "checksum", sum), done);
     int64_t a = 0, b = 0;
-    float *buf;
-    if (gi == G_MODEL) {
-        if (g->dp_rank == 0 && tp_owner(ti, g->tp_rank)) b = real_numel(ti);
-        buf = t->params + ti->offset;
-    } else {
-        if (tp_owner(ti, g->tp_rank)) opt_piece(ti, t->opt_begin, t->opt_end, &a, &b);
-        float *base = gi == G_M ? t->m : t->v;
-        buf = b > a ? base + (ti->offset + (size_t)a - t->opt_begin) : base;
-    }
+    float *buf = gr->buf;
+    if (group_writer(gr, ti, g)) buf = group_piece(gr, ti, &a, &b);
     ST_TRY_GOTO(e, xfer_piece(d, ti, a, b, buf, dxpl, 1, path, what), done);
 done:
     st_h5_close(&d);
@@ -601,11 +836,19 @@ done:
     return e;
 }
 
-static st_err write_tensors(hid_t file, const save_job *j, const st_grid *g, const st_ckpt_tensors *t,
-                            hid_t dxpl, const char *path)
+/* Open group name of loc, creating it when absent (the sets' groups exist
+ * already, with their attributes). */
+static st_err open_or_create_group(hid_t loc, const char *name, hid_t *out)
+{
+    if (!st_h5_has_link(loc, name)) return create_group(loc, name, out);
+    *out = H5Gopen2(loc, name, H5P_DEFAULT);
+    if (*out < 0) ST_H5_FAIL("cannot open group /%s", name);
+    return ST_OK;
+}
+
+static st_err write_tensors(hid_t file, const save_job *j, const st_grid *g, hid_t dxpl, const char *path)
 {
     st_err e = ST_OK;
-    const int nt = t->lay->n_tensors;
     hid_t grp = H5I_INVALID_HID, dcpl = H5P_DEFAULT;
     long written = 0;
     dcpl = H5Pcreate(H5P_DATASET_CREATE);
@@ -614,11 +857,12 @@ static st_err write_tensors(hid_t file, const save_job *j, const st_grid *g, con
         H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) < 0)
         ST_H5_GOTO(e, done, "cannot set up the tensor dataset properties");
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
-    for (int gi = 0; gi < (j->has_optim ? N_GROUPS : 1); gi++) {
-        e = create_group(file, group_path[gi], &grp);
+    for (int gi = 0; gi < j->n_groups; gi++) {
+        const tgroup *gr = &j->groups[gi];
+        e = open_or_create_group(file, gr->path, &grp);
         ST_TRY_GOTO(e, st_agree(g->world, e), done);
-        for (int i = 0; i < nt; i++) {
-            e = write_tensor(grp, gi, &t->lay->tensors[i], j->sums[gi * nt + i], g, t, dcpl, dxpl, path);
+        for (int i = 0; i < gr->lay->n_tensors; i++) {
+            e = write_tensor(grp, gr, &gr->lay->tensors[i], j->sums[gi][i], g, dcpl, dxpl, path);
             written++;
             if (!e && written == 1 && j->meta.pause_ms > 0) sleep_ms(j->meta.pause_ms);
             if (!e && g->world_rank == 0 && j->meta.fail_after >= 0 && written == j->meta.fail_after + 1)
@@ -654,7 +898,7 @@ static st_err write_tmp(const char *tmp, const save_job *j, const st_grid *g, co
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
     e = write_header(file, j, &t->lay->cfg, g->world_rank == 0, dxpl);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
-    ST_TRY_GOTO(e, write_tensors(file, j, g, t, dxpl, tmp), done);
+    ST_TRY_GOTO(e, write_tensors(file, j, g, dxpl, tmp), done);
 done:
     st_h5_close(&dxpl);
     if (file >= 0 && H5Fclose(file) < 0 && !e) {
@@ -713,13 +957,18 @@ st_err st_ckpt_save_file(const char *path, const st_grid *g, const st_ckpt_tenso
     if (!e && g->world_rank == 0 && tok_kind && tok_n && !tok_blob)
         e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s: tokenizer '%s' has %zu bytes but no data",
                          path, tok_kind, tok_n);
+    for (int i = 0; !e && g->world_rank == 0 && i < t->n_sets; i++)
+        if (t->sets[i].meta && strlen(t->sets[i].meta) > ST_CKPT_MAX_META)
+            e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
+                             "%s: the meta text of set '%s' has %zu bytes; at most %zu fit (ST_CKPT_MAX_META)",
+                             path, t->sets[i].group, strlen(t->sets[i].meta), ST_CKPT_MAX_META);
     long pause_ms = -1, fail_after = -1;
     if (!e) e = hook_ms("SHARDTUNE_CKPT_TEST_PAUSE_MS", &pause_ms);
     if (!e) e = hook_ms("SHARDTUNE_CKPT_TEST_FAIL_AFTER", &fail_after);
     ST_TRY(st_agree(g->world, e));
-    ST_TRY(check_same_model(g, t, path));
+    ST_TRY(check_same_model(g, t, 0, path));
     e = save_job_init(&j, g, t, s, tok_kind, tok_blob, tok_n, pause_ms, fail_after);
-    if (!e) e = save_checksums(&j, g, t, path);
+    if (!e) e = save_checksums(&j, g, path);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
     e = write_tmp(tmp, &j, g, t);
     if (!e && MPI_Barrier(g->world) != MPI_SUCCESS)
@@ -916,55 +1165,87 @@ st_err st_ckpt_read_config(const char *path, MPI_Comm comm, st_config *cfg)
     return ST_OK;
 }
 
+st_err st_ckpt_read_set_meta(const char *path, MPI_Comm comm, const char *group, char **meta, int *present)
+{
+    st_h5_quiet();
+    int me, here = 0;
+    st_err e = ST_OK;
+    char *text = NULL;
+    *meta = NULL;
+    *present = 0;
+    ST_MPI(MPI_Comm_rank(comm, &me));
+    if (!valid_set_name(group))
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s: '%.40s' is not a parameter set name", path,
+                         group ? group : "(null)");
+    if (!e && me == 0) {
+        hid_t file, grp;
+        e = open_serial(path, &file);
+        if (!e) {
+            if ((here = st_h5_has_link(file, group)) && (grp = H5Gopen2(file, group, H5P_DEFAULT)) < 0) {
+                st_h5_snapshot();
+                e = st_h5_error_set(__FILE__, __LINE__, __func__, "%s: cannot open parameter set /%s", path, group);
+            } else if (here) {
+                if (st_h5_has_attr(grp, "meta")) e = st_h5_attr_read_str(grp, "meta", ST_CKPT_MAX_META, &text);
+                H5Gclose(grp);
+            }
+            H5Fclose(file);
+        }
+    }
+    e = st_agree(comm, e);
+    if (e) {
+        free(text);
+        st_error_trace(__FILE__, __LINE__, __func__);
+        return e;
+    }
+    ST_MPI(MPI_Bcast(&here, 1, MPI_INT, 0, comm));
+    e = bcast_str(comm, 0, text, meta);
+    free(text);
+    ST_TRY(e);
+    *present = here;
+    return ST_OK;
+}
+
 /* ---- load ------------------------------------------------------------------- */
 
 /* Read this rank's pieces of one group's tensors (collective over the world,
- * one tensor at a time), then compare checksums reduced over `red`. */
-static st_err load_group(hid_t file, int gi, const char *path, const st_grid *g, st_ckpt_tensors *t,
-                         const char *const *skip, hid_t dxpl)
+ * one tensor at a time), then compare checksums reduced over the ranks that
+ * together hold each tensor once. */
+static st_err load_group(hid_t file, const tgroup *gr, const char *path, const st_grid *g, hid_t dxpl)
 {
-    const st_layout *lay = t->lay;
+    const st_layout *lay = gr->lay;
     const int nt = lay->n_tensors;
     st_err e = ST_OK;
     hid_t grp = H5I_INVALID_HID, d = H5I_INVALID_HID;
-    uint64_t *sum = calloc((size_t)(2 * nt), sizeof *sum), *stored = sum ? sum + nt : NULL;
-    char what[160];
+    uint64_t *sum = calloc(2 * (size_t)nt + 1, sizeof *sum), *stored = sum ? sum + nt : NULL;
+    char what[WHAT_CAP];
     if (!sum) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for checksums");
-    else if (!st_h5_has_link(file, group_path[gi]) || (grp = H5Gopen2(file, group_path[gi], H5P_DEFAULT)) < 0)
-        e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__, "%s has no group /%s", path, group_path[gi]);
+    else if (!st_h5_has_link(file, gr->path) || (grp = H5Gopen2(file, gr->path, H5P_DEFAULT)) < 0)
+        e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__, "%s has no group /%s", path, gr->path);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
     for (int i = 0; i < nt; i++) {
         const st_tensor *ti = &lay->tensors[i];
-        if (skipped(ti->name, skip)) continue;
-        snprintf(what, sizeof what, "/%s/%s", group_path[gi], ti->name);
-        e = open_tensor(grp, group_path[gi], ti, path, &d);
+        if (skipped(ti->name, gr->skip)) continue;
+        snprintf(what, sizeof what, "/%s/%s", gr->path, ti->name);
+        e = open_tensor(grp, gr->path, ti, path, &d);
         if (!e) e = st_h5_attr_read_u64(d, "checksum", &stored[i]);
         ST_TRY_GOTO(e, st_agree(g->world, e), done);
-        int64_t a = 0, b = 0;
-        float *buf;
-        if (gi == G_MODEL) {
-            b = real_numel(ti);
-            buf = t->params + ti->offset;
-        } else {
-            opt_piece(ti, t->opt_begin, t->opt_end, &a, &b);
-            float *base = gi == G_M ? t->m : t->v;
-            buf = b > a ? base + (ti->offset + (size_t)a - t->opt_begin) : base;
-        }
+        int64_t a, b;
+        float *buf = group_piece(gr, ti, &a, &b);
         e = xfer_piece(d, ti, a, b, buf, dxpl, 0, path, what);
         if (!e && tp_owner(ti, g->tp_rank)) sum[i] = piece_checksum(ti, buf, a, b);
         st_h5_close(&d);
         ST_TRY_GOTO(e, st_agree(g->world, e), done);
     }
-    /* parameters: each dp group holds a whole copy; moments: the world does */
-    MPI_Comm red = gi == G_MODEL ? g->tp : g->world;
+    /* whole-on-every-dp-group groups: each tp group holds a whole copy; ZeRO moments: the world does */
+    MPI_Comm red = gr->zero ? g->world : g->tp;
     if (MPI_Allreduce(MPI_IN_PLACE, sum, nt, MPI_UINT64_T, MPI_SUM, red) != MPI_SUCCESS)
         ST_FAIL_GOTO(e, agree, ST_ERR_MPI, "MPI_Allreduce of checksums failed");
     for (int i = 0; i < nt; i++) {
-        if (skipped(lay->tensors[i].name, skip) || sum[i] == stored[i]) continue;
+        if (skipped(lay->tensors[i].name, gr->skip) || sum[i] == stored[i]) continue;
         ST_FAIL_GOTO(e, agree, ST_ERR_FORMAT,
                      "%s: tensor /%s/%s is damaged: its data has checksum %016" PRIx64 " but the file "
                      "recorded %016" PRIx64 " (the file was modified or corrupted after it was written)",
-                     path, group_path[gi], lay->tensors[i].name, sum[i], stored[i]);
+                     path, gr->path, lay->tensors[i].name, sum[i], stored[i]);
     }
 agree:
     e = st_agree(g->world, e);
@@ -973,6 +1254,66 @@ done:
     st_h5_close(&grp);
     free(sum);
     return e;
+}
+
+/* Does the file hold the model's moments? (/optim alone may hold only sets'.) */
+static int has_model_optim(hid_t file)
+{
+    if (!st_h5_has_link(file, "optim")) return 0;
+    return st_h5_has_link(file, "optim/m") || st_h5_has_link(file, "optim/v");
+}
+
+/* Does the file hold /optim/<group>? */
+static int has_set_optim(hid_t file, const char *group)
+{
+    char name[GPATH_CAP];
+    snprintf(name, sizeof name, "optim/%s", group);
+    return st_h5_has_link(file, "optim") && st_h5_has_link(file, name);
+}
+
+/* The set groups named by the root attribute "sets" (n = 0 when it is
+ * absent), each checked like a name given to save. */
+static st_err read_sets_attr(hid_t file, const char *path, char names[ST_CKPT_MAX_SETS][ST_CKPT_MAX_SET_NAME + 1],
+                             int *n)
+{
+    char *list = NULL;
+    *n = 0;
+    if (!st_h5_has_attr(file, "sets")) return ST_OK;
+    ST_TRY(st_h5_attr_read_str(file, "sets", MAX_SHORT_STR, &list));
+    st_err e = ST_OK;
+    for (char *p = list, *q; *p && !e; p = *q ? q + 1 : q) {
+        q = p + strcspn(p, ",");
+        char c = *q;
+        *q = '\0';
+        if (!valid_set_name(p))
+            e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                             "%s: the root attribute 'sets' names an invalid group '%.40s'", path, p);
+        else if (*n == ST_CKPT_MAX_SETS)
+            e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                             "%s: the root attribute 'sets' names more than %d sets; this shardtune reads at most %d",
+                             path, ST_CKPT_MAX_SETS, ST_CKPT_MAX_SETS);
+        for (int k = 0; k < *n && !e; k++)
+            if (!strcmp(names[k], p))
+                e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                                 "%s: the root attribute 'sets' names '%s' twice", path, p);
+        if (!e) snprintf(names[(*n)++], ST_CKPT_MAX_SET_NAME + 1, "%s", p);
+        *q = c;
+    }
+    free(list);
+    return e;
+}
+
+/* "head, lora" or "none": the sets of the file, for messages. */
+static void sets_in_file(hid_t file, char *buf, size_t cap)
+{
+    char names[ST_CKPT_MAX_SETS][ST_CKPT_MAX_SET_NAME + 1];
+    int n = 0;
+    if (read_sets_attr(file, "", names, &n)) st_error_clear();
+    snprintf(buf, cap, "%s", n ? "" : "none");
+    for (int i = 0; i < n; i++) {
+        size_t at = strlen(buf);
+        snprintf(buf + at, cap - at, "%s%s", i ? ", " : "", names[i]);
+    }
 }
 
 static st_err load_optim_attrs(hid_t file, st_ckpt_tensors *t)
@@ -1033,6 +1374,56 @@ done:
     return e;
 }
 
+/* One requested set: its meta, parameters and (unless weights only) moments
+ * and step. Collective; the status is agreed. A set the file lacks is left as
+ * it is under ST_CKPT_SETS_OPTIONAL. On error s->meta is NULL. */
+static st_err load_set(hid_t file, const char *path, const st_grid *g, st_ckpt_set *s, int flags, hid_t dxpl)
+{
+    st_err e = ST_OK;
+    char have[256], oname[GPATH_CAP];
+    int here = st_h5_has_link(file, s->group), present;
+    ST_MPI(MPI_Allreduce(&here, &present, 1, MPI_INT, MPI_MIN, g->world));
+    if (!present) {
+        if (flags & ST_CKPT_SETS_OPTIONAL) return ST_OK;
+        sets_in_file(file, have, sizeof have);
+        ST_FAIL(ST_ERR_FORMAT, "%s has no parameter set '%s' (no group /%s; the file's sets: %s): it was saved "
+                "without one; load it without this set or start the set fresh", path, s->group, s->group, have);
+    }
+    hid_t grp = H5Gopen2(file, s->group, H5P_DEFAULT);
+    if (grp < 0) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__, "%s: cannot open parameter set /%s", path, s->group);
+    } else {
+        if (st_h5_has_attr(grp, "meta")) e = st_h5_attr_read_str(grp, "meta", ST_CKPT_MAX_META, &s->meta);
+        H5Gclose(grp);
+    }
+    ST_TRY_GOTO(e, st_agree(g->world, e), fail);
+    tgroup gp = set_group(s, W_PARAMS), gm = set_group(s, W_M), gv = set_group(s, W_V);
+    ST_TRY_GOTO(e, load_group(file, &gp, path, g, dxpl), fail);
+    if (!s->m || (flags & ST_CKPT_WEIGHTS_ONLY)) return ST_OK;
+    snprintf(oname, sizeof oname, "optim/%s", s->group);
+    if (!has_set_optim(file, s->group)) {
+        e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                         "%s: parameter set '%s' has no optimizer state (/%s): it was saved with weights only; "
+                         "load it weights only (fresh AdamW moments) or resume from a training checkpoint",
+                         path, s->group, oname);
+    } else if ((grp = H5Gopen2(file, oname, H5P_DEFAULT)) < 0) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__, "%s: cannot open /%s", path, oname);
+    } else {
+        e = st_h5_attr_read_i64(grp, "step", &s->adam_step);
+        H5Gclose(grp);
+    }
+    ST_TRY_GOTO(e, st_agree(g->world, e), fail);
+    ST_TRY_GOTO(e, load_group(file, &gm, path, g, dxpl), fail);
+    ST_TRY_GOTO(e, load_group(file, &gv, path, g, dxpl), fail);
+    return ST_OK;
+fail:
+    free(s->meta);
+    s->meta = NULL;
+    return e;
+}
+
 st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_train_state *s,
                     const char *const *skip, int flags, char **tok_kind, uint8_t **tok_blob, size_t *tok_n)
 {
@@ -1043,8 +1434,10 @@ st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_t
     if (tok_blob) *tok_blob = NULL;
     if (tok_n) *tok_n = 0;
     if (s) memset(s, 0, sizeof *s);
+    for (int i = 0; t && i < t->n_sets && i < ST_CKPT_MAX_SETS; i++) t->sets[i].meta = NULL;
     e = check_tensors_arg(g, t, path);
     ST_TRY(st_agree(g->world, e));
+    ST_TRY(check_same_model(g, t, flags, path));
     e = st_h5_fapl_mpio(g->world, &fapl);
     if (!e && (file = H5Fopen(path, H5F_ACC_RDONLY, fapl)) < 0) {
         st_h5_snapshot();
@@ -1053,17 +1446,19 @@ st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_t
     if (!e) e = check_format(file, path);
     if (!e) e = st_h5_dxpl_mpio(1, &dxpl);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
-    ST_TRY_GOTO(e, load_group(file, G_MODEL, path, g, t, skip, dxpl), done);
+    tgroup gp = model_group(t, W_PARAMS, skip), gm = model_group(t, W_M, skip), gv = model_group(t, W_V, skip);
+    ST_TRY_GOTO(e, load_group(file, &gp, path, g, dxpl), done);
     if (t->m && !(flags & ST_CKPT_WEIGHTS_ONLY)) {
-        if (!st_h5_has_link(file, "optim"))
+        if (!has_model_optim(file))
             e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
                              "%s has no optimizer state (/optim): it holds weights only; load it with "
                              "weights only (fresh AdamW moments) or resume from a training checkpoint", path);
         if (!e) e = load_optim_attrs(file, t);
         ST_TRY_GOTO(e, st_agree(g->world, e), done);
-        ST_TRY_GOTO(e, load_group(file, G_M, path, g, t, skip, dxpl), done);
-        ST_TRY_GOTO(e, load_group(file, G_V, path, g, t, skip, dxpl), done);
+        ST_TRY_GOTO(e, load_group(file, &gm, path, g, dxpl), done);
+        ST_TRY_GOTO(e, load_group(file, &gv, path, g, dxpl), done);
     }
+    for (int i = 0; i < t->n_sets; i++) ST_TRY_GOTO(e, load_set(file, path, g, &t->sets[i], flags, dxpl), done);
     if (s) e = load_train_state(file, s);
     if (!e && (tok_kind || tok_blob || tok_n)) e = load_tokenizer(file, tok_kind, tok_blob, tok_n);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
@@ -1080,6 +1475,7 @@ done:
         if (tok_kind) free(*tok_kind), *tok_kind = NULL;
         if (tok_blob) free(*tok_blob), *tok_blob = NULL;
         if (tok_n) *tok_n = 0;
+        for (int i = 0; i < t->n_sets; i++) free(t->sets[i].meta), t->sets[i].meta = NULL;
     }
     return e;
 }
@@ -1096,6 +1492,172 @@ void st_train_state_free(st_train_state *s)
 
 enum { V_OK = 0, V_MISSING, V_BADSHAPE, V_NOSUM, V_READ, V_MISMATCH };
 
+/* What a whole-file check expects to find: tensors by group with their global
+ * shapes, the model's from its config, the sets' from the file itself. */
+typedef struct {
+    int g;          /* index into vlist.gpath */
+    st_tensor t;    /* name, ndim, shape; the rest unused */
+    int status;     /* V_BADSHAPE from the start: a set's object that is not a float32 tensor */
+} vitem;
+
+typedef struct {
+    char gpath[MAX_TGROUPS][GPATH_CAP];
+    int ng;
+    vitem *v;
+    int n, cap;
+    st_err err;     /* set by the link-iteration callback */
+} vlist;
+
+static int vlist_group(vlist *L, const char *path)
+{
+    snprintf(L->gpath[L->ng], sizeof L->gpath[0], "%s", path);
+    return L->ng++;
+}
+
+static st_err vlist_push(vlist *L, int g, const char *name, int ndim, const int64_t *shape, int status)
+{
+    if (L->n == L->cap) {
+        int cap = L->cap ? 2 * L->cap : 64;
+        vitem *nv = realloc(L->v, (size_t)cap * sizeof *nv);
+        if (!nv) ST_FAIL(ST_ERR_MEM, "out of memory listing the tensors of a checkpoint");
+        L->v = nv, L->cap = cap;
+    }
+    vitem *it = &L->v[L->n++];
+    memset(it, 0, sizeof *it);
+    it->g = g;
+    it->status = strlen(name) < sizeof it->t.name ? status : V_BADSHAPE; /* not a name we write */
+    snprintf(it->t.name, sizeof it->t.name, "%s", name);
+    it->t.ndim = ndim;
+    it->t.shape[0] = shape[0], it->t.shape[1] = shape[1];
+    return ST_OK;
+}
+
+typedef struct { vlist *L; int g, first, too_many; } list_ctx;
+
+/* H5Literate callback: every link of a set's group becomes an item; links
+ * that are not hard links (soft, external: never followed) are bad items. */
+static herr_t collect_link(hid_t grp, const char *name, const H5L_info_t *info, void *op)
+{
+    (void)grp;
+    list_ctx *c = op;
+    static const int64_t none[2] = {0, 0};
+    if (c->L->n - c->first >= MAX_SET_TENSORS) return c->too_many = 1; /* stops the iteration */
+    c->L->err = vlist_push(c->L, c->g, name, 0, none, info->type == H5L_TYPE_HARD ? V_OK : V_BADSHAPE);
+    return c->L->err ? -1 : 0;
+}
+
+/* The shape of dataset name in grp if it is a float32 tensor of rank 1 or 2
+ * with sane dimensions; else it->status = V_BADSHAPE. */
+static void probe_tensor(hid_t grp, vitem *it)
+{
+    hid_t d = H5I_INVALID_HID, type = H5I_INVALID_HID, space = H5I_INVALID_HID;
+    hsize_t dims[H5S_MAX_RANK];
+    int nd;
+    it->status = V_BADSHAPE;
+    if ((d = H5Dopen2(grp, it->t.name, H5P_DEFAULT)) < 0 || (type = H5Dget_type(d)) < 0 ||
+        (space = H5Dget_space(d)) < 0 || H5Tget_class(type) != H5T_FLOAT || H5Tget_size(type) != 4 ||
+        (nd = H5Sget_simple_extent_ndims(space)) < 1 || nd > 2 || H5Sget_simple_extent_dims(space, dims, NULL) < 0)
+        goto done;
+    const uint64_t r = dims[0], w = nd == 2 ? dims[1] : 1;
+    if (r > (uint64_t)MAX_DIM || w > (uint64_t)MAX_DIM || (w && r > (uint64_t)MAX_DIM / w)) goto done;
+    it->t.ndim = nd;
+    it->t.shape[0] = (int64_t)r, it->t.shape[1] = (int64_t)w;
+    it->status = V_OK;
+done:
+    st_h5_close(&space);
+    st_h5_close(&type);
+    st_h5_close(&d);
+}
+
+/* Append the objects of set group gpath (group index g) as items. */
+static st_err list_set_tensors(hid_t file, const char *path, const char *gpath, vlist *L, int g)
+{
+    st_err e = ST_OK;
+    hid_t grp = H5Gopen2(file, gpath, H5P_DEFAULT);
+    if (grp < 0) ST_H5_FAIL("%s: cannot open parameter set /%s", path, gpath);
+    const int first = L->n;
+    list_ctx c = {L, g, first, 0};
+    hsize_t idx = 0;
+    L->err = ST_OK;
+    herr_t rc = H5Literate(grp, H5_INDEX_NAME, H5_ITER_INC, &idx, collect_link, &c);
+    if (L->err) ST_FAIL_GOTO(e, done, L->err, "%s: listing parameter set /%s failed", path, gpath);
+    if (c.too_many)
+        ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "%s: parameter set /%s holds more than %d objects", path, gpath,
+                     MAX_SET_TENSORS);
+    if (rc < 0) ST_H5_GOTO(e, done, "%s: cannot list parameter set /%s", path, gpath);
+    for (int i = first; i < L->n; i++)
+        if (L->v[i].status == V_OK) probe_tensor(grp, &L->v[i]);
+done:
+    H5Gclose(grp);
+    return e;
+}
+
+/* A set group holds as many objects as it was saved with. */
+static st_err check_set_count(hid_t file, const char *path, const char *name, int found)
+{
+    int64_t saved;
+    hid_t grp = H5Gopen2(file, name, H5P_DEFAULT);
+    if (grp < 0) ST_H5_FAIL("%s: cannot open parameter set /%s", path, name);
+    st_err e = st_h5_attr_read_i64(grp, "n_tensors", &saved);
+    H5Gclose(grp);
+    ST_TRY(e);
+    if (saved != found)
+        ST_FAIL(ST_ERR_FORMAT, "%s: parameter set /%s holds %d objects but was saved with %lld tensors "
+                "(the file was modified after it was written)", path, name, found, (long long)saved);
+    return ST_OK;
+}
+
+/* Every tensor the file should hold: the model's (and its moments when
+ * present) from cfg, then each set's named by the root attribute "sets" as
+ * the file lists them, and the same names again for its moments. */
+static st_err vlist_build(hid_t file, const char *path, const st_config *cfg, vlist *L)
+{
+    st_layout lay;
+    st_err e = ST_OK;
+    static const char *mg[] = {"model", "optim/m", "optim/v"};
+    ST_TRY(st_layout_init(&lay, cfg, 1, 0));
+    for (int k = 0; k < (has_model_optim(file) ? 3 : 1) && !e; k++) {
+        int g = vlist_group(L, mg[k]);
+        for (int i = 0; i < lay.n_tensors && !e; i++)
+            e = vlist_push(L, g, lay.tensors[i].name, lay.tensors[i].ndim, lay.tensors[i].shape, V_OK);
+    }
+    st_layout_free(&lay);
+    ST_TRY(e);
+    char names[ST_CKPT_MAX_SETS][ST_CKPT_MAX_SET_NAME + 1], gp[GPATH_CAP];
+    int ns;
+    ST_TRY(read_sets_attr(file, path, names, &ns));
+    for (int s = 0; s < ns; s++) {
+        if (!st_h5_has_link(file, names[s]))
+            ST_FAIL(ST_ERR_FORMAT, "%s: parameter set /%s (named by the root attribute 'sets') is missing", path,
+                    names[s]);
+        const int first = L->n;
+        ST_TRY(list_set_tensors(file, path, names[s], L, vlist_group(L, names[s])));
+        const int last = L->n;
+        ST_TRY(check_set_count(file, path, names[s], last - first));
+        if (!has_set_optim(file, names[s])) continue;
+        for (int w = 0; w < 2; w++) {
+            snprintf(gp, sizeof gp, "optim/%s/%c", names[s], "mv"[w]);
+            const int g = vlist_group(L, gp);
+            for (int i = first; i < last; i++) {
+                const vitem it = L->v[i]; /* a copy: the push may move the array */
+                ST_TRY(vlist_push(L, g, it.t.name, it.t.ndim, it.t.shape, it.status));
+            }
+        }
+    }
+    return ST_OK;
+}
+
+static uint64_t vlist_hash(const vlist *L)
+{
+    uint64_t h = st_splitmix64((uint64_t)L->n);
+    for (int i = 0; i < L->n; i++) {
+        const vitem *it = &L->v[i];
+        h = st_splitmix64(h ^ st_hash_str(it->t.name) ^ st_hash_str(L->gpath[it->g]));
+        h = st_splitmix64(h ^ (uint64_t)it->t.shape[0] ^ ((uint64_t)it->t.shape[1] << 24) ^ ((uint64_t)it->status << 56));
+    }
+    return h;
+}
+
 /* One row block of every tensor per rank, read independently (no collective
  * to keep in step), checksummed; results reduced over comm. With out, comm
  * rank 0 prints one line per tensor. Fails on the first problem after all
@@ -1103,84 +1665,91 @@ enum { V_OK = 0, V_MISSING, V_BADSHAPE, V_NOSUM, V_READ, V_MISMATCH };
 static st_err verify_tensors(hid_t file, const char *path, const st_config *cfg, MPI_Comm comm, FILE *out)
 {
     st_err e = ST_OK;
-    st_layout lay;
-    int me, np;
-    ST_MPI(MPI_Comm_rank(comm, &me));
-    ST_MPI(MPI_Comm_size(comm, &np));
-    ST_TRY(st_layout_init(&lay, cfg, 1, 0));
-    const int nt = lay.n_tensors, ng = st_h5_has_link(file, "optim") ? N_GROUPS : 1;
-    uint64_t *sum = calloc((size_t)(2 * N_GROUPS * nt), sizeof *sum), *stored = sum ? sum + N_GROUPS * nt : NULL;
-    int *status = calloc((size_t)(N_GROUPS * nt), sizeof *status);
+    vlist L;
+    int me, np, same;
+    uint64_t *sum = NULL, *stored = NULL;
+    int *status = NULL;
     float *buf = NULL;
     size_t buf_n = 0;
     hid_t grp = H5I_INVALID_HID, d = H5I_INVALID_HID, fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
+    memset(&L, 0, sizeof L);
+    ST_MPI(MPI_Comm_rank(comm, &me));
+    ST_MPI(MPI_Comm_size(comm, &np));
+    e = vlist_build(file, path, cfg, &L);
+    ST_TRY_GOTO(e, st_agree(comm, e), done);
+    ST_TRY_GOTO(e, same_everywhere(comm, vlist_hash(&L), &same), done);
+    if (!same) ST_FAIL_GOTO(e, done, ST_ERR_IO, "%s: the ranks read different tensor lists from the file", path);
+    const int nt = L.n;
+    sum = calloc(2 * (size_t)nt + 1, sizeof *sum), stored = sum ? sum + nt : NULL;
+    status = calloc((size_t)nt + 1, sizeof *status);
     if (!sum || !status) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory verifying %s", path);
     ST_TRY_GOTO(e, st_agree(comm, e), done);
-    for (int gi = 0; gi < ng; gi++) {
-        if ((grp = H5Gopen2(file, group_path[gi], H5P_DEFAULT)) < 0) {
-            for (int i = 0; i < nt; i++) status[gi * nt + i] = V_MISSING;
-            continue;
+    for (int i = 0, gcur = -1; i < nt; i++) {
+        const st_tensor *ti = &L.v[i].t;
+        int *st = &status[i];
+        *st = L.v[i].status;
+        if (L.v[i].g != gcur) { /* items come group by group */
+            gcur = L.v[i].g;
+            st_h5_close(&grp);
+            if (st_h5_has_link(file, L.gpath[gcur])) grp = H5Gopen2(file, L.gpath[gcur], H5P_DEFAULT);
         }
-        for (int i = 0; i < nt; i++) {
-            const st_tensor *ti = &lay.tensors[i];
-            int *st = &status[gi * nt + i];
-            if (!st_h5_has_link(grp, ti->name)) { *st = V_MISSING; continue; }
-            if (open_tensor(grp, group_path[gi], ti, path, &d)) { *st = V_BADSHAPE; continue; }
-            if (st_h5_attr_read_u64(d, "checksum", &stored[gi * nt + i])) *st = V_NOSUM;
-            const int64_t R = ti->shape[0], W = ti->shape[1];
-            const int64_t r_end = R * (me + 1) / np, step = W >= VERIFY_BLOCK ? 1 : VERIFY_BLOCK / W;
-            for (int64_t r = R * me / np; r < r_end && *st == V_OK; r += step) {
-                int64_t nr = r_end - r < step ? r_end - r : step;
-                size_t n = (size_t)(nr * W);
-                if (n > buf_n) {
-                    free(buf);
-                    buf_n = (buf = malloc(n * sizeof *buf)) ? n : 0;
-                    if (!buf) { *st = V_READ; break; } /* reported after the reduction */
-                }
-                hsize_t fst[2] = {(hsize_t)r, 0}, cnt[2] = {(hsize_t)nr, (hsize_t)W}, mn = n;
-                if ((fspace = H5Dget_space(d)) < 0 ||
-                    H5Sselect_hyperslab(fspace, H5S_SELECT_SET, fst, NULL, cnt, NULL) < 0 ||
-                    (mspace = H5Screate_simple(1, &mn, NULL)) < 0 ||
-                    H5Dread(d, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, buf) < 0)
-                    *st = V_READ;
-                else
-                    sum[gi * nt + i] += st_ckpt_checksum_run(buf, n, (uint64_t)(r * W));
-                st_h5_close(&mspace);
-                st_h5_close(&fspace);
+        if (*st != V_OK) continue;
+        if (grp < 0 || !st_h5_has_link(grp, ti->name)) { *st = V_MISSING; continue; }
+        if (open_tensor(grp, L.gpath[gcur], ti, path, &d)) { *st = V_BADSHAPE; continue; }
+        if (st_h5_attr_read_u64(d, "checksum", &stored[i])) *st = V_NOSUM;
+        const int64_t R = ti->shape[0], W = ti->shape[1];
+        const int64_t r_end = W ? R * (me + 1) / np : 0, step = W >= VERIFY_BLOCK ? 1 : VERIFY_BLOCK / (W ? W : 1);
+        for (int64_t r = R * me / np; r < r_end && *st == V_OK; r += step) {
+            int64_t nr = r_end - r < step ? r_end - r : step;
+            size_t n = (size_t)(nr * W);
+            if (n > buf_n) {
+                free(buf);
+                buf_n = (buf = malloc(n * sizeof *buf)) ? n : 0;
+                if (!buf) { *st = V_READ; break; } /* reported after the reduction */
             }
-            st_h5_close(&d);
+            hsize_t fst[2] = {(hsize_t)r, 0}, cnt[2] = {(hsize_t)nr, (hsize_t)W}, mn = n;
+            if ((fspace = H5Dget_space(d)) < 0 ||
+                H5Sselect_hyperslab(fspace, H5S_SELECT_SET, fst, NULL, cnt, NULL) < 0 ||
+                (mspace = H5Screate_simple(1, &mn, NULL)) < 0 ||
+                H5Dread(d, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, buf) < 0)
+                *st = V_READ;
+            else
+                sum[i] += st_ckpt_checksum_run(buf, n, (uint64_t)(r * W));
+            st_h5_close(&mspace);
+            st_h5_close(&fspace);
         }
-        st_h5_close(&grp);
+        st_h5_close(&d);
     }
-    if (MPI_Allreduce(MPI_IN_PLACE, sum, N_GROUPS * nt, MPI_UINT64_T, MPI_SUM, comm) != MPI_SUCCESS ||
-        MPI_Allreduce(MPI_IN_PLACE, status, N_GROUPS * nt, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
+    st_h5_close(&grp);
+    if (MPI_Allreduce(MPI_IN_PLACE, sum, nt, MPI_UINT64_T, MPI_SUM, comm) != MPI_SUCCESS ||
+        MPI_Allreduce(MPI_IN_PLACE, status, nt, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
         ST_FAIL_GOTO(e, done, ST_ERR_MPI, "MPI_Allreduce while verifying %s failed", path);
     int bad = 0, first = -1;
     double bytes = 0;
-    for (int gi = 0; gi < ng; gi++)
-        for (int i = 0; i < nt; i++) {
-            const int k = gi * nt + i;
-            const st_tensor *ti = &lay.tensors[i];
-            if (status[k] == V_OK && sum[k] != stored[k]) status[k] = V_MISMATCH;
-            if (status[k] != V_OK && first < 0) first = k;
-            bad += status[k] != V_OK;
-            bytes += 4.0 * (double)global_numel(ti);
-            if (!out || me) continue;
-            char shp[64], name[160];
-            static const char *what[] = {"ok", "MISSING", "WRONG SHAPE OR TYPE", "NO CHECKSUM", "READ ERROR",
-                                         "CHECKSUM MISMATCH (damaged)"};
-            snprintf(name, sizeof name, "/%s/%s", group_path[gi], ti->name);
-            fprintf(out, "  %-60s %-14s %10.3f MB  %s\n", name, shape_str(ti->ndim, ti->shape, shp, sizeof shp),
-                    4.0 * (double)global_numel(ti) / 1e6, what[status[k]]);
-        }
+    for (int k = 0; k < nt; k++) {
+        const st_tensor *ti = &L.v[k].t;
+        if (status[k] == V_OK && sum[k] != stored[k]) status[k] = V_MISMATCH;
+        if (status[k] != V_OK && first < 0) first = k;
+        bad += status[k] != V_OK;
+        bytes += 4.0 * (double)global_numel(ti);
+        if (!out || me) continue;
+        char shp[64], name[WHAT_CAP];
+        static const char *what[] = {"ok", "MISSING", "WRONG SHAPE OR TYPE", "NO CHECKSUM", "READ ERROR",
+                                     "CHECKSUM MISMATCH (damaged)"};
+        snprintf(name, sizeof name, "/%s/%s", L.gpath[L.v[k].g], ti->name);
+        if (ti->ndim) shape_str(ti->ndim, ti->shape, shp, sizeof shp);
+        else snprintf(shp, sizeof shp, "?");
+        fprintf(out, "  %-60s %-14s %10.3f MB  %s\n", name, shp, 4.0 * (double)global_numel(ti) / 1e6,
+                what[status[k]]);
+    }
     if (out && !me)
-        fprintf(out, "%d tensors, %.3f MB: %s\n", ng * nt, bytes / 1e6,
+        fprintf(out, "%d tensors, %.3f MB: %s\n", nt, bytes / 1e6,
                 bad ? "SOME TENSORS FAILED VERIFICATION" : "all checksums verified");
     if (first >= 0) {
         static const char *why[] = {"", "is missing", "has the wrong shape or type", "has no checksum attribute",
                                     "could not be read", "is damaged (checksum mismatch)"};
-        ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "%s: tensor /%s/%s %s%s", path, group_path[first / nt],
-                     lay.tensors[first % nt].name, why[status[first]],
+        ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "%s: tensor /%s/%s %s%s", path, L.gpath[L.v[first].g],
+                     L.v[first].t.name, why[status[first]],
                      bad > 1 ? " (and other tensors: see 'shardtune inspect')" : "");
     }
 done:
@@ -1191,7 +1760,7 @@ done:
     free(buf);
     free(status);
     free(sum);
-    st_layout_free(&lay);
+    free(L.v);
     return e;
 }
 
@@ -1279,6 +1848,43 @@ done:
     return e;
 }
 
+/* Rank 0's line about one set: tensors, parameters, optimizer step, meta. */
+static st_err inspect_set(hid_t file, const char *path, const char *name, FILE *out)
+{
+    st_err e = ST_OK;
+    vlist L;
+    char *meta = NULL, oname[GPATH_CAP];
+    int64_t step = 0;
+    long long params = 0;
+    hid_t grp = H5I_INVALID_HID;
+    memset(&L, 0, sizeof L);
+    if (!st_h5_has_link(file, name)) {
+        fprintf(out, "set %s: MISSING (named by the root attribute 'sets')\n", name);
+        return ST_OK;
+    }
+    ST_TRY_GOTO(e, list_set_tensors(file, path, name, &L, vlist_group(&L, name)), done);
+    for (int i = 0; i < L.n; i++) params += L.v[i].t.shape[0] * L.v[i].t.shape[1];
+    if ((grp = H5Gopen2(file, name, H5P_DEFAULT)) < 0) ST_H5_GOTO(e, done, "%s: cannot open /%s", path, name);
+    if (st_h5_has_attr(grp, "meta")) ST_TRY_GOTO(e, st_h5_attr_read_str(grp, "meta", ST_CKPT_MAX_META, &meta), done);
+    st_h5_close(&grp);
+    fprintf(out, "set %s: %d tensors, %lld parameters, ", name, L.n, params);
+    snprintf(oname, sizeof oname, "optim/%s", name);
+    if (has_set_optim(file, name)) {
+        if ((grp = H5Gopen2(file, oname, H5P_DEFAULT)) < 0) ST_H5_GOTO(e, done, "%s: cannot open /%s", path, oname);
+        ST_TRY_GOTO(e, st_h5_attr_read_i64(grp, "step", &step), done);
+        fprintf(out, "optimizer step %lld\n", (long long)step);
+    } else {
+        fprintf(out, "optimizer: none\n");
+    }
+    const int cut = 2000;
+    if (meta) fprintf(out, "  meta: %.*s%s\n", cut, meta, strlen(meta) > (size_t)cut ? " ..." : "");
+done:
+    st_h5_close(&grp);
+    free(meta);
+    free(L.v);
+    return e;
+}
+
 /* Rank 0's header lines of inspect. */
 static st_err inspect_header(const char *path, FILE *out)
 {
@@ -1312,7 +1918,7 @@ static st_err inspect_header(const char *path, FILE *out)
         fprintf(out, "train: none (weights only)\n");
     if (kind) fprintf(out, "tokenizer: %s, %zu bytes\n", kind, tok_n);
     else fprintf(out, "tokenizer: none\n");
-    if (st_h5_has_link(file, "optim")) {
+    if (has_model_optim(file)) {
         st_ckpt_tensors t;
         memset(&t, 0, sizeof t);
         ST_TRY_GOTO(e, load_optim_attrs(file, &t), done);
@@ -1321,6 +1927,11 @@ static st_err inspect_header(const char *path, FILE *out)
     } else {
         fprintf(out, "optimizer: none\n");
     }
+    char names[ST_CKPT_MAX_SETS][ST_CKPT_MAX_SET_NAME + 1];
+    int ns;
+    ST_TRY_GOTO(e, read_sets_attr(file, path, names, &ns), done);
+    if (!ns) fprintf(out, "sets: none\n");
+    for (int i = 0; i < ns; i++) ST_TRY_GOTO(e, inspect_set(file, path, names[i], out), done);
     fprintf(out, "tensors:\n");
 done:
     free(created);

@@ -11,7 +11,15 @@
  *   /model/<name>  float32 at the GLOBAL shape, names from the tensor table
  *   /optim         attrs step, beta1, beta2, eps, weight_decay
  *   /optim/m/<name>, /optim/v/<name>   AdamW moments, float32, global shapes
- * Every /model and /optim tensor carries a uint64 attribute "checksum":
+ *                  (/optim has its attrs when these are there)
+ * Extra parameter sets beside the model (a classification head, LoRA
+ * adapters), each with its own tensor table:
+ *   /              attr sets = "head,lora" (the set groups; absent = none)
+ *   /<group>       attrs n_tensors, meta (JSON text, optional);
+ *                  /<group>/<name> float32 at the tensor's global shape
+ *   /optim/<group> attr step (the set's AdamW step), when it has moments:
+ *   /optim/<group>/m/<name>, /optim/<group>/v/<name>
+ * Every tensor (model, moments, sets) carries a uint64 attribute "checksum":
  *   sum over elements i (global row-major index) of
  *   splitmix64(bits(x_i) XOR splitmix64(i))   (mod 2^64)
  * A sum of per-element terms, so each rank checksums only its slice and one
@@ -54,6 +62,27 @@ typedef struct {
     char *method;                    /* "pretrain", "sft", ... (NULL = none); malloc'd on load */
 } st_train_state;
 
+/* An extra parameter set stored beside the model (a classification head,
+ * LoRA adapters). Its tensors are sliced over tp as its own layout says (the
+ * model's split kinds; no vocabulary padding) and replicated over dp: every
+ * dp group holds the whole set and its moments (never ZeRO-sliced), and the
+ * dp rank 0 group writes them. */
+#define ST_CKPT_MAX_SETS 4
+#define ST_CKPT_MAX_SET_NAME 31      /* group names: [A-Za-z0-9_-]; not model, optim, config,
+                                        tokenizer or train */
+#define ST_CKPT_MAX_META ((size_t)60 << 10) /* meta is an attribute: HDF5 keeps those under 64 KiB */
+
+typedef struct {
+    const char *group;               /* "head", "lora": stored as /<group>/<tensor name> */
+    const st_layout *lay;            /* the set's tensor table (this rank's tp slice) */
+    float *params;                   /* lay->numel floats */
+    float *m, *v;                    /* moments of the whole set (lay->numel each), NULL = none */
+    int64_t adam_step;               /* attr step on /optim/<group> */
+    char *meta;                      /* JSON text, attr meta on /<group> (NULL = none; world
+                                        rank 0's is written). On load: pass NULL; receives a
+                                        malloc'd copy (NULL when the file has none): free it */
+} st_ckpt_set;
+
 typedef struct {
     const st_layout *lay;            /* this rank's layout (its tp slice) */
     float *params;                   /* lay->numel floats */
@@ -63,16 +92,24 @@ typedef struct {
     size_t opt_begin, opt_end;
     int64_t adam_step;               /* attrs on /optim */
     float beta1, beta2, eps, weight_decay;
+    int n_sets;                      /* extra parameter sets (0 = none) */
+    st_ckpt_set sets[ST_CKPT_MAX_SETS];
 } st_ckpt_tensors;
 
-enum { ST_CKPT_WEIGHTS_ONLY = 1 };
+/* ST_CKPT_WEIGHTS_ONLY: no moments (model or sets) and no AdamW attributes
+ * are read. ST_CKPT_SETS_OPTIONAL: a requested set the file lacks is left
+ * as it is (meta NULL) instead of failing the load. */
+enum { ST_CKPT_WEIGHTS_ONLY = 1, ST_CKPT_SETS_OPTIONAL = 2 };
 
 /* Write path atomically (see above). Collective over g->world. Each rank
  * writes only its slice: parameters from the dp_rank 0 group (replicated
  * tensors from tp rank 0 only), moments from every rank's [opt_begin,
- * opt_end) range (replicated tensors from tp rank 0). Train state, tokenizer
- * and optimizer attributes are taken from world rank 0 (other ranks may pass
- * NULL s / tok_kind). On error PATH.tmp is removed and PATH is untouched. */
+ * opt_end) range (replicated tensors from tp rank 0), sets' parameters and
+ * moments from the dp_rank 0 group like the model's parameters. Train state,
+ * tokenizer, optimizer attributes and the sets' adam_step and meta are taken
+ * from world rank 0 (other ranks may pass NULL s / tok_kind / meta); the set
+ * groups and layouts must be the same on every rank. On error PATH.tmp is
+ * removed and PATH is untouched. */
 st_err st_ckpt_save_file(const char *path, const st_grid *g, const st_ckpt_tensors *t,
                          const st_train_state *s, const char *tok_kind,
                          const uint8_t *tok_blob, size_t tok_n);
@@ -99,20 +136,35 @@ st_err st_ckpt_read_config(const char *path, MPI_Comm comm, st_config *cfg);
  * checksum; errors name the file and the tensor. On error the buffers may be
  * partly overwritten. s (may be NULL) is overwritten: free its strings first.
  * tok_kind / tok_blob / tok_n (each may be NULL) receive malloc'd copies of
- * the tokenizer, NULL when the file has none. */
+ * the tokenizer, NULL when the file has none.
+ * Sets: for each t->sets[i] (group, lay, params given; the same sets on
+ * every rank) every rank reads its tp slice of the parameters and, when m
+ * and v are given and not ST_CKPT_WEIGHTS_ONLY, of both moments plus
+ * adam_step (a set without /optim/<group> is then an error); meta receives a
+ * malloc'd copy or NULL. A requested set the file lacks fails the load
+ * naming the file and the group, unless ST_CKPT_SETS_OPTIONAL. Sets in the
+ * file that were not requested are ignored. On error every sets[i].meta is
+ * NULL. skip applies to the model only. */
 st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_train_state *s,
                     const char *const *skip, int flags, char **tok_kind, uint8_t **tok_blob,
                     size_t *tok_n);
 
+/* Does path hold parameter set `group`, and its meta? Rank 0 reads, every
+ * rank of comm receives the same answer: *present 0/1, *meta a malloc'd copy
+ * of the meta text (NULL when absent; free it). For callers that need a
+ * set's shape (number of classes, LoRA rank) before they build it. */
+st_err st_ckpt_read_set_meta(const char *path, MPI_Comm comm, const char *group, char **meta, int *present);
+
 /* The newest complete checkpoint in dir: DIR/latest first, then step_*.h5 by
  * descending step. Each candidate is verified (format, shapes, every
- * checksum; the reading is spread over comm); a bad one is skipped with a
+ * checksum of the model, its moments and every set named by the root
+ * attribute "sets"; the reading is spread over comm); a bad one is skipped with a
  * warning on rank 0's stderr naming the file and the reason. Collective. */
 st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_t cap);
 
 /* Human-readable summary to out on comm rank 0: format, config, step,
- * tokens, parameter count, every tensor's shape and size and whether its
- * checksum verifies. Collective over comm (MPI_COMM_SELF runs it on one
+ * tokens, parameter count, the sets (tensors, parameters, optimizer step,
+ * meta), every tensor's shape and size and whether its checksum verifies. Collective over comm (MPI_COMM_SELF runs it on one
  * rank). Returns ST_ERR_FORMAT when any tensor is missing or damaged. */
 st_err st_ckpt_inspect(const char *path, MPI_Comm comm, FILE *out);
 

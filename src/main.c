@@ -15,6 +15,7 @@ static const struct {
     {"prepare", "tokenize JSONL/CSV data into a dataset.h5"},
     {"train", "pretrain or fine-tune a model on a dataset (mpirun for many ranks)"},
 
+    {"eval", "loss, perplexity, accuracy, macro-F1, exact match of a checkpoint on a dataset"},
     {"generate", "sample text from a checkpoint"},
     {"convert", "import a Hugging Face directory, llama2.c or llm.c model into a checkpoint"},
     {"export", "write a checkpoint as a Hugging Face directory or a GGUF file"},
@@ -34,6 +35,7 @@ static st_err dispatch(int argc, char **argv, MPI_Comm world)
     const char *cmd = argv[0];
     if (!strcmp(cmd, "train")) return st_cmd_train(argc, argv, world);
     if (!strcmp(cmd, "generate")) return st_cmd_generate(argc, argv, world);
+    if (!strcmp(cmd, "eval")) return st_cmd_eval(argc, argv, world);
 
     if (!strcmp(cmd, "inspect")) return st_cmd_inspect(argc, argv, world);
     if (!strcmp(cmd, "convert")) return st_cmd_convert(argc, argv, world);

@@ -121,6 +121,8 @@ static const st_option train_options[] = {
  * replicated over dp, reduced with one all-reduce per step, its own AdamW. */
 typedef struct {
     const char *what;
+    const char *group;     /* its checkpoint group: "head", "lora" */
+    char *meta;            /* its description (JSON), stored with it */
     const st_layout *lay;
     float *params, *grads;
     st_adamw adam;
@@ -225,14 +227,32 @@ static st_err open_data(trainer *t)
     return ST_OK;
 }
 
-static st_err add_extra(trainer *t, const char *what, const st_layout *lay, float *params, float *grads)
+static st_err add_extra(trainer *t, const char *what, const char *group, char *meta, const st_layout *lay,
+                        float *params, float *grads)
 {
     pset *p = &t->extra[t->n_extra++];
     p->what = what;
+    p->group = group;
+    p->meta = meta;
     p->lay = lay;
     p->params = params;
     p->grads = grads;
     return st_adamw_init(&p->adam, lay, 0, lay->numel, &O.opt);
+}
+
+/* {"rank":8,"alpha":16,"dropout":0,"targets":"q,v"}: how to rebuild the adapters */
+static char *lora_meta(const st_lora *l)
+{
+    static const char *names[ST_T_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+    char targets[64] = "", *out = malloc(256);
+    unsigned mask = st_lora_targets(l);
+    for (int i = 0; i < ST_T_COUNT; i++)
+        if (mask & (1u << i)) snprintf(targets + strlen(targets), sizeof targets - strlen(targets), "%s%s",
+                                       targets[0] ? "," : "", names[i]);
+    if (out)
+        snprintf(out, 256, "{\"rank\":%d,\"alpha\":%g,\"dropout\":%g,\"targets\":\"%s\"}", O.lora.rank,
+                 O.lora.alpha, O.lora.dropout, targets);
+    return out;
 }
 
 /* What trains: the head of classify, and which body tensors (freeze_layers). */
@@ -247,7 +267,14 @@ static st_err setup_method(trainer *t)
             ST_FAIL(ST_ERR_ARG, "method classify needs a dataset with labels ('%s' has %d); prepare it with "
                     "--format classify", O.data_train, k);
         ST_TRY(st_cls_create(&t->head, m, k, !strcmp(O.pool, "mean"), (uint64_t)O.seed));
-        ST_TRY(add_extra(t, "classification head", &t->head.lay, t->head.params, t->head.grads));
+        const char **names = malloc(sizeof *names * (size_t)k);
+        if (!names) ST_FAIL(ST_ERR_MEM, "out of memory");
+        for (int i = 0; i < k; i++) names[i] = st_dataset_label_name(t->ds, i);
+        char *meta = NULL;
+        st_err e = st_cls_meta_json(&t->head, names, &meta);
+        free(names);
+        ST_TRY(e);
+        ST_TRY(add_extra(t, "classification head", "head", meta, &t->head.lay, t->head.params, t->head.grads));
     }
     if (O.lora.rank > 0) {
         if (O.freeze_layers)
@@ -255,11 +282,13 @@ static st_err setup_method(trainer *t)
         ST_TRY(st_lora_parse_targets(O.lora_targets, &O.lora.targets));
         ST_TRY(st_lora_create(&t->lora, y, &O.lora, (int64_t)O.batch_size * O.seq_len, (uint64_t)O.seed));
         m->adapter = st_lora_adapter(t->lora);
-        ST_TRY(add_extra(t, "LoRA adapters", st_lora_layout(t->lora), st_lora_params(t->lora), st_lora_grads(t->lora)));
+        ST_TRY(add_extra(t, "LoRA adapters", "lora", lora_meta(t->lora), st_lora_layout(t->lora),
+                         st_lora_params(t->lora), st_lora_grads(t->lora)));
         ST_ALLOC(t->trainable, y->n_tensors, "trainable flags"); /* all zero: the base is frozen */
         st_model_set_trainable(m, t->trainable, 1);
         t->adam.trainable = t->trainable;
         t->body_trainable = 0;
+        st_adamw_free(&t->adam); /* a frozen base needs no moments: 8 bytes per parameter saved */
         return ST_OK;
     }
     int fl = O.freeze_layers < 0 ? y->cfg.n_layer : O.freeze_layers;
@@ -346,6 +375,11 @@ static st_ckpt_tensors ckpt_tensors(trainer *t)
         .opt_begin = t->own_begin, .opt_end = t->own_end, .adam_step = t->adam.step,
         .beta1 = O.opt.beta1, .beta2 = O.opt.beta2, .eps = O.opt.eps, .weight_decay = O.opt.weight_decay,
     };
+    for (int e = 0; e < t->n_extra; e++)
+        c.sets[c.n_sets++] = (st_ckpt_set){.group = t->extra[e].group, .lay = t->extra[e].lay,
+                                           .params = t->extra[e].params, .m = t->extra[e].adam.m,
+                                           .v = t->extra[e].adam.v, .adam_step = t->extra[e].adam.step,
+                                           .meta = t->extra[e].meta};
     return c;
 }
 
@@ -376,7 +410,7 @@ static st_err load_start(trainer *t)
         st_train_state s = {0};
         /* The file wants disjoint moment ranges over dp. Without ZeRO every dp
          * rank needs all moments: read a 1/dp slice each, then all-gather. */
-        const int replicate = !t->dp.zero && t->grid.dp_size > 1;
+        const int replicate = !t->dp.zero && t->grid.dp_size > 1 && t->adam.m;
         const size_t n = t->model.lay.numel, d = (size_t)t->grid.dp_size, r = (size_t)t->grid.dp_rank;
         if (replicate) {
             c.opt_begin = n * r / d;
@@ -384,7 +418,12 @@ static st_err load_start(trainer *t)
             c.m = t->adam.m + c.opt_begin;
             c.v = t->adam.v + c.opt_begin;
         }
+        for (int i = 0; i < c.n_sets; i++) c.sets[i].meta = NULL;
         ST_TRY(st_ckpt_load(path, &t->grid, &c, &s, NULL, 0, NULL, NULL, NULL));
+        for (int i = 0; i < c.n_sets; i++) {
+            t->extra[i].adam.step = c.sets[i].adam_step;
+            free(c.sets[i].meta);
+        }
         if (replicate) {
             int *counts, *displs;
             ST_ALLOC(counts, d, "moment counts");
@@ -410,6 +449,7 @@ static st_err load_start(trainer *t)
     if (O.init_from) {
         st_ckpt_tensors c = ckpt_tensors(t);
         c.m = c.v = NULL;
+        c.n_sets = 0; /* heads and adapters start fresh on a new base */
         /* the skip list: "a,b,c*" -> {"a", "b", "c*", NULL} */
         char *list = O.init_skip ? strdup(O.init_skip) : NULL, *names[64] = {0}, *save = NULL;
         int n = 0;
@@ -626,6 +666,8 @@ static st_err run(trainer *t)
     t->best_val = -1;
     ST_TRY(eval_loss(t, &val0, &acc0));
     print_eval(t, t->start_step ? "at the resumed step" : "before training", val0, acc0);
+    if (O.steps == 0) /* steps: 0 writes the starting point (base + fresh head or adapters) */
+        return save(t, 0);
     for (int64_t step = t->start_step; step < O.steps; step++) {
         double loss = 0, gnorm = 0, t_step = st_now();
         int64_t ntok = 0;
@@ -685,7 +727,10 @@ static st_err run(trainer *t)
 static void teardown(trainer *t)
 {
     st_metrics_close(&t->metrics);
-    for (int e = 0; e < t->n_extra; e++) st_adamw_free(&t->extra[e].adam);
+    for (int e = 0; e < t->n_extra; e++) {
+        st_adamw_free(&t->extra[e].adam);
+        free(t->extra[e].meta);
+    }
     if (t->classify) st_cls_free(&t->head);
     if (t->lora) st_lora_free(t->lora);
     free(t->trainable);

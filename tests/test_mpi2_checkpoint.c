@@ -1,4 +1,5 @@
-/* test_mpi2_checkpoint.c: checkpoints across grids on 2 ranks (mpirun -np 2).
+/* test_mpi2_checkpoint.c: checkpoints across grids on 2 ranks (mpirun -np 2),
+ * with and without extra parameter sets (a classification head, LoRA-like adapters).
  *
  * Values are functions of (tensor, global index) only, so the expected
  * contents of any rank's slice on any grid are computed independently of the
@@ -729,6 +730,545 @@ START_TEST(test_pause_hook)
 }
 END_TEST
 
+/* ---- extra parameter sets: a classification head and LoRA-like adapters ------ */
+
+/* A set's tensor, to be laid out by hand as st_cls_create and st_lora_create do. */
+typedef struct { const char *name; int ndim; int64_t rows, cols; st_split split; } tspec;
+
+/* replicated, like the classification head (K = 3 classes, C = 32) */
+static const tspec HEAD[] = {{"score.weight", 2, 3, 32, ST_SPLIT_NONE}, {"score.bias", 1, 3, 1, ST_SPLIT_NONE}};
+/* the split kinds of LoRA: A of a column-parallel target replicated, its B
+ * split by rows; A of a row-parallel target split by columns, its B
+ * replicated; and a split vector */
+static const tspec LORA[] = {
+    {"model.layers.0.self_attn.q_proj.lora_A.weight", 2, 4, 32, ST_SPLIT_NONE},
+    {"model.layers.0.self_attn.q_proj.lora_B.weight", 2, 32, 4, ST_SPLIT_COL},
+    {"model.layers.1.self_attn.o_proj.lora_A.weight", 2, 4, 32, ST_SPLIT_ROW},
+    {"model.layers.1.self_attn.o_proj.lora_B.weight", 2, 32, 4, ST_SPLIT_NONE},
+    {"model.layers.1.mlp.up_proj.lora_scale", 1, 48, 1, ST_SPLIT_COL},
+};
+#define N_HEAD ((int)(sizeof HEAD / sizeof HEAD[0]))
+#define N_LORA ((int)(sizeof LORA / sizeof LORA[0]))
+#define HEAD_SALT 10
+#define LORA_SALT 20
+static const char HEAD_META[] = "{\"labels\":[\"neg\",\"pos\",\"neutral\"],\"pool\":\"last\"}";
+static const char LORA_META[] = "{\"rank\":4,\"alpha\":8,\"targets\":\"q,o\"}";
+
+typedef struct {
+    st_layout lay;
+    float *p, *m, *v;
+} pset;
+
+/* The layout of tp rank r of T: COL splits rows, ROW splits columns. */
+static void pset_init(pset *s, const st_config *cfg, const tspec *sp, int n, int T, int r, int with_opt)
+{
+    memset(s, 0, sizeof *s);
+    st_layout *lay = &s->lay;
+    lay->cfg = *cfg;
+    lay->tp_size = T, lay->tp_rank = r, lay->n_tensors = n;
+    lay->tensors = calloc((size_t)n, sizeof *lay->tensors);
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        st_tensor *t = &lay->tensors[i];
+        snprintf(t->name, sizeof t->name, "%s", sp[i].name);
+        t->ndim = sp[i].ndim, t->split = sp[i].split, t->layer = -1;
+        t->shape[0] = t->lshape[0] = sp[i].rows;
+        t->shape[1] = t->lshape[1] = sp[i].cols;
+        if (t->split == ST_SPLIT_COL) t->lshape[0] = sp[i].rows / T, t->start[0] = r * t->lshape[0];
+        if (t->split == ST_SPLIT_ROW) t->lshape[1] = sp[i].cols / T, t->start[1] = r * t->lshape[1];
+        t->offset = off;
+        t->numel = (size_t)(t->lshape[0] * t->lshape[1]);
+        off += t->numel;
+    }
+    lay->numel = off;
+    s->p = malloc(off * sizeof(float));
+    if (with_opt) s->m = malloc(off * sizeof(float)), s->v = malloc(off * sizeof(float));
+}
+
+static void pset_free(pset *s)
+{
+    free(s->p);
+    free(s->m);
+    free(s->v);
+    st_layout_free(&s->lay);
+}
+
+/* Parameters from salt, moments from salt + 1 and salt + 2: values depend only on (tensor, global index). */
+static void pset_fill(pset *s, uint64_t salt)
+{
+    float *bufs[3] = {s->p, s->m, s->v};
+    for (int b = 0; b < 3; b++)
+        for (int i = 0; bufs[b] && i < s->lay.n_tensors; i++) {
+            const st_tensor *t = &s->lay.tensors[i];
+            for (int64_t k = 0; k < (int64_t)t->numel; k++)
+                bufs[b][t->offset + k] = value_at(salt + (uint64_t)b, t->name, gidx_of(t, k));
+        }
+}
+
+static void pset_clear(pset *s)
+{
+    for (size_t k = 0; k < s->lay.numel; k++) {
+        s->p[k] = SENTINEL;
+        if (s->m) s->m[k] = s->v[k] = SENTINEL;
+    }
+}
+
+/* Elements that differ bitwise from pset_fill(salt) (params, and moments when asked). */
+static long pset_mismatches(const pset *s, uint64_t salt, int moments)
+{
+    pset want = *s;
+    want.p = malloc(s->lay.numel * sizeof(float) + 1);
+    want.m = moments ? malloc(s->lay.numel * sizeof(float) + 1) : NULL;
+    want.v = moments ? malloc(s->lay.numel * sizeof(float) + 1) : NULL;
+    pset_fill(&want, salt);
+    long bad = 0;
+    for (size_t k = 0; k < s->lay.numel; k++) {
+        bad += memcmp(&s->p[k], &want.p[k], sizeof(float)) != 0;
+        if (moments) bad += memcmp(&s->m[k], &want.m[k], 4) != 0 || memcmp(&s->v[k], &want.v[k], 4) != 0;
+    }
+    free(want.p);
+    free(want.m);
+    free(want.v);
+    return bad;
+}
+
+static int pset_all_sentinel(const pset *s)
+{
+    int ok = 1;
+    for (size_t k = 0; k < s->lay.numel; k++) ok &= s->p[k] == SENTINEL && (!s->m || s->m[k] == SENTINEL);
+    return ok;
+}
+
+/* Attach head and lora to r's tensors (either may be NULL); meta from world rank 0 only. */
+static void attach_sets(rig *r, pset *head, pset *lora, int64_t head_step, int64_t lora_step)
+{
+    r->t.n_sets = 0;
+    if (head)
+        r->t.sets[r->t.n_sets++] = (st_ckpt_set){.group = "head", .lay = &head->lay, .params = head->p, .m = head->m,
+                                                  .v = head->v, .adam_step = head_step,
+                                                  .meta = g_rank == 0 ? (char *)HEAD_META : NULL};
+    if (lora)
+        r->t.sets[r->t.n_sets++] = (st_ckpt_set){.group = "lora", .lay = &lora->lay, .params = lora->p, .m = lora->m,
+                                                  .v = lora->v, .adam_step = lora_step,
+                                                  .meta = g_rank == 0 ? (char *)LORA_META : NULL};
+}
+
+/* Save model + head + lora (all with moments) from a tp_src grid. dp ranks
+ * other than 0 hold other values: only the dp rank 0 group writes sets. */
+static void save_with_sets(const st_config *c, int tp_src, const char *path)
+{
+    rig r;
+    pset h, l;
+    rig_init(&r, c, tp_src, 1);
+    rig_fill(&r);
+    pset_init(&h, c, HEAD, N_HEAD, tp_src, r.g.tp_rank, 1);
+    pset_init(&l, c, LORA, N_LORA, tp_src, r.g.tp_rank, 1);
+    pset_fill(&h, r.g.dp_rank == 0 ? HEAD_SALT : 99);
+    pset_fill(&l, r.g.dp_rank == 0 ? LORA_SALT : 99);
+    attach_sets(&r, &h, &l, 11, 12);
+    ALL(st_ckpt_save_file(path, &r.g, &r.t, NULL, NULL, NULL, 0) == 0);
+    pset_free(&h);
+    pset_free(&l);
+    rig_free(&r);
+}
+
+/* Load model + both sets on a tp_dst grid and compare everything. */
+static void load_with_sets(const st_config *c, int tp_dst, const char *path)
+{
+    rig d;
+    pset h, l;
+    rig_init(&d, c, tp_dst, 1);
+    rig_clear(&d);
+    pset_init(&h, c, HEAD, N_HEAD, tp_dst, d.g.tp_rank, 1);
+    pset_init(&l, c, LORA, N_LORA, tp_dst, d.g.tp_rank, 1);
+    pset_clear(&h);
+    pset_clear(&l);
+    attach_sets(&d, &h, &l, 0, 0);
+    d.t.sets[0].meta = d.t.sets[1].meta = NULL;
+    ALL(st_ckpt_load(path, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) == 0);
+    ck_assert(rig_params_ok(&d, NULL));
+    ck_assert(rig_moments_ok(&d, NULL));
+    ALL(pset_mismatches(&h, HEAD_SALT, 1) == 0);
+    ALL(pset_mismatches(&l, LORA_SALT, 1) == 0);
+    ALL(d.t.adam_step == 77 && d.t.sets[0].adam_step == 11 && d.t.sets[1].adam_step == 12);
+    ALL(d.t.sets[0].meta && !strcmp(d.t.sets[0].meta, HEAD_META));
+    ALL(d.t.sets[1].meta && !strcmp(d.t.sets[1].meta, LORA_META));
+    free(d.t.sets[0].meta);
+    free(d.t.sets[1].meta);
+    pset_free(&h);
+    pset_free(&l);
+    rig_free(&d);
+}
+
+/* The stored layout: the 'sets' attribute and a set tensor's documented checksum. */
+static int sets_layout_ok(const char *path)
+{
+    int ok = 1;
+    if (g_rank == 0) {
+        st_config c = llama_cfg();
+        pset l;
+        pset_init(&l, &c, LORA, N_LORA, 1, 0, 1);
+        pset_fill(&l, LORA_SALT);
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        char sets[64] = "";
+        hid_t a = H5Aopen(f, "sets", H5P_DEFAULT), ty = a >= 0 ? H5Aget_type(a) : -1;
+        ok &= a >= 0 && H5Tget_size(ty) < sizeof sets && H5Aread(a, ty, sets) >= 0 && !strcmp(sets, "head,lora");
+        H5Tclose(ty);
+        H5Aclose(a);
+        const char *groups[] = {"lora", "optim/lora/m", "optim/lora/v"};
+        const float *bufs[] = {l.p, l.m, l.v};
+        for (int gi = 0; gi < 3; gi++)
+            for (int i = 0; i < N_LORA; i++) {
+                const st_tensor *t = &l.lay.tensors[i];
+                uint64_t want = 0, have = 0;
+                for (int64_t k = 0; k < (int64_t)t->numel; k++) {
+                    uint32_t bits;
+                    memcpy(&bits, &bufs[gi][t->offset + k], 4);
+                    want += st_splitmix64((uint64_t)bits ^ st_splitmix64((uint64_t)k));
+                }
+                char name[256];
+                snprintf(name, sizeof name, "/%s/%s", groups[gi], t->name);
+                hid_t d = H5Dopen2(f, name, H5P_DEFAULT), s = H5Aopen(d, "checksum", H5P_DEFAULT);
+                ok &= d >= 0 && s >= 0 && H5Aread(s, H5T_NATIVE_UINT64, &have) >= 0 && have == want;
+                H5Aclose(s);
+                H5Dclose(d);
+            }
+        H5Fclose(f);
+        pset_free(&l);
+    }
+    return all_true(ok);
+}
+
+START_TEST(test_sets_cross_grid)
+{
+    st_config c = llama_cfg();
+    char path[512];
+    /* tp2 x dp1 -> tp1 x dp2 */
+    path_in(path, sizeof path, "sets_tp2.h5");
+    save_with_sets(&c, 2, path);
+    ck_assert(sets_layout_ok(path));
+    load_with_sets(&c, 1, path);
+    /* tp1 x dp2 (dp rank 1 holds other values) -> tp2 x dp1 */
+    path_in(path, sizeof path, "sets_tp1.h5");
+    save_with_sets(&c, 1, path);
+    ck_assert(sets_layout_ok(path));
+    load_with_sets(&c, 2, path);
+    load_with_sets(&c, 1, path);
+}
+END_TEST
+
+START_TEST(test_sets_missing_and_optional)
+{
+    st_config c = llama_cfg();
+    char path[512], hpath[512];
+    path_in(path, sizeof path, "nosets.h5");
+    save_model(&c, 2, path, NULL);
+    path_in(hpath, sizeof hpath, "headonly.h5");
+    rig r;
+    pset h, l;
+    /* a head without moments; the model without moments either */
+    rig_init(&r, &c, 1, 0);
+    rig_fill(&r);
+    pset_init(&h, &c, HEAD, N_HEAD, 1, 0, 0);
+    pset_fill(&h, HEAD_SALT);
+    attach_sets(&r, &h, NULL, 0, 0);
+    ALL(st_ckpt_save_file(hpath, &r.g, &r.t, NULL, NULL, NULL, 0) == 0);
+    pset_free(&h);
+    rig_free(&r);
+
+    rig d;
+    rig_init(&d, &c, 2, 1);
+    pset_init(&h, &c, HEAD, N_HEAD, 2, d.g.tp_rank, 1);
+    pset_init(&l, &c, LORA, N_LORA, 2, d.g.tp_rank, 1);
+    pset_clear(&h);
+    pset_clear(&l);
+    attach_sets(&d, &h, &l, 0, 0);
+    d.t.sets[0].meta = d.t.sets[1].meta = NULL;
+    /* a file without sets: the missing set is named */
+    ALL(st_ckpt_load(path, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) != 0);
+    MSG_HAS(path);
+    MSG_HAS("no parameter set 'head'");
+    MSG_HAS("the file's sets: none");
+    ALL(d.t.sets[0].meta == NULL && d.t.sets[1].meta == NULL);
+    /* optional: the model loads, the sets stay as they were, meta NULL */
+    rig_clear(&d);
+    d.t.sets[0].adam_step = d.t.sets[1].adam_step = 999;
+    ALL(st_ckpt_load(path, &d.g, &d.t, NULL, NULL, ST_CKPT_SETS_OPTIONAL, NULL, NULL, NULL) == 0);
+    ck_assert(rig_params_ok(&d, NULL));
+    ck_assert(rig_moments_ok(&d, NULL));
+    ALL(pset_all_sentinel(&h) && pset_all_sentinel(&l));
+    ALL(d.t.sets[0].adam_step == 999 && d.t.sets[1].adam_step == 999);
+    ALL(d.t.sets[0].meta == NULL && d.t.sets[1].meta == NULL);
+
+    /* a file with the head only: lora is named as missing, the head is listed */
+    ALL(st_ckpt_load(hpath, &d.g, &d.t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL) != 0);
+    MSG_HAS("no parameter set 'lora'");
+    MSG_HAS("the file's sets: head");
+    ALL(d.t.sets[0].meta == NULL);
+    ALL(st_ckpt_load(hpath, &d.g, &d.t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY | ST_CKPT_SETS_OPTIONAL, NULL, NULL,
+                     NULL) == 0);
+    ALL(pset_mismatches(&h, HEAD_SALT, 0) == 0 && pset_all_sentinel(&l));
+    ALL(d.t.sets[0].meta && !strcmp(d.t.sets[0].meta, HEAD_META) && d.t.sets[1].meta == NULL);
+    free(d.t.sets[0].meta);
+    d.t.sets[0].meta = NULL;
+    /* the head has no moments in the file: a resume is refused naming it */
+    d.t.n_sets = 1;
+    rig_free(&d);
+    rig_init(&d, &c, 2, 0);
+    attach_sets(&d, &h, NULL, 0, 0);
+    d.t.sets[0].meta = NULL;
+    ALL(st_ckpt_load(hpath, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) != 0);
+    MSG_HAS("parameter set 'head' has no optimizer state (/optim/head)");
+    ALL(d.t.sets[0].meta == NULL);
+
+    /* sets in the file that were not asked for are ignored */
+    rig_clear(&d);
+    d.t.n_sets = 0;
+    ALL(st_ckpt_load(hpath, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) == 0);
+    ck_assert(rig_params_ok(&d, NULL));
+    pset_free(&h);
+    pset_free(&l);
+    rig_free(&d);
+
+    /* read_set_meta: present with meta, absent; the same on every rank */
+    char *meta = (char *)1;
+    int present = -1;
+    ALL(st_ckpt_read_set_meta(hpath, MPI_COMM_WORLD, "head", &meta, &present) == 0);
+    ALL(present == 1 && meta && !strcmp(meta, HEAD_META));
+    free(meta);
+    ALL(st_ckpt_read_set_meta(hpath, MPI_COMM_WORLD, "lora", &meta, &present) == 0);
+    ALL(present == 0 && meta == NULL);
+    ALL(st_ckpt_read_set_meta(path, MPI_COMM_WORLD, "head", &meta, &present) == 0);
+    ALL(present == 0 && meta == NULL);
+    ALL(st_ckpt_read_set_meta(hpath, MPI_COMM_WORLD, "optim", &meta, &present) != 0);
+    MSG_HAS("not a parameter set name");
+}
+END_TEST
+
+START_TEST(test_sets_bad_arguments)
+{
+    st_config c = llama_cfg();
+    char path[512], tmp[600];
+    path_in(path, sizeof path, "badsets.h5");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    rig r;
+    pset h, l;
+    rig_init(&r, &c, 2, 1);
+    rig_fill(&r);
+    pset_init(&h, &c, HEAD, N_HEAD, 2, r.g.tp_rank, 1);
+    pset_init(&l, &c, LORA, N_LORA, 2, r.g.tp_rank, 1);
+    pset_fill(&h, HEAD_SALT);
+    pset_fill(&l, LORA_SALT);
+    const char *bad_names[] = {"optim", "a/b", "", "model"};
+    for (int i = 0; i < 4; i++) {
+        attach_sets(&r, &h, NULL, 0, 0);
+        r.t.sets[0].group = bad_names[i];
+        ALL(st_ckpt_save_file(path, &r.g, &r.t, NULL, NULL, NULL, 0) != 0);
+        MSG_HAS("group name");
+    }
+    attach_sets(&r, &h, &l, 0, 0);
+    r.t.sets[1].group = "head";
+    ALL(st_ckpt_save_file(path, &r.g, &r.t, NULL, NULL, NULL, 0) != 0);
+    MSG_HAS("two parameter sets are named 'head'");
+    /* a slice outside the set's buffer */
+    attach_sets(&r, &h, &l, 0, 0);
+    l.lay.tensors[2].offset = l.lay.numel;
+    ALL(st_ckpt_save_file(path, &r.g, &r.t, NULL, NULL, NULL, 0) != 0);
+    MSG_HAS("model.layers.1.self_attn.o_proj.lora_A.weight");
+    l.lay.tensors[2].offset = l.lay.tensors[1].offset + l.lay.tensors[1].numel;
+    /* a split that does not cover the tensor over the grid */
+    l.lay.tensors[1].start[0] = 0;
+    ALL(st_ckpt_save_file(path, &r.g, &r.t, NULL, NULL, NULL, 0) != 0);
+    MSG_HAS("/lora/model.layers.0.self_attn.q_proj.lora_B.weight");
+    l.lay.tensors[1].start[0] = r.g.tp_rank * l.lay.tensors[1].lshape[0];
+    /* meta beyond what an attribute holds */
+    size_t big = ST_CKPT_MAX_META + 1;
+    char *meta = malloc(big + 1);
+    memset(meta, 'x', big);
+    meta[big] = '\0';
+    r.t.sets[0].meta = g_rank == 0 ? meta : NULL;
+    ALL(st_ckpt_save_file(path, &r.g, &r.t, NULL, NULL, NULL, 0) != 0);
+    MSG_HAS("ST_CKPT_MAX_META");
+    ALL(!exists(path) && !exists(tmp));
+    /* exactly the limit is stored and read back */
+    meta[big - 1] = '\0';
+    ALL(st_ckpt_save_file(path, &r.g, &r.t, NULL, NULL, NULL, 0) == 0);
+    char *got = NULL;
+    int present = 0;
+    ALL(st_ckpt_read_set_meta(path, MPI_COMM_WORLD, "head", &got, &present) == 0);
+    ALL(present && got && strlen(got) == ST_CKPT_MAX_META);
+    free(got);
+    free(meta);
+    pset_free(&h);
+    pset_free(&l);
+    rig_free(&r);
+}
+END_TEST
+
+/* Remove one link of a checkpoint (rank 0, serial HDF5). */
+static int delete_link(const char *path, const char *name)
+{
+    int ok = 1;
+    if (g_rank == 0) {
+        hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+        ok = f >= 0 && H5Ldelete(f, name, H5P_DEFAULT) >= 0;
+        if (f >= 0) H5Fclose(f);
+    }
+    return all_true(ok);
+}
+
+/* inspect on rank 0 alone into a string; 1 if it returned rc_ok (0 = success) and the text has every needle */
+static int inspect_has(const char *path, int want_ok, const char *const *needles)
+{
+    int ok = 1;
+    if (g_rank == 0) {
+        char *text = NULL;
+        size_t tn = 0;
+        FILE *mem = open_memstream(&text, &tn);
+        int rc = st_ckpt_inspect(path, MPI_COMM_SELF, mem);
+        fclose(mem);
+        ok = (rc == 0) == want_ok;
+        for (const char *const *n = needles; *n; n++)
+            if (!strstr(text, *n)) {
+                fprintf(stderr, "inspect output lacks '%s':\n%s\n", *n, text);
+                ok = 0;
+            }
+        free(text);
+    }
+    return all_true(ok);
+}
+
+START_TEST(test_sets_damage_refused)
+{
+    st_config c = llama_cfg();
+    char dir[512], p1[600], p2[600], found[1024];
+    path_in(dir, sizeof dir, "setsrun");
+    rig r;
+    pset h, l;
+    rig_init(&r, &c, 2, 1);
+    rig_fill(&r);
+    pset_init(&h, &c, HEAD, N_HEAD, 2, r.g.tp_rank, 1);
+    pset_init(&l, &c, LORA, N_LORA, 2, r.g.tp_rank, 1);
+    pset_fill(&h, HEAD_SALT);
+    pset_fill(&l, LORA_SALT);
+    attach_sets(&r, &h, &l, 11, 12);
+    st_train_state s = {.step = 1};
+    ALL(st_ckpt_save(dir, &r.g, &r.t, &s, NULL, NULL, 0, 0) == 0);
+    s.step = 2;
+    ALL(st_ckpt_save(dir, &r.g, &r.t, &s, NULL, NULL, 0, 0) == 0);
+    snprintf(p1, sizeof p1, "%s/step_00000001.h5", dir);
+    snprintf(p2, sizeof p2, "%s/step_00000002.h5", dir);
+    const char *good[] = {"all checksums verified", "set head: 2 tensors, 99 parameters, optimizer step 11",
+                          "set lora: 5 tensors, 560 parameters, optimizer step 12", HEAD_META, LORA_META,
+                          "/lora/model.layers.0.self_attn.q_proj.lora_B.weight", "[32, 4]",
+                          "/optim/lora/v/model.layers.1.mlp.up_proj.lora_scale", "/optim/head/m/score.bias", NULL};
+    ck_assert(inspect_has(p2, 1, good));
+    ALL(st_ckpt_inspect(p2, MPI_COMM_WORLD, NULL) == 0);
+
+    /* a flipped byte in a split set tensor */
+    const char *victim = "/lora/model.layers.1.self_attn.o_proj.lora_A.weight";
+    ck_assert(flip_byte(p2, victim, 4 * 37 + 1));
+    rig d;
+    pset dh, dl;
+    rig_init(&d, &c, 1, 1);
+    pset_init(&dh, &c, HEAD, N_HEAD, 1, 0, 1);
+    pset_init(&dl, &c, LORA, N_LORA, 1, 0, 1);
+    attach_sets(&d, &dh, &dl, 0, 0);
+    d.t.sets[0].meta = d.t.sets[1].meta = NULL;
+    ALL(st_ckpt_load(p2, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) != 0);
+    MSG_HAS(victim);
+    MSG_HAS(p2);
+    MSG_HAS("damaged");
+    ALL(d.t.sets[0].meta == NULL && d.t.sets[1].meta == NULL);
+    const char *bad[] = {"CHECKSUM MISMATCH", victim, "SOME TENSORS FAILED", NULL};
+    ck_assert(inspect_has(p2, 0, bad));
+    ALL(st_ckpt_inspect(p2, MPI_COMM_WORLD, NULL) != 0);
+    MSG_HAS(victim);
+    ALL(st_ckpt_find_latest(dir, MPI_COMM_WORLD, found, sizeof found) == 0);
+    ck_assert_str_eq(found, p1);
+
+    /* a damaged moment of the head: weights-only loads, a resume and find_latest refuse */
+    ck_assert(flip_byte(p2, victim, 4 * 37 + 1));
+    ck_assert(flip_byte(p1, "/optim/head/v/score.bias", 2));
+    ALL(st_ckpt_load(p1, &d.g, &d.t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL) == 0);
+    ALL(pset_mismatches(&dh, HEAD_SALT, 0) == 0 && pset_mismatches(&dl, LORA_SALT, 0) == 0);
+    free(d.t.sets[0].meta);
+    free(d.t.sets[1].meta);
+    d.t.sets[0].meta = d.t.sets[1].meta = NULL;
+    ALL(st_ckpt_load(p1, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) != 0);
+    MSG_HAS("/optim/head/v/score.bias");
+
+    /* a set tensor gone: the load names it, whole-file checks notice it too */
+    ck_assert(delete_link(p2, "/head/score.bias"));
+    ALL(st_ckpt_load(p2, &d.g, &d.t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL) != 0);
+    MSG_HAS("/head/score.bias");
+    ALL(st_ckpt_inspect(p2, MPI_COMM_WORLD, NULL) != 0);
+    MSG_HAS("parameter set /head holds 1 objects but was saved with 2 tensors");
+    ALL(st_ckpt_find_latest(dir, MPI_COMM_WORLD, found, sizeof found) != 0);
+    MSG_HAS("no complete checkpoint");
+    /* the whole set group gone while the root still names it */
+    ck_assert(delete_link(p1, "/lora"));
+    ALL(st_ckpt_inspect(p1, MPI_COMM_WORLD, NULL) != 0);
+    MSG_HAS("parameter set /lora (named by the root attribute 'sets') is missing");
+
+    pset_free(&dh);
+    pset_free(&dl);
+    rig_free(&d);
+    pset_free(&h);
+    pset_free(&l);
+    rig_free(&r);
+}
+END_TEST
+
+/* LoRA on a frozen model: moments for the adapters only (/optim holds no
+ * model moments and no AdamW attributes), a head without moments. */
+START_TEST(test_sets_frozen_model)
+{
+    st_config c = llama_cfg();
+    char dir[512], path[600], found[1024];
+    path_in(dir, sizeof dir, "frozen");
+    snprintf(path, sizeof path, "%s/step_00000005.h5", dir);
+    rig r;
+    pset h, l;
+    rig_init(&r, &c, 2, 0);
+    rig_fill(&r);
+    pset_init(&h, &c, HEAD, N_HEAD, 2, r.g.tp_rank, 0);
+    pset_init(&l, &c, LORA, N_LORA, 2, r.g.tp_rank, 1);
+    pset_fill(&h, HEAD_SALT);
+    pset_fill(&l, LORA_SALT);
+    attach_sets(&r, &h, &l, 0, 5);
+    st_train_state s = {.step = 5};
+    ALL(st_ckpt_save(dir, &r.g, &r.t, &s, NULL, NULL, 0, 1) == 0);
+    pset_free(&h);
+    pset_free(&l);
+    rig_free(&r);
+    ALL(st_ckpt_find_latest(dir, MPI_COMM_WORLD, found, sizeof found) == 0);
+    ck_assert_str_eq(found, path);
+    const char *lines[] = {"optimizer: none", "set head: 2 tensors, 99 parameters, optimizer: none",
+                           "set lora: 5 tensors, 560 parameters, optimizer step 5", "all checksums verified", NULL};
+    ck_assert(inspect_has(path, 1, lines));
+
+    rig d;
+    rig_init(&d, &c, 1, 0);
+    rig_clear(&d);
+    pset_init(&l, &c, LORA, N_LORA, 1, 0, 1);
+    pset_clear(&l);
+    attach_sets(&d, NULL, &l, 0, 0);
+    d.t.sets[0].meta = NULL;
+    ALL(st_ckpt_load(path, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) == 0);
+    ck_assert(rig_params_ok(&d, NULL));
+    ALL(pset_mismatches(&l, LORA_SALT, 1) == 0 && d.t.sets[0].adam_step == 5);
+    free(d.t.sets[0].meta);
+    rig_free(&d);
+    /* asking for the model's moments is refused */
+    rig_init(&d, &c, 2, 1);
+    ALL(st_ckpt_load(path, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) != 0);
+    MSG_HAS("no optimizer state (/optim)");
+    rig_free(&d);
+    pset_free(&l);
+}
+END_TEST
+
 /* ---- a crash in the middle of a save ----------------------------------------- */
 
 /* Child mode (`--crash-child DIR`): a one-process MPI job of its own (a
@@ -875,6 +1415,11 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_read_config_and_inspect);
     tcase_add_test(tc, test_pause_hook);
     tcase_add_test(tc, test_killed_mid_save);
+    tcase_add_test(tc, test_sets_cross_grid);
+    tcase_add_test(tc, test_sets_missing_and_optional);
+    tcase_add_test(tc, test_sets_bad_arguments);
+    tcase_add_test(tc, test_sets_damage_refused);
+    tcase_add_test(tc, test_sets_frozen_model);
     suite_add_tcase(su, tc);
     int failed = st_run_mpi_suite(su);
     MPI_Barrier(MPI_COMM_WORLD);

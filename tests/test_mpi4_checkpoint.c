@@ -1,8 +1,10 @@
 /* test_mpi4_checkpoint.c: checkpoints across 4-rank grids (mpirun -np 4).
  *
  * Saved on tp2 x dp2 with ZeRO-1 moment ranges, loaded on tp1 x dp4 and
- * tp4 x dp1 (and back). Values are functions of (tensor, global index) only,
- * so every rank computes what its slice must hold on any grid.
+ * tp4 x dp1 (and back), with and without a LoRA-like parameter set (whole
+ * on every dp group, tp-split as its own layout says). Values are functions
+ * of (tensor, global index) only, so every rank computes what its slice must
+ * hold on any grid.
  */
 #include <check.h>
 #include <mpi.h>
@@ -197,6 +199,109 @@ START_TEST(test_verify_on_four_ranks)
 }
 END_TEST
 
+/* ---- extra parameter sets on four ranks -------------------------------------- */
+
+/* A LoRA-like set built by hand for tp rank r of T: replicated, row-split
+ * (COL), column-split (ROW) and a split vector; whole on every dp group. */
+typedef struct { const char *name; int ndim; int64_t rows, cols; st_split split; } tspec;
+static const tspec LORA[] = {
+    {"model.layers.0.self_attn.q_proj.lora_A.weight", 2, 4, 32, ST_SPLIT_NONE},
+    {"model.layers.0.self_attn.q_proj.lora_B.weight", 2, 64, 4, ST_SPLIT_COL},
+    {"model.layers.1.mlp.down_proj.lora_A.weight", 2, 4, 64, ST_SPLIT_ROW},
+    {"model.layers.1.mlp.down_proj.lora_B.weight", 2, 32, 4, ST_SPLIT_NONE},
+    {"model.layers.1.mlp.up_proj.lora_scale", 1, 64, 1, ST_SPLIT_COL},
+    {"score.bias", 1, 5, 1, ST_SPLIT_NONE},
+};
+#define N_LORA ((int)(sizeof LORA / sizeof LORA[0]))
+
+typedef struct {
+    st_layout lay;
+    float *p, *m, *v;
+} pset;
+
+/* salt 0 = SENTINEL everywhere (a fresh buffer), else params/m/v from salt, salt+1, salt+2 */
+static void pset_init(pset *s, const st_config *cfg, int T, int r, uint64_t salt)
+{
+    memset(s, 0, sizeof *s);
+    st_layout *lay = &s->lay;
+    lay->cfg = *cfg;
+    lay->tp_size = T, lay->tp_rank = r, lay->n_tensors = N_LORA;
+    lay->tensors = calloc(N_LORA, sizeof *lay->tensors);
+    for (int i = 0; i < N_LORA; i++) {
+        st_tensor *t = &lay->tensors[i];
+        snprintf(t->name, sizeof t->name, "%s", LORA[i].name);
+        t->ndim = LORA[i].ndim, t->split = LORA[i].split, t->layer = -1;
+        t->shape[0] = t->lshape[0] = LORA[i].rows;
+        t->shape[1] = t->lshape[1] = LORA[i].cols;
+        if (t->split == ST_SPLIT_COL) t->lshape[0] = LORA[i].rows / T, t->start[0] = r * t->lshape[0];
+        if (t->split == ST_SPLIT_ROW) t->lshape[1] = LORA[i].cols / T, t->start[1] = r * t->lshape[1];
+        t->offset = lay->numel;
+        t->numel = (size_t)(t->lshape[0] * t->lshape[1]);
+        lay->numel += t->numel;
+    }
+    float **bufs[3] = {&s->p, &s->m, &s->v};
+    for (int b = 0; b < 3; b++) {
+        float *x = *bufs[b] = malloc(lay->numel * sizeof *x);
+        for (int i = 0; i < N_LORA; i++) {
+            const st_tensor *t = &lay->tensors[i];
+            const int64_t W = t->lshape[1];
+            for (int64_t k = 0; k < (int64_t)t->numel; k++)
+                x[t->offset + k] = salt ? value_at(salt + (uint64_t)b, t->name,
+                                                   (t->start[0] + k / W) * t->shape[1] + t->start[1] + k % W)
+                                        : SENTINEL;
+        }
+    }
+}
+
+static void pset_free(pset *s)
+{
+    free(s->p);
+    free(s->m);
+    free(s->v);
+    st_layout_free(&s->lay);
+}
+
+static void sets_roundtrip(int tp_src, int tp_dst, const char *name)
+{
+    st_config c = llama_cfg();
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    rig s, d;
+    pset ls, ld, want;
+    rig_init(&s, &c, tp_src, 1);
+    pset_init(&ls, &c, tp_src, s.g.tp_rank, 30);
+    s.t.n_sets = 1;
+    s.t.sets[0] = (st_ckpt_set){.group = "lora", .lay = &ls.lay, .params = ls.p, .m = ls.m, .v = ls.v,
+                                .adam_step = 42, .meta = g_rank == 0 ? "{\"rank\":4}" : NULL};
+    ALL(st_ckpt_save_file(path, &s.g, &s.t, NULL, NULL, NULL, 0) == 0);
+    pset_free(&ls);
+    rig_free(&s);
+    rig_init(&d, &c, tp_dst, 0);
+    pset_init(&ld, &c, tp_dst, d.g.tp_rank, 0);
+    pset_init(&want, &c, tp_dst, d.g.tp_rank, 30);
+    d.t.n_sets = 1;
+    d.t.sets[0] = (st_ckpt_set){.group = "lora", .lay = &ld.lay, .params = ld.p, .m = ld.m, .v = ld.v};
+    ALL(st_ckpt_load(path, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) == 0);
+    ALL(rig_mismatches(&d) == 0);
+    const size_t n = ld.lay.numel * sizeof(float);
+    ALL(!memcmp(ld.p, want.p, n) && !memcmp(ld.m, want.m, n) && !memcmp(ld.v, want.v, n));
+    ALL(d.t.sets[0].adam_step == 42 && d.t.sets[0].meta && !strcmp(d.t.sets[0].meta, "{\"rank\":4}"));
+    free(d.t.sets[0].meta);
+    ALL(st_ckpt_inspect(path, MPI_COMM_WORLD, NULL) == 0);
+    pset_free(&ld);
+    pset_free(&want);
+    rig_free(&d);
+}
+
+START_TEST(test_sets_across_grids)
+{
+    sets_roundtrip(2, 4, "s1.h5");
+    sets_roundtrip(2, 1, "s2.h5");
+    sets_roundtrip(4, 2, "s3.h5");
+    sets_roundtrip(1, 4, "s4.h5");
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -211,6 +316,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_tp1dp4_to_tp4dp1);
     tcase_add_test(tc, test_empty_vocab_slice);
     tcase_add_test(tc, test_verify_on_four_ranks);
+    tcase_add_test(tc, test_sets_across_grids);
     suite_add_tcase(su, tc);
     int failed = st_run_mpi_suite(su);
     MPI_Barrier(MPI_COMM_WORLD);
