@@ -35,7 +35,7 @@ static const st_option eval_options[] = {
     {"batch_size", ST_OPT_INT, &E.batch_size, "16", "rows per micro-batch on each rank"},
     {"seq_len", ST_OPT_INT, &E.seq_len, "0", "tokens per row (0 = the model's max_seq)"},
     {"max_batches", ST_OPT_INT, &E.max_batches, "0", "stop after this many micro-batches per rank (0 = the whole split)"},
-    {"generate", ST_OPT_INT, &E.generate, "0", "sft/chat data: answer the first N prompts greedily and report exact match"},
+    {"generate", ST_OPT_INT, &E.generate, "0", "sft/chat data: answer N prompts spread evenly over the split greedily and report exact match"},
     {"max_new", ST_OPT_INT, &E.max_new, "32", "with --generate: longest answer in tokens"},
     {"tp", ST_OPT_INT, &E.tp, "1", "tensor-parallel ranks"},
     {"out", ST_OPT_STRING, &E.out, NULL, "write the results as JSON here"},
@@ -163,7 +163,12 @@ static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples
     float *local = malloc(sizeof(float) * y->vocab_l), *full = malloc(sizeof(float) * y->vocab_l * y->tp_size);
     st_err e = local && full ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
     int eos = st_tokenizer_eos(v->tok);
-    for (int64_t d = 0; !e && d < st_dataset_num_docs(v->ds) && *tried < E.generate; d++) {
+    /* docs spread evenly over the file (sources are often sorted by class) */
+    const int64_t nd = st_dataset_num_docs(v->ds);
+    const int64_t stride = nd / E.generate > 1 ? nd / E.generate : 1;
+    for (int64_t i = 0; !e && i < nd && *tried < E.generate; i++) {
+        int64_t d = (i * stride) % nd + (i * stride) / nd; /* covers every doc once when stride wraps */
+        if (d >= nd) continue;
         if (strcmp(E.split, "all") && st_dataset_doc_split(v->ds, d) != (strcmp(E.split, "train") ? 1 : 0)) continue;
         int32_t *tok = NULL;
         uint8_t *mask = NULL;
