@@ -163,13 +163,15 @@ static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples
     float *local = malloc(sizeof(float) * y->vocab_l), *full = malloc(sizeof(float) * y->vocab_l * y->tp_size);
     st_err e = local && full ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
     int eos = st_tokenizer_eos(v->tok);
-    /* docs spread evenly over the file (sources are often sorted by class) */
+    /* docs of the split spread evenly over the file (sources are often sorted by class) */
     const int64_t nd = st_dataset_num_docs(v->ds);
-    const int64_t stride = nd / E.generate > 1 ? nd / E.generate : 1;
-    for (int64_t i = 0; !e && i < nd && *tried < E.generate; i++) {
-        int64_t d = (i * stride) % nd + (i * stride) / nd; /* covers every doc once when stride wraps */
-        if (d >= nd) continue;
-        if (strcmp(E.split, "all") && st_dataset_doc_split(v->ds, d) != (strcmp(E.split, "train") ? 1 : 0)) continue;
+    const int want = strcmp(E.split, "all") ? (strcmp(E.split, "train") ? 1 : 0) : -1;
+    int64_t in_split = 0, seen = 0;
+    for (int64_t d = 0; d < nd; d++) in_split += want < 0 || st_dataset_doc_split(v->ds, d) == want;
+    const int64_t stride = in_split / E.generate > 1 ? in_split / E.generate : 1;
+    for (int64_t d = 0; !e && d < nd && *tried < E.generate; d++) {
+        if (want >= 0 && st_dataset_doc_split(v->ds, d) != want) continue;
+        if (seen++ % stride) continue;
         int32_t *tok = NULL;
         uint8_t *mask = NULL;
         size_t n = 0, p = 0;
