@@ -11,22 +11,24 @@
 #include "commands.h"
 #include "gguf.h"
 #include "hf.h"
+#include "lora.h"
 #include "options.h"
 #include "params.h"
 #include "tokenizer.h"
 
 
 
-typedef struct { char *to, *dtype, *name; } export_opts;
+typedef struct { char *to, *dtype, *name; int merge_lora; } export_opts;
 static export_opts EX;
 static const st_option export_options[] = {
     {"to", ST_OPT_STRING, &EX.to, NULL, "destination: hf:DIR (Hugging Face directory) or gguf:FILE (llama.cpp)"},
     {"dtype", ST_OPT_STRING, &EX.dtype, "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)"},
     {"name", ST_OPT_STRING, &EX.name, "shardtune", "model name recorded in GGUF general.name"},
+    {"merge-lora", ST_OPT_BOOL, &EX.merge_lora, "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)"},
 };
 
 static const char usage[] =
-    "usage: shardtune export CKPT.h5 --to hf:DIR | gguf:FILE [--dtype f32|f16|bf16]\n\n"
+    "usage: shardtune export CKPT.h5 --to hf:DIR | gguf:FILE [--dtype f32|f16|bf16] [--merge-lora]\n\n"
     "Writes a checkpoint's weights and tokenizer as a Hugging Face model directory\n"
     "(config.json, model.safetensors, tokenizer.json; loads with transformers'\n"
     "from_pretrained) or as a GGUF file for llama.cpp. Optimizer state is not exported.\n\n";
@@ -51,6 +53,16 @@ static st_err load_weights(const char *path, st_config *cfg, float **params, st_
                                  lay.numel);
         st_ckpt_tensors t = {.lay = &lay, .params = p};
         if (!e) e = st_ckpt_load(path, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb);
+        /* adapters: merged on request; never silently dropped */
+        char *meta = NULL;
+        int has_lora = 0, merged = 0;
+        if (!e) e = st_ckpt_read_set_meta(path, MPI_COMM_SELF, "lora", &meta, &has_lora);
+        free(meta);
+        if (!e && has_lora && !EX.merge_lora)
+            e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
+                             "%s carries LoRA adapters; pass --merge-lora to export the base with the adapters "
+                             "merged in (exporting a separate PEFT adapter is not supported yet)", path);
+        if (!e && has_lora) e = st_lora_merge_checkpoint(path, &g, &lay, p, &merged);
         st_grid_free(&g);
     }
     if (!e && kind) e = st_tokenizer_from_blob(tok, kind, blob, nb);
@@ -97,10 +109,6 @@ static st_err export_one(const char *ckpt)
     float *params;
     st_tokenizer *tok;
     ST_TRY(load_weights(ckpt, &cfg, &params, &tok));
-    /* LoRA hook: when the checkpoint carries /lora adapters, merge them into
-     * params here (W += scale * B A for each adapted weight) before writing,
-     * so both formats receive the merged weights. Not done yet: see the LoRA
-     * issue. */
     st_err e = gguf ? st_gguf_export(where, &cfg, params, tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32, EX.name)
                     : st_hf_write(where, &cfg, params, tok, dt);
     if (!e)

@@ -18,6 +18,7 @@
 #include "classify.h"
 #include "commands.h"
 #include "dataset.h"
+#include "lora.h"
 #include "model.h"
 #include "options.h"
 #include "tokenizer.h"
@@ -85,6 +86,8 @@ static st_err load(evaluator *v, const char *ckpt, MPI_Comm world)
     size_t nb = 0;
     ST_TRY(st_ckpt_load(ckpt, &v->g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb));
     free(t.sets[0].meta);
+    int merged = 0; /* LoRA adapters, if any, merged into the weights */
+    ST_TRY(st_lora_merge_checkpoint(ckpt, &v->g, &v->m.lay, v->m.params, &merged));
     if (kind) {
         st_err e = st_tokenizer_from_blob(&v->tok, kind, blob, nb);
         free(kind);

@@ -15,6 +15,7 @@
 #include "checkpoint.h"
 #include "commands.h"
 #include "jsonl.h"
+#include "lora.h"
 #include "model.h"
 #include "options.h"
 #include "sample.h"
@@ -150,6 +151,8 @@ static st_err generate(const char *ckpt, MPI_Comm world)
     uint8_t *blob = NULL;
     size_t nb = 0;
     ST_TRY(st_ckpt_load(ckpt, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb));
+    int merged = 0; /* LoRA adapters, if the checkpoint has them, merged into the weights */
+    ST_TRY(st_lora_merge_checkpoint(ckpt, &g, &m.lay, m.params, &merged));
     if (!kind) ST_FAIL(ST_ERR_FORMAT, "checkpoint '%s' carries no tokenizer; cannot turn prompts into tokens", ckpt);
     st_tokenizer *tok = NULL;
     st_err e = st_tokenizer_from_blob(&tok, kind, blob, nb);

@@ -92,4 +92,10 @@ float st_lora_scale(const st_lora *l); /* alpha / rank */
  * adapters from it (model->adapter = NULL) or they count twice. */
 st_err st_lora_merge(const st_lora *l, const st_layout *base, float *base_params);
 
+/* A checkpoint's "lora" set (if any) merged into params, this rank's slice of
+ * lay, on grid g: *merged = 1 when there were adapters (src/lora_ckpt.c). */
+#include "grid.h"
+st_err st_lora_merge_checkpoint(const char *path, const st_grid *g, const st_layout *lay, float *params,
+                                int *merged);
+
 #endif
