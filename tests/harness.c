@@ -31,7 +31,9 @@ static const char *const words[] = {"the", "card", "payment", "arrived", "bank",
                                     "pending", "why", "my", "account", "was", "charged", "twice",
                                     "please", "help", "refund", "exchange", "rate", "top", "up"};
 
-int th_make_dataset(MPI_Comm comm, const char *dir)
+int th_make_dataset(MPI_Comm comm, const char *dir) { return th_make_dataset_kind(comm, dir, "text"); }
+
+int th_make_dataset_kind(MPI_Comm comm, const char *dir, const char *kind)
 {
     int rank = 0;
     MPI_Comm_rank(comm, &rank);
@@ -42,14 +44,20 @@ int th_make_dataset(MPI_Comm comm, const char *dir)
         FILE *f = fopen(in, "w");
         if (!f) return 1;
         unsigned s = 12345;
+        const int sft = !strcmp(kind, "sft"), cls = !strcmp(kind, "classify");
         for (int d = 0; d < 200; d++) {
-            fprintf(f, "{\"text\": \"");
+            fprintf(f, sft ? "{\"prompt\": \"" : "{\"text\": \"");
             int n = 4 + d % 13;
+            unsigned first = 0;
             for (int w = 0; w < n; w++) {
                 s = s * 1103515245u + 12345u;
-                fprintf(f, "%s%s", w ? " " : "", words[(s >> 16) % (sizeof words / sizeof words[0])]);
+                unsigned k = (s >> 16) % (sizeof words / sizeof words[0]);
+                if (!w) first = k;
+                fprintf(f, "%s%s", w ? " " : "", words[k]);
             }
-            fprintf(f, ".\"}\n");
+            if (cls) fprintf(f, ".\", \"label\": \"L%u\"}\n", first % 3);
+            else if (sft) fprintf(f, "?\", \"response\": \"%s\"}\n", words[(first * 7) % 5]);
+            else fprintf(f, ".\"}\n");
         }
         fclose(f);
     }
@@ -154,7 +162,7 @@ void th_rm_rf(const char *dir)
 
 /* Common settings of the equivalence runs. */
 static void grid_args(const char **a, int *n, const char *family, const char *dir, const char *data,
-                      char *tpbuf, int tp, int zero, char *bsbuf, int dp)
+                      char *tpbuf, int tp, int zero, char *bsbuf, int dp, const char *const *extra)
 {
     static const char *fixed[] = {
         "--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "8", "--model.n_kv_head", "4",
@@ -180,6 +188,7 @@ static void grid_args(const char **a, int *n, const char *family, const char *di
     sprintf(bsbuf, "%d", 8 / dp / 2 > 0 ? 8 / dp / 2 : 1);
     a[k++] = "--batch_size";
     a[k++] = bsbuf;
+    for (int i = 0; extra && extra[i]; i++) a[k++] = extra[i];
     a[k] = NULL;
     *n = k;
 }
@@ -187,13 +196,20 @@ static void grid_args(const char **a, int *n, const char *family, const char *di
 int th_check_grids(MPI_Comm world, const char *family, const th_grid *grids, int n_grids,
                    double *worst_loss, double *worst_weight)
 {
+    return th_check_grids_method(world, family, grids, n_grids, "text", NULL, worst_loss, worst_weight);
+}
+
+int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *grids, int n_grids,
+                          const char *kind, const char *const *extra, double *worst_loss,
+                          double *worst_weight)
+{
     int rank = 0, size = 1;
     MPI_Comm_rank(world, &rank);
     MPI_Comm_size(world, &size);
     char dir[256], data[300], refdir[320], ckpt[400];
     th_tmpdir(world, dir, sizeof dir);
     snprintf(data, sizeof data, "%s/data.h5", dir);
-    if (th_make_dataset(world, dir)) return 1;
+    if (th_make_dataset_kind(world, dir, kind)) return 1;
     const char *a[96];
     int n;
     char tpbuf[16], bsbuf[16];
@@ -204,7 +220,7 @@ int th_check_grids(MPI_Comm world, const char *family, const th_grid *grids, int
     int err = 0;
     snprintf(refdir, sizeof refdir, "%s/ref", dir);
     if (!rank) {
-        grid_args(a, &n, family, refdir, data, tpbuf, 1, 0, bsbuf, 1);
+        grid_args(a, &n, family, refdir, data, tpbuf, 1, 0, bsbuf, 1, extra);
         err = th_train(MPI_COMM_SELF, a);
         char mp[400];
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", refdir);
@@ -218,7 +234,7 @@ int th_check_grids(MPI_Comm world, const char *family, const th_grid *grids, int
     for (int g = 0; g < n_grids && !err; g++) {
         char gdir[320];
         snprintf(gdir, sizeof gdir, "%s/grid%d", dir, g);
-        grid_args(a, &n, family, gdir, data, tpbuf, grids[g].tp, grids[g].zero, bsbuf, size / grids[g].tp);
+        grid_args(a, &n, family, gdir, data, tpbuf, grids[g].tp, grids[g].zero, bsbuf, size / grids[g].tp, extra);
         err = th_train(world, a);
         if (err || rank) continue;
         double loss[16];
@@ -233,8 +249,9 @@ int th_check_grids(MPI_Comm world, const char *family, const th_grid *grids, int
         snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_00000010.h5", gdir);
         if (th_load_weights(ckpt, &c2, &w, &nw2) || nw2 != nw) { err = 1; continue; }
         double dw = th_max_rel_diff(&cfg, w, ref_w, worst, sizeof worst);
-        printf("%s grid tp%d x dp%d%s: loss rel diff %.2e, weights rel diff %.2e (%s); losses %.5f -> %.5f\n",
-               family, grids[g].tp, size / grids[g].tp, grids[g].zero ? " ZeRO-1" : "", dl, dw, worst,
+        printf("%s %s grid tp%d x dp%d%s: loss rel diff %.2e, weights rel diff %.2e (%s); losses %.5f -> %.5f\n",
+               family, extra && extra[0] ? extra[1] : "pretrain", grids[g].tp, size / grids[g].tp,
+               grids[g].zero ? " ZeRO-1" : "", dl, dw, worst,
                loss[0], loss[9]);
         fflush(stdout);
         if (dl > *worst_loss) *worst_loss = dl;

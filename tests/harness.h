@@ -10,8 +10,10 @@
 
 /* A fresh temporary directory, the same path on every rank of comm. */
 void th_tmpdir(MPI_Comm comm, char *out, size_t cap);
-/* Write a small text corpus (JSONL {"text": ...}) and prepare it into
- * DIR/data.h5 with the byte tokenizer on every rank of comm. */
+/* Write a small corpus and prepare it into DIR/data.h5 with the byte
+ * tokenizer on every rank of comm. kind: "text" ({"text"}), "classify"
+ * ({"text","label"}, 3 labels) or "sft" ({"prompt","response"}). */
+int th_make_dataset_kind(MPI_Comm comm, const char *dir, const char *kind);
 int th_make_dataset(MPI_Comm comm, const char *dir);
 /* Run `shardtune train` on comm with "--key value" pairs (NULL-terminated). */
 int th_train(MPI_Comm comm, const char *const *args);
@@ -34,3 +36,8 @@ void th_rm_rf(const char *dir);
 typedef struct { int tp, zero; } th_grid;
 int th_check_grids(MPI_Comm world, const char *family, const th_grid *grids, int n_grids,
                    double *worst_loss, double *worst_weight);
+/* The same for a method: data of kind (see th_make_dataset_kind) and extra
+ * train arguments (NULL-terminated, e.g. {"--method","classify",NULL}). */
+int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *grids, int n_grids,
+                          const char *kind, const char *const *extra, double *worst_loss,
+                          double *worst_weight);
