@@ -196,6 +196,40 @@ START_TEST(training_is_deterministic)
 }
 END_TEST
 
+/* SFT: the loss ignores prompt positions. Changing the target of a position
+ * whose mask is 0 changes neither the loss nor any gradient, bitwise. */
+START_TEST(masked_targets_change_nothing)
+{
+    st_config cfg = cfg_llama();
+    const int B = 2, T = 8;
+    st_model m;
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 4, 1), 0);
+    batch b = make_batch(B, T, cfg.vocab_size, 21);
+    for (int i = 0; i < B * T; i++) b.mask[i] = (i % T) >= 5 ? 1.0f : 0.0f; /* the "response" is the tail */
+    size_t n = m.lay.numel;
+    float *g1 = malloc(n * sizeof(float));
+    double l1 = 0, l2 = 0;
+    st_model_zero_grad(&m);
+    ck_assert_int_eq(st_model_forward(&m, b.tok, b.tgt, b.mask, B, T, 0.1f, &l1), 0);
+    ck_assert_int_eq(st_model_backward(&m, b.tok), 0);
+    memcpy(g1, m.grads, n * sizeof(float));
+    b.tgt[2] = (b.tgt[2] + 1) % cfg.vocab_size;     /* a prompt position of row 0 */
+    b.tgt[T + 4] = (b.tgt[T + 4] + 5) % cfg.vocab_size; /* and of row 1 */
+    st_model_zero_grad(&m);
+    ck_assert_int_eq(st_model_forward(&m, b.tok, b.tgt, b.mask, B, T, 0.1f, &l2), 0);
+    ck_assert_int_eq(st_model_backward(&m, b.tok), 0);
+    ck_assert(memcmp(&l1, &l2, sizeof l1) == 0);
+    ck_assert(memcmp(g1, m.grads, n * sizeof(float)) == 0);
+    /* while a response position's target does matter */
+    b.tgt[6] = (b.tgt[6] + 1) % cfg.vocab_size;
+    ck_assert_int_eq(st_model_forward(&m, b.tok, b.tgt, b.mask, B, T, 0.1f, &l2), 0);
+    ck_assert(l1 != l2);
+    free(g1);
+    free_batch(&b);
+    st_model_free(&m);
+}
+END_TEST
+
 /* Bad input is an error, not a crash. */
 START_TEST(rejects_bad_tokens_and_shapes)
 {
@@ -233,6 +267,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, gpt2_overfits_a_batch);
     tcase_add_test(tc, training_is_deterministic);
     tcase_add_test(tc, rejects_bad_tokens_and_shapes);
+    tcase_add_test(tc, masked_targets_change_nothing);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
