@@ -81,5 +81,23 @@ bench: deps
 	@$(MAKE) --no-print-directory $(BIN) $(BENCH_BIN)
 	@BUILD=$(BUILD) BIN=$(BIN) bash benchmarks/run.sh
 
+# libFuzzer harnesses for the parsers of outside files (JSONL/CSV, tokenizer
+# files, safetensors, GGUF), each run for FUZZ_SECONDS. Needs clang.
+FUZZ_SECONDS ?= 60
+FUZZ_SRC := io/jsonl.c io/csv.c io/template.c io/tokenizer.c $(wildcard io/tok_*.c) io/gguf.c \
+            io/safetensors.c io/llama2c.c src/params.c src/config.c src/rng.c src/err.c
+fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz needs clang (apt-get install clang)"; exit 1; }
+	@mkdir -p build/fuzz
+	@set -e; for h in tests/fuzz/fuzz_*.c; do n=$$(basename $$h .c); \
+	  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	    -Isrc -Iio $$(pkg-config --cflags libcjson libpcre2-8) $$h $(FUZZ_SRC) \
+	    $$(pkg-config --libs libcjson libpcre2-8) -lz -lm -o build/fuzz/$$n; \
+	  mkdir -p build/fuzz/$$n.corpus; echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/$$n.corpus \
+	    > build/fuzz/$$n.log 2>&1 || { tail -n 40 build/fuzz/$$n.log; echo "$$n FAILED"; exit 1; }; \
+	  grep -E 'stat::number_of_executed_units|stat::new_units_added' build/fuzz/$$n.log; \
+	done
+
 clean:
 	rm -rf build build-san bin
