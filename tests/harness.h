@@ -27,7 +27,7 @@ int th_load_weights(const char *path, st_config *cfg, float **params, size_t *n)
 double th_max_rel_diff(const st_config *cfg, const float *a, const float *b, char *worst, size_t cap);
 void th_rm_rf(const char *dir);
 
-#endif
+
 
 /* Parallel equivalence: train the same tiny model 10 steps on a 1x1 grid
  * (rank 0 alone) and on each grid of `grids` ("tp,zero" pairs over all ranks
@@ -41,3 +41,8 @@ int th_check_grids(MPI_Comm world, const char *family, const th_grid *grids, int
 int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *grids, int n_grids,
                           const char *kind, const char *const *extra, double *worst_loss,
                           double *worst_weight);
+
+/* The whole equivalence suite on these grids (tests/grid_suite.c). */
+int th_grid_suite_main(int argc, char **argv, const char *name, const th_grid *grids, int n);
+
+#endif
