@@ -1030,3 +1030,63 @@ st_err st_hf_write(const char *dir, const st_config *cfg, const float *params, c
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }
+
+/* ==== a PEFT LoRA adapter: adapter_config.json + adapter_model.safetensors === */
+
+st_err st_hf_write_peft(const char *dir, const st_config *cfg, const st_layout *lora, const float *params,
+                        int rank, float alpha, float dropout, const char *const *target_modules, int n_targets,
+                        st_dtype dtype)
+{
+    if (cfg->family != ST_FAMILY_LLAMA)
+        ST_FAIL(ST_ERR_ARG, "PEFT adapter export is for Llama-family models (GPT-2's fused c_attn has no "
+                "separate q/k/v modules); export with --merge-lora instead");
+    if (lora->tp_size != 1) ST_FAIL(ST_ERR_INTERNAL, "PEFT export needs the whole adapters (tp 1)");
+    ST_TRY(make_dir(dir));
+    int n = lora->n_tensors;
+    st_safetensors_spec *spec = calloc((size_t)n, sizeof *spec);
+    char **names = calloc((size_t)n, sizeof *names);
+    st_err e = spec && names ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    for (int i = 0; !e && i < n; i++) {
+        const st_tensor *t = &lora->tensors[i];
+        size_t len = strlen(t->name) + 32;
+        names[i] = malloc(len);
+        if (!names[i]) { e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory"); break; }
+        snprintf(names[i], len, "base_model.model.%s", t->name); /* PEFT's prefix */
+        spec[i] = (st_safetensors_spec){.name = names[i], .dtype = dtype, .ndim = t->ndim};
+        spec[i].shape[0] = t->shape[0];
+        spec[i].shape[1] = t->shape[1];
+    }
+    pending P = {0};
+    const char *tmp = NULL;
+    if (!e) e = pending_add(&P, dir, "adapter_model.safetensors", &tmp);
+    st_safetensors_writer w;
+    static const char *const meta[] = {"format", "pt", NULL};
+    if (!e) {
+        e = st_safetensors_writer_begin(&w, tmp, spec, n, meta);
+        for (int i = 0; !e && i < n; i++) e = st_safetensors_writer_put(&w, params + lora->tensors[i].offset);
+        if (!e) e = st_safetensors_writer_end(&w);
+        else st_safetensors_writer_abort(&w);
+    }
+    if (!e) {
+        cJSON *c = cJSON_CreateObject(), *tm = cJSON_CreateArray();
+        cJSON_AddStringToObject(c, "peft_type", "LORA");
+        cJSON_AddStringToObject(c, "task_type", "CAUSAL_LM");
+        cJSON_AddNumberToObject(c, "r", rank);
+        cJSON_AddNumberToObject(c, "lora_alpha", short_float(alpha));
+        cJSON_AddNumberToObject(c, "lora_dropout", short_float(dropout));
+        cJSON_AddStringToObject(c, "bias", "none");
+        cJSON_AddBoolToObject(c, "fan_in_fan_out", 0);
+        cJSON_AddBoolToObject(c, "inference_mode", 1);
+        cJSON_AddNullToObject(c, "base_model_name_or_path");
+        for (int i = 0; i < n_targets; i++) cJSON_AddItemToArray(tm, cJSON_CreateString(target_modules[i]));
+        cJSON_AddItemToObject(c, "target_modules", tm);
+        e = write_json(&P, dir, "adapter_config.json", c);
+    }
+    if (!e) e = pending_commit(&P, dir);
+    pending_abort(&P);
+    for (int i = 0; names && i < n; i++) free(names[i]);
+    free(names);
+    free(spec);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}

@@ -29,6 +29,7 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "params.h"
 #include "err.h"
 #include "safetensors.h"
 #include "tokenizer.h"
@@ -50,5 +51,13 @@ st_err st_hf_read(const char *dir, st_config *cfg, float **params);
  * complete. */
 st_err st_hf_write(const char *dir, const st_config *cfg, const float *params, const st_tokenizer *tok,
                    st_dtype dtype);
+
+/* A LoRA adapter as PEFT writes it: DIR/adapter_config.json (r, lora_alpha,
+ * lora_dropout, target_modules) and DIR/adapter_model.safetensors with
+ * tensors base_model.model.<name> (lora_A (r, in), lora_B (out, r)). lora is
+ * the adapters' whole (tp 1) tensor table, params its buffer. Llama family. */
+st_err st_hf_write_peft(const char *dir, const st_config *cfg, const st_layout *lora, const float *params,
+                        int rank, float alpha, float dropout, const char *const *target_modules, int n_targets,
+                        st_dtype dtype);
 
 #endif

@@ -21,14 +21,14 @@
 typedef struct { char *to, *dtype, *name; int merge_lora; } export_opts;
 static export_opts EX;
 static const st_option export_options[] = {
-    {"to", ST_OPT_STRING, &EX.to, NULL, "destination: hf:DIR (Hugging Face directory) or gguf:FILE (llama.cpp)"},
+    {"to", ST_OPT_STRING, &EX.to, NULL, "destination: hf:DIR (Hugging Face directory), gguf:FILE (llama.cpp) or peft:DIR (the LoRA adapters alone, as PEFT saves them)"},
     {"dtype", ST_OPT_STRING, &EX.dtype, "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)"},
     {"name", ST_OPT_STRING, &EX.name, "shardtune", "model name recorded in GGUF general.name"},
     {"merge-lora", ST_OPT_BOOL, &EX.merge_lora, "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)"},
 };
 
 static const char usage[] =
-    "usage: shardtune export CKPT.h5 --to hf:DIR | gguf:FILE [--dtype f32|f16|bf16] [--merge-lora]\n\n"
+    "usage: shardtune export CKPT.h5 --to hf:DIR | gguf:FILE | peft:DIR [--dtype f32|f16|bf16] [--merge-lora]\n\n"
     "Writes a checkpoint's weights and tokenizer as a Hugging Face model directory\n"
     "(config.json, model.safetensors, tokenizer.json; loads with transformers'\n"
     "from_pretrained) or as a GGUF file for llama.cpp. Optimizer state is not exported.\n\n";
@@ -58,11 +58,11 @@ static st_err load_weights(const char *path, st_config *cfg, float **params, st_
         int has_lora = 0, merged = 0;
         if (!e) e = st_ckpt_read_set_meta(path, MPI_COMM_SELF, "lora", &meta, &has_lora);
         free(meta);
-        if (!e && has_lora && !EX.merge_lora)
+        if (!e && has_lora && !EX.merge_lora && strncmp(EX.to ? EX.to : "", "peft:", 5))
             e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
                              "%s carries LoRA adapters; pass --merge-lora to export the base with the adapters "
-                             "merged in (exporting a separate PEFT adapter is not supported yet)", path);
-        if (!e && has_lora) e = st_lora_merge_checkpoint(path, &g, &lay, p, &merged);
+                             "merged in, or export the adapters alone with --to peft:DIR", path);
+        if (!e && has_lora && EX.merge_lora) e = st_lora_merge_checkpoint(path, &g, &lay, p, &merged);
         st_grid_free(&g);
     }
     if (!e && kind) e = st_tokenizer_from_blob(tok, kind, blob, nb);
@@ -98,12 +98,47 @@ static st_err parse_dest(const char *to, st_dtype dt, int *gguf, const char **wh
     return ST_OK;
 }
 
+/* --to peft:DIR: the adapters alone, for PEFT's PeftModel.from_pretrained. */
+static st_err export_peft(const char *ckpt, const char *dir, st_dtype dt)
+{
+    static const char *const modules[ST_T_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                    "gate_proj", "up_proj", "down_proj"};
+    st_config cfg;
+    ST_TRY(st_ckpt_read_config(ckpt, MPI_COMM_SELF, &cfg));
+    st_layout lay;
+    ST_TRY(st_layout_init(&lay, &cfg, 1, 0));
+    st_grid g;
+    st_err e = st_grid_init(&g, MPI_COMM_SELF, 1);
+    float *base = e ? NULL : calloc(lay.numel, sizeof(float));
+    st_lora *l = NULL;
+    st_lora_config c;
+    if (!e && !base) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (!e) e = st_lora_load_checkpoint(ckpt, &g, &lay, base, &l, &c);
+    if (!e && !l) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
+                                   "%s has no LoRA adapters (train with lora.rank > 0)", ckpt);
+    if (!e) {
+        const char *names[ST_T_COUNT];
+        int n = 0;
+        for (int i = 0; i < ST_T_COUNT; i++)
+            if (st_lora_targets(l) & (1u << i)) names[n++] = modules[i];
+        e = st_hf_write_peft(dir, &cfg, st_lora_layout(l), st_lora_params(l), c.rank, c.alpha, c.dropout, names, n, dt);
+        if (!e) printf("exported the LoRA adapters of %s (rank %d, alpha %g) -> %s\n", ckpt, c.rank, c.alpha, dir);
+    }
+    if (l) st_lora_free(l);
+    free(base);
+    if (!e) st_grid_free(&g);
+    st_layout_free(&lay);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
 static st_err export_one(const char *ckpt)
 {
     st_dtype dt = ST_DT_F32;
     int gguf = 0;
     const char *where = NULL;
     ST_TRY(parse_dtype(EX.dtype, &dt));
+    if (EX.to && !strncmp(EX.to, "peft:", 5) && EX.to[5]) return export_peft(ckpt, EX.to + 5, dt);
     ST_TRY(parse_dest(EX.to, dt, &gguf, &where));
     st_config cfg;
     float *params;

@@ -95,6 +95,10 @@ st_err st_lora_merge(const st_lora *l, const st_layout *base, float *base_params
 /* A checkpoint's "lora" set (if any) merged into params, this rank's slice of
  * lay, on grid g: *merged = 1 when there were adapters (src/lora_ckpt.c). */
 #include "grid.h"
+/* The checkpoint's adapters as an st_lora (NULL *out when it has none);
+ * params is the loaded base (untouched). */
+st_err st_lora_load_checkpoint(const char *path, const st_grid *g, const st_layout *lay, float *params,
+                               st_lora **out, st_lora_config *cfg);
 st_err st_lora_merge_checkpoint(const char *path, const st_grid *g, const st_layout *lay, float *params,
                                 int *merged);
 
