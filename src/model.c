@@ -27,14 +27,18 @@ typedef struct { float **ptr; size_t n; } slot;
 static st_err alloc_acts(st_model *m)
 {
     const st_layout *y = &m->lay;
-    const size_t L = m->training ? (size_t)y->cfg.n_layer : 1, B = m->B, T = m->T, N = B * T, C = y->cfg.d_model;
+    /* per-layer activations: every layer's when training without recomputation,
+     * one layer's worth otherwise; the residual stream is kept for every layer
+     * when training (recomputation starts from it) */
+    const size_t L = m->training == ST_MODEL_TRAIN ? (size_t)y->cfg.n_layer : 1, B = m->B, T = m->T, N = B * T,
+                 C = y->cfg.d_model, LX = m->training ? (size_t)y->cfg.n_layer + 1 : 2;
     const size_t hd = y->head_dim, Hl = y->n_head_l, KVl = y->n_kv_head_l, Fl = y->d_ff_l,
                  Vl = y->vocab_l;
     const size_t qd = Hl * hd, kvd = KVl * hd;
     const int gpt2 = GPT2(m);
     st_acts *a = &m->a;
     slot s[] = {
-        {&a->x, (m->training ? L + 1 : 2) * N * C},      {&a->ln1, L * N * C},     {&a->ln1_s1, L * N},
+        {&a->x, LX * N * C},      {&a->ln1, L * N * C},     {&a->ln1_s1, L * N},
         {&a->ln1_s2, L * N},           {&a->qh, L * N * qd},     {&a->kh, L * N * kvd},
         {&a->vh, L * N * kvd},         {&a->att, L * B * Hl * T * T}, {&a->o, L * N * qd},
         {&a->x2, L * N * C},           {&a->ln2, L * N * C},     {&a->ln2_s1, L * N},
@@ -204,10 +208,10 @@ static kv_dest kv_for(const st_model *m, const st_kvcache *c, int l, int B, int 
         d.ld = c->max_seq;
         d.pos0 = c->len;
     } else {
-        size_t N = (size_t)m->B * m->T;
-        d.k = m->a.kh + l * N * y->n_kv_head_l * y->head_dim;
-        d.v = m->a.vh + l * N * y->n_kv_head_l * y->head_dim;
-        d.att = m->a.att + l * (size_t)m->B * y->n_head_l * m->T * m->T;
+        size_t N = (size_t)m->B * m->T, s = m->training == ST_MODEL_TRAIN ? (size_t)l : 0;
+        d.k = m->a.kh + s * N * y->n_kv_head_l * y->head_dim;
+        d.v = m->a.vh + s * N * y->n_kv_head_l * y->head_dim;
+        d.att = m->a.att + s * (size_t)m->B * y->n_head_l * m->T * m->T;
         d.ld = T;
         d.pos0 = 0;
     }
@@ -215,9 +219,11 @@ static kv_dest kv_for(const st_model *m, const st_kvcache *c, int l, int B, int 
     return d;
 }
 
-/* Per-layer activation slices: layer l's own when training; when not, one
- * slot reused by every layer (and two for the residual stream, ping-pong). */
-#define LAYER(p, l, per) ((p) + (size_t)(m->training ? (l) : 0) * (per))
+/* Per-layer activation slices: layer l's own when training; otherwise one
+ * slot reused by every layer (recomputation refills it before each layer's
+ * backward). The residual stream: every layer's when training, else two
+ * slots, ping-pong. */
+#define LAYER(p, l, per) ((p) + (size_t)(m->training == ST_MODEL_TRAIN ? (l) : 0) * (per))
 #define XSLOT(l) ((size_t)(m->training ? (l) : (l) % 2))
 
 /* The adapters' share of a projection (see src/adapter.h). */
@@ -337,7 +343,7 @@ st_err st_model_forward_body(st_model *m, const int32_t *tokens, int B, int T)
         ST_TRY(attn_forward(m, l, B, T, NULL));
         ST_TRY(mlp_forward(m, l, B, T));
     }
-    ST_TRY(norm_forward(m, a->lnf, a->lnf_s1, a->lnf_s2, LAYER(a->x, L, Nmax * C), m->w.lnf_w,
+    ST_TRY(norm_forward(m, a->lnf, a->lnf_s1, a->lnf_s2, a->x + XSLOT(L) * Nmax * C, m->w.lnf_w,
                         m->w.lnf_b, N));
     m->last_B = B;
     m->last_T = T;
@@ -473,7 +479,7 @@ static st_err head_backward_tail(st_model *m, int64_t N, int partial)
     const int L = y->cfg.n_layer;
     const int64_t Nmax = (int64_t)m->B * m->T, C = y->cfg.d_model;
     if (partial) ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
-    return norm_backward(m, a->dres, m->gt.lnf_w, m->gt.lnf_b, a->dln, LAYER(a->x, L, Nmax * C),
+    return norm_backward(m, a->dres, m->gt.lnf_w, m->gt.lnf_b, a->dln, a->x + XSLOT(L) * Nmax * C,
                          a->lnf_s1, a->lnf_s2, m->w.lnf_w, N);
 }
 
@@ -488,6 +494,12 @@ static st_err body_backward(st_model *m, const int32_t *tokens)
         ST_TRY(m->grad_ready(m->grad_ready_ctx, y->layer_begin[L], y->numel));
     for (int l = L - 1; l >= 0; l--) {
         if (l >= m->backward_floor) {
+            /* recomputation: layer l's activations again, from its saved input
+             * (the last layer's are still there from the forward pass) */
+            if (m->training == ST_MODEL_TRAIN_RECOMPUTE && l != L - 1) {
+                ST_TRY(attn_forward(m, l, B, T, NULL));
+                ST_TRY(mlp_forward(m, l, B, T));
+            }
             ST_TRY(mlp_backward(m, l));
             ST_TRY(attn_backward(m, l));
         }

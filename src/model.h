@@ -45,7 +45,7 @@ typedef struct {
     st_layout lay;
     MPI_Comm tp;               /* the tp communicator (size lay.tp_size) */
     int B, T;                  /* largest micro-batch the buffers hold */
-    int training;              /* activations saved per layer (else one layer's worth, reused) */
+    int training;              /* ST_MODEL_INFER, ST_MODEL_TRAIN or ST_MODEL_TRAIN_RECOMPUTE */
     float *params, *grads;     /* lay.numel each */
     st_ptrs w, g;              /* pointers into params and grads, by role */
     st_ptrs gt;                /* the gradients backward computes: g, with frozen tensors NULL */
@@ -63,10 +63,18 @@ typedef struct {
     void *grad_ready_ctx;
 } st_model;
 
+enum {
+    ST_MODEL_INFER = 0,           /* forward only: one layer's activations, reused */
+    ST_MODEL_TRAIN = 1,           /* every layer's activations saved for backward */
+    ST_MODEL_TRAIN_RECOMPUTE = 2  /* only each layer's input saved; backward recomputes the rest */
+};
+
 /* Allocate a model for cfg on this rank's slice of the communicator tp.
  * Parameters are initialised from seed (st_params_init); load a checkpoint to
- * overwrite. training = 0 keeps activations for one layer only (generation,
- * evaluation without backward), which is all the forward pass needs. */
+ * overwrite. training: ST_MODEL_INFER keeps activations for one layer only
+ * (generation, evaluation), ST_MODEL_TRAIN every layer's, and
+ * ST_MODEL_TRAIN_RECOMPUTE only the residual stream (activation
+ * recomputation: about one layer's memory instead of L, one more forward). */
 st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, int T, uint64_t seed,
                        int training);
 void st_model_free(st_model *m);

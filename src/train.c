@@ -57,7 +57,7 @@ typedef struct {
     int save_every, keep, log_every, eval_every, eval_batches, plot;
     int64_t stop_after;
     char *pool;
-    int freeze_layers, patience;
+    int freeze_layers, patience, recompute;
     st_lora_config lora;
     char *lora_targets;
 } train_opts;
@@ -90,6 +90,7 @@ static const st_option train_options[] = {
     {"lora.alpha", ST_OPT_FLOAT, &O.lora.alpha, "16", "LoRA scale numerator: adapters add (alpha/rank) B A x"},
     {"lora.dropout", ST_OPT_FLOAT, &O.lora.dropout, "0", "dropout on the adapters' input"},
     {"lora.targets", ST_OPT_STRING, &O.lora_targets, "q,v", "projections with adapters: q,k,v,o,gate,up,down (or attn, mlp, all)"},
+    {"recompute", ST_OPT_BOOL, &O.recompute, "false", "activation recomputation: keep only each layer's input, redo its forward in backward (memory of one layer instead of all, ~1/3 more compute)"},
     {"freeze_layers", ST_OPT_INT, &O.freeze_layers, "0", "keep the embeddings and the lowest N layers fixed (-1: the whole body)"},
     {"early_stopping.patience", ST_OPT_INT, &O.patience, "0", "stop after this many evaluations without a better validation loss (0 = off)"},
     {"optim.lr", ST_OPT_FLOAT, &O.opt.lr, "3e-4", "peak learning rate"},
@@ -339,7 +340,8 @@ static st_err setup(trainer *t, MPI_Comm world)
                 O.global_batch, O.batch_size, t->grid.dp_size);
     t->micro_per_step = per_rank_rows / O.batch_size;
     if (!O.global_batch) O.global_batch = O.batch_size * t->grid.dp_size;
-    ST_TRY(st_model_create(&t->model, &cfg, t->grid.tp, O.batch_size, O.seq_len, (uint64_t)O.seed, 1));
+    ST_TRY(st_model_create(&t->model, &cfg, t->grid.tp, O.batch_size, O.seq_len, (uint64_t)O.seed,
+                           O.recompute ? ST_MODEL_TRAIN_RECOMPUTE : ST_MODEL_TRAIN));
     ST_TRY(st_dp_init(&t->dp, t->grid.dp, t->model.lay.numel, O.zero, cfg.n_layer + 2));
     st_dp_owned(&t->dp, &t->own_begin, &t->own_end);
     O.opt.total_steps = (int)O.steps;

@@ -230,6 +230,37 @@ START_TEST(masked_targets_change_nothing)
 }
 END_TEST
 
+/* Activation recomputation changes memory, not math: bitwise-equal loss and
+ * gradients, both families, with several layers. */
+static void check_recompute(st_config cfg)
+{
+    const int B = 2, T = 9;
+    cfg.n_layer = 3;
+    st_model a, b;
+    ck_assert_int_eq(st_model_create(&a, &cfg, MPI_COMM_SELF, B, T, 8, ST_MODEL_TRAIN), 0);
+    ck_assert_int_eq(st_model_create(&b, &cfg, MPI_COMM_SELF, B, T, 8, ST_MODEL_TRAIN_RECOMPUTE), 0);
+    batch x = make_batch(B, T, cfg.vocab_size, 17);
+    double la = 0, lb = 0;
+    st_model_zero_grad(&a);
+    st_model_zero_grad(&b);
+    ck_assert_int_eq(st_model_forward(&a, x.tok, x.tgt, x.mask, B, T, 0.05f, &la), 0);
+    ck_assert_int_eq(st_model_backward(&a, x.tok), 0);
+    ck_assert_int_eq(st_model_forward(&b, x.tok, x.tgt, x.mask, B, T, 0.05f, &lb), 0);
+    ck_assert_int_eq(st_model_backward(&b, x.tok), 0);
+    ck_assert(memcmp(&la, &lb, sizeof la) == 0);
+    ck_assert(memcmp(a.grads, b.grads, a.lay.numel * sizeof(float)) == 0);
+    free_batch(&x);
+    st_model_free(&a);
+    st_model_free(&b);
+}
+
+START_TEST(recomputation_is_exact)
+{
+    check_recompute(cfg_llama());
+    check_recompute(cfg_gpt2());
+}
+END_TEST
+
 /* Bad input is an error, not a crash. */
 START_TEST(rejects_bad_tokens_and_shapes)
 {
@@ -268,6 +299,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, training_is_deterministic);
     tcase_add_test(tc, rejects_bad_tokens_and_shapes);
     tcase_add_test(tc, masked_targets_change_nothing);
+    tcase_add_test(tc, recomputation_is_exact);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
