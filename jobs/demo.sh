@@ -10,7 +10,7 @@ OUT=runs/banking
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 MPIRUN=(mpirun --bind-to none -np 2)
-STEPS_CLS=${STEPS_CLS:-400} STEPS_SFT=${STEPS_SFT:-300} N_GEN=${N_GEN:-200}
+STEPS_CLS=${STEPS_CLS:-300} STEPS_SFT=${STEPS_SFT:-250} N_GEN=${N_GEN:-100}
 rm -rf "$OUT" && mkdir -p "$OUT"
 t0=$(date +%s)
 acc() { sed -n 's/.*"accuracy":[[:space:]]*\([0-9.eE+-]*\).*/\1/p' "$1" | head -1; }

@@ -195,7 +195,7 @@ static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples
             for (int i = 1; i < y->cfg.vocab_size; i++) if (full[i] > full[best]) best = i;
             if (best == eos) break;
             out[nout++] = best;
-            if (c.len >= y->cfg.max_seq) break;
+            if (c.lens[0] >= y->cfg.max_seq) break;
             e = st_model_forward_cached(&gm, &c, &out[nout - 1], 1, local);
         }
         st_kvcache_free(&c);

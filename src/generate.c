@@ -1,8 +1,9 @@
 /* generate.c: `shardtune generate CKPT --prompt TEXT | --prompts FILE.jsonl`.
  *
- * Loads a checkpoint on any grid (tp splits the model, dp ranks share the
- * prompts), runs each prompt through the model once (prefill, in chunks) and
- * then one position per new token against the key/value cache. Every tp rank
+ * Loads a checkpoint on any grid (tp splits the model, dp ranks take blocks
+ * of prompts), runs each prompt through the model once (prefill, in chunks),
+ * then decodes a batch of prompts together, one position per new token
+ * against the key/value cache. Every tp rank
  * gathers the same logits and draws with the same seed, so all agree on each
  * token without further communication.
  */
@@ -24,7 +25,7 @@
 
 typedef struct {
     char *prompt, *prompts, *out;
-    int max_new, tp, chunk, stop_at_eos, raw;
+    int max_new, tp, chunk, stop_at_eos, raw, batch;
     int64_t seed;
     st_sampling s;
 } gen_opts;
@@ -42,52 +43,78 @@ static const st_option gen_options[] = {
     {"stop_at_eos", ST_OPT_BOOL, &G.stop_at_eos, "true", "stop a completion at the end-of-text token"},
     {"tp", ST_OPT_INT, &G.tp, "1", "tensor-parallel ranks"},
     {"chunk", ST_OPT_INT, &G.chunk, "64", "prompt tokens per prefill pass"},
+    {"batch", ST_OPT_INT, &G.batch, "8", "prompts decoded together on each rank"},
 };
 #define N_GEN ((int)(sizeof gen_options / sizeof gen_options[0]))
 
-/* Generate a completion of prompt; *out malloc'd text of the new tokens. */
-static st_err complete(st_model *m, st_tokenizer *tok, const char *prompt, st_rng *rng, char **out,
-                       float *full, float *local, int *scratch)
+/* Token ids of one prompt (BOS, or EOS, for an empty one). */
+static st_err encode_prompt(st_tokenizer *tok, const char *prompt, int max_seq, int32_t **ids, size_t *n)
+{
+    size_t cap = 0;
+    *ids = NULL;
+    *n = 0;
+    st_err e = st_tokenizer_encode(tok, prompt, strlen(prompt), 1, ids, n, &cap);
+    if (!e && *n == 0) {
+        int bos = st_tokenizer_bos(tok) >= 0 ? st_tokenizer_bos(tok) : st_tokenizer_eos(tok);
+        int32_t *one = bos >= 0 ? realloc(*ids, sizeof **ids) : NULL;
+        if (!one) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "empty prompt and the tokenizer has no BOS token");
+        else *ids = one, (*ids)[0] = bos, *n = 1;
+    }
+    if (!e && (int)*n + G.max_new > max_seq)
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
+                         "prompt of %zu tokens + %d new exceeds the model's max_seq %d (lower --max_new)", *n,
+                         G.max_new, max_seq);
+    if (e) {
+        free(*ids);
+        *ids = NULL;
+        st_error_trace(__FILE__, __LINE__, __func__);
+    }
+    return e;
+}
+
+/* Completions of nb prompts at once: each row's prompt is run through the
+ * model on its own (lengths differ), then all rows decode together, one
+ * position per row per step. outs[r]: malloc'd text of row r's new tokens. */
+static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int nb, st_rng *rngs, char **outs,
+                             float *full, float *local, int *scratch)
 {
     const st_layout *y = &m->lay;
-    int32_t *ids = NULL;
-    size_t n = 0, cap = 0;
+    const int Vl = y->vocab_l, eos = st_tokenizer_eos(tok);
     st_kvcache c;
-    st_err e = st_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &cap);
-    if (!e && n == 0) {
-        int bos = st_tokenizer_bos(tok) >= 0 ? st_tokenizer_bos(tok) : st_tokenizer_eos(tok);
-        if (bos < 0) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "empty prompt and the tokenizer has no BOS token");
-        else { ids = realloc(ids, sizeof *ids); ids[0] = bos; n = 1; }
-    }
-    if (e) { free(ids); ST_TRY(e); }
-    if ((int)n + G.max_new > y->cfg.max_seq) {
+    ST_TRY(st_kvcache_create(&c, m, nb));
+    int32_t *next = calloc((size_t)nb, sizeof *next), *outids = calloc((size_t)nb * (G.max_new + 1), sizeof *outids);
+    int *nout = calloc((size_t)nb, sizeof *nout), *done = calloc((size_t)nb, sizeof *done);
+    st_err e = next && outids && nout && done ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    for (int r = 0; !e && r < nb; r++) { /* prefill row r, in chunks */
+        int32_t *ids = NULL;
+        size_t n = 0;
+        if ((e = encode_prompt(tok, prompts[r], y->cfg.max_seq, &ids, &n))) break;
+        st_kvcache row = st_kvcache_row(&c, m, r);
+        for (size_t at = 0; !e && at < n; at += (size_t)G.chunk) {
+            int q = (int)(n - at < (size_t)G.chunk ? n - at : (size_t)G.chunk);
+            e = st_model_forward_cached(m, &row, ids + at, q, local + (size_t)r * Vl);
+        }
         free(ids);
-        ST_FAIL(ST_ERR_ARG, "prompt of %zu tokens + %d new exceeds the model's max_seq %d (lower --max_new)",
-                n, G.max_new, y->cfg.max_seq);
     }
-    ST_TRY(st_kvcache_create(&c, m, 1));
-    int32_t *outids = malloc(sizeof *outids * (size_t)(G.max_new + 1));
-    int nout = 0;
-    if (!outids) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-    for (size_t at = 0; !e && at < n; at += (size_t)G.chunk) {
-        int q = (int)(n - at < (size_t)G.chunk ? n - at : (size_t)G.chunk);
-        e = st_model_forward_cached(m, &c, ids + at, q, local);
+    for (int step = 0; !e && step < G.max_new; step++) {
+        if ((e = st_tp_gather_logits(m->tp, full, local, nb, Vl))) break;
+        int active = 0;
+        for (int r = 0; r < nb; r++) {
+            next[r] = eos >= 0 ? eos : 0; /* a finished row is fed something; its output is ignored */
+            if (done[r]) continue;
+            int t = st_sample_token(full + (size_t)r * Vl * y->tp_size, y->cfg.vocab_size, &G.s, &rngs[r], scratch);
+            if (G.stop_at_eos && t == eos) { done[r] = 1; continue; }
+            outids[(size_t)r * (G.max_new + 1) + nout[r]++] = next[r] = t;
+            active++;
+        }
+        if (!active || step + 1 == G.max_new) break;
+        e = st_model_forward_cached(m, &c, next, 1, local);
     }
-    const int vpad = y->vocab_l * y->tp_size;
-    while (!e && nout < G.max_new) {
-        e = st_tp_gather_logits(m->tp, full, local, 1, y->vocab_l);
-        if (e) break;
-        (void)vpad;
-        int next = st_sample_token(full, y->cfg.vocab_size, &G.s, rng, scratch);
-        if (G.stop_at_eos && next == st_tokenizer_eos(tok)) break;
-        outids[nout++] = next;
-        if (nout == G.max_new) break;
-        e = st_model_forward_cached(m, &c, &outids[nout - 1], 1, local);
+    for (int r = 0; !e && r < nb; r++) {
+        size_t len = 0;
+        e = st_tokenizer_decode(tok, outids + (size_t)r * (G.max_new + 1), (size_t)nout[r], &outs[r], &len);
     }
-    size_t len = 0;
-    if (!e) e = st_tokenizer_decode(tok, outids, (size_t)nout, out, &len);
-    free(outids);
-    free(ids);
+    free(next), free(outids), free(nout), free(done);
     st_kvcache_free(&c);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
@@ -145,7 +172,8 @@ static st_err generate(const char *ckpt, MPI_Comm world)
     st_config cfg;
     ST_TRY(st_ckpt_read_config(ckpt, world, &cfg));
     st_model m;
-    ST_TRY(st_model_create(&m, &cfg, g.tp, 1, G.chunk < cfg.max_seq ? G.chunk : cfg.max_seq, 0, 0));
+    if (G.batch < 1 || G.chunk < 1) ST_FAIL(ST_ERR_ARG, "--batch and --chunk must be at least 1");
+    ST_TRY(st_model_create(&m, &cfg, g.tp, G.batch, G.chunk < cfg.max_seq ? G.chunk : cfg.max_seq, 0, 0));
     st_ckpt_tensors t = {.lay = &m.lay, .params = m.params};
     char *kind = NULL;
     uint8_t *blob = NULL;
@@ -163,41 +191,70 @@ static st_err generate(const char *ckpt, MPI_Comm world)
     int np = 0;
     ST_TRY(st_agree(world, read_prompts(&prompts, &np)));
     size_t vpad = (size_t)m.lay.vocab_l * m.lay.tp_size;
-    float *full = malloc(sizeof(float) * vpad), *local = malloc(sizeof(float) * m.lay.vocab_l);
+    float *full = malloc(sizeof(float) * vpad * G.batch), *local = malloc(sizeof(float) * m.lay.vocab_l * G.batch);
     int *scratch = malloc(sizeof(int) * vpad);
+    st_rng *rngs = malloc(sizeof *rngs * G.batch);
+    char **texts = calloc((size_t)np + 1, sizeof *texts);
     FILE *out = stdout;
     if (G.out && g.world_rank == 0) {
         out = fopen(G.out, "w");
         if (!out) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", G.out, strerror(errno));
     }
-    if (!full || !local || !scratch) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (!full || !local || !scratch || !rngs || !texts)
+        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
     e = st_agree(world, e);
-    /* dp ranks take prompts round-robin; rank 0 of each tp group prints its own */
-    for (int i = 0; !e && i < np; i++) {
-        if (i % g.dp_size != g.dp_rank) continue;
-        st_rng rng;
-        st_rng_seed(&rng, (uint64_t)G.seed * 1000003ULL + (uint64_t)i);
-        char *text = NULL;
-        e = complete(&m, tok, prompts[i], &rng, &text, full, local, scratch);
-        if (!e && g.tp_rank == 0) {
-            if (G.out) {
-                cJSON *j = cJSON_CreateObject();
-                cJSON_AddStringToObject(j, "prompt", prompts[i]);
-                cJSON_AddStringToObject(j, "completion", text);
-                char *s = cJSON_PrintUnformatted(j);
-                if (g.world_rank == 0) fprintf(out, "%s\n", s);
-                else fprintf(stdout, "%s\n", s);
-                free(s);
-                cJSON_Delete(j);
-            } else {
-                int tty = isatty(fileno(stdout));
-                printf("=== prompt %d\n%s%s%s%s\n", i + 1, prompts[i], tty ? "\033[1m" : "", text,
-                       tty ? "\033[0m" : "");
-            }
-            fflush(stdout);
-        }
-        free(text);
+    /* dp rank r takes a contiguous block of prompts, in batches */
+    const int lo = (int)((int64_t)np * g.dp_rank / g.dp_size), hi = (int)((int64_t)np * (g.dp_rank + 1) / g.dp_size);
+    for (int i = lo; !e && i < hi; i += G.batch) {
+        int nb = hi - i < G.batch ? hi - i : G.batch;
+        for (int r = 0; r < nb; r++) st_rng_seed(&rngs[r], (uint64_t)G.seed * 1000003ULL + (uint64_t)(i + r));
+        e = complete_batch(&m, tok, prompts + i, nb, rngs, texts + i, full, local, scratch);
     }
+    e = st_agree(world, e);
+    /* the block's lines, in prompt order, gathered to world rank 0 over dp (tp rank 0 ranks) */
+    char *mine = NULL;
+    size_t mlen = 0;
+    FILE *mem = e ? NULL : open_memstream(&mine, &mlen);
+    for (int i = lo; mem && i < hi; i++) {
+        if (G.out) {
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddStringToObject(j, "prompt", prompts[i]);
+            cJSON_AddStringToObject(j, "completion", texts[i]);
+            char *js = cJSON_PrintUnformatted(j);
+            fprintf(mem, "%s\n", js);
+            free(js);
+            cJSON_Delete(j);
+        } else {
+            int tty = isatty(fileno(stdout));
+            fprintf(mem, "=== prompt %d\n%s%s%s%s\n", i + 1, prompts[i], tty ? "\033[1m" : "", texts[i],
+                    tty ? "\033[0m" : "");
+        }
+    }
+    if (mem) fclose(mem);
+    if (!e && g.tp_rank == 0) {
+        int len = (int)mlen, *lens = NULL, *displs = NULL, total = 0;
+        char *all = NULL;
+        if (g.dp_rank == 0) {
+            lens = calloc((size_t)g.dp_size, sizeof *lens);
+            displs = calloc((size_t)g.dp_size, sizeof *displs);
+        }
+        int rc = MPI_Gather(&len, 1, MPI_INT, lens, 1, MPI_INT, 0, g.dp);
+        if (g.dp_rank == 0 && rc == MPI_SUCCESS) {
+            for (int r = 0; r < g.dp_size; r++) displs[r] = total, total += lens[r];
+            all = malloc((size_t)total + 1);
+        }
+        if (rc == MPI_SUCCESS) rc = MPI_Gatherv(mine, len, MPI_CHAR, all, lens, displs, MPI_CHAR, 0, g.dp);
+        if (rc != MPI_SUCCESS) e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "gathering completions failed");
+        if (!e && all) {
+            fwrite(all, 1, (size_t)total, out);
+            fflush(out);
+        }
+        free(all), free(lens), free(displs);
+    }
+    free(mine);
+    for (int i = 0; i < np; i++) free(texts[i]);
+    free(texts);
+    free(rngs);
     if (out && out != stdout) fclose(out);
     for (int i = 0; i < np; i++) free(prompts[i]);
     free(prompts);

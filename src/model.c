@@ -194,19 +194,20 @@ static st_err from_heads(float *dst, const float *src, int B, int T, int NH, int
 
 /* Where a layer's keys and values go: the saved activations when training,
  * the cache when generating. */
-typedef struct { float *k, *v, *att; int ld, pos0; } kv_dest;
+typedef struct { float *k, *v, *att; int ld, pos0; size_t row; } kv_dest; /* row: cache row stride */
 
 static kv_dest kv_for(const st_model *m, const st_kvcache *c, int l, int B, int T)
 {
     const st_layout *y = &m->lay;
     kv_dest d;
     if (c) {
-        size_t per = (size_t)c->B * y->n_kv_head_l * c->max_seq * y->head_dim;
+        size_t per = (size_t)y->n_kv_head_l * c->max_seq * y->head_dim;
         d.k = c->k + l * per;
         d.v = c->v + l * per;
         d.att = c->att;
         d.ld = c->max_seq;
-        d.pos0 = c->len;
+        d.pos0 = 0; /* per row: c->lens */
+        d.row = per * y->cfg.n_layer;
     } else {
         size_t N = (size_t)m->B * m->T, s = m->training == ST_MODEL_TRAIN ? (size_t)l : 0;
         d.k = m->a.kh + s * N * y->n_kv_head_l * y->head_dim;
@@ -214,6 +215,7 @@ static kv_dest kv_for(const st_model *m, const st_kvcache *c, int l, int B, int 
         d.att = m->a.att + s * (size_t)m->B * y->n_head_l * m->T * m->T;
         d.ld = T;
         d.pos0 = 0;
+        d.row = 0;
     }
     (void)B;
     return d;
@@ -264,13 +266,28 @@ static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c
     ST_TRY(adapt_forward(m, l, ST_T_K, a->kt, ln1, N));
     ST_TRY(adapt_forward(m, l, ST_T_V, a->vt, ln1, N));
     ST_TRY(to_heads(qh, a->qt, B, T, Hl, T, 0, hd));
-    ST_TRY(to_heads(kv.k, a->kt, B, T, KVl, kv.ld, kv.pos0, hd));
-    ST_TRY(to_heads(kv.v, a->vt, B, T, KVl, kv.ld, kv.pos0, hd));
-    if (!GPT2(m)) {
-        st_rope_apply(qh, m->rope_cos, m->rope_sin, B, Hl, T, T, 0, kv.pos0, hd, 0);
-        st_rope_apply(kv.k, m->rope_cos, m->rope_sin, B, KVl, T, kv.ld, kv.pos0, kv.pos0, hd, 0);
+    if (!c) {
+        ST_TRY(to_heads(kv.k, a->kt, B, T, KVl, kv.ld, 0, hd));
+        ST_TRY(to_heads(kv.v, a->vt, B, T, KVl, kv.ld, 0, hd));
+        if (!GPT2(m)) {
+            st_rope_apply(qh, m->rope_cos, m->rope_sin, B, Hl, T, T, 0, 0, hd, 0);
+            st_rope_apply(kv.k, m->rope_cos, m->rope_sin, B, KVl, T, T, 0, 0, hd, 0);
+        }
+        ST_TRY(st_attention_forward(a->oh, kv.att, qh, kv.k, kv.v, B, Hl, KVl, T, T, T, hd));
+    } else {
+        /* each row at its own position in its own stretch of the cache */
+        for (int b = 0; b < B; b++) {
+            const int p = c->lens[b];
+            float *k = kv.k + b * kv.row, *v = kv.v + b * kv.row, *q = qh + (size_t)b * qd * T;
+            ST_TRY(to_heads(k, a->kt + (size_t)b * T * kvd, 1, T, KVl, kv.ld, p, hd));
+            ST_TRY(to_heads(v, a->vt + (size_t)b * T * kvd, 1, T, KVl, kv.ld, p, hd));
+            if (!GPT2(m)) {
+                st_rope_apply(q, m->rope_cos, m->rope_sin, 1, Hl, T, T, 0, p, hd, 0);
+                st_rope_apply(k, m->rope_cos, m->rope_sin, 1, KVl, T, kv.ld, p, p, hd, 0);
+            }
+            ST_TRY(st_attention_forward(a->oh + (size_t)b * qd * T, kv.att, q, k, v, 1, Hl, KVl, T, p + T, kv.ld, hd));
+        }
     }
-    ST_TRY(st_attention_forward(a->oh, kv.att, qh, kv.k, kv.v, B, Hl, KVl, T, kv.pos0 + T, kv.ld, hd));
     ST_TRY(from_heads(o, a->oh, B, T, Hl, hd));
     /* o_proj: row-parallel, summed over tp */
     ST_TRY(st_tp_row_forward(m->tp, a->dnorm, o, w->wo, w->bo, N, qd, C));
@@ -308,7 +325,9 @@ static st_err mlp_forward(st_model *m, int l, int B, int T)
 }
 
 /* x[0] (N,C) = token embeddings (+ positions pos0.. for gpt2) */
-static st_err embed_forward(st_model *m, const int32_t *tokens, int B, int T, int pos0)
+/* x[0] (N,C) = token embeddings (+ positions for gpt2: row b starts at
+ * pos0[b], or 0 when pos0 is NULL) */
+static st_err embed_forward(st_model *m, const int32_t *tokens, int B, int T, const int *pos0)
 {
     const st_layout *y = &m->lay;
     const int64_t N = (int64_t)B * T, C = y->cfg.d_model;
@@ -320,7 +339,7 @@ static st_err embed_forward(st_model *m, const int32_t *tokens, int B, int T, in
     ST_TRY(st_tp_embed_forward(m->tp, x, tokens, m->w.wte, N, C, y->vocab_start, y->vocab_l));
     if (GPT2(m))
         for (int64_t i = 0; i < N; i++) {
-            const float *p = m->w.wpe + (size_t)(pos0 + i % T) * C;
+            const float *p = m->w.wpe + (size_t)((pos0 ? pos0[i / T] : 0) + i % T) * C;
             for (int64_t c = 0; c < C; c++) x[i * C + c] += p[c];
         }
     return ST_OK;
@@ -338,7 +357,7 @@ st_err st_model_forward_body(st_model *m, const int32_t *tokens, int B, int T)
                 m->B, m->T);
     const int L = y->cfg.n_layer;
     const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model;
-    ST_TRY(embed_forward(m, tokens, B, T, 0));
+    ST_TRY(embed_forward(m, tokens, B, T, NULL));
     for (int l = 0; l < L; l++) {
         ST_TRY(attn_forward(m, l, B, T, NULL));
         ST_TRY(mlp_forward(m, l, B, T));
@@ -526,20 +545,39 @@ st_err st_kvcache_create(st_kvcache *c, const st_model *m, int B)
     if (B > m->B) ST_FAIL(ST_ERR_ARG, "generation batch %d exceeds the model's %d rows", B, m->B);
     c->B = B;
     c->max_seq = y->cfg.max_seq;
-    size_t per = (size_t)B * y->n_kv_head_l * c->max_seq * y->head_dim;
-    ST_ALLOC(c->k, per * y->cfg.n_layer, "key cache");
-    ST_ALLOC(c->v, per * y->cfg.n_layer, "value cache");
-    ST_ALLOC(c->att, (size_t)B * y->n_head_l * m->T * c->max_seq, "attention scratch");
+    c->owner = 1;
+    size_t per = (size_t)y->n_kv_head_l * c->max_seq * y->head_dim * y->cfg.n_layer;
+    ST_ALLOC(c->lens, B, "cache lengths");
+    ST_ALLOC(c->k, per * B, "key cache");
+    ST_ALLOC(c->v, per * B, "value cache");
+    ST_ALLOC(c->att, (size_t)y->n_head_l * m->T * c->max_seq, "attention scratch");
     ST_ALLOC(c->last, (size_t)B * y->cfg.d_model, "last hidden states");
     return ST_OK;
 }
 
+st_kvcache st_kvcache_row(const st_kvcache *c, const st_model *m, int b)
+{
+    const st_layout *y = &m->lay;
+    size_t per = (size_t)y->n_kv_head_l * c->max_seq * y->head_dim * y->cfg.n_layer;
+    st_kvcache r = *c;
+    r.B = 1;
+    r.owner = 0;
+    r.lens = c->lens + b;
+    r.k = c->k + per * b;
+    r.v = c->v + per * b;
+    r.last = c->last + (size_t)b * y->cfg.d_model;
+    return r;
+}
+
 void st_kvcache_free(st_kvcache *c)
 {
-    free(c->k);
-    free(c->v);
-    free(c->att);
-    free(c->last);
+    if (c->owner) {
+        free(c->lens);
+        free(c->k);
+        free(c->v);
+        free(c->att);
+        free(c->last);
+    }
     memset(c, 0, sizeof *c);
 }
 
@@ -550,10 +588,13 @@ st_err st_model_forward_cached(st_model *m, st_kvcache *c, const int32_t *tokens
     st_acts *a = &m->a;
     const int B = c->B, L = y->cfg.n_layer;
     if (Tq < 1 || Tq > m->T) ST_FAIL(ST_ERR_ARG, "%d new tokens: expected 1..%d", Tq, m->T);
-    if (c->len + Tq > c->max_seq)
-        ST_FAIL(ST_ERR_ARG, "sequence of %d tokens exceeds max_seq %d", c->len + Tq, c->max_seq);
+    if (B > m->B) ST_FAIL(ST_ERR_ARG, "%d rows exceed the model's %d", B, m->B);
+    for (int b = 0; b < B; b++)
+        if (c->lens[b] + Tq > c->max_seq)
+            ST_FAIL(ST_ERR_ARG, "row %d: a sequence of %d tokens exceeds max_seq %d", b, c->lens[b] + Tq,
+                    c->max_seq);
     const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * Tq, C = y->cfg.d_model;
-    ST_TRY(embed_forward(m, tokens, B, Tq, c->len));
+    ST_TRY(embed_forward(m, tokens, B, Tq, c->lens));
     for (int l = 0; l < L; l++) {
         ST_TRY(attn_forward(m, l, B, Tq, c));
         ST_TRY(mlp_forward(m, l, B, Tq));
@@ -564,7 +605,7 @@ st_err st_model_forward_cached(st_model *m, st_kvcache *c, const int32_t *tokens
         memcpy(c->last + (size_t)b * C, xl + ((size_t)b * Tq + Tq - 1) * C, (size_t)C * sizeof(float));
     ST_TRY(norm_forward(m, a->lnf, a->lnf_s1, a->lnf_s2, c->last, m->w.lnf_w, m->w.lnf_b, B));
     ST_TRY(st_tp_column_forward(logits_local, a->lnf, m->w.lm_head, NULL, B, C, y->vocab_l));
-    c->len += Tq;
+    for (int b = 0; b < B; b++) c->lens[b] += Tq;
     (void)N;
     return ST_OK;
 }

@@ -105,19 +105,27 @@ void st_model_zero_grad(st_model *m);
 void st_model_set_trainable(st_model *m, const uint8_t *trainable, int adapters_everywhere);
 
 /* ---- inference with a key/value cache ---------------------------------- */
+/* Rows are independent sequences, each with its own length, so prompts of
+ * different lengths are filled one row at a time (st_kvcache_row) and then
+ * decoded together, one position per row per call. */
 typedef struct {
-    int B, max_seq, len;       /* rows, capacity, positions filled */
-    float *k, *v;              /* (L, B, KVl, max_seq, hd) */
-    float *att;                /* (B, Hl, m->T, max_seq) */
+    int B, max_seq;            /* rows, capacity per row */
+    int *lens;                 /* (B) positions filled in each row */
+    float *k, *v;              /* (B, L, KVl, max_seq, hd): a row is contiguous */
+    float *att;                /* (Hl, m->T, max_seq) scratch, one row at a time */
     float *last;               /* (B, C) final hidden state of each row's last position */
+    int owner;                 /* frees the buffers (not a row view) */
 } st_kvcache;
 
 st_err st_kvcache_create(st_kvcache *c, const st_model *m, int B);
 void st_kvcache_free(st_kvcache *c);
+/* A one-row view of row b of c (shares its buffers; nothing to free). */
+st_kvcache st_kvcache_row(const st_kvcache *c, const st_model *m, int b);
 
-/* Run Tq new tokens (B, Tq) at positions c->len .. c->len+Tq-1, append their
- * keys and values to the cache, and write the local logits of each row's last
- * new position to logits_local (B, Vl). Tq <= m->T, B == c->B. */
+/* Run Tq new tokens (B, Tq) at positions lens[b] .. lens[b]+Tq-1 of each row,
+ * append their keys and values to the cache, and write the local logits of
+ * each row's last new position to logits_local (B, Vl). Tq <= m->T,
+ * B == c->B <= m->B. */
 st_err st_model_forward_cached(st_model *m, st_kvcache *c, const int32_t *tokens, int Tq,
                                float *logits_local);
 
