@@ -7,6 +7,7 @@
  */
 #include "llama2c.h"
 
+
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -16,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "binfile.h"
 #include "params.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -83,37 +85,23 @@ void st_rope_rows_hf_to_meta(float *dst, const float *src, int n_head, int head_
 /* ------------------------------------------------------------------------- */
 /* header */
 
-/* Non-negative size arithmetic that flags overflow instead of wrapping. */
-static int64_t smul(int64_t a, int64_t b, int *ovf)
-{
-    int64_t r;
-    if (__builtin_mul_overflow(a, b, &r)) { *ovf = 1; return 0; }
-    return r;
-}
-
-static int64_t sadd(int64_t a, int64_t b, int *ovf)
-{
-    int64_t r;
-    if (__builtin_add_overflow(a, b, &r)) { *ovf = 1; return 0; }
-    return r;
-}
 
 /* Bytes a file with this header must have, without and with a separate classifier. */
 static void expected_bytes(const int32_t h[L2C_HEADER_INTS], int64_t *base, int64_t *wcls, int *ovf)
 {
     const int64_t dim = h[0], hid = h[1], L = h[2], H = h[3], KV = h[4], T = h[6];
     const int64_t V = h[5] < 0 ? -(int64_t)h[5] : h[5];
-    const int64_t hs = dim / H, kvd = smul(KV, hs, ovf);
+    const int64_t hs = dim / H, kvd = st_smul(KV, hs, ovf);
     int64_t layer = 2 * dim;                                     /* two rms norms */
-    layer = sadd(layer, smul(2, smul(dim, dim, ovf), ovf), ovf); /* wq, wo */
-    layer = sadd(layer, smul(2, smul(kvd, dim, ovf), ovf), ovf); /* wk, wv */
-    layer = sadd(layer, smul(3, smul(hid, dim, ovf), ovf), ovf); /* w1, w2, w3 */
-    int64_t n = smul(V, dim, ovf);                               /* embedding */
-    n = sadd(n, smul(L, layer, ovf), ovf);
-    n = sadd(n, dim, ovf);                                       /* final norm */
-    n = sadd(n, smul(T, smul(2, hs / 2, ovf), ovf), ovf);        /* freq_cis real, imag */
-    *base = sadd(L2C_HEADER_INTS * 4, smul(n, 4, ovf), ovf);
-    *wcls = smul(smul(V, dim, ovf), 4, ovf);
+    layer = st_sadd(layer, st_smul(2, st_smul(dim, dim, ovf), ovf), ovf); /* wq, wo */
+    layer = st_sadd(layer, st_smul(2, st_smul(kvd, dim, ovf), ovf), ovf); /* wk, wv */
+    layer = st_sadd(layer, st_smul(3, st_smul(hid, dim, ovf), ovf), ovf); /* w1, w2, w3 */
+    int64_t n = st_smul(V, dim, ovf);                               /* embedding */
+    n = st_sadd(n, st_smul(L, layer, ovf), ovf);
+    n = st_sadd(n, dim, ovf);                                       /* final norm */
+    n = st_sadd(n, st_smul(T, st_smul(2, hs / 2, ovf), ovf), ovf);        /* freq_cis real, imag */
+    *base = st_sadd(L2C_HEADER_INTS * 4, st_smul(n, 4, ovf), ovf);
+    *wcls = st_smul(st_smul(V, dim, ovf), 4, ovf);
 }
 
 #define HDR_FMT "dim %d, hidden_dim %d, n_layers %d, n_heads %d, n_kv_heads %d, vocab_size %d, seq_len %d"
@@ -147,7 +135,7 @@ static st_err header_to_config(const char *path, const int32_t h[L2C_HEADER_INTS
     int ovf = 0;
     int64_t base, wcls;
     expected_bytes(h, &base, &wcls, &ovf);
-    const int64_t with_wcls = sadd(base, wcls, &ovf);
+    const int64_t with_wcls = st_sadd(base, wcls, &ovf);
     const int shared = h[5] > 0;
     const int64_t want = shared ? base : with_wcls;
     if (ovf)
@@ -191,21 +179,7 @@ typedef struct {
 /* n bytes at the cursor into dst; advances the cursor. */
 static st_err read_bytes(src_file *f, void *dst, size_t n, const char *what)
 {
-    char *p = dst;
-    while (n > 0) {
-        ssize_t got = pread(f->fd, p, n, (off_t)f->off);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0)
-            ST_FAIL(ST_ERR_IO, "llama2.c checkpoint '%s': reading %s at byte %lld: %s",
-                    f->path, what, (long long)f->off, strerror(errno));
-        if (got == 0)
-            ST_FAIL(ST_ERR_FORMAT, "llama2.c checkpoint '%s' ends at byte %lld, inside %s "
-                    "(did the file change while it was read?)", f->path, (long long)f->off, what);
-        p += got;
-        n -= (size_t)got;
-        f->off += got;
-    }
-    return ST_OK;
+    return st_pread_all(f->fd, "llama2.c", f->path, &f->off, dst, n, what);
 }
 
 /* n floats into dst, refusing NaN and Inf (they would silently poison training). */

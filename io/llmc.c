@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "binfile.h"
 #include "params.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -56,19 +57,6 @@ enum { N_LAYER_KINDS = sizeof layer_order / sizeof layer_order[0] };
 /* ------------------------------------------------------------------------- */
 /* header */
 
-static int64_t smul(int64_t a, int64_t b, int *ovf)
-{
-    int64_t r;
-    if (__builtin_mul_overflow(a, b, &r)) { *ovf = 1; return 0; }
-    return r;
-}
-
-static int64_t sadd(int64_t a, int64_t b, int *ovf)
-{
-    int64_t r;
-    if (__builtin_add_overflow(a, b, &r)) { *ovf = 1; return 0; }
-    return r;
-}
 
 #define HDR_FMT "maxT %d, V %d, L %d, NH %d, C %d, Vp %d"
 #define HDR_ARGS(h) h[2], h[3], h[4], h[5], h[6], h[7]
@@ -77,16 +65,16 @@ static int64_t sadd(int64_t a, int64_t b, int *ovf)
 static int64_t expected_elements(const int32_t *h, int *ovf)
 {
     const int64_t maxT = h[2], L = h[4], C = h[6], Vp = h[7];
-    const int64_t CC = smul(C, C, ovf);
-    int64_t layer = smul(6, C, ovf);                           /* ln1w ln1b attprojb ln2w ln2b fcprojb */
-    layer = sadd(layer, smul(3, C, ovf), ovf);                 /* qkvb */
-    layer = sadd(layer, smul(4, C, ovf), ovf);                 /* fcb */
-    layer = sadd(layer, smul(3, CC, ovf), ovf);                /* qkvw */
-    layer = sadd(layer, CC, ovf);                              /* attprojw */
-    layer = sadd(layer, smul(8, CC, ovf), ovf);                /* fcw, fcprojw */
-    int64_t n = smul(sadd(Vp, maxT, ovf), C, ovf);             /* wte, wpe */
-    n = sadd(n, smul(L, layer, ovf), ovf);
-    return sadd(n, smul(2, C, ovf), ovf);                      /* lnfw, lnfb */
+    const int64_t CC = st_smul(C, C, ovf);
+    int64_t layer = st_smul(6, C, ovf);                           /* ln1w ln1b attprojb ln2w ln2b fcprojb */
+    layer = st_sadd(layer, st_smul(3, C, ovf), ovf);                 /* qkvb */
+    layer = st_sadd(layer, st_smul(4, C, ovf), ovf);                 /* fcb */
+    layer = st_sadd(layer, st_smul(3, CC, ovf), ovf);                /* qkvw */
+    layer = st_sadd(layer, CC, ovf);                              /* attprojw */
+    layer = st_sadd(layer, st_smul(8, CC, ovf), ovf);                /* fcw, fcprojw */
+    int64_t n = st_smul(st_sadd(Vp, maxT, ovf), C, ovf);             /* wte, wpe */
+    n = st_sadd(n, st_smul(L, layer, ovf), ovf);
+    return st_sadd(n, st_smul(2, C, ovf), ovf);                      /* lnfw, lnfb */
 }
 
 /* Check the header of a file of file_bytes bytes; gives the config and the element width. */
@@ -116,7 +104,7 @@ static st_err header_to_config(const char *path, const int32_t *h, int64_t file_
 
     int ovf = 0;
     const int esize = h[1] == LLMC_FP32 ? 4 : 2;
-    const int64_t want = sadd(LLMC_HEADER_INTS * 4, smul(expected_elements(h, &ovf), esize, &ovf), &ovf);
+    const int64_t want = st_sadd(LLMC_HEADER_INTS * 4, st_smul(expected_elements(h, &ovf), esize, &ovf), &ovf);
     if (ovf)
         ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s': header sizes overflow 64 bits (" HDR_FMT "); "
                 "the header is corrupt", path, HDR_ARGS(h));
@@ -153,23 +141,10 @@ typedef struct {
     uint16_t *bounce;   /* BF16_CHUNK values, bf16 files only */
 } src_file;
 
+/* n bytes at the cursor into dst; advances the cursor. */
 static st_err read_bytes(src_file *f, void *dst, size_t n, const char *what)
 {
-    char *p = dst;
-    while (n > 0) {
-        ssize_t got = pread(f->fd, p, n, (off_t)f->off);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0)
-            ST_FAIL(ST_ERR_IO, "llm.c checkpoint '%s': reading %s at byte %lld: %s",
-                    f->path, what, (long long)f->off, strerror(errno));
-        if (got == 0)
-            ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s' ends at byte %lld, inside %s "
-                    "(did the file change while it was read?)", f->path, (long long)f->off, what);
-        p += got;
-        n -= (size_t)got;
-        f->off += got;
-    }
-    return ST_OK;
+    return st_pread_all(f->fd, "llm.c", f->path, &f->off, dst, n, what);
 }
 
 /* bf16 is the top half of an fp32, so widening is exact. */
