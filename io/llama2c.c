@@ -7,7 +7,6 @@
  */
 #include "llama2c.h"
 
-
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
