@@ -54,9 +54,10 @@ int main(int argc, char **argv)
 {
     int provided = 0, rank = 0, size = 1;
     /* Open MPI's MPI-IO (OMPIO) defaults to two-phase collective buffering
-     * (fcoll vulcan), which was 10x slower than direct per-rank writes for our
-     * checkpoints on local disks (benchmarks/RESULTS.md). Set OMPI_MCA_fcoll
-     * yourself (e.g. vulcan on Lustre) to override this default. */
+     * (fcoll vulcan), which saved our checkpoints 1.1-1.5x slower than direct
+     * per-rank writes on an idle local disk and about 2x slower with busy
+     * cores (benchmarks/RESULTS.md, section 4). Set OMPI_MCA_fcoll yourself
+     * (e.g. vulcan on Lustre) to override this default. */
     setenv("OMPI_MCA_fcoll", "individual", 0);
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "shardtune: error: MPI_Init failed\n");
