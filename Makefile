@@ -7,7 +7,7 @@
 #   make check SANITIZE=address,undefined   the same tests under sanitizers
 
 PKGS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
-        libdnnl-dev check zlib1g-dev libcjson-dev libpcre2-dev libyaml-dev gnuplot-nox
+        libdnnl-dev check zlib1g-dev libcjson-dev libpcre2-dev libyaml-dev gnuplot-nox time
 
 CC      := mpicc
 PKGCONF := hdf5-openmpi libcjson libpcre2-8 yaml-0.1

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# benchmarks/run.sh: every benchmark behind benchmarks/RESULTS.md, each with
+# the exact command it runs echoed before its output. `make bench` builds the
+# programs and runs this; the full log goes to $BUILD/bench/bench.log and a
+# summary of the headline figures is printed at the end.
+#
+#   QUICK=1          smaller sizes, fewer repetitions (a smoke run, a few minutes)
+#   BENCH_DIR=DIR    scratch for checkpoints and the synthetic model (default
+#                    /tmp/shardtune-bench: put it on the disk you care about)
+#   SHARED_DATA=DIR  the shared real data (default ../shared/data)
+#   ONLY="step parallel ckpt tokenize convert"   run a subset
+#   QUIET_WAIT=S     before each command wait up to S seconds for an idle
+#                    machine (a shared node); after each command the log says
+#                    how many cores other processes took meanwhile either way
+#
+# Sizes: 2 ranks and 2 threads (this project's 2-core reference machine);
+# more cores only make the numbers bigger. Other work on the machine skews
+# every figure, so each command's log ends with the CPU other processes took
+# meanwhile and the traffic on the scratch disk (see run below).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+BIN=${BIN:-bin/shardtune}
+B=$BUILD/benchmarks
+OUT=$BUILD/bench
+SCRATCH=${BENCH_DIR:-/tmp/shardtune-bench}
+SHARED=${SHARED_DATA:-../shared/data}
+QUICK=${QUICK:-0}
+ONLY=${ONLY:-step parallel ckpt tokenize convert}
+QUIET_WAIT=${QUIET_WAIT:-0}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+MPIRUN=(mpirun --bind-to none)
+mkdir -p "$OUT" "$SCRATCH"
+DISK=$(basename "$(df --output=source "$SCRATCH" | tail -n 1)")
+LOG=$OUT/bench.log
+: > "$LOG"
+
+say() { echo "$@" | tee -a "$LOG"; }
+# quoted ARGS...: the arguments as a shell would need them typed
+quoted() { local a out=; for a in "$@"; do
+  if [[ "$a" =~ ^[][A-Za-z0-9_./:=,+%@-]+$ ]]; then out+="$a "; else out+="'${a//\'/\'\\\'\'}' "; fi
+done; echo "${out% }"; }
+# wait_idle: up to QUIET_WAIT seconds for 4 s in which the machine is < 5% busy
+wait_idle() {
+  local t=0 a b
+  while [ "$t" -lt "$QUIET_WAIT" ]; do
+    a=$(busy); sleep 4; b=$(busy); t=$((t + 4))
+    if awk -v a="$a" -v b="$b" -v n="$(nproc)" 'BEGIN { exit !((b - a) < 0.05 * 4 * n) }'; then
+      [ "$t" -gt 4 ] && say "(waited ${t} s for an idle machine)"
+      return 0
+    fi
+  done
+  say "(machine still busy after ${QUIET_WAIT} s; measuring anyway)"
+}
+# disk_mb: "MB read MB written" on the scratch disk since boot (all processes':
+# compared with what a command moves, it shows other I/O on the disk)
+disk_mb() { awk -v d="$DISK" '$3 == d { print $6 * 512 / 1e6, $10 * 512 / 1e6 }' /proc/diskstats; }
+# busy: CPU seconds all processes of the machine have used since boot
+busy() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat; }
+# sample_session SID: "pid cpu-seconds" of every live process of session SID
+sample_session() {
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v sid="$1" -v hz="$(getconf CLK_TCK)" '{
+    pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, f, " ")
+    if (f[4] == sid) print pid, (f[12] + f[13]) / hz }'
+}
+# run CMD...: echo the command (with its environment prefix) and run it into
+# the log in a session of its own, so that its processes (the MPI ranks too)
+# can be told from everything else on the machine: sampled every 0.5 s for
+# their CPU time, it says afterwards how many cores OTHER processes took
+# meanwhile. A figure is clean only when that is ~0 (resolution ~0.1 core).
+run() {
+  [ "$QUIET_WAIT" -gt 0 ] && wait_idle
+  say "\$ $(quoted "$@")"
+  local b0 b1 t0 t1 d0 d1 pid rc=0
+  b0=$(busy); d0=$(disk_mb); t0=$(date +%s.%N)
+  ( exec setsid env "$@" ) > "$OUT/.out" 2>&1 &
+  pid=$!
+  ( while kill -0 "$pid" 2>/dev/null; do sample_session "$pid"; sleep 0.5; done ) > "$OUT/.cpu" &
+  tail -n +1 -f --pid="$pid" "$OUT/.out"
+  wait "$pid" || rc=$?
+  wait
+  cat "$OUT/.out" >> "$LOG"
+  b1=$(busy); d1=$(disk_mb); t1=$(date +%s.%N)
+  say "$(awk -v b="$b1" -v a="$b0" -v t1="$t1" -v t0="$t0" -v d0="$d0" -v d1="$d1" -v dev="$DISK" '{ c[$1] = $2 } END {
+    for (p in c) mine += c[p]; w = t1 - t0; o = (b - a) - mine; if (o < 0) o = 0
+    split(d0, x, " "); split(d1, y, " ")
+    printf "[wall %.1f s, this command %.1f core-s; other processes %.1f core-s = %.2f cores; %s: %.0f MB read, %.0f MB written]",
+           w, mine, o, (w > 0 ? o / w : 0), dev, y[1] - x[1], y[2] - x[2] }' "$OUT/.cpu")"
+  return "$rc"
+}
+# timed LABEL CMD...: CMD under GNU time (wall and peak RSS) when installed
+# (Debian package "time"), else under bash's time keyword (wall only)
+timed() {
+  local label=$1; shift
+  if [ -x /usr/bin/time ]; then /usr/bin/time -f "$label: wall %e s, max RSS %M KB" "$@"
+  else TIMEFORMAT="$label: wall %R s (install GNU time for the peak RSS)"; time "$@"; fi
+}
+export -f timed
+# cold FILE: write FILE's dirty pages and drop its cached pages (this file only)
+cold() { sync "$1"; dd if="$1" iflag=nocache count=0 status=none; }
+section() { say; say "== $1   [$(date -u +%H:%M:%S), load average $(cut -d' ' -f1-3 /proc/loadavg)]"; }
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+# field KEY LINE: the value of KEY=... in a RESULT line
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< "$2"; }
+last_result() { grep '^RESULT' "$LOG" | tail -n 1; }
+
+section "machine"
+say "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)   git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+say "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(lscpu | sed -n 's/^Thread(s) per core: *//p') thread(s)/core"
+say "memory: $(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
+say "scratch: $SCRATCH on $(df -hT "$SCRATCH" | awk 'NR==2 {print $1 " (" $2 ", " $3 ")"}')"
+
+# ---- 1. step throughput and MFU, one rank x 2 threads --------------------------
+if want step; then
+  section "1. training step, 1 rank x 2 threads (GPT-2-124M and SmolLM-135M shapes)"
+  if [ "$QUICK" = 1 ]; then run OMP_NUM_THREADS=2 "$B/bench_step" 2 128 1
+  else run OMP_NUM_THREADS=2 "$B/bench_step" 4 256 3; fi
+fi
+
+# ---- 2. scaling over ranks, and the communication model's bytes ------------------
+if want parallel; then
+  section "2. dp and tp scaling, 1 thread per rank (llama 8 x 512)"
+  if [ "$QUICK" = 1 ]; then M="L=2 C=512 H=8 KV=4 F=1376 V=32000 B=4 T=128 steps=1"
+  else M="L=8 C=512 H=8 KV=4 F=1376 V=32000 B=4 T=256 steps=4"; fi
+  run OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 1 "$B/bench_parallel" $M tp=1
+  R1=$(last_result)
+  run OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 2 "$B/bench_parallel" $M tp=1 zero=0
+  RDP=$(last_result)
+  run OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 2 "$B/bench_parallel" $M tp=1 zero=1
+  RZ=$(last_result)
+  run OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 2 "$B/bench_parallel" $M tp=2
+  RTP=$(last_result)
+  for k in tok_s best_tok_s; do
+    say "$(awk -v k=$k -v a="$(field $k "$R1")" -v d="$(field $k "$RDP")" -v z="$(field $k "$RZ")" \
+           -v t="$(field $k "$RTP")" -v s="$(field tp_share "$RTP")" 'BEGIN {
+      printf "SUMMARY scaling (%s): 1x1 %.0f tok/s; dp2 %.0f tok/s = %.1f%% efficiency (ZeRO-1 %.1f%%); tp2 %.0f tok/s = %.2fx, tp collectives %.1f%% of the step\n",
+             k, a, d, 100 * d / (2 * a), 100 * z / (2 * a), t, t / a, 100 * s }')"
+  done
+  # two independent 1x1 copies on the two cores at once, no communication: the
+  # ceiling for dp2 on this machine (shared memory bandwidth and caches included)
+  [ "$QUIET_WAIT" -gt 0 ] && wait_idle
+  say "\$ (two independent 1x1 runs at once)"
+  OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 1 "$B/bench_parallel" $M tp=1 > "$OUT/pair1.log" 2>&1 &
+  OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 1 "$B/bench_parallel" $M tp=1 > "$OUT/pair2.log" 2>&1
+  wait
+  for f in pair1 pair2; do sed 's/^RESULT/PAIR/' "$OUT/$f.log" | tee -a "$LOG"; done
+  run "${MPIRUN[@]}" -np 2 "$B/bench_allreduce" 256
+
+  section "2b. communication model check: bytes per step, gpt2 family, 2 micro-batches"
+  G="family=gpt2 L=2 C=256 H=4 F=1024 V=5000 B=2 T=64 micro=2 steps=2"
+  run OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 2 "$B/bench_parallel" $G tp=2
+  run OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 2 "$B/bench_parallel" $G tp=1 zero=1
+fi
+
+# ---- 3. checkpoint I/O against dd --------------------------------------------
+if want ckpt; then
+  section "3. checkpoint save/load, GPT-2-124M + AdamW state (1.49 GB), against dd on $SCRATCH"
+  REPS=3; [ "$QUICK" = 1 ] && REPS=1
+  # dd moves the checkpoint's size, before and after (a shared disk's rate drifts)
+  dd_pair() {
+    run dd if=/dev/zero of="$SCRATCH/dd.bin" bs=1M count=1424 conv=fdatasync
+    cold "$SCRATCH/dd.bin"
+    run dd if="$SCRATCH/dd.bin" of=/dev/null bs=1M
+    rm -f "$SCRATCH/dd.bin"
+  }
+  say "(cold FILE = sync FILE; dd if=FILE iflag=nocache count=0: drops this file's cached pages)"
+  dd_pair
+  for fcoll in individual vulcan; do
+    run OMPI_MCA_fcoll=$fcoll OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 1 "$B/bench_ckpt" "$SCRATCH" tp=1 reps=$REPS
+    run OMPI_MCA_fcoll=$fcoll OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 2 "$B/bench_ckpt" "$SCRATCH" tp=1 zero=1 reps=$REPS
+    run OMPI_MCA_fcoll=$fcoll OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 2 "$B/bench_ckpt" "$SCRATCH" tp=2 reps=$REPS
+  done
+  dd_pair
+fi
+
+# ---- 4. tokenization and prepare ------------------------------------------------
+if want tokenize && [ ! -d "$SHARED/gpt2-bpe" ]; then
+  section "4. tokenizers: skipped, $SHARED (SHARED_DATA) has no gpt2-bpe/, medquad/, hh-rlhf/"
+elif want tokenize; then
+  section "4. tokenizers on one core, and shardtune prepare on 1 and 2 ranks"
+  GPT2="gpt2:$SHARED/gpt2-bpe"
+  REPS=5; [ "$QUICK" = 1 ] && REPS=1
+  # banking77: the text column (the category is the last field)
+  tail -n +2 data/banking77/train.csv | sed 's/,[^,]*$//' > "$SCRATCH/banking77.txt"
+  # MedQuAD: the answers of every XML file, tags stripped crudely (a throughput input only)
+  rm -rf "$SCRATCH/medquad" && mkdir -p "$SCRATCH/medquad"
+  tar xzf "$SHARED/medquad/medquad-xml.tar.gz" -C "$SCRATCH/medquad"
+  find "$SCRATCH/medquad" -name '*.xml' -print0 | sort -z | xargs -0 cat \
+    | perl -0777 -ne 'print "$1\n" while /<Answer>(.*?)<\/Answer>/gs' \
+    | sed 's/<[^>]*>//g; s/^[[:space:]]*//' | grep -v '^$' > "$SCRATCH/medquad.txt"
+  rm -rf "$SCRATCH/medquad"
+  for f in banking77 medquad; do
+    run OMP_NUM_THREADS=1 "$B/bench_tokenize" "$GPT2" "$SCRATCH/$f.txt" $REPS
+    run OMP_NUM_THREADS=1 "$B/bench_tokenize" byte "$SCRATCH/$f.txt" $REPS
+  done
+  for np in 1 2; do   # max RSS: the largest process (a rank)
+    run OMP_NUM_THREADS=1 bash -c 'timed "$@"' - prepare "${MPIRUN[@]}" -np $np "$BIN" prepare \
+        --input data/banking77/train.csv --format text --text-col text --tokenizer "$GPT2" --out "$SCRATCH/b77.h5"
+    run OMP_NUM_THREADS=1 bash -c 'timed "$@"' - prepare "${MPIRUN[@]}" -np $np "$BIN" prepare \
+        --input "$SHARED/hh-rlhf/harmless-base-test.jsonl.gz" --tokenizer "$GPT2" --out "$SCRATCH/hh.h5"
+  done
+  rm -f "$SCRATCH/b77.h5" "$SCRATCH/hh.h5" "$SCRATCH/banking77.txt" "$SCRATCH/medquad.txt"
+fi
+
+# ---- 5. model conversion: Hugging Face safetensors -> checkpoint ------------------
+if want convert; then
+  section "5. shardtune convert of a synthetic ~1 GB Hugging Face Llama (safetensors F32)"
+  if "$BIN" convert --help 2>&1 | grep -q "Hugging Face"; then
+    if [ "$QUICK" = 1 ]; then run "$B/make_hf_model" "$SCRATCH/hf" 4 512 8 4 1408 32000
+    else run "$B/make_hf_model" "$SCRATCH/hf"; fi
+    ST=$SCRATCH/hf/model.safetensors
+    say "(cold FILE = sync FILE; dd if=FILE iflag=nocache count=0: drops this file's cached pages)"
+    cold "$ST"
+    run bash -c 'timed "cat cold" cat "$1" > /dev/null' - "$ST"
+    run bash -c 'timed "cat warm" cat "$1" > /dev/null' - "$ST"
+    cold "$ST"
+    run OMP_NUM_THREADS=1 bash -c 'timed "$@"' - convert "$BIN" convert "$SCRATCH/hf" \
+        --out "$SCRATCH/hf.h5" --tokenizer byte
+    ls -l "$SCRATCH/hf/model.safetensors" "$SCRATCH/hf.h5" | tee -a "$LOG"
+    rm -rf "$SCRATCH/hf" "$SCRATCH/hf.h5"
+  else
+    say "skipped: $BIN convert does not read Hugging Face directories"
+  fi
+fi
+
+section "summary (full log: $LOG)"
+grep -E '^(RESULT|SUMMARY)' "$LOG" || true
