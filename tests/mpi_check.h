@@ -19,4 +19,18 @@ static inline int st_run_mpi_suite(Suite *s)
     return any ? 1 : 0;
 }
 
+/* A serial test that needs MPI (communicators, MPI-IO): one process, no fork,
+ * MPI_Init/Finalize around the runner. Returns the exit status. */
+static inline int st_run_serial_mpi_suite(int *argc, char ***argv, Suite *s)
+{
+    MPI_Init(argc, argv);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    MPI_Finalize();
+    return failed ? 1 : 0;
+}
+
 #endif

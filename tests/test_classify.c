@@ -13,6 +13,7 @@
 #include "optim.h"
 #include "ref.h"
 #include "rng.h"
+#include "mpi_check.h"
 
 static st_config cfg_k(int K)
 {
@@ -169,7 +170,6 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
     Suite *s = suite_create("classify");
     TCase *tc = tcase_create("classify");
     tcase_set_timeout(tc, 120);
@@ -177,11 +177,5 @@ int main(int argc, char **argv)
     tcase_add_test(tc, learns_a_separable_task_to_100_percent);
     tcase_add_test(tc, frozen_layers_stay_bitwise_unchanged);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    MPI_Finalize();
-    return failed ? 1 : 0;
+    return st_run_serial_mpi_suite(&argc, &argv, s);
 }

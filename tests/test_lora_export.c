@@ -15,6 +15,7 @@
 #include "lora.h"
 #include "model.h"
 #include "rng.h"
+#include "mpi_check.h"
 
 START_TEST(merged_checkpoint_equals_base_plus_adapters)
 {
@@ -112,16 +113,9 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
     Suite *s = suite_create("lora_export");
     TCase *tc = tcase_create("lora_export");
     tcase_add_test(tc, merged_checkpoint_equals_base_plus_adapters);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    MPI_Finalize();
-    return failed ? 1 : 0;
+    return st_run_serial_mpi_suite(&argc, &argv, s);
 }

@@ -10,21 +10,9 @@
 #include "optim.h"
 #include "ref.h"
 #include "rng.h"
+#include "testcfg.h"
+#include "mpi_check.h"
 
-static st_config cfg_llama(void)
-{
-    st_config c = {.family = ST_FAMILY_LLAMA, .n_layer = 2, .d_model = 24, .n_head = 6, .n_kv_head = 2,
-                   .d_ff = 40, .vocab_size = 37, .max_seq = 16, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
-                   .tied_embeddings = 0, .qkv_bias = 1};
-    return c;
-}
-
-static st_config cfg_gpt2(void)
-{
-    st_config c = {.family = ST_FAMILY_GPT2, .n_layer = 2, .d_model = 20, .n_head = 4, .n_kv_head = 4,
-                   .d_ff = 36, .vocab_size = 41, .max_seq = 16, .norm_eps = 1e-5f, .tied_embeddings = 1};
-    return c;
-}
 
 typedef struct { int32_t *tok, *tgt; float *mask; int B, T; } batch;
 
@@ -315,7 +303,6 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("model");
     tcase_set_timeout(tc, 120);
@@ -329,11 +316,5 @@ int main(int argc, char **argv)
     tcase_add_test(tc, masked_targets_change_nothing);
     tcase_add_test(tc, recomputation_is_exact);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    MPI_Finalize();
-    return failed ? 1 : 0;
+    return st_run_serial_mpi_suite(&argc, &argv, s);
 }

@@ -13,21 +13,8 @@
 #include "model.h"
 #include "mpi_check.h"
 #include "rng.h"
+#include "testcfg.h"
 
-static st_config cfg_llama(void)
-{
-    st_config c = {.family = ST_FAMILY_LLAMA, .n_layer = 2, .d_model = 24, .n_head = 6, .n_kv_head = 2,
-                   .d_ff = 40, .vocab_size = 37, .max_seq = 16, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
-                   .tied_embeddings = 0, .qkv_bias = 1};
-    return c;
-}
-
-static st_config cfg_gpt2(void)
-{
-    st_config c = {.family = ST_FAMILY_GPT2, .n_layer = 2, .d_model = 20, .n_head = 4, .n_kv_head = 4,
-                   .d_ff = 36, .vocab_size = 41, .max_seq = 16, .norm_eps = 1e-5f, .tied_embeddings = 1};
-    return c;
-}
 
 /* Element (r, c) of this rank's slice of tensor t, in the whole tensor g of a 1-rank layout. */
 static size_t global_index(const st_tensor *t, const st_tensor *g, int64_t r, int64_t c)
