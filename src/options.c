@@ -212,7 +212,6 @@ st_err st_options_load_yaml(st_options *o, const char *path)
     if (!yaml_parser_initialize(&r.p)) ST_FAIL(ST_ERR_MEM, "cannot start the YAML parser");
     yaml_parser_set_input_string(&r.p, (const unsigned char *)o->recipe_text, (size_t)n);
     st_err e = ST_OK;
-    int depth_ok = 0;
     for (;;) {
         yaml_event_t ev;
         if ((e = next_event(&r, &ev))) break;
@@ -220,7 +219,6 @@ st_err st_options_load_yaml(st_options *o, const char *path)
         if (t == YAML_MAPPING_START_EVENT) {
             yaml_event_delete(&ev);
             if ((e = load_map(o, &r, ""))) break;
-            depth_ok = 1;
             continue;
         }
         if (t == YAML_SCALAR_EVENT || t == YAML_SEQUENCE_START_EVENT) {
@@ -234,7 +232,6 @@ st_err st_options_load_yaml(st_options *o, const char *path)
     }
     yaml_parser_delete(&r.p);
     if (e) { st_error_trace(__FILE__, __LINE__, __func__); return e; }
-    (void)depth_ok;
     return ST_OK;
 }
 

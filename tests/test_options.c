@@ -1,0 +1,107 @@
+/* test_options.c: recipes and the command line. Defaults < recipe < command
+ * line; unknown keys and wrong types are errors naming the key and line. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "options.h"
+
+static int n_layer, zero;
+static float lr;
+static int64_t steps;
+static char *targets;
+static const st_option opts[] = {
+    {"model.n_layer", ST_OPT_INT, &n_layer, "4", "layers"},
+    {"optim.lr", ST_OPT_FLOAT, &lr, "3e-4", "learning rate"},
+    {"steps", ST_OPT_INT64, &steps, "100", "steps"},
+    {"grid.zero", ST_OPT_BOOL, &zero, "false", "ZeRO-1"},
+    {"lora.targets", ST_OPT_STRING, &targets, "q,v", "targets"},
+};
+
+static char path[64];
+
+static void write_recipe(const char *text)
+{
+    snprintf(path, sizeof path, "/tmp/st-recipe-XXXXXX.yaml");
+    int fd = mkstemps(path, 5);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+}
+
+START_TEST(layers_of_settings)
+{
+    write_recipe("model:\n  n_layer: 6\noptim:\n  lr: 1.0e-3\ngrid: {zero: true}\nlora:\n  targets: [q, k, down]\n");
+    st_options o;
+    ck_assert_int_eq(st_options_init(&o, opts, 5), 0);
+    ck_assert_int_eq(n_layer, 4); /* defaults first */
+    char *argv[] = {"train", path, "--set", "model.n_layer=8", "--steps", "7", NULL}, *pos[1];
+    int help = 0, np = 0;
+    ck_assert_int_eq(st_options_parse(&o, 6, argv, &help, pos, 0, &np), 0);
+    ck_assert_int_eq(n_layer, 8);            /* the command line beats the recipe */
+    ck_assert(lr == 1.0e-3f);                /* the recipe beats the default */
+    ck_assert_int_eq(steps, 7);
+    ck_assert_int_eq(zero, 1);               /* flow maps work */
+    ck_assert_str_eq(targets, "q,k,down");   /* lists become comma-separated */
+    ck_assert_ptr_nonnull(strstr(o.recipe_text, "n_layer: 6")); /* kept for the checkpoint */
+    st_options_free(&o);
+    unlink(path);
+}
+END_TEST
+
+START_TEST(unknown_key_names_key_line_and_suggestion)
+{
+    write_recipe("model:\n  n_layer: 6\noptim:\n  lrr: 1.0e-3\n");
+    st_options o;
+    ck_assert_int_eq(st_options_init(&o, opts, 5), 0);
+    ck_assert_int_eq(st_options_load_yaml(&o, path), ST_ERR_ARG);
+    const char *msg = st_error_message();
+    char want[128];
+    snprintf(want, sizeof want, "%s:4", path);
+    ck_assert_ptr_nonnull(strstr(msg, want));            /* file and line */
+    ck_assert_ptr_nonnull(strstr(msg, "'optim.lrr'"));   /* the key */
+    ck_assert_ptr_nonnull(strstr(msg, "'optim.lr'"));    /* what was meant */
+    st_options_free(&o);
+    unlink(path);
+}
+END_TEST
+
+START_TEST(wrong_types_are_errors)
+{
+    st_options o;
+    ck_assert_int_eq(st_options_init(&o, opts, 5), 0);
+    ck_assert_int_eq(st_options_set(&o, "model.n_layer", "four", "--set"), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "expects an integer"));
+    ck_assert_int_eq(st_options_set(&o, "optim.lr", "1e-3x", "--set"), ST_ERR_ARG);
+    ck_assert_int_eq(st_options_set(&o, "optim.lr", "nan", "--set"), ST_ERR_ARG);
+    ck_assert_int_eq(st_options_set(&o, "grid.zero", "maybe", "--set"), ST_ERR_ARG);
+    ck_assert_int_eq(st_options_set(&o, "model.n_layer", "99999999999", "--set"), ST_ERR_ARG);
+    ck_assert_int_eq(n_layer, 4); /* a refused value changes nothing */
+    write_recipe("model:\n  n_layer: [1, 2\n");
+    ck_assert_int_eq(st_options_load_yaml(&o, path), ST_ERR_FORMAT); /* YAML syntax, with line */
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "YAML syntax error"));
+    unlink(path);
+    write_recipe("- just\n- a list\n");
+    ck_assert_int_eq(st_options_load_yaml(&o, path), ST_ERR_FORMAT);
+    unlink(path);
+    ck_assert_int_eq(st_options_load_yaml(&o, "/nonexistent/recipe.yaml"), ST_ERR_IO);
+    st_options_free(&o);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("options");
+    TCase *tc = tcase_create("options");
+    tcase_add_test(tc, layers_of_settings);
+    tcase_add_test(tc, unknown_key_names_key_line_and_suggestion);
+    tcase_add_test(tc, wrong_types_are_errors);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
