@@ -1953,3 +1953,30 @@ st_err st_ckpt_inspect(const char *path, MPI_Comm comm, FILE *out)
     if (out && me == 0) fflush(out);
     return ST_OK;
 }
+
+st_err st_ckpt_load_whole(const char *path, st_config *cfg, st_layout *lay, float **params, char **tok_kind,
+                          uint8_t **tok_blob, size_t *tok_n)
+{
+    *params = NULL;
+    ST_TRY(st_ckpt_read_config(path, MPI_COMM_SELF, cfg));
+    ST_TRY(st_layout_init(lay, cfg, 1, 0));
+    st_grid g;
+    st_err e = st_grid_init(&g, MPI_COMM_SELF, 1);
+    float *p = e ? NULL : calloc(lay->numel, sizeof *p);
+    if (!e && !p)
+        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for the %zu parameters of %s",
+                         lay->numel, path);
+    if (!e) {
+        st_ckpt_tensors t = {.lay = lay, .params = p};
+        e = st_ckpt_load(path, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, tok_kind, tok_blob, tok_n);
+        st_grid_free(&g);
+    }
+    if (e) {
+        free(p);
+        st_layout_free(lay);
+        st_error_trace(__FILE__, __LINE__, __func__);
+        return e;
+    }
+    *params = p;
+    return ST_OK;
+}

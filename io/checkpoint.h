@@ -155,6 +155,13 @@ st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_t
  * set's shape (number of classes, LoRA rank) before they build it. */
 st_err st_ckpt_read_set_meta(const char *path, MPI_Comm comm, const char *group, char **meta, int *present);
 
+/* A checkpoint's weights whole on this rank (a 1x1 view over MPI_COMM_SELF),
+ * for tools that work on one rank (convert, export, tests): its config, the
+ * tp-1 layout (release with st_layout_free), a malloc'd parameter buffer, and
+ * the tokenizer (the out-pointers may be NULL; see st_ckpt_load). */
+st_err st_ckpt_load_whole(const char *path, st_config *cfg, st_layout *lay, float **params, char **tok_kind,
+                          uint8_t **tok_blob, size_t *tok_n);
+
 /* The newest complete checkpoint in dir: DIR/latest first, then step_*.h5 by
  * descending step. Each candidate is verified (format, shapes, every
  * checksum of the model, its moments and every set named by the root

@@ -897,3 +897,9 @@ st_err st_loader_fill(st_loader *l, st_batch *b, int64_t g0, int count, int shuf
     }
     return ST_OK;
 }
+
+void st_batch_mask_all(st_batch *b, int rows)
+{
+    const int T = b->T;
+    for (int i = 0; i < rows * T; i++) b->mask[i] = (i % T) < b->lengths[i / T] - 1 ? 1.0f : 0.0f;
+}

@@ -117,6 +117,9 @@ typedef struct {
 
 st_err st_batch_alloc(st_batch *b, int B, int T);
 void st_batch_free(st_batch *b);
+/* Pretraining: the loss counts every real next token of rows [0, rows)
+ * (mask 1 where position t < lengths[row] - 1), whatever the file's mask. */
+void st_batch_mask_all(st_batch *b, int rows);
 
 typedef enum { ST_SAMPLE_STREAM = 0, ST_SAMPLE_DOCS = 1 } st_sample_mode;
 

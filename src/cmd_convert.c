@@ -66,25 +66,15 @@ static void hf_tokenizer(const char *dir, st_tokenizer **tok)
  * (dropping optimizer and training state: a release copy of a model). */
 static st_err read_checkpoint(const char *path, st_config *cfg, float **params, st_tokenizer **tok)
 {
-    st_grid g;
     st_layout lay;
-    ST_TRY(st_ckpt_read_config(path, MPI_COMM_SELF, cfg));
-    ST_TRY(st_grid_init(&g, MPI_COMM_SELF, 1));
-    st_err e = st_layout_init(&lay, cfg, 1, 0);
     char *kind = NULL;
     uint8_t *blob = NULL;
     size_t nb = 0;
-    if (!e) {
-        *params = calloc(lay.numel, sizeof(float));
-        st_ckpt_tensors t = {.lay = &lay, .params = *params};
-        if (!*params) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-        else e = st_ckpt_load(path, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb);
-        st_layout_free(&lay);
-    }
-    if (!e && kind) e = st_tokenizer_from_blob(tok, kind, blob, nb);
+    ST_TRY(st_ckpt_load_whole(path, cfg, &lay, params, &kind, &blob, &nb));
+    st_layout_free(&lay);
+    st_err e = kind ? st_tokenizer_from_blob(tok, kind, blob, nb) : ST_OK;
     free(kind);
     free(blob);
-    st_grid_free(&g);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }
@@ -147,38 +137,15 @@ static st_err convert(const char *src, MPI_Comm world)
     return st_agree(world, e);
 }
 
-static st_err run_cmd(int argc, char **argv, MPI_Comm world, const st_option *opt, int nopt,
-                      const char *usage, st_err (*fn)(const char *, MPI_Comm))
-{
-    int rank = 0, help = 0, npos = 0;
-    char *pos[1];
-    MPI_Comm_rank(world, &rank);
-    st_options o;
-    ST_TRY(st_options_init(&o, opt, nopt));
-    st_err e = st_options_parse(&o, argc, argv, &help, pos, 1, &npos);
-    if (!e && (help || npos != 1)) {
-        if (!rank) {
-            printf("%s", usage);
-            st_options_print_help(&o, stdout);
-        }
-        if (!help) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s needs exactly one file argument", argv[0]);
-    } else if (!e) {
-        e = fn(pos[0], world);
-    }
-    st_options_free(&o);
-    if (e) st_error_trace(__FILE__, __LINE__, __func__);
-    return e;
-}
-
 st_err st_cmd_convert(int argc, char **argv, MPI_Comm world)
 {
-    return run_cmd(argc, argv, world, convert_options, 3,
+    return st_options_run(argc, argv, world, convert_options, 3,
                    "usage: shardtune convert SRC --out base.h5 [--tokenizer SPEC]\n\n"
                    "Imports a llama2.c .bin, an llm.c .bin or a Hugging Face model directory\n"
                    "(config.json + *.safetensors + tokenizer.json: GPT-2, Llama, Mistral, Qwen2)\n"
                    "into a shardtune checkpoint (weights only), which `train --init_from` and\n"
                    "`generate` read.\n\n",
-                   convert);
+                   "the source model (a file or a directory)", convert);
 }
 
 static st_err inspect(const char *path, MPI_Comm world)
@@ -192,9 +159,9 @@ static st_err inspect(const char *path, MPI_Comm world)
 
 st_err st_cmd_inspect(int argc, char **argv, MPI_Comm world)
 {
-    return run_cmd(argc, argv, world, NULL, 0,
+    return st_options_run(argc, argv, world, NULL, 0,
                    "usage: shardtune inspect CKPT.h5\n\n"
                    "Prints format version, config, step, parameter count, tensor shapes and\n"
                    "verifies every tensor's checksum. The file is plain HDF5: h5ls -r works too.\n\n",
-                   inspect);
+                   "a checkpoint path", inspect);
 }

@@ -36,34 +36,28 @@ static const char usage[] =
 /* The weights of path on this rank alone, and its tokenizer (NULL if none). */
 static st_err load_weights(const char *path, st_config *cfg, float **params, st_tokenizer **tok)
 {
-    *params = NULL;
     *tok = NULL;
-    ST_TRY(st_ckpt_read_config(path, MPI_COMM_SELF, cfg));
     st_layout lay;
-    ST_TRY(st_layout_init(&lay, cfg, 1, 0));
-    st_grid g;
-    st_err e = st_grid_init(&g, MPI_COMM_SELF, 1);
-    char *kind = NULL;
+    char *kind = NULL, *meta = NULL;
     uint8_t *blob = NULL;
     size_t nb = 0;
     float *p = NULL;
-    if (!e) {
-        p = calloc(lay.numel, sizeof *p);
-        if (!p) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for %zu parameters",
-                                 lay.numel);
-        st_ckpt_tensors t = {.lay = &lay, .params = p};
-        if (!e) e = st_ckpt_load(path, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb);
-        /* adapters: merged on request; never silently dropped */
-        char *meta = NULL;
-        int has_lora = 0, merged = 0;
-        if (!e) e = st_ckpt_read_set_meta(path, MPI_COMM_SELF, "lora", &meta, &has_lora);
-        free(meta);
-        if (!e && has_lora && !EX.merge_lora && strncmp(EX.to ? EX.to : "", "peft:", 5))
-            e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
-                             "%s carries LoRA adapters; pass --merge-lora to export the base with the adapters "
-                             "merged in, or export the adapters alone with --to peft:DIR", path);
-        if (!e && has_lora && EX.merge_lora) e = st_lora_merge_checkpoint(path, &g, &lay, p, &merged);
-        st_grid_free(&g);
+    ST_TRY(st_ckpt_load_whole(path, cfg, &lay, &p, &kind, &blob, &nb));
+    /* adapters: merged on request; never silently dropped */
+    int has_lora = 0, merged = 0;
+    st_err e = st_ckpt_read_set_meta(path, MPI_COMM_SELF, "lora", &meta, &has_lora);
+    free(meta);
+    if (!e && has_lora && !EX.merge_lora && strncmp(EX.to ? EX.to : "", "peft:", 5))
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
+                         "%s carries LoRA adapters; pass --merge-lora to export the base with the adapters "
+                         "merged in, or export the adapters alone with --to peft:DIR", path);
+    if (!e && has_lora && EX.merge_lora) {
+        st_grid g;
+        e = st_grid_init(&g, MPI_COMM_SELF, 1);
+        if (!e) {
+            e = st_lora_merge_checkpoint(path, &g, &lay, p, &merged);
+            st_grid_free(&g);
+        }
     }
     if (!e && kind) e = st_tokenizer_from_blob(tok, kind, blob, nb);
     free(kind);
@@ -155,26 +149,16 @@ static st_err export_one(const char *ckpt)
     return e;
 }
 
+/* One rank writes; every rank returns the outcome. */
+static st_err export_on_rank0(const char *ckpt, MPI_Comm world)
+{
+    int rank = 0;
+    MPI_Comm_rank(world, &rank);
+    return st_agree(world, rank == 0 ? export_one(ckpt) : ST_OK);
+}
+
 st_err st_cmd_export(int argc, char **argv, MPI_Comm world)
 {
-    int rank = 0, help = 0, npos = 0;
-    char *pos[1];
-    MPI_Comm_rank(world, &rank);
-    st_options o;
-    ST_TRY(st_options_init(&o, export_options, (int)(sizeof export_options / sizeof export_options[0])));
-    st_err e = st_options_parse(&o, argc, argv, &help, pos, 1, &npos);
-    if (!e && (help || npos != 1)) {
-        if (!rank) {
-            printf("%s", usage);
-            st_options_print_help(&o, stdout);
-        }
-        if (!help) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "export needs exactly one checkpoint");
-        st_options_free(&o);
-        return e;
-    }
-    if (!e && rank == 0) e = export_one(pos[0]);
-    st_options_free(&o);
-    e = st_agree(world, e);
-    if (e) st_error_trace(__FILE__, __LINE__, __func__);
-    return e;
+    return st_options_run(argc, argv, world, export_options, (int)(sizeof export_options / sizeof export_options[0]),
+                          usage, "a checkpoint path", export_on_rank0);
 }

@@ -132,7 +132,7 @@ static st_err score(evaluator *v, double sums[3])
             sums[1] += rows;
         } else {
             if (!strcmp(st_dataset_kind(v->ds), "text")) /* every real next token */
-                for (int i = 0; i < rows * T; i++) v->b.mask[i] = (i % T) < v->b.lengths[i / T] - 1 ? 1.0f : 0.0f;
+                st_batch_mask_all(&v->b, rows);
             ST_TRY(st_model_forward(&v->m, v->b.tokens, v->b.targets, v->b.mask, rows, T, 1.0f, &loss));
             for (int i = 0; i < rows * T; i++) sums[1] += v->b.mask[i];
         }
@@ -352,24 +352,9 @@ static st_err evaluate(const char *ckpt, MPI_Comm world)
 
 st_err st_cmd_eval(int argc, char **argv, MPI_Comm world)
 {
-    int rank = 0, help = 0, npos = 0;
-    char *pos[1];
-    MPI_Comm_rank(world, &rank);
-    st_options o;
-    ST_TRY(st_options_init(&o, eval_options, (int)(sizeof eval_options / sizeof eval_options[0])));
-    st_err e = st_options_parse(&o, argc, argv, &help, pos, 1, &npos);
-    if (!e && (help || npos != 1)) {
-        if (!rank) {
-            printf("usage: [mpirun -np N] shardtune eval CKPT.h5 --data dataset.h5 [options]\n\n"
-                   "Held-out loss and perplexity; accuracy, macro-F1 and confusions for classifiers;\n"
-                   "exact match of greedy answers for sft data (--generate N).\n\n");
-            st_options_print_help(&o, stdout);
-        }
-        if (!help) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "eval needs exactly one checkpoint path");
-    } else if (!e) {
-        e = evaluate(pos[0], world);
-    }
-    st_options_free(&o);
-    if (e) st_error_trace(__FILE__, __LINE__, __func__);
-    return e;
+    return st_options_run(argc, argv, world, eval_options, (int)(sizeof eval_options / sizeof eval_options[0]),
+                          "usage: [mpirun -np N] shardtune eval CKPT.h5 --data dataset.h5 [options]\n\n"
+                          "Held-out loss and perplexity; accuracy, macro-F1 and confusions for classifiers;\n"
+                          "exact match of greedy answers for sft data (--generate N).\n\n",
+                          "a checkpoint path", evaluate);
 }

@@ -270,23 +270,8 @@ static st_err generate(const char *ckpt, MPI_Comm world)
 
 st_err st_cmd_generate(int argc, char **argv, MPI_Comm world)
 {
-    int rank = 0, help = 0, npos = 0;
-    char *pos[1];
-    MPI_Comm_rank(world, &rank);
-    st_options o;
-    ST_TRY(st_options_init(&o, gen_options, N_GEN));
-    st_err e = st_options_parse(&o, argc, argv, &help, pos, 1, &npos);
-    if (!e && (help || npos != 1)) {
-        if (!rank) {
-            printf("usage: [mpirun -np N] shardtune generate CKPT.h5 (--prompt TEXT | --prompts FILE.jsonl) [options]\n\n"
-                   "Samples completions from a checkpoint, with a key/value cache.\n\n");
-            st_options_print_help(&o, stdout);
-        }
-        if (!help) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "generate needs exactly one checkpoint path");
-    } else if (!e) {
-        e = generate(pos[0], world);
-    }
-    st_options_free(&o);
-    if (e) st_error_trace(__FILE__, __LINE__, __func__);
-    return e;
+    return st_options_run(argc, argv, world, gen_options, N_GEN,
+                          "usage: [mpirun -np N] shardtune generate CKPT.h5 (--prompt TEXT | --prompts FILE.jsonl) [options]\n\n"
+                          "Samples completions from a checkpoint, with a key/value cache.\n\n",
+                          "a checkpoint path", generate);
 }

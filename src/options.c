@@ -325,3 +325,26 @@ void st_options_print(const st_options *o, FILE *f)
         fprintf(f, "   (%s)\n", o->origin[i] ? o->origin[i] : "?");
     }
 }
+
+st_err st_options_run(int argc, char **argv, MPI_Comm world, const st_option *opt, int nopt,
+                      const char *usage, const char *what, st_err (*fn)(const char *, MPI_Comm))
+{
+    int rank = 0, help = 0, npos = 0;
+    char *pos[1];
+    MPI_Comm_rank(world, &rank);
+    st_options o;
+    ST_TRY(st_options_init(&o, opt, nopt));
+    st_err e = st_options_parse(&o, argc, argv, &help, pos, 1, &npos);
+    if (!e && (help || npos != 1)) {
+        if (!rank) {
+            printf("%s", usage);
+            st_options_print_help(&o, stdout);
+        }
+        if (!help) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s needs exactly one argument: %s", argv[0], what);
+    } else if (!e) {
+        e = fn(pos[0], world);
+    }
+    st_options_free(&o);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}

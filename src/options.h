@@ -10,6 +10,7 @@
 #ifndef ST_OPTIONS_H
 #define ST_OPTIONS_H
 
+#include <mpi.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -44,6 +45,13 @@ st_err st_options_load_yaml(st_options *o, const char *path);
 st_err st_options_parse(st_options *o, int argc, char **argv, int *help, char **positional,
                         int max_pos, int *n_pos);
 void st_options_print_help(const st_options *o, FILE *f);
+/* A subcommand taking one file argument (a checkpoint, a model): parse argv
+ * against opt, answer --help with usage and the option list (rank 0 of
+ * world), else run fn(file, world). `what` names the argument in the error
+ * ("a checkpoint path"). The options' strings live until fn returns. */
+st_err st_options_run(int argc, char **argv, MPI_Comm world, const st_option *opt, int nopt,
+                      const char *usage, const char *what, st_err (*fn)(const char *, MPI_Comm));
+
 /* "key = value  (origin)" for every option: what a run actually used. */
 void st_options_print(const st_options *o, FILE *f);
 

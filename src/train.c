@@ -504,7 +504,7 @@ static st_err micro_step(trainer *t, int rows, double *loss, double *count, doub
         return ST_OK;
     }
     if (!strcmp(O.method, "pretrain")) /* every real next token counts */
-        for (int i = 0; i < rows * T; i++) b->mask[i] = (i % T) < b->lengths[i / T] - 1 ? 1.0f : 0.0f;
+        st_batch_mask_all(b, rows);
     for (int i = 0; i < rows * T; i++) *count += b->mask[i];
     return st_model_forward(m, b->tokens, b->targets, b->mask, rows, T, 1.0f, loss);
 }

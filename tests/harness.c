@@ -106,21 +106,15 @@ int th_read_losses(const char *path, double *loss, int max)
 
 int th_load_weights(const char *path, st_config *cfg, float **params, size_t *n)
 {
-    st_grid g;
     st_layout lay;
-    if (st_grid_init(&g, MPI_COMM_SELF, 1)) return 1;
-    st_err e = st_ckpt_read_config(path, MPI_COMM_SELF, cfg);
-    if (!e) e = st_layout_init(&lay, cfg, 1, 0);
-    if (!e) {
-        *n = lay.numel;
-        *params = calloc(lay.numel, sizeof(float));
-        st_ckpt_tensors t = {.lay = &lay, .params = *params};
-        e = st_ckpt_load(path, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL);
-        st_layout_free(&lay);
+    st_err e = st_ckpt_load_whole(path, cfg, &lay, params, NULL, NULL, NULL);
+    if (e) {
+        st_error_print(stderr, 0);
+        return e;
     }
-    st_grid_free(&g);
-    if (e) st_error_print(stderr, 0);
-    return e;
+    *n = lay.numel;
+    st_layout_free(&lay);
+    return ST_OK;
 }
 
 double th_max_rel_diff(const st_config *cfg, const float *a, const float *b, char *worst, size_t cap)
