@@ -67,7 +67,11 @@ st_err st_tokseq_push_text(st_tokseq *s, const st_tokenizer *tok, const char *te
 {
     if (len == 0) return ST_OK;
     s->tmp_n = 0;
-    ST_TRY(st_tokenizer_encode(tok, text, len, allow_special, &s->tmp, &s->tmp_n, &s->tmp_cap));
+    /* one sequence is one text: only its first piece gets a dummy prefix */
+    if (s->n > (size_t)s->has_bos)
+        ST_TRY(st_tokenizer_encode_more(tok, text, len, allow_special, &s->tmp, &s->tmp_n, &s->tmp_cap));
+    else
+        ST_TRY(st_tokenizer_encode(tok, text, len, allow_special, &s->tmp, &s->tmp_n, &s->tmp_cap));
     ST_TRY(reserve(s, s->n + s->tmp_n));
     memcpy(s->ids + s->n, s->tmp, s->tmp_n * sizeof *s->tmp);
     memset(s->mask + s->n, mask, s->tmp_n);

@@ -441,8 +441,10 @@ static st_err encode_text(st_tok_enc *e, const char *s, size_t len, int at_start
     }
 }
 
-/* Split at added tokens (leftmost-longest), encode the plain text between. */
-static st_err encode_segments(st_tok_enc *e, const char *text, size_t len, int allow_special)
+/* Split at added tokens (leftmost-longest), encode the plain text between.
+ * continues: the text continues earlier text (no llama2c dummy prefix). */
+static st_err encode_segments(st_tok_enc *e, const char *text, size_t len, int allow_special,
+                              int continues)
 {
     const st_tokenizer *t = e->t;
     const pcre2_code *re = t->added_re[allow_special ? 1 : 0];
@@ -454,22 +456,22 @@ static st_err encode_segments(st_tok_enc *e, const char *text, size_t len, int a
             return ST_ERR_FORMAT;
         }
         if (rc == 0) {
-            ST_TRY(encode_text(e, text + pos, len - pos, pos == 0));
+            ST_TRY(encode_text(e, text + pos, len - pos, pos == 0 && !continues));
             break;
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
         size_t ms = ov[0], me = ov[1], cs = ov[2], ce = ov[3];
         int32_t id = st_tok_strmap_get(&t->added, text + cs, ce - cs);
         ST_ASSERT(id >= 0 && me > ms, "added-token match at %zu has no id", ms);
-        if (ms > pos) ST_TRY(encode_text(e, text + pos, ms - pos, pos == 0));
+        if (ms > pos) ST_TRY(encode_text(e, text + pos, ms - pos, pos == 0 && !continues));
         ST_TRY(st_tok_push_id(e, id));
         pos = me;
     }
     return ST_OK;
 }
 
-st_err st_tokenizer_encode(const st_tokenizer *t, const char *text, size_t len, int allow_special,
-                           int32_t **ids, size_t *n, size_t *cap)
+static st_err encode(const st_tokenizer *t, const char *text, size_t len, int allow_special,
+                     int continues, int32_t **ids, size_t *n, size_t *cap)
 {
     if (!t || (!text && len) || !ids || !n || !cap) ST_FAIL(ST_ERR_ARG, "st_tokenizer_encode: NULL argument");
     if (*n > *cap) ST_FAIL(ST_ERR_ARG, "st_tokenizer_encode: count %zu exceeds capacity %zu", *n, *cap);
@@ -481,11 +483,25 @@ st_err st_tokenizer_encode(const st_tokenizer *t, const char *text, size_t len, 
     st_tok_enc e = {.t = t, .ids = ids, .n = n, .cap = cap};
     e.md = pcre2_match_data_create(16, NULL);
     if (!e.md) ST_FAIL(ST_ERR_MEM, "out of memory creating PCRE2 match data");
-    st_err err = encode_segments(&e, text, len, allow_special);
+    st_err err = encode_segments(&e, text, len, allow_special, continues);
     pcre2_match_data_free(e.md);
     free(e.sym), free(e.prev), free(e.next), free(e.heap), free(e.buf);
     if (err) st_error_trace(__FILE__, __LINE__, __func__);
     return err;
+}
+
+st_err st_tokenizer_encode(const st_tokenizer *t, const char *text, size_t len, int allow_special,
+                           int32_t **ids, size_t *n, size_t *cap)
+{
+    ST_TRY(encode(t, text, len, allow_special, 0, ids, n, cap));
+    return ST_OK;
+}
+
+st_err st_tokenizer_encode_more(const st_tokenizer *t, const char *text, size_t len, int allow_special,
+                                int32_t **ids, size_t *n, size_t *cap)
+{
+    ST_TRY(encode(t, text, len, allow_special, 1, ids, n, cap));
+    return ST_OK;
 }
 
 /* ---- decode ---- */

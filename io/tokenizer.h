@@ -57,6 +57,11 @@ uint64_t st_tokenizer_hash(const st_tokenizer *t);
 st_err st_tokenizer_encode(const st_tokenizer *t, const char *text, size_t len, int allow_special,
                            int32_t **ids, size_t *n, size_t *cap);
 
+/* The same for text that continues earlier text in one sequence (a template's
+ * later pieces): no llama2c dummy prefix. Other kinds encode as above. */
+st_err st_tokenizer_encode_more(const st_tokenizer *t, const char *text, size_t len, int allow_special,
+                                int32_t **ids, size_t *n, size_t *cap);
+
 /* Decode ids to bytes: *out malloc'd and NUL-terminated, *len excludes the NUL.
  * Out-of-range id -> ST_ERR_ARG naming it. Special tokens decode to their text.
  * llama2c: a piece's leading space is dropped at the start of the sequence and

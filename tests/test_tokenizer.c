@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "template.h"
 #include "tokenizer.h"
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
@@ -778,7 +779,22 @@ START_TEST(llama2c_fixture)
     size_t n = 0, cap = 0;
     ck_assert_int_eq(st_tokenizer_encode(t, "", 0, 0, &ids, &n, &cap), ST_OK);
     ck_assert_uint_eq(n, 0);
+    /* continuing text gets no dummy prefix: "ab" alone is 265 (" ab"), more is 263 */
+    ck_assert_int_eq(st_tokenizer_encode_more(t, "ab", 2, 0, &ids, &n, &cap), ST_OK);
+    ck_assert(n == 1 && ids[0] == 263);
     free(ids);
+    /* a template's pieces form one text: " " only before the first piece.
+     * plain sft "c" + "ab" + eos = " c" "ab" </s>, not " c" " ab" </s> */
+    st_tokseq seq = {0};
+    st_turn turns[] = {{ST_ROLE_USER, "c", 1}, {ST_ROLE_ASSISTANT, "ab", 2}};
+    ck_assert_int_eq(st_template_render(&seq, st_template_find("plain"), t, turns, 2), ST_OK);
+    static const int32_t want[] = {1, 259, 262, 263, 2};
+    ck_assert_uint_eq(seq.n, N_OF(want));
+    for (size_t i = 0; i < seq.n; i++) ck_assert_int_eq(seq.ids[i], want[i]);
+    s = dec(t, seq.ids, seq.n, &len);
+    ck_assert_str_eq(s, "<s>cab</s>");
+    free(s);
+    st_tokseq_free(&seq);
     st_tokenizer_free(t);
 }
 END_TEST
