@@ -81,14 +81,21 @@ st_err st_tok_bpe_add_merge(st_tokenizer *t, const char *a, size_t alen, const c
         ST_FAIL(ST_ERR_FORMAT, "%s: %s %zu makes \"%.*s\", which is not in the vocabulary", file, unit, where,
                 (int)(alen + blen > 80 ? 80 : alen + blen), cat);
     if (t->n_merges == INT32_MAX) ST_FAIL(ST_ERR_FORMAT, "%s: too many merges", file);
-    ST_TRY(st_tok_pairmap_put(&t->merges, ia, ib, t->n_merges, m));
+    ST_TRY(st_tok_bpe_put_merge(t, ia, ib, t->n_merges, m));
+    return ST_OK;
+}
+
+st_err st_tok_bpe_put_merge(st_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t merged)
+{
+    if (t->n_merges == INT32_MAX) ST_FAIL(ST_ERR_FORMAT, "too many merges");
+    ST_TRY(st_tok_pairmap_put(&t->merges, a, b, rank, merged));
     if (t->n_merges % 4096 == 0) {
         int32_t *p = realloc(t->merge_pair, ((size_t)t->n_merges + 4096) * 2 * sizeof(int32_t));
         if (!p) ST_FAIL(ST_ERR_MEM, "out of memory storing merges");
         t->merge_pair = p;
     }
-    t->merge_pair[2 * t->n_merges] = ia;
-    t->merge_pair[2 * t->n_merges + 1] = ib;
+    t->merge_pair[2 * t->n_merges] = a;
+    t->merge_pair[2 * t->n_merges + 1] = b;
     t->n_merges++;
     return ST_OK;
 }

@@ -17,7 +17,7 @@
 #include "err.h"
 #include "tokenizer.h"
 
-enum { ST_TOK_BYTE, ST_TOK_GPT2, ST_TOK_HF, ST_TOK_LLAMA2C };
+enum { ST_TOK_BYTE, ST_TOK_GPT2, ST_TOK_HF, ST_TOK_LLAMA2C, ST_TOK_LLMC, ST_TOK_N_KINDS };
 
 #define ST_TOK_MAX_STAGES 8      /* pre-tokenizer regex stages applied in sequence */
 #define ST_TOK_MAX_FILES 2       /* original files carried in the blob */
@@ -156,6 +156,8 @@ void st_tok_bytes_to_unicode(uint32_t cp[256]);
 st_err st_tok_bpe_add_stage(st_tokenizer *t, const char *pat, size_t len, const char *file);
 st_err st_tok_bpe_add_merge(st_tokenizer *t, const char *a, size_t alen, const char *b, size_t blen,
                             const char *file, const char *unit, size_t where);
+/* One pair-map entry (a, b) -> merged at priority rank (smaller first). */
+st_err st_tok_bpe_put_merge(st_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t merged);
 st_err st_tok_bpe_finish(st_tokenizer *t, const char *file);
 st_err st_tok_bpe_encode(st_tok_enc *e, const char *s, size_t len);
 
@@ -171,6 +173,7 @@ st_err st_tok_check_density(int32_t max_id, int32_t count, const char *name);
 st_err st_tok_gpt2_build(st_tokenizer *t, const char *enc_name, const char *vocab_name);
 st_err st_tok_hf_build(st_tokenizer *t, const char *json_name, const char *config_name);
 st_err st_tok_llama2c_build(st_tokenizer *t, const char *name);
+st_err st_tok_llmc_build(st_tokenizer *t, const char *name);
 st_err st_tok_llama2c_encode(st_tok_enc *e, const char *s, size_t len, int at_start);
 
 #endif

@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const kind_name[] = {"byte", "gpt2", "hf", "llama2c"};
-static const int kind_files[] = {0, 2, 2, 1};
+static const char *const kind_name[ST_TOK_N_KINDS] = {"byte", "gpt2", "hf", "llama2c", "llmc"};
+static const int kind_files[ST_TOK_N_KINDS] = {0, 2, 2, 1, 1};
 
 #define BLOB_MAGIC 0x4B4F5453u   /* "STOK" little-endian */
 #define BLOB_VERSION 1u
@@ -207,6 +207,7 @@ static st_err build(st_tokenizer *t, const char *name0, const char *name1)
     case ST_TOK_GPT2: err = st_tok_gpt2_build(t, name0, name1); break;
     case ST_TOK_HF: err = st_tok_hf_build(t, name0, name1); break;
     case ST_TOK_LLAMA2C: err = st_tok_llama2c_build(t, name0); break;
+    case ST_TOK_LLMC: err = st_tok_llmc_build(t, name0); break;
     default: err = st_error_set(ST_ERR_INTERNAL, __FILE__, __LINE__, __func__, "unknown tokenizer kind %d", t->kind);
     }
     if (err) {
@@ -220,7 +221,7 @@ static st_err build(st_tokenizer *t, const char *name0, const char *name1)
 
 static int kind_of(const char *s, size_t n)
 {
-    for (int k = 0; k < 4; k++)
+    for (int k = 0; k < ST_TOK_N_KINDS; k++)
         if (strlen(kind_name[k]) == n && memcmp(kind_name[k], s, n) == 0) return k;
     return -1;
 }
@@ -258,7 +259,7 @@ static st_err read_spec_files(st_tokenizer *t, const char *path, char **name0, c
             fclose(f);
             ST_TRY(st_tok_read_file(*name1, &t->file[1], &t->file_len[1]));
         }
-    } else if (t->kind == ST_TOK_LLAMA2C) {
+    } else if (t->kind == ST_TOK_LLAMA2C || t->kind == ST_TOK_LLMC) {
         ST_TRY(join_path(name0, path, plen, ""));
         ST_TRY(st_tok_read_file(*name0, &t->file[0], &t->file_len[0]));
         t->n_files = 1;
@@ -275,7 +276,8 @@ st_err st_tokenizer_load(st_tokenizer **out, const char *spec)
     int kind = kind_of(spec, klen);
     if (kind < 0 || (kind == ST_TOK_BYTE) != (colon == NULL) || (colon && !colon[1]))
         ST_FAIL(ST_ERR_ARG, "tokenizer spec \"%s\" not understood; use \"byte\", \"gpt2:DIR\" (encoder.json + "
-                "vocab.bpe), \"hf:PATH/tokenizer.json\" or \"llama2c:PATH/tokenizer.bin\"", spec);
+                "vocab.bpe), \"hf:PATH/tokenizer.json\", \"llama2c:PATH/tokenizer.bin\" or "
+                "\"llmc:PATH/gpt2_tokenizer.bin\"", spec);
     st_tokenizer *t;
     ST_TRY(new_tokenizer(&t, kind));
     char *name0 = NULL, *name1 = NULL;
@@ -391,7 +393,7 @@ st_err st_tokenizer_from_blob(st_tokenizer **out, const char *kind, const uint8_
     if (!out || !kind) ST_FAIL(ST_ERR_ARG, "st_tokenizer_from_blob: NULL argument");
     *out = NULL;
     int k = kind_of(kind, strlen(kind));
-    if (k < 0) ST_FAIL(ST_ERR_FORMAT, "tokenizer kind \"%.40s\" unknown; expected byte, gpt2, hf or llama2c", kind);
+    if (k < 0) ST_FAIL(ST_ERR_FORMAT, "tokenizer kind \"%.40s\" unknown; expected byte, gpt2, hf, llama2c or llmc", kind);
     st_tokenizer *t;
     ST_TRY(new_tokenizer(&t, k));
     st_err err = blob_files(t, blob, n);
@@ -400,11 +402,12 @@ st_err st_tokenizer_from_blob(st_tokenizer **out, const char *kind, const uint8_
         st_tokenizer_free(t);
         return err;
     }
-    static const char *const names[4][2] = {
+    static const char *const names[ST_TOK_N_KINDS][2] = {
         {"byte", NULL},
         {"gpt2 blob: encoder.json", "gpt2 blob: vocab.bpe"},
         {"hf blob: tokenizer.json", "hf blob: tokenizer_config.json"},
         {"llama2c blob: tokenizer.bin", NULL},
+        {"llmc blob: gpt2_tokenizer.bin", NULL},
     };
     ST_TRY(build(t, names[k][0], names[k][1]));
     *out = t;

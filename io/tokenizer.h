@@ -7,6 +7,8 @@
  *                             Qwen2 style). A tokenizer_config.json next to it, when
  *                             present, supplies bos/eos and the chat template.
  *   "llama2c:PATH/tokenizer.bin"  llama2.c sentencepiece export (bos = 1, eos = 2)
+ *   "llmc:PATH/gpt2_tokenizer.bin" llm.c's GPT-2 token bytes; merges follow from
+ *                             the id order (tok_llmc.c), encodings equal gpt2's
  *
  * A tokenizer is immutable once loaded: encode/decode may run on many threads.
  *
@@ -32,8 +34,8 @@ st_err st_tokenizer_load(st_tokenizer **out, const char *spec);
 void st_tokenizer_free(st_tokenizer *t);
 
 /* Self-contained serialisation (the original files, length-prefixed), so a
- * checkpoint or dataset carries its tokenizer. kind: "byte", "gpt2", "hf" or
- * "llama2c" (static string). *blob is malloc'd; the caller frees it.
+ * checkpoint or dataset carries its tokenizer. kind: "byte", "gpt2", "hf",
+ * "llama2c" or "llmc" (static string). *blob is malloc'd; the caller frees it.
  * from_blob validates everything: hostile bytes give ST_ERR_FORMAT. */
 st_err st_tokenizer_to_blob(const st_tokenizer *t, const char **kind, uint8_t **blob, size_t *n);
 st_err st_tokenizer_from_blob(st_tokenizer **out, const char *kind, const uint8_t *blob, size_t n);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "template.h"
 #include "tokenizer.h"
@@ -890,13 +891,14 @@ START_TEST(blob_garbage)
             junk[i] = (uint8_t)s;
         }
         size_t n = 1 + s % sizeof(junk);
-        static const char *const kinds[] = {"byte", "gpt2", "hf", "llama2c"};
-        for (int k = 0; k < 4; k++) {
+        static const char *const kinds[] = {"byte", "gpt2", "hf", "llama2c", "llmc"};
+        for (int k = 0; k < 5; k++) {
             st_tokenizer *t = NULL;
             ck_assert_int_ne(st_tokenizer_from_blob(&t, kinds[k], junk, n), ST_OK);   /* bad magic */
             ck_assert_ptr_null(t);
         }
         ck_assert_int_ne(blob_of("llama2c", junk, n, NULL, 0, 1), ST_OK);
+        ck_assert_int_ne(blob_of("llmc", junk, n, NULL, 0, 1), ST_OK);
         ck_assert_int_ne(blob_of("gpt2", junk, n, junk, n, 2), ST_OK);
         ck_assert_int_ne(blob_of("hf", junk, n, "", 0, 2), ST_OK);
     }
@@ -905,6 +907,165 @@ START_TEST(blob_garbage)
     st_tokenizer *t = NULL;
     expect_fail(st_tokenizer_from_blob(&t, "llama2c", b, sizeof(b)), ST_ERR_FORMAT, "remain");
     expect_fail(blob_of("byte", "x", 1, NULL, 0, 1), ST_ERR_FORMAT, "expected 0");
+}
+END_TEST
+
+/* ---- llm.c ---- */
+
+/* llm.c's gpt2_tokenizer.bin written from GPT-2's encoder.json as llm.c's
+ * train_gpt2.py writes it: header (magic 20240328, version 2, vocab size,
+ * eot id), then each token's raw bytes with a one-byte length. */
+static uint8_t *llmc_tokenizer_file(size_t *len)
+{
+    size_t n;
+    char *p = NULL;
+    ck_assert(asprintf(&p, "%s/encoder.json", gpt2_dir()) > 0);
+    char *encj = read_all(p, &n);
+    free(p);
+    cJSON *j = cJSON_Parse(encj);
+    ck_assert(j);
+    int nv = cJSON_GetArraySize(j);
+    char **raw = calloc((size_t)nv, sizeof *raw);
+    uint8_t *rawlen = calloc((size_t)nv, 1);
+    char si[256][3];
+    for (int b = 0; b < 256; b++) stand_in(b, si[b]);
+    cJSON *it;
+    cJSON_ArrayForEach(it, j) {
+        int id = it->valueint;
+        ck_assert(id >= 0 && id < nv && !raw[id]);
+        const char *s = it->string;
+        raw[id] = malloc(strlen(s) + 1);
+        size_t m = 0;
+        if (!strcmp(s, "<|endoftext|>")) m = strlen(strcpy(raw[id], s));
+        else
+            while (*s) {   /* each stand-in character back to its byte */
+                int b = 0;
+                while (b < 256 && strncmp(s, si[b], strlen(si[b]))) b++;
+                ck_assert_msg(b < 256, "no byte for \"%s\"", s);
+                raw[id][m++] = (char)b;
+                s += strlen(si[b]);
+            }
+        ck_assert(m >= 1 && m <= 255);
+        rawlen[id] = (uint8_t)m;
+    }
+    size_t total = 1024;
+    for (int i = 0; i < nv; i++) total += 1 + rawlen[i];
+    uint8_t *f = calloc(1, total), *q = f;
+    put32(&q, 20240328), put32(&q, 2), put32(&q, (uint32_t)nv), put32(&q, 50256);
+    q = f + 1024;
+    for (int i = 0; i < nv; i++) {
+        *q++ = rawlen[i];
+        memcpy(q, raw[i], rawlen[i]);
+        q += rawlen[i];
+        free(raw[i]);
+    }
+    free(raw), free(rawlen), free(encj);
+    cJSON_Delete(j);
+    *len = total;
+    return f;
+}
+
+/* The same ids from both tokenizers for len bytes of text. */
+static void expect_same_ids(const st_tokenizer *a, const st_tokenizer *b, const char *text, size_t len, int allow)
+{
+    int32_t *x, *y;
+    size_t nx = enc(a, text, len, allow, &x), ny = enc(b, text, len, allow, &y);
+    size_t i = 0;
+    while (i < nx && i < ny && x[i] == y[i]) i++;
+    ck_assert_msg(i == nx && i == ny, "encodings differ at token %zu of %zu/%zu", i, nx, ny);
+    free(x), free(y);
+}
+
+/* llm.c's file has no merges; the id order must give GPT-2's encodings
+ * exactly, on the whole of banking77's training text and hh-rlhf's dialogues. */
+START_TEST(llmc_matches_gpt2)
+{
+    size_t n;
+    uint8_t *f = llmc_tokenizer_file(&n);
+    char *dir = make_tmpdir();
+    write_file(dir, "gpt2_tokenizer.bin", f, n);
+    st_tokenizer *l = load_in("llmc", dir, "gpt2_tokenizer.bin"), *g = load_gpt2();
+    ck_assert_int_eq(st_tokenizer_vocab_size(l), 50257);
+    ck_assert_int_eq(st_tokenizer_eos(l), 50256);
+    ck_assert_int_eq(st_tokenizer_token_id(l, "\xc4\xa0world"), 995);   /* " world" */
+    static const int32_t hello[] = {15496, 995};                        /* GPT-2's "Hello world" */
+    expect_ids(l, "Hello world", 0, hello, 2);
+    expect_same_ids(l, g, paragraph, strlen(paragraph), 0);
+    static const char eot[] = "a<|endoftext|>b";
+    expect_same_ids(l, g, eot, strlen(eot), 1);
+    expect_same_ids(l, g, eot, strlen(eot), 0);
+    char *p = NULL;
+    ck_assert(asprintf(&p, "%s/../banking77/train.csv", gpt2_dir()) > 0);
+    char *csv = read_all(p, &n);
+    free(p);
+    expect_same_ids(l, g, csv, n, 0);
+    expect_roundtrip(l, csv, n);
+    free(csv);
+    ck_assert(asprintf(&p, "%s/../hh-rlhf/harmless-base-test.jsonl.gz", gpt2_dir()) > 0);
+    gzFile gz = gzopen(p, "rb");
+    ck_assert_msg(gz, "cannot read %s", p);
+    free(p);
+    size_t cap = 4 << 20;
+    char *hh = malloc(cap);
+    int got = gzread(gz, hh, (unsigned)cap);
+    gzclose(gz);
+    ck_assert(got > 1000000);
+    n = (size_t)got;
+    while (n && ((uint8_t)hh[n - 1] & 0xC0) == 0x80) n--;   /* end on a character boundary */
+    if (n && (uint8_t)hh[n - 1] >= 0xC0) n--;
+    expect_same_ids(l, g, hh, n, 0);
+    free(hh);
+    blob_roundtrip_one(l);
+    st_tokenizer_free(l), st_tokenizer_free(g);
+    free(f);
+    rm_tree(dir);
+}
+END_TEST
+
+START_TEST(hostile_llmc_files)
+{
+    size_t n;
+    uint8_t *f = llmc_tokenizer_file(&n);
+    char *dir = make_tmpdir();
+    write_file(dir, "t.bin", f, 100);
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "header");
+    write_file(dir, "t.bin", f, n - 1);
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "past the end");
+    write_file(dir, "t.bin", f, n - 2);   /* "<|endoftext|>" loses its last 2 bytes */
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "past the end");
+    write_file(dir, "t.bin", f, 1024 + 2 * 200);   /* cut at a record boundary */
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "truncated at token 200");
+    uint8_t *g = malloc(n + 5);
+    memcpy(g, f, n);
+    memcpy(g + n, "junk!", 5);
+    write_file(dir, "t.bin", g, n + 5);
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "5 bytes follow");
+    memcpy(g, f, n);
+    g[0] ^= 1;
+    write_file(dir, "t.bin", g, n);
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "magic");
+    memcpy(g, f, n);
+    g[4] = 3;   /* version 3 */
+    write_file(dir, "t.bin", g, n);
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "version 3");
+    memcpy(g, f, n);
+    memcpy(g + 12, "\xff\xff\x00\x00", 4);   /* eot 65535 */
+    write_file(dir, "t.bin", g, n);
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "end-of-text id 65535");
+    memcpy(g, f, n);
+    memcpy(g + 8, "\xff\xff\xff\x7f", 4);   /* vocabulary 2^31 - 1 */
+    write_file(dir, "t.bin", g, n);
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "vocabulary size");
+    memcpy(g, f, n);
+    g[1024] = 0;   /* token 0 of length 0 */
+    write_file(dir, "t.bin", g, n);
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "length 0");
+    memcpy(g, f, n);
+    g[1024 + 3] = g[1024 + 1];   /* token 1 spells the byte of token 0 */
+    write_file(dir, "t.bin", g, n);
+    expect_fail(try_load_in("llmc", dir, "t.bin"), ST_ERR_FORMAT, "repeats the bytes of token 0");
+    free(g), free(f);
+    rm_tree(dir);
 }
 END_TEST
 
@@ -1047,6 +1208,8 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tc, hostile_gpt2_files);
     tcase_add_test(tc, hostile_llama2c_files);
     tcase_add_test(tc, hostile_hf_files);
+    tcase_add_test(tc, llmc_matches_gpt2);
+    tcase_add_test(tc, hostile_llmc_files);
     suite_add_tcase(s, tc);
     return s;
 }
