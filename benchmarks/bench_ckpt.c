@@ -5,11 +5,21 @@
  *
  *   mpirun -np R build/benchmarks/bench_ckpt DIR [tp=1] [zero=1] [reps=3]
  *
- * Each rep: save DIR/bench.h5 (atomic: .tmp, fsync, rename), drop the file's
- * pages from the page cache (posix_fadvise, this file only), load it back
- * cold (read + every checksum verified), then load it again warm. Times are
- * wall times between barriers. Like src/main.c, this sets OMPI_MCA_fcoll=
- * individual unless the environment sets it (benchmarks/run.sh measures both).
+ * Each rep: the reference, then the save, then two loads.
+ *   reference: world rank 0 writes as many bytes as the checkpoint file with
+ *     1 MiB write() calls and fdatasync (what `dd bs=1M conv=fdatasync`
+ *     does), into DIR/raw.bin; the same disk, moments before the save, so
+ *     each save has its own paired reference on this noisy virtual disk.
+ *   save DIR/bench.h5 (atomic: .tmp, fsync, rename), drop the file's pages
+ *     from the page cache (posix_fadvise, this file only), load it back cold
+ *     (read + every checksum verified), then load it again warm.
+ * Before the reference and before the save the previous file is removed and
+ * sync() waits for the file system to settle: on a file system mounted with
+ * online discard (this machine's ext4), freeing a 1.5 GB file makes the next
+ * writes wait for the discards, which would charge one file's deletion to
+ * the next one's write. Times are wall times between barriers. Like
+ * src/main.c, this sets OMPI_MCA_fcoll=individual unless the environment sets
+ * it (benchmarks/run.sh measures both).
  */
 #include <fcntl.h>
 #include <mpi.h>
@@ -33,6 +43,33 @@ static void drop_cache(const char *path)
     fdatasync(fd);
     posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
     close(fd);
+}
+
+/* The dd-like reference: bytes written to path in 1 MiB calls, then
+ * fdatasync; seconds taken. The file is removed (and the removal settled). */
+static st_err raw_write(const char *path, long long bytes, double *secs)
+{
+    const size_t chunk = (size_t)1 << 20;
+    char *buf = malloc(chunk);
+    if (!buf) ST_FAIL(ST_ERR_MEM, "out of memory for the reference write");
+    memset(buf, 0x5a, chunk);
+    double t0 = st_now();
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    st_err e = ST_OK;
+    if (fd < 0) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s", path);
+    for (long long done = 0; !e && done < bytes;) {
+        size_t n = bytes - done < (long long)chunk ? (size_t)(bytes - done) : chunk;
+        ssize_t w = write(fd, buf, n);
+        if (w <= 0) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "writing %s failed", path);
+        else done += w;
+    }
+    if (!e && fdatasync(fd)) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "fdatasync %s", path);
+    *secs = st_now() - t0;
+    if (fd >= 0) close(fd);
+    unlink(path);
+    sync();
+    free(buf);
+    return e;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -73,12 +110,24 @@ static st_err run(int argc, char **argv)
     st_ckpt_tensors t = {.lay = &lay, .params = params, .m = m, .v = v, .opt_begin = ob, .opt_end = oe,
                          .adam_step = 10, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
     st_train_state s = {.step = 10};
-    double *ts, *tl, *tw;
+    double *ts, *tl, *tw, *tr, *ratio;
+    ST_ALLOC(tr, reps, "reference write times");
+    ST_ALLOC(ratio, reps, "save / reference rates");
     ST_ALLOC(ts, reps, "save times");
     ST_ALLOC(tl, reps, "load times");
     ST_ALLOC(tw, reps, "warm load times");
-    long long bytes = 0;
+    char raw[4200];
+    snprintf(raw, sizeof raw, "%s/raw.bin", argv[1]);
+    /* the file's size: 4 bytes per element of params + m + v, plus HDF5's metadata */
+    long long bytes = 12LL * (long long)st_config_num_params(&cfg);
     for (int k = 0; k < reps; k++) {
+        st_err e = ST_OK;
+        if (g.world_rank == 0) {
+            unlink(path);
+            sync();
+            e = raw_write(raw, bytes, &tr[k]);
+        }
+        ST_TRY(st_agree(g.world, e));
         ST_MPI(MPI_Barrier(g.world));
         double t0 = st_now();
         ST_TRY(st_ckpt_save_file(path, &g, &t, g.world_rank == 0 ? &s : NULL, NULL, NULL, 0));
@@ -88,6 +137,7 @@ static st_err run(int argc, char **argv)
             struct stat sb;
             if (stat(path, &sb)) ST_FAIL(ST_ERR_IO, "cannot stat %s after saving it", path);
             bytes = (long long)sb.st_size;
+            ratio[k] = tr[k] / ts[k];   /* save rate / reference rate (same bytes +- metadata) */
             drop_cache(path);
         }
         for (int warm = 0; warm < 2; warm++) {
@@ -106,18 +156,27 @@ static st_err run(int argc, char **argv)
         qsort(ts, reps, sizeof *ts, cmp_double);
         qsort(tl, reps, sizeof *tl, cmp_double);
         qsort(tw, reps, sizeof *tw, cmp_double);
-        double gb = bytes / 1e9, ms = ts[reps / 2], ml = tl[reps / 2], mw = tw[reps / 2];
+        qsort(tr, reps, sizeof *tr, cmp_double);
+        qsort(ratio, reps, sizeof *ratio, cmp_double);
+        double gb = bytes / 1e9, ms = ts[reps / 2], ml = tl[reps / 2], mw = tw[reps / 2], mr = tr[reps / 2];
         printf("checkpoint gpt2-124M + AdamW (%.3f GB file), grid %dx%d (tp x dp)%s, fcoll=%s, %d reps (median; min..max)\n",
                gb, g.tp_size, g.dp_size, zero && g.dp_size > 1 ? " ZeRO-1" : "", fcoll ? fcoll : "default", reps);
         printf("  save (= training stall) %.2f s  %.2f GB/s  (%.2f..%.2f s)\n", ms, gb / ms, ts[0], ts[reps - 1]);
+        printf("  reference write (dd-like, rank 0)  %.2f s  %.2f GB/s  (%.2f..%.2f s)\n", mr, gb / mr, tr[0],
+               tr[reps - 1]);
+        printf("  save / reference rate, paired per rep: median %.0f%%  (%.0f..%.0f%%)\n", 100 * ratio[reps / 2],
+               100 * ratio[0], 100 * ratio[reps - 1]);
         printf("  load cold               %.2f s  %.2f GB/s  (%.2f..%.2f s)\n", ml, gb / ml, tl[0], tl[reps - 1]);
         printf("  load warm (page cache)  %.2f s  %.2f GB/s  (%.2f..%.2f s)\n", mw, gb / mw, tw[0], tw[reps - 1]);
         printf("RESULT ckpt tp=%d dp=%d zero=%d fcoll=%s bytes=%lld save_s=%.3f save_GBs=%.3f load_s=%.3f "
-               "load_GBs=%.3f warm_load_s=%.3f warm_load_GBs=%.3f\n",
-               g.tp_size, g.dp_size, zero, fcoll ? fcoll : "default", bytes, ms, gb / ms, ml, gb / ml, mw, gb / mw);
+               "load_GBs=%.3f warm_load_s=%.3f warm_load_GBs=%.3f ref_GBs=%.3f save_vs_ref=%.3f\n",
+               g.tp_size, g.dp_size, zero, fcoll ? fcoll : "default", bytes, ms, gb / ms, ml, gb / ml, mw, gb / mw,
+               gb / mr, ratio[reps / 2]);
         fflush(stdout);
         unlink(path);
     }
+    free(tr);
+    free(ratio);
     free(ts);
     free(tl);
     free(tw);
