@@ -5,13 +5,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_template.h"
+
 static const st_template templates[] = {
     {"default",
-     {"<|system|>\n{content}\n", "<|user|>\n{content}\n", "<|assistant|>\n{content}<eos>"}},
-    {"plain", {"{content}", "{content}", "{content}<eos>"}},
+     {"<|system|>\n{content}\n", "<|user|>\n{content}\n", "<|assistant|>\n{content}<eos>"}, NULL},
+    {"plain", {"{content}", "{content}", "{content}<eos>"}, NULL},
     {"chatml",
      {"<|im_start|>system\n{content}<|im_end|>\n", "<|im_start|>user\n{content}<|im_end|>\n",
-      "<|im_start|>assistant\n{content}<|im_end|>\n"}},
+      "<|im_start|>assistant\n{content}<|im_end|>\n"}, NULL},
 };
 #define N_TEMPLATES ((int)(sizeof templates / sizeof templates[0]))
 
@@ -106,6 +108,10 @@ st_err st_template_render(st_tokseq *s, const st_template *tpl, const st_tokeniz
                           const st_turn *turns, int n_turns)
 {
     static const char slot[] = "{content}";
+    if (tpl->jinja) {
+        ST_TRY(st_chat_template_render(s, tpl->jinja, tok, turns, n_turns));
+        return ST_OK;
+    }
     st_tokseq_clear(s);
     int last = -1;
     for (int i = 0; i < n_turns; i++)

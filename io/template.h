@@ -19,10 +19,15 @@
  *             own turn markers, e.g. hh-rlhf's "\n\nHuman: ... \n\nAssistant:")
  *   chatml    "<|im_start|>ROLE\n{content}<|im_end|>\n" (Qwen2, SmolLM);
  *             assistant "<|im_start|>assistant\n{content}<|im_end|>\n"
+ *   tokenizer the model's own Jinja chat template (tokenizer_config.json
+ *             "chat_template"), rendered as transformers renders it; the mask
+ *             is 1 on each assistant message's span as the prefix method finds
+ *             it (its content and the template's end of turn), and content is
+ *             still encoded without special tokens. See io/chat_template.h.
  *
  * When the tokenizer has a distinct bos (bos >= 0 and bos != eos, e.g.
- * Llama), every sequence starts with it (mask 0). A tokenizer's own Jinja
- * chat template is not interpreted.
+ * Llama), every sequence starts with it (mask 0), once: a Jinja template
+ * that writes bos_token itself gets no second one.
  */
 #ifndef ST_TEMPLATE_H
 #define ST_TEMPLATE_H
@@ -41,12 +46,16 @@ typedef struct {
     size_t len;
 } st_turn;
 
+struct st_chat_template;
+
 typedef struct {
     const char *name;
     const char *pattern[3];   /* by st_role, each with one "{content}" */
+    const struct st_chat_template *jinja;   /* set: a Jinja template, patterns unused */
 } st_template;
 
-/* The template called name, or NULL. */
+/* The built-in template called name, or NULL ("tokenizer" is made by the
+ * caller from the tokenizer's template, with jinja set). */
 const st_template *st_template_find(const char *name);
 /* "default, plain, chatml" for messages. */
 const char *st_template_names(void);

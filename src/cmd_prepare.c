@@ -13,6 +13,9 @@
  *             (text,category for banking77); label ids follow the sorted label
  *             names (numbers in numeric order) unless --label-names fixes them
  * CSV columns play the role of fields (.csv or .csv.gz inputs).
+ * The template of sft, chat and pref records: --template, else the
+ * tokenizer's own Jinja chat template when it has one (hh-rlhf pairs:
+ * plain), else default (io/template.h, io/chat_template.h).
  *
  * Under MPI every rank takes one contiguous block of records (rank 0 counts
  * them first), tokenizes it, and the ranks write one file together, so the
@@ -26,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_template.h"
 #include "commands.h"
 #include "csv.h"
 #include "dataset.h"
@@ -64,7 +68,7 @@ static const st_option prepare_options[] = {
     {"out", ST_OPT_STRING, &O.out, NULL, "dataset file to write (required)"},
     {"tokenizer", ST_OPT_STRING, &O.tokenizer, "byte", "byte, gpt2:DIR, hf:PATH/tokenizer.json or llama2c:PATH"},
     {"format", ST_OPT_STRING, &O.format, "auto", "auto, text, sft, chat, pref or classify"},
-    {"template", ST_OPT_STRING, &O.template_name, NULL, "default, plain or chatml (unset: default; plain for hh-rlhf pairs)"},
+    {"template", ST_OPT_STRING, &O.template_name, NULL, "default, plain, chatml or tokenizer (the tokenizer's own Jinja chat template); unset: tokenizer when it has one, else default; plain for hh-rlhf pairs"},
     {"max-len", ST_OPT_INT, &O.max_len, "1024", "longest example in tokens (not text: the loader cuts windows); the prompt is cut from the left, then the response's end"},
     {"val-fraction", ST_OPT_FLOAT, &O.val_fraction, "0.1", "fraction of records in the validation split"},
     {"seed", ST_OPT_INT64, &O.seed, "1234", "seed of the train/validation split"},
@@ -84,7 +88,9 @@ static const char usage[] =
     "Tokenizes JSONL (text | prompt,response | messages | prompt,chosen,rejected |\n"
     "chosen,rejected (hh-rlhf) | text,label) or CSV with a header into dataset.h5.\n"
     "Templates: default \"<|user|>\\n{prompt}\\n<|assistant|>\\n{response}<eos>\",\n"
-    "plain \"{prompt}{response}<eos>\", chatml; the loss mask covers responses (+eos).\n\n";
+    "plain \"{prompt}{response}<eos>\", chatml, and tokenizer: the model's own Jinja chat\n"
+    "template from tokenizer_config.json (used by default when the tokenizer has one).\n"
+    "The loss mask covers responses (+eos or the template's end of turn).\n\n";
 
 static int is_csv(const char *path)
 {
@@ -293,12 +299,27 @@ static st_err do_text(prep *p, const record *rec, int *reason)
     return add_doc(p, q, split_of(rec), -1);
 }
 
+/* Render turns into seq. A Jinja template that refuses this conversation
+ * (raise_exception, not prefix-stable, ...) makes the record a bad value. */
+static st_err render_turns(prep *p, const record *rec, st_tokseq *seq, const st_turn *t, int n,
+                           int *reason)
+{
+    st_err e = st_template_render(seq, p->tpl, p->tok, t, n);
+    if (!e) return ST_OK;
+    if (!p->tpl->jinja || e == ST_ERR_MEM) ST_TRY(e);
+    char msg[MSG_CAP];
+    const char *m = st_error_message(), *nl = strchr(m, '\n');
+    snprintf(msg, sizeof msg, "%.*s", (int)(nl ? nl - m : (long)strlen(m)), m);
+    BAD(reason, R_VALUE, "%s:%lld: the tokenizer's chat template failed on this record: %s", rec->path,
+        (long long)rec->line, msg);
+}
+
 /* render [user prompt, assistant response] into seq */
-static st_err render_pair(prep *p, st_tokseq *seq, const char *prompt, size_t np,
-                          const char *resp, size_t nr)
+static st_err render_pair(prep *p, const record *rec, st_tokseq *seq, const char *prompt, size_t np,
+                          const char *resp, size_t nr, int *reason)
 {
     st_turn t[2] = {{ST_ROLE_USER, prompt, np}, {ST_ROLE_ASSISTANT, resp, nr}};
-    return st_template_render(seq, p->tpl, p->tok, t, 2);
+    return render_turns(p, rec, seq, t, 2, reason);
 }
 
 static st_err do_sft(prep *p, const record *rec, int *reason)
@@ -308,7 +329,7 @@ static st_err do_sft(prep *p, const record *rec, int *reason)
     ST_TRY(get_string(rec, O.prompt_field, &pr, &np, reason));
     ST_TRY(get_string(rec, O.response_field, &re, &nr, reason));
     ST_TRY(nonempty(rec, O.response_field, nr, reason));
-    ST_TRY(render_pair(p, &p->seq[0], pr, np, re, nr));
+    ST_TRY(render_pair(p, rec, &p->seq[0], pr, np, re, nr, reason));
     fit(p, &p->seq[0], 0);
     return add_doc(p, &p->seq[0], split_of(rec), -1);
 }
@@ -357,7 +378,7 @@ static st_err do_chat(prep *p, const record *rec, int *reason)
     if (!n_assistant)
         BAD(reason, R_VALUE, "%s:%lld: field \"messages\" has no assistant turn (nothing to learn)",
             rec->path, (long long)rec->line);
-    ST_TRY(st_template_render(&p->seq[0], p->tpl, p->tok, p->turns, n));
+    ST_TRY(render_turns(p, rec, &p->seq[0], p->turns, n, reason));
     fit(p, &p->seq[0], 0);
     return add_doc(p, &p->seq[0], split_of(rec), -1);
 }
@@ -395,8 +416,8 @@ static st_err do_pref(prep *p, const record *rec, int *reason)
     }
     ST_TRY(nonempty(rec, "chosen", nc, reason));
     ST_TRY(nonempty(rec, "rejected", nr, reason));
-    ST_TRY(render_pair(p, &p->seq[0], pr, np, c, nc));
-    ST_TRY(render_pair(p, &p->seq[1], pr, np, r, nr));
+    ST_TRY(render_pair(p, rec, &p->seq[0], pr, np, c, nc, reason));
+    ST_TRY(render_pair(p, rec, &p->seq[1], pr, np, r, nr, reason));
     /* both keep the same prompt tokens: budget for the longer response */
     size_t rc = p->seq[0].n - p->seq[0].resp_start, rr = p->seq[1].n - p->seq[1].resp_start;
     fit(p, &p->seq[0], rr > rc ? rr : rc);
@@ -802,8 +823,8 @@ static st_err check_options(int *fmt)
         ST_FAIL(ST_ERR_ARG, "--val-fraction %g: must be in [0, 1)", O.val_fraction);
     if (strcmp(O.on_error, "fail") && strcmp(O.on_error, "skip"))
         ST_FAIL(ST_ERR_ARG, "--on-error %s: expected fail or skip", O.on_error);
-    if (O.template_name && !st_template_find(O.template_name))
-        ST_FAIL(ST_ERR_ARG, "--template %s: unknown template (available: %s)", O.template_name,
+    if (O.template_name && strcmp(O.template_name, "tokenizer") && !st_template_find(O.template_name))
+        ST_FAIL(ST_ERR_ARG, "--template %s: unknown template (available: %s, tokenizer)", O.template_name,
                 st_template_names());
     return parse_format(fmt);
 }
@@ -828,8 +849,9 @@ static void print_summary(const prep *p, const int64_t *c, char first[][MSG_CAP]
     const plan *pl = p->pl;
     int64_t skipped = 0;
     for (int i = 0; i < N_REASONS; i++) skipped += c[C_SKIP0 + i];
-    printf("prepare: %s -> %s (kind %s, tokenizer %s, template %s)\n", O.input, O.out,
-           fmt_name[pl->format], O.tokenizer, p->tpl ? p->tpl->name : "-");
+    printf("prepare: %s -> %s (kind %s, tokenizer %s, template %s%s)\n", O.input, O.out,
+           fmt_name[pl->format], O.tokenizer, p->tpl ? p->tpl->name : "-",
+           p->tpl && p->tpl->jinja ? ": the tokenizer's own Jinja chat template" : "");
     printf("  records %lld, docs %lld (train %lld, validation %lld), tokens %lld\n",
            (long long)c[C_RECORDS], (long long)c[C_DOCS], (long long)(c[C_DOCS] - c[C_VAL]),
            (long long)c[C_VAL], (long long)c[C_TOKENS]);
@@ -865,6 +887,29 @@ static st_err gather_first(prep *p, MPI_Comm comm, int rank, int size, char out[
     return ST_OK;
 }
 
+/* The template of sft/chat/pref data: --template, else the tokenizer's own
+ * chat template when it has one (not for hh-rlhf pairs, whose text carries
+ * its own turn markers: plain), else default. A Jinja template is parsed
+ * into *ct and described by *own. */
+static st_err choose_template(prep *p, st_template *own, st_chat_template **ct)
+{
+    const plan *pl = p->pl;
+    if (pl->format != FMT_SFT && pl->format != FMT_CHAT && pl->format != FMT_PREF) return ST_OK;
+    int has = st_tokenizer_chat_template(p->tok) != NULL;
+    const char *name = O.template_name ? O.template_name : pl->hh ? "plain" : has ? "tokenizer" : "default";
+    if (strcmp(name, "tokenizer")) {
+        p->tpl = st_template_find(name);
+        return ST_OK;
+    }
+    if (!has)
+        ST_FAIL(ST_ERR_ARG, "--template tokenizer: the tokenizer %s has no chat template (tokenizer_config.json "
+                "\"chat_template\"); use --template default|plain|chatml", O.tokenizer);
+    ST_TRY(st_chat_template_from_tokenizer(ct, p->tok));
+    *own = (st_template){"tokenizer", {NULL, NULL, NULL}, *ct};
+    p->tpl = own;
+    return ST_OK;
+}
+
 static st_err prepare(MPI_Comm comm, int fmt)
 {
     int rank, size;
@@ -876,13 +921,14 @@ static st_err prepare(MPI_Comm comm, int fmt)
     prep p = {.pl = &pl, .skip = !strcmp(O.on_error, "skip")};
     char **names = NULL, *store = NULL;
     int n_labels = 0;
+    st_template own;
+    st_chat_template *ct = NULL;
     st_err e = st_agree(comm, st_tokenizer_load(&tok, O.tokenizer));
     p.tok = tok;
     if (!e) e = make_plan(&pl, fmt, comm, rank);
     if (e) goto done;
-    if (pl.format == FMT_SFT || pl.format == FMT_CHAT || pl.format == FMT_PREF)
-        p.tpl = st_template_find(O.template_name ? O.template_name : pl.hh ? "plain" : "default");
-    if (pl.format == FMT_CLASSIFY && O.label_names) e = load_label_names(&p);
+    e = choose_template(&p, &own, &ct);
+    if (!e && pl.format == FMT_CLASSIFY && O.label_names) e = load_label_names(&p);
     ST_TRY_GOTO(e, st_agree(comm, e), done);
 
     int64_t lo = pl.n_records * rank / size, hi = pl.n_records * (rank + 1) / size, seen;
@@ -920,6 +966,7 @@ done:
     if (names != p.label_list) free(names);
     free(store);
     prep_free(&p);
+    st_chat_template_free(ct);
     st_tokenizer_free(tok);
     return e;
 }
