@@ -213,9 +213,12 @@ if want convert; then
     cold "$ST"
     run bash -c 'timed "cat cold" cat "$1" > /dev/null' - "$ST"
     run bash -c 'timed "cat warm" cat "$1" > /dev/null' - "$ST"
-    cold "$ST"
-    run OMP_NUM_THREADS=1 bash -c 'timed "$@"' - convert "$BIN" convert "$SCRATCH/hf" \
-        --out "$SCRATCH/hf.h5" --tokenizer byte
+    for np in 1 2; do   # max RSS: the largest process (a rank)
+      cold "$ST"
+      rm -f "$SCRATCH/hf.h5"; sync
+      run OMP_NUM_THREADS=1 bash -c 'timed "$@"' - "convert np=$np" "${MPIRUN[@]}" -np $np "$BIN" convert \
+          "$SCRATCH/hf" --out "$SCRATCH/hf.h5" --tokenizer byte
+    done
     ls -l "$SCRATCH/hf/model.safetensors" "$SCRATCH/hf.h5" | tee -a "$LOG"
     rm -rf "$SCRATCH/hf" "$SCRATCH/hf.h5"
   else

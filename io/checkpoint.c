@@ -1063,6 +1063,173 @@ done:
     return e;
 }
 
+/* ---- streaming a model source into a checkpoint ----------------------------- */
+
+/* Deal the units to the ranks by size: largest first, each to the rank with
+ * the fewest bytes so far (ties: the lower rank). Same result on every rank. */
+static st_err deal_units(const st_model_source *src, int size, int *owner)
+{
+    int n = src->n_units;
+    int *order = malloc((size_t)n * sizeof *order + 1);
+    int64_t *load = calloc((size_t)size, sizeof *load);
+    if (!order || !load) {
+        free(order), free(load);
+        ST_FAIL(ST_ERR_MEM, "out of memory dealing %d tensors to %d ranks", n, size);
+    }
+    for (int u = 0; u < n; u++) order[u] = u;
+    for (int a = 1; a < n; a++)   /* insertion sort, largest first, stable: n is a few hundred */
+        for (int b = a; b > 0; b--) {
+            int64_t x = st_model_source_unit_bytes(src, order[b - 1]), y = st_model_source_unit_bytes(src, order[b]);
+            if (x >= y) break;
+            int t = order[b - 1];
+            order[b - 1] = order[b], order[b] = t;
+        }
+    for (int k = 0; k < n; k++) {
+        int r = 0;
+        for (int q = 1; q < size; q++)
+            if (load[q] < load[r]) r = q;
+        owner[order[k]] = r;
+        load[r] += st_model_source_unit_bytes(src, order[k]);
+    }
+    free(order);
+    free(load);
+    return ST_OK;
+}
+
+/* Read this rank's units and write each of their tensors whole with
+ * independent MPI-IO; sums[i] = checksum of layout tensor i (0 elsewhere).
+ * Not collective: the first error stops this rank's loop. */
+static st_err write_own_units(st_model_source *src, const int *owner, int rank, const hid_t *dsets,
+                              uint64_t *sums, const char *path, write_kick *kick)
+{
+    hid_t dxpl = H5I_INVALID_HID;
+    ST_TRY(st_h5_dxpl_mpio(0, &dxpl));
+    st_err e = ST_OK;
+    for (int u = 0; u < src->n_units && !e; u++) {
+        if (owner[u] != rank) continue;
+        const st_src_unit *un = &src->units[u];
+        float *out[ST_SRC_MAX_DST] = {0};
+        for (int p = 0; p < un->n_dst && !e; p++)
+            if (!(out[p] = malloc(un->dst[p]->numel * sizeof(float) + 1)))
+                e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for tensor %s",
+                                 un->dst[p]->name);
+        if (!e) e = src->read(src, u, out);
+        for (int p = 0; p < un->n_dst && !e; p++) {
+            const st_tensor *t = un->dst[p];
+            const int i = (int)(t - src->lay.tensors);
+            char what[WHAT_CAP];
+            snprintf(what, sizeof what, "/model/%s", t->name);
+            e = xfer_piece(dsets[i], t, 0, real_numel(t), out[p], dxpl, 1, path, what);
+            if (!e) sums[i] = piece_checksum(t, out[p], 0, real_numel(t));
+            write_kick_add(kick, (size_t)real_numel(t) * sizeof(float));
+        }
+        for (int p = 0; p < un->n_dst; p++) free(out[p]);
+    }
+    st_h5_close(&dxpl);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+/* The model's datasets (created collectively, every one by every rank), this
+ * rank's units written into them, then the checksums. Collective. */
+static st_err write_source_tensors(hid_t file, st_model_source *src, const save_job *j, const st_grid *g,
+                                   const char *path)
+{
+    const st_layout *lay = &src->lay;
+    st_err e = ST_OK;
+    hid_t grp = H5I_INVALID_HID, dcpl = H5I_INVALID_HID, space = H5I_INVALID_HID;
+    hid_t *dsets = malloc((size_t)lay->n_tensors * sizeof *dsets + 1);
+    int *owner = malloc((size_t)src->n_units * sizeof *owner + 1);
+    int n_open = 0;
+    write_kick kick = {open(path, O_RDONLY | O_CLOEXEC), 0};
+    if (!dsets || !owner) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (!e) e = deal_units(src, g->world_size, owner);
+    if (!e) e = create_group(file, "model", &grp);
+    if (!e && ((dcpl = H5Pcreate(H5P_DATASET_CREATE)) < 0 || H5Pset_layout(dcpl, H5D_CONTIGUOUS) < 0 ||
+               H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) < 0 || H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) < 0))
+        ST_H5_GOTO(e, done, "cannot set up the tensor dataset properties");
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    for (; n_open < lay->n_tensors && !e; n_open++) {
+        const st_tensor *t = &lay->tensors[n_open];
+        hsize_t dims[2] = {(hsize_t)t->shape[0], (hsize_t)t->shape[1]};
+        if ((space = H5Screate_simple(t->ndim, dims, NULL)) < 0 ||
+            (dsets[n_open] = H5Dcreate2(grp, t->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)) < 0) {
+            st_h5_snapshot();
+            e = st_h5_error_set(__FILE__, __LINE__, __func__, "%s: cannot create tensor /model/%s", path, t->name);
+            break;
+        }
+        st_h5_close(&space);
+    }
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    e = write_own_units(src, owner, g->world_rank, dsets, j->sums[0], path, &kick);
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    if (MPI_Allreduce(MPI_IN_PLACE, j->sums[0], lay->n_tensors, MPI_UINT64_T, MPI_SUM, g->world) != MPI_SUCCESS)
+        ST_FAIL_GOTO(e, done, ST_ERR_MPI, "MPI_Allreduce of checkpoint checksums failed");
+    for (int i = 0; i < lay->n_tensors && !e; i++) e = st_h5_attr_write_u64(dsets[i], "checksum", j->sums[0][i]);
+done:
+    for (int i = 0; i < n_open; i++) st_h5_close(&dsets[i]);
+    if (kick.fd >= 0) close(kick.fd);
+    st_h5_close(&space);
+    st_h5_close(&dcpl);
+    st_h5_close(&grp);
+    free(dsets);
+    free(owner);
+    return st_agree(g->world, e);
+}
+
+st_err st_ckpt_save_source(const char *path, MPI_Comm comm, st_model_source *src, const char *tok_kind,
+                           const uint8_t *tok_blob, size_t tok_n)
+{
+    st_h5_quiet();
+    char tmp[PATH_MAX];
+    st_err e = ST_OK;
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "checkpoint path too long: %s", path);
+    ST_TRY(st_agree(comm, e));
+    st_grid g;
+    ST_TRY(st_grid_init(&g, comm, 1));
+    save_job j;
+    memset(&j, 0, sizeof j);
+    st_ckpt_tensors t = {.lay = &src->lay};
+    hid_t fapl = H5I_INVALID_HID, file = H5I_INVALID_HID, dxpl = H5I_INVALID_HID;
+    e = save_job_init(&j, &g, &t, NULL, tok_kind, tok_blob, tok_n, -1, -1);
+    if (!e && !(j.sums[0] = calloc((size_t)src->lay.n_tensors + 1, sizeof *j.sums[0])))
+        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for checksums");
+    ST_TRY_GOTO(e, st_agree(comm, e), done);
+    e = st_h5_fapl_mpio(comm, &fapl);
+    if (!e && H5Pset_coll_metadata_write(fapl, 1) < 0) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__, "cannot enable collective metadata writes");
+    }
+    if (!e && (file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl)) < 0) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__,
+                            "cannot create checkpoint file %s (does the directory exist and is it writable?)", tmp);
+    }
+    if (!e) e = st_h5_dxpl_mpio(1, &dxpl);
+    ST_TRY_GOTO(e, st_agree(comm, e), done);
+    e = write_header(file, &j, &src->cfg, g.world_rank == 0, dxpl);
+    ST_TRY_GOTO(e, st_agree(comm, e), done);
+    e = write_source_tensors(file, src, &j, &g, tmp);
+done:
+    st_h5_close(&dxpl);
+    if (file >= 0 && H5Fclose(file) < 0 && !e) {
+        st_h5_snapshot();
+        e = st_h5_error_set(__FILE__, __LINE__, __func__, "closing checkpoint file %s failed", tmp);
+    }
+    st_h5_close(&fapl);
+    e = st_agree(comm, e);
+    if (!e && MPI_Barrier(comm) != MPI_SUCCESS)
+        e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "MPI_Barrier after writing %s failed", tmp);
+    if (!e && g.world_rank == 0) e = commit(tmp, path);
+    e = st_agree(comm, e);
+    if (e && g.world_rank == 0) unlink(tmp);
+    save_job_free(&j);
+    st_grid_free(&g);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
 /* ---- run directory: step files, latest, retention --------------------------- */
 
 /* Step number of a name "step_<digits>.h5" (suffix ".h5.tmp" when tmp), or -1. */

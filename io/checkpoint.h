@@ -48,6 +48,7 @@
 #include "config.h"
 #include "err.h"
 #include "grid.h"
+#include "model_source.h"
 #include "params.h"
 
 #define ST_CKPT_FORMAT "shardtune"
@@ -113,6 +114,18 @@ enum { ST_CKPT_WEIGHTS_ONLY = 1, ST_CKPT_SETS_OPTIONAL = 2 };
 st_err st_ckpt_save_file(const char *path, const st_grid *g, const st_ckpt_tensors *t,
                          const st_train_state *s, const char *tok_kind,
                          const uint8_t *tok_blob, size_t tok_n);
+
+/* Write path atomically from a model file of another tool (model_source.h):
+ * the weights at the source's 1x1 layout and the tokenizer (kind and blob
+ * from comm rank 0; NULL = none), no optimizer or training state; the same
+ * file layout as st_ckpt_save_file. Collective over comm; every rank has
+ * opened the same source. The source's units are dealt to the ranks by size
+ * (largest first, to the least loaded rank); each rank reads only its units
+ * and writes each tensor whole with independent MPI-IO, so a rank holds one
+ * unit at a time and never the model. On error PATH.tmp is removed and PATH
+ * is untouched. */
+st_err st_ckpt_save_source(const char *path, MPI_Comm comm, st_model_source *src, const char *tok_kind,
+                           const uint8_t *tok_blob, size_t tok_n);
 
 /* DIR/step_%08lld.h5 via st_ckpt_save_file (creating DIR if missing), then
  * rank 0 points DIR/latest at it (latest.tmp + rename) and removes the oldest

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "model_source.h"
 #include "params.h"
 #include "tok_internal.h"   /* vocabulary, merges and original files: tokenizer.h has no accessors for them */
 
@@ -401,27 +402,26 @@ static st_err build_rules(rules *R, const st_layout *lay, const char *gpt2_prefi
     return e;
 }
 
-/* Hugging Face layout (src) -> shardtune tensors in params. */
-static void scatter(const hf_rule *r, const float *src, float *params)
+/* Hugging Face layout (src) -> shardtune tensors out[p] (r->dst[p]'s numel each). */
+static void scatter(const hf_rule *r, const float *src, float *const out[3])
 {
     const st_tensor *d = r->dst[0];
-    float *out = params + d->offset;
     int64_t R0 = d->shape[0], C0 = d->shape[1];
     switch (r->kind) {
-    case MAP_COPY: memcpy(out, src, (size_t)d->numel * sizeof *src); break;
+    case MAP_COPY: memcpy(out[0], src, (size_t)d->numel * sizeof *src); break;
     case MAP_T:          /* src [C0, R0] */
         for (int64_t o = 0; o < R0; o++)
-            for (int64_t i = 0; i < C0; i++) out[o * C0 + i] = src[i * R0 + o];
+            for (int64_t i = 0; i < C0; i++) out[0][o * C0 + i] = src[i * R0 + o];
         break;
     case MAP_QKV_T:      /* src [C0, 3 R0]; part p's columns p*R0 .. */
         for (int p = 0; p < 3; p++) {
-            float *w = params + r->dst[p]->offset;
+            float *w = out[p];
             for (int64_t o = 0; o < R0; o++)
                 for (int64_t i = 0; i < C0; i++) w[o * C0 + i] = src[i * 3 * R0 + p * R0 + o];
         }
         break;
     case MAP_QKV_B:
-        for (int p = 0; p < 3; p++) memcpy(params + r->dst[p]->offset, src + p * R0, (size_t)R0 * sizeof *src);
+        for (int p = 0; p < 3; p++) memcpy(out[p], src + p * R0, (size_t)R0 * sizeof *src);
         break;
     }
 }
@@ -614,90 +614,107 @@ static st_err check_all_used(const shard_set *s, const st_config *c, hf_arch arc
     return ST_OK;
 }
 
-/* Every rule's source, read one at a time: straight into params when the
- * layout is the same, through tmp otherwise. */
-static st_err import_tensors(shard_set *s, const rules *R, float *params, hf_arch arch)
+/* The open directory: its shards, the tensor map, and where each rule's
+ * source sits (found and shape-checked at open). */
+typedef struct {
+    shard_set shards;
+    rules R;
+    const st_safetensors **file;          /* (R.n) */
+    const st_safetensors_entry **entry;   /* (R.n) */
+} hf_source;
+
+/* Find every rule's source tensor and check its shape; then refuse any
+ * tensor of the files that no rule uses. Metadata only. */
+static st_err locate_tensors(hf_source *h, hf_arch arch, const st_config *cfg)
 {
-    float *tmp = NULL;
-    uint64_t tmp_n = 0;
-    st_err e = ST_OK;
-    for (int i = 0; i < R->n && !e; i++) {
-        const hf_rule *r = &R->r[i];
-        const st_safetensors *f;
-        const st_safetensors_entry *x;
-        shards_find(s, r->hf, &f, &x);
-        if (!x) {
-            e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__, "tensor \"%s\" is missing from the "
-                             "weights; a %s with this config.json needs it", r->hf, arch_names[arch].arch);
-            break;
-        }
-        if ((e = check_shape(f, x, r))) break;
-        if (r->kind == MAP_COPY) {
-            e = st_safetensors_read(f, x, params + r->dst[0]->offset);
-            continue;
-        }
-        if (x->numel > tmp_n) {
-            free(tmp);
-            tmp_n = x->numel;
-            tmp = malloc((size_t)tmp_n * sizeof *tmp);
-            if (!tmp) {
-                e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for tensor %s", r->hf);
-                break;
-            }
-        }
-        if (!(e = st_safetensors_read(f, x, tmp))) scatter(r, tmp, params);
+    h->file = calloc((size_t)h->R.n + 1, sizeof *h->file);
+    h->entry = calloc((size_t)h->R.n + 1, sizeof *h->entry);
+    if (!h->file || !h->entry) ST_FAIL(ST_ERR_MEM, "out of memory for the tensor map");
+    for (int i = 0; i < h->R.n; i++) {
+        const hf_rule *r = &h->R.r[i];
+        shards_find(&h->shards, r->hf, &h->file[i], &h->entry[i]);
+        if (!h->entry[i])
+            ST_FAIL(ST_ERR_FORMAT, "tensor \"%s\" is missing from the weights; a %s with this config.json needs it",
+                    r->hf, arch_names[arch].arch);
+        ST_TRY(check_shape(h->file[i], h->entry[i], r));
     }
+    ST_TRY(check_all_used(&h->shards, cfg, arch));
+    return ST_OK;
+}
+
+/* A rule's source (F32, F16 or BF16): straight into out when the layout is
+ * the same, through a scratch copy otherwise. */
+static st_err hf_read_unit(st_model_source *s, int u, float *const out[ST_SRC_MAX_DST])
+{
+    const hf_source *h = s->impl;
+    const hf_rule *r = &h->R.r[u];
+    if (r->kind == MAP_COPY) return st_safetensors_read(h->file[u], h->entry[u], out[0]);
+    float *tmp = malloc((size_t)h->entry[u]->numel * sizeof *tmp);
+    if (!tmp) ST_FAIL(ST_ERR_MEM, "out of memory for tensor %s", r->hf);
+    st_err e = st_safetensors_read(h->file[u], h->entry[u], tmp);
+    if (!e) scatter(r, tmp, out);
     free(tmp);
-    if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }
 
-st_err st_hf_read(const char *dir, st_config *cfg, float **params)
+static void hf_close(st_model_source *s)
 {
-    *params = NULL;
+    hf_source *h = s->impl;
+    if (!h) return;
+    shards_close(&h->shards);
+    free(h->R.r);
+    free(h->file);
+    free(h->entry);
+    free(h);
+    s->impl = NULL;
+}
+
+st_err st_hf_open(st_model_source *s, const char *dir)
+{
+    s->format = "hf";
     char path[4096];
     ST_TRY(join(path, sizeof path, dir, "config.json"));
     cJSON *root;
     ST_TRY(load_json(path, &root));
     hf_arch arch;
-    st_err e = config_parse(root, path, cfg, &arch);
+    st_err e = config_parse(root, path, &s->cfg, &arch);
     cJSON_Delete(root);
-    if (e) {
-        st_error_trace(__FILE__, __LINE__, __func__);
-        return e;
-    }
-    shard_set s;
-    ST_TRY(shards_open(&s, dir));
-    st_layout lay;
-    rules R = {0};
-    float *p = NULL;
-    e = st_layout_init(&lay, cfg, 1, 0);
-    if (e) {
-        shards_close(&s);
-        st_error_trace(__FILE__, __LINE__, __func__);
-        return e;
-    }
+    ST_TRY(e);
+    hf_source *h = calloc(1, sizeof *h);
+    if (!h) ST_FAIL(ST_ERR_MEM, "out of memory");
+    s->impl = h;
+    s->close_impl = hf_close;
+    s->read = hf_read_unit;
+    ST_TRY(shards_open(&h->shards, dir));
+    ST_TRY(st_layout_init(&s->lay, &s->cfg, 1, 0));
     const st_safetensors *f;
     const st_safetensors_entry *x;
-    shards_find(&s, "transformer.wte.weight", &f, &x);   /* GPT-2 names come with or without the prefix */
-    e = build_rules(&R, &lay, x ? "transformer." : "");
-    if (!e) {
-        p = calloc(lay.numel, sizeof *p);
-        if (!p) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for %zu parameters",
-                                 lay.numel);
+    shards_find(&h->shards, "transformer.wte.weight", &f, &x);   /* GPT-2 names come with or without the prefix */
+    ST_TRY(build_rules(&h->R, &s->lay, x ? "transformer." : ""));
+    ST_TRY(locate_tensors(h, arch, &s->cfg));
+    /* one unit per rule, in the rules' order (hf_read_unit indexes rules by unit) */
+    for (int i = 0; i < h->R.n; i++) {
+        const char *names[3];
+        int n = 0;
+        while (n < 3 && h->R.r[i].dst[n]) names[n] = h->R.r[i].dst[n]->name, n++;
+        ST_TRY(st_model_source_add_unit(s, names, n));
     }
-    if (!e) e = import_tensors(&s, &R, p, arch);
-    if (!e) e = check_all_used(&s, cfg, arch);
-    free(R.r);
-    st_layout_free(&lay);
-    shards_close(&s);
-    if (e) {
-        free(p);
-        st_error_trace(__FILE__, __LINE__, __func__);
-        return e;
-    }
-    *params = p;
     return ST_OK;
+}
+
+st_err st_hf_read(const char *dir, st_config *cfg, float **params)
+{
+    *params = NULL;
+    st_model_source s;
+    ST_TRY(st_model_source_open(&s, dir, "hf"));
+    float *p = calloc(s.lay.numel, sizeof *p);
+    st_err e = p ? st_model_source_read_all(&s, p)
+                 : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for %zu parameters",
+                                s.lay.numel);
+    if (!e) *cfg = s.cfg, *params = p;
+    else free(p), st_error_trace(__FILE__, __LINE__, __func__);
+    st_model_source_close(&s);
+    return e;
 }
 
 /* ==== export: files written aside, renamed together ======================== */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "binfile.h"
+#include "model_source.h"
 #include "params.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -169,22 +170,19 @@ static st_err header_to_config(const char *path, const int32_t h[L2C_HEADER_INTS
 /* ------------------------------------------------------------------------- */
 /* reading */
 
+/* The open file and where each unit's tensor starts. */
 typedef struct {
     int fd;
-    const char *path;
-    int64_t off;    /* next byte to read */
-} src_file;
+    char *path;
+    int64_t *off;       /* (n_units) byte offset of the unit's tensor */
+    uint8_t *rope;      /* (n_units) q, k: rows in Meta's RoPE order on disk */
+} l2c_file;
 
-/* n bytes at the cursor into dst; advances the cursor. */
-static st_err read_bytes(src_file *f, void *dst, size_t n, const char *what)
+/* n floats at byte off into dst, refusing NaN and Inf (they would silently
+ * poison training). */
+static st_err read_floats(const l2c_file *f, int64_t off, float *dst, size_t n, const char *what)
 {
-    return st_pread_all(f->fd, "llama2.c", f->path, &f->off, dst, n, what);
-}
-
-/* n floats into dst, refusing NaN and Inf (they would silently poison training). */
-static st_err read_floats(src_file *f, float *dst, size_t n, const char *what)
-{
-    ST_TRY(read_bytes(f, dst, n * sizeof *dst, what));
+    ST_TRY(st_pread_all(f->fd, "llama2.c", f->path, &off, dst, n * sizeof *dst, what));
     for (size_t i = 0; i < n; i++)
         if (!isfinite(dst[i]))
             ST_FAIL(ST_ERR_FORMAT, "llama2.c checkpoint '%s': %s element %zu is %g; the checkpoint is corrupt",
@@ -200,92 +198,109 @@ static void tensor_name(char *out, size_t cap, int kind, int layer)
         snprintf(out, cap, "%s", file_order[kind].name);
 }
 
-/* Stream every tensor of the file into w (laid out per lay). */
-static st_err read_tensors(src_file *f, const st_layout *lay, float *w, float *scratch)
+static st_err l2c_read_unit(st_model_source *s, int u, float *const out[ST_SRC_MAX_DST])
 {
-    const st_config *c = &lay->cfg;
-    char name[128], what[192];
+    const l2c_file *f = s->impl;
+    const st_tensor *t = s->units[u].dst[0];
+    char what[192];
+    snprintf(what, sizeof what, "tensor %s", t->name);
+    if (!f->rope[u]) return read_floats(f, f->off[u], out[0], t->numel, what);
+    float *tmp = malloc(t->numel * sizeof *tmp);
+    if (!tmp) ST_FAIL(ST_ERR_MEM, "out of memory reading %s of '%s'", t->name, f->path);
+    st_err e = read_floats(f, f->off[u], tmp, t->numel, what);
+    if (!e) st_rope_rows_meta_to_hf(out[0], tmp, (int)(t->shape[0] / s->lay.head_dim), s->lay.head_dim, t->shape[1]);
+    free(tmp);
+    return e;
+}
+
+static void l2c_close(st_model_source *s)
+{
+    l2c_file *f = s->impl;
+    if (!f) return;
+    if (f->fd >= 0) close(f->fd);
+    free(f->path);
+    free(f->off);
+    free(f->rope);
+    free(f);
+    s->impl = NULL;
+}
+
+/* One unit per tensor in file order, with its offset (the header has been
+ * checked against the file size, so every offset is inside the file). */
+static st_err l2c_units(st_model_source *s, l2c_file *f)
+{
+    const st_config *c = &s->cfg;
+    int n = 2 + (N_KINDS - 2) * c->n_layer + (c->tied_embeddings ? 0 : 1);
+    f->off = malloc((size_t)n * sizeof *f->off);
+    f->rope = malloc((size_t)n);
+    if (!f->off || !f->rope) ST_FAIL(ST_ERR_MEM, "out of memory for the tensor list of '%s'", f->path);
+    int64_t off = L2C_HEADER_INTS * 4;
+    char name[128];
+    const char *names[1] = {name};
     for (int k = 0; k < N_KINDS; k++) {
         int n_rep = file_order[k].per_layer ? c->n_layer : 1;
         for (int l = 0; l < n_rep; l++) {
             tensor_name(name, sizeof name, k, l);
-            const st_tensor *t = st_layout_find(lay, name);
-            ST_ASSERT(t, "llama2.c reader: the layout has no tensor %s", name);
-            snprintf(what, sizeof what, "%s (llama2.c %s)", name, file_order[k].l2c);
-            if (!file_order[k].rope) {
-                ST_TRY(read_floats(f, w + t->offset, t->numel, what));
-                continue;
-            }
-            ST_TRY(read_floats(f, scratch, t->numel, what));
-            int heads = (int)(t->shape[0] / lay->head_dim);
-            st_rope_rows_meta_to_hf(w + t->offset, scratch, heads, lay->head_dim, t->shape[1]);
+            ST_TRY(st_model_source_add_unit(s, names, 1));
+            f->off[s->n_units - 1] = off;
+            f->rope[s->n_units - 1] = (uint8_t)file_order[k].rope;
+            off += (int64_t)s->units[s->n_units - 1].dst[0]->numel * (int64_t)sizeof(float);
         }
     }
     /* freq_cis_real and freq_cis_imag: RoPE tables, recomputed from rope_theta when needed */
-    f->off += 2 * (int64_t)c->max_seq * (lay->head_dim / 2) * (int64_t)sizeof(float);
+    off += 2 * (int64_t)c->max_seq * (s->lay.head_dim / 2) * (int64_t)sizeof(float);
     if (!c->tied_embeddings) {
-        const st_tensor *t = st_layout_find(lay, "lm_head.weight");
-        ST_ASSERT(t, "llama2.c reader: untied layout has no lm_head.weight");
-        ST_TRY(read_floats(f, w + t->offset, t->numel, "lm_head.weight (llama2.c wcls)"));
+        snprintf(name, sizeof name, "lm_head.weight");
+        ST_TRY(st_model_source_add_unit(s, names, 1));
+        f->off[s->n_units - 1] = off;
+        f->rope[s->n_units - 1] = 0;
     }
+    ST_ASSERT(s->n_units == n, "llama2.c reader counted %d tensors, listed %d", n, s->n_units);
     return ST_OK;
 }
 
-static st_err read_fd(int fd, const char *path, st_config *cfg, float **params)
+st_err st_llama2c_open(st_model_source *s, const char *path)
 {
+    s->format = "llama2c";
+    l2c_file *f = calloc(1, sizeof *f);
+    if (!f) ST_FAIL(ST_ERR_MEM, "out of memory");
+    f->fd = -1;
+    s->impl = f;
+    s->close_impl = l2c_close;
+    s->read = l2c_read_unit;
+    f->path = strdup(path);
+    if (!f->path) ST_FAIL(ST_ERR_MEM, "out of memory");
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (f->fd < 0) ST_FAIL(ST_ERR_IO, "cannot open llama2.c checkpoint '%s': %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st))
+    if (fstat(f->fd, &st))
         ST_FAIL(ST_ERR_IO, "llama2.c checkpoint '%s': fstat: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
         ST_FAIL(ST_ERR_IO, "llama2.c checkpoint '%s' is not a regular file", path);
     if (st.st_size < L2C_HEADER_INTS * 4)
         ST_FAIL(ST_ERR_FORMAT, "llama2.c checkpoint '%s' is %lld bytes, shorter than its %d-byte header",
                 path, (long long)st.st_size, L2C_HEADER_INTS * 4);
-
-    src_file f = {fd, path, 0};
     int32_t h[L2C_HEADER_INTS];
-    ST_TRY(read_bytes(&f, h, sizeof h, "the header"));
-    st_config c;
-    ST_TRY(header_to_config(path, h, (int64_t)st.st_size, &c));
-
-    st_layout lay;
-    ST_TRY(st_layout_init(&lay, &c, 1, 0));
-    st_err e = ST_OK;
-    /* q is the larger of the two permuted tensors */
-    const st_tensor *wq = st_layout_find(&lay, "model.layers.0.self_attn.q_proj.weight");
-    float *w = malloc(lay.numel * sizeof *w);
-    float *scratch = malloc(wq->numel * sizeof *scratch);
-    if (!w || !scratch) {
-        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__,
-                         "out of memory for the %zu parameters of llama2.c checkpoint '%s'", lay.numel, path);
-        goto done;
-    }
-    ST_TRY_GOTO(e, read_tensors(&f, &lay, w, scratch), done);
-    if (f.off != (int64_t)st.st_size) {
-        e = st_error_set(ST_ERR_INTERNAL, __FILE__, __LINE__, __func__,
-                         "llama2.c reader stopped at byte %lld of '%s' (%lld bytes) after the size check passed",
-                         (long long)f.off, path, (long long)st.st_size);
-        goto done;
-    }
-    *cfg = c;
-    *params = w;
-    w = NULL;
-done:
-    free(scratch);
-    free(w);
-    st_layout_free(&lay);
-    return e;
+    int64_t off = 0;
+    ST_TRY(st_pread_all(f->fd, "llama2.c", path, &off, h, sizeof h, "the header"));
+    ST_TRY(header_to_config(path, h, (int64_t)st.st_size, &s->cfg));
+    ST_TRY(st_layout_init(&s->lay, &s->cfg, 1, 0));
+    ST_TRY(l2c_units(s, f));
+    return ST_OK;
 }
 
 st_err st_llama2c_read(const char *path, st_config *cfg, float **params)
 {
     *params = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        ST_FAIL(ST_ERR_IO, "cannot open llama2.c checkpoint '%s': %s", path, strerror(errno));
-    st_err e = read_fd(fd, path, cfg, params);
-    close(fd);
-    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    st_model_source s;
+    ST_TRY(st_model_source_open(&s, path, "llama2c"));
+    float *w = malloc(s.lay.numel * sizeof *w);
+    st_err e = w ? st_model_source_read_all(&s, w)
+                 : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__,
+                                "out of memory for the %zu parameters of llama2.c checkpoint '%s'", s.lay.numel, path);
+    if (!e) *cfg = s.cfg, *params = w;
+    else free(w), st_error_trace(__FILE__, __LINE__, __func__);
+    st_model_source_close(&s);
     return e;
 }
 

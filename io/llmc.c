@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "binfile.h"
+#include "model_source.h"
 #include "params.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -133,19 +134,14 @@ static st_err header_to_config(const char *path, const int32_t *h, int64_t file_
 /* ------------------------------------------------------------------------- */
 /* reading */
 
+/* The open file and where each unit's tensor starts. */
 typedef struct {
     int fd;
-    const char *path;
-    int64_t off;        /* next byte to read */
+    char *path;
     int elem_bytes;     /* 4 (fp32) or 2 (bf16) */
-    uint16_t *bounce;   /* BF16_CHUNK values, bf16 files only */
-} src_file;
-
-/* n bytes at the cursor into dst; advances the cursor. */
-static st_err read_bytes(src_file *f, void *dst, size_t n, const char *what)
-{
-    return st_pread_all(f->fd, "llm.c", f->path, &f->off, dst, n, what);
-}
+    int64_t *off;       /* (n_units) byte offset of the unit's tensor */
+    int n_cap;
+} llmc_file;
 
 /* bf16 is the top half of an fp32, so widening is exact. */
 static float bf16_to_f32(uint16_t b)
@@ -156,18 +152,23 @@ static float bf16_to_f32(uint16_t b)
     return x;
 }
 
-/* n values of the file's width into dst as fp32, refusing NaN and Inf. */
-static st_err read_values(src_file *f, float *dst, size_t n, const char *what)
+/* n values of the file's width at byte off into dst as fp32, refusing NaN and Inf. */
+static st_err read_values(const llmc_file *f, int64_t off, float *dst, size_t n, const char *what)
 {
     if (f->elem_bytes == 4) {
-        ST_TRY(read_bytes(f, dst, n * sizeof *dst, what));
+        ST_TRY(st_pread_all(f->fd, "llm.c", f->path, &off, dst, n * sizeof *dst, what));
     } else {
-        for (size_t done = 0; done < n;) {
+        uint16_t *bounce = malloc(BF16_CHUNK * sizeof *bounce);
+        if (!bounce) ST_FAIL(ST_ERR_MEM, "out of memory");
+        st_err e = ST_OK;
+        for (size_t done = 0; done < n && !e;) {
             size_t m = n - done < BF16_CHUNK ? n - done : BF16_CHUNK;
-            ST_TRY(read_bytes(f, f->bounce, m * sizeof *f->bounce, what));
-            for (size_t i = 0; i < m; i++) dst[done + i] = bf16_to_f32(f->bounce[i]);
+            e = st_pread_all(f->fd, "llm.c", f->path, &off, bounce, m * sizeof *bounce, what);
+            for (size_t i = 0; !e && i < m; i++) dst[done + i] = bf16_to_f32(bounce[i]);
             done += m;
         }
+        free(bounce);
+        ST_TRY(e);
     }
     for (size_t i = 0; i < n; i++)
         if (!isfinite(dst[i]))
@@ -176,87 +177,106 @@ static st_err read_values(src_file *f, float *dst, size_t n, const char *what)
     return ST_OK;
 }
 
-/* The tensor called name (which the layout must have) read from the cursor. */
-static st_err read_tensor(src_file *f, const st_layout *lay, float *w, const char *name, const char *llmc)
+static st_err llmc_read_unit(st_model_source *s, int u, float *const out[ST_SRC_MAX_DST])
 {
-    const st_tensor *t = st_layout_find(lay, name);
-    ST_ASSERT(t, "llm.c reader: the layout has no tensor %s", name);
-    char what[192];
-    snprintf(what, sizeof what, "%s (llm.c %s)", name, llmc);
-    return read_values(f, w + t->offset, t->numel, what);
+    const llmc_file *f = s->impl;
+    const st_tensor *t = s->units[u].dst[0];
+    char what[160];
+    snprintf(what, sizeof what, "tensor %s", t->name);
+    return read_values(f, f->off[u], out[0], t->numel, what);
 }
 
-static st_err read_tensors(src_file *f, const st_layout *lay, int padded_vocab, float *w)
+static void llmc_close(st_model_source *s)
 {
-    const st_config *c = &lay->cfg;
-    ST_TRY(read_tensor(f, lay, w, "model.embed_tokens.weight", "wte"));
+    llmc_file *f = s->impl;
+    if (!f) return;
+    if (f->fd >= 0) close(f->fd);
+    free(f->path);
+    free(f->off);
+    free(f);
+    s->impl = NULL;
+}
+
+/* The tensor called name as the next unit, at byte *off; advances *off. */
+static st_err add(st_model_source *s, llmc_file *f, const char *name, int64_t *off)
+{
+    if (s->n_units == f->n_cap) {
+        int cap = f->n_cap ? 2 * f->n_cap : 64;
+        int64_t *o = realloc(f->off, (size_t)cap * sizeof *o);
+        if (!o) ST_FAIL(ST_ERR_MEM, "out of memory for the tensor list of '%s'", f->path);
+        f->off = o;
+        f->n_cap = cap;
+    }
+    const char *names[1] = {name};
+    ST_TRY(st_model_source_add_unit(s, names, 1));
+    f->off[s->n_units - 1] = *off;
+    *off += (int64_t)s->units[s->n_units - 1].dst[0]->numel * f->elem_bytes;
+    return ST_OK;
+}
+
+/* One unit per tensor in file order (the header has been checked against the
+ * file size, so every offset is inside the file). */
+static st_err llmc_units(st_model_source *s, llmc_file *f, int padded_vocab)
+{
+    const st_config *c = &s->cfg;
+    int64_t off = LLMC_HEADER_INTS * 4;
+    ST_TRY(add(s, f, "model.embed_tokens.weight", &off));
     /* rows V..Vp-1 of wte are GPU padding, never used as tokens */
-    f->off += (int64_t)(padded_vocab - c->vocab_size) * c->d_model * f->elem_bytes;
-    ST_TRY(read_tensor(f, lay, w, "model.embed_positions.weight", "wpe"));
+    off += (int64_t)(padded_vocab - c->vocab_size) * c->d_model * f->elem_bytes;
+    ST_TRY(add(s, f, "model.embed_positions.weight", &off));
     char name[128];
     for (int k = 0; k < N_LAYER_KINDS; k++)
         for (int l = 0; l < c->n_layer; l++)
             for (int p = 0; p < 3 && layer_order[k].part[p]; p++) {
                 snprintf(name, sizeof name, "model.layers.%d.%s", l, layer_order[k].part[p]);
-                ST_TRY(read_tensor(f, lay, w, name, layer_order[k].llmc));
+                ST_TRY(add(s, f, name, &off));
             }
-    ST_TRY(read_tensor(f, lay, w, "model.norm.weight", "lnfw"));
-    ST_TRY(read_tensor(f, lay, w, "model.norm.bias", "lnfb"));
+    ST_TRY(add(s, f, "model.norm.weight", &off));
+    ST_TRY(add(s, f, "model.norm.bias", &off));
     return ST_OK;
 }
 
-static st_err read_fd(int fd, const char *path, st_config *cfg, float **params)
+st_err st_llmc_open(st_model_source *s, const char *path)
 {
+    s->format = "llmc";
+    llmc_file *f = calloc(1, sizeof *f);
+    if (!f) ST_FAIL(ST_ERR_MEM, "out of memory");
+    f->fd = -1;
+    s->impl = f;
+    s->close_impl = llmc_close;
+    s->read = llmc_read_unit;
+    f->path = strdup(path);
+    if (!f->path) ST_FAIL(ST_ERR_MEM, "out of memory");
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (f->fd < 0) ST_FAIL(ST_ERR_IO, "cannot open llm.c checkpoint '%s': %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st))
+    if (fstat(f->fd, &st))
         ST_FAIL(ST_ERR_IO, "llm.c checkpoint '%s': fstat: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
         ST_FAIL(ST_ERR_IO, "llm.c checkpoint '%s' is not a regular file", path);
     if (st.st_size < LLMC_HEADER_INTS * 4)
         ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s' is %lld bytes, shorter than its %d-byte header",
                 path, (long long)st.st_size, LLMC_HEADER_INTS * 4);
-
-    src_file f = {fd, path, 0, 4, NULL};
     int32_t h[LLMC_HEADER_INTS];
-    ST_TRY(read_bytes(&f, h, sizeof h, "the header"));
-    st_config c;
-    ST_TRY(header_to_config(path, h, (int64_t)st.st_size, &c, &f.elem_bytes));
-
-    st_layout lay;
-    ST_TRY(st_layout_init(&lay, &c, 1, 0));
-    st_err e = ST_OK;
-    float *w = malloc(lay.numel * sizeof *w);
-    if (f.elem_bytes == 2) f.bounce = malloc(BF16_CHUNK * sizeof *f.bounce);
-    if (!w || (f.elem_bytes == 2 && !f.bounce)) {
-        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__,
-                         "out of memory for the %zu parameters of llm.c checkpoint '%s'", lay.numel, path);
-        goto done;
-    }
-    ST_TRY_GOTO(e, read_tensors(&f, &lay, h[7], w), done);
-    if (f.off != (int64_t)st.st_size) {
-        e = st_error_set(ST_ERR_INTERNAL, __FILE__, __LINE__, __func__,
-                         "llm.c reader stopped at byte %lld of '%s' (%lld bytes) after the size check passed",
-                         (long long)f.off, path, (long long)st.st_size);
-        goto done;
-    }
-    *cfg = c;
-    *params = w;
-    w = NULL;
-done:
-    free(f.bounce);
-    free(w);
-    st_layout_free(&lay);
-    return e;
+    int64_t off = 0;
+    ST_TRY(st_pread_all(f->fd, "llm.c", path, &off, h, sizeof h, "the header"));
+    ST_TRY(header_to_config(path, h, (int64_t)st.st_size, &s->cfg, &f->elem_bytes));
+    ST_TRY(st_layout_init(&s->lay, &s->cfg, 1, 0));
+    ST_TRY(llmc_units(s, f, h[7]));
+    return ST_OK;
 }
 
 st_err st_llmc_read(const char *path, st_config *cfg, float **params)
 {
     *params = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        ST_FAIL(ST_ERR_IO, "cannot open llm.c checkpoint '%s': %s", path, strerror(errno));
-    st_err e = read_fd(fd, path, cfg, params);
-    close(fd);
-    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    st_model_source s;
+    ST_TRY(st_model_source_open(&s, path, "llmc"));
+    float *w = malloc(s.lay.numel * sizeof *w);
+    st_err e = w ? st_model_source_read_all(&s, w)
+                 : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__,
+                                "out of memory for the %zu parameters of llm.c checkpoint '%s'", s.lay.numel, path);
+    if (!e) *cfg = s.cfg, *params = w;
+    else free(w), st_error_trace(__FILE__, __LINE__, __func__);
+    st_model_source_close(&s);
     return e;
 }

@@ -1,0 +1,105 @@
+/* model_source.c: the format-independent half of model_source.h. */
+#include "model_source.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+st_err st_model_source_add_unit(st_model_source *s, const char *const *names, int n)
+{
+    ST_ASSERT(n >= 1 && n <= ST_SRC_MAX_DST, "a source unit fills 1..%d tensors, not %d", ST_SRC_MAX_DST, n);
+    if ((s->n_units & (s->n_units - 1)) == 0) {   /* grow at powers of two */
+        int cap = s->n_units ? 2 * s->n_units : 16;
+        st_src_unit *u = realloc(s->units, (size_t)cap * sizeof *u);
+        if (!u) ST_FAIL(ST_ERR_MEM, "out of memory for the source's tensor list");
+        s->units = u;
+    }
+    st_src_unit *u = &s->units[s->n_units];
+    memset(u, 0, sizeof *u);
+    for (int i = 0; i < n; i++) {
+        u->dst[i] = st_layout_find(&s->lay, names[i]);
+        ST_ASSERT(u->dst[i], "%s source: the layout has no tensor %s", s->format, names[i]);
+    }
+    u->n_dst = n;
+    s->n_units++;
+    return ST_OK;
+}
+
+int64_t st_model_source_unit_bytes(const st_model_source *s, int u)
+{
+    int64_t n = 0;
+    for (int p = 0; p < s->units[u].n_dst; p++) n += s->units[u].dst[p]->numel;
+    return n * (int64_t)sizeof(float);
+}
+
+/* Every tensor of the layout in exactly one unit: a format's own bug otherwise. */
+static st_err check_cover(const st_model_source *s)
+{
+    int *seen = calloc((size_t)s->lay.n_tensors + 1, sizeof *seen);
+    if (!seen) ST_FAIL(ST_ERR_MEM, "out of memory");
+    st_err e = ST_OK;
+    for (int u = 0; u < s->n_units; u++)
+        for (int p = 0; p < s->units[u].n_dst; p++) seen[s->units[u].dst[p] - s->lay.tensors]++;
+    for (int i = 0; i < s->lay.n_tensors && !e; i++)
+        if (seen[i] != 1)
+            e = st_error_set(ST_ERR_INTERNAL, __FILE__, __LINE__, __func__, "%s source fills tensor %s %d times",
+                             s->format, s->lay.tensors[i].name, seen[i]);
+    free(seen);
+    return e;
+}
+
+/* A directory is a Hugging Face model; llm.c files start with the magic
+ * 20240326; anything else is taken for llama2.c (whose header is checked
+ * against the file size, so a wrong guess fails clearly). */
+static st_err detect(const char *path, const char **fmt)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        *fmt = "hf";
+        return ST_OK;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) ST_FAIL(ST_ERR_IO, "cannot open '%s'", path);
+    int32_t magic = 0;
+    size_t n = fread(&magic, 4, 1, f);
+    fclose(f);
+    if (n != 1) ST_FAIL(ST_ERR_FORMAT, "'%s' is too short to be a model file", path);
+    *fmt = magic == 20240326 ? "llmc" : "llama2c";
+    return ST_OK;
+}
+
+st_err st_model_source_open(st_model_source *s, const char *path, const char *format)
+{
+    memset(s, 0, sizeof *s);
+    if (!strcmp(format, "auto")) ST_TRY(detect(path, &format));
+    st_err e;
+    if (!strcmp(format, "llama2c")) e = st_llama2c_open(s, path);
+    else if (!strcmp(format, "llmc")) e = st_llmc_open(s, path);
+    else if (!strcmp(format, "hf")) e = st_hf_open(s, path);
+    else ST_FAIL(ST_ERR_ARG, "unknown model format '%s' (llama2c, llmc or hf)", format);
+    if (!e) e = check_cover(s);
+    if (e) {
+        st_model_source_close(s);
+        st_error_trace(__FILE__, __LINE__, __func__);
+    }
+    return e;
+}
+
+void st_model_source_close(st_model_source *s)
+{
+    if (s->close_impl) s->close_impl(s);
+    free(s->units);
+    if (s->lay.tensors) st_layout_free(&s->lay);
+    memset(s, 0, sizeof *s);
+}
+
+st_err st_model_source_read_all(st_model_source *s, float *params)
+{
+    for (int u = 0; u < s->n_units; u++) {
+        float *out[ST_SRC_MAX_DST] = {0};
+        for (int p = 0; p < s->units[u].n_dst; p++) out[p] = params + s->units[u].dst[p]->offset;
+        ST_TRY(s->read(s, u, out));
+    }
+    return ST_OK;
+}

@@ -1,0 +1,193 @@
+/* test_mpi2_convert.c: `shardtune convert` on 2 ranks, where each rank reads
+ * and writes disjoint source tensors into one parallel HDF5 file, writes the
+ * same checkpoint as on 1 rank: the same tensors bit for bit (each equal to
+ * the source read whole), checksums that verify, the same tokenizer. Sources:
+ * llama2.c's stories260K (a real third-party file, with its tokenizer found
+ * beside it), a GPT-2 Hugging Face directory (fused c_attn: one source tensor
+ * fills q, k and v) in f32 and bf16, and an llm.c file (padded vocabulary).
+ * A truncated source fails on both ranks and leaves no output. */
+#include <check.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "commands.h"
+#include "harness.h"
+#include "hf.h"
+#include "llama2c.h"
+#include "llmc.h"
+#include "mpi_check.h"
+#include "params.h"
+#include "safetensors.h"
+
+static char DIR_[256];
+static int RANK;
+
+static const char *data_path(const char *rel)
+{
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "../shared/data/%s", rel);
+    if (access(buf, R_OK) == 0) return buf;
+    const char *root = getenv("SHARDTUNE_ROOT");
+    if (root) snprintf(buf, sizeof buf, "%s/../shared/data/%s", root, rel);
+    return buf;
+}
+
+static const char *tmp_path(const char *name)
+{
+    static char buf[4][512];
+    static int k;
+    char *b = buf[k++ % 4];
+    snprintf(b, 512, "%s/%s", DIR_, name);
+    return b;
+}
+
+static st_err convert_on(MPI_Comm comm, const char *src, const char *out, const char *tokenizer)
+{
+    char *argv[8] = {"convert", (char *)src, "--out", (char *)out, NULL};
+    int argc = 4;
+    if (tokenizer) argv[argc++] = "--tokenizer", argv[argc++] = (char *)tokenizer;
+    st_error_clear();
+    return st_cmd_convert(argc, argv, comm);
+}
+
+/* Rank 0: both checkpoints hold the same config, tokenizer and bit-identical
+ * tensors, equal to want (the source read whole, 1x1 layout). */
+static int same_checkpoints(const char *a, const char *b, const float *want, size_t n_want, int want_tok)
+{
+    st_config ca, cb;
+    st_layout la, lb;
+    float *pa = NULL, *pb = NULL;
+    char *ka = NULL, *kb = NULL;
+    uint8_t *ba = NULL, *bb = NULL;
+    size_t na = 0, nb = 0;
+    ck_assert_msg(st_ckpt_load_whole(a, &ca, &la, &pa, &ka, &ba, &na) == ST_OK, "%s", st_error_message());
+    ck_assert_msg(st_ckpt_load_whole(b, &cb, &lb, &pb, &kb, &bb, &nb) == ST_OK, "%s", st_error_message());
+    ck_assert(!memcmp(&ca, &cb, sizeof ca));
+    ck_assert_uint_eq(la.numel, lb.numel);
+    ck_assert_uint_eq(la.numel, n_want);
+    int same = !memcmp(pa, pb, la.numel * sizeof *pa) && !memcmp(pa, want, n_want * sizeof *pa);
+    ck_assert_int_eq(!!ka, want_tok);
+    ck_assert_int_eq(!!kb, want_tok);
+    if (want_tok) ck_assert(!strcmp(ka, kb) && na == nb && !memcmp(ba, bb, na));
+    free(pa), free(pb), free(ka), free(kb), free(ba), free(bb);
+    st_layout_free(&la);
+    st_layout_free(&lb);
+    return same;
+}
+
+/* Convert src on 2 ranks and on rank 0 alone; compare on rank 0. */
+static void check_source(const char *src, const char *tag, st_err (*read_whole)(const char *, st_config *, float **),
+                         const char *tokenizer, int want_tok)
+{
+    char a[600], b[600];
+    snprintf(a, sizeof a, "%s/%s_np2.h5", DIR_, tag);
+    snprintf(b, sizeof b, "%s/%s_np1.h5", DIR_, tag);
+    st_err e = convert_on(MPI_COMM_WORLD, src, a, tokenizer);
+    ck_assert_msg(e == ST_OK, "2-rank convert of %s: %s", src, st_error_message());
+    int same = 1;
+    if (RANK == 0) {
+        e = convert_on(MPI_COMM_SELF, src, b, tokenizer);
+        ck_assert_msg(e == ST_OK, "1-rank convert of %s: %s", src, st_error_message());
+        st_config c;
+        float *w = NULL;
+        ck_assert_msg(read_whole(src, &c, &w) == ST_OK, "%s", st_error_message());
+        st_layout lay;
+        ck_assert_int_eq(st_layout_init(&lay, &c, 1, 0), ST_OK);
+        same = same_checkpoints(a, b, w, lay.numel, want_tok);
+        st_layout_free(&lay);
+        free(w);
+    }
+    MPI_Bcast(&same, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    ck_assert_msg(same, "%s: the 2-rank and 1-rank checkpoints differ from each other or the source", tag);
+}
+
+START_TEST(test_llama2c_stories)
+{
+    /* no tokenizer.bin beside it here: the checkpoints store none (a warning) */
+    check_source(data_path("llama2c/stories260K.bin"), "l2c", st_llama2c_read, NULL, 0);
+}
+END_TEST
+
+/* A GPT-2 model with distinct values everywhere, as a Hugging Face dir. */
+static void write_gpt2_dir(const char *dir, st_dtype dtype)
+{
+    st_config c = {.family = ST_FAMILY_GPT2, .n_layer = 3, .d_model = 32, .n_head = 4, .n_kv_head = 4, .d_ff = 128,
+                   .vocab_size = 301, .max_seq = 16, .norm_eps = 1e-5f, .tied_embeddings = 1};
+    st_layout lay;
+    ck_assert_int_eq(st_layout_init(&lay, &c, 1, 0), ST_OK);
+    float *p = malloc(lay.numel * sizeof *p);
+    for (size_t i = 0; i < lay.numel; i++) p[i] = (float)sin(0.37 * (double)i) * 0.5f;
+    ck_assert_msg(st_hf_write(dir, &c, p, NULL, dtype) == ST_OK, "%s", st_error_message());
+    free(p);
+    st_layout_free(&lay);
+}
+
+START_TEST(test_hf_gpt2)
+{
+    if (RANK == 0) write_gpt2_dir(tmp_path("gpt2_f32"), ST_DT_F32);
+    if (RANK == 0) write_gpt2_dir(tmp_path("gpt2_bf16"), ST_DT_BF16);
+    MPI_Barrier(MPI_COMM_WORLD);
+    char tok[4200];
+    snprintf(tok, sizeof tok, "gpt2:%s", data_path("gpt2-bpe"));
+    /* the vocabulary (50257) is larger than the model's 301: refused on both ranks */
+    st_err e = convert_on(MPI_COMM_WORLD, tmp_path("gpt2_f32"), tmp_path("nope.h5"), tok);
+    ck_assert_int_eq(e, ST_ERR_ARG);
+    ck_assert(access(tmp_path("nope.h5"), F_OK) != 0);
+    check_source(tmp_path("gpt2_f32"), "gpt2_f32", st_hf_read, "byte", 1);
+    check_source(tmp_path("gpt2_bf16"), "gpt2_bf16", st_hf_read, NULL, 0);
+}
+END_TEST
+
+/* An llm.c GPT-2 file (fp32, Vp > V) with values that differ per element. */
+static void write_llmc(const char *path, long cut)
+{
+    const long maxT = 8, V = 50, Vp = 64, L = 2, NH = 2, C = 16;
+    int32_t h[256] = {20240326, 3, (int32_t)maxT, (int32_t)V, (int32_t)L, (int32_t)NH, (int32_t)C, (int32_t)Vp};
+    long n = (Vp + maxT) * C + L * (12 * C * C + 13 * C) + 2 * C;
+    FILE *f = fopen(path, "wb");
+    ck_assert(f);
+    ck_assert(fwrite(h, sizeof h, 1, f) == 1);
+    for (long i = 0; i < n - cut; i++) {
+        float x = (float)cos(0.11 * (double)i);
+        ck_assert(fwrite(&x, 4, 1, f) == 1);
+    }
+    fclose(f);
+}
+
+START_TEST(test_llmc)
+{
+    if (RANK == 0) write_llmc(tmp_path("gpt2.bin"), 0);
+    if (RANK == 0) write_llmc(tmp_path("cut.bin"), 5);
+    MPI_Barrier(MPI_COMM_WORLD);
+    check_source(tmp_path("gpt2.bin"), "llmc", st_llmc_read, NULL, 0);
+    /* truncated: both ranks fail, naming the file, and nothing is written */
+    st_err e = convert_on(MPI_COMM_WORLD, tmp_path("cut.bin"), tmp_path("cut.h5"), NULL);
+    ck_assert_int_eq(e, ST_ERR_FORMAT);
+    ck_assert_msg(strstr(st_error_message(), "cut.bin"), "%s", st_error_message());
+    ck_assert(access(tmp_path("cut.h5"), F_OK) != 0 && access(tmp_path("cut.h5.tmp"), F_OK) != 0);
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &RANK);
+    th_tmpdir(MPI_COMM_WORLD, DIR_, sizeof DIR_);
+    Suite *s = suite_create("convert_mpi2");
+    TCase *tc = tcase_create("convert");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_llama2c_stories);
+    tcase_add_test(tc, test_hf_gpt2);
+    tcase_add_test(tc, test_llmc);
+    suite_add_tcase(s, tc);
+    int failed = st_run_mpi_suite(s);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (RANK == 0) th_rm_rf(DIR_);
+    MPI_Finalize();
+    return failed;
+}
