@@ -2,8 +2,24 @@
 #include "binfile.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+st_err st_open_checkpoint_file(const char *kind, const char *path, int64_t header_bytes, int *fd, int64_t *size)
+{
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0) ST_FAIL(ST_ERR_IO, "cannot open %s checkpoint '%s': %s", kind, path, strerror(errno));
+    struct stat st;
+    if (fstat(*fd, &st)) ST_FAIL(ST_ERR_IO, "%s checkpoint '%s': fstat: %s", kind, path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) ST_FAIL(ST_ERR_IO, "%s checkpoint '%s' is not a regular file", kind, path);
+    if (st.st_size < header_bytes)
+        ST_FAIL(ST_ERR_FORMAT, "%s checkpoint '%s' is %lld bytes, shorter than its %lld-byte header", kind, path,
+                (long long)st.st_size, (long long)header_bytes);
+    *size = (int64_t)st.st_size;
+    return ST_OK;
+}
 
 st_err st_pread_all(int fd, const char *kind, const char *path, int64_t *off, void *dst, size_t n,
                     const char *what)

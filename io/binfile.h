@@ -29,4 +29,8 @@ static inline int64_t st_sadd(int64_t a, int64_t b, int *ovf)
 st_err st_pread_all(int fd, const char *kind, const char *path, int64_t *off, void *dst, size_t n,
                     const char *what);
 
+/* Open path read-only into *fd (the caller closes it, also on error when
+ * *fd >= 0): a regular file of at least header_bytes; *size = its size. */
+st_err st_open_checkpoint_file(const char *kind, const char *path, int64_t header_bytes, int *fd, int64_t *size);
+
 #endif

@@ -960,8 +960,13 @@ done:
     return st_agree(g->world, e);
 }
 
-/* Write everything into tmp. Collective; the status is agreed. */
-static st_err write_tmp(const char *tmp, const save_job *j, const st_grid *g, const st_ckpt_tensors *t)
+static st_err write_source_tensors(hid_t file, st_model_source *src, const save_job *j, const st_grid *g,
+                                   const char *path);
+
+/* Write everything into tmp: the header, then the tensors of j (src NULL) or
+ * of a model source. Collective; the status is agreed. */
+static st_err write_tmp(const char *tmp, const save_job *j, const st_grid *g, const st_config *cfg,
+                        st_model_source *src)
 {
     st_err e = ST_OK;
     hid_t fapl = H5I_INVALID_HID, file = H5I_INVALID_HID, dxpl = H5I_INVALID_HID;
@@ -977,9 +982,9 @@ static st_err write_tmp(const char *tmp, const save_job *j, const st_grid *g, co
     }
     if (!e) e = st_h5_dxpl_mpio(1, &dxpl);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
-    e = write_header(file, j, &t->lay->cfg, g->world_rank == 0, dxpl);
+    e = write_header(file, j, cfg, g->world_rank == 0, dxpl);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
-    ST_TRY_GOTO(e, write_tensors(file, j, g, dxpl, tmp), done);
+    e = src ? write_source_tensors(file, src, j, g, tmp) : write_tensors(file, j, g, dxpl, tmp);
 done:
     st_h5_close(&dxpl);
     if (file >= 0 && H5Fclose(file) < 0 && !e) {
@@ -1024,6 +1029,18 @@ static st_err commit(const char *tmp, const char *path)
     return ST_OK;
 }
 
+/* After tmp is written (status e, agreed): rank 0 commits it as path; on any
+ * error tmp goes. Collective; the status is agreed. */
+static st_err finish_save(const char *tmp, const char *path, const st_grid *g, st_err e)
+{
+    if (!e && MPI_Barrier(g->world) != MPI_SUCCESS)
+        e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "MPI_Barrier after writing %s failed", tmp);
+    if (!e && g->world_rank == 0) e = commit(tmp, path);
+    e = st_agree(g->world, e);
+    if (e && g->world_rank == 0) unlink(tmp); /* a directory in its place is not ours: unlink leaves it */
+    return e;
+}
+
 st_err st_ckpt_save_file(const char *path, const st_grid *g, const st_ckpt_tensors *t, const st_train_state *s,
                          const char *tok_kind, const uint8_t *tok_blob, size_t tok_n)
 {
@@ -1051,12 +1068,7 @@ st_err st_ckpt_save_file(const char *path, const st_grid *g, const st_ckpt_tenso
     e = save_job_init(&j, g, t, s, tok_kind, tok_blob, tok_n, pause_ms, fail_after);
     if (!e) e = save_coverage(&j, g, path);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
-    e = write_tmp(tmp, &j, g, t);
-    if (!e && MPI_Barrier(g->world) != MPI_SUCCESS)
-        e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "MPI_Barrier after writing %s failed", tmp);
-    if (!e && g->world_rank == 0) e = commit(tmp, path);
-    e = st_agree(g->world, e);
-    if (e && g->world_rank == 0) unlink(tmp); /* a directory in its place is not ours: unlink leaves it */
+    e = finish_save(tmp, path, g, write_tmp(tmp, &j, g, &t->lay->cfg, NULL));
 done:
     save_job_free(&j);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
@@ -1191,39 +1203,11 @@ st_err st_ckpt_save_source(const char *path, MPI_Comm comm, st_model_source *src
     save_job j;
     memset(&j, 0, sizeof j);
     st_ckpt_tensors t = {.lay = &src->lay};
-    hid_t fapl = H5I_INVALID_HID, file = H5I_INVALID_HID, dxpl = H5I_INVALID_HID;
     e = save_job_init(&j, &g, &t, NULL, tok_kind, tok_blob, tok_n, -1, -1);
     if (!e && !(j.sums[0] = calloc((size_t)src->lay.n_tensors + 1, sizeof *j.sums[0])))
         e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for checksums");
-    ST_TRY_GOTO(e, st_agree(comm, e), done);
-    e = st_h5_fapl_mpio(comm, &fapl);
-    if (!e && H5Pset_coll_metadata_write(fapl, 1) < 0) {
-        st_h5_snapshot();
-        e = st_h5_error_set(__FILE__, __LINE__, __func__, "cannot enable collective metadata writes");
-    }
-    if (!e && (file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl)) < 0) {
-        st_h5_snapshot();
-        e = st_h5_error_set(__FILE__, __LINE__, __func__,
-                            "cannot create checkpoint file %s (does the directory exist and is it writable?)", tmp);
-    }
-    if (!e) e = st_h5_dxpl_mpio(1, &dxpl);
-    ST_TRY_GOTO(e, st_agree(comm, e), done);
-    e = write_header(file, &j, &src->cfg, g.world_rank == 0, dxpl);
-    ST_TRY_GOTO(e, st_agree(comm, e), done);
-    e = write_source_tensors(file, src, &j, &g, tmp);
-done:
-    st_h5_close(&dxpl);
-    if (file >= 0 && H5Fclose(file) < 0 && !e) {
-        st_h5_snapshot();
-        e = st_h5_error_set(__FILE__, __LINE__, __func__, "closing checkpoint file %s failed", tmp);
-    }
-    st_h5_close(&fapl);
     e = st_agree(comm, e);
-    if (!e && MPI_Barrier(comm) != MPI_SUCCESS)
-        e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "MPI_Barrier after writing %s failed", tmp);
-    if (!e && g.world_rank == 0) e = commit(tmp, path);
-    e = st_agree(comm, e);
-    if (e && g.world_rank == 0) unlink(tmp);
+    if (!e) e = finish_save(tmp, path, &g, write_tmp(tmp, &j, &g, &src->cfg, src));
     save_job_free(&j);
     st_grid_free(&g);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);

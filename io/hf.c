@@ -704,17 +704,7 @@ st_err st_hf_open(st_model_source *s, const char *dir)
 
 st_err st_hf_read(const char *dir, st_config *cfg, float **params)
 {
-    *params = NULL;
-    st_model_source s;
-    ST_TRY(st_model_source_open(&s, dir, "hf"));
-    float *p = calloc(s.lay.numel, sizeof *p);
-    st_err e = p ? st_model_source_read_all(&s, p)
-                 : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for %zu parameters",
-                                s.lay.numel);
-    if (!e) *cfg = s.cfg, *params = p;
-    else free(p), st_error_trace(__FILE__, __LINE__, __func__);
-    st_model_source_close(&s);
-    return e;
+    return st_model_source_read_file(dir, "hf", cfg, params);
 }
 
 /* ==== export: files written aside, renamed together ======================== */

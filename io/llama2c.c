@@ -270,20 +270,12 @@ st_err st_llama2c_open(st_model_source *s, const char *path)
     s->read = l2c_read_unit;
     f->path = strdup(path);
     if (!f->path) ST_FAIL(ST_ERR_MEM, "out of memory");
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0) ST_FAIL(ST_ERR_IO, "cannot open llama2.c checkpoint '%s': %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(f->fd, &st))
-        ST_FAIL(ST_ERR_IO, "llama2.c checkpoint '%s': fstat: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        ST_FAIL(ST_ERR_IO, "llama2.c checkpoint '%s' is not a regular file", path);
-    if (st.st_size < L2C_HEADER_INTS * 4)
-        ST_FAIL(ST_ERR_FORMAT, "llama2.c checkpoint '%s' is %lld bytes, shorter than its %d-byte header",
-                path, (long long)st.st_size, L2C_HEADER_INTS * 4);
+    int64_t size;
+    ST_TRY(st_open_checkpoint_file("llama2.c", path, L2C_HEADER_INTS * 4, &f->fd, &size));
     int32_t h[L2C_HEADER_INTS];
     int64_t off = 0;
     ST_TRY(st_pread_all(f->fd, "llama2.c", path, &off, h, sizeof h, "the header"));
-    ST_TRY(header_to_config(path, h, (int64_t)st.st_size, &s->cfg));
+    ST_TRY(header_to_config(path, h, size, &s->cfg));
     ST_TRY(st_layout_init(&s->lay, &s->cfg, 1, 0));
     ST_TRY(l2c_units(s, f));
     return ST_OK;
@@ -291,17 +283,7 @@ st_err st_llama2c_open(st_model_source *s, const char *path)
 
 st_err st_llama2c_read(const char *path, st_config *cfg, float **params)
 {
-    *params = NULL;
-    st_model_source s;
-    ST_TRY(st_model_source_open(&s, path, "llama2c"));
-    float *w = malloc(s.lay.numel * sizeof *w);
-    st_err e = w ? st_model_source_read_all(&s, w)
-                 : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__,
-                                "out of memory for the %zu parameters of llama2.c checkpoint '%s'", s.lay.numel, path);
-    if (!e) *cfg = s.cfg, *params = w;
-    else free(w), st_error_trace(__FILE__, __LINE__, __func__);
-    st_model_source_close(&s);
-    return e;
+    return st_model_source_read_file(path, "llama2c", cfg, params);
 }
 
 /* ------------------------------------------------------------------------- */

@@ -247,20 +247,12 @@ st_err st_llmc_open(st_model_source *s, const char *path)
     s->read = llmc_read_unit;
     f->path = strdup(path);
     if (!f->path) ST_FAIL(ST_ERR_MEM, "out of memory");
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0) ST_FAIL(ST_ERR_IO, "cannot open llm.c checkpoint '%s': %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(f->fd, &st))
-        ST_FAIL(ST_ERR_IO, "llm.c checkpoint '%s': fstat: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        ST_FAIL(ST_ERR_IO, "llm.c checkpoint '%s' is not a regular file", path);
-    if (st.st_size < LLMC_HEADER_INTS * 4)
-        ST_FAIL(ST_ERR_FORMAT, "llm.c checkpoint '%s' is %lld bytes, shorter than its %d-byte header",
-                path, (long long)st.st_size, LLMC_HEADER_INTS * 4);
+    int64_t size;
+    ST_TRY(st_open_checkpoint_file("llm.c", path, LLMC_HEADER_INTS * 4, &f->fd, &size));
     int32_t h[LLMC_HEADER_INTS];
     int64_t off = 0;
     ST_TRY(st_pread_all(f->fd, "llm.c", path, &off, h, sizeof h, "the header"));
-    ST_TRY(header_to_config(path, h, (int64_t)st.st_size, &s->cfg, &f->elem_bytes));
+    ST_TRY(header_to_config(path, h, size, &s->cfg, &f->elem_bytes));
     ST_TRY(st_layout_init(&s->lay, &s->cfg, 1, 0));
     ST_TRY(llmc_units(s, f, h[7]));
     return ST_OK;
@@ -268,15 +260,5 @@ st_err st_llmc_open(st_model_source *s, const char *path)
 
 st_err st_llmc_read(const char *path, st_config *cfg, float **params)
 {
-    *params = NULL;
-    st_model_source s;
-    ST_TRY(st_model_source_open(&s, path, "llmc"));
-    float *w = malloc(s.lay.numel * sizeof *w);
-    st_err e = w ? st_model_source_read_all(&s, w)
-                 : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__,
-                                "out of memory for the %zu parameters of llm.c checkpoint '%s'", s.lay.numel, path);
-    if (!e) *cfg = s.cfg, *params = w;
-    else free(w), st_error_trace(__FILE__, __LINE__, __func__);
-    st_model_source_close(&s);
-    return e;
+    return st_model_source_read_file(path, "llmc", cfg, params);
 }

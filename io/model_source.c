@@ -103,3 +103,18 @@ st_err st_model_source_read_all(st_model_source *s, float *params)
     }
     return ST_OK;
 }
+
+st_err st_model_source_read_file(const char *path, const char *format, st_config *cfg, float **params)
+{
+    *params = NULL;
+    st_model_source s;
+    ST_TRY(st_model_source_open(&s, path, format));
+    float *w = calloc(s.lay.numel, sizeof *w);
+    st_err e = w ? st_model_source_read_all(&s, w)
+                 : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__,
+                                "out of memory for the %zu parameters of '%s'", s.lay.numel, path);
+    if (!e) *cfg = s.cfg, *params = w;
+    else free(w), st_error_trace(__FILE__, __LINE__, __func__);
+    st_model_source_close(&s);
+    return e;
+}

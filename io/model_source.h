@@ -50,6 +50,10 @@ st_err st_model_source_add_unit(st_model_source *s, const char *const *names, in
 /* Every unit into params (s->lay.numel floats, the 1x1 flat layout). */
 st_err st_model_source_read_all(st_model_source *s, float *params);
 
+/* The whole model at once: cfg and *params (malloc'd, the 1x1 flat layout;
+ * the caller frees it). What st_llama2c_read, st_llmc_read, st_hf_read do. */
+st_err st_model_source_read_file(const char *path, const char *format, st_config *cfg, float **params);
+
 /* Bytes of float32 a unit fills. */
 int64_t st_model_source_unit_bytes(const st_model_source *s, int u);
 
