@@ -14,7 +14,7 @@ st_err st_cls_create(st_cls_head *h, const st_model *m, int n_classes, int pool_
 {
     memset(h, 0, sizeof *h);
     const int C = m->lay.cfg.d_model;
-    if (n_classes < 2) ST_FAIL(ST_ERR_ARG, "a classifier needs at least 2 classes (the dataset has %d labels)", n_classes);
+    if (n_classes < 1) ST_FAIL(ST_ERR_ARG, "a head needs at least 1 output, not %d", n_classes);
     if (m->B > (int)(sizeof h->lengths / sizeof h->lengths[0]))
         ST_FAIL(ST_ERR_ARG, "batch_size %d is too large for the classification head", m->B);
     h->n_classes = n_classes;
@@ -112,6 +112,24 @@ st_err st_cls_forward(st_cls_head *h, st_model *m, const int32_t *tokens, const 
     if (labels) /* one rank's worth: the head is replicated, so no tp exchange */
         ST_TRY(st_tp_cross_entropy(MPI_COMM_SELF, loss_sum, h->logits, h->logits, labels, NULL, scale, B, 0,
                                    K, K, h->rowbuf));
+    return ST_OK;
+}
+
+st_err st_cls_pair_loss(st_cls_head *h, int B, float scale, double *loss_sum, double *correct)
+{
+    if (h->n_classes != 1) ST_FAIL(ST_ERR_ARG, "a pairwise reward loss needs a 1-output head, not %d", h->n_classes);
+    if (B % 2) ST_FAIL(ST_ERR_ARG, "%d rows do not form (chosen, rejected) pairs", B);
+    *loss_sum = *correct = 0;
+    for (int i = 0; i < B; i += 2) {
+        const double d = (double)h->logits[i + 1] - h->logits[i];   /* r_r - r_c */
+        /* softplus(d) and sigmoid(d) without overflow for large |d| */
+        const double sp = d > 0 ? d + log1p(exp(-d)) : log1p(exp(d));
+        const double sg = d >= 0 ? 1 / (1 + exp(-d)) : exp(d) / (1 + exp(d));
+        *loss_sum += scale * sp;
+        *correct += d < 0;
+        h->logits[i] = (float)(-scale * sg);     /* d loss / d r_c */
+        h->logits[i + 1] = (float)(scale * sg);  /* d loss / d r_r */
+    }
     return ST_OK;
 }
 

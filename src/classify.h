@@ -5,7 +5,8 @@
  *                   (pool "last", what decoder models use) or its mean over
  *                   the row's real tokens (pool "mean")
  *   logits (B, K) = pooled @ score.weight^T + score.bias
- *   loss          = cross-entropy with the labels
+ *   loss          = cross-entropy with the labels, or for a reward model
+ *                   (K = 1) the pairwise loss of st_cls_pair_loss
  * The head is small and replicated on every tp rank (its input is replicated),
  * so it needs no communication; its parameters are a separate set with their
  * own tensor table ("score.weight" (K, C), "score.bias" (K)).
@@ -37,6 +38,13 @@ void st_cls_zero_grad(st_cls_head *h);
  * pred (B) receives the argmax class (may be NULL). */
 st_err st_cls_forward(st_cls_head *h, st_model *m, const int32_t *tokens, const int32_t *lengths,
                       const int32_t *labels, int B, int T, float scale, double *loss_sum, int32_t *pred);
+/* A reward model (K = 1) on preference pairs: rows 2i and 2i+1 of the last
+ * forward (labels NULL) are pair i's chosen and rejected sequences, r their
+ * scores. Bradley-Terry loss, as in InstructGPT and TRL's RewardTrainer:
+ *   loss_i = -log sigmoid(r_c - r_r) = softplus(r_r - r_c)     (times scale)
+ * *loss_sum = the sum over the B / 2 pairs, *correct = pairs with r_c > r_r.
+ * The scores become their gradients, ready for st_cls_backward. */
+st_err st_cls_pair_loss(st_cls_head *h, int B, float scale, double *loss_sum, double *correct);
 /* Backward of the last forward: ADDS into h->grads and the model's grads. */
 st_err st_cls_backward(st_cls_head *h, st_model *m, const int32_t *tokens);
 

@@ -84,7 +84,7 @@ static const st_option train_options[] = {
     {"seq_len", ST_OPT_INT, &O.seq_len, "128", "tokens per row"},
     {"batch_size", ST_OPT_INT, &O.batch_size, "8", "rows per micro-batch on each rank"},
     {"global_batch", ST_OPT_INT, &O.global_batch, "0", "rows per optimizer step over all dp ranks (0 = batch_size * dp); a multiple of batch_size * dp gives gradient accumulation"},
-    {"method", ST_OPT_STRING, &O.method, "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses) or classify (a head over the dataset's labels)"},
+    {"method", ST_OPT_STRING, &O.method, "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses), classify (a head over the dataset's labels) or reward (a scalar head trained on preference pairs: -log sigmoid(r_chosen - r_rejected))"},
     {"classify.pool", ST_OPT_STRING, &O.pool, "last", "method classify: pool the last token's state (last) or all tokens' (mean)"},
     {"lora.rank", ST_OPT_INT, &O.lora.rank, "0", "LoRA adapters of this rank on a frozen base (0 = full fine-tuning)"},
     {"lora.alpha", ST_OPT_FLOAT, &O.lora.alpha, "16", "LoRA scale numerator: adapters add (alpha/rank) B A x"},
@@ -132,7 +132,8 @@ typedef struct {
 typedef struct {
     st_grid grid;
     st_model model;
-    int classify;          /* method classify */
+    int classify;          /* a head on the body: method classify or reward */
+    int reward;            /* method reward: a 1-output head, pairwise loss */
     st_cls_head head;
     st_lora *lora;         /* adapters, or NULL */
     uint8_t *trainable;    /* per body tensor */
@@ -262,7 +263,35 @@ static st_err setup_method(trainer *t)
     st_model *m = &t->model;
     const st_layout *y = &m->lay;
     ST_ALLOC(t->pred, O.batch_size, "predictions");
-    if (t->classify) {
+    if (t->reward) {
+        if (st_dataset_num_pairs(t->ds) < 1)
+            ST_FAIL(ST_ERR_ARG, "method reward needs preference pairs ('%s' has none); prepare JSONL with "
+                    "prompt/chosen/rejected (or hh-rlhf's chosen/rejected) into a dataset of kind pref",
+                    O.data_train);
+        if (O.batch_size % 2)
+            ST_FAIL(ST_ERR_ARG, "method reward: batch_size %d must be even (rows hold (chosen, rejected) pairs)",
+                    O.batch_size);
+        /* the loader keeps a doc's first seq_len tokens: a longer pair loses its responses */
+        int64_t cut = 0, np = st_dataset_num_pairs(t->ds);
+        for (int64_t i = 0; i < np; i++) {
+            int64_t c, r;
+            st_dataset_pair(t->ds, i, &c, &r);
+            cut += st_dataset_doc_len(t->ds, c) > O.seq_len || st_dataset_doc_len(t->ds, r) > O.seq_len;
+        }
+        if (cut == np)
+            ST_FAIL(ST_ERR_ARG, "method reward: every pair of '%s' is longer than seq_len %d, so the responses "
+                    "would be cut off; prepare with --max-len %d (prompts are then cut from the left)",
+                    O.data_train, O.seq_len, O.seq_len);
+        if (cut && is_rank0(t))
+            printf("warning: %lld of %lld pairs are longer than seq_len %d and lose the end of their responses; "
+                   "prepare with --max-len %d to cut prompts from the left instead\n", (long long)cut,
+                   (long long)np, O.seq_len, O.seq_len);
+        ST_TRY(st_cls_create(&t->head, m, 1, !strcmp(O.pool, "mean"), (uint64_t)O.seed));
+        static const char *const names[] = {"reward"};
+        char *meta = NULL;
+        ST_TRY(st_cls_meta_json(&t->head, names, &meta));
+        ST_TRY(add_extra(t, "reward head", "head", meta, &t->head.lay, t->head.params, t->head.grads));
+    } else if (t->classify) {
         int k = st_dataset_num_labels(t->ds);
         if (k < 2)
             ST_FAIL(ST_ERR_ARG, "method classify needs a dataset with labels ('%s' has %d); prepare it with "
@@ -321,9 +350,11 @@ static st_err setup(trainer *t, MPI_Comm world)
         ST_FAIL(ST_ERR_ARG, "grid.dp %d does not match %d ranks / tp %d = %d (start %d ranks, or leave grid.dp unset)",
                 O.dp, t->grid.world_size, O.tp, t->grid.dp_size, O.dp * O.tp);
     int threads = st_threads_setup(world);
-    if (strcmp(O.method, "pretrain") && strcmp(O.method, "sft") && strcmp(O.method, "classify"))
-        ST_FAIL(ST_ERR_ARG, "method '%s' is not available: choose pretrain, sft or classify", O.method);
-    t->classify = !strcmp(O.method, "classify");
+    if (strcmp(O.method, "pretrain") && strcmp(O.method, "sft") && strcmp(O.method, "classify") &&
+        strcmp(O.method, "reward"))
+        ST_FAIL(ST_ERR_ARG, "method '%s' is not available: choose pretrain, sft, classify or reward", O.method);
+    t->reward = !strcmp(O.method, "reward");
+    t->classify = t->reward || !strcmp(O.method, "classify");
     if (strcmp(O.pool, "last") && strcmp(O.pool, "mean"))
         ST_FAIL(ST_ERR_ARG, "classify.pool '%s': expected last or mean", O.pool);
     ST_TRY(st_agree(world, open_data(t)));
@@ -489,14 +520,20 @@ static st_err save(trainer *t, int64_t step)
 
 /* ---- the step --------------------------------------------------------------- */
 
-/* One micro-batch of `rows` rows already in t->batch: the method's forward. *loss is a sum over what counts (tokens, or rows
- * for classify), *count how many counted, *correct right predictions. */
+/* One micro-batch of `rows` rows already in t->batch: the method's forward. *loss is a sum over what counts (tokens, rows
+ * for classify, pairs for reward), *count how many counted, *correct right predictions (reward: pairs ranked right). */
 static st_err micro_step(trainer *t, int rows, double *loss, double *count, double *correct)
 {
     st_model *m = &t->model;
     st_batch *b = &t->batch;
     const int T = O.seq_len;
     *loss = *count = *correct = 0;
+    if (t->reward) { /* rows 2i, 2i+1: pair i's chosen and rejected; the loss counts pairs */
+        ST_TRY(st_cls_forward(&t->head, m, b->tokens, b->lengths, NULL, rows, T, 1.0f, loss, NULL));
+        ST_TRY(st_cls_pair_loss(&t->head, rows, 1.0f, loss, correct));
+        *count = rows / 2;
+        return ST_OK;
+    }
     if (t->classify) {
         ST_TRY(st_cls_forward(&t->head, m, b->tokens, b->lengths, b->labels, rows, T, 1.0f, loss, t->pred));
         *count = rows;

@@ -3,7 +3,7 @@
  * same losses over 10 steps and the same weights after them (within 1e-5
  * relative), for both model families, with tensor parallelism, data
  * parallelism (gradient accumulation on fewer ranks) and ZeRO-1, and for the
- * methods: classify, sft and LoRA (with dropout). */
+ * methods: classify, sft, reward (pairs) and LoRA (with dropout). */
 #include <stdio.h>
 
 #include "harness.h"
@@ -42,6 +42,12 @@ START_TEST(sft_grids_equal_one_rank)
     check_method("gpt2", "sft", x);
 }
 END_TEST
+START_TEST(reward_grids_equal_one_rank)
+{
+    static const char *const x[] = {"--method", "reward", "--seq_len", "160", NULL};
+    check_method("gpt2", "pref", x);
+}
+END_TEST
 START_TEST(lora_grids_equal_one_rank)
 {
     static const char *const x[] = {"--method", "pretrain", "--lora.rank", "4", "--lora.targets", "all",
@@ -67,6 +73,7 @@ int th_grid_suite_main(int argc, char **argv, const char *name, const th_grid *g
     tcase_add_test(tc, gpt2_grids_equal_one_rank);
     tcase_add_test(tc, classify_grids_equal_one_rank);
     tcase_add_test(tc, sft_grids_equal_one_rank);
+    tcase_add_test(tc, reward_grids_equal_one_rank);
     tcase_add_test(tc, lora_grids_equal_one_rank);
     suite_add_tcase(s, tc);
     int rc = st_run_mpi_suite(s);

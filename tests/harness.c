@@ -44,9 +44,9 @@ int th_make_dataset_kind(MPI_Comm comm, const char *dir, const char *kind)
         FILE *f = fopen(in, "w");
         if (!f) return 1;
         unsigned s = 12345;
-        const int sft = !strcmp(kind, "sft"), cls = !strcmp(kind, "classify");
+        const int sft = !strcmp(kind, "sft"), cls = !strcmp(kind, "classify"), pref = !strcmp(kind, "pref");
         for (int d = 0; d < 200; d++) {
-            fprintf(f, sft ? "{\"prompt\": \"" : "{\"text\": \"");
+            fprintf(f, sft || pref ? "{\"prompt\": \"" : "{\"text\": \"");
             int n = 4 + d % 13;
             unsigned first = 0;
             for (int w = 0; w < n; w++) {
@@ -57,6 +57,9 @@ int th_make_dataset_kind(MPI_Comm comm, const char *dir, const char *kind)
             }
             if (cls) fprintf(f, ".\", \"label\": \"L%u\"}\n", first % 3);
             else if (sft) fprintf(f, "?\", \"response\": \"%s\"}\n", words[(first * 7) % 5]);
+            else if (pref) /* the chosen answer is the sft rule's, the rejected another word */
+                fprintf(f, "?\", \"chosen\": \"%s\", \"rejected\": \"%s\"}\n", words[(first * 7) % 5],
+                        words[(first * 7) % 5 + 1 + d % 7]);
             else fprintf(f, ".\"}\n");
         }
         fclose(f);
@@ -155,12 +158,13 @@ void th_rm_rf(const char *dir)
 }
 
 /* Common settings of the equivalence runs. */
+/* rows: the global batch (8; 16 for pairs, so every rank's micro-batch holds whole pairs). */
 static void grid_args(const char **a, int *n, const char *family, const char *dir, const char *data,
-                      char *tpbuf, int tp, int zero, char *bsbuf, int dp, const char *const *extra)
+                      char *tpbuf, int tp, int zero, char *bsbuf, int dp, const char *const *extra, int rows)
 {
     static const char *fixed[] = {
         "--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "8", "--model.n_kv_head", "4",
-        "--model.d_ff", "64", "--seq_len", "16", "--global_batch", "8", "--steps", "10",
+        "--model.d_ff", "64", "--seq_len", "16", "--steps", "10",
         "--optim.lr", "3e-3", "--optim.warmup_steps", "2", "--optim.grad_clip", "0.5", "--seed", "7",
         "--log_every", "1", "--eval_every", "0", "--eval_batches", "1", "--plot", "false", "--keep", "1"};
     int k = 0;
@@ -178,10 +182,12 @@ static void grid_args(const char **a, int *n, const char *family, const char *di
     a[k++] = tpbuf;
     a[k++] = "--grid.zero";
     a[k++] = zero ? "true" : "false";
-    /* 8 rows per step: micro-batches of 8/dp/2 rows, or fewer ranks accumulate more */
-    sprintf(bsbuf, "%d", 8 / dp / 2 > 0 ? 8 / dp / 2 : 1);
+    /* rows per step: micro-batches of rows/dp/2 rows, or fewer ranks accumulate more */
+    sprintf(bsbuf, "%d", rows / dp / 2 > 0 ? rows / dp / 2 : 1);
     a[k++] = "--batch_size";
     a[k++] = bsbuf;
+    a[k++] = "--global_batch";
+    a[k++] = rows == 16 ? "16" : "8";
     for (int i = 0; extra && extra[i]; i++) a[k++] = extra[i];
     a[k] = NULL;
     *n = k;
@@ -204,6 +210,7 @@ int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *gri
     th_tmpdir(world, dir, sizeof dir);
     snprintf(data, sizeof data, "%s/data.h5", dir);
     if (th_make_dataset_kind(world, dir, kind)) return 1;
+    const int rows = strcmp(kind, "pref") ? 8 : 16;
     const char *a[96];
     int n;
     char tpbuf[16], bsbuf[16];
@@ -214,7 +221,7 @@ int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *gri
     int err = 0;
     snprintf(refdir, sizeof refdir, "%s/ref", dir);
     if (!rank) {
-        grid_args(a, &n, family, refdir, data, tpbuf, 1, 0, bsbuf, 1, extra);
+        grid_args(a, &n, family, refdir, data, tpbuf, 1, 0, bsbuf, 1, extra, rows);
         err = th_train(MPI_COMM_SELF, a);
         char mp[400];
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", refdir);
@@ -228,7 +235,8 @@ int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *gri
     for (int g = 0; g < n_grids && !err; g++) {
         char gdir[320];
         snprintf(gdir, sizeof gdir, "%s/grid%d", dir, g);
-        grid_args(a, &n, family, gdir, data, tpbuf, grids[g].tp, grids[g].zero, bsbuf, size / grids[g].tp, extra);
+        grid_args(a, &n, family, gdir, data, tpbuf, grids[g].tp, grids[g].zero, bsbuf, size / grids[g].tp, extra,
+                  rows);
         err = th_train(world, a);
         if (err || rank) continue;
         double loss[16];

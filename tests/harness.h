@@ -12,7 +12,8 @@
 void th_tmpdir(MPI_Comm comm, char *out, size_t cap);
 /* Write a small corpus and prepare it into DIR/data.h5 with the byte
  * tokenizer on every rank of comm. kind: "text" ({"text"}), "classify"
- * ({"text","label"}, 3 labels) or "sft" ({"prompt","response"}). */
+ * ({"text","label"}, 3 labels), "sft" ({"prompt","response"}) or "pref"
+ * ({"prompt","chosen","rejected"}: 200 pairs). */
 int th_make_dataset_kind(MPI_Comm comm, const char *dir, const char *kind);
 int th_make_dataset(MPI_Comm comm, const char *dir);
 /* Run `shardtune train` on comm with "--key value" pairs (NULL-terminated). */

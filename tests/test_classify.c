@@ -2,7 +2,8 @@
  * classifier over K classes is the language model whose vocabulary is the K
  * classes, scored only at each row's last token, so the double reference
  * model checks it exactly; plus freezing, mean pooling and learning a
- * separable task to 100%. */
+ * separable task to 100%; the reward head's pairwise loss against finite
+ * differences. */
 #include <check.h>
 #include <math.h>
 #include <mpi.h>
@@ -168,6 +169,76 @@ START_TEST(frozen_layers_stay_bitwise_unchanged)
 }
 END_TEST
 
+/* The pairwise reward loss: value against softplus(r_r - r_c) in double from
+ * the scores, and gradients of the head and of body parameters against
+ * central finite differences of the whole forward (body, head, pair loss). */
+static double pair_loss_of(st_cls_head *h, st_model *m, const int32_t *tok, const int32_t *len, int B, int T,
+                           double *correct)
+{
+    double loss = 0, none = 0;
+    ck_assert_int_eq(st_cls_forward(h, m, tok, len, NULL, B, T, 1.0f, &none, NULL), 0);
+    ck_assert_int_eq(st_cls_pair_loss(h, B, 1.0f / (B / 2), &loss, correct), 0);
+    return loss;
+}
+
+START_TEST(reward_pair_loss_matches_finite_differences)
+{
+    enum { B = 6, T = 7 };
+    st_config cfg = cfg_k(11);
+    st_model m;
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 3, 1), 0);
+    st_cls_head h;
+    ck_assert_int_eq(st_cls_create(&h, &m, 1, 0, 5), 0);
+    for (int c = 0; c < cfg.d_model; c++) h.w[c] *= 20;   /* scores of order 1, not 0.01 */
+    int32_t tok[B * T], len[B] = {7, 5, 3, 3, 6, 1};
+    st_rng g;
+    st_rng_seed(&g, 9);
+    for (int i = 0; i < B * T; i++) tok[i] = (int)st_rng_below(&g, 11);
+    /* the value: scores from a forward, the loss in double here */
+    double none = 0, correct = 0, want = 0, want_correct = 0;
+    ck_assert_int_eq(st_cls_forward(&h, &m, tok, len, NULL, B, T, 1.0f, &none, NULL), 0);
+    for (int i = 0; i < B; i += 2) {
+        double d = (double)h.logits[i + 1] - h.logits[i];
+        want += log(1 + exp(d)) / (B / 2);
+        want_correct += d < 0;
+    }
+    st_model_zero_grad(&m);
+    st_cls_zero_grad(&h);
+    double loss = pair_loss_of(&h, &m, tok, len, B, T, &correct);
+    ck_assert_msg(fabs(loss - want) < 1e-6 * want, "loss %.9g vs %.9g", loss, want);
+    ck_assert_double_eq(correct, want_correct);
+    ck_assert_int_eq(st_cls_backward(&h, &m, tok), 0);
+    /* gradients: every head parameter and a spread of body parameters */
+    float *gh = malloc(sizeof(float) * h.lay.numel), *gm = malloc(sizeof(float) * m.lay.numel);
+    memcpy(gh, h.grads, sizeof(float) * h.lay.numel);
+    memcpy(gm, m.grads, sizeof(float) * m.lay.numel);
+    const float eps = 1e-3f;
+    int checked = 0;
+    for (int which = 0; which < 2; which++) {
+        float *p = which ? m.params : h.params;
+        const float *ga = which ? gm : gh;
+        size_t n = which ? m.lay.numel : h.lay.numel, step = which ? n / 40 + 1 : 1;
+        for (size_t i = 0; i < n; i += step) {
+            float x = p[i];
+            p[i] = x + eps;
+            double up = pair_loss_of(&h, &m, tok, len, B, T, &none);
+            p[i] = x - eps;
+            double dn = pair_loss_of(&h, &m, tok, len, B, T, &none);
+            p[i] = x;
+            double fd = (up - dn) / (2 * eps);
+            ck_assert_msg(fabs(fd - ga[i]) < 2e-3 + 2e-2 * fabs(fd), "%s param %zu: grad %.6g vs finite difference %.6g",
+                          which ? "body" : "head", i, (double)ga[i], fd);
+            checked += fabs(fd) > 1e-3;
+        }
+    }
+    ck_assert_int_gt(checked, 20);   /* the comparison is not all zeros */
+    free(gh);
+    free(gm);
+    st_cls_free(&h);
+    st_model_free(&m);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     Suite *s = suite_create("classify");
@@ -176,6 +247,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, matches_reference_as_a_k_token_lm);
     tcase_add_test(tc, learns_a_separable_task_to_100_percent);
     tcase_add_test(tc, frozen_layers_stay_bitwise_unchanged);
+    tcase_add_test(tc, reward_pair_loss_matches_finite_differences);
     suite_add_tcase(s, tc);
     return st_run_serial_mpi_suite(&argc, &argv, s);
 }
