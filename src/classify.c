@@ -177,7 +177,7 @@ st_err st_cls_meta_parse(const char *json, int *n_classes, int *pool_mean, char 
     if (!o) ST_FAIL(ST_ERR_FORMAT, "classification head description is not JSON: %.60s", json);
     cJSON *k = cJSON_GetObjectItemCaseSensitive(o, "n_classes"), *p = cJSON_GetObjectItemCaseSensitive(o, "pool"),
           *l = cJSON_GetObjectItemCaseSensitive(o, "labels");
-    if (!cJSON_IsNumber(k) || k->valueint < 2 || k->valueint > 1000000 || !cJSON_IsString(p) ||
+    if (!cJSON_IsNumber(k) || k->valueint < 1 || k->valueint > 1000000 || !cJSON_IsString(p) ||
         !cJSON_IsArray(l) || cJSON_GetArraySize(l) != k->valueint) {
         cJSON_Delete(o);
         ST_FAIL(ST_ERR_FORMAT, "classification head description lacks n_classes, pool or labels: %.80s", json);

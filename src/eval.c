@@ -4,7 +4,8 @@
  * --generate N, greedy answers to the first N prompts of an sft/chat dataset
  * and their exact-match rate against the reference responses.
  * Classifiers (a checkpoint with a "head" set): loss, accuracy, macro-F1 and
- * the confusion table. Runs under MPI, sharded over dp like training;
+ * the confusion table. Reward models (a 1-output head) on preference pairs:
+ * the pairwise loss and the pair accuracy (chosen scored above rejected). Runs under MPI, sharded over dp like training;
  * results as a table on rank 0 and as JSON with --out.
  */
 #include <cjson/cJSON.h>
@@ -47,6 +48,7 @@ typedef struct {
     st_model m;
     st_cls_head head;
     int classify, K;
+    int reward;         /* a 1-output head: scores preference pairs */
     char **labels;
     st_dataset *ds;
     st_loader *ld;
@@ -70,6 +72,7 @@ static st_err load(evaluator *v, const char *ckpt, MPI_Comm world)
         free(meta);
         ST_TRY(e);
         v->classify = 1;
+        v->reward = v->K == 1;
     }
     ST_TRY(st_agree(world, st_dataset_open(&v->ds, E.data)));
     int T = E.seq_len ? E.seq_len : cfg.max_seq;
@@ -97,7 +100,11 @@ static st_err load(evaluator *v, const char *ckpt, MPI_Comm world)
             ST_FAIL(ST_ERR_ARG, "'%s' was tokenized with a different tokenizer than checkpoint '%s' carries; "
                     "prepare the data with the model's tokenizer", E.data, ckpt);
     }
-    if (v->classify && st_dataset_num_labels(v->ds) != v->K)
+    if (v->reward && (st_dataset_num_pairs(v->ds) < 1 || E.batch_size % 2))
+        ST_FAIL(ST_ERR_ARG, "'%s' is a reward model: evaluate it on a preference dataset (prompt/chosen/rejected) "
+                "with an even --batch_size ('%s' has %lld pairs, --batch_size %d)", ckpt, E.data,
+                (long long)st_dataset_num_pairs(v->ds), E.batch_size);
+    if (v->classify && !v->reward && st_dataset_num_labels(v->ds) != v->K)
         ST_FAIL(ST_ERR_ARG, "'%s' has %d labels but the classifier in '%s' has %d (prepare with the same "
                 "--label-names)", E.data, st_dataset_num_labels(v->ds), ckpt, v->K);
     int split = !strcmp(E.split, "all") ? -1 : !strcmp(E.split, "train") ? 0 : !strcmp(E.split, "validation") ? 1 : -2;
@@ -106,7 +113,7 @@ static st_err load(evaluator *v, const char *ckpt, MPI_Comm world)
     ST_TRY(st_loader_create(&v->ld, v->ds, docs ? ST_SAMPLE_DOCS : ST_SAMPLE_STREAM, T, 0, split));
     ST_TRY(st_batch_alloc(&v->b, E.batch_size, T));
     ST_ALLOC(v->pred, E.batch_size, "predictions");
-    if (v->classify) ST_ALLOC(v->confusion, (size_t)v->K * v->K, "confusion table");
+    if (v->classify && !v->reward) ST_ALLOC(v->confusion, (size_t)v->K * v->K, "confusion table");
     return ST_OK;
 }
 
@@ -123,7 +130,12 @@ static st_err score(evaluator *v, double sums[3])
         int rows = n - g0 < B ? (int)(n - g0) : B;
         ST_TRY(st_loader_fill(v->ld, &v->b, g0, rows, 0));
         double loss = 0;
-        if (v->classify) {
+        if (v->reward) { /* rows 2i, 2i+1: a pair; counts pairs */
+            double none = 0, correct = 0;
+            ST_TRY(st_cls_forward(&v->head, &v->m, v->b.tokens, v->b.lengths, NULL, rows, T, 1.0f, &none, NULL));
+            ST_TRY(st_cls_pair_loss(&v->head, rows, 1.0f, &loss, &correct));
+            sums[1] += rows / 2, sums[2] += correct;
+        } else if (v->classify) {
             ST_TRY(st_cls_forward(&v->head, &v->m, v->b.tokens, v->b.lengths, v->b.labels, rows, T, 1.0f, &loss, v->pred));
             for (int i = 0; i < rows; i++) {
                 v->confusion[(size_t)v->b.labels[i] * v->K + v->pred[i]]++;
@@ -139,7 +151,7 @@ static st_err score(evaluator *v, double sums[3])
         sums[0] += loss;
     }
     ST_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, v->g.dp));
-    if (v->classify)
+    if (v->classify && !v->reward)
         ST_MPI(MPI_Allreduce(MPI_IN_PLACE, v->confusion, v->K * v->K, MPI_INT64_T, MPI_SUM, v->g.dp));
     return ST_OK;
 }
@@ -236,7 +248,12 @@ static void report(evaluator *v, const char *ckpt, const double sums[3], int tri
     cJSON_AddNumberToObject(o, "examples_or_tokens", sums[1]);
     cJSON_AddNumberToObject(o, "loss", loss);
     printf("evaluation of %s on %s (%s split)\n", ckpt, E.data, E.split);
-    if (v->classify) {
+    if (v->reward) {
+        double acc = sums[2] / sums[1];
+        printf("  pairs      %.0f\n  loss       %.4f\n  pair accuracy %.2f%% (chosen scored above rejected)\n",
+               sums[1], loss, 100 * acc);
+        cJSON_AddNumberToObject(o, "pair_accuracy", acc);
+    } else if (v->classify) {
         const int K = v->K;
         double f1sum = 0;
         int present = 0;
