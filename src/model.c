@@ -9,6 +9,7 @@
  */
 #include "model.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,13 +375,21 @@ st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targe
                         int B, int T, float scale, double *loss_sum)
 {
     const st_layout *y = &m->lay;
-    st_acts *a = &m->a;
-    const int64_t N = (int64_t)B * T, C = y->cfg.d_model;
+    const int64_t N = (int64_t)B * T;
     for (int64_t i = 0; i < N && B <= m->B && T <= m->T; i++)
         if (targets[i] < 0 || targets[i] >= y->cfg.vocab_size)
             ST_FAIL(ST_ERR_ARG, "target id %d at position %lld is outside the vocabulary [0, %d)",
                     targets[i], (long long)i, y->cfg.vocab_size);
     ST_TRY(st_model_forward_body(m, tokens, B, T));
+    return st_model_reweight(m, targets, mask, scale, loss_sum);
+}
+
+st_err st_model_reweight(st_model *m, const int32_t *targets, const float *mask, float scale, double *loss_sum)
+{
+    const st_layout *y = &m->lay;
+    st_acts *a = &m->a;
+    const int64_t N = (int64_t)m->last_B * m->last_T, C = y->cfg.d_model;
+    if (!N) ST_FAIL(ST_ERR_INTERNAL, "st_model_reweight called before a forward");
     /* lm head: column-parallel over the vocabulary */
     ST_TRY(st_tp_column_forward(a->logits, a->lnf, m->w.lm_head, NULL, N, C, y->vocab_l));
     /* the loss and its gradient w.r.t. the logits, in place */
@@ -388,6 +397,14 @@ st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targe
                                y->vocab_start, y->vocab_l, y->cfg.vocab_size, a->rowbuf));
     m->head_is_lm = 1;
     return ST_OK;
+}
+
+void st_model_position_losses(const st_model *m, float *out)
+{
+    /* st_tp_cross_entropy leaves per row: max, sum of exp(l - max), target logit */
+    const int64_t N = (int64_t)m->last_B * m->last_T;
+    const float *rmax = m->a.rowbuf, *rsum = rmax + N, *rtgt = rmax + 2 * N;
+    for (int64_t i = 0; i < N; i++) out[i] = (float)(log((double)rsum[i]) + rmax[i] - rtgt[i]);
 }
 
 static st_err mlp_backward(st_model *m, int l)

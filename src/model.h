@@ -85,6 +85,16 @@ void st_model_free(st_model *m);
 st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targets, const float *mask,
                         int B, int T, float scale, double *loss_sum);
 
+/* The last st_model_forward's cross-entropy at each position, unmasked and
+ * unscaled, -log p(target): out (B*T), identical on every tp rank. */
+void st_model_position_losses(const st_model *m, float *out);
+
+/* The last forward's loss again with another mask (same tokens and targets):
+ * the LM head and cross-entropy are redone from the saved final-norm output,
+ * so st_model_backward then follows the new loss. For losses whose per-token
+ * weights depend on the forward's results (DPO, src/dpo.c). */
+st_err st_model_reweight(st_model *m, const int32_t *targets, const float *mask, float scale, double *loss_sum);
+
 /* Backward of the last forward: ADDS d(loss_sum)/d(params) into m->grads. */
 st_err st_model_backward(st_model *m, const int32_t *tokens);
 

@@ -20,6 +20,7 @@
 
 #include "checkpoint.h"
 #include "classify.h"
+#include "dpo.h"
 #include "commstats.h"
 #include "commands.h"
 #include "dataset.h"
@@ -57,6 +58,7 @@ typedef struct {
     int save_every, keep, log_every, eval_every, eval_batches, plot;
     int64_t stop_after;
     char *pool;
+    float dpo_beta;
     int freeze_layers, patience, recompute;
     st_lora_config lora;
     char *lora_targets;
@@ -84,7 +86,8 @@ static const st_option train_options[] = {
     {"seq_len", ST_OPT_INT, &O.seq_len, "128", "tokens per row"},
     {"batch_size", ST_OPT_INT, &O.batch_size, "8", "rows per micro-batch on each rank"},
     {"global_batch", ST_OPT_INT, &O.global_batch, "0", "rows per optimizer step over all dp ranks (0 = batch_size * dp); a multiple of batch_size * dp gives gradient accumulation"},
-    {"method", ST_OPT_STRING, &O.method, "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses), classify (a head over the dataset's labels) or reward (a scalar head trained on preference pairs: -log sigmoid(r_chosen - r_rejected))"},
+    {"method", ST_OPT_STRING, &O.method, "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses), classify (a head over the dataset's labels), reward (a scalar head trained on preference pairs: -log sigmoid(r_chosen - r_rejected)) or dpo (the language model on preference pairs against a frozen copy of its starting weights)"},
+    {"dpo.beta", ST_OPT_FLOAT, &O.dpo_beta, "0.1", "method dpo: the strength of the pull towards the reference (TRL's beta)"},
     {"classify.pool", ST_OPT_STRING, &O.pool, "last", "method classify: pool the last token's state (last) or all tokens' (mean)"},
     {"lora.rank", ST_OPT_INT, &O.lora.rank, "0", "LoRA adapters of this rank on a frozen base (0 = full fine-tuning)"},
     {"lora.alpha", ST_OPT_FLOAT, &O.lora.alpha, "16", "LoRA scale numerator: adapters add (alpha/rank) B A x"},
@@ -134,6 +137,9 @@ typedef struct {
     st_model model;
     int classify;          /* a head on the body: method classify or reward */
     int reward;            /* method reward: a 1-output head, pairwise loss */
+    int dpo;               /* method dpo: the LM against a frozen reference */
+    st_model ref;          /* dpo: the reference (the policy's starting weights) */
+    float *dpo_work;       /* dpo: 2 * batch_size * seq_len floats */
     st_cls_head head;
     st_lora *lora;         /* adapters, or NULL */
     uint8_t *trainable;    /* per body tensor */
@@ -257,35 +263,49 @@ static char *lora_meta(const st_lora *l)
     return out;
 }
 
+/* Preference pairs for reward and dpo: present, whole in every micro-batch,
+ * and not cut at seq_len (the loader keeps a doc's first seq_len tokens, so a
+ * longer pair would lose its responses). */
+static st_err check_pairs(trainer *t)
+{
+    if (st_dataset_num_pairs(t->ds) < 1)
+        ST_FAIL(ST_ERR_ARG, "method %s needs preference pairs ('%s' has none); prepare JSONL with "
+                "prompt/chosen/rejected (or hh-rlhf's chosen/rejected) into a dataset of kind pref", O.method,
+                O.data_train);
+    if (O.batch_size % 2)
+        ST_FAIL(ST_ERR_ARG, "method %s: batch_size %d must be even (rows hold (chosen, rejected) pairs)", O.method,
+                O.batch_size);
+    int64_t cut = 0, np = st_dataset_num_pairs(t->ds);
+    for (int64_t i = 0; i < np; i++) {
+        int64_t c, r;
+        st_dataset_pair(t->ds, i, &c, &r);
+        cut += st_dataset_doc_len(t->ds, c) > O.seq_len || st_dataset_doc_len(t->ds, r) > O.seq_len;
+    }
+    if (cut == np)
+        ST_FAIL(ST_ERR_ARG, "method %s: every pair of '%s' is longer than seq_len %d, so the responses would be "
+                "cut off; prepare with --max-len %d (prompts are then cut from the left)", O.method,
+                O.data_train, O.seq_len, O.seq_len);
+    if (cut && is_rank0(t))
+        printf("warning: %lld of %lld pairs are longer than seq_len %d and lose the end of their responses; "
+               "prepare with --max-len %d to cut prompts from the left instead\n", (long long)cut, (long long)np,
+               O.seq_len, O.seq_len);
+    return ST_OK;
+}
+
 /* What trains: the head of classify, and which body tensors (freeze_layers). */
 static st_err setup_method(trainer *t)
 {
     st_model *m = &t->model;
     const st_layout *y = &m->lay;
     ST_ALLOC(t->pred, O.batch_size, "predictions");
+    if (t->reward || t->dpo) ST_TRY(check_pairs(t));
+    if (t->dpo) {
+        /* forward only, but through the training forward (its loss); recompute mode keeps the least */
+        ST_TRY(st_model_create(&t->ref, &m->lay.cfg, t->grid.tp, O.batch_size, O.seq_len, (uint64_t)O.seed,
+                               ST_MODEL_TRAIN_RECOMPUTE));
+        ST_ALLOC(t->dpo_work, 2 * (size_t)O.batch_size * O.seq_len, "DPO scratch");
+    }
     if (t->reward) {
-        if (st_dataset_num_pairs(t->ds) < 1)
-            ST_FAIL(ST_ERR_ARG, "method reward needs preference pairs ('%s' has none); prepare JSONL with "
-                    "prompt/chosen/rejected (or hh-rlhf's chosen/rejected) into a dataset of kind pref",
-                    O.data_train);
-        if (O.batch_size % 2)
-            ST_FAIL(ST_ERR_ARG, "method reward: batch_size %d must be even (rows hold (chosen, rejected) pairs)",
-                    O.batch_size);
-        /* the loader keeps a doc's first seq_len tokens: a longer pair loses its responses */
-        int64_t cut = 0, np = st_dataset_num_pairs(t->ds);
-        for (int64_t i = 0; i < np; i++) {
-            int64_t c, r;
-            st_dataset_pair(t->ds, i, &c, &r);
-            cut += st_dataset_doc_len(t->ds, c) > O.seq_len || st_dataset_doc_len(t->ds, r) > O.seq_len;
-        }
-        if (cut == np)
-            ST_FAIL(ST_ERR_ARG, "method reward: every pair of '%s' is longer than seq_len %d, so the responses "
-                    "would be cut off; prepare with --max-len %d (prompts are then cut from the left)",
-                    O.data_train, O.seq_len, O.seq_len);
-        if (cut && is_rank0(t))
-            printf("warning: %lld of %lld pairs are longer than seq_len %d and lose the end of their responses; "
-                   "prepare with --max-len %d to cut prompts from the left instead\n", (long long)cut,
-                   (long long)np, O.seq_len, O.seq_len);
         ST_TRY(st_cls_create(&t->head, m, 1, !strcmp(O.pool, "mean"), (uint64_t)O.seed));
         static const char *const names[] = {"reward"};
         char *meta = NULL;
@@ -351,9 +371,10 @@ static st_err setup(trainer *t, MPI_Comm world)
                 O.dp, t->grid.world_size, O.tp, t->grid.dp_size, O.dp * O.tp);
     int threads = st_threads_setup(world);
     if (strcmp(O.method, "pretrain") && strcmp(O.method, "sft") && strcmp(O.method, "classify") &&
-        strcmp(O.method, "reward"))
-        ST_FAIL(ST_ERR_ARG, "method '%s' is not available: choose pretrain, sft, classify or reward", O.method);
+        strcmp(O.method, "reward") && strcmp(O.method, "dpo"))
+        ST_FAIL(ST_ERR_ARG, "method '%s' is not available: choose pretrain, sft, classify, reward or dpo", O.method);
     t->reward = !strcmp(O.method, "reward");
+    t->dpo = !strcmp(O.method, "dpo");
     t->classify = t->reward || !strcmp(O.method, "classify");
     if (strcmp(O.pool, "last") && strcmp(O.pool, "mean"))
         ST_FAIL(ST_ERR_ARG, "classify.pool '%s': expected last or mean", O.pool);
@@ -416,10 +437,29 @@ static st_ckpt_tensors ckpt_tensors(trainer *t)
     return c;
 }
 
+/* init_from's weights into m (the policy, or DPO's reference), less the
+ * init_skip names; heads and adapters start fresh on a new base. */
+static st_err load_init(trainer *t, st_model *m)
+{
+    st_ckpt_tensors c = {.lay = &m->lay, .params = m->params};
+    /* the skip list: "a,b,c*" -> {"a", "b", "c*", NULL} */
+    char *list = O.init_skip ? strdup(O.init_skip) : NULL, *names[64] = {0}, *save = NULL;
+    int n = 0;
+    for (char *p = list ? strtok_r(list, ",", &save) : NULL; p && n < 63; p = strtok_r(NULL, ",", &save))
+        names[n++] = p;
+    st_err e = st_ckpt_load(O.init_from, &t->grid, &c, NULL, (const char *const *)names, ST_CKPT_WEIGHTS_ONLY,
+                            NULL, NULL, NULL);
+    free(list);
+    return e;
+}
+
 static st_err load_start(trainer *t)
 {
     char path[4096] = "";
     int resuming = 0;
+    /* DPO's reference is the policy's starting point, also when resuming: the
+     * seeded initialisation (the same seed and layout) or init_from */
+    if (t->dpo && O.init_from) ST_TRY(load_init(t, &t->ref));
     if (!strcmp(O.resume, "auto")) {
         st_err e = st_ckpt_find_latest(t->ckpt_dir, t->grid.world, path, sizeof path);
         if (e) {
@@ -480,18 +520,7 @@ static st_err load_start(trainer *t)
         return ST_OK;
     }
     if (O.init_from) {
-        st_ckpt_tensors c = ckpt_tensors(t);
-        c.m = c.v = NULL;
-        c.n_sets = 0; /* heads and adapters start fresh on a new base */
-        /* the skip list: "a,b,c*" -> {"a", "b", "c*", NULL} */
-        char *list = O.init_skip ? strdup(O.init_skip) : NULL, *names[64] = {0}, *save = NULL;
-        int n = 0;
-        for (char *p = list ? strtok_r(list, ",", &save) : NULL; p && n < 63; p = strtok_r(NULL, ",", &save))
-            names[n++] = p;
-        st_err e = st_ckpt_load(O.init_from, &t->grid, &c, NULL, (const char *const *)names,
-                                ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL);
-        free(list);
-        ST_TRY(e);
+        ST_TRY(load_init(t, &t->model));
         if (is_rank0(t)) printf("initialised from %s\n", O.init_from);
     }
     return ST_OK;
@@ -528,6 +557,13 @@ static st_err micro_step(trainer *t, int rows, double *loss, double *count, doub
     st_batch *b = &t->batch;
     const int T = O.seq_len;
     *loss = *count = *correct = 0;
+    if (t->dpo) { /* rows 2i, 2i+1: a pair; the loss counts pairs */
+        double margin = 0;
+        ST_TRY(st_dpo_forward(m, &t->ref, b->tokens, b->targets, b->mask, rows, T, O.dpo_beta, 1.0f, t->dpo_work,
+                              loss, correct, &margin));
+        *count = rows / 2;
+        return ST_OK;
+    }
     if (t->reward) { /* rows 2i, 2i+1: pair i's chosen and rejected; the loss counts pairs */
         ST_TRY(st_cls_forward(&t->head, m, b->tokens, b->lengths, NULL, rows, T, 1.0f, loss, NULL));
         ST_TRY(st_cls_pair_loss(&t->head, rows, 1.0f, loss, correct));
@@ -653,7 +689,7 @@ static st_err eval_loss(trainer *t, double *out, double *acc)
     ST_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, t->grid.dp));
     st_timer_stop(&t->timers, ST_PH_EVAL);
     if (sums[1] > 0) *out = sums[0] / sums[1];
-    if (sums[1] > 0 && t->classify) *acc = sums[2] / sums[1];
+    if (sums[1] > 0 && (t->classify || t->dpo)) *acc = sums[2] / sums[1];
     return ST_OK;
 }
 
@@ -668,8 +704,9 @@ static void fmt_eta(char *buf, size_t n, double s)
 static void print_eval(const trainer *t, const char *when, double val, double acc)
 {
     if (!is_rank0(t) || val < 0) return;
-    printf("validation %s: loss %.4f (perplexity %.2f)", when, val, exp(val));
-    if (acc >= 0) printf(", accuracy %.2f%%", 100 * acc);
+    printf("validation %s: loss %.4f", when, val);
+    if (!t->classify && !t->dpo) printf(" (perplexity %.2f)", exp(val)); /* a token loss */
+    if (acc >= 0) printf(", %saccuracy %.2f%%", t->reward || t->dpo ? "pair " : "", 100 * acc);
     printf("\n");
     fflush(stdout);
 }
@@ -777,6 +814,8 @@ static void teardown(trainer *t)
     st_adamw_free(&t->adam);
     st_dp_free(&t->dp);
     st_model_free(&t->model);
+    if (t->dpo) st_model_free(&t->ref);
+    free(t->dpo_work);
     st_batch_free(&t->batch);
     if (t->train) st_loader_free(t->train);
     if (t->val) st_loader_free(t->val);

@@ -3,7 +3,7 @@
  * same losses over 10 steps and the same weights after them (within 1e-5
  * relative), for both model families, with tensor parallelism, data
  * parallelism (gradient accumulation on fewer ranks) and ZeRO-1, and for the
- * methods: classify, sft, reward (pairs) and LoRA (with dropout). */
+ * methods: classify, sft, reward and DPO (pairs) and LoRA (with dropout). */
 #include <stdio.h>
 
 #include "harness.h"
@@ -48,6 +48,12 @@ START_TEST(reward_grids_equal_one_rank)
     check_method("gpt2", "pref", x);
 }
 END_TEST
+START_TEST(dpo_grids_equal_one_rank)
+{
+    static const char *const x[] = {"--method", "dpo", "--seq_len", "160", "--dpo.beta", "0.5", "--optim.lr", "1e-3", NULL};
+    check_method("llama", "pref", x);
+}
+END_TEST
 START_TEST(lora_grids_equal_one_rank)
 {
     static const char *const x[] = {"--method", "pretrain", "--lora.rank", "4", "--lora.targets", "all",
@@ -74,6 +80,7 @@ int th_grid_suite_main(int argc, char **argv, const char *name, const th_grid *g
     tcase_add_test(tc, classify_grids_equal_one_rank);
     tcase_add_test(tc, sft_grids_equal_one_rank);
     tcase_add_test(tc, reward_grids_equal_one_rank);
+    tcase_add_test(tc, dpo_grids_equal_one_rank);
     tcase_add_test(tc, lora_grids_equal_one_rank);
     suite_add_tcase(s, tc);
     int rc = st_run_mpi_suite(s);

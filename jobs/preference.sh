@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reward models on the shipped base model (method reward), two recipes:
+# Learning from preference pairs on the shipped base model: reward models
+# (method reward) on two data sets, then DPO (method dpo):
 #  1. hh-rlhf (Anthropic's human preference pairs, harmless-base test split,
 #     2,312 pairs): the base model reads 128 bytes, so each dialogue keeps its
 #     last 128 bytes (prompt cut from the left);
@@ -45,3 +46,7 @@ mpirun --bind-to none -np 2 "$BIN" eval runs/banking/reward0/ckpt/step_00000000.
 echo "banking77 test pairs, after:"
 mpirun --bind-to none -np 2 "$BIN" eval runs/banking/reward/ckpt/step_00000600.h5 --data runs/banking/pairs-test.h5 \
     --split all --seq_len 128 --batch_size 16 | tail -n 3
+
+# 3. DPO on the same banking pairs: the base model is the policy and, frozen,
+#    the reference; the validation pair accuracy is the policy's implicit reward
+mpirun --bind-to none -np 2 "$BIN" train jobs/recipes/banking-dpo.yaml "$@" | grep -v '^  '
