@@ -654,3 +654,21 @@ double ref_model_forward_backward(ref_model *m, const int *tokens, const int *ta
     free(a.base);
     return loss;
 }
+
+double ref_grad_error(const st_layout *lay, const float *g, const double *r, const char **worst)
+{
+    double gmax = 0, err = 0;
+    for (size_t i = 0; i < lay->numel; i++) gmax = fmax(gmax, fabs(r[i]));
+    *worst = "";
+    for (int t = 0; t < lay->n_tensors; t++) {
+        const st_tensor *ts = &lay->tensors[t];
+        double tmax = 0, dmax = 0;
+        for (size_t i = 0; i < ts->numel; i++) {
+            tmax = fmax(tmax, fabs(r[ts->offset + i]));
+            dmax = fmax(dmax, fabs(g[ts->offset + i] - r[ts->offset + i]));
+        }
+        double e = dmax / fmax(tmax, 1e-3 * gmax);
+        if (e > err) err = e, *worst = ts->name;
+    }
+    return err;
+}

@@ -113,4 +113,10 @@ double ref_model_forward_backward(ref_model *m, const int *tokens, const int *ta
                                   const float *mask, int B, int T, double norm, double *logits,
                                   int backward);
 
+/* The worst per-tensor gradient error of a 1-rank model's float gradients g
+ * against the reference's r (both laid out per lay): for each tensor,
+ * max |g - r| over max(its largest |r|, 1e-3 x the largest |r| of all), as
+ * some true gradients are exactly 0 (gpt2's k bias). *worst names the tensor. */
+double ref_grad_error(const st_layout *lay, const float *g, const double *r, const char **worst);
+
 #endif
