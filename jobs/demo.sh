@@ -49,9 +49,11 @@ SFT=$(ls $OUT/sft/ckpt/step_*.h5 | tail -n 1)
     --out $OUT/sft-after.json | grep -E 'exact|loss|perplexity'
 
 echo; echo "== 6. the fine-tuned model answers (greedy)"
+# one batched call over a prompts file, as for raters' candidates
 for q in "I still have not received my new card, what should I do?" "Why was I charged a fee for my transfer?"; do
-  "$BIN" generate "$SFT" --prompt "$(printf '<|user|>\n%s\n<|assistant|>\n' "$q")" --temperature 0 --max_new 40
-done
+  printf '{"prompt": "<|user|>\\n%s\\n<|assistant|>\\n"}\n' "$q"
+done > $OUT/demo-prompts.jsonl
+"$BIN" generate "$SFT" --prompts $OUT/demo-prompts.jsonl --temperature 0 --max_new 40
 
 echo
 echo "== banking77 test accuracy ($(( $(date +%s) - t0 )) s in all)"
