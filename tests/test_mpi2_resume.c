@@ -1,7 +1,8 @@
 /* test_mpi2_resume.c: exact resume. 20 uninterrupted steps against 10 steps,
  * a checkpoint, a fresh trainer that resumes, and 10 more: the losses and the
  * final weights are bitwise identical, on a tensor-parallel and on a ZeRO-1
- * data-parallel grid. */
+ * data-parallel grid, and for DPO (whose frozen reference the resumed
+ * trainer must rebuild as the run's starting point, not the checkpoint). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,13 +11,23 @@
 #include "harness.h"
 #include "mpi_check.h"
 
-static void run_pair(const char *family, const char *tp, const char *zero)
+/* a + b (each NULL-terminated) into out. */
+static void join_args(const char **out, const char *const *a, const char *const *b)
+{
+    int n = 0;
+    for (int i = 0; a[i]; i++) out[n++] = a[i];
+    for (int i = 0; b && b[i]; i++) out[n++] = b[i];
+    out[n] = NULL;
+}
+
+/* method NULL: pretraining on text; "dpo": DPO on preference pairs. */
+static void run_pair(const char *family, const char *tp, const char *zero, const char *method)
 {
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     char dir[256], data[300], full[300], split[300];
     th_tmpdir(MPI_COMM_WORLD, dir, sizeof dir);
-    ck_assert_int_eq(th_make_dataset(MPI_COMM_WORLD, dir), 0);
+    ck_assert_int_eq(th_make_dataset_kind(MPI_COMM_WORLD, dir, method ? "pref" : "text"), 0);
     snprintf(data, sizeof data, "%s/data.h5", dir);
     snprintf(full, sizeof full, "%s/full", dir);
     snprintf(split, sizeof split, "%s/split", dir);
@@ -25,14 +36,20 @@ static void run_pair(const char *family, const char *tp, const char *zero)
     "--batch_size", "2", "--global_batch", "8", "--steps", "20", "--optim.lr", "3e-3",                        \
     "--optim.warmup_steps", "3", "--seed", "11", "--eval_every", "5", "--eval_batches", "1", "--plot", "false", \
     "--grid.tp", tp, "--grid.zero", zero, "--data.train", data, "--keep", "0"
+    static const char *const dpo[] = {"--method", "dpo", "--seq_len", "160", "--global_batch", "16",
+                                      "--batch_size", "4", NULL};
+    const char *a[80];
     const char *a_full[] = {COMMON, "--out_dir", full, "--save_every", "20", NULL};
-    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a_full), 0);
+    join_args(a, a_full, method ? dpo : NULL);
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
     /* interrupted after step 10 (the schedule still runs to 20) ... */
     const char *a_first[] = {COMMON, "--out_dir", split, "--save_every", "10", "--stop_after", "10", NULL};
-    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a_first), 0);
+    join_args(a, a_first, method ? dpo : NULL);
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
     /* ... and a new trainer that finds the checkpoint and goes on */
     const char *a_rest[] = {COMMON, "--out_dir", split, "--save_every", "10", "--resume", "auto", NULL};
-    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a_rest), 0);
+    join_args(a, a_rest, method ? dpo : NULL);
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
     if (rank == 0) {
         double lf[32], ls[32];
         char p[400];
@@ -59,9 +76,11 @@ static void run_pair(const char *family, const char *tp, const char *zero)
 #undef COMMON
 }
 
-START_TEST(resume_is_exact_tp2) { run_pair("llama", "2", "false"); }
+START_TEST(resume_is_exact_tp2) { run_pair("llama", "2", "false", NULL); }
 END_TEST
-START_TEST(resume_is_exact_dp2_zero) { run_pair("gpt2", "1", "true"); }
+START_TEST(resume_is_exact_dp2_zero) { run_pair("gpt2", "1", "true", NULL); }
+END_TEST
+START_TEST(resume_is_exact_dpo_tp2) { run_pair("llama", "2", "false", "dpo"); }
 END_TEST
 
 int main(int argc, char **argv)
@@ -72,6 +91,7 @@ int main(int argc, char **argv)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, resume_is_exact_tp2);
     tcase_add_test(tc, resume_is_exact_dp2_zero);
+    tcase_add_test(tc, resume_is_exact_dpo_tp2);
     suite_add_tcase(s, tc);
     int rc = st_run_mpi_suite(s);
     MPI_Finalize();
