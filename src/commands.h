@@ -12,6 +12,7 @@
 st_err st_cmd_train(int argc, char **argv, MPI_Comm world);
 st_err st_cmd_generate(int argc, char **argv, MPI_Comm world);
 st_err st_cmd_eval(int argc, char **argv, MPI_Comm world);
+st_err st_cmd_score(int argc, char **argv, MPI_Comm world);
 st_err st_cmd_inspect(int argc, char **argv, MPI_Comm world);
 st_err st_cmd_convert(int argc, char **argv, MPI_Comm world);
 st_err st_cmd_export(int argc, char **argv, MPI_Comm world);

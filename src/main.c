@@ -16,7 +16,8 @@ static const struct {
     {"train", "pretrain or fine-tune a model on a dataset (mpirun for many ranks)"},
 
     {"eval", "loss, perplexity, accuracy, macro-F1, exact match of a checkpoint on a dataset"},
-    {"generate", "sample text from a checkpoint"},
+    {"generate", "sample text from a checkpoint (e.g. candidate answers for raters)"},
+    {"score", "score candidate answers with a reward model"},
     {"convert", "import a Hugging Face directory, llama2.c or llm.c model into a checkpoint"},
     {"export", "write a checkpoint as a Hugging Face directory or a GGUF file"},
     {"inspect", "describe a checkpoint: format, config, step, tensors, checksums"},
@@ -36,6 +37,7 @@ static st_err dispatch(int argc, char **argv, MPI_Comm world)
     if (!strcmp(cmd, "train")) return st_cmd_train(argc, argv, world);
     if (!strcmp(cmd, "generate")) return st_cmd_generate(argc, argv, world);
     if (!strcmp(cmd, "eval")) return st_cmd_eval(argc, argv, world);
+    if (!strcmp(cmd, "score")) return st_cmd_score(argc, argv, world);
 
     if (!strcmp(cmd, "inspect")) return st_cmd_inspect(argc, argv, world);
     if (!strcmp(cmd, "convert")) return st_cmd_convert(argc, argv, world);

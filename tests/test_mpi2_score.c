@@ -1,0 +1,178 @@
+/* test_mpi2_score.c: `shardtune score` gives each candidate the reward the
+ * model gives the same text in a prepared dataset. A reward model is trained
+ * on 2 ranks on preference pairs; then its pairs' prompts with their chosen
+ * and rejected answers are scored from JSONL, and each score is compared with
+ * the head's output on the dataset's own tokens for that pair (so score
+ * renders exactly as prepare does). Bad input fails on every rank. */
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "classify.h"
+#include "commands.h"
+#include "dataset.h"
+#include "harness.h"
+#include "mpi_check.h"
+
+enum { N_PAIRS = 10, T = 160 };
+
+static char DIR_[256];
+static int RANK;
+
+static st_err score_on(MPI_Comm comm, const char *ckpt, const char *in, const char *out)
+{
+    char *argv[] = {"score", (char *)ckpt, "--input", (char *)in, "--out", (char *)out, "--seq_len", "160",
+                    "--batch_size", "3", NULL};
+    st_error_clear();
+    return st_cmd_score(10, argv, comm);
+}
+
+/* Rewards of docs [0, 2 N_PAIRS) of the dataset, from the checkpoint, here. */
+static void direct_rewards(const char *ckpt, const char *data, double *out)
+{
+    st_config cfg;
+    ck_assert_int_eq(st_ckpt_read_config(ckpt, MPI_COMM_SELF, &cfg), ST_OK);
+    st_grid g;
+    ck_assert_int_eq(st_grid_init(&g, MPI_COMM_SELF, 1), ST_OK);
+    st_model m;
+    st_cls_head h;
+    ck_assert_int_eq(st_model_create(&m, &cfg, g.tp, 1, T, 0, ST_MODEL_TRAIN), ST_OK);
+    ck_assert_int_eq(st_cls_create(&h, &m, 1, 0, 0), ST_OK);
+    st_ckpt_tensors t = {.lay = &m.lay, .params = m.params, .n_sets = 1};
+    t.sets[0] = (st_ckpt_set){.group = "head", .lay = &h.lay, .params = h.params};
+    ck_assert_msg(st_ckpt_load(ckpt, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL) == ST_OK, "%s",
+                  st_error_message());
+    free(t.sets[0].meta);
+    st_dataset *ds;
+    ck_assert_int_eq(st_dataset_open(&ds, data), ST_OK);
+    for (int d = 0; d < 2 * N_PAIRS; d++) {
+        int32_t *tok, row[T] = {0};
+        uint8_t *mask;
+        size_t n;
+        ck_assert_int_eq(st_dataset_read_doc(ds, d, &tok, &mask, &n), ST_OK);
+        ck_assert(n >= 1 && n <= T);
+        memcpy(row, tok, n * sizeof *tok);
+        int32_t len = (int32_t)n;
+        double none;
+        ck_assert_int_eq(st_cls_forward(&h, &m, row, &len, NULL, 1, T, 1.0f, &none, NULL), ST_OK);
+        out[d] = h.logits[0];
+        free(tok);
+        free(mask);
+    }
+    st_dataset_close(ds);
+    st_cls_free(&h);
+    st_model_free(&m);
+    st_grid_free(&g);
+}
+
+START_TEST(test_scores_equal_the_datasets)
+{
+    char data[300], run[300], ckpt[400], in[300], out[300];
+    snprintf(data, sizeof data, "%s/data.h5", DIR_);
+    snprintf(run, sizeof run, "%s/reward", DIR_);
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_00000008.h5", run);
+    snprintf(in, sizeof in, "%s/cand.jsonl", DIR_);
+    snprintf(out, sizeof out, "%s/scored.jsonl", DIR_);
+    ck_assert_int_eq(th_make_dataset_kind(MPI_COMM_WORLD, DIR_, "pref"), 0);
+    const char *a[] = {"--method", "reward", "--data.train", data, "--out_dir", run, "--model.n_layer", "2",
+                       "--model.d_model", "32", "--model.n_head", "4", "--model.n_kv_head", "2", "--model.d_ff", "64",
+                       "--seq_len", "160", "--batch_size", "4", "--steps", "8", "--optim.lr", "3e-3",
+                       "--eval_every", "0", "--plot", "false", NULL};
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
+    if (RANK == 0) { /* the pairs' texts as candidates: chosen, then rejected */
+        char corpus[300], line[4096];
+        snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", DIR_);
+        FILE *f = fopen(corpus, "r"), *g = fopen(in, "w");
+        ck_assert(f && g);
+        for (int i = 0; i < N_PAIRS && fgets(line, sizeof line, f); i++) {
+            cJSON *j = cJSON_Parse(line);
+            ck_assert(j);
+            const char *p = cJSON_GetObjectItem(j, "prompt")->valuestring;
+            const char *ans[2] = {cJSON_GetObjectItem(j, "chosen")->valuestring,
+                                  cJSON_GetObjectItem(j, "rejected")->valuestring};
+            for (int k = 0; k < 2; k++) {
+                cJSON *o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "prompt", p);
+                cJSON_AddStringToObject(o, "completion", ans[k]);
+                cJSON_AddNumberToObject(o, "id", 2 * i + k);
+                char *s = cJSON_PrintUnformatted(o);
+                fprintf(g, "%s\n", s);
+                free(s);
+                cJSON_Delete(o);
+            }
+            cJSON_Delete(j);
+        }
+        fclose(f);
+        fclose(g);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    st_err e = score_on(MPI_COMM_WORLD, ckpt, in, out);
+    ck_assert_msg(e == ST_OK, "score: %s", st_error_message());
+    int ok = 1;
+    if (RANK == 0) {
+        double want[2 * N_PAIRS];
+        direct_rewards(ckpt, data, want);
+        FILE *f = fopen(out, "r");
+        char line[8192];
+        int n = 0, distinct = 0;
+        while (f && fgets(line, sizeof line, f)) {
+            cJSON *j = cJSON_Parse(line);
+            ck_assert(j);
+            int id = cJSON_GetObjectItem(j, "id")->valueint;
+            double r = cJSON_GetObjectItem(j, "reward")->valuedouble;
+            ck_assert_int_eq(id, n);   /* input order kept */
+            if (fabs(r - want[id]) > 1e-4 * (1 + fabs(want[id]))) {
+                fprintf(stderr, "candidate %d: reward %.9g, the dataset's tokens give %.9g\n", id, r, want[id]);
+                ok = 0;
+            }
+            distinct += n > 0 && fabs(want[n] - want[n - 1]) > 1e-3;
+            cJSON_Delete(j);
+            n++;
+        }
+        if (f) fclose(f);
+        ck_assert_int_eq(n, 2 * N_PAIRS);
+        ck_assert_int_gt(distinct, 5);   /* the rewards are not one constant */
+    }
+    MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    ck_assert_msg(ok, "score's rewards differ from the dataset's");
+
+    /* bad input: a line without a completion fails on every rank, writes nothing */
+    if (RANK == 0) {
+        FILE *g = fopen(in, "w");
+        fprintf(g, "{\"prompt\": \"hi\", \"completion\": \"there\"}\n{\"prompt\": \"hi\"}\n");
+        fclose(g);
+        remove(out);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    e = score_on(MPI_COMM_WORLD, ckpt, in, out);
+    ck_assert_int_eq(e, ST_ERR_FORMAT);
+    if (RANK == 0) ck_assert_msg(strstr(st_error_message(), "cand.jsonl:2"), "%s", st_error_message());
+    ck_assert(access(out, F_OK) != 0);
+    /* a classifier or LM checkpoint is not a reward model */
+    e = score_on(MPI_COMM_WORLD, data, in, out);
+    ck_assert_int_ne(e, ST_OK);
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &RANK);
+    th_tmpdir(MPI_COMM_WORLD, DIR_, sizeof DIR_);
+    Suite *s = suite_create("score_mpi2");
+    TCase *tc = tcase_create("score");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_scores_equal_the_datasets);
+    suite_add_tcase(s, tc);
+    int failed = st_run_mpi_suite(s);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (RANK == 0) th_rm_rf(DIR_);
+    MPI_Finalize();
+    return failed;
+}
