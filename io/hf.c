@@ -805,13 +805,30 @@ static const char *torch_dtype(st_dtype d)
 }
 
 /* Everything transformers reads to rebuild the model. */
-static cJSON *config_json(const st_config *c, const st_tokenizer *tok, st_dtype dtype)
+/* head NULL: the language model; else a sequence classifier. */
+static cJSON *config_json(const st_config *c, const st_tokenizer *tok, st_dtype dtype, const st_hf_head *head)
 {
+    static const char *const classifier[] = {[ARCH_GPT2] = "GPT2ForSequenceClassification",
+                                             [ARCH_LLAMA] = "LlamaForSequenceClassification",
+                                             [ARCH_MISTRAL] = "MistralForSequenceClassification",
+                                             [ARCH_QWEN2] = "Qwen2ForSequenceClassification"};
     cJSON *j = cJSON_CreateObject();
     int gpt2 = c->family == ST_FAMILY_GPT2;
     hf_arch arch = gpt2 ? ARCH_GPT2 : c->qkv_bias ? ARCH_QWEN2 : ARCH_LLAMA;
     cJSON *archs = cJSON_AddArrayToObject(j, "architectures");
-    cJSON_AddItemToArray(archs, cJSON_CreateString(arch_names[arch].arch));
+    cJSON_AddItemToArray(archs, cJSON_CreateString(head ? classifier[arch] : arch_names[arch].arch));
+    if (head) {
+        cJSON *id2 = cJSON_AddObjectToObject(j, "id2label"), *l2id = cJSON_AddObjectToObject(j, "label2id");
+        for (int k = 0; k < head->n_labels; k++) {
+            char num[16];
+            snprintf(num, sizeof num, "%d", k);
+            cJSON_AddStringToObject(id2, num, head->labels[k]);
+            if (!cJSON_GetObjectItemCaseSensitive(l2id, head->labels[k]))
+                cJSON_AddNumberToObject(l2id, head->labels[k], k);
+        }
+        cJSON_AddNumberToObject(j, "num_labels", head->n_labels);
+        if (tok && st_tokenizer_eos(tok) >= 0) cJSON_AddNumberToObject(j, "pad_token_id", st_tokenizer_eos(tok));
+    }
     cJSON_AddStringToObject(j, "model_type", arch_names[arch].model_type);
     cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
     if (gpt2) {
@@ -863,12 +880,19 @@ static cJSON *generation_json(const st_tokenizer *tok)
 }
 
 /* model.safetensors: every rule's tensor in the Hugging Face layout. */
+/* head NULL: the language model; else the body without lm_head, plus score.weight last. */
 static st_err write_weights(pending *P, const char *dir, const st_layout *lay, const float *params,
-                            st_dtype dtype)
+                            st_dtype dtype, const st_hf_head *head)
 {
     rules R;
     ST_TRY(build_rules(&R, lay, "transformer."));
-    st_safetensors_spec *spec = calloc((size_t)R.n + 1, sizeof *spec);
+    if (head) { /* a classifier has no LM head: drop its rule */
+        int k = 0;
+        for (int i = 0; i < R.n; i++)
+            if (strcmp(R.r[i].hf, "lm_head.weight")) R.r[k++] = R.r[i];
+        R.n = k;
+    }
+    st_safetensors_spec *spec = calloc((size_t)R.n + 2, sizeof *spec);
     float *tmp = NULL;
     uint64_t widest = 0;
     for (int i = 0; i < R.n && spec; i++) {
@@ -876,6 +900,10 @@ static st_err write_weights(pending *P, const char *dir, const st_layout *lay, c
                                         .shape = {R.r[i].shape[0], R.r[i].shape[1]}};
         if (R.r[i].kind != MAP_COPY && rule_numel(&R.r[i]) > widest) widest = rule_numel(&R.r[i]);
     }
+    if (spec && head)
+        spec[R.n] = (st_safetensors_spec){.name = "score.weight", .dtype = dtype, .ndim = 2,
+                                          .shape = {head->n_labels, lay->cfg.d_model}};
+    const int n_spec = R.n + (head != NULL);
     if (spec && widest) tmp = malloc((size_t)widest * sizeof *tmp);
     const char *path;
     st_err e = !spec || (widest && !tmp)
@@ -883,7 +911,7 @@ static st_err write_weights(pending *P, const char *dir, const st_layout *lay, c
                    : pending_add(P, dir, "model.safetensors", &path);
     static const char *const meta[] = {"format", "pt", NULL, NULL};
     st_safetensors_writer w;
-    if (!e) e = st_safetensors_writer_begin(&w, path, spec, R.n, meta);
+    if (!e) e = st_safetensors_writer_begin(&w, path, spec, n_spec, meta);
     for (int i = 0; !e && i < R.n; i++) {
         const hf_rule *r = &R.r[i];
         if (r->kind == MAP_COPY) {
@@ -894,6 +922,7 @@ static st_err write_weights(pending *P, const char *dir, const st_layout *lay, c
         }
         if (e) st_safetensors_writer_abort(&w);
     }
+    if (!e && head && (e = st_safetensors_writer_put(&w, head->weight))) st_safetensors_writer_abort(&w);
     if (!e) e = st_safetensors_writer_end(&w);
     free(tmp);
     free(spec);
@@ -1013,8 +1042,8 @@ static st_err make_dir(const char *dir)
     return ST_OK;
 }
 
-st_err st_hf_write(const char *dir, const st_config *cfg, const float *params, const st_tokenizer *tok,
-                   st_dtype dtype)
+static st_err write_model(const char *dir, const st_config *cfg, const float *params, const st_tokenizer *tok,
+                         st_dtype dtype, const st_hf_head *head)
 {
     if (dtype != ST_DT_F32 && dtype != ST_DT_F16 && dtype != ST_DT_BF16)
         ST_FAIL(ST_ERR_ARG, "Hugging Face export writes F32, F16 or BF16, not %s", st_dtype_name(dtype));
@@ -1027,15 +1056,29 @@ st_err st_hf_write(const char *dir, const st_config *cfg, const float *params, c
     st_layout lay;
     ST_TRY(st_layout_init(&lay, cfg, 1, 0));
     pending P = {0};
-    st_err e = write_weights(&P, dir, &lay, params, dtype);
-    if (!e) e = write_json(&P, dir, "config.json", config_json(cfg, tok, dtype));
-    if (!e) e = write_json(&P, dir, "generation_config.json", generation_json(tok));
+    st_err e = write_weights(&P, dir, &lay, params, dtype, head);
+    if (!e) e = write_json(&P, dir, "config.json", config_json(cfg, tok, dtype, head));
+    if (!e && !head) e = write_json(&P, dir, "generation_config.json", generation_json(tok));
     if (!e && tok) e = write_tokenizer(&P, dir, tok, cfg);
     if (!e) e = pending_commit(&P, dir);
     pending_abort(&P);
     st_layout_free(&lay);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
+}
+
+st_err st_hf_write(const char *dir, const st_config *cfg, const float *params, const st_tokenizer *tok,
+                   st_dtype dtype)
+{
+    return write_model(dir, cfg, params, tok, dtype, NULL);
+}
+
+st_err st_hf_write_classifier(const char *dir, const st_config *cfg, const float *params, const st_tokenizer *tok,
+                              st_dtype dtype, const st_hf_head *head)
+{
+    if (!head || head->n_labels < 1 || !head->weight || !head->labels)
+        ST_FAIL(ST_ERR_ARG, "st_hf_write_classifier: no head");
+    return write_model(dir, cfg, params, tok, dtype, head);
 }
 
 /* ==== a PEFT LoRA adapter: adapter_config.json + adapter_model.safetensors === */

@@ -52,6 +52,23 @@ st_err st_hf_read(const char *dir, st_config *cfg, float **params);
 st_err st_hf_write(const char *dir, const st_config *cfg, const float *params, const st_tokenizer *tok,
                    st_dtype dtype);
 
+/* A sequence-classification head for st_hf_write_classifier: HF's
+ * *ForSequenceClassification "score" (no bias; pooled at the last token). */
+typedef struct {
+    int n_labels;
+    const float *weight;          /* (n_labels, d_model) */
+    const char *const *labels;    /* n_labels names (id2label) */
+} st_hf_head;
+
+/* dir as a GPT2ForSequenceClassification / LlamaForSequenceClassification /
+ * Qwen2ForSequenceClassification (the body without the LM head, plus
+ * score.weight; config with id2label, label2id and pad_token_id = eos, which
+ * transformers needs to find each row's last token in a padded batch). A
+ * reward model is the n_labels = 1 case, as TRL's RewardTrainer saves it.
+ * Otherwise as st_hf_write. */
+st_err st_hf_write_classifier(const char *dir, const st_config *cfg, const float *params, const st_tokenizer *tok,
+                              st_dtype dtype, const st_hf_head *head);
+
 /* A LoRA adapter as PEFT writes it: DIR/adapter_config.json (r, lora_alpha,
  * lora_dropout, target_modules) and DIR/adapter_model.safetensors with
  * tensors base_model.model.<name> (lora_A (r, in), lora_B (out, r)). lora is

@@ -10,23 +10,17 @@
 #include "rng.h"
 #include "tp.h"
 
-st_err st_cls_create(st_cls_head *h, const st_model *m, int n_classes, int pool_mean, uint64_t seed)
+st_err st_cls_layout(st_layout *lay, const st_config *cfg, int n_classes, int tp_size, int tp_rank)
 {
-    memset(h, 0, sizeof *h);
-    const int C = m->lay.cfg.d_model;
-    if (n_classes < 1) ST_FAIL(ST_ERR_ARG, "a head needs at least 1 output, not %d", n_classes);
-    if (m->B > (int)(sizeof h->lengths / sizeof h->lengths[0]))
-        ST_FAIL(ST_ERR_ARG, "batch_size %d is too large for the classification head", m->B);
-    h->n_classes = n_classes;
-    h->pool_mean = pool_mean;
-    h->max_B = m->B;
+    memset(lay, 0, sizeof *lay);
+    const int C = cfg->d_model;
     /* the head's own tensor table, so AdamW and checkpoints treat it like any parameter set */
-    h->lay.cfg = m->lay.cfg;
-    h->lay.tp_size = m->lay.tp_size;
-    h->lay.tp_rank = m->lay.tp_rank;
-    h->lay.n_tensors = 2;
-    ST_ALLOC(h->lay.tensors, 2, "classifier tensor table");
-    st_tensor *t = h->lay.tensors;
+    lay->cfg = *cfg;
+    lay->tp_size = tp_size;
+    lay->tp_rank = tp_rank;
+    lay->n_tensors = 2;
+    ST_ALLOC(lay->tensors, 2, "classifier tensor table");
+    st_tensor *t = lay->tensors;
     snprintf(t[0].name, sizeof t[0].name, "score.weight");
     t[0].ndim = 2;
     t[0].shape[0] = t[0].lshape[0] = n_classes;
@@ -41,7 +35,22 @@ st_err st_cls_create(st_cls_head *h, const st_model *m, int n_classes, int pool_
     t[1].offset = t[0].numel;
     t[1].numel = (size_t)n_classes;
     t[1].layer = -1;
-    h->lay.numel = t[0].numel + t[1].numel;
+    lay->numel = t[0].numel + t[1].numel;
+    return ST_OK;
+}
+
+st_err st_cls_create(st_cls_head *h, const st_model *m, int n_classes, int pool_mean, uint64_t seed)
+{
+    memset(h, 0, sizeof *h);
+    const int C = m->lay.cfg.d_model;
+    if (n_classes < 1) ST_FAIL(ST_ERR_ARG, "a head needs at least 1 output, not %d", n_classes);
+    if (m->B > (int)(sizeof h->lengths / sizeof h->lengths[0]))
+        ST_FAIL(ST_ERR_ARG, "batch_size %d is too large for the classification head", m->B);
+    h->n_classes = n_classes;
+    h->pool_mean = pool_mean;
+    h->max_B = m->B;
+    ST_TRY(st_cls_layout(&h->lay, &m->lay.cfg, n_classes, m->lay.tp_size, m->lay.tp_rank));
+    const st_tensor *t = h->lay.tensors;
     ST_ALLOC(h->params, h->lay.numel, "classifier parameters");
     ST_ALLOC(h->grads, h->lay.numel, "classifier gradients");
     h->w = h->params;
@@ -138,6 +147,7 @@ st_err st_cls_backward(st_cls_head *h, st_model *m, const int32_t *tokens)
     const int C = m->lay.cfg.d_model, K = h->n_classes, B = m->last_B, T = m->last_T;
     /* dW += dlogits^T pooled; db += column sums; dpooled (B, C) = dlogits W */
     ST_TRY(st_linear_backward(h->dpooled, h->dw, h->db, h->logits, h->pooled, h->w, B, C, K, 0));
+    if (h->no_bias) memset(h->db, 0, sizeof(float) * (size_t)K);   /* held at 0: an HF-style head */
     /* back to the positions each pooled row came from */
     memset(h->dhidden, 0, sizeof(float) * (size_t)B * T * C);
     for (int b = 0; b < B; b++) {
@@ -159,6 +169,7 @@ st_err st_cls_meta_json(const st_cls_head *h, const char *const *labels, char **
     if (!o || !arr) { cJSON_Delete(o); cJSON_Delete(arr); ST_FAIL(ST_ERR_MEM, "out of memory"); }
     cJSON_AddNumberToObject(o, "n_classes", h->n_classes);
     cJSON_AddStringToObject(o, "pool", h->pool_mean ? "mean" : "last");
+    cJSON_AddBoolToObject(o, "bias", !h->no_bias);
     for (int k = 0; k < h->n_classes; k++) {
         char num[16];
         snprintf(num, sizeof num, "%d", k);

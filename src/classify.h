@@ -18,6 +18,8 @@
 
 typedef struct {
     int n_classes, pool_mean, max_B;
+    int no_bias;            /* score.bias stays 0 (classify.bias: false): the head HF's
+                               *ForSequenceClassification has, so export can write it */
     st_layout lay;          /* the head's tensor table */
     float *params, *grads;  /* K*C + K */
     float *w, *b, *dw, *db;
@@ -30,6 +32,9 @@ typedef struct {
 } st_cls_head;
 
 st_err st_cls_create(st_cls_head *h, const st_model *m, int n_classes, int pool_mean, uint64_t seed);
+/* The head's tensor table alone (score.weight (K, C), score.bias (K)), for
+ * tools that read a head from a checkpoint. Free with st_layout_free. */
+st_err st_cls_layout(st_layout *lay, const st_config *cfg, int n_classes, int tp_size, int tp_rank);
 void st_cls_free(st_cls_head *h);
 void st_cls_zero_grad(st_cls_head *h);
 
@@ -49,7 +54,7 @@ st_err st_cls_pair_loss(st_cls_head *h, int B, float scale, double *loss_sum, do
 st_err st_cls_backward(st_cls_head *h, st_model *m, const int32_t *tokens);
 
 /* The head's description stored with its checkpoint set ("head" group):
- * {"n_classes": K, "pool": "last"|"mean", "labels": [names...]}.
+ * {"n_classes": K, "pool": "last"|"mean", "bias": true|false, "labels": [names...]}.
  * labels may be NULL (then names are "0".."K-1"). *json is malloc'd. */
 st_err st_cls_meta_json(const st_cls_head *h, const char *const *labels, char **json);
 /* Parse it back; *labels (n_classes malloc'd strings, array malloc'd) may be NULL to skip. */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "classify.h"
 #include "commands.h"
 #include "gguf.h"
 #include "hf.h"
@@ -18,13 +19,14 @@
 
 
 
-typedef struct { char *to, *dtype, *name; int merge_lora; } export_opts;
+typedef struct { char *to, *dtype, *name, *as; int merge_lora; } export_opts;
 static export_opts EX;
 static const st_option export_options[] = {
     {"to", ST_OPT_STRING, &EX.to, NULL, "destination: hf:DIR (Hugging Face directory), gguf:FILE (llama.cpp) or peft:DIR (the LoRA adapters alone, as PEFT saves them)"},
     {"dtype", ST_OPT_STRING, &EX.dtype, "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)"},
     {"name", ST_OPT_STRING, &EX.name, "shardtune", "model name recorded in GGUF general.name"},
     {"merge-lora", ST_OPT_BOOL, &EX.merge_lora, "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)"},
+    {"as", ST_OPT_STRING, &EX.as, "auto", "what to write: lm (the language model), classifier (a classification or reward head as *ForSequenceClassification, hf only) or auto (classifier when the checkpoint has a head)"},
 };
 
 static const char usage[] =
@@ -126,6 +128,53 @@ static st_err export_peft(const char *ckpt, const char *dir, st_dtype dt)
     return e;
 }
 
+/* The checkpoint's head (meta in head_meta) as an HF score: refused when it
+ * pools the mean or has a bias, which *ForSequenceClassification lacks. */
+static st_err write_classifier(const char *ckpt, const char *dir, const st_config *cfg, float *params,
+                               const st_tokenizer *tok, st_dtype dt, const char *head_meta)
+{
+    int K = 0, pool_mean = 0;
+    char **labels = NULL;
+    ST_TRY(st_cls_meta_parse(head_meta, &K, &pool_mean, &labels));
+    st_layout lay = {0}, hl = {0};
+    st_grid g;
+    float *hp = NULL;
+    st_err e = pool_mean ? st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s: the head pools the mean of "
+                                        "all tokens; Hugging Face's *ForSequenceClassification pools the last token "
+                                        "(train with classify.pool: last, or export --as lm)", ckpt)
+                         : st_grid_init(&g, MPI_COMM_SELF, 1);
+    const int have_grid = !e;
+    if (!e) e = st_layout_init(&lay, cfg, 1, 0);
+    if (!e) e = st_cls_layout(&hl, cfg, K, 1, 0);
+    if (!e && !(hp = calloc(hl.numel, sizeof *hp)))
+        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (!e) { /* the head set alone: every model tensor is skipped (already loaded) */
+        static const char *const all[] = {"*", NULL};
+        st_ckpt_tensors t = {.lay = &lay, .params = params, .n_sets = 1};
+        t.sets[0] = (st_ckpt_set){.group = "head", .lay = &hl, .params = hp};
+        e = st_ckpt_load(ckpt, &g, &t, NULL, all, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL);
+        free(t.sets[0].meta);
+    }
+    for (int k = 0; !e && k < K; k++)
+        if (hp[hl.tensors[1].offset + k] != 0.0f)
+            e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s: the head has a bias (score.bias[%d] = "
+                             "%g), which Hugging Face's *ForSequenceClassification has not; train with "
+                             "classify.bias: false to export it, or export the language model with --as lm", ckpt,
+                             k, (double)hp[hl.tensors[1].offset + k]);
+    if (!e) {
+        st_hf_head head = {.n_labels = K, .weight = hp, .labels = (const char *const *)labels};
+        e = st_hf_write_classifier(dir, cfg, params, tok, dt, &head);
+    }
+    if (have_grid) st_grid_free(&g);
+    if (lay.tensors) st_layout_free(&lay);
+    if (hl.tensors) st_layout_free(&hl);
+    free(hp);
+    for (int k = 0; k < K; k++) free(labels[k]);
+    free(labels);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
 static st_err export_one(const char *ckpt)
 {
     st_dtype dt = ST_DT_F32;
@@ -134,15 +183,38 @@ static st_err export_one(const char *ckpt)
     ST_TRY(parse_dtype(EX.dtype, &dt));
     if (EX.to && !strncmp(EX.to, "peft:", 5) && EX.to[5]) return export_peft(ckpt, EX.to + 5, dt);
     ST_TRY(parse_dest(EX.to, dt, &gguf, &where));
+    if (strcmp(EX.as, "auto") && strcmp(EX.as, "lm") && strcmp(EX.as, "classifier"))
+        ST_FAIL(ST_ERR_ARG, "--as %s: expected auto, lm or classifier", EX.as);
+    char *meta = NULL;
+    int has_head = 0;
+    ST_TRY(st_ckpt_read_set_meta(ckpt, MPI_COMM_SELF, "head", &meta, &has_head));
+    const int as_cls = has_head && strcmp(EX.as, "lm");
+    st_err e = ST_OK;
+    if (!has_head && !strcmp(EX.as, "classifier"))
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s has no classification or reward head "
+                         "(train with method classify or reward)", ckpt);
+    else if (as_cls && gguf)
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s is a classifier or reward model; GGUF "
+                         "export writes language models: use --to hf:DIR, or --as lm for its language model", ckpt);
+    if (e) {
+        free(meta);
+        return e;
+    }
     st_config cfg;
     float *params;
     st_tokenizer *tok;
-    ST_TRY(load_weights(ckpt, &cfg, &params, &tok));
-    st_err e = gguf ? st_gguf_export(where, &cfg, params, tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32, EX.name)
-                    : st_hf_write(where, &cfg, params, tok, dt);
+    e = load_weights(ckpt, &cfg, &params, &tok);
+    if (e) {
+        free(meta);
+        return e;
+    }
+    e = gguf     ? st_gguf_export(where, &cfg, params, tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32, EX.name)
+        : as_cls ? write_classifier(ckpt, where, &cfg, params, tok, dt, meta)
+                 : st_hf_write(where, &cfg, params, tok, dt);
+    free(meta);
     if (!e)
-        printf("exported %s (%s, %lld parameters, %s) -> %s\n", ckpt, st_family_name(cfg.family),
-               st_config_num_params(&cfg), EX.dtype, EX.to);
+        printf("exported %s (%s%s, %lld parameters, %s) -> %s\n", ckpt, st_family_name(cfg.family),
+               as_cls ? ", sequence classifier" : "", st_config_num_params(&cfg), EX.dtype, EX.to);
     free(params);
     if (tok) st_tokenizer_free(tok);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);

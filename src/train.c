@@ -59,6 +59,7 @@ typedef struct {
     int64_t stop_after;
     char *pool;
     float dpo_beta;
+    int cls_bias;
     int freeze_layers, patience, recompute;
     st_lora_config lora;
     char *lora_targets;
@@ -87,6 +88,7 @@ static const st_option train_options[] = {
     {"batch_size", ST_OPT_INT, &O.batch_size, "8", "rows per micro-batch on each rank"},
     {"global_batch", ST_OPT_INT, &O.global_batch, "0", "rows per optimizer step over all dp ranks (0 = batch_size * dp); a multiple of batch_size * dp gives gradient accumulation"},
     {"method", ST_OPT_STRING, &O.method, "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses), classify (a head over the dataset's labels), reward (a scalar head trained on preference pairs: -log sigmoid(r_chosen - r_rejected)) or dpo (the language model on preference pairs against a frozen copy of its starting weights)"},
+    {"classify.bias", ST_OPT_BOOL, &O.cls_bias, "true", "methods classify and reward: train score.bias (false: held at 0, the head Hugging Face's *ForSequenceClassification has, so `export --to hf:DIR` can write it)"},
     {"dpo.beta", ST_OPT_FLOAT, &O.dpo_beta, "0.1", "method dpo: the strength of the pull towards the reference (TRL's beta)"},
     {"classify.pool", ST_OPT_STRING, &O.pool, "last", "method classify: pool the last token's state (last) or all tokens' (mean)"},
     {"lora.rank", ST_OPT_INT, &O.lora.rank, "0", "LoRA adapters of this rank on a frozen base (0 = full fine-tuning)"},
@@ -307,6 +309,7 @@ static st_err setup_method(trainer *t)
     }
     if (t->reward) {
         ST_TRY(st_cls_create(&t->head, m, 1, !strcmp(O.pool, "mean"), (uint64_t)O.seed));
+        t->head.no_bias = !O.cls_bias;
         static const char *const names[] = {"reward"};
         char *meta = NULL;
         ST_TRY(st_cls_meta_json(&t->head, names, &meta));
@@ -317,6 +320,7 @@ static st_err setup_method(trainer *t)
             ST_FAIL(ST_ERR_ARG, "method classify needs a dataset with labels ('%s' has %d); prepare it with "
                     "--format classify", O.data_train, k);
         ST_TRY(st_cls_create(&t->head, m, k, !strcmp(O.pool, "mean"), (uint64_t)O.seed));
+        t->head.no_bias = !O.cls_bias;
         const char **names = malloc(sizeof *names * (size_t)k);
         if (!names) ST_FAIL(ST_ERR_MEM, "out of memory");
         for (int i = 0; i < k; i++) names[i] = st_dataset_label_name(t->ds, i);
