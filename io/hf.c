@@ -827,7 +827,13 @@ static cJSON *config_json(const st_config *c, const st_tokenizer *tok, st_dtype 
                 cJSON_AddNumberToObject(l2id, head->labels[k], k);
         }
         cJSON_AddNumberToObject(j, "num_labels", head->n_labels);
-        if (tok && st_tokenizer_eos(tok) >= 0) cJSON_AddNumberToObject(j, "pad_token_id", st_tokenizer_eos(tok));
+        /* transformers pools each row's last token that is not pad_token_id. shardtune pools
+         * the last token. Classification docs (prepare --format classify) never hold eos, so
+         * pad = eos agrees and batches work; preference sequences end with eos under the
+         * default and chatml templates, so a reward model (1 label) gets no pad token: then
+         * transformers pools the last token too (and asks for a pad token to batch). */
+        if (tok && st_tokenizer_eos(tok) >= 0 && head->n_labels > 1)
+            cJSON_AddNumberToObject(j, "pad_token_id", st_tokenizer_eos(tok));
     }
     cJSON_AddStringToObject(j, "model_type", arch_names[arch].model_type);
     cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);

@@ -62,9 +62,11 @@ typedef struct {
 
 /* dir as a GPT2ForSequenceClassification / LlamaForSequenceClassification /
  * Qwen2ForSequenceClassification (the body without the LM head, plus
- * score.weight; config with id2label, label2id and pad_token_id = eos, which
- * transformers needs to find each row's last token in a padded batch). A
- * reward model is the n_labels = 1 case, as TRL's RewardTrainer saves it.
+ * score.weight; config with id2label, label2id and, for classifiers,
+ * pad_token_id = eos, which transformers needs to find each row's last token
+ * in a padded batch). A reward model is the n_labels = 1 case, as TRL's
+ * RewardTrainer saves it; it gets no pad token, as its sequences end with eos
+ * (see config_json).
  * Otherwise as st_hf_write. */
 st_err st_hf_write_classifier(const char *dir, const st_config *cfg, const float *params, const st_tokenizer *tok,
                               st_dtype dtype, const st_hf_head *head);

@@ -4,7 +4,8 @@
  * safetensors hold the body without lm_head and score.weight equal to the
  * checkpoint's head (read here straight from the HDF5 file). A head with a
  * bias, a mean-pooling head and GGUF are refused without writing anything;
- * --as lm still writes the language model. */
+ * --as lm still writes the language model. A reward model exports with one
+ * label and no pad token. */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <hdf5.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "commands.h"
@@ -125,6 +127,43 @@ START_TEST(test_classifier_exports_as_sequence_classification)
 }
 END_TEST
 
+/* A reward model (trained with its default bias: the pair loss never moves
+ * it) exports with one label and no pad token. */
+START_TEST(test_reward_model_exports)
+{
+    char pref[600], data[700], ckpt[700], hf[700];
+    snprintf(pref, sizeof pref, "%s", path_in("pref"));
+    if (RANK == 0) ck_assert_int_eq(mkdir(pref, 0755), 0);
+    MPI_Barrier(MPI_COMM_WORLD);
+    ck_assert_int_eq(th_make_dataset_kind(MPI_COMM_WORLD, pref, "pref"), 0);
+    snprintf(data, sizeof data, "%s/data.h5", pref);
+    snprintf(ckpt, sizeof ckpt, "%s/run/ckpt/step_00000004.h5", pref);
+    snprintf(hf, sizeof hf, "%s/run", pref);
+    const char *a[] = {"--method", "reward", "--data.train", data, "--out_dir", hf, "--model.n_layer", "1",
+                       "--model.d_model", "32", "--model.n_head", "4", "--model.n_kv_head", "2", "--model.d_ff", "64",
+                       "--seq_len", "160", "--batch_size", "4", "--steps", "4", "--eval_every", "0", "--plot", "false",
+                       NULL};
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
+    snprintf(hf, sizeof hf, "hf:%s/hf", pref);
+    ck_assert_msg(export_to(ckpt, hf, "auto") == ST_OK, "%s", st_error_message());
+    if (RANK == 0) {
+        char p[800], text[8192];
+        snprintf(p, sizeof p, "%s/hf/config.json", pref);
+        FILE *f = fopen(p, "r");
+        ck_assert(f);
+        size_t n = fread(text, 1, sizeof text - 1, f);
+        fclose(f);
+        text[n] = 0;
+        cJSON *c = cJSON_Parse(text);
+        ck_assert(c);
+        ck_assert_int_eq(cJSON_GetObjectItem(c, "num_labels")->valueint, 1);
+        ck_assert_ptr_null(cJSON_GetObjectItem(c, "pad_token_id"));
+        ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(c, "id2label"), "0")->valuestring, "reward");
+        cJSON_Delete(c);
+    }
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -134,6 +173,7 @@ int main(int argc, char **argv)
     TCase *tc = tcase_create("export_head");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_classifier_exports_as_sequence_classification);
+    tcase_add_test(tc, test_reward_model_exports);
     suite_add_tcase(s, tc);
     int failed = st_run_mpi_suite(s);
     MPI_Barrier(MPI_COMM_WORLD);
