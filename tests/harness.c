@@ -1,5 +1,6 @@
 /* harness.c: see harness.h. */
 #include "harness.h"
+#include "mpi_check.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -266,4 +267,22 @@ int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *gri
     free(ref_w);
     if (!rank && !err) th_rm_rf(dir);
     return err;
+}
+
+int th_mpi_dir_main(int *argc, char ***argv, const char *name, int timeout, int *rank, char *dir, size_t cap,
+                    const TTest *const *tests, int n_tests)
+{
+    MPI_Init(argc, argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, rank);
+    th_tmpdir(MPI_COMM_WORLD, dir, cap);
+    Suite *s = suite_create(name);
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, timeout);
+    for (int i = 0; i < n_tests; i++) tcase_add_test(tc, tests[i]);
+    suite_add_tcase(s, tc);
+    int failed = st_run_mpi_suite(s);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (*rank == 0) th_rm_rf(dir);
+    MPI_Finalize();
+    return failed;
 }

@@ -3,6 +3,7 @@
 #ifndef ST_TEST_HARNESS_H
 #define ST_TEST_HARNESS_H
 
+#include <check.h>
 #include <mpi.h>
 #include <stdint.h>
 
@@ -42,6 +43,13 @@ int th_check_grids(MPI_Comm world, const char *family, const th_grid *grids, int
 int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *grids, int n_grids,
                           const char *kind, const char *const *extra, double *worst_loss,
                           double *worst_weight);
+
+/* main() of an MPI test that works in one temporary directory: MPI_Init,
+ * *rank and dir (the same fresh path on every rank), the tests as one case
+ * with this timeout, the directory removed, MPI_Finalize. Returns nonzero
+ * when a test failed on any rank. */
+int th_mpi_dir_main(int *argc, char ***argv, const char *name, int timeout, int *rank, char *dir, size_t cap,
+                    const TTest *const *tests, int n_tests);
 
 /* The whole equivalence suite on these grids (tests/grid_suite.c). */
 int th_grid_suite_main(int argc, char **argv, const char *name, const th_grid *grids, int n);

@@ -20,7 +20,6 @@
 #include "hf.h"
 #include "llama2c.h"
 #include "llmc.h"
-#include "mpi_check.h"
 #include "params.h"
 #include "safetensors.h"
 
@@ -175,19 +174,7 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &RANK);
-    th_tmpdir(MPI_COMM_WORLD, DIR_, sizeof DIR_);
-    Suite *s = suite_create("convert_mpi2");
-    TCase *tc = tcase_create("convert");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_llama2c_stories);
-    tcase_add_test(tc, test_hf_gpt2);
-    tcase_add_test(tc, test_llmc);
-    suite_add_tcase(s, tc);
-    int failed = st_run_mpi_suite(s);
-    MPI_Barrier(MPI_COMM_WORLD);
-    if (RANK == 0) th_rm_rf(DIR_);
-    MPI_Finalize();
-    return failed;
+    const TTest *const tests[] = {test_llama2c_stories, test_hf_gpt2, test_llmc};
+    return th_mpi_dir_main(&argc, &argv, "convert_mpi2", 120, &RANK, DIR_, sizeof DIR_, tests,
+                           (int)(sizeof tests / sizeof tests[0]));
 }

@@ -18,7 +18,6 @@
 
 #include "commands.h"
 #include "harness.h"
-#include "mpi_check.h"
 #include "safetensors.h"
 
 static char DIR_[256];
@@ -166,18 +165,7 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &RANK);
-    th_tmpdir(MPI_COMM_WORLD, DIR_, sizeof DIR_);
-    Suite *s = suite_create("export_head_mpi2");
-    TCase *tc = tcase_create("export_head");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_classifier_exports_as_sequence_classification);
-    tcase_add_test(tc, test_reward_model_exports);
-    suite_add_tcase(s, tc);
-    int failed = st_run_mpi_suite(s);
-    MPI_Barrier(MPI_COMM_WORLD);
-    if (RANK == 0) th_rm_rf(DIR_);
-    MPI_Finalize();
-    return failed;
+    const TTest *const tests[] = {test_classifier_exports_as_sequence_classification, test_reward_model_exports};
+    return th_mpi_dir_main(&argc, &argv, "export_head_mpi2", 120, &RANK, DIR_, sizeof DIR_, tests,
+                           (int)(sizeof tests / sizeof tests[0]));
 }

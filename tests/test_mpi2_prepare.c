@@ -16,7 +16,6 @@
 #include "grid.h"
 #include "h5util.h"
 #include "harness.h"
-#include "mpi_check.h"
 
 static char DIR_[256];
 static int RANK;
@@ -198,20 +197,7 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &RANK);
-    th_tmpdir(MPI_COMM_WORLD, DIR_, sizeof DIR_);
-    Suite *s = suite_create("prepare_mpi2");
-    TCase *tc = tcase_create("prepare");
-    tcase_add_test(tc, test_banking77_any_ranks);
-    tcase_add_test(tc, test_hh_any_ranks);
-    tcase_add_test(tc, test_chat_skip_any_ranks);
-    tcase_add_test(tc, test_fewer_records_than_ranks);
-    tcase_add_test(tc, test_bad_record_stops_all);
-    suite_add_tcase(s, tc);
-    int failed = st_run_mpi_suite(s);
-    MPI_Barrier(MPI_COMM_WORLD);
-    if (RANK == 0) th_rm_rf(DIR_);
-    MPI_Finalize();
-    return failed;
+    const TTest *const tests[] = {test_banking77_any_ranks, test_hh_any_ranks, test_chat_skip_any_ranks, test_fewer_records_than_ranks, test_bad_record_stops_all};
+    return th_mpi_dir_main(&argc, &argv, "prepare_mpi2", 30, &RANK, DIR_, sizeof DIR_, tests,
+                           (int)(sizeof tests / sizeof tests[0]));
 }

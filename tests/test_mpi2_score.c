@@ -18,7 +18,6 @@
 #include "commands.h"
 #include "dataset.h"
 #include "harness.h"
-#include "mpi_check.h"
 
 enum { N_PAIRS = 10, T = 160 };
 
@@ -162,17 +161,7 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &RANK);
-    th_tmpdir(MPI_COMM_WORLD, DIR_, sizeof DIR_);
-    Suite *s = suite_create("score_mpi2");
-    TCase *tc = tcase_create("score");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_scores_equal_the_datasets);
-    suite_add_tcase(s, tc);
-    int failed = st_run_mpi_suite(s);
-    MPI_Barrier(MPI_COMM_WORLD);
-    if (RANK == 0) th_rm_rf(DIR_);
-    MPI_Finalize();
-    return failed;
+    const TTest *const tests[] = {test_scores_equal_the_datasets};
+    return th_mpi_dir_main(&argc, &argv, "score_mpi2", 120, &RANK, DIR_, sizeof DIR_, tests,
+                           (int)(sizeof tests / sizeof tests[0]));
 }
