@@ -85,7 +85,8 @@ bench: deps
 # files, safetensors, GGUF), each run for FUZZ_SECONDS. Needs clang.
 FUZZ_SECONDS ?= 60
 FUZZ_SRC := io/jsonl.c io/csv.c io/template.c io/chat_template.c $(wildcard io/jinja_*.c) io/tokenizer.c \
-            $(wildcard io/tok_*.c) io/gguf.c io/safetensors.c io/llama2c.c io/binfile.c src/params.c src/config.c src/rng.c src/err.c
+            $(wildcard io/tok_*.c) io/gguf.c io/safetensors.c io/llama2c.c io/llmc.c io/hf.c io/model_source.c \
+            io/binfile.c src/params.c src/config.c src/rng.c src/err.c
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz needs clang (apt-get install clang)"; exit 1; }
 	@mkdir -p build/fuzz

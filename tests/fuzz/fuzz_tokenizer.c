@@ -8,11 +8,12 @@
  *   /tmp/fuzz_tokenizer -max_total_time=300 /tmp/fuzz_corpus
  *
  * The first input byte picks a mode:
- *   0-3  the rest is the file content of a byte / gpt2 / hf / llama2c blob
- *        (gpt2 splits it at the first 0xFF into encoder.json and vocab.bpe);
- *        a tokenizer that loads must then encode and decode without trouble
- *   4    the rest is a raw blob (framing), kind from the next byte
- *   5    the rest is text for the byte, gpt2 (../shared/data/gpt2-bpe or
+ *   0-4  the rest is the file content of a byte / gpt2 / hf / llama2c / llmc
+ *        blob (gpt2 splits it at the first 0xFF into encoder.json and
+ *        vocab.bpe); a tokenizer that loads must then encode and decode
+ *        without trouble
+ *   5    the rest is a raw blob (framing), kind from the next byte
+ *   6    the rest is text for the byte, gpt2 (../shared/data/gpt2-bpe or
  *        $SHARDTUNE_ROOT/../shared/data/gpt2-bpe, if present) and a small
  *        llama2c tokenizer; valid UTF-8 must round-trip exactly
  */
@@ -23,7 +24,7 @@
 
 #include "tokenizer.h"
 
-static const char *const kinds[] = {"byte", "gpt2", "hf", "llama2c"};
+static const char *const kinds[] = {"byte", "gpt2", "hf", "llama2c", "llmc"};
 
 static void put(uint8_t **p, uint64_t v, int n)
 {
@@ -126,17 +127,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ready = 1;
     }
     if (size < 1) return 0;
-    int mode = data[0] % 6;
+    int mode = data[0] % 7;
     data++, size--;
-    if (mode == 5) {
+    if (mode == 6) {
         for (int i = 0; i < 3; i++)
             if (text_tok[i]) exercise(text_tok[i], (const char *)data, size, 1);
         return 0;
     }
     st_tokenizer *t = NULL;
-    if (mode == 4) {
+    if (mode == 5) {
         if (size < 1) return 0;
-        st_tokenizer_from_blob(&t, kinds[data[0] % 4], data + 1, size - 1);
+        st_tokenizer_from_blob(&t, kinds[data[0] % 5], data + 1, size - 1);
     } else {
         size_t n, split = size;
         const uint8_t *ff = mode == 1 ? memchr(data, 0xFF, size) : NULL;
