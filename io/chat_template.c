@@ -328,3 +328,22 @@ st_err st_chat_template_render(st_tokseq *s, const st_chat_template *ct, const s
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }
+
+st_err st_template_resolve(const char *name, const st_tokenizer *tok, const char *tok_name, st_template *own,
+                           st_chat_template **ct, const st_template **out)
+{
+    *ct = NULL;
+    if (strcmp(name, "tokenizer")) {
+        if (!(*out = st_template_find(name)))
+            ST_FAIL(ST_ERR_ARG, "--template %s: unknown template (available: %s, tokenizer)", name,
+                    st_template_names());
+        return ST_OK;
+    }
+    if (!st_tokenizer_chat_template(tok))
+        ST_FAIL(ST_ERR_ARG, "--template tokenizer: the tokenizer %s has no chat template (tokenizer_config.json "
+                "\"chat_template\"); use --template default|plain|chatml", tok_name);
+    ST_TRY(st_chat_template_from_tokenizer(ct, tok));
+    *own = (st_template){"tokenizer", {NULL, NULL, NULL}, *ct};
+    *out = own;
+    return ST_OK;
+}

@@ -43,6 +43,13 @@ st_err st_chat_template_new(st_chat_template **out, const char *source, const ch
 st_err st_chat_template_from_tokenizer(st_chat_template **out, const st_tokenizer *tok);
 void st_chat_template_free(st_chat_template *ct);
 
+/* The template called name for tok: a built-in one, or "tokenizer" (the
+ * tokenizer's own, parsed into *ct, which the caller frees, and described by
+ * *own). *out points at the built-in table or at own. tok_name names the
+ * tokenizer in the error when it has no template. */
+st_err st_template_resolve(const char *name, const st_tokenizer *tok, const char *tok_name, st_template *own,
+                           st_chat_template **ct, const st_template **out);
+
 /* The text of turns through the template, with each byte's provenance
  * (apply_chat_template(..., tokenize=False)). */
 st_err st_chat_template_apply(const st_chat_template *ct, const st_turn *turns, int n_turns,

@@ -897,16 +897,7 @@ static st_err choose_template(prep *p, st_template *own, st_chat_template **ct)
     if (pl->format != FMT_SFT && pl->format != FMT_CHAT && pl->format != FMT_PREF) return ST_OK;
     int has = st_tokenizer_chat_template(p->tok) != NULL;
     const char *name = O.template_name ? O.template_name : pl->hh ? "plain" : has ? "tokenizer" : "default";
-    if (strcmp(name, "tokenizer")) {
-        p->tpl = st_template_find(name);
-        return ST_OK;
-    }
-    if (!has)
-        ST_FAIL(ST_ERR_ARG, "--template tokenizer: the tokenizer %s has no chat template (tokenizer_config.json "
-                "\"chat_template\"); use --template default|plain|chatml", O.tokenizer);
-    ST_TRY(st_chat_template_from_tokenizer(ct, p->tok));
-    *own = (st_template){"tokenizer", {NULL, NULL, NULL}, *ct};
-    p->tpl = own;
+    ST_TRY(st_template_resolve(name, p->tok, O.tokenizer, own, ct, &p->tpl));
     return ST_OK;
 }
 

@@ -19,6 +19,7 @@
 #include "classify.h"
 #include "commands.h"
 #include "jsonl.h"
+#include "lora.h"
 #include "options.h"
 #include "template.h"
 #include "tokenizer.h"
@@ -83,17 +84,12 @@ static st_err load(scorer *v, const char *ckpt)
     free(kind);
     free(blob);
     ST_TRY(e);
+    int merged = 0; /* a reward model trained with LoRA: its adapters merged into the weights, as eval does */
+    ST_TRY(st_lora_merge_checkpoint(ckpt, &v->g, &v->m.lay, v->m.params, &merged));
     /* the template: prepare's rule */
     int has = st_tokenizer_chat_template(v->tok) != NULL;
     const char *name = S.template_name ? S.template_name : has ? "tokenizer" : "default";
-    if (!strcmp(name, "tokenizer")) {
-        if (!has) ST_FAIL(ST_ERR_ARG, "--template tokenizer: the checkpoint's tokenizer has no chat template");
-        ST_TRY(st_chat_template_from_tokenizer(&v->ct, v->tok));
-        v->own = (st_template){"tokenizer", {NULL, NULL, NULL}, v->ct};
-        v->tpl = &v->own;
-    } else if (!(v->tpl = st_template_find(name))) {
-        ST_FAIL(ST_ERR_ARG, "--template %s: unknown template (available: %s, tokenizer)", name, st_template_names());
-    }
+    ST_TRY(st_template_resolve(name, v->tok, ckpt, &v->own, &v->ct, &v->tpl));
     return ST_OK;
 }
 

@@ -3,7 +3,9 @@
  * on 2 ranks on preference pairs; then its pairs' prompts with their chosen
  * and rejected answers are scored from JSONL, and each score is compared with
  * the head's output on the dataset's own tokens for that pair (so score
- * renders exactly as prepare does). Bad input fails on every rank. */
+ * renders exactly as prepare does), for a fully fine-tuned reward model and
+ * for one trained with LoRA (whose adapters score must apply). Bad input
+ * fails on every rank. */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -18,6 +20,7 @@
 #include "commands.h"
 #include "dataset.h"
 #include "harness.h"
+#include "lora.h"
 
 enum { N_PAIRS = 10, T = 160 };
 
@@ -32,8 +35,9 @@ static st_err score_on(MPI_Comm comm, const char *ckpt, const char *in, const ch
     return st_cmd_score(10, argv, comm);
 }
 
-/* Rewards of docs [0, 2 N_PAIRS) of the dataset, from the checkpoint, here. */
-static void direct_rewards(const char *ckpt, const char *data, double *out)
+/* Rewards of docs [0, 2 N_PAIRS) of the dataset, from the checkpoint (its
+ * LoRA adapters, if any, merged: *merged says so), here. */
+static void direct_rewards(const char *ckpt, const char *data, double *out, int *merged)
 {
     st_config cfg;
     ck_assert_int_eq(st_ckpt_read_config(ckpt, MPI_COMM_SELF, &cfg), ST_OK);
@@ -48,6 +52,7 @@ static void direct_rewards(const char *ckpt, const char *data, double *out)
     ck_assert_msg(st_ckpt_load(ckpt, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL) == ST_OK, "%s",
                   st_error_message());
     free(t.sets[0].meta);
+    ck_assert_int_eq(st_lora_merge_checkpoint(ckpt, &g, &m.lay, m.params, merged), ST_OK);
     st_dataset *ds;
     ck_assert_int_eq(st_dataset_open(&ds, data), ST_OK);
     for (int d = 0; d < 2 * N_PAIRS; d++) {
@@ -70,19 +75,24 @@ static void direct_rewards(const char *ckpt, const char *data, double *out)
     st_grid_free(&g);
 }
 
-START_TEST(test_scores_equal_the_datasets)
+/* Train a reward model into DIR/run (extra: more train arguments), score the
+ * first pairs' texts with it, and compare with direct_rewards. */
+static void check_scores(const char *run, const char *const *extra, int want_merged)
 {
-    char data[300], run[300], ckpt[400], in[300], out[300];
+    char data[300], ckpt[400], in[300], out[300];
     snprintf(data, sizeof data, "%s/data.h5", DIR_);
-    snprintf(run, sizeof run, "%s/reward", DIR_);
     snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_00000008.h5", run);
     snprintf(in, sizeof in, "%s/cand.jsonl", DIR_);
     snprintf(out, sizeof out, "%s/scored.jsonl", DIR_);
-    ck_assert_int_eq(th_make_dataset_kind(MPI_COMM_WORLD, DIR_, "pref"), 0);
-    const char *a[] = {"--method", "reward", "--data.train", data, "--out_dir", run, "--model.n_layer", "2",
-                       "--model.d_model", "32", "--model.n_head", "4", "--model.n_kv_head", "2", "--model.d_ff", "64",
-                       "--seq_len", "160", "--batch_size", "4", "--steps", "8", "--optim.lr", "3e-3",
-                       "--eval_every", "0", "--plot", "false", NULL};
+    const char *base[] = {"--method", "reward", "--data.train", data, "--out_dir", run, "--model.n_layer", "2",
+                          "--model.d_model", "32", "--model.n_head", "4", "--model.n_kv_head", "2", "--model.d_ff",
+                          "64", "--seq_len", "160", "--batch_size", "4", "--steps", "8", "--optim.lr", "3e-3",
+                          "--eval_every", "0", "--plot", "false", NULL};
+    const char *a[64];
+    int n = 0;
+    for (int i = 0; base[i]; i++) a[n++] = base[i];
+    for (int i = 0; extra && extra[i]; i++) a[n++] = extra[i];
+    a[n] = NULL;
     ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
     if (RANK == 0) { /* the pairs' texts as candidates: chosen, then rejected */
         char corpus[300], line[4096];
@@ -116,31 +126,49 @@ START_TEST(test_scores_equal_the_datasets)
     int ok = 1;
     if (RANK == 0) {
         double want[2 * N_PAIRS];
-        direct_rewards(ckpt, data, want);
+        int merged = 0;
+        direct_rewards(ckpt, data, want, &merged);
+        ck_assert_int_eq(merged, want_merged);
         FILE *f = fopen(out, "r");
         char line[8192];
-        int n = 0, distinct = 0;
+        int k = 0, distinct = 0;
         while (f && fgets(line, sizeof line, f)) {
             cJSON *j = cJSON_Parse(line);
             ck_assert(j);
             int id = cJSON_GetObjectItem(j, "id")->valueint;
             double r = cJSON_GetObjectItem(j, "reward")->valuedouble;
-            ck_assert_int_eq(id, n);   /* input order kept */
+            ck_assert_int_eq(id, k);   /* input order kept */
             if (fabs(r - want[id]) > 1e-4 * (1 + fabs(want[id]))) {
                 fprintf(stderr, "candidate %d: reward %.9g, the dataset's tokens give %.9g\n", id, r, want[id]);
                 ok = 0;
             }
-            distinct += n > 0 && fabs(want[n] - want[n - 1]) > 1e-3;
+            distinct += k > 0 && fabs(want[k] - want[k - 1]) > 1e-3;
             cJSON_Delete(j);
-            n++;
+            k++;
         }
         if (f) fclose(f);
-        ck_assert_int_eq(n, 2 * N_PAIRS);
+        ck_assert_int_eq(k, 2 * N_PAIRS);
         ck_assert_int_gt(distinct, 5);   /* the rewards are not one constant */
     }
     MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
     ck_assert_msg(ok, "score's rewards differ from the dataset's");
+}
 
+START_TEST(test_scores_equal_the_datasets)
+{
+    char ckpt[400], in[300], out[300], data[300];
+    snprintf(data, sizeof data, "%s/data.h5", DIR_);
+    snprintf(in, sizeof in, "%s/cand.jsonl", DIR_);
+    snprintf(out, sizeof out, "%s/scored.jsonl", DIR_);
+    ck_assert_int_eq(th_make_dataset_kind(MPI_COMM_WORLD, DIR_, "pref"), 0);
+    char run[300];
+    snprintf(run, sizeof run, "%s/reward", DIR_);
+    check_scores(run, NULL, 0);
+    /* a reward model trained with LoRA: score applies its adapters */
+    static const char *const lora[] = {"--lora.rank", "4", "--lora.targets", "all", "--optim.lr", "1e-2", NULL};
+    snprintf(run, sizeof run, "%s/reward-lora", DIR_);
+    check_scores(run, lora, 1);
+    snprintf(ckpt, sizeof ckpt, "%s/reward/ckpt/step_00000008.h5", DIR_);
     /* bad input: a line without a completion fails on every rank, writes nothing */
     if (RANK == 0) {
         FILE *g = fopen(in, "w");
@@ -149,7 +177,7 @@ START_TEST(test_scores_equal_the_datasets)
         remove(out);
     }
     MPI_Barrier(MPI_COMM_WORLD);
-    e = score_on(MPI_COMM_WORLD, ckpt, in, out);
+    st_err e = score_on(MPI_COMM_WORLD, ckpt, in, out);
     ck_assert_int_eq(e, ST_ERR_FORMAT);
     if (RANK == 0) ck_assert_msg(strstr(st_error_message(), "cand.jsonl:2"), "%s", st_error_message());
     ck_assert(access(out, F_OK) != 0);
