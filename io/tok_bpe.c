@@ -127,6 +127,13 @@ static st_err set_decoded(st_tokenizer *t, int32_t id, const int16_t inv[324])
     return ST_OK;
 }
 
+void st_tok_bpe_byte_chars(st_tokenizer *t)
+{
+    uint32_t cp[256];
+    st_tok_bytes_to_unicode(cp);
+    for (int b = 0; b < 256; b++) t->byte_chr_len[b] = (uint8_t)utf8_small(cp[b], t->byte_chr[b]);
+}
+
 /* After vocabulary, merges and added tokens: byte ids and decoded bytes. */
 st_err st_tok_bpe_finish(st_tokenizer *t, const char *file)
 {
@@ -134,10 +141,10 @@ st_err st_tok_bpe_finish(st_tokenizer *t, const char *file)
     uint32_t cp[256];
     int16_t inv[324];
     st_tok_bytes_to_unicode(cp);
+    st_tok_bpe_byte_chars(t);
     for (int i = 0; i < 324; i++) inv[i] = -1;
     for (int b = 0; b < 256; b++) {
         inv[cp[b]] = (int16_t)b;
-        t->byte_chr_len[b] = (uint8_t)utf8_small(cp[b], t->byte_chr[b]);
         t->byte_id[b] = st_tok_strmap_get(&t->vocab, t->byte_chr[b], t->byte_chr_len[b]);
     }
     for (int32_t id = 0; id < t->n_vocab; id++)

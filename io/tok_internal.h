@@ -156,6 +156,8 @@ void st_tok_bytes_to_unicode(uint32_t cp[256]);
 st_err st_tok_bpe_add_stage(st_tokenizer *t, const char *pat, size_t len, const char *file);
 st_err st_tok_bpe_add_merge(st_tokenizer *t, const char *a, size_t alen, const char *b, size_t blen,
                             const char *file, const char *unit, size_t where);
+/* t->byte_chr, byte_chr_len: each byte's stand-in character (st_tok_bpe_finish does it too). */
+void st_tok_bpe_byte_chars(st_tokenizer *t);
 /* One pair-map entry (a, b) -> merged at priority rank (smaller first). */
 st_err st_tok_bpe_put_merge(st_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t merged);
 st_err st_tok_bpe_finish(st_tokenizer *t, const char *file);

@@ -111,13 +111,7 @@ st_err st_tok_llmc_build(st_tokenizer *t, const char *name)
         ST_FAIL(ST_ERR_FORMAT, "%s: end-of-text id %u is outside 256..%u", name, eot, vocab - 1);
 
     ST_TRY(st_tok_alloc_vocab(t, (int32_t)vocab));
-    uint32_t cp[256];   /* the byte-level spelling, needed before the vocabulary */
-    st_tok_bytes_to_unicode(cp);
-    for (int b = 0; b < 256; b++) {
-        t->byte_chr_len[b] = cp[b] < 0x80 ? 1 : 2;
-        if (cp[b] < 0x80) t->byte_chr[b][0] = (char)cp[b];
-        else t->byte_chr[b][0] = (char)(0xC0 | (cp[b] >> 6)), t->byte_chr[b][1] = (char)(0x80 | (cp[b] & 0x3F));
-    }
+    st_tok_bpe_byte_chars(t);   /* the byte-level spelling, needed before the vocabulary */
     ST_TRY(read_tokens(t, d, n, name, (int32_t)eot));
     ST_TRY(derive_merges(t, (int32_t)eot));
     ST_TRY(st_tok_bpe_add_stage(t, st_tok_gpt2_pattern, strlen(st_tok_gpt2_pattern), name));
