@@ -307,28 +307,22 @@ static st_err setup_method(trainer *t)
                                ST_MODEL_TRAIN_RECOMPUTE));
         ST_ALLOC(t->dpo_work, 2 * (size_t)O.batch_size * O.seq_len, "DPO scratch");
     }
-    if (t->reward) {
-        ST_TRY(st_cls_create(&t->head, m, 1, !strcmp(O.pool, "mean"), (uint64_t)O.seed));
-        t->head.no_bias = !O.cls_bias;
-        static const char *const names[] = {"reward"};
-        char *meta = NULL;
-        ST_TRY(st_cls_meta_json(&t->head, names, &meta));
-        ST_TRY(add_extra(t, "reward head", "head", meta, &t->head.lay, t->head.params, t->head.grads));
-    } else if (t->classify) {
-        int k = st_dataset_num_labels(t->ds);
-        if (k < 2)
+    if (t->classify) { /* a head: one output per label, or one reward */
+        int k = t->reward ? 1 : st_dataset_num_labels(t->ds);
+        if (k < 2 && !t->reward)
             ST_FAIL(ST_ERR_ARG, "method classify needs a dataset with labels ('%s' has %d); prepare it with "
                     "--format classify", O.data_train, k);
         ST_TRY(st_cls_create(&t->head, m, k, !strcmp(O.pool, "mean"), (uint64_t)O.seed));
         t->head.no_bias = !O.cls_bias;
         const char **names = malloc(sizeof *names * (size_t)k);
         if (!names) ST_FAIL(ST_ERR_MEM, "out of memory");
-        for (int i = 0; i < k; i++) names[i] = st_dataset_label_name(t->ds, i);
+        for (int i = 0; i < k; i++) names[i] = t->reward ? "reward" : st_dataset_label_name(t->ds, i);
         char *meta = NULL;
         st_err e = st_cls_meta_json(&t->head, names, &meta);
         free(names);
         ST_TRY(e);
-        ST_TRY(add_extra(t, "classification head", "head", meta, &t->head.lay, t->head.params, t->head.grads));
+        ST_TRY(add_extra(t, t->reward ? "reward head" : "classification head", "head", meta, &t->head.lay,
+                         t->head.params, t->head.grads));
     }
     if (O.lora.rank > 0) {
         if (O.freeze_layers)
