@@ -77,7 +77,7 @@ static st_err load(evaluator *v, const char *ckpt, MPI_Comm world)
     ST_TRY(st_agree(world, st_dataset_open(&v->ds, E.data)));
     int T = E.seq_len ? E.seq_len : cfg.max_seq;
     if (T > cfg.max_seq) ST_FAIL(ST_ERR_ARG, "--seq_len %d exceeds the model's max_seq %d", T, cfg.max_seq);
-    ST_TRY(st_model_create(&v->m, &cfg, v->g.tp, E.batch_size, T, 0, 1));
+    ST_TRY(st_model_create(&v->m, &cfg, v->g.tp, E.batch_size, T, 0, ST_MODEL_INFER));
     st_ckpt_tensors t = {.lay = &v->m.lay, .params = v->m.params};
     if (v->classify) {
         ST_TRY(st_cls_create(&v->head, &v->m, v->K, pool_mean, 0));

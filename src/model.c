@@ -346,13 +346,12 @@ static st_err embed_forward(st_model *m, const int32_t *tokens, int B, int T, co
     return ST_OK;
 }
 
-/* ---- training forward and backward --------------------------------------- */
+/* ---- forward (with the loss) and backward -------------------------------- */
 
 st_err st_model_forward_body(st_model *m, const int32_t *tokens, int B, int T)
 {
     const st_layout *y = &m->lay;
     st_acts *a = &m->a;
-    if (!m->training) ST_FAIL(ST_ERR_INTERNAL, "training forward on a model created for inference");
     if (B > m->B || T > m->T || B < 1 || T < 1)
         ST_FAIL(ST_ERR_ARG, "micro-batch %d x %d does not fit the model's buffers (%d x %d)", B, T,
                 m->B, m->T);
@@ -487,6 +486,7 @@ st_err st_model_backward(st_model *m, const int32_t *tokens)
     st_acts *a = &m->a;
     const int B = m->last_B, T = m->last_T;
     if (!B) ST_FAIL(ST_ERR_INTERNAL, "st_model_backward called before st_model_forward");
+    if (!m->training) ST_FAIL(ST_ERR_INTERNAL, "backward on a model created for inference (forward only)");
     const int64_t N = (int64_t)B * T, C = y->cfg.d_model;
 
     /* lm head (vocab-split): partial d(lnf) summed over tp */
@@ -501,6 +501,7 @@ st_err st_model_backward_hidden(st_model *m, const int32_t *tokens, const float 
 {
     const int64_t N = (int64_t)m->last_B * m->last_T;
     if (!N) ST_FAIL(ST_ERR_INTERNAL, "st_model_backward_hidden called before st_model_forward_body");
+    if (!m->training) ST_FAIL(ST_ERR_INTERNAL, "backward on a model created for inference (forward only)");
     memcpy(m->a.dln, dhidden, (size_t)N * m->lay.cfg.d_model * sizeof(float));
     ST_TRY(head_backward_tail(m, N, 0));
     return body_backward(m, tokens);

@@ -79,9 +79,11 @@ st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, in
                        int training);
 void st_model_free(st_model *m);
 
-/* Training forward on a micro-batch: tokens, targets, mask (B,T), B <= m->B,
- * T <= m->T. *loss_sum = sum over positions of mask * CE * scale. Activations
- * are saved for st_model_backward. */
+/* Forward on a micro-batch with its loss: tokens, targets, mask (B,T), B <=
+ * m->B, T <= m->T. *loss_sum = sum over positions of mask * CE * scale.
+ * Activations are saved for st_model_backward (a model created with
+ * ST_MODEL_INFER runs this forward too, for its loss alone, and refuses the
+ * backward). */
 st_err st_model_forward(st_model *m, const int32_t *tokens, const int32_t *targets, const float *mask,
                         int B, int T, float scale, double *loss_sum);
 

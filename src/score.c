@@ -70,7 +70,7 @@ static st_err load(scorer *v, const char *ckpt)
     if (v->T < 2 || v->T > cfg.max_seq)
         ST_FAIL(ST_ERR_ARG, "--seq_len %d: expected 2..%d (the model's max_seq)", v->T, cfg.max_seq);
     if (S.batch_size < 1) ST_FAIL(ST_ERR_ARG, "--batch_size %d: expected at least 1", S.batch_size);
-    ST_TRY(st_model_create(&v->m, &cfg, v->g.tp, S.batch_size, v->T, 0, ST_MODEL_TRAIN));
+    ST_TRY(st_model_create(&v->m, &cfg, v->g.tp, S.batch_size, v->T, 0, ST_MODEL_INFER));
     ST_TRY(st_cls_create(&v->head, &v->m, 1, pool_mean, 0));
     st_ckpt_tensors t = {.lay = &v->m.lay, .params = v->m.params, .n_sets = 1};
     t.sets[0] = (st_ckpt_set){.group = "head", .lay = &v->head.lay, .params = v->head.params};

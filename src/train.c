@@ -302,9 +302,9 @@ static st_err setup_method(trainer *t)
     ST_ALLOC(t->pred, O.batch_size, "predictions");
     if (t->reward || t->dpo) ST_TRY(check_pairs(t));
     if (t->dpo) {
-        /* forward only, but through the training forward (its loss); recompute mode keeps the least */
+        /* forward only: one layer's activations */
         ST_TRY(st_model_create(&t->ref, &m->lay.cfg, t->grid.tp, O.batch_size, O.seq_len, (uint64_t)O.seed,
-                               ST_MODEL_TRAIN_RECOMPUTE));
+                               ST_MODEL_INFER));
         ST_ALLOC(t->dpo_work, 2 * (size_t)O.batch_size * O.seq_len, "DPO scratch");
     }
     if (t->classify) { /* a head: one output per label, or one reward */

@@ -69,7 +69,7 @@ START_TEST(dpo_matches_double_reference)
     const float beta = 0.7f, scale = 0.5f;   /* scale: 1 / pairs */
     st_model pol, ref;
     ck_assert_int_eq(st_model_create(&pol, &cfg, MPI_COMM_SELF, B, T, 42, 1), 0);
-    ck_assert_int_eq(st_model_create(&ref, &cfg, MPI_COMM_SELF, B, T, 42, 2), 0);
+    ck_assert_int_eq(st_model_create(&ref, &cfg, MPI_COMM_SELF, B, T, 42, ST_MODEL_INFER), 0);
     perturb(&pol, 0.3f);
     perturb(&ref, -0.2f);
     pairs p = make_pairs();
@@ -150,13 +150,14 @@ START_TEST(dpo_starts_at_log_2)
     const st_config cfg = cfg_small();
     st_model pol, ref;
     ck_assert_int_eq(st_model_create(&pol, &cfg, MPI_COMM_SELF, B, T, 42, 1), 0);
-    ck_assert_int_eq(st_model_create(&ref, &cfg, MPI_COMM_SELF, B, T, 42, 2), 0);
+    ck_assert_int_eq(st_model_create(&ref, &cfg, MPI_COMM_SELF, B, T, 42, ST_MODEL_INFER), 0);
     pairs p = make_pairs();
     float *work = malloc(sizeof(float) * 2 * B * T);
     double loss = 0, correct = 0, margin = 0;
     ck_assert_int_eq(st_dpo_forward(&pol, &ref, p.tok, p.tgt, p.mask, B, T, 0.1f, 1.0f, work, &loss, &correct,
                                     &margin), 0);
     ck_assert_msg(fabs(loss - 2 * log(2.0)) < 1e-6, "loss %.9g", loss);
+    ck_assert_int_eq(st_model_backward(&ref, p.tok), ST_ERR_INTERNAL);   /* the reference runs forward only */
     ck_assert_double_eq(correct, 0);
     ck_assert_int_ne(st_dpo_forward(&pol, &ref, p.tok, p.tgt, p.mask, 3, T, 0.1f, 1.0f, work, &loss, &correct,
                                     &margin), ST_OK);   /* odd rows: not pairs */
