@@ -286,3 +286,27 @@ int th_mpi_dir_main(int *argc, char ***argv, const char *name, int timeout, int 
     MPI_Finalize();
     return failed;
 }
+
+void th_write_file(const char *path, const void *data, size_t n)
+{
+    FILE *fp = fopen(path, "wb");
+    ck_assert_msg(fp != NULL, "cannot create %s", path);
+    ck_assert_uint_eq(fwrite(data, 1, n, fp), n);
+    ck_assert_int_eq(fclose(fp), 0);
+}
+
+char *th_read_file(const char *path, size_t *n)
+{
+    FILE *fp = fopen(path, "rb");
+    ck_assert_msg(fp != NULL, "cannot open %s", path);
+    fseek(fp, 0, SEEK_END);
+    long size = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    char *b = malloc((size_t)size + 1);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_uint_eq(fread(b, 1, (size_t)size, fp), (size_t)size);
+    fclose(fp);
+    b[size] = '\0';
+    if (n) *n = (size_t)size;
+    return b;
+}

@@ -211,13 +211,7 @@ static char *fixture_json(void)
     return s;
 }
 
-static void spit(const char *path, const char *s)
-{
-    FILE *f = fopen(path, "wb");
-    ck_assert_msg(f != NULL, "cannot create %s", path);
-    ck_assert_uint_eq(fwrite(s, 1, strlen(s), f), strlen(s));
-    ck_assert_int_eq(fclose(f), 0);
-}
+static void spit(const char *path, const char *s) { th_write_file(path, s, strlen(s)); }
 
 static const char *tmp_path(const char *name)
 {

@@ -63,31 +63,7 @@ static const char *tmp_path(const char *name)
     return b;
 }
 
-static void spit(const char *path, const void *data, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-    ck_assert_msg(fp != NULL, "cannot create %s", path);
-    ck_assert_uint_eq(fwrite(data, 1, n, fp), n);
-    ck_assert_int_eq(fclose(fp), 0);
-}
-
-static void spit_str(const char *path, const char *s) { spit(path, s, strlen(s)); }
-
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *fp = fopen(path, "rb");
-    ck_assert_msg(fp != NULL, "cannot open %s", path);
-    fseek(fp, 0, SEEK_END);
-    long size = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *b = malloc((size_t)size + 1);
-    ck_assert_ptr_nonnull(b);
-    ck_assert_uint_eq(fread(b, 1, (size_t)size, fp), (size_t)size);
-    b[size] = '\0';
-    fclose(fp);
-    *n = (size_t)size;
-    return b;
-}
+static void spit_str(const char *path, const char *s) { th_write_file(path, s, strlen(s)); }
 
 /* st_cmd_prepare("prepare", args..., NULL) on the 1x1 grid. */
 static st_err run_prepare(const char *first, ...)
@@ -212,7 +188,7 @@ static char *csv_field(const char **p)
 static csv_rows read_csv_rows(const char *path)
 {
     size_t size;
-    char *buf = slurp(path, &size);
+    char *buf = th_read_file(path, &size);
     csv_rows r = {malloc(20000 * sizeof(char *)), malloc(20000 * sizeof(char *)), -1};
     for (const char *p = buf; *p;) {
         char *a = csv_field(&p);
@@ -271,7 +247,7 @@ START_TEST(test_banking77)
     ck_assert_int_eq(st_dataset_num_labels(ds), 77);
     /* names sorted, and exactly the names of categories.json */
     size_t jn;
-    char *json = slurp(data_path("banking77/categories.json"), &jn);
+    char *json = th_read_file(data_path("banking77/categories.json"), &jn);
     cJSON *cats = cJSON_Parse(json);
     ck_assert_int_eq(cJSON_GetArraySize(cats), 77);
     for (int i = 0; i < 77; i++) {
@@ -314,7 +290,7 @@ START_TEST(test_label_names_file)
     must_prepare(data_path("banking77/test.csv"), out, "--label-names", data_path("banking77/categories.json"));
     st_dataset *ds = open_ds(out);
     size_t jn;
-    char *json = slurp(data_path("banking77/categories.json"), &jn);
+    char *json = th_read_file(data_path("banking77/categories.json"), &jn);
     cJSON *cats = cJSON_Parse(json);
     for (int i = 0; i < 77; i++)
         ck_assert_str_eq(st_dataset_label_name(ds, i), cJSON_GetArrayItem(cats, i)->valuestring);
@@ -860,8 +836,8 @@ END_TEST
 static void damage(const char *src, const char *dst, const char *name, int64_t idx, int64_t v)
 {
     size_t n;
-    char *bytes = slurp(src, &n);
-    spit(dst, bytes, n);
+    char *bytes = th_read_file(src, &n);
+    th_write_file(dst, bytes, n);
     free(bytes);
     hid_t f = H5Fopen(dst, H5F_ACC_RDWR, H5P_DEFAULT);
     ck_assert_int_ge(f, 0);

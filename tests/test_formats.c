@@ -33,6 +33,7 @@
 #include "checkpoint.h"
 #include "commands.h"
 #include "gguf.h"
+#include "harness.h"
 #include "hf.h"
 #include "llama2c.h"
 #include "params.h"
@@ -88,30 +89,6 @@ static char g_root[256];   /* this run's scratch directory */
 static void path_in(char *out, size_t cap, const char *name)
 {
     snprintf(out, cap, "%s/%s", g_root, name);
-}
-
-static void spit(const char *path, const void *data, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-    ck_assert_msg(fp != NULL, "cannot create %s", path);
-    ck_assert_int_eq(fwrite(data, 1, n, fp), n);
-    ck_assert_int_eq(fclose(fp), 0);
-}
-
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *fp = fopen(path, "rb");
-    ck_assert_msg(fp != NULL, "cannot open %s", path);
-    fseek(fp, 0, SEEK_END);
-    long size = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *b = malloc((size_t)size + 1);
-    ck_assert_ptr_nonnull(b);
-    ck_assert_int_eq(fread(b, 1, (size_t)size, fp), (size_t)size);
-    fclose(fp);
-    b[size] = 0;
-    if (n) *n = (size_t)size;
-    return b;
 }
 
 static void mkdir_p(const char *dir) { ck_assert_msg(mkdir(dir, 0755) == 0, "mkdir %s", dir); }
@@ -349,7 +326,7 @@ static void fx_write_weights(fx_model *m, const char *dir, int sharded)
     }
     char *text = cJSON_Print(idx);
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    spit(path, text, strlen(text));
+    th_write_file(path, text, strlen(text));
     free(text);
     cJSON_Delete(idx);
 }
@@ -358,7 +335,7 @@ static void fx_write_weights(fx_model *m, const char *dir, int sharded)
 static uint8_t *st_raw(const char *path, const char *name, char *dtype, int64_t *shape, int *ndim, size_t *n)
 {
     size_t size;
-    char *f = slurp(path, &size);
+    char *f = th_read_file(path, &size);
     ck_assert_uint_ge(size, 8);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = hl << 8 | (uint8_t)f[i];
@@ -420,7 +397,7 @@ static void fx_tokenizer_json(const char *dir)
     cJSON_AddItemToObject(j, "model", m);
     char *text = cJSON_Print(j), path[1024];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    spit(path, text, strlen(text));
+    th_write_file(path, text, strlen(text));
     free(text);
     cJSON_Delete(j);
 }
@@ -485,7 +462,7 @@ static void gpt2_fixture(fx_model *m, const char *dir, const char *dtype, int pr
              G_V, G_P, G_P, G_C, G_L, G_H,
              !strcmp(dtype, "F32") ? "float32" : !strcmp(dtype, "F16") ? "float16" : "bfloat16");
     snprintf(path, sizeof path, "%s/config.json", dir);
-    spit(path, cfg, strlen(cfg));
+    th_write_file(path, cfg, strlen(cfg));
 }
 
 static void llama_fixture(fx_model *m, const char *dir, const char *dtype, int qwen2, int tied, int sharded)
@@ -531,7 +508,7 @@ static void llama_fixture(fx_model *m, const char *dir, const char *dtype, int q
              L_KV, L_P, qwen2 ? "1000000.0" : "10000.0", tied ? "true" : "false", dt,
              qwen2 ? ", \"use_sliding_window\": false" : ", \"attention_bias\": false, \"mlp_bias\": false");
     snprintf(path, sizeof path, "%s/config.json", dir);
-    spit(path, cfg, strlen(cfg));
+    th_write_file(path, cfg, strlen(cfg));
 }
 
 /* ==== this file's own mapping of the source tensors onto the reference ===== */
@@ -690,7 +667,7 @@ static void check_config_fields(const char *src_dir, const char *out_dir)
     char a[1024], b[1024];
     snprintf(a, sizeof a, "%s/config.json", src_dir);
     snprintf(b, sizeof b, "%s/config.json", out_dir);
-    char *ta = slurp(a, NULL), *tb = slurp(b, NULL);
+    char *ta = th_read_file(a, NULL), *tb = th_read_file(b, NULL);
     cJSON *ja = cJSON_Parse(ta), *jb = cJSON_Parse(tb);
     ck_assert_ptr_nonnull(ja);
     ck_assert_ptr_nonnull(jb);
@@ -724,7 +701,7 @@ static void same_config(const st_config *a, const st_config *b)
 static void same_file(const char *a, const char *b)
 {
     size_t na, nb;
-    char *x = slurp(a, &na), *y = slurp(b, &nb);
+    char *x = th_read_file(a, &na), *y = th_read_file(b, &nb);
     ck_assert_msg(na == nb && !memcmp(x, y, na), "%s and %s differ", a, b);
     free(x), free(y);
 }
@@ -817,7 +794,7 @@ static void write_st(const char *path, const char *hdr, const void *data, size_t
     put_u64le(b, declared_len < 0 ? hl : (uint64_t)declared_len);
     memcpy(b + 8, hdr, hl);
     if (n) memcpy(b + 8 + hl, data, n);
-    spit(path, b, 8 + hl + n);
+    th_write_file(path, b, 8 + hl + n);
     free(b);
 }
 
@@ -911,7 +888,7 @@ START_TEST(test_safetensors_hostile)
         if (cases[i].msg2) ck_assert_msg(strstr(msg, cases[i].msg2), "case %zu lacks \"%s\": %s", i, cases[i].msg2, msg);
         st_error_clear();
     }
-    spit(path, "abcd", 4);
+    th_write_file(path, "abcd", 4);
     st_safetensors f;
     expect_error(st_safetensors_open(&f, path), ST_ERR_FORMAT, "shorter than the 8-byte", NULL);
 }
@@ -927,12 +904,12 @@ START_TEST(test_safetensors_truncations)
     write_st(path, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]},"
                    "\"b\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":[16,24]}}  ", v, 24, -1);
     size_t n;
-    char *whole = slurp(path, &n);
+    char *whole = th_read_file(path, &n);
     st_safetensors f;
     ck_assert_int_eq(st_safetensors_parse(&f, "mem", (const uint8_t *)whole, n, n), ST_OK);
     st_safetensors_close(&f);
     for (size_t k = 0; k < n; k++) {
-        spit(cut, whole, k);
+        th_write_file(cut, whole, k);
         ck_assert_msg(st_safetensors_open(&f, cut) == ST_ERR_FORMAT, "prefix of %zu bytes accepted", k);
         st_error_clear();
         ck_assert_int_eq(st_safetensors_parse(&f, "mem", (const uint8_t *)whole, k, k), ST_ERR_FORMAT);
@@ -1069,12 +1046,12 @@ static void edit_config(const char *dir, const char *from, const char *to)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    char *t = slurp(path, NULL), *at = strstr(t, from);
+    char *t = th_read_file(path, NULL), *at = strstr(t, from);
     ck_assert_msg(at != NULL, "config.json lacks %s", from);
     size_t n = strlen(t) + strlen(to) + 1;
     char *o = malloc(n);
     snprintf(o, n, "%.*s%s%s", (int)(at - t), t, to, at + strlen(from));
-    spit(path, o, strlen(o));
+    th_write_file(path, o, strlen(o));
     free(t), free(o);
 }
 
@@ -1195,17 +1172,17 @@ START_TEST(test_hf_extra_and_index)
     snprintf(dir, sizeof dir, "%s/x_index", g_root);
     llama_fixture(m, dir, "F32", 0, 0, 1);
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    char *t = slurp(path, NULL), *at = strstr(t, "\"model.norm.weight\":\t\"model-00002");
+    char *t = th_read_file(path, NULL), *at = strstr(t, "\"model.norm.weight\":\t\"model-00002");
     ck_assert_ptr_nonnull(at);
     at[strlen("\"model.norm.weight\":\t\"model-0000")] = '1';
-    spit(path, t, strlen(t));
+    th_write_file(path, t, strlen(t));
     free(t);
     expect_read_error(dir, "model.norm.weight", "places");
     /* the index names a file outside the directory */
-    t = slurp(path, NULL);
+    t = th_read_file(path, NULL);
     at = strstr(t, "\"model.norm.weight\":\t\"model-00001");
     memcpy(at + strlen("\"model.norm.weight\":\t\""), "../x", 4);
-    spit(path, t, strlen(t));
+    th_write_file(path, t, strlen(t));
     free(t);
     expect_read_error(dir, "index.json", "same directory");
     fx_free(m);
@@ -1239,7 +1216,7 @@ START_TEST(test_export_arguments)
     snprintf(idx, sizeof idx, "%s/sharded", g_root);
     mkdir_p(idx);
     snprintf(idx, sizeof idx, "%s/sharded/model.safetensors.index.json", g_root);
-    spit(idx, "{}", 2);
+    th_write_file(idx, "{}", 2);
     expect_error(run_export(ckpt, to, "f32"), ST_ERR_ARG, "index.json", "empty directory");
     free(p);
     st_layout_free(&lay);
@@ -1482,7 +1459,7 @@ START_TEST(test_gguf_gpt2_tokenizer)
     check_u32(&g, "tokenizer.ggml.eos_token_id", 50256);
     check_u32(&g, "tokenizer.ggml.bos_token_id", 50256);
     /* tokens: encoder.json's, read here with cJSON; padding past it */
-    char *ej = slurp(enc, NULL);
+    char *ej = th_read_file(enc, NULL);
     cJSON *e = cJSON_Parse(ej);
     const st_gguf_kv *toks = st_gguf_find(&g, "tokenizer.ggml.tokens"), *types = st_gguf_find(&g, "tokenizer.ggml.token_type");
     ck_assert_ptr_nonnull(toks);
@@ -1516,7 +1493,7 @@ START_TEST(test_gguf_gpt2_tokenizer)
     const st_gguf_kv *mg = st_gguf_find(&g, "tokenizer.ggml.merges");
     ck_assert_ptr_nonnull(mg);
     ck_assert_uint_eq(mg->n, 50000);
-    char *vb = slurp(bpe, NULL), *line = strchr(vb, '\n') + 1;
+    char *vb = th_read_file(bpe, NULL), *line = strchr(vb, '\n') + 1;
     for (uint64_t k = 0; k < mg->n; k++) {
         char *nl = strchr(line, '\n');
         size_t ll = nl ? (size_t)(nl - line) : strlen(line);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "harness.h"
 #include "template.h"
 #include "tokenizer.h"
 
@@ -129,26 +130,8 @@ static char *path_in(const char *dir, const char *name)
 static void write_file(const char *dir, const char *name, const void *data, size_t len)
 {
     char *p = path_in(dir, name);
-    FILE *f = fopen(p, "wb");
-    ck_assert_msg(f, "cannot write %s", p);
-    ck_assert(fwrite(data, 1, len, f) == len);
-    fclose(f);
+    th_write_file(p, data, len);
     free(p);
-}
-
-static void *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f, "cannot read %s", path);
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)sz + 1);
-    ck_assert(fread(buf, 1, (size_t)sz, f) == (size_t)sz);
-    buf[sz] = '\0';
-    fclose(f);
-    *len = (size_t)sz;
-    return buf;
 }
 
 static st_tokenizer *load_in(const char *kind, const char *dir, const char *name)
@@ -582,10 +565,10 @@ static char *hf_from_gpt2(const char *pre)
     char *p = NULL;
     size_t n;
     ck_assert(asprintf(&p, "%s/encoder.json", gpt2_dir()) > 0);
-    char *encj = read_all(p, &n);
+    char *encj = th_read_file(p, &n);
     free(p);
     ck_assert(asprintf(&p, "%s/vocab.bpe", gpt2_dir()) > 0);
-    char *bpe = read_all(p, &n);
+    char *bpe = th_read_file(p, &n);
     free(p);
     cJSON *root = cJSON_CreateObject(), *model = cJSON_CreateObject(), *merges = cJSON_CreateArray();
     cJSON *vocab = cJSON_Parse(encj);
@@ -920,7 +903,7 @@ static uint8_t *llmc_tokenizer_file(size_t *len)
     size_t n;
     char *p = NULL;
     ck_assert(asprintf(&p, "%s/encoder.json", gpt2_dir()) > 0);
-    char *encj = read_all(p, &n);
+    char *encj = th_read_file(p, &n);
     free(p);
     cJSON *j = cJSON_Parse(encj);
     ck_assert(j);
@@ -996,7 +979,7 @@ START_TEST(llmc_matches_gpt2)
     expect_same_ids(l, g, eot, strlen(eot), 0);
     char *p = NULL;
     ck_assert(asprintf(&p, "%s/../banking77/train.csv", gpt2_dir()) > 0);
-    char *csv = read_all(p, &n);
+    char *csv = th_read_file(p, &n);
     free(p);
     expect_same_ids(l, g, csv, n, 0);
     expect_roundtrip(l, csv, n);
@@ -1076,7 +1059,7 @@ START_TEST(hostile_gpt2_files)
     size_t n;
     char *p = NULL;
     ck_assert(asprintf(&p, "%s/encoder.json", gpt2_dir()) > 0);
-    char *encj = read_all(p, &n);
+    char *encj = th_read_file(p, &n);
     free(p);
     static const char merges[] = "#version: 0.2\nz q\n";   /* "zq" is not a GPT-2 token */
     char *dir = make_tmpdir();
