@@ -310,3 +310,16 @@ char *th_read_file(const char *path, size_t *n)
     if (n) *n = (size_t)size;
     return b;
 }
+
+void th_gpt2_stand_in(int b, char out[3])
+{
+    int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    int cp = b;
+    if (!printable) {
+        cp = 256;
+        for (int x = 0; x < b; x++)
+            if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) cp++;
+    }
+    if (cp < 128) out[0] = (char)cp, out[1] = 0;
+    else out[0] = (char)(0xC0 | (cp >> 6)), out[1] = (char)(0x80 | (cp & 63)), out[2] = 0;
+}

@@ -28,6 +28,9 @@ int th_load_weights(const char *path, st_config *cfg, float **params, size_t *n)
  * gradient is rounding noise.) */
 double th_max_rel_diff(const st_config *cfg, const float *a, const float *b, char *worst, size_t cap);
 void th_rm_rf(const char *dir);
+/* GPT-2's byte -> stand-in character (bytes_to_unicode), written from its
+ * definition independently of io/tok_bpe.c: out is NUL-terminated UTF-8. */
+void th_gpt2_stand_in(int b, char out[3]);
 /* Write n bytes to path; the test fails if that is not possible. */
 void th_write_file(const char *path, const void *data, size_t n);
 /* path's bytes, NUL-terminated, malloc'd (*n = their count; n may be NULL);

@@ -166,27 +166,13 @@ static const char *const SPECIAL[] = {"<|im_start|>", "<|im_end|>", "<|endoftext
 #define N_SPECIAL 9
 enum { IM_START = 256, IM_END, ENDOFTEXT, BEGIN_OF_TEXT, START_HEADER, END_HEADER, EOT_ID, BOS_S, EOS_S };
 
-/* GPT-2's byte -> stand-in character, from its definition. */
-static void stand_in(int b, char out[3])
-{
-    int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-    int cp = b;
-    if (!printable) {
-        cp = 256;
-        for (int x = 0; x < b; x++)
-            if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) cp++;
-    }
-    if (cp < 128) out[0] = (char)cp, out[1] = 0;
-    else out[0] = (char)(0xC0 | (cp >> 6)), out[1] = (char)(0x80 | (cp & 63)), out[2] = 0;
-}
-
 static char *fixture_json(void)
 {
     cJSON *root = cJSON_CreateObject(), *model = cJSON_CreateObject(), *vocab = cJSON_CreateObject();
     cJSON *added = cJSON_CreateArray(), *pre = cJSON_CreateObject();
     for (int b = 0; b < 256; b++) {
         char c[3];
-        stand_in(b, c);
+        th_gpt2_stand_in(b, c);
         cJSON_AddNumberToObject(vocab, c, b);
     }
     for (int i = 0; i < N_SPECIAL; i++) {

@@ -155,20 +155,6 @@ static st_err try_load_in(const char *kind, const char *dir, const char *name)
     return e;
 }
 
-/* GPT-2's byte -> stand-in character map, written from its definition. */
-static void stand_in(int b, char out[3])
-{
-    int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-    int cp = b;
-    if (!printable) {
-        cp = 256;
-        for (int x = 0; x < b; x++)
-            if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) cp++;
-    }
-    if (cp < 128) out[0] = (char)cp, out[1] = 0;
-    else out[0] = (char)(0xC0 | (cp >> 6)), out[1] = (char)(0x80 | (cp & 63)), out[2] = 0;
-}
-
 static const char paragraph[] =
     "The quick brown fox jumps over the lazy dog. It's 2024; we've got 1,234,567 reasons\n\n"
     "  to   tokenize   spacing, TABS\tand \"quotes\" -- plus caf\xc3\xa9, na\xc3\xafve, \xe4\xb8\xad\xe6\x96\x87, "
@@ -386,7 +372,7 @@ static char *hf_fixture(int opts)
     cJSON *merges = cJSON_CreateArray(), *added = cJSON_CreateArray();
     for (int b = 0; b < 256; b++) {
         char c[3];
-        stand_in(b, c);
+        th_gpt2_stand_in(b, c);
         cJSON_AddNumberToObject(vocab, c, b);
     }
     static const char *const words[] = {"he", "ll", "hell", "hello", "\xc4\xa0w", "or", "\xc4\xa0wor", "xyz"};
@@ -911,7 +897,7 @@ static uint8_t *llmc_tokenizer_file(size_t *len)
     char **raw = calloc((size_t)nv, sizeof *raw);
     uint8_t *rawlen = calloc((size_t)nv, 1);
     char si[256][3];
-    for (int b = 0; b < 256; b++) stand_in(b, si[b]);
+    for (int b = 0; b < 256; b++) th_gpt2_stand_in(b, si[b]);
     cJSON *it;
     cJSON_ArrayForEach(it, j) {
         int id = it->valueint;
