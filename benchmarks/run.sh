@@ -7,7 +7,6 @@
 #   QUICK=1          smaller sizes, fewer repetitions (a smoke run, a few minutes)
 #   BENCH_DIR=DIR    scratch for checkpoints and the synthetic model (default
 #                    /tmp/shardtune-bench: put it on the disk you care about)
-#   SHARED_DATA=DIR  the shared real data (default ../shared/data)
 #   ONLY="step parallel ckpt tokenize convert"   run a subset
 #   QUIET_WAIT=S     before each command wait up to S seconds for an idle
 #                    machine (a shared node); after each command the log says
@@ -24,7 +23,6 @@ BIN=${BIN:-bin/shardtune}
 B=$BUILD/benchmarks
 OUT=$BUILD/bench
 SCRATCH=${BENCH_DIR:-/tmp/shardtune-bench}
-SHARED=${SHARED_DATA:-../shared/data}
 QUICK=${QUICK:-0}
 ONLY=${ONLY:-step parallel ckpt tokenize convert}
 QUIET_WAIT=${QUIET_WAIT:-0}
@@ -174,21 +172,15 @@ if want ckpt; then
 fi
 
 # ---- 4. tokenization and prepare ------------------------------------------------
-if want tokenize && [ ! -d "$SHARED/gpt2-bpe" ]; then
-  section "4. tokenizers: skipped, $SHARED (SHARED_DATA) has no gpt2-bpe/, medquad/, hh-rlhf/"
-elif want tokenize; then
+if want tokenize; then
   section "4. tokenizers on one core, and shardtune prepare on 1 and 2 ranks"
-  GPT2="gpt2:$SHARED/gpt2-bpe"
+  GPT2="gpt2:data/gpt2-bpe"
   REPS=5; [ "$QUICK" = 1 ] && REPS=1
   # banking77: the text column (the category is the last field)
   tail -n +2 data/banking77/train.csv | sed 's/,[^,]*$//' > "$SCRATCH/banking77.txt"
-  # MedQuAD: the answers of every XML file, tags stripped crudely (a throughput input only)
-  rm -rf "$SCRATCH/medquad" && mkdir -p "$SCRATCH/medquad"
-  tar xzf "$SHARED/medquad/medquad-xml.tar.gz" -C "$SCRATCH/medquad"
-  find "$SCRATCH/medquad" -name '*.xml' -print0 | sort -z | xargs -0 cat \
-    | perl -0777 -ne 'print "$1\n" while /<Answer>(.*?)<\/Answer>/gs' \
-    | sed 's/<[^>]*>//g; s/^[[:space:]]*//' | grep -v '^$' > "$SCRATCH/medquad.txt"
-  rm -rf "$SCRATCH/medquad"
+  # MedQuAD: every answer, one per line (a throughput input only)
+  zcat data/medquad/medquad-qa.jsonl.gz | python3 -c 'import sys, json
+for l in sys.stdin: print(" ".join(json.loads(l)["answer"].split()))' > "$SCRATCH/medquad.txt"
   for f in banking77 medquad; do
     run OMP_NUM_THREADS=1 "$B/bench_tokenize" "$GPT2" "$SCRATCH/$f.txt" $REPS
     run OMP_NUM_THREADS=1 "$B/bench_tokenize" byte "$SCRATCH/$f.txt" $REPS
@@ -197,7 +189,7 @@ elif want tokenize; then
     run OMP_NUM_THREADS=1 bash -c 'timed "$@"' - prepare "${MPIRUN[@]}" -np $np "$BIN" prepare \
         --input data/banking77/train.csv --format text --text-col text --tokenizer "$GPT2" --out "$SCRATCH/b77.h5"
     run OMP_NUM_THREADS=1 bash -c 'timed "$@"' - prepare "${MPIRUN[@]}" -np $np "$BIN" prepare \
-        --input "$SHARED/hh-rlhf/harmless-base-test.jsonl.gz" --tokenizer "$GPT2" --out "$SCRATCH/hh.h5"
+        --input data/hh-rlhf/harmless-base-test.jsonl.gz --tokenizer "$GPT2" --out "$SCRATCH/hh.h5"
   done
   rm -f "$SCRATCH/b77.h5" "$SCRATCH/hh.h5" "$SCRATCH/banking77.txt" "$SCRATCH/medquad.txt"
 fi

@@ -14,9 +14,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/shardtune}
 OUT=runs/hh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-SHARED=${SHARED_DATA:-../shared/data}
 mkdir -p $OUT runs/banking
-"$BIN" prepare --input "$SHARED/hh-rlhf/harmless-base-test.jsonl.gz" --tokenizer byte --max-len 128 \
+"$BIN" prepare --input data/hh-rlhf/harmless-base-test.jsonl.gz --tokenizer byte --max-len 128 \
     --val-fraction 0.1 --out $OUT/pairs-byte128.h5 | tail -n 4
 mpirun --bind-to none -np 2 "$BIN" train jobs/recipes/hh-reward.yaml "$@" | grep -v '^  '
 

@@ -323,3 +323,19 @@ void th_gpt2_stand_in(int b, char out[3])
     if (cp < 128) out[0] = (char)cp, out[1] = 0;
     else out[0] = (char)(0xC0 | (cp >> 6)), out[1] = (char)(0x80 | (cp & 63)), out[2] = 0;
 }
+
+const char *th_data_path(const char *rel)
+{
+    static char buf[8][4096];
+    static int k;
+    char *b = buf[k++ % 8];
+    snprintf(b, sizeof buf[0], "data/%s", rel);
+    if (access(b, R_OK) == 0) return b;
+    const char *root = getenv("SHARDTUNE_ROOT");
+    if (root) {
+        snprintf(b, sizeof buf[0], "%s/data/%s", root, rel);
+        if (access(b, R_OK) == 0) return b;
+    }
+    ck_abort_msg("data/%s not found: run from the repository root or set SHARDTUNE_ROOT", rel);
+    return NULL;
+}

@@ -31,6 +31,10 @@ void th_rm_rf(const char *dir);
 /* GPT-2's byte -> stand-in character (bytes_to_unicode), written from its
  * definition independently of io/tok_bpe.c: out is NUL-terminated UTF-8. */
 void th_gpt2_stand_in(int b, char out[3]);
+/* A file or folder shipped in the repository's data/ (rel: "llama2c/stories260K.bin"),
+ * found from the repository root or $SHARDTUNE_ROOT; the test fails naming the
+ * path when it is missing. Returns one of 8 rotating static buffers. */
+const char *th_data_path(const char *rel);
 /* Write n bytes to path; the test fails if that is not possible. */
 void th_write_file(const char *path, const void *data, size_t n);
 /* path's bytes, NUL-terminated, malloc'd (*n = their count; n may be NULL);

@@ -38,22 +38,6 @@ static char B77[512]; /* banking77 prepared once */
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static const char *data_path(const char *rel)
-{
-    static char buf[4][4096];
-    static int k;
-    char *b = buf[k++ % 4];
-    snprintf(b, 4096, "../shared/data/%s", rel);
-    if (access(b, R_OK) == 0) return b;
-    const char *root = getenv("SHARDTUNE_ROOT");
-    if (root) {
-        snprintf(b, 4096, "%s/../shared/data/%s", root, rel);
-        if (access(b, R_OK) == 0) return b;
-    }
-    ck_abort_msg("%s not found under ../shared/data (run from the repository root or set SHARDTUNE_ROOT)", rel);
-    return NULL;
-}
-
 static const char *tmp_path(const char *name)
 {
     static char buf[8][512];
@@ -224,7 +208,7 @@ static const char *b77(void)
 {
     if (!B77[0]) {
         snprintf(B77, sizeof B77, "%s", tmp_path("b77.h5"));
-        must_prepare(data_path("banking77/train.csv"), B77, NULL, NULL);
+        must_prepare(th_data_path("banking77/train.csv"), B77, NULL, NULL);
     }
     return B77;
 }
@@ -233,7 +217,7 @@ static const char *b77(void)
 
 START_TEST(test_banking77)
 {
-    csv_rows rows = read_csv_rows(data_path("banking77/train.csv"));
+    csv_rows rows = read_csv_rows(th_data_path("banking77/train.csv"));
     ck_assert_int_eq(rows.n, 10003); /* SOURCES.md says 10,003 */
     st_dataset *ds = open_ds(b77());
     st_tokenizer *tok = NULL;
@@ -247,7 +231,7 @@ START_TEST(test_banking77)
     ck_assert_int_eq(st_dataset_num_labels(ds), 77);
     /* names sorted, and exactly the names of categories.json */
     size_t jn;
-    char *json = th_read_file(data_path("banking77/categories.json"), &jn);
+    char *json = th_read_file(th_data_path("banking77/categories.json"), &jn);
     cJSON *cats = cJSON_Parse(json);
     ck_assert_int_eq(cJSON_GetArraySize(cats), 77);
     for (int i = 0; i < 77; i++) {
@@ -287,10 +271,10 @@ END_TEST
 START_TEST(test_label_names_file)
 {
     const char *out = tmp_path("b77_fixed.h5");
-    must_prepare(data_path("banking77/test.csv"), out, "--label-names", data_path("banking77/categories.json"));
+    must_prepare(th_data_path("banking77/test.csv"), out, "--label-names", th_data_path("banking77/categories.json"));
     st_dataset *ds = open_ds(out);
     size_t jn;
-    char *json = th_read_file(data_path("banking77/categories.json"), &jn);
+    char *json = th_read_file(th_data_path("banking77/categories.json"), &jn);
     cJSON *cats = cJSON_Parse(json);
     for (int i = 0; i < 77; i++)
         ck_assert_str_eq(st_dataset_label_name(ds, i), cJSON_GetArrayItem(cats, i)->valuestring);
@@ -318,7 +302,7 @@ static int64_t gz_lines(const char *path)
 
 START_TEST(test_hh_pref)
 {
-    const char *in = data_path("hh-rlhf/harmless-base-test.jsonl.gz");
+    const char *in = th_data_path("hh-rlhf/harmless-base-test.jsonl.gz");
     const char *out = tmp_path("hh.h5");
     must_prepare(in, out, "--max-len", "1000000");
     st_dataset *ds = open_ds(out);

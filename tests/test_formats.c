@@ -111,28 +111,6 @@ static void expect_error(st_err got, st_err want, const char *s1, const char *s2
     st_error_clear();
 }
 
-static const char *stories_path(void)
-{
-    static char buf[4096];
-    const char *rel = "../shared/data/llama2c/stories260K.bin";
-    if (access(rel, R_OK) == 0) return rel;
-    const char *root = getenv("SHARDTUNE_ROOT");
-    snprintf(buf, sizeof buf, "%s/%s", root ? root : "/work/main", rel);
-    if (access(buf, R_OK) == 0) return buf;
-    ck_abort_msg("stories260K.bin not found at %s", rel);
-    return NULL;
-}
-
-static const char *gpt2_bpe_dir(void)
-{
-    static char buf[4096];
-    const char *rel = "../shared/data/gpt2-bpe";
-    if (access("../shared/data/gpt2-bpe/vocab.bpe", R_OK) == 0) return rel;
-    const char *root = getenv("SHARDTUNE_ROOT");
-    snprintf(buf, sizeof buf, "%s/%s", root ? root : "/work/main", rel);
-    return buf;
-}
-
 /* ---- running the commands in-process ---- */
 
 static st_err run_convert(const char *src, const char *out, const char *extra)
@@ -1027,8 +1005,8 @@ START_TEST(test_roundtrip_llama2c)
     path_in(ckpt2, sizeof ckpt2, "stories_2.h5");
     st_config cfg;
     float *orig;
-    ck_assert_int_eq(st_llama2c_read(stories_path(), &cfg, &orig), ST_OK);
-    ck_assert_int_eq(run_convert(stories_path(), ckpt, NULL), ST_OK);
+    ck_assert_int_eq(st_llama2c_read(th_data_path("llama2c/stories260K.bin"), &cfg, &orig), ST_OK);
+    ck_assert_int_eq(run_convert(th_data_path("llama2c/stories260K.bin"), ckpt, NULL), ST_OK);
     snprintf(to, sizeof to, "hf:%s", out);
     ck_assert_int_eq(run_export(ckpt, to, "f32"), ST_OK);
     ck_assert_int_eq(run_convert(out, ckpt2, NULL), ST_OK);   /* no tokenizer.json: a warning */
@@ -1278,7 +1256,7 @@ static void tokenizer_round_trip(const char *tag, const char *spec, int vocab)
 START_TEST(test_tokenizer_export_gpt2)
 {
     char spec[600];
-    snprintf(spec, sizeof spec, "gpt2:%s", gpt2_bpe_dir());
+    snprintf(spec, sizeof spec, "gpt2:%s", th_data_path("gpt2-bpe"));
     tokenizer_round_trip("tok_gpt2", spec, 50257);
 }
 END_TEST
@@ -1426,9 +1404,9 @@ END_TEST
 START_TEST(test_gguf_gpt2_tokenizer)
 {
     char spec[600], enc[600], bpe[600];
-    snprintf(spec, sizeof spec, "gpt2:%s", gpt2_bpe_dir());
-    snprintf(enc, sizeof enc, "%s/encoder.json", gpt2_bpe_dir());
-    snprintf(bpe, sizeof bpe, "%s/vocab.bpe", gpt2_bpe_dir());
+    snprintf(spec, sizeof spec, "gpt2:%s", th_data_path("gpt2-bpe"));
+    snprintf(enc, sizeof enc, "%s/encoder.json", th_data_path("gpt2-bpe"));
+    snprintf(bpe, sizeof bpe, "%s/vocab.bpe", th_data_path("gpt2-bpe"));
     st_tokenizer *tok;
     ck_assert_int_eq(st_tokenizer_load(&tok, spec), ST_OK);
     st_config cfg = gpt2_cfg();

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "harness.h"
 #include "llama2c.h"
 #include "llmc.h"
 #include "params.h"
@@ -24,21 +25,6 @@
 #include "rng.h"
 
 /* ---- helpers ------------------------------------------------------------ */
-
-/* stories260K.bin, from the repository root or $SHARDTUNE_ROOT. */
-static const char *stories_path(void)
-{
-    static char buf[4096];
-    const char *rel = "../shared/data/llama2c/stories260K.bin";
-    if (access(rel, R_OK) == 0) return rel;
-    const char *root = getenv("SHARDTUNE_ROOT");
-    if (root) {
-        snprintf(buf, sizeof buf, "%s/%s", root, rel);
-        if (access(buf, R_OK) == 0) return buf;
-    }
-    ck_abort_msg("stories260K.bin not found at %s (run from the repository root or set SHARDTUNE_ROOT)", rel);
-    return NULL;
-}
 
 static unsigned char *slurp(const char *path, long *size)
 {
@@ -125,7 +111,7 @@ enum {
 
 START_TEST(test_stories_header)
 {
-    const char *path = stories_path();
+    const char *path = th_data_path("llama2c/stories260K.bin");
     st_config cfg;
     float *w = NULL;
     ck_assert_msg(st_llama2c_read(path, &cfg, &w) == ST_OK, "%s", st_error_message());
@@ -158,7 +144,7 @@ END_TEST
 
 START_TEST(test_stories_placement)
 {
-    const char *path = stories_path();
+    const char *path = th_data_path("llama2c/stories260K.bin");
     st_config cfg;
     float *w = NULL;
     ck_assert_msg(st_llama2c_read(path, &cfg, &w) == ST_OK, "%s", st_error_message());
@@ -228,7 +214,7 @@ static void scores(double *s, const double *q, const double *k)
 
 START_TEST(test_stories_rope_permutation)
 {
-    const char *path = stories_path();
+    const char *path = th_data_path("llama2c/stories260K.bin");
     st_config cfg;
     float *w = NULL;
     ck_assert_msg(st_llama2c_read(path, &cfg, &w) == ST_OK, "%s", st_error_message());
@@ -307,7 +293,7 @@ END_TEST
 
 START_TEST(test_roundtrip_stories)
 {
-    const char *path = stories_path();
+    const char *path = th_data_path("llama2c/stories260K.bin");
     char out[64];
     tmp_name(out, sizeof out, "rt");
     st_config c1, c2;
@@ -426,7 +412,7 @@ static st_err read_l2c(const char *path)
 
 START_TEST(test_l2c_hostile_sizes)
 {
-    const char *path = stories_path();
+    const char *path = th_data_path("llama2c/stories260K.bin");
     char t[64];
     tmp_name(t, sizeof t, "hostile");
     long size;

@@ -26,16 +26,6 @@
 static char DIR_[256];
 static int RANK;
 
-static const char *data_path(const char *rel)
-{
-    static char buf[4096];
-    snprintf(buf, sizeof buf, "../shared/data/%s", rel);
-    if (access(buf, R_OK) == 0) return buf;
-    const char *root = getenv("SHARDTUNE_ROOT");
-    if (root) snprintf(buf, sizeof buf, "%s/../shared/data/%s", root, rel);
-    return buf;
-}
-
 static const char *tmp_path(const char *name)
 {
     static char buf[4][512];
@@ -108,7 +98,7 @@ static void check_source(const char *src, const char *tag, st_err (*read_whole)(
 START_TEST(test_llama2c_stories)
 {
     /* no tokenizer.bin beside it here: the checkpoints store none (a warning) */
-    check_source(data_path("llama2c/stories260K.bin"), "l2c", st_llama2c_read, NULL, 0);
+    check_source(th_data_path("llama2c/stories260K.bin"), "l2c", st_llama2c_read, NULL, 0);
 }
 END_TEST
 
@@ -132,7 +122,7 @@ START_TEST(test_hf_gpt2)
     if (RANK == 0) write_gpt2_dir(tmp_path("gpt2_bf16"), ST_DT_BF16);
     MPI_Barrier(MPI_COMM_WORLD);
     char tok[4200];
-    snprintf(tok, sizeof tok, "gpt2:%s", data_path("gpt2-bpe"));
+    snprintf(tok, sizeof tok, "gpt2:%s", th_data_path("gpt2-bpe"));
     /* the vocabulary (50257) is larger than the model's 301: refused on both ranks */
     st_err e = convert_on(MPI_COMM_WORLD, tmp_path("gpt2_f32"), tmp_path("nope.h5"), tok);
     ck_assert_int_eq(e, ST_ERR_ARG);

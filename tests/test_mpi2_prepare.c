@@ -20,18 +20,6 @@
 static char DIR_[256];
 static int RANK;
 
-static const char *data_path(const char *rel)
-{
-    static char buf[4][4096];
-    static int k;
-    char *b = buf[k++ % 4];
-    snprintf(b, 4096, "../shared/data/%s", rel);
-    if (access(b, R_OK) == 0) return b;
-    const char *root = getenv("SHARDTUNE_ROOT");
-    if (root) snprintf(b, 4096, "%s/../shared/data/%s", root, rel);
-    return b;
-}
-
 /* prepare on comm: argv = "prepare" + the NULL-terminated list. */
 static st_err prepare_on(MPI_Comm comm, const char *first, ...)
 {
@@ -142,13 +130,13 @@ static const char *fixture(const char *name, const char *text)
 
 START_TEST(test_banking77_any_ranks)
 {
-    check_same(data_path("banking77/train.csv"), "b77", "--seed", "5");
+    check_same(th_data_path("banking77/train.csv"), "b77", "--seed", "5");
 }
 END_TEST
 
 START_TEST(test_hh_any_ranks)
 {
-    check_same(data_path("hh-rlhf/harmless-base-test.jsonl.gz"), "hh", "--max-len", "256");
+    check_same(th_data_path("hh-rlhf/harmless-base-test.jsonl.gz"), "hh", "--max-len", "256");
 }
 END_TEST
 

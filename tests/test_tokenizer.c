@@ -24,21 +24,6 @@
 
 /* ---- helpers ---- */
 
-static const char *gpt2_dir(void)
-{
-    static char path[4096];
-    if (access("../shared/data/gpt2-bpe/encoder.json", R_OK) == 0) return "../shared/data/gpt2-bpe";
-    const char *root = getenv("SHARDTUNE_ROOT");
-    if (root) {
-        snprintf(path, sizeof(path), "%s/../shared/data/gpt2-bpe", root);
-        char f[4200];
-        snprintf(f, sizeof(f), "%s/encoder.json", path);
-        if (access(f, R_OK) == 0) return path;
-    }
-    ck_abort_msg("GPT-2 vocabulary not found: run from the repo root (../shared/data/gpt2-bpe) or set SHARDTUNE_ROOT");
-    return NULL;
-}
-
 static st_tokenizer *load_ok(const char *spec)
 {
     st_tokenizer *t = NULL;
@@ -50,7 +35,7 @@ static st_tokenizer *load_ok(const char *spec)
 static st_tokenizer *load_gpt2(void)
 {
     char spec[4200];
-    snprintf(spec, sizeof(spec), "gpt2:%s", gpt2_dir());
+    snprintf(spec, sizeof(spec), "gpt2:%s", th_data_path("gpt2-bpe"));
     return load_ok(spec);
 }
 
@@ -550,10 +535,10 @@ static char *hf_from_gpt2(const char *pre)
 {
     char *p = NULL;
     size_t n;
-    ck_assert(asprintf(&p, "%s/encoder.json", gpt2_dir()) > 0);
+    ck_assert(asprintf(&p, "%s/encoder.json", th_data_path("gpt2-bpe")) > 0);
     char *encj = th_read_file(p, &n);
     free(p);
-    ck_assert(asprintf(&p, "%s/vocab.bpe", gpt2_dir()) > 0);
+    ck_assert(asprintf(&p, "%s/vocab.bpe", th_data_path("gpt2-bpe")) > 0);
     char *bpe = th_read_file(p, &n);
     free(p);
     cJSON *root = cJSON_CreateObject(), *model = cJSON_CreateObject(), *merges = cJSON_CreateArray();
@@ -888,7 +873,7 @@ static uint8_t *llmc_tokenizer_file(size_t *len)
 {
     size_t n;
     char *p = NULL;
-    ck_assert(asprintf(&p, "%s/encoder.json", gpt2_dir()) > 0);
+    ck_assert(asprintf(&p, "%s/encoder.json", th_data_path("gpt2-bpe")) > 0);
     char *encj = th_read_file(p, &n);
     free(p);
     cJSON *j = cJSON_Parse(encj);
@@ -964,13 +949,13 @@ START_TEST(llmc_matches_gpt2)
     expect_same_ids(l, g, eot, strlen(eot), 1);
     expect_same_ids(l, g, eot, strlen(eot), 0);
     char *p = NULL;
-    ck_assert(asprintf(&p, "%s/../banking77/train.csv", gpt2_dir()) > 0);
+    ck_assert(asprintf(&p, "%s/../banking77/train.csv", th_data_path("gpt2-bpe")) > 0);
     char *csv = th_read_file(p, &n);
     free(p);
     expect_same_ids(l, g, csv, n, 0);
     expect_roundtrip(l, csv, n);
     free(csv);
-    ck_assert(asprintf(&p, "%s/../hh-rlhf/harmless-base-test.jsonl.gz", gpt2_dir()) > 0);
+    ck_assert(asprintf(&p, "%s/../hh-rlhf/harmless-base-test.jsonl.gz", th_data_path("gpt2-bpe")) > 0);
     gzFile gz = gzopen(p, "rb");
     ck_assert_msg(gz, "cannot read %s", p);
     free(p);
@@ -1044,7 +1029,7 @@ START_TEST(hostile_gpt2_files)
 {
     size_t n;
     char *p = NULL;
-    ck_assert(asprintf(&p, "%s/encoder.json", gpt2_dir()) > 0);
+    ck_assert(asprintf(&p, "%s/encoder.json", th_data_path("gpt2-bpe")) > 0);
     char *encj = th_read_file(p, &n);
     free(p);
     static const char merges[] = "#version: 0.2\nz q\n";   /* "zq" is not a GPT-2 token */

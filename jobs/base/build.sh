@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 BIN=${BIN:-bin/shardtune}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p runs/base data/base
-python3 jobs/base/corpus.py data/banking77/train.csv ../shared/data/medquad/medquad-xml.tar.gz runs/base/corpus.jsonl
+python3 jobs/base/corpus.py data/banking77/train.csv data/medquad/medquad-qa.jsonl.gz runs/base/corpus.jsonl
 mpirun --bind-to none -np 2 "$BIN" prepare --input runs/base/corpus.jsonl --format text --tokenizer byte \
     --out runs/base/corpus.h5
 mpirun --bind-to none -np 2 "$BIN" train jobs/recipes/base-pretrain.yaml 2>&1 | tee data/base/pretrain.log

@@ -13,8 +13,8 @@
  *        vocab.bpe); a tokenizer that loads must then encode and decode
  *        without trouble
  *   5    the rest is a raw blob (framing), kind from the next byte
- *   6    the rest is text for the byte, gpt2 (../shared/data/gpt2-bpe or
- *        $SHARDTUNE_ROOT/../shared/data/gpt2-bpe, if present) and a small
+ *   6    the rest is text for the byte, gpt2 (data/gpt2-bpe from the
+ *        repository root or $SHARDTUNE_ROOT, if present) and a small
  *        llama2c tokenizer; valid UTF-8 must round-trip exactly
  */
 #include <stdint.h>
@@ -108,9 +108,9 @@ static st_tokenizer *gpt2(void)
     char spec[4200];
     const char *root = getenv("SHARDTUNE_ROOT");
     st_tokenizer *t = NULL;
-    if (st_tokenizer_load(&t, "gpt2:../shared/data/gpt2-bpe") == ST_OK) return t;
+    if (st_tokenizer_load(&t, "gpt2:data/gpt2-bpe") == ST_OK) return t;
     if (root) {
-        snprintf(spec, sizeof(spec), "gpt2:%s/../shared/data/gpt2-bpe", root);
+        snprintf(spec, sizeof(spec), "gpt2:%s/data/gpt2-bpe", root);
         if (st_tokenizer_load(&t, spec) == ST_OK) return t;
     }
     return NULL;
