@@ -4,6 +4,7 @@
 #   make check    deps + build + every test (serial and MPI)
 #   make demo     deps + build + a 2-rank fine-tuning demo
 #   make bench    deps + build + benchmarks (numbers go to benchmarks/RESULTS.md by hand)
+#   make interop  deps + build + checks against llama.cpp, Hugging Face tokenizers/jinja, sentencepiece
 #   make check SANITIZE=address,undefined   the same tests under sanitizers
 
 PKGS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
@@ -37,7 +38,7 @@ BENCH_SRC := $(wildcard benchmarks/*.c)
 BENCH_BIN := $(BENCH_SRC:benchmarks/%.c=$(BUILD)/benchmarks/%)
 BIN      := bin/shardtune$(if $(SANITIZE),-san)
 
-.PHONY: all deps check test demo bench clean fuzz
+.PHONY: all deps check test demo bench clean fuzz interop
 all: $(BIN)
 
 # Installs only what is missing; silent when everything is there.
@@ -76,6 +77,14 @@ check: deps
 demo: deps
 	@$(MAKE) --no-print-directory $(BIN)
 	@BIN=$(BIN) bash jobs/demo.sh
+
+# The real tools come from Debian (python3-*) and npm (tests/interop/package.json).
+INTEROP_PKGS := python3 python3-sentencepiece python3-jinja2
+interop: deps
+	@$(MAKE) --no-print-directory deps PKGS="$(INTEROP_PKGS)"
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps PKGS="nodejs npm"
+	@$(MAKE) --no-print-directory $(BIN)
+	@BIN=$(BIN) bash tests/interop/run.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory $(BIN) $(BENCH_BIN)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make interop: shardtune checked against the tools users already have.
+# Installs the npm packages of package.json (prebuilt binaries only: nothing is
+# downloaded at run time or built) and the Debian packages the Python checks
+# import, then runs every tests/interop/check_* and prints each one's
+# agreement lines. Exit status: nonzero when any check disagrees.
+set -uo pipefail
+cd "$(dirname "$0")"
+export NODE_LLAMA_CPP_SKIP_DOWNLOAD=true
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error || exit 1
+fi
+export SHARDTUNE_ROOT="$(cd ../.. && pwd)"
+export SHARDTUNE_BIN="$SHARDTUNE_ROOT/${BIN:-bin/shardtune}"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+pass=0; fail=0; failed=()
+for c in check_*; do
+  [ -x "$c" ] || continue
+  echo "=== $c"
+  if ./"$c"; then pass=$((pass+1)); else fail=$((fail+1)); failed+=("$c"); fi
+done
+[ ${#failed[@]} -gt 0 ] && echo "failed: ${failed[*]}"
+echo "interop: $pass agreed, $fail disagreed"
+[ "$fail" -eq 0 ]
