@@ -8,12 +8,12 @@
 #   make check SANITIZE=address,undefined   the same tests under sanitizers
 
 PKGS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
-        libdnnl-dev check zlib1g-dev libcjson-dev libpcre2-dev libyaml-dev gnuplot-nox time
+        libdnnl-dev check zlib1g-dev libcjson-dev libpcre2-dev libyaml-dev gnuplot-nox time python3
 
 CC      := mpicc
 PKGCONF := hdf5-openmpi libcjson libpcre2-8 yaml-0.1
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Isrc -Impi -Iio
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -I. -Isrc
 ifdef CI
 CFLAGS  += -Werror
 endif
@@ -24,12 +24,16 @@ BUILD   := build-san
 else
 BUILD   := build
 endif
-DEPS_CFLAGS = $(shell pkg-config --cflags $(PKGCONF) 2>/dev/null)
-DEPS_LIBS   = $(shell pkg-config --libs $(PKGCONF) 2>/dev/null) -ldnnl -lz -lm
-CHECK_LIBS  = $(shell pkg-config --libs check 2>/dev/null)
+# pkg-config runs only when a target builds (after `deps` installed it);
+# its errors are shown, and stop the build.
+DEPS_CFLAGS = $(shell pkg-config --cflags $(PKGCONF) || echo PKG_CONFIG_FAILED)
+DEPS_LIBS   = $(shell pkg-config --libs $(PKGCONF) || echo PKG_CONFIG_FAILED) -ldnnl -lz -lm
+CHECK_LIBS  = $(shell pkg-config --libs check || echo PKG_CONFIG_FAILED)
 
-LIB_SRC  := $(wildcard src/*.c mpi/*.c io/*.c)
-LIB_SRC  := $(filter-out src/main.c,$(LIB_SRC))
+# Layers, bottom to top (DESIGN.md; tests/check_layers.py enforces them):
+# src/core, src/kernels, mpi, src/model, io (io/tok, io/chat, io/formats), src/cmd.
+LIB_SRC  := $(wildcard src/core/*.c src/kernels/*.c mpi/*.c src/model/*.c io/*.c io/*/*.c src/cmd/*.c)
+LIB_SRC  := $(filter-out src/cmd/main.c,$(LIB_SRC))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -37,6 +41,9 @@ TEST_HELPERS := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
 BENCH_SRC := $(wildcard benchmarks/*.c)
 BENCH_BIN := $(BENCH_SRC:benchmarks/%.c=$(BUILD)/benchmarks/%)
 BIN      := bin/shardtune$(if $(SANITIZE),-san)
+
+# keep the objects of tests and benchmarks (make would delete them as intermediates)
+.SECONDARY: $(TEST_BIN:=.o) $(BENCH_BIN:=.o)
 
 .PHONY: all deps check test demo bench clean fuzz interop
 all: $(BIN)
@@ -50,28 +57,32 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(BUILD)/%.o: %.c $(wildcard src/*.h mpi/*.h io/*.h)
+# -MMD -MP: each object depends on the headers it includes, no more.
+$(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(DEPS_CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(DEPS_CFLAGS) -MMD -MP -c $< -o $@
+-include $(LIB_OBJ:.o=.d) $(BUILD)/src/cmd/main.d
 
 $(BUILD)/libshardtune.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BIN): $(BUILD)/src/main.o $(BUILD)/libshardtune.a
+$(BIN): $(BUILD)/src/cmd/main.o $(BUILD)/libshardtune.a
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(DEPS_LIBS)
 
-$(BUILD)/tests/%: tests/%.c $(TEST_HELPERS) $(wildcard tests/*.h) $(BUILD)/libshardtune.a
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(DEPS_CFLAGS) -Itests $< $(TEST_HELPERS) -o $@ $(LDFLAGS) $(BUILD)/libshardtune.a $(DEPS_LIBS) $(CHECK_LIBS)
+TEST_HELPER_OBJ := $(TEST_HELPERS:%.c=$(BUILD)/%.o)
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_HELPER_OBJ) $(BUILD)/libshardtune.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(DEPS_LIBS) $(CHECK_LIBS)
+-include $(TEST_BIN:=.d) $(TEST_HELPER_OBJ:.o=.d)
 
-$(BUILD)/benchmarks/%: benchmarks/%.c $(BUILD)/libshardtune.a
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(DEPS_CFLAGS) $< -o $@ $(LDFLAGS) $(BUILD)/libshardtune.a $(DEPS_LIBS)
+$(BUILD)/benchmarks/%: $(BUILD)/benchmarks/%.o $(BUILD)/libshardtune.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(DEPS_LIBS)
+-include $(BENCH_BIN:=.d)
 
 check: deps
 	@$(MAKE) --no-print-directory $(BIN) $(TEST_BIN)
+	@python3 tests/check_layers.py $(BUILD)
 	@BUILD=$(BUILD) BIN=$(BIN) bash tests/run.sh $(TEST_BIN)
 
 demo: deps
@@ -93,15 +104,14 @@ bench: deps
 # libFuzzer harnesses for the parsers of outside files (JSONL/CSV, tokenizer
 # files, safetensors, GGUF), each run for FUZZ_SECONDS. Needs clang.
 FUZZ_SECONDS ?= 60
-FUZZ_SRC := io/jsonl.c io/csv.c io/template.c io/chat_template.c $(wildcard io/jinja_*.c) io/tokenizer.c \
-            $(wildcard io/tok_*.c) io/gguf.c io/safetensors.c io/llama2c.c io/llmc.c io/hf.c io/model_source.c \
-            io/binfile.c src/params.c src/config.c src/rng.c src/err.c
+FUZZ_SRC := io/jsonl.c io/csv.c $(wildcard io/chat/*.c) $(wildcard io/tok/*.c) $(wildcard io/formats/*.c) \
+            io/binfile.c src/core/params.c src/core/config.c src/core/rng.c src/core/err.c
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz needs clang (apt-get install clang)"; exit 1; }
 	@mkdir -p build/fuzz
 	@set -e; for h in tests/fuzz/fuzz_*.c; do n=$$(basename $$h .c); \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	    -Isrc -Iio $$(pkg-config --cflags libcjson libpcre2-8) $$h $(FUZZ_SRC) \
+	    -I. -Isrc $$(pkg-config --cflags libcjson libpcre2-8) $$h $(FUZZ_SRC) \
 	    $$(pkg-config --libs libcjson libpcre2-8) -lz -lm -o build/fuzz/$$n; \
 	  mkdir -p build/fuzz/$$n.corpus; echo "== $$n ($(FUZZ_SECONDS) s)"; \
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/$$n.corpus \

@@ -18,7 +18,7 @@
  * online discard (this machine's ext4), freeing a 1.5 GB file makes the next
  * writes wait for the discards, which would charge one file's deletion to
  * the next one's write. Times are wall times between barriers. Like
- * src/main.c, this sets OMPI_MCA_fcoll=individual unless the environment sets
+ * src/cmd/main.c, this sets OMPI_MCA_fcoll=individual unless the environment sets
  * it (benchmarks/run.sh measures both).
  */
 #include <fcntl.h>
@@ -29,10 +29,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "grid.h"
-#include "params.h"
-#include "perf.h"
+#include "core/params.h"
+#include "core/timer.h"
+#include "io/checkpoint.h"
+#include "mpi/grid.h"
 
 /* Drop path's cached pages (clean after the save's fsync) so a load reads
  * the disk. Affects this file only. */
@@ -98,7 +98,7 @@ static st_err run(int argc, char **argv)
     st_layout lay;
     ST_TRY(st_layout_init(&lay, &cfg, g.tp_size, g.tp_rank));
     /* moments: this rank's ZeRO-1 slice over dp, or (no ZeRO) all of them on
-     * dp rank 0 only, as src/train.c saves them */
+     * dp rank 0 only, as src/cmd/train.c saves them */
     size_t n = lay.numel, d = (size_t)g.dp_size, r = (size_t)g.dp_rank;
     size_t ob = zero ? n * r / d : 0, oe = zero ? n * (r + 1) / d : (r == 0 ? n : 0);
     float *params, *m, *v;
@@ -191,7 +191,7 @@ static st_err run(int argc, char **argv)
 int main(int argc, char **argv)
 {
     int provided = 0, rank = 0;
-    setenv("OMPI_MCA_fcoll", "individual", 0); /* src/main.c's default */
+    setenv("OMPI_MCA_fcoll", "individual", 0); /* src/cmd/main.c's default */
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     st_err e = run(argc, argv);

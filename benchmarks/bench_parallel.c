@@ -1,4 +1,4 @@
-/* bench_parallel.c: the training step of src/train.c on a tp x dp grid, with
+/* bench_parallel.c: the training step of src/cmd/train.c on a tp x dp grid, with
  * random tokens instead of a dataset, timed. Reports tokens/s, MFU against
  * the oneDNN matmul rate measured on every rank, where the step's time went,
  * and the bytes the tp and dp collectives moved per step next to the bytes the
@@ -10,7 +10,7 @@
  * B is the micro-batch of one dp rank; a step is micro micro-batches on each
  * dp rank, so the global batch is B * micro * dp rows of T tokens. Every
  * position counts, so the mean over the global batch is a fixed scale given
- * to the forward pass (src/train.c counts masked tokens and rescales the
+ * to the forward pass (src/cmd/train.c counts masked tokens and rescales the
  * gradients instead: one more memory pass over them).
  */
 #include <math.h>
@@ -19,13 +19,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commstats.h"
-#include "dp.h"
-#include "grid.h"
-#include "model.h"
-#include "optim.h"
-#include "perf.h"
-#include "rng.h"
+#include "core/rng.h"
+#include "core/timer.h"
+#include "kernels/peak.h"
+#include "model/model.h"
+#include "model/optim.h"
+#include "mpi/commstats.h"
+#include "mpi/dp.h"
+#include "mpi/grid.h"
 
 typedef struct {
     st_config cfg;
@@ -89,7 +90,7 @@ static st_err on_ready(void *ctx, size_t lo, size_t hi)
     return st_dp_bucket_ready(dp, m->grads, lo, hi);
 }
 
-/* One optimizer step as src/train.c's train_step does it: micro-batches of
+/* One optimizer step as src/cmd/train.c's train_step does it: micro-batches of
  * forward + backward (dp buckets start during the last backward), wait for
  * the dp reduction, global-norm clip, AdamW on the owned range, all-gather. */
 static st_err step(st_model *m, st_dp *dp, st_adamw *o, const st_grid *g, const bench_opts *op,
@@ -146,7 +147,7 @@ static st_err run(int argc, char **argv)
     st_optim_config oc;
     st_optim_config_default(&oc);
     ST_TRY(st_model_create(&m, &op.cfg, g.tp, B, T, 1, 1));
-    ST_TRY(st_dp_init(&dp, g.dp, m.lay.numel, op.zero, op.cfg.n_layer + 2));
+    ST_TRY(st_dp_init(&dp, g.dp, m.lay.numel, op.zero));
     size_t own_b, own_e;
     st_dp_owned(&dp, &own_b, &own_e);
     ST_TRY(st_adamw_init(&o, &m.lay, own_b, own_e, &oc));

@@ -10,10 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "model.h"
-#include "optim.h"
-#include "perf.h"
-#include "rng.h"
+#include "core/rng.h"
+#include "core/timer.h"
+#include "kernels/peak.h"
+#include "model/model.h"
+#include "model/optim.h"
 
 static int bench(const char *name, st_config cfg, int B, int T, int steps, double peak)
 {

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "perf.h"
-#include "tokenizer.h"
+#include "core/timer.h"
+#include "io/tok/tokenizer.h"
 
 static st_err read_all(const char *path, char **buf, size_t *n)
 {

@@ -1,7 +1,7 @@
 /* make_hf_model.c: writes a synthetic Hugging Face Llama model directory
  * (config.json + model.safetensors, F32 or BF16) for the conversion
  * benchmark, straight from the safetensors spec (8-byte little-endian header
- * length, JSON header, raw tensors) and independent of io/safetensors.c.
+ * length, JSON header, raw tensors) and independent of io/formats/safetensors.c.
  *
  *   build/benchmarks/make_hf_model DIR [L C H KV F V [F32|BF16]]
  *

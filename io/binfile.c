@@ -1,5 +1,5 @@
 /* binfile.c: see binfile.h. */
-#include "binfile.h"
+#include "io/binfile.h"
 
 #include <errno.h>
 #include <fcntl.h>

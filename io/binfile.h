@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
+#include "core/err.h"
 
 /* a * b and a + b; on overflow *ovf = 1 and the result is 0 */
 static inline int64_t st_smul(int64_t a, int64_t b, int *ovf)

@@ -15,7 +15,7 @@
  * leave each function together with the same status and nobody is left
  * waiting in a collective HDF5 call.
  */
-#include "checkpoint.h"
+#include "io/checkpoint.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -28,8 +28,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "h5util.h"
-#include "rng.h"
+#include "core/rng.h"
+#include "io/h5util.h"
 
 /* Elements per rank per H5Dwrite/H5Dread call: keeps every MPI-IO request
  * below 2 GiB, where some MPI-IO layers still count bytes in an int. */
@@ -364,38 +364,12 @@ static void error_headline(char *buf, size_t cap)
     buf[n] = '\0';
 }
 
-/* Broadcast a string (NULL allowed) from root; every rank ends up owning a
- * malloc'd copy in *out. */
-static st_err bcast_str(MPI_Comm comm, int root, const char *in, char **out)
-{
-    int me;
-    long long len = -1;
-    *out = NULL;
-    ST_MPI(MPI_Comm_rank(comm, &me));
-    if (me == root && in) len = (long long)strlen(in);
-    ST_MPI(MPI_Bcast(&len, 1, MPI_LONG_LONG, root, comm));
-    if (len < 0) return ST_OK;
-    if (len > INT_MAX - 1) ST_FAIL(ST_ERR_ARG, "string of %lld bytes is too long to broadcast", len);
-    char *p = malloc((size_t)len + 1);
-    int ok = p != NULL, all_ok;
-    ST_MPI(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, comm));
-    if (!all_ok) {
-        free(p);
-        ST_FAIL(ST_ERR_MEM, "out of memory broadcasting a string of %lld bytes", len);
-    }
-    if (me == root) memcpy(p, in, (size_t)len);
-    p[len] = '\0';
-    ST_MPI(MPI_Bcast(p, (int)len + 1, MPI_CHAR, root, comm));
-    *out = p;
-    return ST_OK;
-}
-
 /* Is v the same on every rank of comm? */
 static st_err same_everywhere(MPI_Comm comm, uint64_t v, int *same)
 {
-    uint64_t in[2] = {v, ~v}, out[2];
-    ST_MPI(MPI_Allreduce(in, out, 2, MPI_UINT64_T, MPI_MAX, comm));
-    *same = out[0] == ~out[1];
+    uint64_t x[2] = {v, ~v};
+    ST_TRY(st_allreduce(comm, x, 2, ST_M_U64, ST_OP_MAX));
+    *same = x[0] == ~x[1];
     return ST_OK;
 }
 
@@ -670,7 +644,7 @@ static void save_job_groups(save_job *j, const st_ckpt_tensors *t)
     }
 }
 
-/* Collective; fails only where every rank fails (MPI, memory agreed in bcast_str). */
+/* Collective; fails only where every rank fails (MPI, memory agreed in st_bcast_str). */
 static st_err save_job_init(save_job *j, const st_grid *g, const st_ckpt_tensors *t, const st_train_state *s,
                             const char *tok_kind, const uint8_t *tok_blob, size_t tok_n, long pause_ms,
                             long fail_after)
@@ -699,14 +673,14 @@ static st_err save_job_init(save_job *j, const st_grid *g, const st_ckpt_tensors
         j->tok_blob = tok_blob;
     }
     m->pause_ms = pause_ms, m->fail_after = fail_after;
-    ST_MPI(MPI_Bcast(m, (int)sizeof *m, MPI_BYTE, 0, g->world));
-    ST_TRY(bcast_str(g->world, 0, created, &j->created));
-    ST_TRY(bcast_str(g->world, 0, git, &j->git));
-    ST_TRY(bcast_str(g->world, 0, root && s ? s->recipe : NULL, &j->recipe));
-    ST_TRY(bcast_str(g->world, 0, root && s ? s->method : NULL, &j->method));
-    ST_TRY(bcast_str(g->world, 0, root ? tok_kind : NULL, &j->tok_kind));
+    ST_TRY(st_bcast(g->world, m, (int64_t)sizeof *m, ST_M_U8, 0));
+    ST_TRY(st_bcast_str(g->world, 0, created, &j->created));
+    ST_TRY(st_bcast_str(g->world, 0, git, &j->git));
+    ST_TRY(st_bcast_str(g->world, 0, root && s ? s->recipe : NULL, &j->recipe));
+    ST_TRY(st_bcast_str(g->world, 0, root && s ? s->method : NULL, &j->method));
+    ST_TRY(st_bcast_str(g->world, 0, root ? tok_kind : NULL, &j->tok_kind));
     for (int i = 0; i < t->n_sets; i++)
-        ST_TRY(bcast_str(g->world, 0, root ? t->sets[i].meta : NULL, &j->set_meta[i]));
+        ST_TRY(st_bcast_str(g->world, 0, root ? t->sets[i].meta : NULL, &j->set_meta[i]));
     save_job_groups(j, t);
     return ST_OK;
 }
@@ -740,8 +714,8 @@ static st_err save_coverage(save_job *j, const st_grid *g, const char *path)
             counts[2 * (at + i) + 1] = piece_index_sum(ti, a, b);
         }
     }
-    if (MPI_Allreduce(counts, all, 2 * total, MPI_UINT64_T, MPI_SUM, g->world) != MPI_SUCCESS)
-        ST_FAIL_GOTO(e, done, ST_ERR_MPI, "MPI_Allreduce of checkpoint slice counts failed");
+    memcpy(all, counts, sizeof *all * 2 * (size_t)total);
+    ST_TRY_GOTO(e, st_allreduce(g->world, all, 2 * total, ST_M_U64, ST_OP_SUM), done);
     for (int gi = 0, at = 0; gi < j->n_groups; at += j->groups[gi].lay->n_tensors, gi++) {
         const tgroup *gr = &j->groups[gi];
         for (int i = 0; i < gr->lay->n_tensors; i++) {
@@ -890,8 +864,7 @@ static void write_kick_add(write_kick *k, size_t bytes)
 /* The reduced checksums as attributes of the written tensors. Collective. */
 static st_err write_checksums(hid_t file, const save_job *j, const st_grid *g, const char *path)
 {
-    if (MPI_Allreduce(MPI_IN_PLACE, j->sums[0], j->n_sums, MPI_UINT64_T, MPI_SUM, g->world) != MPI_SUCCESS)
-        ST_FAIL(ST_ERR_MPI, "MPI_Allreduce of checkpoint checksums failed");
+    ST_TRY(st_allreduce(g->world, j->sums[0], j->n_sums, ST_M_U64, ST_OP_SUM));
     st_err e = ST_OK;
     hid_t grp = H5I_INVALID_HID, d = H5I_INVALID_HID;
     for (int gi = 0; gi < j->n_groups && !e; gi++) {
@@ -1033,8 +1006,7 @@ static st_err commit(const char *tmp, const char *path)
  * error tmp goes. Collective; the status is agreed. */
 static st_err finish_save(const char *tmp, const char *path, const st_grid *g, st_err e)
 {
-    if (!e && MPI_Barrier(g->world) != MPI_SUCCESS)
-        e = st_error_set(ST_ERR_MPI, __FILE__, __LINE__, __func__, "MPI_Barrier after writing %s failed", tmp);
+    if (!e && (e = st_barrier(g->world))) st_error_trace(__FILE__, __LINE__, __func__);
     if (!e && g->world_rank == 0) e = commit(tmp, path);
     e = st_agree(g->world, e);
     if (e && g->world_rank == 0) unlink(tmp); /* a directory in its place is not ours: unlink leaves it */
@@ -1175,8 +1147,7 @@ static st_err write_source_tensors(hid_t file, st_model_source *src, const save_
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
     e = write_own_units(src, owner, g->world_rank, dsets, j->sums[0], path, &kick);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
-    if (MPI_Allreduce(MPI_IN_PLACE, j->sums[0], lay->n_tensors, MPI_UINT64_T, MPI_SUM, g->world) != MPI_SUCCESS)
-        ST_FAIL_GOTO(e, done, ST_ERR_MPI, "MPI_Allreduce of checkpoint checksums failed");
+    ST_TRY_GOTO(e, st_allreduce(g->world, j->sums[0], lay->n_tensors, ST_M_U64, ST_OP_SUM), done);
     for (int i = 0; i < lay->n_tensors && !e; i++) e = st_h5_attr_write_u64(dsets[i], "checksum", j->sums[0][i]);
 done:
     for (int i = 0; i < n_open; i++) st_h5_close(&dsets[i]);
@@ -1330,7 +1301,7 @@ st_err st_ckpt_save(const char *dir, const st_grid *g, const st_ckpt_tensors *t,
                     const char *tok_kind, const uint8_t *tok_blob, size_t tok_n, int keep)
 {
     st_err e = ST_OK;
-    long long step = 0;
+    int64_t step = 0;
     if (g->world_rank == 0) {
         if (!s) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "saving into %s needs the train state (its step names the file)", dir);
         else if (s->step < 0) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "negative step %lld", (long long)s->step);
@@ -1340,9 +1311,9 @@ st_err st_ckpt_save(const char *dir, const st_grid *g, const st_ckpt_tensors *t,
                              dir, strerror(errno));
     }
     ST_TRY(st_agree(g->world, e));
-    ST_MPI(MPI_Bcast(&step, 1, MPI_LONG_LONG, 0, g->world));
+    ST_TRY(st_bcast(g->world, &step, 1, ST_M_I64, 0));
     char name[64], path[PATH_MAX];
-    snprintf(name, sizeof name, "step_%08lld.h5", step);
+    snprintf(name, sizeof name, "step_%08lld.h5", (long long)step);
     e = join_path(path, sizeof path, dir, name);
     ST_TRY(st_agree(g->world, e));
     ST_TRY(st_ckpt_save_file(path, g, t, s, tok_kind, tok_blob, tok_n));
@@ -1380,9 +1351,8 @@ static st_err open_serial(const char *path, hid_t *file)
 st_err st_ckpt_read_config(const char *path, MPI_Comm comm, st_config *cfg)
 {
     st_h5_quiet();
-    int me;
+    const int me = st_comm_rank(comm);
     st_err e = ST_OK;
-    ST_MPI(MPI_Comm_rank(comm, &me));
     memset(cfg, 0, sizeof *cfg);
     if (me == 0) {
         hid_t file;
@@ -1393,19 +1363,19 @@ st_err st_ckpt_read_config(const char *path, MPI_Comm comm, st_config *cfg)
         }
     }
     ST_TRY(st_agree(comm, e));
-    ST_MPI(MPI_Bcast(cfg, (int)sizeof *cfg, MPI_BYTE, 0, comm));
+    ST_TRY(st_bcast(comm, cfg, (int64_t)sizeof *cfg, ST_M_U8, 0));
     return ST_OK;
 }
 
 st_err st_ckpt_read_set_meta(const char *path, MPI_Comm comm, const char *group, char **meta, int *present)
 {
     st_h5_quiet();
-    int me, here = 0;
+    const int me = st_comm_rank(comm);
+    int32_t here = 0;
     st_err e = ST_OK;
     char *text = NULL;
     *meta = NULL;
     *present = 0;
-    ST_MPI(MPI_Comm_rank(comm, &me));
     if (!valid_set_name(group))
         e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s: '%.40s' is not a parameter set name", path,
                          group ? group : "(null)");
@@ -1429,8 +1399,8 @@ st_err st_ckpt_read_set_meta(const char *path, MPI_Comm comm, const char *group,
         st_error_trace(__FILE__, __LINE__, __func__);
         return e;
     }
-    ST_MPI(MPI_Bcast(&here, 1, MPI_INT, 0, comm));
-    e = bcast_str(comm, 0, text, meta);
+    ST_TRY(st_bcast(comm, &here, 1, ST_M_I32, 0));
+    e = st_bcast_str(comm, 0, text, meta);
     free(text);
     ST_TRY(e);
     *present = here;
@@ -1470,8 +1440,7 @@ static st_err load_group(hid_t file, const tgroup *gr, const char *path, const s
     }
     /* whole-on-every-dp-group groups: each tp group holds a whole copy; ZeRO moments: the world does */
     MPI_Comm red = gr->zero ? g->world : g->tp;
-    if (MPI_Allreduce(MPI_IN_PLACE, sum, nt, MPI_UINT64_T, MPI_SUM, red) != MPI_SUCCESS)
-        ST_FAIL_GOTO(e, agree, ST_ERR_MPI, "MPI_Allreduce of checksums failed");
+    ST_TRY_GOTO(e, st_allreduce(red, sum, nt, ST_M_U64, ST_OP_SUM), agree);
     for (int i = 0; i < nt; i++) {
         if (skipped(lay->tensors[i].name, gr->skip) || sum[i] == stored[i]) continue;
         ST_FAIL_GOTO(e, agree, ST_ERR_FORMAT,
@@ -1613,8 +1582,8 @@ static st_err load_set(hid_t file, const char *path, const st_grid *g, st_ckpt_s
 {
     st_err e = ST_OK;
     char have[256], oname[GPATH_CAP];
-    int here = st_h5_has_link(file, s->group), present;
-    ST_MPI(MPI_Allreduce(&here, &present, 1, MPI_INT, MPI_MIN, g->world));
+    int32_t present = st_h5_has_link(file, s->group);
+    ST_TRY(st_allreduce(g->world, &present, 1, ST_M_I32, ST_OP_MIN));
     if (!present) {
         if (flags & ST_CKPT_SETS_OPTIONAL) return ST_OK;
         sets_in_file(file, have, sizeof have);
@@ -1900,13 +1869,13 @@ static st_err verify_tensors(hid_t file, const char *path, const st_config *cfg,
     vlist L;
     int me, np, same;
     uint64_t *sum = NULL, *stored = NULL;
-    int *status = NULL;
+    int32_t *status = NULL;
     float *buf = NULL;
     size_t buf_n = 0;
     hid_t grp = H5I_INVALID_HID, d = H5I_INVALID_HID, fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
     memset(&L, 0, sizeof L);
-    ST_MPI(MPI_Comm_rank(comm, &me));
-    ST_MPI(MPI_Comm_size(comm, &np));
+    me = st_comm_rank(comm);
+    np = st_comm_size(comm);
     e = vlist_build(file, path, cfg, &L);
     ST_TRY_GOTO(e, st_agree(comm, e), done);
     ST_TRY_GOTO(e, same_everywhere(comm, vlist_hash(&L), &same), done);
@@ -1953,9 +1922,8 @@ static st_err verify_tensors(hid_t file, const char *path, const st_config *cfg,
         st_h5_close(&d);
     }
     st_h5_close(&grp);
-    if (MPI_Allreduce(MPI_IN_PLACE, sum, nt, MPI_UINT64_T, MPI_SUM, comm) != MPI_SUCCESS ||
-        MPI_Allreduce(MPI_IN_PLACE, status, nt, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
-        ST_FAIL_GOTO(e, done, ST_ERR_MPI, "MPI_Allreduce while verifying %s failed", path);
+    ST_TRY_GOTO(e, st_allreduce(comm, sum, nt, ST_M_U64, ST_OP_SUM), done);
+    ST_TRY_GOTO(e, st_allreduce(comm, status, nt, ST_M_I32, ST_OP_MAX), done);
     int bad = 0, first = -1;
     double bytes = 0;
     for (int k = 0; k < nt; k++) {
@@ -2020,10 +1988,9 @@ done:
 st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_t cap)
 {
     st_h5_quiet();
-    int me;
+    const int me = st_comm_rank(comm);
     st_err e = ST_OK;
     char *names = NULL, *all = NULL, path[PATH_MAX];
-    ST_MPI(MPI_Comm_rank(comm, &me));
     if (me == 0) {
         /* candidates, one per line: what `latest` names, then step files newest first */
         step_file *v = NULL;
@@ -2048,7 +2015,7 @@ st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_
         free(v);
     }
     ST_TRY_GOTO(e, st_agree(comm, e), done);
-    ST_TRY_GOTO(e, bcast_str(comm, 0, names, &all), done);
+    ST_TRY_GOTO(e, st_bcast_str(comm, 0, names, &all), done);
     int tried = 0;
     for (char *name = all, *nl; name && *name; name = nl + 1) {
         nl = strchr(name, '\n');
@@ -2177,8 +2144,7 @@ done:
 st_err st_ckpt_inspect(const char *path, MPI_Comm comm, FILE *out)
 {
     st_h5_quiet();
-    int me;
-    ST_MPI(MPI_Comm_rank(comm, &me));
+    const int me = st_comm_rank(comm);
     st_err e = me == 0 && out ? inspect_header(path, out) : ST_OK;
     ST_TRY(st_agree(comm, e));
     ST_TRY(verify_file(path, comm, out));

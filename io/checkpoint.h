@@ -45,11 +45,11 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "config.h"
-#include "err.h"
-#include "grid.h"
-#include "model_source.h"
-#include "params.h"
+#include "core/config.h"
+#include "core/err.h"
+#include "core/params.h"
+#include "io/formats/model_source.h"
+#include "mpi/grid.h"
 
 #define ST_CKPT_FORMAT "shardtune"
 #define ST_CKPT_VERSION 1

@@ -1,10 +1,10 @@
 /* csv.c: RFC 4180 records on top of the line reader of jsonl.c. */
-#include "csv.h"
+#include "io/csv.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "jsonl.h"
+#include "io/jsonl.h"
 
 /* A growable byte buffer. */
 typedef struct {

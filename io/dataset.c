@@ -1,6 +1,6 @@
 /* dataset.c: dataset.h5 — the collective writer, the per-rank reader and
  * the batch loader. The layout is documented in dataset.h. */
-#include "dataset.h"
+#include "io/dataset.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
@@ -8,9 +8,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "grid.h"
-#include "h5util.h"
-#include "rng.h"
+#include "core/rng.h"
+#include "io/h5util.h"
+#include "mpi/grid.h"
 
 #define ST_DATASET_FORMAT "shardtune-dataset"
 #define ST_DATASET_VERSION 1
@@ -94,8 +94,8 @@ static st_err write_array(hid_t loc, MPI_Comm comm, hid_t dxpl, const char *name
     hid_t d = H5I_INVALID_HID;
     size_t elem = H5Tget_size(mtype);
     int64_t step = ((int64_t)1 << 30) / (int64_t)elem;
-    int64_t rounds = (count + step - 1) / step, max_rounds = 0;
-    ST_MPI(MPI_Allreduce(&rounds, &max_rounds, 1, MPI_INT64_T, MPI_MAX, comm));
+    int64_t max_rounds = (count + step - 1) / step;
+    ST_TRY(st_allreduce(comm, &max_rounds, 1, ST_M_I64, ST_OP_MAX));
 
     hsize_t dim = (hsize_t)total;
     if ((space = H5Screate_simple(1, &dim, NULL)) < 0 || (dcpl = H5Pcreate(H5P_DATASET_CREATE)) < 0 ||
@@ -271,8 +271,8 @@ st_err st_dataset_write(const char *path, MPI_Comm comm, const st_tokenizer *tok
 {
     part_pos pp = {0};
     st_h5_quiet();
-    ST_MPI(MPI_Comm_rank(comm, &pp.rank));
-    ST_MPI(MPI_Comm_size(comm, &pp.size));
+    pp.rank = st_comm_rank(comm);
+    pp.size = st_comm_size(comm);
     st_err e = ST_OK;
     if (!kind_known(info->kind))
         e = st_error_set(ST_ERR_INTERNAL, __FILE__, __LINE__, __func__, "unknown dataset kind '%s'", info->kind);
@@ -281,10 +281,9 @@ st_err st_dataset_write(const char *path, MPI_Comm comm, const st_tokenizer *tok
                          "preference docs must come in pairs (rank has %zu docs)", local->n_docs);
     ST_TRY(st_agree(comm, e));
 
-    int64_t mine[2] = {(int64_t)local->n_docs, (int64_t)local->n_tokens}, before[2] = {0, 0}, total[2];
-    ST_MPI(MPI_Exscan(mine, before, 2, MPI_INT64_T, MPI_SUM, comm));
-    if (pp.rank == 0) before[0] = before[1] = 0; /* Exscan leaves rank 0 undefined */
-    ST_MPI(MPI_Allreduce(mine, total, 2, MPI_INT64_T, MPI_SUM, comm));
+    int64_t mine[2] = {(int64_t)local->n_docs, (int64_t)local->n_tokens}, before[2], total[2] = {mine[0], mine[1]};
+    ST_TRY(st_exscan_sum_i64(comm, mine, before, 2));
+    ST_TRY(st_allreduce(comm, total, 2, ST_M_I64, ST_OP_SUM));
     pp.doc0 = before[0];
     pp.tok0 = before[1];
     pp.n_docs = total[0];
@@ -298,7 +297,7 @@ st_err st_dataset_write(const char *path, MPI_Comm comm, const st_tokenizer *tok
         time_t now = time(NULL);
         strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     }
-    ST_MPI(MPI_Bcast(created, sizeof created, MPI_CHAR, 0, comm));
+    ST_TRY(st_bcast(comm, created, sizeof created, ST_M_U8, 0));
 
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 5);

@@ -18,7 +18,7 @@
  *                  max_len, val_fraction, seed, n_labels
  *
  * Per kind: text docs are the text + eos, mask 1 everywhere; sft/chat/pref
- * docs come from a template (io/template.h), mask 1 on responses (+ eos);
+ * docs come from a template (io/chat/template.h), mask 1 on responses (+ eos);
  * classify docs are the text alone, mask 0 (the loss is on /labels).
  *
  * The writer is collective (parallel HDF5, MPI-IO): each rank passes its
@@ -33,9 +33,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
-#include "template.h"
-#include "tokenizer.h"
+#include "core/err.h"
+#include "io/chat/template.h"
+#include "io/tok/tokenizer.h"
 
 /* ---- writing ------------------------------------------------------------- */
 

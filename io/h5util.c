@@ -1,5 +1,5 @@
 /* h5util.c: checked HDF5 helpers (see h5util.h). */
-#include "h5util.h"
+#include "io/h5util.h"
 
 #include <stdarg.h>
 #include <stdlib.h>

@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
+#include "core/err.h"
 
 /* Turn off HDF5's automatic error printing (idempotent, per thread). */
 void st_h5_quiet(void);

@@ -1,6 +1,6 @@
 /* jsonl.c: a gzip-or-plain line reader, the JSON-line parser and the UTF-8
  * check used on every string that comes from outside. */
-#include "jsonl.h"
+#include "io/jsonl.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -11,7 +11,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include "rng.h"
+#include "core/rng.h"
 
 #define ST_READ_CHUNK (1 << 16)
 

@@ -15,7 +15,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "err.h"
+#include "core/err.h"
 
 /* The longest line we accept (bytes). */
 #define ST_LINE_MAX ((size_t)1 << 30)

@@ -1,36 +1,32 @@
 /* dp.c: bucketed, overlapped gradient reduction and ZeRO-1 slices. */
-#include "dp.h"
+#include "mpi/dp.h"
 
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "commstats.h"
-#include "grid.h"
-#include "perf.h"
+#include "core/timer.h"
+#include "mpi/commstats.h"
 
-st_err st_dp_init(st_dp *d, MPI_Comm dp, size_t numel, int zero, int max_buckets)
+st_err st_dp_init(st_dp *d, MPI_Comm dp, size_t numel, int zero)
 {
     memset(d, 0, sizeof *d);
     d->dp = dp;
-    ST_MPI(MPI_Comm_size(dp, &d->size));
-    ST_MPI(MPI_Comm_rank(dp, &d->rank));
+    d->size = st_comm_size(dp);
+    d->rank = st_comm_rank(dp);
     d->zero = zero && d->size > 1;
     d->numel = numel;
-    d->max_buckets = max_buckets + 1;
-    if (numel > INT_MAX)
-        ST_FAIL(ST_ERR_ARG, "%zu parameters on one rank exceed one MPI message; use more tp ranks", numel);
+    /* a rank with another layout would hang in the first reduction */
+    ST_TRY(st_same_everywhere(dp, (int64_t)numel, "the number of parameters per rank"));
     ST_ALLOC(d->own, d->size + 1, "ZeRO slice table");
     ST_ALLOC(d->counts, d->size, "all-gather counts");
     ST_ALLOC(d->displs, d->size, "all-gather displacements");
-    for (int r = 0; r <= d->size; r++) d->own[r] = d->zero ? numel * (size_t)r / d->size : (r ? numel : 0);
-    if (!d->zero) d->own[d->rank] = 0, d->own[d->rank + 1] = numel;
+    for (int r = 0; r <= d->size; r++)
+        d->own[r] = d->zero ? (int64_t)(numel * (size_t)r / (size_t)d->size) : (r ? (int64_t)numel : 0);
+    if (!d->zero) d->own[d->rank] = 0, d->own[d->rank + 1] = (int64_t)numel;
     for (int r = 0; r < d->size; r++) {
-        d->counts[r] = (int)(d->own[r + 1] - d->own[r]);
-        d->displs[r] = (int)d->own[r];
+        d->counts[r] = d->own[r + 1] - d->own[r];
+        d->displs[r] = d->own[r];
     }
-    ST_ALLOC(d->req, d->max_buckets, "bucket requests");
-    ST_ALLOC(d->bucket_counts, (size_t)d->max_buckets * d->size, "bucket counts");
     if (d->zero) ST_ALLOC(d->slice, d->own[d->rank + 1] - d->own[d->rank] + 1, "ZeRO gradient slice");
     return ST_OK;
 }
@@ -40,8 +36,7 @@ void st_dp_free(st_dp *d)
     free(d->own);
     free(d->counts);
     free(d->displs);
-    free(d->req);
-    free(d->bucket_counts);
+    st_requests_free(&d->pending);
     free(d->slice);
     memset(d, 0, sizeof *d);
 }
@@ -49,8 +44,8 @@ void st_dp_free(st_dp *d)
 void st_dp_owned(const st_dp *d, size_t *begin, size_t *end)
 {
     if (d->zero) {
-        *begin = d->own[d->rank];
-        *end = d->own[d->rank + 1];
+        *begin = (size_t)d->own[d->rank];
+        *end = (size_t)d->own[d->rank + 1];
     } else {
         *begin = 0;
         *end = d->numel;
@@ -59,14 +54,7 @@ void st_dp_owned(const st_dp *d, size_t *begin, size_t *end)
 
 void st_dp_begin(st_dp *d)
 {
-    d->n_pending = 0;
     d->reduced_lo = d->reduced_hi = d->numel;
-}
-
-static size_t overlap(size_t a0, size_t a1, size_t b0, size_t b1)
-{
-    size_t lo = a0 > b0 ? a0 : b0, hi = a1 < b1 ? a1 : b1;
-    return hi > lo ? hi - lo : 0;
 }
 
 st_err st_dp_bucket_ready(st_dp *d, float *grads, size_t lo, size_t hi)
@@ -76,34 +64,33 @@ st_err st_dp_bucket_ready(st_dp *d, float *grads, size_t lo, size_t hi)
                 lo, hi, d->reduced_lo, d->reduced_hi);
     d->reduced_lo = lo;
     if (d->size == 1 || lo == hi) return ST_OK;
-    if (d->n_pending == d->max_buckets) ST_FAIL(ST_ERR_INTERNAL, "too many gradient buckets in flight");
-    MPI_Request *rq = &d->req[d->n_pending];
     st_comm.dp_bytes += (hi - lo) * sizeof(float);
-    if (!d->zero) {
-        ST_MPI(MPI_Iallreduce(MPI_IN_PLACE, grads + lo, (int)(hi - lo), MPI_FLOAT, MPI_SUM, d->dp, rq));
-    } else {
-        int *counts = d->bucket_counts + (size_t)d->n_pending * d->size;
-        for (int r = 0; r < d->size; r++) counts[r] = (int)overlap(lo, hi, d->own[r], d->own[r + 1]);
-        size_t mine0 = d->own[d->rank], at = lo > mine0 ? lo - mine0 : 0;
-        ST_MPI(MPI_Ireduce_scatter(grads + lo, d->slice + at, counts, MPI_FLOAT, MPI_SUM, d->dp, rq));
-    }
-    d->n_pending++;
+    if (!d->zero)
+        ST_TRY(st_iallreduce_sum_f32(d->dp, grads + lo, (int64_t)(hi - lo), &d->pending));
+    else
+        ST_TRY(st_ireduce_scatter_sum_f32(d->dp, grads + lo, (int64_t)lo, (int64_t)(hi - lo), d->own, d->slice,
+                                          &d->pending));
     /* Open MPI advances nonblocking collectives only inside MPI calls; with no
      * tp collectives in the backward pass nothing else would (RESULTS.md, 2) */
-    int flag = 0;
-    ST_MPI(MPI_Testall(d->n_pending, d->req, &flag, MPI_STATUSES_IGNORE));
-    return ST_OK;
+    return st_requests_test(&d->pending);
+}
+
+st_err st_dp_extra_ready(st_dp *d, float *grads, size_t n)
+{
+    if (d->size == 1 || !n) return ST_OK;
+    st_comm.dp_bytes += n * sizeof(float);
+    ST_TRY(st_iallreduce_sum_f32(d->dp, grads, (int64_t)n, &d->pending));
+    return st_requests_test(&d->pending);
 }
 
 st_err st_dp_finish(st_dp *d, float *grads)
 {
-    ST_TRY(st_dp_bucket_ready(d, grads, 0, d->reduced_lo));
+    if (grads) ST_TRY(st_dp_bucket_ready(d, grads, 0, d->reduced_lo));
     double t0 = st_now();
-    if (d->n_pending) ST_MPI(MPI_Waitall(d->n_pending, d->req, MPI_STATUSES_IGNORE));
+    ST_TRY(st_requests_wait(&d->pending));
     st_comm.dp_wait_seconds += st_now() - t0;
-    d->n_pending = 0;
-    if (d->zero) {
-        size_t b = d->own[d->rank], e = d->own[d->rank + 1];
+    if (d->zero && grads) {
+        size_t b = (size_t)d->own[d->rank], e = (size_t)d->own[d->rank + 1];
         memcpy(grads + b, d->slice, (e - b) * sizeof(float));
     }
     return ST_OK;
@@ -113,7 +100,5 @@ st_err st_dp_allgather_params(st_dp *d, float *params)
 {
     if (!d->zero) return ST_OK;
     st_comm.dp_bytes += d->numel * sizeof(float);
-    ST_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, params, d->counts, d->displs, MPI_FLOAT,
-                          d->dp));
-    return ST_OK;
+    return st_allgatherv(d->dp, params, d->counts, d->displs, ST_M_F32);
 }

@@ -1,5 +1,5 @@
 /* grid.c: world -> tp x dp communicators. */
-#include "grid.h"
+#include "mpi/grid.h"
 
 #include <omp.h>
 #include <stdlib.h>
@@ -8,9 +8,11 @@
 st_err st_grid_init(st_grid *g, MPI_Comm world, int tp)
 {
     g->world = g->tp = g->dp = MPI_COMM_NULL;
+    g->made = 1;
     ST_MPI(MPI_Comm_dup(world, &g->world));
-    ST_MPI(MPI_Comm_size(g->world, &g->world_size));
-    ST_MPI(MPI_Comm_rank(g->world, &g->world_rank));
+    ST_MPI(MPI_Comm_set_errhandler(g->world, MPI_ERRORS_RETURN));
+    g->world_size = st_comm_size(g->world);
+    g->world_rank = st_comm_rank(g->world);
     if (tp < 1 || g->world_size % tp)
         ST_FAIL(ST_ERR_ARG, "cannot build a process grid: %d ranks is not a multiple of --tp %d "
                 "(start a multiple of %d ranks, or choose a tp that divides %d)",
@@ -21,29 +23,32 @@ st_err st_grid_init(st_grid *g, MPI_Comm world, int tp)
     g->dp_rank = g->world_rank / tp;
     ST_MPI(MPI_Comm_split(g->world, g->dp_rank, g->tp_rank, &g->tp));
     ST_MPI(MPI_Comm_split(g->world, g->tp_rank, g->dp_rank, &g->dp));
+    ST_MPI(MPI_Comm_set_errhandler(g->tp, MPI_ERRORS_RETURN));
+    ST_MPI(MPI_Comm_set_errhandler(g->dp, MPI_ERRORS_RETURN));
     return ST_OK;
 }
 
 void st_grid_free(st_grid *g)
 {
+    /* a zeroed grid was never initialised: Open MPI's MPI_COMM_NULL is not 0 */
+    if (!g->made) return;
     if (g->tp != MPI_COMM_NULL) MPI_Comm_free(&g->tp);
     if (g->dp != MPI_COMM_NULL) MPI_Comm_free(&g->dp);
     if (g->world != MPI_COMM_NULL) MPI_Comm_free(&g->world);
+    g->made = 0;
 }
 
 st_err st_agree(MPI_Comm comm, st_err local)
 {
-    int worst = 0, me = 0;
-    int pair[2] = {local, 0}, out[2];
-    MPI_Comm_rank(comm, &me);
-    pair[1] = local ? me : -1;
-    /* worst code and the lowest-numbered... any rank that failed */
-    int rc = MPI_Allreduce(pair, out, 2, MPI_INT, MPI_MAX, comm);
-    if (rc != MPI_SUCCESS) ST_FAIL(ST_ERR_MPI, "MPI_Allreduce failed while agreeing on an error");
-    worst = out[0];
-    if (worst && !local)
-        ST_FAIL(worst, "stopping because rank %d of this communicator failed (its message is above)",
-                out[1]);
+    /* the worst code, and the highest-numbered rank that failed */
+    int32_t v[2] = {local, local ? st_comm_rank(comm) : -1};
+    int rc = MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_INT32_T, MPI_MAX, comm);
+    if (rc != MPI_SUCCESS) {
+        if (local) return local; /* keep this rank's own message */
+        ST_FAIL(ST_ERR_MPI, "MPI_Allreduce failed while agreeing on an error");
+    }
+    if (v[0] && !local)
+        ST_FAIL(v[0], "stopping because rank %d of this communicator failed (its message is above)", v[1]);
     return local;
 }
 

@@ -11,7 +11,8 @@
 
 #include <mpi.h>
 
-#include "err.h"
+#include "core/err.h"
+#include "mpi/comm.h"
 
 typedef struct {
     MPI_Comm world;     /* the job (duplicated; ours to free) */
@@ -20,23 +21,14 @@ typedef struct {
     int world_size, world_rank;
     int tp_size, tp_rank;
     int dp_size, dp_rank;
+    int made;           /* st_grid_init ran: the communicators are ours to free */
 } st_grid;
 
-/* Check an MPI call; on failure record the MPI error string and return. */
-#define ST_MPI(call)                                                          \
-    do {                                                                      \
-        int st_mpi_rc_ = (call);                                              \
-        if (st_mpi_rc_ != MPI_SUCCESS) {                                      \
-            char st_mpi_s_[MPI_MAX_ERROR_STRING];                             \
-            int st_mpi_l_ = 0;                                                \
-            MPI_Error_string(st_mpi_rc_, st_mpi_s_, &st_mpi_l_);              \
-            ST_FAIL(ST_ERR_MPI, "%s failed: %s", #call, st_mpi_s_);           \
-        }                                                                     \
-    } while (0)
-
-/* Split world into tp x dp. Fails (on every rank alike) when the world size
- * is not a multiple of tp, naming the sizes and what would fix it. */
+/* Split world into tp x dp (every communicator returns MPI errors instead of
+ * aborting). Fails (on every rank alike) when the world size is not a
+ * multiple of tp, naming the sizes and what would fix it. */
 st_err st_grid_init(st_grid *g, MPI_Comm world, int tp);
+/* Frees what st_grid_init made; safe on a grid it never reached (zeroed). */
 void st_grid_free(st_grid *g);
 
 /* Collective agreement on failure: every rank passes its local status and all

@@ -1,16 +1,16 @@
 /* tp.c: column/row-parallel linear layers, vocab-parallel embedding and
  * cross-entropy. The split itself is described in tp.h. */
-#include "tp.h"
+#include "mpi/tp.h"
 
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "grid.h"
-#include "commstats.h"
-#include "kernels.h"
-#include "perf.h"
+#include "core/timer.h"
+#include "kernels/kernels.h"
+#include "mpi/commstats.h"
+#include "mpi/grid.h"
 
 st_comm_stats st_comm;
 void st_comm_reset(void) { memset(&st_comm, 0, sizeof st_comm); }

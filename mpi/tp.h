@@ -14,7 +14,7 @@
  * The attention block is q, k, v column-parallel (each rank owns H/tp query
  * heads and KV/tp key/value heads) and o row-parallel; the MLP is gate/up
  * column-parallel and down row-parallel (each rank owns d_ff/tp hidden units).
- * See block_forward in src/model.c for the sequence.
+ * See block_forward in src/model/model.c for the sequence.
  *
  * Embedding and LM head are split by vocabulary: each rank owns ceil(V/tp)
  * rows. The embedding sums one-hot lookups over tp; the cross-entropy works on
@@ -27,7 +27,7 @@
 #include <mpi.h>
 #include <stdint.h>
 
-#include "err.h"
+#include "core/err.h"
 
 /* In-place sum over the tp communicator (no-op for one rank). */
 st_err st_tp_allreduce(MPI_Comm tp, float *buf, int64_t n);

@@ -9,10 +9,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "commands.h"
-#include "grid.h"
-#include "params.h"
+#include "cmd/commands.h"
+#include "core/params.h"
+#include "io/checkpoint.h"
+#include "mpi/grid.h"
 
 void th_tmpdir(MPI_Comm comm, char *out, size_t cap)
 {

@@ -7,7 +7,7 @@
 #include <mpi.h>
 #include <stdint.h>
 
-#include "config.h"
+#include "core/config.h"
 
 /* A fresh temporary directory, the same path on every rank of comm. */
 void th_tmpdir(MPI_Comm comm, char *out, size_t cap);
@@ -29,7 +29,7 @@ int th_load_weights(const char *path, st_config *cfg, float **params, size_t *n)
 double th_max_rel_diff(const st_config *cfg, const float *a, const float *b, char *worst, size_t cap);
 void th_rm_rf(const char *dir);
 /* GPT-2's byte -> stand-in character (bytes_to_unicode), written from its
- * definition independently of io/tok_bpe.c: out is NUL-terminated UTF-8. */
+ * definition independently of io/tok/tok_bpe.c: out is NUL-terminated UTF-8. */
 void th_gpt2_stand_in(int b, char out[3]);
 /* A file or folder shipped in the repository's data/ (rel: "llama2c/stories260K.bin"),
  * found from the repository root or $SHARDTUNE_ROOT; the test fails naming the

@@ -2,7 +2,7 @@
  * model, written from the math and independently of src/kernels and
  * src/model. Tests compare the float implementation against it.
  *
- * Conventions (as src/kernels.h): row-major buffers, outputs first; parameter
+ * Conventions (as src/kernels/kernels.h): row-major buffers, outputs first; parameter
  * gradients (dw, db) are ADDED (+=), activation gradients (dinp) are WRITTEN
  * (=). Any parameter-gradient pointer may be NULL to skip it.
  * Its own correctness is checked by finite differences in tests/test_ref.c.
@@ -13,9 +13,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
-#include "err.h"
-#include "params.h"
+#include "core/config.h"
+#include "core/err.h"
+#include "core/params.h"
 
 /* ---- layers ------------------------------------------------------------- */
 

@@ -1,5 +1,5 @@
 /* test_chat_template.c: a model's own Jinja chat template in prepare
- * (io/jinja*.c, io/chat_template.c, the "tokenizer" template of prepare).
+ * (io/jinja*.c, io/chat/chat_template.c, the "tokenizer" template of prepare).
  *
  * Fixtures are the chat_template strings real models ship in
  * tokenizer_config.json (sources next to each). Expected texts are written
@@ -22,15 +22,15 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "chat_template.h"
-#include "commands.h"
-#include "dataset.h"
-#include "grid.h"
-#include "h5util.h"
+#include "cmd/commands.h"
 #include "harness.h"
-#include "jinja.h"
-#include "template.h"
-#include "tokenizer.h"
+#include "io/chat/chat_template.h"
+#include "io/chat/jinja.h"
+#include "io/chat/template.h"
+#include "io/dataset.h"
+#include "io/h5util.h"
+#include "io/tok/tokenizer.h"
+#include "mpi/grid.h"
 
 static st_grid G;
 static char DIR_[256];

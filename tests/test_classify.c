@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "classify.h"
-#include "optim.h"
-#include "ref.h"
-#include "rng.h"
+#include "core/rng.h"
+#include "model/classify.h"
+#include "model/optim.h"
 #include "mpi_check.h"
+#include "ref.h"
 
 static st_config cfg_k(int K)
 {

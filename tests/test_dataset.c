@@ -23,12 +23,12 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "commands.h"
-#include "dataset.h"
-#include "grid.h"
-#include "h5util.h"
+#include "cmd/commands.h"
 #include "harness.h"
-#include "tokenizer.h"
+#include "io/dataset.h"
+#include "io/h5util.h"
+#include "io/tok/tokenizer.h"
+#include "mpi/grid.h"
 
 #define EOS 256 /* the byte tokenizer's <|endoftext|> */
 

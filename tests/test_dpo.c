@@ -1,4 +1,4 @@
-/* test_dpo.c: the DPO loss and gradient (src/dpo.c) against the double
+/* test_dpo.c: the DPO loss and gradient (src/model/dpo.c) against the double
  * reference model of tests/ref.c and against finite differences. The
  * reference's per-sequence log-probabilities come from one double forward
  * per row; the DPO gradient in double is the reference's cross-entropy
@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dpo.h"
+#include "core/rng.h"
+#include "model/dpo.h"
 #include "mpi_check.h"
 #include "ref.h"
-#include "rng.h"
 
 enum { B = 4, T = 9 };
 

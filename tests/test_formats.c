@@ -30,16 +30,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "commands.h"
-#include "gguf.h"
+#include "cmd/commands.h"
+#include "core/params.h"
 #include "harness.h"
-#include "hf.h"
-#include "llama2c.h"
-#include "params.h"
+#include "io/checkpoint.h"
+#include "io/formats/gguf.h"
+#include "io/formats/hf.h"
+#include "io/formats/llama2c.h"
+#include "io/formats/model_open.h"
+#include "io/formats/safetensors.h"
+#include "io/tok/tokenizer.h"
 #include "ref.h"
-#include "safetensors.h"
-#include "tokenizer.h"
 
 
 
@@ -1005,7 +1006,7 @@ START_TEST(test_roundtrip_llama2c)
     path_in(ckpt2, sizeof ckpt2, "stories_2.h5");
     st_config cfg;
     float *orig;
-    ck_assert_int_eq(st_llama2c_read(th_data_path("llama2c/stories260K.bin"), &cfg, &orig), ST_OK);
+    ck_assert_int_eq(st_model_source_read_file(th_data_path("llama2c/stories260K.bin"), "llama2c", &cfg, &orig), ST_OK);
     ck_assert_int_eq(run_convert(th_data_path("llama2c/stories260K.bin"), ckpt, NULL), ST_OK);
     snprintf(to, sizeof to, "hf:%s", out);
     ck_assert_int_eq(run_export(ckpt, to, "f32"), ST_OK);
@@ -1037,7 +1038,7 @@ static void expect_read_error(const char *dir, const char *s1, const char *s2)
 {
     st_config cfg;
     float *p = NULL;
-    st_err e = st_hf_read(dir, &cfg, &p);
+    st_err e = st_model_source_read_file(dir, "hf", &cfg, &p);
     ck_assert_ptr_null(p);
     ck_assert_msg(e != ST_OK, "accepted %s", dir);
     expect_error(e, e, s1, s2);

@@ -17,12 +17,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/params.h"
+#include "core/rng.h"
 #include "harness.h"
-#include "llama2c.h"
-#include "llmc.h"
-#include "params.h"
+#include "io/formats/llama2c.h"
+#include "io/formats/llmc.h"
+#include "io/formats/model_open.h"
 #include "ref.h"
-#include "rng.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -114,7 +115,7 @@ START_TEST(test_stories_header)
     const char *path = th_data_path("llama2c/stories260K.bin");
     st_config cfg;
     float *w = NULL;
-    ck_assert_msg(st_llama2c_read(path, &cfg, &w) == ST_OK, "%s", st_error_message());
+    ck_assert_msg(st_model_source_read_file(path, "llama2c", &cfg, &w) == ST_OK, "%s", st_error_message());
     ck_assert_int_eq(cfg.family, ST_FAMILY_LLAMA);
     ck_assert_int_eq(cfg.d_model, 64);
     ck_assert_int_eq(cfg.d_ff, 172);
@@ -147,7 +148,7 @@ START_TEST(test_stories_placement)
     const char *path = th_data_path("llama2c/stories260K.bin");
     st_config cfg;
     float *w = NULL;
-    ck_assert_msg(st_llama2c_read(path, &cfg, &w) == ST_OK, "%s", st_error_message());
+    ck_assert_msg(st_model_source_read_file(path, "llama2c", &cfg, &w) == ST_OK, "%s", st_error_message());
 
     const float *emb = tensor(&cfg, w, "model.embed_tokens.weight");
     for (int c = 0; c < DIM; c++) ck_assert(emb[c] == file_float(path, OFF_EMB + c));
@@ -217,7 +218,7 @@ START_TEST(test_stories_rope_permutation)
     const char *path = th_data_path("llama2c/stories260K.bin");
     st_config cfg;
     float *w = NULL;
-    ck_assert_msg(st_llama2c_read(path, &cfg, &w) == ST_OK, "%s", st_error_message());
+    ck_assert_msg(st_model_source_read_file(path, "llama2c", &cfg, &w) == ST_OK, "%s", st_error_message());
     const int layer = 2, pq = 7, pk = 3;
 
     /* the raw Meta-order weights, straight from the file */
@@ -298,9 +299,9 @@ START_TEST(test_roundtrip_stories)
     tmp_name(out, sizeof out, "rt");
     st_config c1, c2;
     float *w1 = NULL, *w2 = NULL;
-    ck_assert_msg(st_llama2c_read(path, &c1, &w1) == ST_OK, "%s", st_error_message());
+    ck_assert_msg(st_model_source_read_file(path, "llama2c", &c1, &w1) == ST_OK, "%s", st_error_message());
     ck_assert_msg(st_llama2c_write(out, &c1, w1) == ST_OK, "%s", st_error_message());
-    ck_assert_msg(st_llama2c_read(out, &c2, &w2) == ST_OK, "%s", st_error_message());
+    ck_assert_msg(st_model_source_read_file(out, "llama2c", &c2, &w2) == ST_OK, "%s", st_error_message());
     ck_assert_int_eq(memcmp(&c1, &c2, sizeof c1), 0);
     ck_assert_int_eq(memcmp(w1, w2, (size_t)st_config_num_params(&c1) * sizeof *w1), 0);
 
@@ -354,7 +355,7 @@ START_TEST(test_roundtrip_untied)
 
     st_config c2;
     float *w2 = NULL;
-    ck_assert_msg(st_llama2c_read(out, &c2, &w2) == ST_OK, "%s", st_error_message());
+    ck_assert_msg(st_model_source_read_file(out, "llama2c", &c2, &w2) == ST_OK, "%s", st_error_message());
     ck_assert_int_eq(memcmp(&c, &c2, sizeof c), 0);
     ck_assert_int_eq(memcmp(w, w2, lay.numel * sizeof *w), 0);
     free(w);
@@ -404,7 +405,7 @@ static st_err read_l2c(const char *path)
 {
     st_config c;
     float *w = (float *)1;
-    st_err e = st_llama2c_read(path, &c, &w);
+    st_err e = st_model_source_read_file(path, "llama2c", &c, &w);
     if (e) ck_assert_ptr_null(w);
     free(w);
     return e;
@@ -566,7 +567,7 @@ static void check_llmc_placement(int bf16)
     write_llmc(t, bf16 ? 5 : 3, NULL, 0);
     st_config c;
     float *w = NULL;
-    ck_assert_msg(st_llmc_read(t, &c, &w) == ST_OK, "%s", st_error_message());
+    ck_assert_msg(st_model_source_read_file(t, "llmc", &c, &w) == ST_OK, "%s", st_error_message());
     ck_assert_int_eq(c.family, ST_FAMILY_GPT2);
     ck_assert_int_eq(c.n_layer, LL);
     ck_assert_int_eq(c.d_model, LC);
@@ -642,7 +643,7 @@ static st_err read_llmc(const char *path)
 {
     st_config c;
     float *w = (float *)1;
-    st_err e = st_llmc_read(path, &c, &w);
+    st_err e = st_model_source_read_file(path, "llmc", &c, &w);
     if (e) ck_assert_ptr_null(w);
     free(w);
     return e;

@@ -1,4 +1,4 @@
-/* test_kernels.c: every kernel of src/kernels.h against the double reference
+/* test_kernels.c: every kernel of src/kernels/kernels.h against the double reference
  * (tests/ref.h) on random inputs with odd sizes, plus the strided matmul and
  * copy layouts attention uses, the += / = gradient conventions and the cache. */
 #include <check.h>
@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "core/rng.h"
+#include "kernels/kernels.h"
 #include "ref.h"
-#include "rng.h"
 
 #define TOL_FWD 1e-5
 #define TOL_BWD 1e-4

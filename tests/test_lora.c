@@ -1,4 +1,4 @@
-/* test_lora.c: LoRA adapters (src/lora.c) on one rank, both families.
+/* test_lora.c: LoRA adapters (src/model/lora.c) on one rank, both families.
  *
  * The adapted model is checked against the double reference (tests/ref.c)
  * run on merged weights W + s B A computed here in double: loss, adapter
@@ -10,13 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lora.h"
-#include "model.h"
-#include "optim.h"
-#include "ref.h"
-#include "rng.h"
-#include "testcfg.h"
+#include "core/rng.h"
+#include "model/lora.h"
+#include "model/model.h"
+#include "model/optim.h"
 #include "mpi_check.h"
+#include "ref.h"
+#include "testcfg.h"
 
 
 #define ALL7 ((1u << ST_T_COUNT) - 1)

@@ -9,12 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
+#include "core/rng.h"
 #include "harness.h"
-#include "hf.h"
-#include "lora.h"
-#include "model.h"
-#include "rng.h"
+#include "io/lora_ckpt.h"
+#include "io/checkpoint.h"
+#include "io/formats/hf.h"
+#include "model/lora.h"
+#include "model/model.h"
 #include "mpi_check.h"
 
 START_TEST(merged_checkpoint_equals_base_plus_adapters)

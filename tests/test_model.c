@@ -1,4 +1,4 @@
-/* test_model.c: the float model (src/model.c on oneDNN) against the double
+/* test_model.c: the float model (src/model/model.c on oneDNN) against the double
  * reference (tests/ref.c), both families; training, determinism, KV cache. */
 #include <check.h>
 #include <math.h>
@@ -6,12 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
-#include "optim.h"
-#include "ref.h"
-#include "rng.h"
-#include "testcfg.h"
+#include "core/rng.h"
+#include "model/model.h"
+#include "model/optim.h"
 #include "mpi_check.h"
+#include "ref.h"
+#include "testcfg.h"
 
 
 typedef struct { int32_t *tok, *tgt; float *mask; int B, T; } batch;

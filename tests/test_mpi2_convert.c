@@ -14,14 +14,15 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "commands.h"
+#include "cmd/commands.h"
+#include "core/params.h"
 #include "harness.h"
-#include "hf.h"
-#include "llama2c.h"
-#include "llmc.h"
-#include "params.h"
-#include "safetensors.h"
+#include "io/checkpoint.h"
+#include "io/formats/hf.h"
+#include "io/formats/llama2c.h"
+#include "io/formats/llmc.h"
+#include "io/formats/model_open.h"
+#include "io/formats/safetensors.h"
 
 static char DIR_[256];
 static int RANK;
@@ -70,7 +71,7 @@ static int same_checkpoints(const char *a, const char *b, const float *want, siz
 }
 
 /* Convert src on 2 ranks and on rank 0 alone; compare on rank 0. */
-static void check_source(const char *src, const char *tag, st_err (*read_whole)(const char *, st_config *, float **),
+static void check_source(const char *src, const char *tag, const char *format,
                          const char *tokenizer, int want_tok)
 {
     char a[600], b[600];
@@ -84,7 +85,7 @@ static void check_source(const char *src, const char *tag, st_err (*read_whole)(
         ck_assert_msg(e == ST_OK, "1-rank convert of %s: %s", src, st_error_message());
         st_config c;
         float *w = NULL;
-        ck_assert_msg(read_whole(src, &c, &w) == ST_OK, "%s", st_error_message());
+        ck_assert_msg(st_model_source_read_file(src, format, &c, &w) == ST_OK, "%s", st_error_message());
         st_layout lay;
         ck_assert_int_eq(st_layout_init(&lay, &c, 1, 0), ST_OK);
         same = same_checkpoints(a, b, w, lay.numel, want_tok);
@@ -98,7 +99,7 @@ static void check_source(const char *src, const char *tag, st_err (*read_whole)(
 START_TEST(test_llama2c_stories)
 {
     /* no tokenizer.bin beside it here: the checkpoints store none (a warning) */
-    check_source(th_data_path("llama2c/stories260K.bin"), "l2c", st_llama2c_read, NULL, 0);
+    check_source(th_data_path("llama2c/stories260K.bin"), "l2c", "llama2c", NULL, 0);
 }
 END_TEST
 
@@ -127,8 +128,8 @@ START_TEST(test_hf_gpt2)
     st_err e = convert_on(MPI_COMM_WORLD, tmp_path("gpt2_f32"), tmp_path("nope.h5"), tok);
     ck_assert_int_eq(e, ST_ERR_ARG);
     ck_assert(access(tmp_path("nope.h5"), F_OK) != 0);
-    check_source(tmp_path("gpt2_f32"), "gpt2_f32", st_hf_read, "byte", 1);
-    check_source(tmp_path("gpt2_bf16"), "gpt2_bf16", st_hf_read, NULL, 0);
+    check_source(tmp_path("gpt2_f32"), "gpt2_f32", "hf", "byte", 1);
+    check_source(tmp_path("gpt2_bf16"), "gpt2_bf16", "hf", NULL, 0);
 }
 END_TEST
 
@@ -153,7 +154,7 @@ START_TEST(test_llmc)
     if (RANK == 0) write_llmc(tmp_path("gpt2.bin"), 0);
     if (RANK == 0) write_llmc(tmp_path("cut.bin"), 5);
     MPI_Barrier(MPI_COMM_WORLD);
-    check_source(tmp_path("gpt2.bin"), "llmc", st_llmc_read, NULL, 0);
+    check_source(tmp_path("gpt2.bin"), "llmc", "llmc", NULL, 0);
     /* truncated: both ranks fail, naming the file, and nothing is written */
     st_err e = convert_on(MPI_COMM_WORLD, tmp_path("cut.bin"), tmp_path("cut.h5"), NULL);
     ck_assert_int_eq(e, ST_ERR_FORMAT);

@@ -4,10 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dp.h"
+#include "core/params.h"
+#include "model/optim.h"
+#include "mpi/dp.h"
 #include "mpi_check.h"
-#include "optim.h"
-#include "params.h"
 
 static void check_reduction(int zero)
 {
@@ -16,7 +16,7 @@ static void check_reduction(int zero)
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     const size_t n = 1001; /* odd: slices of unequal size */
     st_dp d;
-    ck_assert_int_eq(st_dp_init(&d, MPI_COMM_WORLD, n, zero, 8), 0);
+    ck_assert_int_eq(st_dp_init(&d, MPI_COMM_WORLD, n, zero), 0);
     float *g = malloc(n * sizeof(float));
     /* small integers: sums are exact in float whatever the order */
     for (size_t i = 0; i < n; i++) g[i] = (float)((i * 7 + (size_t)rank * 13) % 17);
@@ -67,7 +67,7 @@ START_TEST(zero_shards_optimizer_state)
     st_layout lay;
     ck_assert_int_eq(st_layout_init(&lay, &cfg, 1, 0), 0);
     st_dp d;
-    ck_assert_int_eq(st_dp_init(&d, MPI_COMM_WORLD, lay.numel, 1, cfg.n_layer + 2), 0);
+    ck_assert_int_eq(st_dp_init(&d, MPI_COMM_WORLD, lay.numel, 1), 0);
     size_t b0, b1;
     st_dp_owned(&d, &b0, &b1);
     st_optim_config oc;

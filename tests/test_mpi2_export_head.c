@@ -16,9 +16,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "commands.h"
+#include "cmd/commands.h"
 #include "harness.h"
-#include "safetensors.h"
+#include "io/formats/safetensors.h"
 
 static char DIR_[256];
 static int RANK;

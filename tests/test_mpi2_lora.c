@@ -8,11 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "grid.h"
-#include "lora.h"
-#include "model.h"
+#include "core/rng.h"
+#include "model/lora.h"
+#include "model/model.h"
+#include "mpi/grid.h"
 #include "mpi_check.h"
-#include "rng.h"
 #include "testcfg.h"
 
 

@@ -12,10 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "commands.h"
-#include "grid.h"
-#include "h5util.h"
+#include "cmd/commands.h"
 #include "harness.h"
+#include "io/h5util.h"
+#include "mpi/grid.h"
 
 static char DIR_[256];
 static int RANK;

@@ -15,12 +15,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "classify.h"
-#include "commands.h"
-#include "dataset.h"
+#include "cmd/commands.h"
 #include "harness.h"
-#include "lora.h"
+#include "io/lora_ckpt.h"
+#include "io/checkpoint.h"
+#include "io/dataset.h"
+#include "model/classify.h"
+#include "model/lora.h"
 
 enum { N_PAIRS = 10, T = 160 };
 

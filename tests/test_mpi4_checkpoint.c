@@ -12,12 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
-#include "grid.h"
+#include "core/params.h"
+#include "core/rng.h"
 #include "harness.h"
+#include "io/checkpoint.h"
+#include "mpi/grid.h"
 #include "mpi_check.h"
-#include "params.h"
-#include "rng.h"
 
 static char g_dir[256];
 static int g_rank;

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "options.h"
+#include "cmd/options.h"
 
 static int n_layer, zero;
 static float lr;

@@ -15,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/rng.h"
 #include "ref.h"
-#include "rng.h"
 
 #define FD_H 1e-5        /* layers */
 #define FD_H_MODEL 1e-4  /* whole model, see above */

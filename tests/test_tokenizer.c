@@ -17,8 +17,8 @@
 #include <zlib.h>
 
 #include "harness.h"
-#include "template.h"
-#include "tokenizer.h"
+#include "io/chat/template.h"
+#include "io/tok/tokenizer.h"
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 

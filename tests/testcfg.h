@@ -4,7 +4,7 @@
 #ifndef ST_TESTCFG_H
 #define ST_TESTCFG_H
 
-#include "config.h"
+#include "core/config.h"
 
 static inline st_config cfg_llama(void)
 {

@@ -1,6 +1,6 @@
 /* fuzz_chat_template.c: libFuzzer harness for the Jinja chat template
  * interpreter (io/jinja*.c) and the prefix-method tokens and mask
- * (io/chat_template.c); not part of make check. Run with `make fuzz`.
+ * (io/chat/chat_template.c); not part of make check. Run with `make fuzz`.
  *
  * The first input byte picks a mode:
  *   0  the rest is a template, rendered over a few conversations
@@ -18,10 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_template.h"
-#include "jinja.h"
-#include "jsonl.h"
-#include "tokenizer.h"
+#include "io/chat/chat_template.h"
+#include "io/chat/jinja.h"
+#include "io/jsonl.h"
+#include "io/tok/tokenizer.h"
 
 static const char *const real[] = {
     /* SmolLM2-135M-Instruct */

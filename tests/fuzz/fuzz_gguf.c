@@ -3,8 +3,8 @@
  * Build and run by hand from the repo root (gguf.c also holds the model
  * export, hence the extra objects):
  *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -Iio \
- *     $(pkg-config --cflags libcjson libpcre2-8) tests/fuzz/fuzz_gguf.c io/gguf.c io/safetensors.c \
- *     io/llama2c.c io/tokenizer.c io/tok_*.c src/params.c src/config.c src/rng.c src/err.c \
+ *     $(pkg-config --cflags libcjson libpcre2-8) tests/fuzz/fuzz_gguf.c io/formats/gguf.c io/formats/safetensors.c \
+ *     io/formats/llama2c.c io/tok/tokenizer.c io/tok_*.c src/core/params.c src/core/config.c src/core/rng.c src/core/err.c \
  *     $(pkg-config --libs libcjson libpcre2-8) -lm -o /tmp/fuzz_gguf
  *   /tmp/fuzz_gguf -max_total_time=300 /tmp/fuzz_gguf_corpus
  *
@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "gguf.h"
+#include "io/formats/gguf.h"
 
 static volatile uint8_t sink;   /* touching bytes lets ASan flag any read outside the input */
 

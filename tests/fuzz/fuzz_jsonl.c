@@ -4,7 +4,7 @@
  * Build and run by hand from the repo root:
  *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -Iio \
  *     $(pkg-config --cflags libcjson libpcre2-8) tests/fuzz/fuzz_jsonl.c io/jsonl.c io/csv.c \
- *     io/template.c io/tokenizer.c io/tok_*.c src/err.c src/rng.c \
+ *     io/chat/template.c io/tok/tokenizer.c io/tok_*.c src/core/err.c src/core/rng.c \
  *     $(pkg-config --libs libcjson libpcre2-8) -lz -lm -o /tmp/fuzz_jsonl
  *   /tmp/fuzz_jsonl -max_total_time=300 /tmp/fuzz_jsonl_corpus
  *
@@ -26,10 +26,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "csv.h"
-#include "jsonl.h"
-#include "template.h"
-#include "tokenizer.h"
+#include "io/chat/template.h"
+#include "io/csv.h"
+#include "io/jsonl.h"
+#include "io/tok/tokenizer.h"
 
 static st_tokenizer *byte_tok;
 

@@ -2,7 +2,7 @@
  *
  * Build and run by hand from the repo root:
  *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -Iio \
- *     $(pkg-config --cflags libcjson) tests/fuzz/fuzz_safetensors.c io/safetensors.c src/err.c \
+ *     $(pkg-config --cflags libcjson) tests/fuzz/fuzz_safetensors.c io/formats/safetensors.c src/core/err.c \
  *     $(pkg-config --libs libcjson) -lm -o /tmp/fuzz_safetensors
  *   /tmp/fuzz_safetensors -max_total_time=300 /tmp/fuzz_st_corpus
  *
@@ -18,7 +18,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "safetensors.h"
+#include "io/formats/safetensors.h"
 
 static void check_entries(const st_safetensors *f, const uint8_t *data, size_t size)
 {

@@ -3,8 +3,8 @@
  * Build and run by hand from the repo root:
  *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
  *     -fno-sanitize-recover=undefined -Isrc -Iio \
- *     $(pkg-config --cflags libcjson libpcre2-8) tests/fuzz/fuzz_tokenizer.c io/tokenizer.c \
- *     io/tok_*.c src/err.c $(pkg-config --libs libcjson libpcre2-8) -lm -o /tmp/fuzz_tokenizer
+ *     $(pkg-config --cflags libcjson libpcre2-8) tests/fuzz/fuzz_tokenizer.c io/tok/tokenizer.c \
+ *     io/tok_*.c src/core/err.c $(pkg-config --libs libcjson libpcre2-8) -lm -o /tmp/fuzz_tokenizer
  *   /tmp/fuzz_tokenizer -max_total_time=300 /tmp/fuzz_corpus
  *
  * The first input byte picks a mode:
@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer.h"
+#include "io/tok/tokenizer.h"
 
 static const char *const kinds[] = {"byte", "gpt2", "hf", "llama2c", "llmc"};
 

@@ -1,0 +1,330 @@
+/* chat_template.c: a Jinja chat template -> tokens and loss mask, by the
+ * prefix method (see chat_template.h). */
+#include "io/chat/chat_template.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/jsonl.h"
+
+struct st_chat_template {
+    st_jinja *tpl;
+    char *bos, *eos;   /* the tokenizer's texts, or NULL */
+};
+
+static const char hint[] = "use --template default|plain|chatml";
+
+/* ---- the template ---------------------------------------------------------------- */
+
+void st_chat_template_free(st_chat_template *ct)
+{
+    if (!ct) return;
+    st_jinja_free(ct->tpl);
+    free(ct->bos);
+    free(ct->eos);
+    free(ct);
+}
+
+/* The first line of the current error message, copied. */
+static void first_line(char *buf, size_t cap)
+{
+    const char *m = st_error_message(), *nl = strchr(m, '\n');
+    snprintf(buf, cap, "%.*s", (int)(nl ? nl - m : (long)strlen(m)), m);
+}
+
+st_err st_chat_template_new(st_chat_template **out, const char *source, const char *bos_token,
+                            const char *eos_token)
+{
+    *out = NULL;
+    st_chat_template *ct = calloc(1, sizeof *ct);
+    if (!ct || (bos_token && !(ct->bos = strdup(bos_token))) || (eos_token && !(ct->eos = strdup(eos_token)))) {
+        st_chat_template_free(ct);
+        ST_FAIL(ST_ERR_MEM, "out of memory for the chat template");
+    }
+    st_err e = st_jinja_parse(&ct->tpl, source, strlen(source));
+    if (e) {
+        st_chat_template_free(ct);
+        if (e == ST_ERR_MEM) ST_TRY(e);
+        char msg[1024];
+        first_line(msg, sizeof msg);
+        ST_FAIL(e, "%s; %s", msg, hint);
+    }
+    *out = ct;
+    return ST_OK;
+}
+
+/* The text of token id (NULL when id < 0). */
+static st_err token_text(const st_tokenizer *tok, int id, char **out)
+{
+    const char *p;
+    size_t n;
+    *out = NULL;
+    if (id < 0) return ST_OK;
+    ST_TRY(st_tokenizer_decode_piece(tok, -1, id, &p, &n));
+    if (!(*out = strndup(p, n))) ST_FAIL(ST_ERR_MEM, "out of memory");
+    return ST_OK;
+}
+
+st_err st_chat_template_from_tokenizer(st_chat_template **out, const st_tokenizer *tok)
+{
+    const char *src = st_tokenizer_chat_template(tok);
+    *out = NULL;
+    if (!src) ST_FAIL(ST_ERR_ARG, "the tokenizer has no chat template (tokenizer_config.json \"chat_template\")");
+    char *bos, *eos = NULL;
+    st_err e = token_text(tok, st_tokenizer_bos(tok), &bos);
+    if (!e) e = token_text(tok, st_tokenizer_eos(tok), &eos);
+    if (!e) e = st_chat_template_new(out, src, bos, eos);
+    free(bos);
+    free(eos);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+/* ---- rendering ---------------------------------------------------------------------- */
+
+static const char *const role_name[] = {"system", "user", "assistant"};
+
+/* {role, content} per turn: the role is the template's kind of text (one of
+ * three names prepare checked), the content is the user's. */
+static st_err make_messages(const st_turn *turns, int n, st_jv ***out)
+{
+    st_jv **m = calloc((size_t)(n ? n : 1), sizeof *m);
+    if (!m) ST_FAIL(ST_ERR_MEM, "out of memory for %d messages", n);
+    st_err e = ST_OK;
+    for (int i = 0; i < n && !e; i++) {
+        if (!(m[i] = st_jv_new_dict())) {
+            e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for messages");
+            break;
+        }
+        e = st_jv_put(m[i], "role", st_jv_string(role_name[turns[i].role], strlen(role_name[turns[i].role]), 0));
+        if (!e) e = st_jv_put(m[i], "content", st_jv_string(turns[i].text, turns[i].len, 1));
+    }
+    if (e) {
+        for (int i = 0; i < n; i++) st_jv_unref(m[i]);
+        free(m);
+        st_error_trace(__FILE__, __LINE__, __func__);
+        return e;
+    }
+    *out = m;
+    return ST_OK;
+}
+
+static void free_messages(st_jv **m, int n)
+{
+    for (int i = 0; m && i < n; i++) st_jv_unref(m[i]);
+    free(m);
+}
+
+/* render(messages[:k], add_generation_prompt=gen) */
+static st_err render_first(const st_chat_template *ct, st_jv *const *msgs, int k, int gen, st_jinja_text *out)
+{
+    st_jv *list = st_jv_new_list(), *g = st_jv_boolean(gen);
+    st_jv *bos = ct->bos ? st_jv_string(ct->bos, strlen(ct->bos), 0) : NULL;
+    st_jv *eos = ct->eos ? st_jv_string(ct->eos, strlen(ct->eos), 0) : NULL;
+    st_err e = ST_OK;
+    if (!list || !g || (ct->bos && !bos) || (ct->eos && !eos))
+        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for template variables");
+    for (int i = 0; i < k && !e; i++) e = st_jv_append(list, st_jv_ref(msgs[i]));
+    st_jinja_var vars[4] = {{"messages", list}, {"add_generation_prompt", g}};
+    int n = 2;
+    if (bos) vars[n++] = (st_jinja_var){"bos_token", bos};
+    if (eos) vars[n++] = (st_jinja_var){"eos_token", eos};
+    if (!e) e = st_jinja_render(ct->tpl, vars, n, out);
+    st_jv_unref(list), st_jv_unref(g), st_jv_unref(bos), st_jv_unref(eos);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+st_err st_chat_template_apply(const st_chat_template *ct, const st_turn *turns, int n_turns,
+                              int add_generation_prompt, st_jinja_text *out)
+{
+    st_jv **msgs;
+    ST_TRY(make_messages(turns, n_turns, &msgs));
+    st_err e = render_first(ct, msgs, n_turns, add_generation_prompt, out);
+    free_messages(msgs, n_turns);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+/* ---- the loss mask: the prefix method ------------------------------------------------ */
+
+static int is_prefix(const st_jinja_text *p, const st_jinja_text *full)
+{
+    return p->n <= full->n && (!p->n || !memcmp(p->s, full->s, p->n));
+}
+
+static st_err not_stable(int k, int n_msgs, const char *how)
+{
+    ST_FAIL(ST_ERR_FORMAT, "chat template is not prefix-stable at message %d: rendering the first %d "
+            "message%s%s does not give the start of the whole conversation's text, so the response "
+            "cannot be located; %s", k, n_msgs, n_msgs == 1 ? "" : "s", how, hint);
+}
+
+/* Mark assistant message k's span in learn; *resp = its start when k is the last. */
+static st_err response_span(const st_chat_template *ct, st_jv *const *msgs, int k, int last,
+                            const st_jinja_text *full, st_jinja_text *part, uint8_t *learn, size_t *resp)
+{
+    ST_TRY(render_first(ct, msgs, k, 1, part));
+    if (!is_prefix(part, full)) return not_stable(k, k, " with add_generation_prompt");
+    size_t a = part->n, b = full->n;
+    if (k < last) {
+        ST_TRY(render_first(ct, msgs, k + 1, 0, part));
+        if (!is_prefix(part, full)) return not_stable(k, k + 1, "");
+        b = part->n;
+    }
+    if (b <= a)
+        ST_FAIL(ST_ERR_FORMAT, "the chat template renders assistant message %d as nothing (no text between "
+                "its prompt and its end), so there is nothing to learn; %s", k, hint);
+    memset(learn + a, 1, b - a);
+    if (k == last) *resp = a;
+    return ST_OK;
+}
+
+/* ---- tokens ------------------------------------------------------------------------------ */
+
+/* A stretch of the rendering encoded as one piece. */
+typedef struct {
+    size_t a, b;
+    uint8_t special;   /* the template's own text holding special tokens: allow_special */
+    uint8_t learn;
+} seg;
+
+typedef struct {
+    seg *v;
+    size_t n, cap;
+    size_t resp;       /* a piece must start here */
+    int32_t *ids[3];   /* encode scratch */
+    size_t n_ids[3], cap_ids[3];
+} segs;
+
+/* Append [a, b); plain text joins a plain neighbour with the same mask. */
+static st_err seg_add(segs *s, size_t a, size_t b, int special, uint8_t learn)
+{
+    if (a >= b) return ST_OK;
+    seg *last = s->n ? &s->v[s->n - 1] : NULL;
+    if (last && !special && !last->special && last->learn == learn && last->b == a && a != s->resp) {
+        last->b = b;
+        return ST_OK;
+    }
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 32;
+        seg *v = realloc(s->v, cap * sizeof *v);
+        if (!v) ST_FAIL(ST_ERR_MEM, "out of memory for %zu text pieces", cap);
+        s->v = v;
+        s->cap = cap;
+    }
+    s->v[s->n++] = (seg){a, b, (uint8_t)(special != 0), learn};
+    return ST_OK;
+}
+
+static st_err encode_into(segs *s, int k, const st_tokenizer *tok, const char *p, size_t n, int allow)
+{
+    s->n_ids[k] = 0;
+    ST_TRY(st_tokenizer_encode_more(tok, p, n, allow, &s->ids[k], &s->n_ids[k], &s->cap_ids[k]));
+    return ST_OK;
+}
+
+/* The template's text [a, b): its special tokens become pieces of their own;
+ * the text between them is plain. A token is special when its text alone,
+ * encoded without special tokens, is not that token. */
+static st_err literal_segs(segs *s, const st_tokenizer *tok, const char *t, size_t a, size_t b, uint8_t learn)
+{
+    ST_TRY(encode_into(s, 0, tok, t + a, b - a, 1));
+    ST_TRY(encode_into(s, 1, tok, t + a, b - a, 0));
+    if (s->n_ids[0] == s->n_ids[1] && !memcmp(s->ids[0], s->ids[1], s->n_ids[0] * sizeof(int32_t)))
+        return seg_add(s, a, b, 0, learn);
+    size_t mark = s->n, off = a;
+    for (size_t i = 0; i < s->n_ids[0]; i++) {
+        const char *p;
+        size_t len, bad;
+        char why[64];
+        int32_t id = s->ids[0][i];
+        ST_TRY(st_tokenizer_decode_piece(tok, -1, id, &p, &len));
+        if (len > b - off || memcmp(p, t + off, len)) break; /* pieces do not spell the text */
+        int special = 0;
+        if (len && st_utf8_valid(p, len, &bad, why, sizeof why)) {
+            ST_TRY(encode_into(s, 2, tok, p, len, 0));
+            special = !(s->n_ids[2] == 1 && s->ids[2][0] == id);
+        }
+        ST_TRY(seg_add(s, off, off + len, special, learn));
+        off += len;
+    }
+    if (off == b) return ST_OK;
+    s->n = mark; /* could not map tokens to text: one piece with special tokens allowed */
+    return seg_add(s, a, b, 1, learn);
+}
+
+/* Cut t into pieces: where provenance or the mask changes, at resp, and
+ * around the template's special tokens. */
+static st_err cut(segs *s, const st_tokenizer *tok, const st_jinja_text *t, const uint8_t *learn)
+{
+    for (size_t a = 0, b; a < t->n; a = b) {
+        b = a + 1;
+        while (b < t->n && t->content[b] == t->content[a] && learn[b] == learn[a] && b != s->resp) b++;
+        if (t->content[a]) ST_TRY(seg_add(s, a, b, 0, learn[a]));
+        else ST_TRY(literal_segs(s, tok, t->s, a, b, learn[a]));
+    }
+    return ST_OK;
+}
+
+/* Does the template's own text (not a user's) contain text? */
+static int literal_contains(const st_jinja_text *t, const char *text)
+{
+    size_t n = strlen(text);
+    if (!t->n) return 0;
+    for (const char *p = t->s; n && (p = memmem(p, t->n - (size_t)(p - t->s), text, n)); p++)
+        if (!memchr(t->content + (p - t->s), 1, n)) return 1;
+    return 0;
+}
+
+static st_err encode(st_tokseq *s, const st_chat_template *ct, const st_tokenizer *tok, const st_jinja_text *t,
+                     const uint8_t *learn, size_t resp)
+{
+    int bos = st_tokenizer_bos(tok), eos = st_tokenizer_eos(tok), distinct = bos >= 0 && bos != eos;
+    segs sg = {.resp = resp};
+    st_err e = ST_OK;
+    if (distinct && !(ct->bos && literal_contains(t, ct->bos))) {
+        e = st_tokseq_push_id(s, bos, 0);
+        s->has_bos = 1;
+    }
+    if (!e) e = cut(&sg, tok, t, learn);
+    for (size_t i = 0; !e && i < sg.n; i++) {
+        const seg *g = &sg.v[i];
+        if (g->a == resp) s->resp_start = s->n;
+        e = st_tokseq_push_text(s, tok, t->s + g->a, g->b - g->a, g->special, g->learn);
+        /* a template's own leading bos counts as the sequence's bos (kept by
+         * truncation; the text after it is the sequence's first piece) */
+        if (!e && distinct && !s->has_bos && s->n == 1 && s->ids[0] == bos) s->has_bos = 1;
+    }
+    free(sg.v);
+    for (int k = 0; k < 3; k++) free(sg.ids[k]);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+st_err st_chat_template_render(st_tokseq *s, const st_chat_template *ct, const st_tokenizer *tok,
+                               const st_turn *turns, int n_turns)
+{
+    st_tokseq_clear(s);
+    int last = -1;
+    for (int i = 0; i < n_turns; i++)
+        if (turns[i].role == ST_ROLE_ASSISTANT) last = i;
+    if (last < 0) ST_FAIL(ST_ERR_ARG, "nothing to learn: the conversation has no assistant turn");
+    st_jv **msgs = NULL;
+    st_jinja_text full = {0}, part = {0};
+    uint8_t *learn = NULL;
+    size_t resp = 0;
+    st_err e = make_messages(turns, last + 1, &msgs);
+    if (!e) e = render_first(ct, msgs, last + 1, 0, &full);
+    if (!e && !(learn = calloc(full.n + 1, 1)))
+        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for a %zu-byte mask", full.n);
+    for (int k = 0; !e && k <= last; k++)
+        if (turns[k].role == ST_ROLE_ASSISTANT) e = response_span(ct, msgs, k, last, &full, &part, learn, &resp);
+    if (!e) e = encode(s, ct, tok, &full, learn, resp);
+    free_messages(msgs, last + 1);
+    st_jinja_text_free(&full);
+    st_jinja_text_free(&part);
+    free(learn);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}

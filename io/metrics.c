@@ -1,0 +1,87 @@
+/* metrics.c: metrics.jsonl and the loss-curve PNG. */
+#include "io/metrics.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+st_err st_metrics_open(st_metrics *m, const char *dir)
+{
+    snprintf(m->path, sizeof m->path, "%s/metrics.jsonl", dir);
+    m->f = fopen(m->path, "a");
+    if (!m->f) ST_FAIL(ST_ERR_IO, "cannot open '%s' for appending: %s", m->path, strerror(errno));
+    return ST_OK;
+}
+
+void st_metrics_step(st_metrics *m, int64_t step, double loss, double val_loss, double lr,
+                     double grad_norm, double tokens_per_s, double mfu, int64_t tokens_seen)
+{
+    if (!m->f) return;
+    fprintf(m->f, "{\"step\":%lld,\"loss\":%.9g,", (long long)step, loss);
+    if (val_loss >= 0) fprintf(m->f, "\"val_loss\":%.9g,", val_loss);
+    fprintf(m->f, "\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"tokens\":%lld}\n",
+            lr, grad_norm, tokens_per_s, mfu, (long long)tokens_seen);
+    fflush(m->f);
+}
+
+void st_metrics_close(st_metrics *m)
+{
+    if (m->f) fclose(m->f);
+    m->f = NULL;
+}
+
+st_err st_metrics_plot(const char *metrics_jsonl, const char *png, const char *title)
+{
+    /* gnuplot reads columns, so pull step/loss/val_loss out of the JSON lines first */
+    FILE *in = fopen(metrics_jsonl, "r");
+    if (!in) ST_FAIL(ST_ERR_IO, "cannot read '%s': %s", metrics_jsonl, strerror(errno));
+    char tsv[4200], gp[4200];
+    snprintf(tsv, sizeof tsv, "%s.tsv", png);
+    snprintf(gp, sizeof gp, "%s.gp", png);
+    FILE *out = fopen(tsv, "w");
+    if (!out) { fclose(in); ST_FAIL(ST_ERR_IO, "cannot write '%s': %s", tsv, strerror(errno)); }
+    char line[4096];
+    int rows = 0, val_rows = 0;
+    while (fgets(line, sizeof line, in)) {
+        cJSON *j = cJSON_Parse(line);
+        if (!j) continue;
+        cJSON *s = cJSON_GetObjectItem(j, "step"), *l = cJSON_GetObjectItem(j, "loss"),
+              *v = cJSON_GetObjectItem(j, "val_loss");
+        if (cJSON_IsNumber(s) && cJSON_IsNumber(l)) {
+            if (cJSON_IsNumber(v)) fprintf(out, "%g\t%g\t%g\n", s->valuedouble, l->valuedouble, v->valuedouble), val_rows++;
+            else fprintf(out, "%g\t%g\tNaN\n", s->valuedouble, l->valuedouble);
+            rows++;
+        }
+        cJSON_Delete(j);
+    }
+    fclose(in);
+    fclose(out);
+    FILE *g = fopen(gp, "w");
+    if (!g) ST_FAIL(ST_ERR_IO, "cannot write '%s'", gp);
+    fprintf(g, "set terminal png size 900,540\nset output '%s'\nset title '%s'\n"
+               "set xlabel 'step'\nset ylabel 'loss (nats/token)'\nset grid\nset key top right\n"
+               "set datafile missing 'NaN'\n",
+            png, title);
+    fprintf(g, "plot '%s' using 1:2 with lines lw 2 title 'train'%s\n", tsv,
+            val_rows ? ", '' using 1:3 with linespoints pt 7 title 'validation'" : "");
+    fclose(g);
+    if (!rows) ST_FAIL(ST_ERR_FORMAT, "'%s' holds no steps to plot", metrics_jsonl);
+    pid_t pid = fork();
+    if (pid < 0) ST_FAIL(ST_ERR_IO, "fork failed: %s", strerror(errno));
+    if (pid == 0) {
+        execlp("gnuplot", "gnuplot", gp, (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+            fprintf(stderr, "shardtune: warning: gnuplot not found; loss curve not drawn (apt-get install gnuplot-nox)\n");
+        else
+            ST_FAIL(ST_ERR_IO, "gnuplot failed drawing '%s' (script '%s')", png, gp);
+    }
+    return ST_OK;
+}

@@ -1,0 +1,26 @@
+/* metrics.h: what a run reports. A JSON line per logged step in
+ * OUT/metrics.jsonl (machine-readable, appended across resumes), and a
+ * loss-curve PNG drawn by gnuplot at the end of a run. Rank 0 only. */
+#ifndef ST_METRICS_H
+#define ST_METRICS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/err.h"
+
+typedef struct {
+    FILE *f;
+    char path[4096];
+} st_metrics;
+
+st_err st_metrics_open(st_metrics *m, const char *dir);
+/* One step. val_loss < 0 means "not evaluated at this step". */
+void st_metrics_step(st_metrics *m, int64_t step, double loss, double val_loss, double lr,
+                     double grad_norm, double tokens_per_s, double mfu, int64_t tokens_seen);
+void st_metrics_close(st_metrics *m);
+/* Draw train (and validation) loss from metrics.jsonl into png with gnuplot.
+ * A missing gnuplot is reported as a warning, not an error. */
+st_err st_metrics_plot(const char *metrics_jsonl, const char *png, const char *title);
+
+#endif

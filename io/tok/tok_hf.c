@@ -1,0 +1,320 @@
+/* tok_hf.c: Hugging Face tokenizer.json with a byte-level BPE model (GPT-2,
+ * Llama 3, SmolLM, Qwen2 style), and the optional tokenizer_config.json
+ * beside it for bos/eos and the chat template.
+ *
+ * Supported: model.type BPE (merges as "a b" strings or [a, b] arrays,
+ * ignore_merges), added_tokens (special, lstrip, rstrip, single_word),
+ * normalizer none or NFC (not applied), pre_tokenizer ByteLevel / Split
+ * (Isolated) / Digits, possibly inside a Sequence, with ByteLevel last.
+ * Anything else is refused with a message naming it.
+ */
+#include "io/tok/tok_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const cJSON *get(const cJSON *o, const char *key) { return cJSON_GetObjectItemCaseSensitive(o, key); }
+
+static const char *type_of(const cJSON *o)
+{
+    const cJSON *ty = get(o, "type");
+    return cJSON_IsString(ty) ? ty->valuestring : NULL;
+}
+
+/* ---- model ---- */
+
+static st_err check_model(st_tokenizer *t, const cJSON *model, const char *name)
+{
+    if (!cJSON_IsObject(model)) ST_FAIL(ST_ERR_FORMAT, "%s: no \"model\" object", name);
+    const char *ty = type_of(model);
+    if (ty && strcmp(ty, "BPE") != 0)
+        ST_FAIL(ST_ERR_FORMAT, "%s: model.type is \"%.40s\"; only byte-level BPE is supported (use llama2c: for "
+                "sentencepiece models)", name, ty);
+    static const char *const affix[] = {"continuing_subword_prefix", "end_of_word_suffix"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *a = get(model, affix[i]);
+        if (cJSON_IsString(a) && a->valuestring[0])
+            ST_FAIL(ST_ERR_FORMAT, "%s: model.%s is set; only byte-level BPE without affixes is supported", name,
+                    affix[i]);
+    }
+    if (cJSON_IsTrue(get(model, "byte_fallback")))
+        ST_FAIL(ST_ERR_FORMAT, "%s: model.byte_fallback is true, which marks a sentencepiece-style BPE; only "
+                "byte-level BPE is supported (use llama2c: for sentencepiece models)", name);
+    t->ignore_merges = cJSON_IsTrue(get(model, "ignore_merges"));
+    return ST_OK;
+}
+
+static st_err check_normalizer(const cJSON *norm, const char *name)
+{
+    if (!norm || cJSON_IsNull(norm)) return ST_OK;
+    const char *ty = type_of(norm);
+    if (ty && strcmp(ty, "Sequence") == 0) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, get(norm, "normalizers")) ST_TRY(check_normalizer(it, name));
+        return ST_OK;
+    }
+    /* NFC is accepted but not applied: text is taken to be NFC already */
+    if (ty && strcmp(ty, "NFC") == 0) return ST_OK;
+    ST_FAIL(ST_ERR_FORMAT, "%s: normalizer \"%.40s\" is not supported (only none or NFC)", name, ty ? ty : "?");
+}
+
+static st_err add_merges(st_tokenizer *t, const cJSON *merges, const char *name)
+{
+    if (!cJSON_IsArray(merges)) ST_FAIL(ST_ERR_FORMAT, "%s: model.merges is missing or not an array", name);
+    size_t i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, merges) {
+        const char *a, *b;
+        size_t alen, blen;
+        if (cJSON_IsString(m)) {   /* "a b" */
+            a = m->valuestring;
+            const char *sp = strchr(a, ' ');
+            if (!sp || sp == a || !sp[1] || strchr(sp + 1, ' '))
+                ST_FAIL(ST_ERR_FORMAT, "%s: model.merges[%zu] \"%.80s\" is not two tokens separated by one space",
+                        name, i, a);
+            alen = (size_t)(sp - a), b = sp + 1, blen = strlen(b);
+        } else if (cJSON_GetArraySize(m) == 2 && cJSON_IsString(cJSON_GetArrayItem(m, 0)) &&
+                   cJSON_IsString(cJSON_GetArrayItem(m, 1))) {   /* ["a", "b"] */
+            a = cJSON_GetArrayItem(m, 0)->valuestring, alen = strlen(a);
+            b = cJSON_GetArrayItem(m, 1)->valuestring, blen = strlen(b);
+        } else {
+            ST_FAIL(ST_ERR_FORMAT, "%s: model.merges[%zu] is neither \"a b\" nor [\"a\", \"b\"]", name, i);
+        }
+        ST_TRY(st_tok_bpe_add_merge(t, a, alen, b, blen, name, "model.merges entry", i));
+        i++;
+    }
+    return ST_OK;
+}
+
+/* ---- added tokens ---- */
+
+static st_err scan_added(const cJSON *added, const char *name, int32_t *max_id, int32_t *count)
+{
+    if (!added || cJSON_IsNull(added)) return ST_OK;
+    if (!cJSON_IsArray(added)) ST_FAIL(ST_ERR_FORMAT, "%s: added_tokens is not an array", name);
+    int i = 0;
+    const cJSON *a;
+    cJSON_ArrayForEach(a, added) {
+        const cJSON *id = get(a, "id"), *content = get(a, "content");
+        double d = cJSON_IsNumber(id) ? id->valuedouble : -1;
+        if (!cJSON_IsString(content) || !(d >= 0 && d < ST_TOK_MAX_VOCAB) || d != (double)(int32_t)d)
+            ST_FAIL(ST_ERR_FORMAT, "%s: added_tokens[%d] needs a string \"content\" and an integer \"id\" in 0..%d",
+                    name, i, ST_TOK_MAX_VOCAB - 1);
+        if ((int32_t)d > *max_id) *max_id = (int32_t)d;
+        (*count)++;
+        i++;
+    }
+    return ST_OK;
+}
+
+/* Give each added token its text (a vocabulary entry must agree) and build
+ * the matching regexes. */
+static st_err fill_added(st_tokenizer *t, const cJSON *added, const char *name)
+{
+    int n = cJSON_IsArray(added) ? cJSON_GetArraySize(added) : 0;
+    if (n == 0) return ST_OK;
+    st_tok_added *list;
+    ST_ALLOC(list, n, "added tokens");
+    st_err err = ST_OK;
+    int i = 0;
+    const cJSON *a;
+    cJSON_ArrayForEach(a, added) {
+        const char *c = get(a, "content")->valuestring;
+        int32_t id = (int32_t)get(a, "id")->valuedouble;
+        size_t len = strlen(c);
+        if (!t->text[id]) err = st_tok_set_text(t, id, c, len, name);
+        else if (t->text_len[id] != len || memcmp(t->text[id], c, len) != 0)
+            err = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                               "%s: added token \"%.60s\" has id %d, which the vocabulary gives to \"%.60s\"", name,
+                               c, id, t->text[id]);
+        if (err) break;
+        list[i++] = (st_tok_added){
+            .content = t->text[id], .len = len, .id = id,
+            .special = cJSON_IsTrue(get(a, "special")), .lstrip = cJSON_IsTrue(get(a, "lstrip")),
+            .rstrip = cJSON_IsTrue(get(a, "rstrip")), .single_word = cJSON_IsTrue(get(a, "single_word")),
+        };
+    }
+    if (!err) err = st_tok_build_added_re(t, list, i, name);
+    free(list);
+    if (err) st_error_trace(__FILE__, __LINE__, __func__);
+    return err;
+}
+
+/* ---- pre-tokenizer ---- */
+
+static st_err add_literal_stage(st_tokenizer *t, const char *s, const char *name)
+{
+    char *p = NULL;
+    size_t len = 0, cap = 0;
+    st_err err = st_tok_regex_escape(&p, &len, &cap, s, strlen(s));
+    if (!err) err = st_tok_bpe_add_stage(t, p, len, name);
+    free(p);
+    if (err) st_error_trace(__FILE__, __LINE__, __func__);
+    return err;
+}
+
+static st_err add_split(st_tokenizer *t, const cJSON *p, const char *name)
+{
+    const cJSON *pat = get(p, "pattern"), *beh = get(p, "behavior");
+    if (!cJSON_IsString(beh) || strcmp(beh->valuestring, "Isolated") != 0)
+        ST_FAIL(ST_ERR_FORMAT, "%s: Split pre-tokenizer behavior \"%.40s\" is not supported (only Isolated)", name,
+                cJSON_IsString(beh) ? beh->valuestring : "?");
+    if (cJSON_IsTrue(get(p, "invert")))
+        ST_FAIL(ST_ERR_FORMAT, "%s: Split pre-tokenizer with invert=true is not supported", name);
+    const cJSON *re = get(pat, "Regex"), *lit = get(pat, "String");
+    if (cJSON_IsString(re)) ST_TRY(st_tok_bpe_add_stage(t, re->valuestring, strlen(re->valuestring), name));
+    else if (cJSON_IsString(lit)) ST_TRY(add_literal_stage(t, lit->valuestring, name));
+    else ST_FAIL(ST_ERR_FORMAT, "%s: Split pre-tokenizer needs pattern {\"Regex\": ...} or {\"String\": ...}", name);
+    return ST_OK;
+}
+
+/* One pre-tokenizer step; ByteLevel must come last (later steps would see
+ * byte-level text, which our regexes never do). */
+static st_err add_pretok(st_tokenizer *t, const cJSON *p, const char *name, int depth, int *byte_level)
+{
+    const char *ty = type_of(p);
+    if (!ty) ST_FAIL(ST_ERR_FORMAT, "%s: a pre_tokenizer entry has no \"type\"", name);
+    if (*byte_level)
+        ST_FAIL(ST_ERR_FORMAT, "%s: pre-tokenizer \"%.40s\" follows ByteLevel; ByteLevel must be the last step",
+                name, ty);
+    if (strcmp(ty, "Sequence") == 0) {
+        if (depth > 4) ST_FAIL(ST_ERR_FORMAT, "%s: pre_tokenizer Sequences nested too deeply", name);
+        const cJSON *it;
+        cJSON_ArrayForEach(it, get(p, "pretokenizers")) ST_TRY(add_pretok(t, it, name, depth + 1, byte_level));
+    } else if (strcmp(ty, "ByteLevel") == 0) {
+        const cJSON *pre = get(p, "add_prefix_space"), *re = get(p, "use_regex");
+        if (!cJSON_IsFalse(pre)) t->stage_prefix_space[t->n_stages] = 1;   /* HF's default is true */
+        if (!cJSON_IsFalse(re))
+            ST_TRY(st_tok_bpe_add_stage(t, st_tok_gpt2_pattern, strlen(st_tok_gpt2_pattern), name));
+        *byte_level = 1;
+    } else if (strcmp(ty, "Split") == 0) {
+        ST_TRY(add_split(t, p, name));
+    } else if (strcmp(ty, "Digits") == 0) {
+        const char *pat = cJSON_IsTrue(get(p, "individual_digits")) ? "\\p{N}" : "\\p{N}+";
+        ST_TRY(st_tok_bpe_add_stage(t, pat, strlen(pat), name));
+    } else {
+        ST_FAIL(ST_ERR_FORMAT, "%s: pre-tokenizer \"%.40s\" is not supported (ByteLevel, Split, Digits, Sequence)",
+                name, ty);
+    }
+    return ST_OK;
+}
+
+/* ---- bos, eos, chat template ---- */
+
+static int32_t first_present(const st_tokenizer *t, const char *const *names)
+{
+    for (; *names; names++) {
+        int id = st_tokenizer_token_id(t, *names);
+        if (id >= 0) return id;
+    }
+    return -1;
+}
+
+/* "bos_token": "<s>" or {"content": "<s>", ...} or null. Returns 0 if the key
+ * is absent (the caller guesses), 1 if it decided *id. */
+static st_err config_token(const st_tokenizer *t, const cJSON *cfg, const char *key, const char *name,
+                           int32_t *id, int *decided)
+{
+    const cJSON *v = get(cfg, key);
+    *decided = 0;
+    if (!v) return ST_OK;
+    *decided = 1;
+    if (cJSON_IsNull(v)) {
+        *id = -1;
+        return ST_OK;
+    }
+    if (cJSON_IsObject(v)) v = get(v, "content");
+    if (!cJSON_IsString(v)) ST_FAIL(ST_ERR_FORMAT, "%s: %s is neither a string nor {\"content\": ...}", name, key);
+    *id = st_tokenizer_token_id(t, v->valuestring);
+    if (*id < 0)
+        ST_FAIL(ST_ERR_FORMAT, "%s: %s \"%.60s\" is not a token of the tokenizer", name, key, v->valuestring);
+    return ST_OK;
+}
+
+static st_err set_template(st_tokenizer *t, const cJSON *v, const char *name)
+{
+    if (cJSON_IsArray(v)) {   /* [{"name": ..., "template": ...}]: "default", else the first */
+        const cJSON *it, *pick = cJSON_GetArrayItem(v, 0);
+        cJSON_ArrayForEach(it, v) {
+            const cJSON *nm = get(it, "name");
+            if (cJSON_IsString(nm) && strcmp(nm->valuestring, "default") == 0) pick = it;
+        }
+        v = get(pick, "template");
+    }
+    if (!v || cJSON_IsNull(v)) return ST_OK;
+    if (!cJSON_IsString(v)) ST_FAIL(ST_ERR_FORMAT, "%s: chat_template is not a string", name);
+    free(t->chat_template);
+    t->chat_template = strdup(v->valuestring);
+    if (!t->chat_template) ST_FAIL(ST_ERR_MEM, "out of memory copying the chat template");
+    return ST_OK;
+}
+
+/* tokenizer_config.json decides when present; otherwise the template
+ * post-processor's first special token and the usual names. */
+static st_err special_ids(st_tokenizer *t, const cJSON *root, const cJSON *cfg, const char *name,
+                          const char *cfg_name)
+{
+    static const char *const eos_names[] = {"<|endoftext|>", "<|end_of_text|>", "</s>", "<|im_end|>", "<eos>", NULL};
+    static const char *const bos_names[] = {"<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>", NULL};
+    int have_bos = 0, have_eos = 0;
+    ST_TRY(set_template(t, get(root, "chat_template"), name));
+    if (cfg) {
+        ST_TRY(config_token(t, cfg, "bos_token", cfg_name, &t->bos, &have_bos));
+        ST_TRY(config_token(t, cfg, "eos_token", cfg_name, &t->eos, &have_eos));
+        ST_TRY(set_template(t, get(cfg, "chat_template"), cfg_name));
+    }
+    if (!have_eos) t->eos = first_present(t, eos_names);
+    if (!have_bos) {
+        const cJSON *pp = get(root, "post_processor");
+        const cJSON *first = get(cJSON_GetArrayItem(get(pp, "single"), 0), "SpecialToken");
+        const cJSON *id = get(first, "id");
+        const char *ty = type_of(pp);
+        t->bos = ty && strcmp(ty, "TemplateProcessing") == 0 && cJSON_IsString(id)
+                     ? st_tokenizer_token_id(t, id->valuestring) : -1;
+        if (t->bos < 0) t->bos = first_present(t, bos_names);
+        if (t->bos < 0 && t->eos >= 0 && strcmp(t->text[t->eos], "<|endoftext|>") == 0) t->bos = t->eos;
+    }
+    return ST_OK;
+}
+
+/* ---- the whole file ---- */
+
+static st_err hf_from_json(st_tokenizer *t, const cJSON *root, const cJSON *cfg, const char *name,
+                           const char *cfg_name)
+{
+    if (!cJSON_IsObject(root)) ST_FAIL(ST_ERR_FORMAT, "%s: top level is not a JSON object", name);
+    const cJSON *model = get(root, "model"), *added = get(root, "added_tokens");
+    ST_TRY(check_model(t, model, name));
+    ST_TRY(check_normalizer(get(root, "normalizer"), name));
+    int32_t max_id = -1, count = 0, amax = -1, acount = 0;
+    ST_TRY(st_tok_json_vocab_scan(get(model, "vocab"), name, &max_id, &count));
+    ST_TRY(scan_added(added, name, &amax, &acount));
+    if (amax > max_id) max_id = amax;
+    ST_TRY(st_tok_check_density(max_id, count + acount, name));
+    ST_TRY(st_tok_alloc_vocab(t, max_id + 1));
+    ST_TRY(st_tok_json_vocab_fill(t, get(model, "vocab"), name));
+    ST_TRY(add_merges(t, get(model, "merges"), name));
+    int byte_level = 0;
+    const cJSON *pre = get(root, "pre_tokenizer");
+    if (pre && !cJSON_IsNull(pre)) ST_TRY(add_pretok(t, pre, name, 0, &byte_level));
+    if (!byte_level)
+        ST_FAIL(ST_ERR_FORMAT, "%s: the pre_tokenizer has no ByteLevel step, so this is not a byte-level BPE "
+                "tokenizer (use llama2c: for sentencepiece models)", name);
+    ST_TRY(fill_added(t, added, name));
+    ST_TRY(st_tok_bpe_finish(t, name));
+    ST_TRY(special_ids(t, root, cfg, name, cfg_name));
+    return ST_OK;
+}
+
+st_err st_tok_hf_build(st_tokenizer *t, const char *json_name, const char *config_name)
+{
+    cJSON *root = NULL, *cfg = NULL;
+    ST_TRY(st_tok_json_parse(&root, t->file[0], t->file_len[0], json_name));
+    st_err err = ST_OK;
+    if (t->file_len[1]) err = st_tok_json_parse(&cfg, t->file[1], t->file_len[1], config_name);
+    if (!err) err = hf_from_json(t, root, cfg, json_name, config_name);
+    cJSON_Delete(root);
+    cJSON_Delete(cfg);
+    if (err) st_error_trace(__FILE__, __LINE__, __func__);
+    return err;
+}

@@ -1,0 +1,378 @@
+/* eval.c: `shardtune eval CKPT --data dataset.h5`.
+ *
+ * Language models: held-out loss and perplexity over the chosen split; with
+ * --generate N, greedy answers to the first N prompts of an sft/chat dataset
+ * and their exact-match rate against the reference responses.
+ * Classifiers (a checkpoint with a "head" set): loss, accuracy, macro-F1 and
+ * the confusion table. Reward models (a 1-output head) on preference pairs:
+ * the pairwise loss and the pair accuracy (chosen scored above rejected). Runs under MPI, sharded over dp like training;
+ * results as a table on rank 0 and as JSON with --out.
+ */
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd/commands.h"
+#include "cmd/options.h"
+#include "io/lora_ckpt.h"
+#include "io/checkpoint.h"
+#include "io/dataset.h"
+#include "io/tok/tokenizer.h"
+#include "model/classify.h"
+#include "model/lora.h"
+#include "model/model.h"
+#include "mpi/tp.h"
+
+typedef struct {
+    char *data, *split, *out;
+    int batch_size, seq_len, max_batches, tp, generate, max_new;
+} eval_opts;
+static eval_opts E;
+
+static const st_option eval_options[] = {
+    {"data", ST_OPT_STRING, &E.data, NULL, "dataset.h5 to evaluate on (required)"},
+    {"split", ST_OPT_STRING, &E.split, "validation", "validation, train or all"},
+    {"batch_size", ST_OPT_INT, &E.batch_size, "16", "rows per micro-batch on each rank"},
+    {"seq_len", ST_OPT_INT, &E.seq_len, "0", "tokens per row (0 = the model's max_seq)"},
+    {"max_batches", ST_OPT_INT, &E.max_batches, "0", "stop after this many micro-batches per rank (0 = the whole split)"},
+    {"generate", ST_OPT_INT, &E.generate, "0", "sft/chat data: answer N prompts spread evenly over the split greedily and report exact match"},
+    {"max_new", ST_OPT_INT, &E.max_new, "32", "with --generate: longest answer in tokens"},
+    {"tp", ST_OPT_INT, &E.tp, "1", "tensor-parallel ranks"},
+    {"out", ST_OPT_STRING, &E.out, NULL, "write the results as JSON here"},
+};
+
+typedef struct {
+    st_grid g;
+    st_model m;
+    st_cls_head head;
+    int classify, K;
+    int reward;         /* a 1-output head: scores preference pairs */
+    char **labels;
+    st_dataset *ds;
+    st_loader *ld;
+    st_batch b;
+    st_tokenizer *tok;
+    int64_t *confusion; /* K x K: [truth][prediction] */
+    int32_t *pred;
+} evaluator;
+
+static st_err load(evaluator *v, const char *ckpt, MPI_Comm world)
+{
+    ST_TRY(st_grid_init(&v->g, world, E.tp));
+    st_config cfg;
+    ST_TRY(st_ckpt_read_config(ckpt, world, &cfg));
+    char *meta = NULL;
+    int present = 0;
+    ST_TRY(st_ckpt_read_set_meta(ckpt, world, "head", &meta, &present));
+    int pool_mean = 0;
+    if (present) {
+        st_err e = st_cls_meta_parse(meta, &v->K, &pool_mean, &v->labels);
+        free(meta);
+        ST_TRY(e);
+        v->classify = 1;
+        v->reward = v->K == 1;
+    }
+    ST_TRY(st_agree(world, st_dataset_open(&v->ds, E.data)));
+    int T = E.seq_len ? E.seq_len : cfg.max_seq;
+    if (T > cfg.max_seq) ST_FAIL(ST_ERR_ARG, "--seq_len %d exceeds the model's max_seq %d", T, cfg.max_seq);
+    ST_TRY(st_model_create(&v->m, &cfg, v->g.tp, E.batch_size, T, 0, ST_MODEL_INFER));
+    st_ckpt_tensors t = {.lay = &v->m.lay, .params = v->m.params};
+    if (v->classify) {
+        ST_TRY(st_cls_create(&v->head, &v->m, v->K, pool_mean, 0));
+        t.n_sets = 1;
+        t.sets[0] = (st_ckpt_set){.group = "head", .lay = &v->head.lay, .params = v->head.params};
+    }
+    char *kind = NULL;
+    uint8_t *blob = NULL;
+    size_t nb = 0;
+    ST_TRY(st_ckpt_load(ckpt, &v->g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb));
+    free(t.sets[0].meta);
+    int merged = 0; /* LoRA adapters, if any, merged into the weights */
+    ST_TRY(st_lora_merge_checkpoint(ckpt, &v->g, &v->m.lay, v->m.params, &merged));
+    if (kind) {
+        st_err e = st_tokenizer_from_blob(&v->tok, kind, blob, nb);
+        free(kind);
+        free(blob);
+        ST_TRY(e);
+        if (st_tokenizer_hash(v->tok) != st_dataset_tokenizer_hash(v->ds))
+            ST_FAIL(ST_ERR_ARG, "'%s' was tokenized with a different tokenizer than checkpoint '%s' carries; "
+                    "prepare the data with the model's tokenizer", E.data, ckpt);
+    }
+    if (v->reward && (st_dataset_num_pairs(v->ds) < 1 || E.batch_size % 2))
+        ST_FAIL(ST_ERR_ARG, "'%s' is a reward model: evaluate it on a preference dataset (prompt/chosen/rejected) "
+                "with an even --batch_size ('%s' has %lld pairs, --batch_size %d)", ckpt, E.data,
+                (long long)st_dataset_num_pairs(v->ds), E.batch_size);
+    if (v->classify && !v->reward && st_dataset_num_labels(v->ds) != v->K)
+        ST_FAIL(ST_ERR_ARG, "'%s' has %d labels but the classifier in '%s' has %d (prepare with the same "
+                "--label-names)", E.data, st_dataset_num_labels(v->ds), ckpt, v->K);
+    int split = !strcmp(E.split, "all") ? -1 : !strcmp(E.split, "train") ? 0 : !strcmp(E.split, "validation") ? 1 : -2;
+    if (split == -2) ST_FAIL(ST_ERR_ARG, "--split '%s': expected validation, train or all", E.split);
+    int docs = v->classify || strcmp(st_dataset_kind(v->ds), "text");
+    ST_TRY(st_loader_create(&v->ld, v->ds, docs ? ST_SAMPLE_DOCS : ST_SAMPLE_STREAM, T, 0, split));
+    ST_TRY(st_batch_alloc(&v->b, E.batch_size, T));
+    ST_ALLOC(v->pred, E.batch_size, "predictions");
+    if (v->classify && !v->reward) ST_ALLOC(v->confusion, (size_t)v->K * v->K, "confusion table");
+    return ST_OK;
+}
+
+/* sums: loss, counted, correct */
+static st_err score(evaluator *v, double sums[3])
+{
+    const int B = E.batch_size, T = v->b.T;
+    int64_t n = st_loader_num_samples(v->ld);
+    if (n < 1) ST_FAIL(ST_ERR_ARG, "'%s' has no samples in split '%s'", E.data, E.split);
+    for (int64_t k = 0;; k++) {
+        if (E.max_batches && k >= E.max_batches) break;
+        int64_t g0 = (k * v->g.dp_size + v->g.dp_rank) * B;
+        if (g0 >= n) break;
+        int rows = n - g0 < B ? (int)(n - g0) : B;
+        ST_TRY(st_loader_fill(v->ld, &v->b, g0, rows, 0));
+        double loss = 0;
+        if (v->reward) { /* rows 2i, 2i+1: a pair; counts pairs */
+            double none = 0, correct = 0;
+            ST_TRY(st_cls_forward(&v->head, &v->m, v->b.tokens, v->b.lengths, NULL, rows, T, 1.0f, &none, NULL));
+            ST_TRY(st_cls_pair_loss(&v->head, rows, 1.0f, &loss, &correct));
+            sums[1] += rows / 2, sums[2] += correct;
+        } else if (v->classify) {
+            ST_TRY(st_cls_forward(&v->head, &v->m, v->b.tokens, v->b.lengths, v->b.labels, rows, T, 1.0f, &loss, v->pred));
+            for (int i = 0; i < rows; i++) {
+                v->confusion[(size_t)v->b.labels[i] * v->K + v->pred[i]]++;
+                sums[2] += v->pred[i] == v->b.labels[i];
+            }
+            sums[1] += rows;
+        } else {
+            if (!strcmp(st_dataset_kind(v->ds), "text")) /* every real next token */
+                st_batch_mask_all(&v->b, rows);
+            ST_TRY(st_model_forward(&v->m, v->b.tokens, v->b.targets, v->b.mask, rows, T, 1.0f, &loss));
+            for (int i = 0; i < rows * T; i++) sums[1] += v->b.mask[i];
+        }
+        sums[0] += loss;
+    }
+    ST_TRY(st_allreduce(v->g.dp, sums, 3, ST_M_F64, ST_OP_SUM));
+    if (v->classify && !v->reward)
+        ST_TRY(st_allreduce(v->g.dp, v->confusion, (int64_t)v->K * v->K, ST_M_I64, ST_OP_SUM));
+    return ST_OK;
+}
+
+static void trim(char *s)
+{
+    size_t n = strlen(s), a = 0;
+    while (n && isspace((unsigned char)s[n - 1])) s[--n] = 0;
+    while (s[a] && isspace((unsigned char)s[a])) a++;
+    memmove(s, s + a, n - a + 1);
+}
+
+/* Greedy answers to the first E.generate prompts (docs whose mask marks the
+ * response); exact match after trimming white space. Rank 0 of each tp group
+ * of dp rank 0 does them all (generation is a small, sequential job). */
+static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples)
+{
+    *tried = *matched = 0;
+    if (!E.generate || v->classify || !v->tok || v->g.dp_rank != 0) return ST_OK;
+    const st_layout *y = &v->m.lay;
+    st_model gm;
+    ST_TRY(st_model_create(&gm, &y->cfg, v->g.tp, 1, 64, 0, 0));
+    memcpy(gm.params, v->m.params, y->numel * sizeof(float));
+    float *local = malloc(sizeof(float) * y->vocab_l), *full = malloc(sizeof(float) * y->vocab_l * y->tp_size);
+    st_err e = local && full ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    int eos = st_tokenizer_eos(v->tok);
+    /* docs of the split spread evenly over the file (sources are often sorted by class) */
+    const int64_t nd = st_dataset_num_docs(v->ds);
+    const int want = strcmp(E.split, "all") ? (strcmp(E.split, "train") ? 1 : 0) : -1;
+    int64_t in_split = 0, seen = 0;
+    for (int64_t d = 0; d < nd; d++) in_split += want < 0 || st_dataset_doc_split(v->ds, d) == want;
+    const int64_t stride = in_split / E.generate > 1 ? in_split / E.generate : 1;
+    for (int64_t d = 0; !e && d < nd && *tried < E.generate; d++) {
+        if (want >= 0 && st_dataset_doc_split(v->ds, d) != want) continue;
+        if (seen++ % stride) continue;
+        int32_t *tok = NULL;
+        uint8_t *mask = NULL;
+        size_t n = 0, p = 0;
+        if ((e = st_dataset_read_doc(v->ds, d, &tok, &mask, &n))) break;
+        while (p < n && !mask[p]) p++;
+        size_t r1 = n;
+        while (r1 > p && tok[r1 - 1] == eos) r1--;
+        if (p == 0 || p >= n || (int)p + E.max_new > y->cfg.max_seq) { free(tok); free(mask); continue; }
+        st_kvcache c;
+        int32_t out[4096];
+        int nout = 0;
+        if ((e = st_kvcache_create(&c, &gm, 1))) { free(tok); free(mask); break; }
+        for (size_t at = 0; !e && at < p; at += 64)
+            e = st_model_forward_cached(&gm, &c, tok + at, (int)(p - at < 64 ? p - at : 64), local);
+        while (!e && nout < E.max_new && nout < 4096) {
+            if ((e = st_tp_gather_logits(gm.tp, full, local, 1, y->vocab_l))) break;
+            int best = 0;
+            for (int i = 1; i < y->cfg.vocab_size; i++) if (full[i] > full[best]) best = i;
+            if (best == eos) break;
+            out[nout++] = best;
+            if (c.lens[0] >= y->cfg.max_seq) break;
+            e = st_model_forward_cached(&gm, &c, &out[nout - 1], 1, local);
+        }
+        st_kvcache_free(&c);
+        char *got = NULL, *want = NULL, *prompt = NULL;
+        size_t l1, l2, l3;
+        if (!e) e = st_tokenizer_decode(v->tok, out, (size_t)nout, &got, &l1);
+        if (!e) e = st_tokenizer_decode(v->tok, tok + p, r1 - p, &want, &l2);
+        if (!e) e = st_tokenizer_decode(v->tok, tok, p, &prompt, &l3);
+        if (!e) {
+            trim(got);
+            trim(want);
+            (*tried)++;
+            *matched += !strcmp(got, want);
+            if (samples && cJSON_GetArraySize(samples) < 8) {
+                cJSON *s = cJSON_CreateObject();
+                cJSON_AddStringToObject(s, "prompt", prompt);
+                cJSON_AddStringToObject(s, "reference", want);
+                cJSON_AddStringToObject(s, "generated", got);
+                cJSON_AddItemToArray(samples, s);
+            }
+        }
+        free(got), free(want), free(prompt), free(tok), free(mask);
+    }
+    free(local);
+    free(full);
+    st_model_free(&gm);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+static void report(evaluator *v, const char *ckpt, const double sums[3], int tried, int matched, cJSON *samples)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "checkpoint", ckpt);
+    cJSON_AddStringToObject(o, "data", E.data);
+    cJSON_AddStringToObject(o, "split", E.split);
+    double loss = sums[1] > 0 ? sums[0] / sums[1] : NAN;
+    cJSON_AddNumberToObject(o, "examples_or_tokens", sums[1]);
+    cJSON_AddNumberToObject(o, "loss", loss);
+    printf("evaluation of %s on %s (%s split)\n", ckpt, E.data, E.split);
+    if (v->reward) {
+        double acc = sums[2] / sums[1];
+        printf("  pairs      %.0f\n  loss       %.4f\n  pair accuracy %.2f%% (chosen scored above rejected)\n",
+               sums[1], loss, 100 * acc);
+        cJSON_AddNumberToObject(o, "pair_accuracy", acc);
+    } else if (v->classify) {
+        const int K = v->K;
+        double f1sum = 0;
+        int present = 0;
+        for (int k = 0; k < K; k++) {
+            int64_t tp = v->confusion[(size_t)k * K + k], fp = 0, fn = 0;
+            for (int j = 0; j < K; j++) {
+                if (j == k) continue;
+                fp += v->confusion[(size_t)j * K + k];
+                fn += v->confusion[(size_t)k * K + j];
+            }
+            if (tp + fn == 0 && fp == 0) continue; /* class absent and never predicted */
+            present++;
+            f1sum += tp ? 2.0 * tp / (2.0 * tp + fp + fn) : 0.0;
+        }
+        double acc = sums[2] / sums[1], f1 = present ? f1sum / present : 0;
+        printf("  examples   %.0f\n  loss       %.4f\n  accuracy   %.2f%%\n  macro-F1   %.4f\n", sums[1], loss,
+               100 * acc, f1);
+        cJSON_AddNumberToObject(o, "accuracy", acc);
+        cJSON_AddNumberToObject(o, "macro_f1", f1);
+        /* the confusion table: whole for few classes, its largest off-diagonal cells for many */
+        cJSON *conf = cJSON_CreateArray();
+        for (int k = 0; k < K; k++) {
+            cJSON *row = cJSON_CreateArray();
+            for (int j = 0; j < K; j++) cJSON_AddItemToArray(row, cJSON_CreateNumber((double)v->confusion[(size_t)k * K + j]));
+            cJSON_AddItemToArray(conf, row);
+        }
+        cJSON_AddItemToObject(o, "confusion", conf);
+        if (K <= 12) {
+            printf("  confusion (rows: truth, columns: prediction)\n  %-16s", "");
+            for (int j = 0; j < K; j++) printf(" %6.6s", v->labels[j]);
+            printf("\n");
+            for (int k = 0; k < K; k++) {
+                printf("  %-16.16s", v->labels[k]);
+                for (int j = 0; j < K; j++) printf(" %6lld", (long long)v->confusion[(size_t)k * K + j]);
+                printf("\n");
+            }
+        } else {
+            printf("  most frequent confusions (truth -> prediction: count)\n");
+            for (int shown = 0; shown < 8; shown++) {
+                int64_t best = 0;
+                int bk = -1, bj = -1;
+                for (int k = 0; k < K; k++)
+                    for (int j = 0; j < K; j++)
+                        if (k != j && v->confusion[(size_t)k * K + j] > best) best = v->confusion[(size_t)k * K + j], bk = k, bj = j;
+                if (bk < 0) break;
+                printf("    %-28s -> %-28s %lld\n", v->labels[bk], v->labels[bj], (long long)best);
+                v->confusion[(size_t)bk * K + bj] = -v->confusion[(size_t)bk * K + bj]; /* mark shown */
+            }
+            for (size_t i = 0; i < (size_t)K * K; i++) if (v->confusion[i] < 0) v->confusion[i] = -v->confusion[i];
+        }
+    } else {
+        printf("  tokens     %.0f\n  loss       %.4f\n  perplexity %.3f\n", sums[1], loss, exp(loss));
+        cJSON_AddNumberToObject(o, "perplexity", exp(loss));
+        if (tried) {
+            printf("  exact match %d/%d = %.1f%% (greedy, %d new tokens at most)\n", matched, tried,
+                   100.0 * matched / tried, E.max_new);
+            cJSON_AddNumberToObject(o, "exact_match", (double)matched / tried);
+            cJSON_AddNumberToObject(o, "generated", tried);
+            cJSON_AddItemToObject(o, "samples", samples);
+            samples = NULL;
+        }
+    }
+    cJSON_Delete(samples);
+    fflush(stdout);
+    if (E.out) {
+        char *txt = cJSON_Print(o);
+        FILE *f = fopen(E.out, "w");
+        if (f && txt) {
+            fprintf(f, "%s\n", txt);
+            fclose(f);
+            printf("results: %s\n", E.out);
+        } else {
+            fprintf(stderr, "shardtune: warning: cannot write '%s': %s\n", E.out, strerror(errno));
+            if (f) fclose(f);
+        }
+        free(txt);
+    }
+    cJSON_Delete(o);
+}
+
+static void release(evaluator *v)
+{
+    if (v->classify) st_cls_free(&v->head);
+    for (int k = 0; v->labels && k < v->K; k++) free(v->labels[k]);
+    free(v->labels);
+    free(v->confusion);
+    free(v->pred);
+    st_batch_free(&v->b);
+    if (v->ld) st_loader_free(v->ld);
+    if (v->ds) st_dataset_close(v->ds);
+    if (v->tok) st_tokenizer_free(v->tok);
+    st_model_free(&v->m);
+    st_grid_free(&v->g);
+}
+
+static st_err evaluate(const char *ckpt, MPI_Comm world)
+{
+    if (!E.data) ST_FAIL(ST_ERR_ARG, "eval needs --data dataset.h5 (made by `shardtune prepare`)");
+    evaluator v;
+    memset(&v, 0, sizeof v);
+    double sums[3] = {0, 0, 0};
+    int tried = 0, matched = 0;
+    cJSON *samples = cJSON_CreateArray();
+    st_err e = load(&v, ckpt, world);
+    if (!e) e = score(&v, sums);
+    if (!e) e = st_agree(world, exact_match(&v, &tried, &matched, samples));
+    if (!e && v.g.world_rank == 0) report(&v, ckpt, sums, tried, matched, samples);
+    else cJSON_Delete(samples);
+    release(&v);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+st_err st_cmd_eval(int argc, char **argv, MPI_Comm world)
+{
+    return st_options_run(argc, argv, world, eval_options, (int)(sizeof eval_options / sizeof eval_options[0]),
+                          "usage: [mpirun -np N] shardtune eval CKPT.h5 --data dataset.h5 [options]\n\n"
+                          "Held-out loss and perplexity; accuracy, macro-F1 and confusions for classifiers;\n"
+                          "exact match of greedy answers for sft data (--generate N).\n\n",
+                          "a checkpoint path", evaluate);
+}

@@ -1,0 +1,238 @@
+/* cmd_export.c: `shardtune export CKPT --to hf:DIR | gguf:FILE [--dtype ...]`:
+ * a checkpoint's weights (and tokenizer) as a Hugging Face model directory
+ * or a llama.cpp GGUF file. One rank does the work on a 1x1 view of the
+ * checkpoint; the others wait and agree on the outcome. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd/commands.h"
+#include "cmd/options.h"
+#include "core/params.h"
+#include "io/lora_ckpt.h"
+#include "io/checkpoint.h"
+#include "io/formats/gguf.h"
+#include "io/formats/hf.h"
+#include "io/tok/tokenizer.h"
+#include "model/classify.h"
+#include "model/lora.h"
+#include "mpi/comm.h"
+
+
+
+typedef struct { char *to, *dtype, *name, *as; int merge_lora; } export_opts;
+static export_opts EX;
+static const st_option export_options[] = {
+    {"to", ST_OPT_STRING, &EX.to, NULL, "destination: hf:DIR (Hugging Face directory), gguf:FILE (llama.cpp) or peft:DIR (the LoRA adapters alone, as PEFT saves them)"},
+    {"dtype", ST_OPT_STRING, &EX.dtype, "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)"},
+    {"name", ST_OPT_STRING, &EX.name, "shardtune", "model name recorded in GGUF general.name"},
+    {"merge-lora", ST_OPT_BOOL, &EX.merge_lora, "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)"},
+    {"as", ST_OPT_STRING, &EX.as, "auto", "what to write: lm (the language model), classifier (a classification or reward head as *ForSequenceClassification, hf only) or auto (classifier when the checkpoint has a head)"},
+};
+
+static const char usage[] =
+    "usage: shardtune export CKPT.h5 --to hf:DIR | gguf:FILE | peft:DIR [--dtype f32|f16|bf16] [--merge-lora]\n\n"
+    "Writes a checkpoint's weights and tokenizer as a Hugging Face model directory\n"
+    "(config.json, model.safetensors, tokenizer.json; loads with transformers'\n"
+    "from_pretrained) or as a GGUF file for llama.cpp. Optimizer state is not exported.\n\n";
+
+/* The weights of path on this rank alone, and its tokenizer (NULL if none). */
+static st_err load_weights(const char *path, st_config *cfg, float **params, st_tokenizer **tok)
+{
+    *tok = NULL;
+    st_layout lay;
+    char *kind = NULL, *meta = NULL;
+    uint8_t *blob = NULL;
+    size_t nb = 0;
+    float *p = NULL;
+    ST_TRY(st_ckpt_load_whole(path, cfg, &lay, &p, &kind, &blob, &nb));
+    /* adapters: merged on request; never silently dropped */
+    int has_lora = 0, merged = 0;
+    st_err e = st_ckpt_read_set_meta(path, MPI_COMM_SELF, "lora", &meta, &has_lora);
+    free(meta);
+    if (!e && has_lora && !EX.merge_lora && strncmp(EX.to ? EX.to : "", "peft:", 5))
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
+                         "%s carries LoRA adapters; pass --merge-lora to export the base with the adapters "
+                         "merged in, or export the adapters alone with --to peft:DIR", path);
+    if (!e && has_lora && EX.merge_lora) {
+        st_grid g;
+        e = st_grid_init(&g, MPI_COMM_SELF, 1);
+        if (!e) {
+            e = st_lora_merge_checkpoint(path, &g, &lay, p, &merged);
+            st_grid_free(&g);
+        }
+    }
+    if (!e && kind) e = st_tokenizer_from_blob(tok, kind, blob, nb);
+    free(kind);
+    free(blob);
+    st_layout_free(&lay);
+    if (e) {
+        free(p);
+        st_error_trace(__FILE__, __LINE__, __func__);
+        return e;
+    }
+    *params = p;
+    return ST_OK;
+}
+
+static st_err parse_dtype(const char *s, st_dtype *d)
+{
+    if (!strcmp(s, "f32")) *d = ST_DT_F32;
+    else if (!strcmp(s, "f16")) *d = ST_DT_F16;
+    else if (!strcmp(s, "bf16")) *d = ST_DT_BF16;
+    else ST_FAIL(ST_ERR_ARG, "--dtype %s: expected f32, f16 or bf16", s);
+    return ST_OK;
+}
+
+/* --to hf:DIR or gguf:FILE, checked before any work. */
+static st_err parse_dest(const char *to, st_dtype dt, int *gguf, const char **where)
+{
+    if (!to) ST_FAIL(ST_ERR_ARG, "export needs --to hf:DIR or --to gguf:FILE");
+    if (!strncmp(to, "hf:", 3) && to[3]) *gguf = 0, *where = to + 3;
+    else if (!strncmp(to, "gguf:", 5) && to[5]) *gguf = 1, *where = to + 5;
+    else ST_FAIL(ST_ERR_ARG, "--to %s: expected hf:DIR or gguf:FILE", to);
+    if (*gguf && dt == ST_DT_BF16) ST_FAIL(ST_ERR_ARG, "GGUF export writes f32 or f16; --dtype bf16 is for hf:DIR");
+    return ST_OK;
+}
+
+/* --to peft:DIR: the adapters alone, for PEFT's PeftModel.from_pretrained. */
+static st_err export_peft(const char *ckpt, const char *dir, st_dtype dt)
+{
+    static const char *const modules[ST_T_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                    "gate_proj", "up_proj", "down_proj"};
+    st_config cfg;
+    ST_TRY(st_ckpt_read_config(ckpt, MPI_COMM_SELF, &cfg));
+    st_layout lay;
+    ST_TRY(st_layout_init(&lay, &cfg, 1, 0));
+    st_grid g;
+    st_err e = st_grid_init(&g, MPI_COMM_SELF, 1);
+    float *base = e ? NULL : calloc(lay.numel, sizeof(float));
+    st_lora *l = NULL;
+    st_lora_config c;
+    if (!e && !base) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (!e) e = st_lora_load_checkpoint(ckpt, &g, &lay, base, &l, &c);
+    if (!e && !l) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
+                                   "%s has no LoRA adapters (train with lora.rank > 0)", ckpt);
+    if (!e) {
+        const char *names[ST_T_COUNT];
+        int n = 0;
+        for (int i = 0; i < ST_T_COUNT; i++)
+            if (st_lora_targets(l) & (1u << i)) names[n++] = modules[i];
+        e = st_hf_write_peft(dir, &cfg, st_lora_layout(l), st_lora_params(l), c.rank, c.alpha, c.dropout, names, n, dt);
+        if (!e) printf("exported the LoRA adapters of %s (rank %d, alpha %g) -> %s\n", ckpt, c.rank, c.alpha, dir);
+    }
+    if (l) st_lora_free(l);
+    free(base);
+    if (!e) st_grid_free(&g);
+    st_layout_free(&lay);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+/* The checkpoint's head (meta in head_meta) as an HF score: refused when it
+ * pools the mean or has a bias, which *ForSequenceClassification lacks. */
+static st_err write_classifier(const char *ckpt, const char *dir, const st_config *cfg, float *params,
+                               const st_tokenizer *tok, st_dtype dt, const char *head_meta)
+{
+    int K = 0, pool_mean = 0;
+    char **labels = NULL;
+    ST_TRY(st_cls_meta_parse(head_meta, &K, &pool_mean, &labels));
+    st_layout lay = {0}, hl = {0};
+    st_grid g;
+    float *hp = NULL;
+    st_err e = pool_mean ? st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s: the head pools the mean of "
+                                        "all tokens; Hugging Face's *ForSequenceClassification pools the last token "
+                                        "(train with classify.pool: last, or export --as lm)", ckpt)
+                         : st_grid_init(&g, MPI_COMM_SELF, 1);
+    const int have_grid = !e;
+    if (!e) e = st_layout_init(&lay, cfg, 1, 0);
+    if (!e) e = st_cls_layout(&hl, cfg, K, 1, 0);
+    if (!e && !(hp = calloc(hl.numel, sizeof *hp)))
+        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (!e) { /* the head set alone: every model tensor is skipped (already loaded) */
+        static const char *const all[] = {"*", NULL};
+        st_ckpt_tensors t = {.lay = &lay, .params = params, .n_sets = 1};
+        t.sets[0] = (st_ckpt_set){.group = "head", .lay = &hl, .params = hp};
+        e = st_ckpt_load(ckpt, &g, &t, NULL, all, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL);
+        free(t.sets[0].meta);
+    }
+    for (int k = 0; !e && k < K; k++)
+        if (hp[hl.tensors[1].offset + k] != 0.0f)
+            e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s: the head has a bias (score.bias[%d] = "
+                             "%g), which Hugging Face's *ForSequenceClassification has not; train with "
+                             "classify.bias: false to export it, or export the language model with --as lm", ckpt,
+                             k, (double)hp[hl.tensors[1].offset + k]);
+    if (!e) {
+        st_hf_head head = {.n_labels = K, .weight = hp, .labels = (const char *const *)labels};
+        e = st_hf_write_classifier(dir, cfg, params, tok, dt, &head);
+    }
+    if (have_grid) st_grid_free(&g);
+    if (lay.tensors) st_layout_free(&lay);
+    if (hl.tensors) st_layout_free(&hl);
+    free(hp);
+    for (int k = 0; k < K; k++) free(labels[k]);
+    free(labels);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+static st_err export_one(const char *ckpt)
+{
+    st_dtype dt = ST_DT_F32;
+    int gguf = 0;
+    const char *where = NULL;
+    ST_TRY(parse_dtype(EX.dtype, &dt));
+    if (EX.to && !strncmp(EX.to, "peft:", 5) && EX.to[5]) return export_peft(ckpt, EX.to + 5, dt);
+    ST_TRY(parse_dest(EX.to, dt, &gguf, &where));
+    if (strcmp(EX.as, "auto") && strcmp(EX.as, "lm") && strcmp(EX.as, "classifier"))
+        ST_FAIL(ST_ERR_ARG, "--as %s: expected auto, lm or classifier", EX.as);
+    char *meta = NULL;
+    int has_head = 0;
+    ST_TRY(st_ckpt_read_set_meta(ckpt, MPI_COMM_SELF, "head", &meta, &has_head));
+    const int as_cls = has_head && strcmp(EX.as, "lm");
+    st_err e = ST_OK;
+    if (!has_head && !strcmp(EX.as, "classifier"))
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s has no classification or reward head "
+                         "(train with method classify or reward)", ckpt);
+    else if (as_cls && gguf)
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s is a classifier or reward model; GGUF "
+                         "export writes language models: use --to hf:DIR, or --as lm for its language model", ckpt);
+    if (e) {
+        free(meta);
+        return e;
+    }
+    st_config cfg;
+    float *params;
+    st_tokenizer *tok;
+    e = load_weights(ckpt, &cfg, &params, &tok);
+    if (e) {
+        free(meta);
+        return e;
+    }
+    e = gguf     ? st_gguf_export(where, &cfg, params, tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32, EX.name)
+        : as_cls ? write_classifier(ckpt, where, &cfg, params, tok, dt, meta)
+                 : st_hf_write(where, &cfg, params, tok, dt);
+    free(meta);
+    if (!e)
+        printf("exported %s (%s%s, %lld parameters, %s) -> %s\n", ckpt, st_family_name(cfg.family),
+               as_cls ? ", sequence classifier" : "", st_config_num_params(&cfg), EX.dtype, EX.to);
+    free(params);
+    if (tok) st_tokenizer_free(tok);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+/* One rank writes; every rank returns the outcome. */
+static st_err export_on_rank0(const char *ckpt, MPI_Comm world)
+{
+    int rank = 0;
+    rank = st_comm_rank(world);
+    return st_agree(world, rank == 0 ? export_one(ckpt) : ST_OK);
+}
+
+st_err st_cmd_export(int argc, char **argv, MPI_Comm world)
+{
+    return st_options_run(argc, argv, world, export_options, (int)(sizeof export_options / sizeof export_options[0]),
+                          usage, "a checkpoint path", export_on_rank0);
+}

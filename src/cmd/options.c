@@ -1,0 +1,351 @@
+/* options.c: the option table, from YAML (libyaml) and the command line. */
+#include "cmd/options.h"
+#include "mpi/comm.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+st_err st_options_init(st_options *o, const st_option *opt, int n)
+{
+    memset(o, 0, sizeof *o);
+    o->opt = opt;
+    o->n = n;
+    ST_ALLOC(o->origin, n, "option origins");
+    for (int i = 0; i < n; i++) {
+        if (opt[i].type == ST_OPT_STRING) *(char **)opt[i].ptr = NULL;
+        if (opt[i].def) ST_TRY(st_options_set(o, opt[i].key, opt[i].def, "default"));
+        else {
+            free(o->origin[i]);
+            o->origin[i] = strdup("default");
+        }
+    }
+    return ST_OK;
+}
+
+void st_options_free(st_options *o)
+{
+    for (int i = 0; i < o->n; i++) {
+        if (o->opt[i].type == ST_OPT_STRING) {
+            free(*(char **)o->opt[i].ptr);
+            *(char **)o->opt[i].ptr = NULL;
+        }
+        if (o->origin) free(o->origin[i]);
+    }
+    free(o->origin);
+    free(o->recipe_text);
+    memset(o, 0, sizeof *o);
+}
+
+static int find(const st_options *o, const char *key)
+{
+    for (int i = 0; i < o->n; i++)
+        if (!strcmp(o->opt[i].key, key)) return i;
+    return -1;
+}
+
+/* The closest known key, to suggest on a typo. */
+static const char *closest(const st_options *o, const char *key)
+{
+    const char *best = NULL;
+    size_t best_d = (size_t)-1;
+    for (int i = 0; i < o->n; i++) {
+        const char *k = o->opt[i].key;
+        size_t la = strlen(key), lb = strlen(k);
+        if (la > 64 || lb > 64) continue;
+        size_t d[65][65];
+        for (size_t a = 0; a <= la; a++) d[a][0] = a;
+        for (size_t b = 0; b <= lb; b++) d[0][b] = b;
+        for (size_t a = 1; a <= la; a++)
+            for (size_t b = 1; b <= lb; b++) {
+                size_t c = d[a - 1][b - 1] + (key[a - 1] != k[b - 1]);
+                if (d[a - 1][b] + 1 < c) c = d[a - 1][b] + 1;
+                if (d[a][b - 1] + 1 < c) c = d[a][b - 1] + 1;
+                d[a][b] = c;
+            }
+        if (d[la][lb] < best_d) best_d = d[la][lb], best = k;
+    }
+    return best_d <= 3 ? best : NULL;
+}
+
+st_err st_options_set(st_options *o, const char *key, const char *value, const char *where)
+{
+    int i = find(o, key);
+    if (i < 0) {
+        const char *near = closest(o, key);
+        ST_FAIL(ST_ERR_ARG, "%s: unknown option '%s'%s%s%s (--help lists them all)", where, key,
+                near ? " (did you mean '" : "", near ? near : "", near ? "'?)" : "");
+    }
+    const st_option *op = &o->opt[i];
+    char *end = NULL;
+    errno = 0;
+    switch (op->type) {
+    case ST_OPT_INT:
+    case ST_OPT_INT64: {
+        long long v = strtoll(value, &end, 10);
+        if (errno || end == value || *end || (op->type == ST_OPT_INT && (v < -2147483647LL || v > 2147483647LL)))
+            ST_FAIL(ST_ERR_ARG, "%s: option '%s' expects an integer, got '%s'", where, key, value);
+        if (op->type == ST_OPT_INT) *(int *)op->ptr = (int)v;
+        else *(int64_t *)op->ptr = v;
+        break;
+    }
+    case ST_OPT_FLOAT: {
+        double v = strtod(value, &end);
+        if (errno || end == value || *end || !isfinite(v))
+            ST_FAIL(ST_ERR_ARG, "%s: option '%s' expects a number, got '%s'", where, key, value);
+        *(float *)op->ptr = (float)v;
+        break;
+    }
+    case ST_OPT_BOOL:
+        if (!strcmp(value, "true") || !strcmp(value, "1") || !strcmp(value, "yes") || !strcmp(value, "on"))
+            *(int *)op->ptr = 1;
+        else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no") || !strcmp(value, "off"))
+            *(int *)op->ptr = 0;
+        else ST_FAIL(ST_ERR_ARG, "%s: option '%s' expects true or false, got '%s'", where, key, value);
+        break;
+    case ST_OPT_STRING: {
+        char *s = strdup(value);
+        if (!s) ST_FAIL(ST_ERR_MEM, "out of memory");
+        free(*(char **)op->ptr);
+        *(char **)op->ptr = s;
+        break;
+    }
+    }
+    free(o->origin[i]);
+    o->origin[i] = strdup(where);
+    return ST_OK;
+}
+
+/* ---- YAML ------------------------------------------------------------- */
+
+typedef struct {
+    yaml_parser_t p;
+    const char *path;
+} yreader;
+
+static st_err next_event(yreader *r, yaml_event_t *ev)
+{
+    if (!yaml_parser_parse(&r->p, ev))
+        ST_FAIL(ST_ERR_FORMAT, "%s:%zu:%zu: YAML syntax error: %s", r->path,
+                r->p.problem_mark.line + 1, r->p.problem_mark.column + 1,
+                r->p.problem ? r->p.problem : "unknown");
+    return ST_OK;
+}
+
+static st_err load_map(st_options *o, yreader *r, const char *prefix);
+
+/* A value after a key: scalar, nested map, or a sequence of scalars. */
+static st_err load_value(st_options *o, yreader *r, const char *key, yaml_event_t *ev)
+{
+    char where[600];
+    snprintf(where, sizeof where, "%s:%zu", r->path, ev->start_mark.line + 1);
+    st_err e = ST_OK;
+    if (ev->type == YAML_SCALAR_EVENT) {
+        e = st_options_set(o, key, (const char *)ev->data.scalar.value, where);
+    } else if (ev->type == YAML_MAPPING_START_EVENT) {
+        e = load_map(o, r, key);
+    } else if (ev->type == YAML_SEQUENCE_START_EVENT) {
+        char buf[2048] = "";
+        for (;;) {
+            yaml_event_t it;
+            ST_TRY(next_event(r, &it));
+            if (it.type == YAML_SEQUENCE_END_EVENT) { yaml_event_delete(&it); break; }
+            if (it.type != YAML_SCALAR_EVENT) {
+                yaml_event_delete(&it);
+                ST_FAIL(ST_ERR_FORMAT, "%s: option '%s' takes a list of plain values", where, key);
+            }
+            if (strlen(buf) + it.data.scalar.length + 2 >= sizeof buf) {
+                yaml_event_delete(&it);
+                ST_FAIL(ST_ERR_FORMAT, "%s: list for '%s' is too long", where, key);
+            }
+            if (buf[0]) strcat(buf, ",");
+            strcat(buf, (const char *)it.data.scalar.value);
+            yaml_event_delete(&it);
+        }
+        e = st_options_set(o, key, buf, where);
+    } else {
+        ST_FAIL(ST_ERR_FORMAT, "%s: unexpected YAML element for '%s'", where, key);
+    }
+    return e;
+}
+
+static st_err load_map(st_options *o, yreader *r, const char *prefix)
+{
+    for (;;) {
+        yaml_event_t k;
+        ST_TRY(next_event(r, &k));
+        if (k.type == YAML_MAPPING_END_EVENT) { yaml_event_delete(&k); return ST_OK; }
+        if (k.type != YAML_SCALAR_EVENT) {
+            size_t line = k.start_mark.line + 1;
+            yaml_event_delete(&k);
+            ST_FAIL(ST_ERR_FORMAT, "%s:%zu: expected a key", r->path, line);
+        }
+        char key[256];
+        snprintf(key, sizeof key, "%s%s%s", prefix, prefix[0] ? "." : "", (const char *)k.data.scalar.value);
+        yaml_event_delete(&k);
+        yaml_event_t v;
+        ST_TRY(next_event(r, &v));
+        st_err e = load_value(o, r, key, &v);
+        yaml_event_delete(&v);
+        if (e) { st_error_trace(__FILE__, __LINE__, __func__); return e; }
+    }
+}
+
+st_err st_options_load_yaml(st_options *o, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) ST_FAIL(ST_ERR_IO, "cannot open recipe '%s': %s", path, strerror(errno));
+    /* keep the text: a checkpoint stores the recipe that made it */
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (n < 0 || n > (1 << 22)) { fclose(f); ST_FAIL(ST_ERR_FORMAT, "recipe '%s' is not a small text file", path); }
+    free(o->recipe_text);
+    o->recipe_text = calloc((size_t)n + 1, 1);
+    if (!o->recipe_text || fread(o->recipe_text, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f);
+        ST_FAIL(ST_ERR_IO, "cannot read recipe '%s'", path);
+    }
+    fclose(f);
+    yreader r = {.path = path};
+    if (!yaml_parser_initialize(&r.p)) ST_FAIL(ST_ERR_MEM, "cannot start the YAML parser");
+    yaml_parser_set_input_string(&r.p, (const unsigned char *)o->recipe_text, (size_t)n);
+    st_err e = ST_OK;
+    for (;;) {
+        yaml_event_t ev;
+        if ((e = next_event(&r, &ev))) break;
+        yaml_event_type_t t = ev.type;
+        if (t == YAML_MAPPING_START_EVENT) {
+            yaml_event_delete(&ev);
+            if ((e = load_map(o, &r, ""))) break;
+            continue;
+        }
+        if (t == YAML_SCALAR_EVENT || t == YAML_SEQUENCE_START_EVENT) {
+            size_t line = ev.start_mark.line + 1;
+            yaml_event_delete(&ev);
+            yaml_parser_delete(&r.p);
+            ST_FAIL(ST_ERR_FORMAT, "%s:%zu: a recipe is a map of key: value lines", path, line);
+        }
+        yaml_event_delete(&ev);
+        if (t == YAML_STREAM_END_EVENT) break;
+    }
+    yaml_parser_delete(&r.p);
+    if (e) { st_error_trace(__FILE__, __LINE__, __func__); return e; }
+    return ST_OK;
+}
+
+/* ---- command line ------------------------------------------------------- */
+
+static int is_yaml(const char *s)
+{
+    size_t n = strlen(s);
+    return (n > 5 && !strcmp(s + n - 5, ".yaml")) || (n > 4 && !strcmp(s + n - 4, ".yml"));
+}
+
+st_err st_options_parse(st_options *o, int argc, char **argv, int *help, char **positional,
+                        int max_pos, int *n_pos)
+{
+    *help = 0;
+    *n_pos = 0;
+    /* the recipe first, so the command line overrides it wherever it stands */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { *help = 1; return ST_OK; }
+        /* a bare *.yaml that is not the value of a preceding --key */
+        if (argv[i][0] != '-' && is_yaml(argv[i]) &&
+            (i == 1 || strncmp(argv[i - 1], "--", 2) || strchr(argv[i - 1], '=')))
+            ST_TRY(st_options_load_yaml(o, argv[i]));
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strncmp(a, "--", 2)) {
+            const char *kv = NULL;
+            char key[256];
+            if (!strcmp(a, "--set")) {
+                if (i + 1 >= argc) ST_FAIL(ST_ERR_ARG, "--set needs key=value");
+                kv = argv[++i];
+                const char *eq = strchr(kv, '=');
+                if (!eq) ST_FAIL(ST_ERR_ARG, "--set %s: expected key=value", kv);
+                snprintf(key, sizeof key, "%.*s", (int)(eq - kv), kv);
+                ST_TRY(st_options_set(o, key, eq + 1, "--set"));
+                continue;
+            }
+            const char *eq = strchr(a + 2, '=');
+            if (eq) {
+                snprintf(key, sizeof key, "%.*s", (int)(eq - a - 2), a + 2);
+                ST_TRY(st_options_set(o, key, eq + 1, "command line"));
+                continue;
+            }
+            snprintf(key, sizeof key, "%s", a + 2);
+            int k = find(o, key);
+            if (k >= 0 && o->opt[k].type == ST_OPT_BOOL && (i + 1 >= argc || argv[i + 1][0] == '-')) {
+                ST_TRY(st_options_set(o, key, "true", "command line"));
+                continue;
+            }
+            if (i + 1 >= argc) {
+                if (k < 0) ST_TRY(st_options_set(o, key, "", "command line")); /* unknown: reports it */
+                ST_FAIL(ST_ERR_ARG, "option --%s needs a value", key);
+            }
+            ST_TRY(st_options_set(o, key, argv[++i], "command line"));
+        } else if (is_yaml(a)) {
+            continue; /* loaded above */
+        } else {
+            if (*n_pos >= max_pos)
+                ST_FAIL(ST_ERR_ARG, "unexpected argument '%s' (see --help)", a);
+            positional[(*n_pos)++] = argv[i];
+        }
+    }
+    return ST_OK;
+}
+
+static void print_value(const st_option *op, FILE *f)
+{
+    switch (op->type) {
+    case ST_OPT_INT: fprintf(f, "%d", *(int *)op->ptr); break;
+    case ST_OPT_INT64: fprintf(f, "%lld", (long long)*(int64_t *)op->ptr); break;
+    case ST_OPT_FLOAT: fprintf(f, "%g", *(float *)op->ptr); break;
+    case ST_OPT_BOOL: fprintf(f, "%s", *(int *)op->ptr ? "true" : "false"); break;
+    case ST_OPT_STRING: fprintf(f, "%s", *(char **)op->ptr ? *(char **)op->ptr : "(unset)"); break;
+    }
+}
+
+void st_options_print_help(const st_options *o, FILE *f)
+{
+    for (int i = 0; i < o->n; i++) {
+        const st_option *op = &o->opt[i];
+        fprintf(f, "  --%-24s %s [default: %s]\n", op->key, op->help, op->def ? op->def : "unset");
+    }
+}
+
+void st_options_print(const st_options *o, FILE *f)
+{
+    for (int i = 0; i < o->n; i++) {
+        fprintf(f, "  %-26s = ", o->opt[i].key);
+        print_value(&o->opt[i], f);
+        fprintf(f, "   (%s)\n", o->origin[i] ? o->origin[i] : "?");
+    }
+}
+
+st_err st_options_run(int argc, char **argv, MPI_Comm world, const st_option *opt, int nopt,
+                      const char *usage, const char *what, st_err (*fn)(const char *, MPI_Comm))
+{
+    int rank = 0, help = 0, npos = 0;
+    char *pos[1];
+    rank = st_comm_rank(world);
+    st_options o;
+    ST_TRY(st_options_init(&o, opt, nopt));
+    st_err e = st_options_parse(&o, argc, argv, &help, pos, 1, &npos);
+    if (!e && (help || npos != 1)) {
+        if (!rank) {
+            printf("%s", usage);
+            st_options_print_help(&o, stdout);
+        }
+        if (!help) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s needs exactly one argument: %s", argv[0], what);
+    } else if (!e) {
+        e = fn(pos[0], world);
+    }
+    st_options_free(&o);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}

@@ -1,0 +1,58 @@
+/* options.h: one option table fed by a YAML recipe, --set key=value and
+ * --key value flags (PETSc's options database, in small).
+ *
+ * Every subcommand declares its options as a table of st_option. Nested YAML
+ * maps become dotted keys (optim: {lr: 1e-4} is "optim.lr"); a YAML sequence
+ * becomes a comma-separated string. Unknown keys and values of the wrong type
+ * are errors naming the key and where it came from ("recipe.yaml:12",
+ * "--set"), so a typo never silently runs the wrong experiment.
+ */
+#ifndef ST_OPTIONS_H
+#define ST_OPTIONS_H
+
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/err.h"
+
+typedef enum { ST_OPT_INT, ST_OPT_INT64, ST_OPT_FLOAT, ST_OPT_BOOL, ST_OPT_STRING } st_opt_type;
+
+typedef struct {
+    const char *key;   /* "optim.lr"; also accepted as --optim.lr on the command line */
+    st_opt_type type;
+    void *ptr;         /* int*, int64_t*, float*, int* (bool) or char** (malloc'd) */
+    const char *def;   /* default, as text; NULL for strings means unset (NULL) */
+    const char *help;
+} st_option;
+
+typedef struct {
+    const st_option *opt;
+    int n;
+    char **origin;     /* per option: where its value came from ("default", "file:line", "--set") */
+    char *recipe_text; /* the recipe file's contents, kept for the checkpoint */
+} st_options;
+
+st_err st_options_init(st_options *o, const st_option *opt, int n);
+void st_options_free(st_options *o);
+st_err st_options_set(st_options *o, const char *key, const char *value, const char *where);
+st_err st_options_load_yaml(st_options *o, const char *path);
+/* Parse argv[1..]: "--help" sets *help; a bare argument ending in .yaml/.yml
+ * is loaded as the recipe (at most one, before other settings apply);
+ * --set k=v, --k v and --k=v set options. Other bare arguments are returned in
+ * positional (up to max_pos; more is an error). Later sources override
+ * earlier ones: defaults < recipe < command line. */
+st_err st_options_parse(st_options *o, int argc, char **argv, int *help, char **positional,
+                        int max_pos, int *n_pos);
+void st_options_print_help(const st_options *o, FILE *f);
+/* A subcommand taking one file argument (a checkpoint, a model): parse argv
+ * against opt, answer --help with usage and the option list (rank 0 of
+ * world), else run fn(file, world). `what` names the argument in the error
+ * ("a checkpoint path"). The options' strings live until fn returns. */
+st_err st_options_run(int argc, char **argv, MPI_Comm world, const st_option *opt, int nopt,
+                      const char *usage, const char *what, st_err (*fn)(const char *, MPI_Comm));
+
+/* "key = value  (origin)" for every option: what a run actually used. */
+void st_options_print(const st_options *o, FILE *f);
+
+#endif

@@ -1,0 +1,38 @@
+/* timer.c: clocks and per-phase timers. */
+#include "core/timer.h"
+
+#include <stdlib.h>
+#include <time.h>
+
+
+double st_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static const char *phase_name[ST_PH_COUNT] = {"data", "forward", "backward", "grad reduce (dp)",
+                                              "optimizer", "evaluation", "checkpoint"};
+
+void st_timer_start(st_timers *t, int phase) { t->start[phase] = st_now(); }
+
+void st_timer_stop(st_timers *t, int phase)
+{
+    t->total[phase] += st_now() - t->start[phase];
+    t->calls[phase]++;
+}
+
+void st_timers_print(const st_timers *t, double wall, FILE *f)
+{
+    fprintf(f, "%-18s %10s %8s %8s\n", "phase (rank 0)", "seconds", "share", "calls");
+    double acc = 0;
+    for (int i = 0; i < ST_PH_COUNT; i++) {
+        if (!t->calls[i]) continue;
+        acc += t->total[i];
+        fprintf(f, "%-18s %10.3f %7.1f%% %8ld\n", phase_name[i], t->total[i],
+                wall > 0 ? 100.0 * t->total[i] / wall : 0.0, t->calls[i]);
+    }
+    fprintf(f, "%-18s %10.3f %7.1f%%\n", "other", wall - acc, wall > 0 ? 100.0 * (wall - acc) / wall : 0.0);
+    fprintf(f, "%-18s %10.3f\n", "wall", wall);
+}

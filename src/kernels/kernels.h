@@ -1,0 +1,106 @@
+/* kernels.h: the rank-local math primitives, on oneDNN.
+ *
+ * Every function takes plain row-major float buffers. Underneath, each
+ * oneDNN primitive is created once per distinct shape (and strides, flags)
+ * and kept in a cache; later calls only point its memory objects at the new
+ * buffers and execute it, so the step loop allocates nothing.
+ *
+ * Conventions (llm.c order): outputs first, then saved-for-backward buffers,
+ * then inputs and weights, then sizes. Shapes are given in comments; N is a
+ * number of rows (tokens), C a feature width.
+ * Gradient accumulation: parameter gradients (dw, db, ...) are always ADDED
+ * to (+=); activation gradients (dinp) are written (=) unless a function says
+ * otherwise.
+ */
+#ifndef ST_KERNELS_H
+#define ST_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/err.h"
+
+/* Start oneDNN (engine + stream). Idempotent. */
+st_err st_kernels_init(void);
+/* Release every cached primitive, the stream and the engine. */
+void st_kernels_shutdown(void);
+/* How many primitives are cached (tests check that a second step adds none). */
+int st_kernels_cache_size(void);
+
+/* ---- matrix products ---------------------------------------------------- */
+
+/* A strided batched matrix product with up to two batch dimensions:
+ *   c[b0,b1] = alpha * a[b0,b1] @ b[b0,b1]  (+ bias broadcast over rows)  (+ c if accumulate)
+ * a: (B0,B1,M,K), b: (B0,B1,K,N), c: (B0,B1,M,N), each with its own strides
+ * (in elements, order b0 b1 row col), so transposes are just swapped strides. */
+typedef struct {
+    int64_t B0, B1, M, K, N;
+    int64_t sa[4], sb[4], sc[4];
+    float alpha;      /* 0 is taken as 1 */
+    int accumulate;   /* c += result */
+    int has_bias;     /* bias (N) added to every row */
+} st_matmul_desc;
+st_err st_matmul(const st_matmul_desc *d, float *c, const float *a, const float *b,
+                 const float *bias);
+
+/* out (N,OC) = inp (N,IC) @ w^T + bias;  w (OC,IC) as torch.nn.Linear; bias may be NULL. */
+st_err st_linear_forward(float *out, const float *inp, const float *w, const float *bias,
+                         int64_t N, int64_t IC, int64_t OC);
+/* dinp (N,IC) = dout @ w  (or += when accumulate_dinp); dw (OC,IC) += dout^T @ inp;
+ * db (OC) += column sums of dout. dinp, dw or db may be NULL to skip them
+ * (a frozen weight computes no dw). */
+st_err st_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                          const float *w, int64_t N, int64_t IC, int64_t OC, int accumulate_dinp);
+
+/* ---- normalisation ------------------------------------------------------ */
+
+/* LayerNorm over the last dim (oneDNN layer_normalization).
+ * out (N,C); mean, var (N) saved for backward; inp (N,C); w, b (C). */
+st_err st_layernorm_forward(float *out, float *mean, float *var, const float *inp,
+                            const float *w, const float *b, int64_t N, int64_t C, float eps);
+/* dinp (N,C) =; dw, db (C) +=. */
+st_err st_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                             const float *inp, const float *mean, const float *var,
+                             const float *w, int64_t N, int64_t C, float eps);
+
+/* RMSNorm: out = inp * rstd * w, rstd = 1/sqrt(mean(inp^2) + eps).
+ * oneDNN 2.x has no RMS normalisation, so this one is a plain loop.
+ * out (N,C); rstd (N) saved; inp (N,C); w (C). */
+void st_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w,
+                        int64_t N, int64_t C, float eps);
+/* dinp (N,C) =; dw (C) += (skipped when NULL). */
+void st_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
+                         const float *rstd, const float *w, int64_t N, int64_t C);
+
+/* ---- elementwise -------------------------------------------------------- */
+
+/* GELU, tanh approximation (GPT-2). out (n) = gelu(inp). */
+st_err st_gelu_forward(float *out, const float *inp, int64_t n);
+/* dinp (n) = dout * gelu'(inp). */
+st_err st_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t n);
+
+/* SwiGLU: out = silu(gate) * up.  act (n) saves silu(gate) for backward. */
+st_err st_swiglu_forward(float *out, float *act, const float *gate, const float *up, int64_t n);
+/* dgate = dout * up * silu'(gate); dup = dout * act. Both written (=). */
+st_err st_swiglu_backward(float *dgate, float *dup, const float *dout, const float *act,
+                          const float *gate, const float *up, int64_t n);
+
+/* out (n) = a + b (out may alias a or b). */
+st_err st_add(float *out, const float *a, const float *b, int64_t n);
+
+/* ---- softmax ------------------------------------------------------------ */
+
+/* Softmax over the last dim. out (rows, cols) = softmax(inp). May alias. */
+st_err st_softmax_forward(float *out, const float *inp, int64_t rows, int64_t cols);
+/* dinp (rows,cols) = out * (dout - sum(dout * out)). dinp may alias dout. */
+st_err st_softmax_backward(float *dinp, const float *dout, const float *out, int64_t rows,
+                           int64_t cols);
+
+/* ---- layout ------------------------------------------------------------- */
+
+/* Strided 4-D copy (oneDNN reorder): dst[i,j,k,l] = src[i,j,k,l] with each
+ * side's own strides. Used to move q/k/v between (B,T,H,hd) and (B,H,T,hd). */
+st_err st_copy4d(float *dst, const int64_t dst_strides[4], const float *src,
+                 const int64_t src_strides[4], const int64_t dims[4]);
+
+#endif
