@@ -1052,6 +1052,48 @@ START_TEST(test_prepare_tokenizer_template)
 }
 END_TEST
 
+/* Multi-turn Qwen3 and Llama 3 chats prepare with --template tokenizer; the
+ * mask covers each assistant turn as the whole conversation renders it. */
+START_TEST(test_prepare_multi_turn)
+{
+    const char *in = tmp_path("multi.jsonl"), *out = tmp_path("multi.h5");
+    spit(in, "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": "
+             "\"<think>\\nplan\\n</think>\\n\\nHello!\"}, {\"role\": \"user\", \"content\": \"Bye\"}, "
+             "{\"role\": \"assistant\", \"content\": \"Ciao\"}]}\n"
+             "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Q\"}, "
+             "{\"role\": \"assistant\", \"content\": \"A\"}, {\"role\": \"user\", \"content\": \"Q2\"}, "
+             "{\"role\": \"assistant\", \"content\": \"A2\"}, {\"role\": \"user\", \"content\": \"(left out)\"}]}\n");
+    const struct {
+        const char *src, *bos, *eos, *want[2];
+    } cases[] = {
+        {QWEN3, NULL, "<|im_end|>", {"Hello!<|im_end|>\n|<think>\n\n</think>\n\nCiao<|im_end|>\n|",
+                                     "A<|im_end|>\n|<think>\n\n</think>\n\nA2<|im_end|>\n|"}},
+        {LLAMA3_FIRST, "<|begin_of_text|>", "<|eot_id|>", {"<think>\nplan\n</think>\n\nHello!<|eot_id|>|Ciao<|eot_id|>|",
+                                                           "A<|eot_id|>|A2<|eot_id|>|"}},
+    };
+    for (int c = 0; c < 2; c++) {
+        char sub[32];
+        snprintf(sub, sizeof sub, "tok_multi%d", c);
+        const char *spec = tokenizer_dir(sub, cases[c].src, cases[c].bos, cases[c].eos);
+        ck_assert_msg(run_prepare("--input", in, "--out", out, "--tokenizer", spec, "--template", "tokenizer",
+                                  "--val-fraction", "0", NULL) == ST_OK, "%s", st_error_message());
+        st_dataset *ds = NULL;
+        ck_assert_int_eq(st_dataset_open(&ds, out), ST_OK);
+        ck_assert_int_eq(st_dataset_num_docs(ds), 2);
+        for (int d = 0; d < 2; d++) {
+            st_tokseq s = {0};
+            ck_assert_int_eq(st_dataset_read_doc(ds, d, &s.ids, &s.mask, &s.n), ST_OK);
+            char runs[4096];
+            learned_runs(&s, runs, sizeof runs);
+            ck_assert_msg(!strcmp(runs, cases[c].want[d]), "template %d, chat %d: learned\n[%s]\nexpected\n[%s]", c, d,
+                          runs, cases[c].want[d]);
+            free(s.ids), free(s.mask);
+        }
+        st_dataset_close(ds);
+    }
+}
+END_TEST
+
 START_TEST(test_prepare_template_errors)
 {
     const char *in = tmp_path("pairs.jsonl"), *out = tmp_path("pairs.h5");
@@ -1114,6 +1156,7 @@ static Suite *chat_template_suite(void)
     tcase_add_test(tm, test_rules_agree);
     tcase_add_test(tm, test_prepare_tokenizer_template);
     tcase_add_test(tm, test_prepare_template_errors);
+    tcase_add_test(tm, test_prepare_multi_turn);
     suite_add_tcase(s, tm);
     return s;
 }
