@@ -151,8 +151,8 @@ static st_err from_json(const cJSON *j, int content, int depth, st_jv **out)
     if (cJSON_IsString(j)) *out = st_jv_string(j->valuestring, strlen(j->valuestring), content);
     else if (cJSON_IsBool(j)) *out = st_jv_boolean(cJSON_IsTrue(j));
     else if (cJSON_IsNull(j)) *out = st_jv_none();
-    else if (cJSON_IsNumber(j) && j->valuedouble == (double)(int64_t)j->valuedouble && j->valuedouble < 9e15 &&
-             j->valuedouble > -9e15)
+    else if (cJSON_IsNumber(j) && j->valuedouble < 9e15 && j->valuedouble > -9e15 &&
+             j->valuedouble == (double)(int64_t)j->valuedouble)
         *out = st_jv_integer((int64_t)j->valuedouble);
     else if (cJSON_IsNumber(j)) *out = st_jv_number(j->valuedouble);
     else if (cJSON_IsArray(j) || cJSON_IsObject(j)) {
