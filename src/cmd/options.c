@@ -1,6 +1,7 @@
 /* options.c: the option table, from YAML (libyaml) and the command line. */
 #include "cmd/options.h"
 #include "mpi/comm.h"
+#include "mpi/grid.h"
 
 #include <errno.h>
 #include <math.h>
@@ -327,6 +328,24 @@ void st_options_print_help(const st_options *o, FILE *f)
     }
 }
 
+st_err st_options_same_everywhere(const st_options *o, MPI_Comm comm, int argc, char **argv)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a over the arguments and the recipe */
+    for (int i = 0; i <= argc; i++) {
+        const char *a = i < argc ? argv[i] : o->recipe_text ? o->recipe_text : "";
+        for (const char *c = a; ; c++) {
+            h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+            if (!*c) break;
+        }
+    }
+    uint64_t v[2] = {h, ~h};
+    ST_TRY(st_allreduce(comm, v, 2, ST_M_U64, ST_OP_MAX));
+    if (v[0] != ~v[1])
+        ST_FAIL(ST_ERR_ARG, "the ranks were started with different arguments or read different recipe text; start "
+                "every rank with the same command line (and the same recipe file on a shared file system)");
+    return ST_OK;
+}
+
 void st_options_print(const st_options *o, FILE *f)
 {
     for (int i = 0; i < o->n; i++) {
@@ -346,6 +365,8 @@ st_err st_options_run(int argc, char **argv, MPI_Comm world, const st_option *op
     st_options o;
     ST_TRY(st_options_init(&o, opt, nopt, base));
     st_err e = st_options_parse(&o, argc, argv, &help, pos, 1, &npos);
+    e = st_agree(world, e); /* a recipe one rank alone could not read */
+    if (!e) e = st_options_same_everywhere(&o, world, argc, argv);
     if (!e && (help || npos != 1)) {
         if (!rank) {
             printf("%s", usage);

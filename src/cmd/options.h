@@ -51,6 +51,10 @@ st_err st_options_load_yaml(st_options *o, const char *path);
 st_err st_options_parse(st_options *o, int argc, char **argv, int *help, char **positional,
                         int max_pos, int *n_pos);
 void st_options_print_help(const st_options *o, FILE *f);
+/* Every rank of comm was started with the same arguments and read the same
+ * recipe text: else the ranks would build different models or grids and hang
+ * in their first collective, so every rank fails here instead, saying so. */
+st_err st_options_same_everywhere(const st_options *o, MPI_Comm comm, int argc, char **argv);
 /* A subcommand taking one file argument (a checkpoint, a model): parse argv
  * against opt into the struct at base, answer --help with usage and the
  * option list (rank 0 of world), else run fn(file, world, base). `what` names

@@ -975,6 +975,8 @@ st_err st_cmd_prepare(int argc, char **argv, const st_grid *g)
     st_options opts;
     ST_TRY(st_options_init(&opts, prepare_options, N_OPTIONS, &o));
     st_err e = st_options_parse(&opts, argc, argv, &help, pos, 0, &npos);
+    e = st_agree(g->world, e); /* a recipe one rank alone could not read */
+    if (!e) e = st_options_same_everywhere(&opts, g->world, argc, argv);
     if (!e && help) {
         if (rank == 0) {
             printf("%s", usage);

@@ -642,6 +642,8 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
     st_options opts;
     ST_TRY(st_options_init(&opts, train_options, N_TRAIN_OPTIONS, &ov));
     st_err e = st_options_parse(&opts, argc, argv, &help, pos, 0, &npos);
+    e = st_agree(world, e); /* a recipe one rank alone could not read */
+    if (!e) e = st_options_same_everywhere(&opts, world, argc, argv);
     if (!e && help) {
         if (!rank) {
             printf("usage: mpirun -np N shardtune train [RECIPE.yaml] [--set key=value | --key value ...]\n\n"
