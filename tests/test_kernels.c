@@ -173,6 +173,37 @@ START_TEST(test_matmul_attention_layouts)
 }
 END_TEST
 
+/* Decoding's products: the key length Tk grows by one per call over a cache
+ * of ldk rows; with runtime_shape one primitive serves every length and the
+ * results equal the reference at each. */
+START_TEST(test_matmul_runtime_shape)
+{
+    const int64_t KV = 2, R = 3, hd = 8, ldk = 40;
+    const size_t nq = (size_t)(KV * R * hd), nk = (size_t)(KV * ldk * hd), natt = (size_t)(KV * R * ldk);
+    int before = -1;
+    for (int64_t Tk = 1; Tk <= ldk; Tk += 3) {
+        /* scores (KV,R,Tk) = q (KV,R,hd) @ k^T, att rows of stride ldk */
+        st_matmul_desc s = {.B0 = 1, .B1 = KV, .M = R, .K = hd, .N = Tk, .alpha = 0.35f,
+                            .sa = {0, R * hd, hd, 1}, .sb = {0, ldk * hd, 1, hd},
+                            .sc = {0, R * ldk, ldk, 1}, .runtime_shape = 1};
+        check_matmul(&s, nq, nk, natt);
+        /* out (KV,R,hd) = att (KV,R,Tk) @ v (KV,Tk,hd) */
+        st_matmul_desc o = {.B0 = 1, .B1 = KV, .M = R, .K = Tk, .N = hd,
+                            .sa = {0, R * ldk, ldk, 1}, .sb = {0, ldk * hd, hd, 1},
+                            .sc = {0, R * hd, hd, 1}, .runtime_shape = 1};
+        check_matmul(&o, natt, nk, nq);
+        if (before < 0) before = st_kernels_cache_size();
+        ck_assert_int_eq(st_kernels_cache_size(), before); /* no primitive per length */
+    }
+    ck_assert_int_eq(before, 2);
+    /* runtime shapes are for fp32 products without a bias */
+    float x[4] = {0};
+    st_matmul_desc b = {.B0 = 1, .B1 = 1, .M = 2, .K = 2, .N = 2, .has_bias = 1, .runtime_shape = 1,
+                        .sa = {0, 0, 2, 1}, .sb = {0, 0, 2, 1}, .sc = {0, 0, 2, 1}};
+    ck_assert_int_eq(st_matmul(&b, x, x, x, x), ST_ERR_ARG);
+}
+END_TEST
+
 START_TEST(test_matmul_errors)
 {
     float x[4] = {0};
@@ -215,10 +246,10 @@ START_TEST(test_linear_forward)
     float *out = frand(N * OC, -9, 9); /* garbage: must be overwritten */
     double *dinp = widen(inp, N * IC), *dw = widen(w, OC * IC), *dbias = widen(b, OC);
     double *want = dzeros(N * OC);
-    OK(st_linear_forward(out, inp, w, b, N, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, b, N, IC, OC));
     ref_linear_forward(want, dinp, dw, dbias, N, IC, OC);
     CHECK_REL(out, want, N * OC, TOL_FWD);
-    OK(st_linear_forward(out, inp, w, NULL, N, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, NULL, N, IC, OC));
     ref_linear_forward(want, dinp, dw, NULL, N, IC, OC);
     CHECK_REL(out, want, N * OC, TOL_FWD);
     free(inp), free(w), free(b), free(out), free(dinp), free(dw), free(dbias), free(want);
@@ -233,7 +264,7 @@ START_TEST(test_linear_backward)
     float *dw = frand(OC * IC, -1, 1), *db = frand(OC, -1, 1), *dinp = frand(N * IC, -9, 9);
     double *r_inp = widen(inp, N * IC), *r_w = widen(w, OC * IC), *r_dout = widen(dout, N * OC);
     double *r_dw = widen(dw, OC * IC), *r_db = widen(db, OC), *r_dinp = dzeros(N * IC);
-    OK(st_linear_backward(dinp, dw, db, dout, inp, w, N, IC, OC, 0));
+    OK(st_linear_backward(dinp, dw, db, dout, inp, w, NULL, N, IC, OC, 0));
     ref_linear_backward(r_dinp, r_dw, r_db, r_dout, r_inp, r_w, N, IC, OC);
     CHECK_REL(dinp, r_dinp, N * IC, TOL_BWD);
     CHECK_REL(dw, r_dw, OC * IC, TOL_BWD);
@@ -243,13 +274,13 @@ START_TEST(test_linear_backward)
     double *prev = widen(dinp, N * IC);
     float *dw_before = malloc(OC * IC * sizeof *dw_before);
     memcpy(dw_before, dw, OC * IC * sizeof *dw);
-    OK(st_linear_backward(dinp, NULL, NULL, dout, inp, w, N, IC, OC, 1));
+    OK(st_linear_backward(dinp, NULL, NULL, dout, inp, w, NULL, N, IC, OC, 1));
     for (int i = 0; i < N * IC; i++) prev[i] += r_dinp[i];
     CHECK_REL(dinp, prev, N * IC, TOL_BWD);
     ck_assert(memcmp(dw_before, dw, OC * IC * sizeof *dw) == 0);
 
     /* a second call adds again (frozen input: dinp NULL) */
-    OK(st_linear_backward(NULL, dw, db, dout, inp, w, N, IC, OC, 0));
+    OK(st_linear_backward(NULL, dw, db, dout, inp, w, NULL, N, IC, OC, 0));
     ref_linear_backward(r_dinp, r_dw, r_db, r_dout, r_inp, r_w, N, IC, OC);
     CHECK_REL(dw, r_dw, OC * IC, TOL_BWD);
     CHECK_REL(db, r_db, OC, TOL_BWD);
@@ -454,12 +485,12 @@ START_TEST(test_cache)
     const int N = 13, IC = 11, OC = 7;
     float *inp = frand(N * IC, -1, 1), *w = frand(OC * IC, -1, 1), *out = frand(N * OC, -1, 1);
     float *out2 = frand(N * OC, -1, 1), *x = frand(N * IC, -1, 1);
-    OK(st_linear_forward(out, inp, w, NULL, N, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, NULL, N, IC, OC));
     OK(st_gelu_forward(x, inp, N * IC));
     int n1 = st_kernels_cache_size();
     ck_assert_int_ge(n1, 2);
     /* same shapes, other buffers: nothing new, and the new buffers are used */
-    OK(st_linear_forward(out2, x, w, NULL, N, IC, OC));
+    OK(st_linear_forward(out2, x, w, NULL, NULL, N, IC, OC));
     OK(st_gelu_forward(x, x, N * IC));
     ck_assert_int_eq(st_kernels_cache_size(), n1);
     double *r_x = widen(inp, N * IC), *r_w = widen(w, OC * IC), *want = dzeros(N * OC);
@@ -467,16 +498,46 @@ START_TEST(test_cache)
     ref_linear_forward(want, r_x, r_w, NULL, N, IC, OC); /* gelu(inp) @ w^T */
     CHECK_REL(out2, want, N * OC, TOL_FWD);
     /* a new shape adds one primitive; a bias is a different primitive too */
-    OK(st_linear_forward(out, inp, w, NULL, N - 1, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, NULL, N - 1, IC, OC));
     ck_assert_int_eq(st_kernels_cache_size(), n1 + 1);
-    OK(st_linear_forward(out, inp, w, w, N, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, w, N, IC, OC));
     ck_assert_int_eq(st_kernels_cache_size(), n1 + 2);
     /* shutdown empties it; the next call starts oneDNN again */
     st_kernels_shutdown();
     ck_assert_int_eq(st_kernels_cache_size(), 0);
-    OK(st_linear_forward(out, inp, w, NULL, N, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, NULL, N, IC, OC));
     ck_assert_int_eq(st_kernels_cache_size(), 1);
     free(inp), free(w), free(out), free(out2), free(x), free(r_x), free(r_w), free(want);
+}
+END_TEST
+
+/* The cache holds at most its limit, least recently used out first, and a
+ * shape evicted and built again computes the same. */
+START_TEST(test_cache_bound)
+{
+    const int IC = 11, OC = 7, NS = 12, LIMIT = 5;
+    float *inp = frand(NS * IC, -1, 1), *w = frand(OC * IC, -1, 1), *out = frand(NS * OC, -1, 1);
+    double *r_x = widen(inp, NS * IC), *r_w = widen(w, OC * IC), *want = dzeros(NS * OC);
+    OK(st_kernels_set_cache_limit(LIMIT));
+    long ev0 = st_kernels_cache_evictions();
+    for (int round = 0; round < 2; round++) /* the second round rebuilds evicted shapes */
+        for (int N = 1; N <= NS; N++) {
+            OK(st_linear_forward(out, inp, w, NULL, NULL, N, IC, OC));
+            ref_linear_forward(want, r_x, r_w, NULL, N, IC, OC);
+            CHECK_REL(out, want, (size_t)N * OC, TOL_FWD);
+            ck_assert_int_le(st_kernels_cache_size(), LIMIT);
+        }
+    ck_assert_int_eq(st_kernels_cache_size(), LIMIT);
+    ck_assert_int_eq(st_kernels_cache_evictions() - ev0, 2 * NS - LIMIT);
+    /* the most recent shapes are the ones kept: using them again evicts nothing */
+    for (int N = NS - LIMIT + 1; N <= NS; N++) OK(st_linear_forward(out, inp, w, NULL, NULL, N, IC, OC));
+    ck_assert_int_eq(st_kernels_cache_evictions() - ev0, 2 * NS - LIMIT);
+    /* lowering the limit evicts at once */
+    OK(st_kernels_set_cache_limit(2));
+    ck_assert_int_eq(st_kernels_cache_size(), 2);
+    ck_assert_int_eq(st_kernels_set_cache_limit(0), ST_ERR_ARG);
+    OK(st_kernels_set_cache_limit(ST_KERNELS_CACHE_MAX));
+    free(inp), free(w), free(out), free(r_x), free(r_w), free(want);
 }
 END_TEST
 
@@ -491,10 +552,10 @@ START_TEST(test_cache_backward_step)
     int before = 0;
     for (int step = 0; step < 2; step++) {
         OK(st_layernorm_forward(y, m, v, x, g, b, N, C, 1e-5f));
-        OK(st_linear_forward(o, y, w, NULL, N, C, OC));
+        OK(st_linear_forward(o, y, w, NULL, NULL, N, C, OC));
         OK(st_softmax_forward(o, o, N, OC));
         OK(st_softmax_backward(p, o, o, N, OC));
-        OK(st_linear_backward(dx, dw, dbo, p, y, w, N, C, OC, 0));
+        OK(st_linear_backward(dx, dw, dbo, p, y, w, NULL, N, C, OC, 0));
         OK(st_layernorm_backward(dx, dg, db, dx, x, m, v, g, N, C, 1e-5f));
         if (step == 0) before = st_kernels_cache_size();
     }
@@ -514,6 +575,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_matmul_plain);
     tcase_add_test(tc, test_matmul_transposed);
     tcase_add_test(tc, test_matmul_attention_layouts);
+    tcase_add_test(tc, test_matmul_runtime_shape);
     tcase_add_test(tc, test_matmul_errors);
     tcase_add_test(tc, test_linear_forward);
     tcase_add_test(tc, test_linear_backward);
@@ -526,6 +588,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_copy4d);
     tcase_add_test(tc, test_cache);
     tcase_add_test(tc, test_cache_backward_step);
+    tcase_add_test(tc, test_cache_bound);
     suite_add_tcase(s, tc);
     return s;
 }

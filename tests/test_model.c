@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/rng.h"
+#include "kernels/kernels.h"
 #include "model/model.h"
 #include "model/optim.h"
 #include "mpi_check.h"
@@ -120,6 +121,53 @@ static void check_against_reference(st_config cfg)
     ref_model_free(&r);
     st_model_free(&m);
 }
+
+/* Decoding a long sequence one token at a time: the logits equal the
+ * reference at every length, and the primitive cache grows by the softmax
+ * buckets alone (one per octave of key lengths), not by a primitive per
+ * length (issue 12); nothing is evicted. */
+START_TEST(decoding_many_lengths_keeps_the_cache_bounded)
+{
+    st_config cfg = cfg_llama();
+    cfg.max_seq = 300;
+    const int T = 290, P = 4;
+    st_kernels_shutdown(); /* an empty cache: earlier tests' primitives would be evicted */
+    st_model g;
+    ck_assert_int_eq(st_model_create(&g, &cfg, MPI_COMM_SELF, 1, P, 42, 0), 0);
+    perturb(&g, 7);
+    ref_model r;
+    ck_assert_int_eq(ref_model_init(&r, &cfg), 0);
+    ref_model_set_params(&r, g.params);
+    batch b = make_batch(1, T, cfg.vocab_size, 5);
+    int *tok = malloc(sizeof(int) * T);
+    for (int i = 0; i < T; i++) tok[i] = b.tok[i];
+    double *want = malloc(sizeof(double) * T * cfg.vocab_size);
+    ref_model_forward_backward(&r, tok, tok, NULL, 1, T, 1.0, want, 0);
+    st_kvcache c;
+    ck_assert_int_eq(st_kvcache_create(&c, &g, 1), 0);
+    float *lg = malloc(sizeof(float) * g.lay.vocab_l);
+    ck_assert_int_eq(st_model_forward_cached(&g, &c, b.tok, P, lg), 0);
+    ck_assert_int_eq(st_model_forward_cached(&g, &c, b.tok + P, 1, lg), 0);
+    const int n0 = st_kernels_cache_size();
+    const long ev0 = st_kernels_cache_evictions();
+    for (int t = P + 1; t < T; t++) {
+        ck_assert_int_eq(st_model_forward_cached(&g, &c, b.tok + t, 1, lg), 0);
+        const double *w = want + (size_t)t * cfg.vocab_size;
+        double e = 0, mx = 0;
+        for (int v = 0; v < cfg.vocab_size; v++) { e = fmax(e, fabs(lg[v] - w[v])); mx = fmax(mx, fabs(w[v])); }
+        ck_assert_msg(e / mx < 1e-5, "cached logits at length %d: error %.3g of %.3g", t + 1, e, mx);
+    }
+    /* key lengths 6..290: softmax rows of 64 (already there), 128, 256, 300 */
+    ck_assert_msg(st_kernels_cache_size() - n0 <= 3, "decoding to %d added %d primitives", T,
+                  st_kernels_cache_size() - n0);
+    ck_assert_int_eq(st_kernels_cache_evictions(), ev0);
+    free(lg), free(want), free(tok);
+    st_kvcache_free(&c);
+    free_batch(&b);
+    ref_model_free(&r);
+    st_model_free(&g);
+}
+END_TEST
 
 START_TEST(llama_matches_reference) { check_against_reference(cfg_llama()); }
 END_TEST
@@ -314,6 +362,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, masked_targets_change_nothing);
     tcase_add_test(tc, recomputation_is_exact);
     tcase_add_test(tc, lr_schedules);
+    tcase_add_test(tc, decoding_many_lengths_keeps_the_cache_bounded);
     suite_add_tcase(s, tc);
     return st_run_serial_mpi_suite(&argc, &argv, s);
 }

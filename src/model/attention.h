@@ -15,8 +15,15 @@
 
 #include "core/err.h"
 
+/* decoding = 0 (training, Tq = Tk = ldk): att is (B,H,Tq,Tk).
+ * decoding = 1 (a KV cache whose key length grows with every call): the
+ * products take their sizes at execution (one oneDNN primitive for every Tk),
+ * and att's rows are Tk rounded up to a power of two (>= 64, <= ldk; the rest
+ * of each row is -inf before the softmax, 0 after), so the primitive cache
+ * grows by one softmax per octave of lengths, not per length. att must then
+ * hold B*H*Tq*ldk floats. */
 st_err st_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                            int B, int H, int KV, int Tq, int Tk, int ldk, int hd);
+                            int B, int H, int KV, int Tq, int Tk, int ldk, int hd, int decoding);
 
 /* Training case only (Tq = Tk = ldk = T). datt (B,H,T,T) is scratch.
  * dq (B,H,T,hd), dk, dv (B,KV,T,hd) are written (=). */

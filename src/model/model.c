@@ -273,7 +273,7 @@ static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c
             st_rope_apply(qh, m->rope_cos, m->rope_sin, B, Hl, T, T, 0, 0, hd, 0);
             st_rope_apply(kv.k, m->rope_cos, m->rope_sin, B, KVl, T, T, 0, 0, hd, 0);
         }
-        ST_TRY(st_attention_forward(a->oh, kv.att, qh, kv.k, kv.v, B, Hl, KVl, T, T, T, hd));
+        ST_TRY(st_attention_forward(a->oh, kv.att, qh, kv.k, kv.v, B, Hl, KVl, T, T, T, hd, 0));
     } else {
         /* each row at its own position in its own stretch of the cache */
         for (int b = 0; b < B; b++) {
@@ -285,7 +285,8 @@ static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c
                 st_rope_apply(q, m->rope_cos, m->rope_sin, 1, Hl, T, T, 0, p, hd, 0);
                 st_rope_apply(k, m->rope_cos, m->rope_sin, 1, KVl, T, kv.ld, p, p, hd, 0);
             }
-            ST_TRY(st_attention_forward(a->oh + (size_t)b * qd * T, kv.att, q, k, v, 1, Hl, KVl, T, p + T, kv.ld, hd));
+            ST_TRY(st_attention_forward(a->oh + (size_t)b * qd * T, kv.att, q, k, v, 1, Hl, KVl, T, p + T,
+                                        kv.ld, hd, 1));
         }
     }
     ST_TRY(from_heads(o, a->oh, B, T, Hl, hd));
