@@ -289,6 +289,114 @@ START_TEST(test_linear_backward)
 }
 END_TEST
 
+/* ---- bf16 --------------------------------------------------------------- */
+
+/* Tolerances of the bf16 products (relative to the largest reference value):
+ *   against the double reference on the SAME bf16-rounded inputs: what is left
+ *   is fp32 accumulation, as tight as the fp32 kernels (TOL_FWD, TOL_BWD);
+ *   against the double reference on the unrounded inputs: bf16 keeps 8
+ *   significant bits, each input is off by up to 2^-9 relative, and over K
+ *   random terms the products' errors partly cancel: 1e-2 holds with a margin
+ *   at these sizes (measured ~2e-3). */
+#define TOL_BF16_INPUTS 1e-2
+
+/* x rounded to bf16 (8 significant bits, nearest even), computed apart from the
+ * kernels' rounding (normal numbers only). */
+static double round_bf16(double x)
+{
+    if (x == 0.0) return x;
+    int e;
+    double m = frexp(x, &e); /* x = m 2^e, 0.5 <= |m| < 1 */
+    return ldexp(nearbyint(ldexp(m, 8)), e - 8);
+}
+
+static double *widen_bf16(const float *x, size_t n)
+{
+    double *d = widen(x, n);
+    for (size_t i = 0; i < n; i++) d[i] = round_bf16(d[i]);
+    return d;
+}
+
+START_TEST(test_bf16_rounding)
+{
+    /* ties go to even; NaN stays NaN, infinities and zeros stay */
+    const float one = 1.0f, tie_down = 1.0f + 0x1p-8f, tie_up = 1.0f + 0x1p-7f + 0x1p-8f;
+    const float in[] = {one, tie_down, tie_up, -tie_up, 1.0f + 0x1p-8f + 0x1p-20f, INFINITY,
+                        -0.0f, 0x1.fffffep+127f, NAN};
+    const float want[] = {1.0f, 1.0f, 1.0f + 0x1p-6f, -(1.0f + 0x1p-6f), 1.0f + 0x1p-7f, INFINITY,
+                          -0.0f, INFINITY, NAN};
+    const int n = (int)(sizeof in / sizeof in[0]);
+    st_bf16 b[9];
+    st_to_bf16(b, in, n);
+    for (int i = 0; i < n; i++) {
+        float got = st_bf16_to_float(b[i]);
+        if (isnan(want[i])) ck_assert(isnan(got));
+        else ck_assert_msg(got == want[i] && signbit(got) == signbit(want[i]), "%d: %a -> %a, want %a",
+                           i, (double)in[i], (double)got, (double)want[i]);
+    }
+    /* and random values agree with the independent rounding */
+    float *x = frand(1000, -100, 100);
+    st_bf16 *y = malloc(1000 * sizeof *y);
+    st_to_bf16(y, x, 1000);
+    for (int i = 0; i < 1000; i++) ck_assert(st_bf16_to_float(y[i]) == (float)round_bf16(x[i]));
+    free(x), free(y);
+}
+END_TEST
+
+START_TEST(test_linear_bf16)
+{
+    if (!st_cpu_has_bf16()) {
+        const char *impl;
+        OK(st_bf16_matmul_available(&impl));
+        if (!impl) return; /* no bf16 matmul in this oneDNN on this CPU */
+    }
+    const int N = 37, IC = 53, OC = 29;
+    float *inp = frand(N * IC, -1, 1), *w = frand(OC * IC, -0.5, 0.5), *b = frand(OC, -1, 1);
+    float *dout = frand(N * OC, -1, 1), *out = frand(N * OC, -9, 9);
+    float *dinp = frand(N * IC, -9, 9), *dw = frand(OC * IC, -1, 1), *db = frand(OC, -1, 1);
+    st_bf16 *w16 = malloc(OC * IC * sizeof *w16);
+    st_to_bf16(w16, w, OC * IC);
+    double *r_inp = widen(inp, N * IC), *r_w = widen(w, OC * IC), *r_b = widen(b, OC);
+    double *r_dout = widen(dout, N * OC), *r_dw0 = widen(dw, OC * IC), *r_db0 = widen(db, OC);
+    double *q_inp = widen_bf16(inp, N * IC), *q_w = widen_bf16(w, OC * IC);
+    double *q_dout = widen_bf16(dout, N * OC);
+    double *want = dzeros(N * OC), *want_dinp = dzeros(N * IC);
+    double *want_dw = dzeros(OC * IC), *want_db = dzeros(OC);
+
+    /* forward: bf16 inputs, fp32 accumulation; the bias is added in fp32 */
+    OK(st_linear_forward(out, inp, w, w16, b, N, IC, OC));
+    ref_linear_forward(want, q_inp, q_w, r_b, N, IC, OC);
+    CHECK_REL(out, want, N * OC, TOL_FWD);
+    ref_linear_forward(want, r_inp, r_w, r_b, N, IC, OC);
+    CHECK_REL(out, want, N * OC, TOL_BF16_INPUTS);
+
+    /* backward: input gradient and (added) weight gradient from bf16 inputs */
+    OK(st_linear_backward(dinp, dw, db, dout, inp, w, w16, N, IC, OC, 0));
+    memcpy(want_dw, r_dw0, OC * IC * sizeof *want_dw);
+    memcpy(want_db, r_db0, OC * sizeof *want_db);
+    ref_linear_backward(want_dinp, want_dw, want_db, q_dout, q_inp, q_w, N, IC, OC);
+    CHECK_REL(dinp, want_dinp, N * IC, TOL_BWD);
+    CHECK_REL(dw, want_dw, OC * IC, TOL_BWD);
+    /* the bias gradient is a sum in fp32 of the unrounded dout */
+    memcpy(want_db, r_db0, OC * sizeof *want_db);
+    ref_linear_backward(want_dinp, want_dw, want_db, r_dout, r_inp, r_w, N, IC, OC);
+    CHECK_REL(db, want_db, OC, TOL_BWD);
+    CHECK_REL(dinp, want_dinp, N * IC, TOL_BF16_INPUTS);
+
+    /* a bf16 operand needs a bf16 product; a rounded f32 operand must be dense */
+    st_matmul_desc d = {.B0 = 1, .B1 = 1, .M = 2, .K = 2, .N = 2, .b_bf16 = 1,
+                        .sa = {0, 0, 2, 1}, .sb = {0, 0, 2, 1}, .sc = {0, 0, 2, 1}};
+    ck_assert_int_eq(st_matmul(&d, out, inp, w16, NULL), ST_ERR_ARG);
+    d.bf16 = 1;
+    d.sa[2] = 3; /* rows of 2 with a gap */
+    ck_assert_int_eq(st_matmul(&d, out, inp, w16, NULL), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "densely"));
+    free(inp), free(w), free(b), free(dout), free(out), free(dinp), free(dw), free(db), free(w16);
+    free(r_inp), free(r_w), free(r_b), free(r_dout), free(r_dw0), free(r_db0), free(q_inp);
+    free(q_w), free(q_dout), free(want), free(want_dinp), free(want_dw), free(want_db);
+}
+END_TEST
+
 /* ---- normalisation ------------------------------------------------------ */
 
 START_TEST(test_layernorm)
@@ -579,6 +687,8 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_matmul_errors);
     tcase_add_test(tc, test_linear_forward);
     tcase_add_test(tc, test_linear_backward);
+    tcase_add_test(tc, test_bf16_rounding);
+    tcase_add_test(tc, test_linear_bf16);
     tcase_add_test(tc, test_layernorm);
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_test(tc, test_gelu);
