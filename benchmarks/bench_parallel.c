@@ -139,7 +139,7 @@ static st_err run(int argc, char **argv)
     int threads = st_threads_setup(g.world);
     const int B = op.B, T = op.T, N = B * T;
     double peak = 0, peak_sum = 0;
-    ST_TRY(st_measure_peak_gflops(2048, &peak)); /* every rank at once: the grid's ceiling */
+    ST_TRY(st_measure_peak_gflops(2048, 0, &peak)); /* every rank at once: the grid's ceiling */
     ST_MPI(MPI_Allreduce(&peak, &peak_sum, 1, MPI_DOUBLE, MPI_SUM, g.world));
     st_model m;
     st_dp dp;

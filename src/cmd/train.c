@@ -252,7 +252,7 @@ static st_err setup(trainer *t, MPI_Comm world)
     o->opt.total_steps = o->steps;
     ST_TRY(st_adamw_init(&t->adam, &t->model.lay, t->own_begin, t->own_end, &o->opt));
     ST_TRY(setup_method(t));
-    ST_TRY(st_measure_peak_gflops(1024, &t->peak_gflops));
+    ST_TRY(st_measure_peak_gflops(1024, 0, &t->peak_gflops));
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/ckpt", o->out_dir);
     if (is_rank0(t)) {
         ST_TRY(mkdir_p(t->ckpt_dir));

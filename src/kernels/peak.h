@@ -5,9 +5,11 @@
 
 #include "core/err.h"
 
-/* fp32 matrix-product rate of this process (GFLOP/s) measured with oneDNN on
- * an n x n x n product, best of a few runs. SHARDTUNE_PEAK_GFLOPS overrides
- * it (to skip the measurement or use a number from benchmarks/). */
-st_err st_measure_peak_gflops(int n, double *gflops);
+/* Matrix-product rate of this process (GFLOP/s) measured with oneDNN on an
+ * n x n x n product, best of a few runs: fp32, or bf16 inputs with fp32
+ * accumulation when bf16 (the ceiling MFU of a bf16 run is reported against).
+ * SHARDTUNE_PEAK_GFLOPS (SHARDTUNE_PEAK_GFLOPS_BF16) overrides it (to skip the
+ * measurement or use a number from benchmarks/). */
+st_err st_measure_peak_gflops(int n, int bf16, double *gflops);
 
 #endif
