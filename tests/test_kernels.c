@@ -8,6 +8,7 @@
 
 #include "core/rng.h"
 #include "kernels/kernels.h"
+#include "kernels/peak.h"
 #include "ref.h"
 
 #define TOL_FWD 1e-5
@@ -397,6 +398,36 @@ START_TEST(test_linear_bf16)
 }
 END_TEST
 
+/* precision: fp32 | bf16 | auto; auto follows the measured rates (set here
+ * through the overrides) and the CPU; a bad value is an error naming it. */
+START_TEST(test_precision_choice)
+{
+    st_precision p;
+    ck_assert_int_eq(st_precision_choose("fp16", 64, &p), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "'fp16'"));
+    setenv("SHARDTUNE_PEAK_GFLOPS", "100", 1);
+    OK(st_precision_choose("fp32", 64, &p));
+    ck_assert_int_eq(p.bf16, 0);
+    const char *impl;
+    OK(st_bf16_matmul_available(&impl));
+    setenv("SHARDTUNE_PEAK_GFLOPS_BF16", "300", 1); /* bf16 3x faster */
+    OK(st_precision_choose("auto", 64, &p));
+    ck_assert_int_eq(p.bf16, impl && st_cpu_has_bf16());
+    setenv("SHARDTUNE_PEAK_GFLOPS_BF16", "110", 1); /* 1.1x: not worth rounding */
+    OK(st_precision_choose("auto", 64, &p));
+    ck_assert_int_eq(p.bf16, 0);
+    ck_assert_msg(strstr(p.why, "auto"), "why: %s", p.why);
+    if (impl) {
+        OK(st_precision_choose("bf16", 64, &p)); /* as asked, even when slower */
+        ck_assert_int_eq(p.bf16, 1);
+    } else {
+        ck_assert_int_eq(st_precision_choose("bf16", 64, &p), ST_ERR_ARG);
+    }
+    unsetenv("SHARDTUNE_PEAK_GFLOPS");
+    unsetenv("SHARDTUNE_PEAK_GFLOPS_BF16");
+}
+END_TEST
+
 /* ---- normalisation ------------------------------------------------------ */
 
 START_TEST(test_layernorm)
@@ -689,6 +720,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_linear_backward);
     tcase_add_test(tc, test_bf16_rounding);
     tcase_add_test(tc, test_linear_bf16);
+    tcase_add_test(tc, test_precision_choice);
     tcase_add_test(tc, test_layernorm);
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_test(tc, test_gelu);
