@@ -67,7 +67,8 @@ make --no-print-directory -j2 DNNL_ROOT="$DNNL_ROOT" DNNL_LIBDIR="$DNNL_LIBDIR" 
   bin/shardtune-dnnl "${TESTS[@]/#/$BUILD/tests/}" > "$DIR.build.log" 2>&1 ||
   { tail -n 40 "$DIR.build.log"; echo "onednn3: build against oneDNN 3.x FAILED"; exit 1; }
 echo "onednn3: every source compiled and linked against oneDNN 3.x (log: $DIR.build.log)"
-nm -D --undefined-only bin/shardtune-dnnl | grep -q dnnl_matmul_primitive_desc_create ||
+syms=$(nm -D --undefined-only bin/shardtune-dnnl)
+grep -q dnnl_matmul_primitive_desc_create <<< "$syms" ||
   { echo "onednn3: bin/shardtune-dnnl does not call the 3.x API" >&2; exit 1; }
 
 # Run: under trixie's loader when its runtime was fetched, else directly.

@@ -175,9 +175,9 @@ START_TEST(test_matmul_attention_layouts)
 END_TEST
 
 /* Decoding's products: the key length Tk grows by one per call over a cache
- * of ldk rows; with runtime_shape one primitive serves every length and the
+ * of ldk rows; with runtime_dims one primitive serves every length and the
  * results equal the reference at each. */
-START_TEST(test_matmul_runtime_shape)
+START_TEST(test_matmul_runtime_dims)
 {
     const int64_t KV = 2, R = 3, hd = 8, ldk = 40;
     const size_t nq = (size_t)(KV * R * hd), nk = (size_t)(KV * ldk * hd), natt = (size_t)(KV * R * ldk);
@@ -186,12 +186,12 @@ START_TEST(test_matmul_runtime_shape)
         /* scores (KV,R,Tk) = q (KV,R,hd) @ k^T, att rows of stride ldk */
         st_matmul_desc s = {.B0 = 1, .B1 = KV, .M = R, .K = hd, .N = Tk, .alpha = 0.35f,
                             .sa = {0, R * hd, hd, 1}, .sb = {0, ldk * hd, 1, hd},
-                            .sc = {0, R * ldk, ldk, 1}, .runtime_shape = 1};
+                            .sc = {0, R * ldk, ldk, 1}, .runtime_dims = ST_MM_RUNTIME_N};
         check_matmul(&s, nq, nk, natt);
         /* out (KV,R,hd) = att (KV,R,Tk) @ v (KV,Tk,hd) */
         st_matmul_desc o = {.B0 = 1, .B1 = KV, .M = R, .K = Tk, .N = hd,
                             .sa = {0, R * ldk, ldk, 1}, .sb = {0, ldk * hd, hd, 1},
-                            .sc = {0, R * hd, hd, 1}, .runtime_shape = 1};
+                            .sc = {0, R * hd, hd, 1}, .runtime_dims = ST_MM_RUNTIME_K};
         check_matmul(&o, natt, nk, nq);
         if (before < 0) before = st_kernels_cache_size();
         ck_assert_int_eq(st_kernels_cache_size(), before); /* no primitive per length */
@@ -199,7 +199,7 @@ START_TEST(test_matmul_runtime_shape)
     ck_assert_int_eq(before, 2);
     /* runtime shapes are for fp32 products without a bias */
     float x[4] = {0};
-    st_matmul_desc b = {.B0 = 1, .B1 = 1, .M = 2, .K = 2, .N = 2, .has_bias = 1, .runtime_shape = 1,
+    st_matmul_desc b = {.B0 = 1, .B1 = 1, .M = 2, .K = 2, .N = 2, .has_bias = 1, .runtime_dims = ST_MM_RUNTIME_N,
                         .sa = {0, 0, 2, 1}, .sb = {0, 0, 2, 1}, .sc = {0, 0, 2, 1}};
     ck_assert_int_eq(st_matmul(&b, x, x, x, x), ST_ERR_ARG);
 }
@@ -714,7 +714,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_matmul_plain);
     tcase_add_test(tc, test_matmul_transposed);
     tcase_add_test(tc, test_matmul_attention_layouts);
-    tcase_add_test(tc, test_matmul_runtime_shape);
+    tcase_add_test(tc, test_matmul_runtime_dims);
     tcase_add_test(tc, test_matmul_errors);
     tcase_add_test(tc, test_linear_forward);
     tcase_add_test(tc, test_linear_backward);

@@ -61,8 +61,8 @@ static const struct {
     [OP_SILU_BWD] = {"eltwise swish backward (n)", 1, 0},
     [OP_MUL] = {"binary mul (n)", 1, 0},
     [OP_ADD] = {"binary add (n)", 1, 0},
-    [OP_SOFTMAX_FWD] = {"softmax forward (rows,cols)", 2, 0},
-    [OP_SOFTMAX_BWD] = {"softmax backward (rows,cols)", 2, 0},
+    [OP_SOFTMAX_FWD] = {"softmax forward (rows,cols,row stride)", 3, 0},
+    [OP_SOFTMAX_BWD] = {"softmax backward (rows,cols,row stride)", 3, 0},
     [OP_COPY4D] = {"reorder (4-D dims)", 4, 2},
 };
 
@@ -72,8 +72,8 @@ typedef struct {
     int kind;
     int accumulate, has_bias;
     int bf16;              /* matmul: bf16 inputs, fp32 accumulation and output */
-    int runtime;           /* matmul: M, K, N and strides given at execution (dims 2-4 and
-                              strides are 0 in the key) */
+    int runtime;           /* matmul: ST_MM_RUNTIME_* mask of the sizes given at execution
+                              (0 in dims); the strides are fixed */
     float f;               /* matmul alpha, normalisation eps */
     int64_t dims[5];
     int64_t strides[3][4]; /* matmul: a, b, c; copy4d: dst, src */
@@ -90,6 +90,7 @@ struct op_entry {
     dnnl_primitive_t prim;
     int nargs;   /* args[0..nuser) take the caller's buffers, then fixed ones (alpha, scratchpad) */
     int nuser;
+    int nuser_set; /* nuser is final (a runtime-shape matmul has none) */
     dnnl_exec_arg_t args[MAX_ARGS];
     float alpha;    /* the value behind ST_DNNL_ARG_ALPHA (oneDNN 3.x) */
     float *scratch; /* per-kind buffer: ones (COLSUM), bias / alpha (MATMUL), diff scale,
@@ -109,7 +110,7 @@ static const char *describe(const op_key *k)
 {
     static _Thread_local char buf[512];
     int n = snprintf(buf, sizeof buf, "%s%s%s ", op_info[k->kind].name, k->bf16 ? " bf16" : "",
-                     k->runtime ? " (sizes at execution)" : "");
+                     k->runtime ? " (some sizes at execution)" : "");
     for (int i = 0; i < op_info[k->kind].ndims && n < (int)sizeof buf; i++)
         n += snprintf(buf + n, sizeof buf - (size_t)n, "%s%lld", i ? "," : "",
                       (long long)k->dims[i]);
@@ -177,7 +178,8 @@ static st_err finish(op_entry *e, const_dnnl_primitive_desc_t pd)
 {
     st_err err = ST_OK;
     const op_key *k = &e->key;
-    if (!e->nuser) e->nuser = e->nargs;
+    if (!e->nuser_set) e->nuser = e->nargs;
+    e->nuser_set = 1;
     st_md_query smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     if (smd && dnnl_memory_desc_get_size(smd) > 0) {
         ST_ASSERT(e->nargs < MAX_ARGS, "too many oneDNN arguments for %s", describe(k));
@@ -475,22 +477,21 @@ int st_cpu_has_bf16(void)
 /* ---- matrix products ---------------------------------------------------- */
 
 /* The four memory descriptors of a matmul with key k: a, b, c with their
- * strides (runtime: every size but the batch dims, and every stride, at
- * execution), and the bias (1,1,1,N). */
+ * strides (the sizes in k->runtime given at execution), and the bias (1,1,1,N). */
 static st_err matmul_mds(const op_key *k, st_md *a_md, st_md *b_md, st_md *c_md, st_md *bias_md)
 {
     st_err err = ST_OK;
     const int64_t R = DNNL_RUNTIME_DIM_VAL;
     const int64_t B0 = k->dims[0], B1 = k->dims[1];
-    const int64_t M = k->runtime ? R : k->dims[2], K = k->runtime ? R : k->dims[3],
-                  N = k->runtime ? R : k->dims[4];
+    const int64_t M = k->runtime & ST_MM_RUNTIME_M ? R : k->dims[2],
+                  K = k->runtime & ST_MM_RUNTIME_K ? R : k->dims[3],
+                  N = k->runtime & ST_MM_RUNTIME_N ? R : k->dims[4];
     const int64_t adims[4] = {B0, B1, M, K}, bdims[4] = {B0, B1, K, N}, cdims[4] = {B0, B1, M, N};
-    const int64_t rs[4] = {R, R, R, R};
     const int64_t biasdims[4] = {1, 1, 1, N}, biasstrides[4] = {N, N, N, 1};
     const dnnl_data_type_t in = k->bf16 ? dnnl_bf16 : dnnl_f32;
-    DNNL_TRY(k, st_md_strided(a_md, 4, adims, in, k->runtime ? rs : k->strides[0]));
-    DNNL_TRY(k, st_md_strided(b_md, 4, bdims, in, k->runtime ? rs : k->strides[1]));
-    DNNL_TRY(k, st_md_strided(c_md, 4, cdims, dnnl_f32, k->runtime ? rs : k->strides[2]));
+    DNNL_TRY(k, st_md_strided(a_md, 4, adims, in, k->strides[0]));
+    DNNL_TRY(k, st_md_strided(b_md, 4, bdims, in, k->strides[1]));
+    DNNL_TRY(k, st_md_strided(c_md, 4, cdims, dnnl_f32, k->strides[2]));
     if (k->has_bias) DNNL_TRY(k, st_md_strided(bias_md, 4, biasdims, dnnl_f32, biasstrides));
 done:
     return err;
@@ -528,6 +529,7 @@ static st_err build_matmul_as(op_entry *e, const op_key *k)
         if (k->has_bias) ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_BIAS, &bias_md), done);
     }
     e->nuser = e->nargs;
+    e->nuser_set = 1;
     if (k->f != 1.0f && ST_DNNL_ARG_ALPHA) {
         st_md one = ST_MD_NONE;
         e->alpha = k->f;
@@ -547,8 +549,8 @@ done:
 
 static st_err build_matmul(op_entry *e) { return build_matmul_as(e, &e->key); }
 
-/* Run a runtime-shape matmul: memory objects for this call's sizes and
- * strides, then the fixed arguments (alpha) of the entry. */
+/* Run a matmul with sizes given at execution: memory objects for this call's
+ * sizes, then the fixed arguments (alpha) of the entry. */
 static st_err run_runtime_matmul(op_entry *e, const st_matmul_desc *d, float *c, const void *a,
                                  const void *b)
 {
@@ -556,9 +558,6 @@ static st_err run_runtime_matmul(op_entry *e, const st_matmul_desc *d, float *c,
     op_key k = e->key; /* with this call's sizes, for the descriptors */
     k.runtime = 0;
     k.dims[2] = d->M, k.dims[3] = d->K, k.dims[4] = d->N;
-    memcpy(k.strides[0], d->sa, sizeof d->sa);
-    memcpy(k.strides[1], d->sb, sizeof d->sb);
-    memcpy(k.strides[2], d->sc, sizeof d->sc);
     st_md a_md = ST_MD_NONE, b_md = ST_MD_NONE, c_md = ST_MD_NONE, bias_md = ST_MD_NONE;
     dnnl_exec_arg_t args[MAX_ARGS];
     int n = 0;
@@ -602,14 +601,17 @@ static void matmul_key(op_key *k, const st_matmul_desc *d)
     k->f = d->alpha == 0.0f ? 1.0f : d->alpha;
     k->dims[0] = d->B0;
     k->dims[1] = d->B1;
-    if (d->runtime_shape) { /* one primitive for every size and layout */
-        k->runtime = 1;
-        return;
-    }
     k->dims[2] = d->M, k->dims[3] = d->K, k->dims[4] = d->N;
     memcpy(k->strides[0], d->sa, sizeof d->sa);
     memcpy(k->strides[1], d->sb, sizeof d->sb);
     memcpy(k->strides[2], d->sc, sizeof d->sc);
+    if (d->runtime_dims) { /* one primitive for every value of these sizes */
+        k->runtime = d->runtime_dims;
+        if (k->runtime & ST_MM_RUNTIME_M) k->dims[2] = 0;
+        if (k->runtime & ST_MM_RUNTIME_K) k->dims[3] = 0;
+        if (k->runtime & ST_MM_RUNTIME_N) k->dims[4] = 0;
+        return; /* strides as given: canonical ones would depend on the sizes */
+    }
     canon_batch_strides(k->strides[0], d->B0, d->B1, d->M, d->K);
     canon_batch_strides(k->strides[1], d->B0, d->B1, d->K, d->N);
     canon_batch_strides(k->strides[2], d->B0, d->B1, d->M, d->N);
@@ -625,8 +627,9 @@ st_err st_matmul(const st_matmul_desc *d, float *c, const void *a, const void *b
     if (d->has_bias && !bias) ST_FAIL(ST_ERR_ARG, "st_matmul: has_bias is set but bias is NULL");
     if ((d->a_bf16 || d->b_bf16) && !d->bf16)
         ST_FAIL(ST_ERR_ARG, "st_matmul: a bf16 operand needs a bf16 product (set bf16)");
-    if (d->runtime_shape && (d->bf16 || d->has_bias))
-        ST_FAIL(ST_ERR_ARG, "st_matmul: runtime shapes are for fp32 products without bias");
+    if (d->runtime_dims && (d->bf16 || d->has_bias || (d->runtime_dims & ~7)))
+        ST_FAIL(ST_ERR_ARG, "st_matmul: sizes at execution (runtime_dims %d) are for fp32 products "
+                "without bias, and a mask of ST_MM_RUNTIME_M, _K, _N", d->runtime_dims);
     if (B0 == 0 || B1 == 0 || M == 0 || N == 0) return ST_OK;
     if (K == 0) {
         /* An empty product (e.g. a weight gradient over zero tokens): c = (c +) bias. */
@@ -1049,7 +1052,8 @@ static st_err build_softmax(op_entry *e)
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t fwd_pd = NULL, pd = NULL;
     st_md md = ST_MD_NONE;
-    DNNL_TRY(k, md_2d(&md, k->dims[0], k->dims[1]));
+    const int64_t sd[2] = {k->dims[0], k->dims[1]}, ss[2] = {k->dims[2], 1};
+    DNNL_TRY(k, st_md_strided(&md, 2, sd, dnnl_f32, ss));
     DNNL_TRY(k, new_attr(&attr));
     if (k->kind == OP_SOFTMAX_FWD) {
         DNNL_TRY(k, st_pd_softmax_fwd(&pd, g_engine, md, 1, attr));
@@ -1071,16 +1075,17 @@ done:
     return err;
 }
 
-static st_err softmax(op_kind kind, int64_t rows, int64_t cols, void *const *ptrs)
+static st_err softmax(op_kind kind, int64_t rows, int64_t cols, int64_t ld, void *const *ptrs)
 {
-    if (rows < 0 || cols < 0)
-        ST_FAIL(ST_ERR_ARG, "%s: negative shape (%lld,%lld)", op_info[kind].name,
-                (long long)rows, (long long)cols);
+    if (rows < 0 || cols < 0 || ld < cols)
+        ST_FAIL(ST_ERR_ARG, "%s: bad shape (%lld,%lld), row stride %lld", op_info[kind].name,
+                (long long)rows, (long long)cols, (long long)ld);
     if (rows == 0 || cols == 0) return ST_OK;
     op_key k;
     key_init(&k, kind);
     k.dims[0] = rows;
     k.dims[1] = cols;
+    k.dims[2] = ld;
     op_entry *e;
     ST_TRY(get_entry(&k, build_softmax, &e));
     ST_TRY(run(e, ptrs));
@@ -1089,8 +1094,13 @@ static st_err softmax(op_kind kind, int64_t rows, int64_t cols, void *const *ptr
 
 st_err st_softmax_forward(float *out, const float *inp, int64_t rows, int64_t cols)
 {
+    return st_softmax_forward_ld(out, inp, rows, cols, cols);
+}
+
+st_err st_softmax_forward_ld(float *out, const float *inp, int64_t rows, int64_t cols, int64_t ld)
+{
     void *ptrs[] = {out, (void *)inp};
-    ST_TRY(softmax(OP_SOFTMAX_FWD, rows, cols, ptrs));
+    ST_TRY(softmax(OP_SOFTMAX_FWD, rows, cols, ld, ptrs));
     return ST_OK;
 }
 
@@ -1098,7 +1108,7 @@ st_err st_softmax_backward(float *dinp, const float *dout, const float *out, int
                            int64_t cols)
 {
     void *ptrs[] = {dinp, (void *)dout, (void *)out};
-    ST_TRY(softmax(OP_SOFTMAX_BWD, rows, cols, ptrs));
+    ST_TRY(softmax(OP_SOFTMAX_BWD, rows, cols, cols, ptrs));
     return ST_OK;
 }
 

@@ -66,10 +66,13 @@ typedef struct {
                          even first, and must be stored densely in some order), products
                          accumulated and written in fp32 */
     int a_bf16, b_bf16; /* the operand is given in bf16 already (needs bf16) */
-    int runtime_shape;  /* M, K, N and the strides change from call to call (decoding: the
-                           key length grows): one primitive serves them all (oneDNN runtime
-                           dimensions), so the cache does not grow per length. fp32, no bias */
+    int runtime_dims;   /* ST_MM_RUNTIME_M | _K | _N: these sizes change from call to call
+                           (decoding: the key length grows) while the strides stay: one
+                           primitive serves every value (oneDNN runtime dimensions, still
+                           its jit gemm), so the cache does not grow per length.
+                           fp32, no bias */
 } st_matmul_desc;
+enum { ST_MM_RUNTIME_M = 1, ST_MM_RUNTIME_K = 2, ST_MM_RUNTIME_N = 4 };
 st_err st_matmul(const st_matmul_desc *d, float *c, const void *a, const void *b,
                  const float *bias);
 
@@ -125,6 +128,8 @@ st_err st_add(float *out, const float *a, const float *b, int64_t n);
 
 /* Softmax over the last dim. out (rows, cols) = softmax(inp). May alias. */
 st_err st_softmax_forward(float *out, const float *inp, int64_t rows, int64_t cols);
+/* The same on rows ld floats apart (ld >= cols), in place or not. */
+st_err st_softmax_forward_ld(float *out, const float *inp, int64_t rows, int64_t cols, int64_t ld);
 /* dinp (rows,cols) = out * (dout - sum(dout * out)). dinp may alias dout. */
 st_err st_softmax_backward(float *dinp, const float *dout, const float *out, int64_t rows,
                            int64_t cols);
