@@ -127,8 +127,8 @@ if want step; then
          -v shape="$SB x T$ST" 'BEGIN {
     printf "SUMMARY step (GPT-2 124M, B%s): shardtune fp32 %.0f tok/s (MFU %.0f%% of fp32), bf16 %.0f tok/s (MFU %.0f%% of bf16); PyTorch fp32 %.0f, bf16 autocast %.0f tok/s\n",
            shape, a, 100 * m32, b, 100 * m16, c, d
-    printf "SUMMARY ratios: shardtune bf16 / fp32 = %.2fx (target >= 1.8x); shardtune bf16 / PyTorch bf16 = %.2fx (target >= 1.2x); shardtune fp32 / PyTorch fp32 = %.2fx\n",
-           b / a, b / d, a / c }')"
+    printf "SUMMARY ratios: shardtune bf16 / fp32 = %.2fx (target >= 1.8x); shardtune bf16 / PyTorch bf16 = %.2fx (target >= 1.2x); shardtune fp32 / PyTorch fp32 = %.2fx; shardtune fp32 / PyTorch bf16 = %.2fx\n",
+           b / a, b / d, a / c, a / d }')"
 fi
 
 # ---- 2. scaling over ranks, and the communication model's bytes ------------------
