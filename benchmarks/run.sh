@@ -71,6 +71,7 @@ run() {
   say "\$ $(quoted "$@")"
   local b0 b1 t0 t1 d0 d1 pid rc=0
   b0=$(busy); d0=$(disk_mb); t0=$(date +%s.%N)
+  : > "$OUT/.out" # before tail opens it: the command's own redirection may come later
   ( exec setsid env "$@" ) > "$OUT/.out" 2>&1 &
   pid=$!
   ( while kill -0 "$pid" 2>/dev/null; do sample_session "$pid"; sleep 0.5; done ) > "$OUT/.cpu" &
