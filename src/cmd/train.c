@@ -253,8 +253,7 @@ static st_err setup(trainer *t, MPI_Comm world)
     o->opt.total_steps = o->steps;
     ST_TRY(st_adamw_init(&t->adam, &t->model.lay, t->own_begin, t->own_end, &o->opt));
     ST_TRY(setup_method(t));
-    ST_TRY(st_agree(world, st_precision_choose(o->precision, 1024, &t->prec)));
-    ST_TRY(st_bcast(world, &t->prec.bf16, 1, ST_M_I32, 0)); /* rank 0's measurement decides */
+    ST_TRY(st_precision_agree(world, o->precision, 1024, &t->prec));
     t->peak_gflops = t->prec.bf16 ? t->prec.bf16_gflops : t->prec.fp32_gflops;
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/ckpt", o->out_dir);
     if (is_rank0(t)) {
