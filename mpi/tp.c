@@ -10,60 +10,46 @@
 #include "core/timer.h"
 #include "kernels/kernels.h"
 #include "mpi/commstats.h"
-#include "mpi/grid.h"
+#include "mpi/comm.h"
 
 st_comm_stats st_comm;
 void st_comm_reset(void) { memset(&st_comm, 0, sizeof st_comm); }
 
 /* Every tp collective goes through here, so its time and bytes are counted. */
-static st_err tp_allreduce(MPI_Comm tp, void *buf, int64_t n, MPI_Datatype type, MPI_Op op, int elem)
+static st_err tp_allreduce(MPI_Comm tp, float *buf, int64_t n, st_op op)
 {
-    if (n > INT32_MAX) ST_FAIL(ST_ERR_ARG, "tp all-reduce of %lld elements exceeds one MPI message", (long long)n);
     double t0 = st_now();
-    ST_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, type, op, tp));
+    ST_TRY(st_allreduce(tp, buf, n, ST_M_F32, op));
     st_comm.tp_seconds += st_now() - t0;
-    st_comm.tp_bytes += (uint64_t)n * (uint64_t)elem;
+    st_comm.tp_bytes += (uint64_t)n * sizeof(float);
     st_comm.tp_calls++;
     return ST_OK;
 }
 
 st_err st_tp_allreduce(MPI_Comm tp, float *buf, int64_t n)
 {
-    int size = 1;
-    ST_MPI(MPI_Comm_size(tp, &size));
-    if (size == 1) return ST_OK;
-    return tp_allreduce(tp, buf, n, MPI_FLOAT, MPI_SUM, 4);
+    if (st_comm_size(tp) == 1) return ST_OK;
+    return tp_allreduce(tp, buf, n, ST_OP_SUM);
 }
 
-st_err st_tp_column_forward(float *out, const float *inp, const float *w, const st_bf16 *w16,
-                            const float *bias, int64_t N, int64_t IC, int64_t OC_local)
+st_err st_tp_linear_forward(MPI_Comm tp, const st_tp_linear *l, float *out, const float *inp, int64_t N)
 {
-    return st_linear_forward(out, inp, w, w16, bias, N, IC, OC_local);
-}
-
-st_err st_tp_column_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                             const float *w, const st_bf16 *w16, int64_t N, int64_t IC,
-                             int64_t OC_local, int accumulate)
-{
-    return st_linear_backward(dinp, dw, db, dout, inp, w, w16, N, IC, OC_local, accumulate);
-}
-
-st_err st_tp_row_forward(MPI_Comm tp, float *out, const float *inp, const float *w,
-                         const st_bf16 *w16, const float *bias, int64_t N, int64_t IC_local,
-                         int64_t OC)
-{
-    ST_TRY(st_linear_forward(out, inp, w, w16, NULL, N, IC_local, OC));
-    ST_TRY(st_tp_allreduce(tp, out, N * OC));
-    if (bias) /* added once, after the sum, so tp ranks do not add it tp times */
+    if (l->split == ST_TP_COLUMN) /* X is replicated: no communication */
+        return st_linear_forward(out, inp, l->w, l->w16, l->b, N, l->in, l->out);
+    /* row: partial products over this rank's input columns, summed ("f") */
+    ST_TRY(st_linear_forward(out, inp, l->w, l->w16, NULL, N, l->in, l->out));
+    ST_TRY(st_tp_allreduce(tp, out, N * l->out));
+    if (l->b) /* added once, after the sum, so tp ranks do not add it tp times */
         for (int64_t i = 0; i < N; i++)
-            for (int64_t j = 0; j < OC; j++) out[i * OC + j] += bias[j];
+            for (int64_t j = 0; j < l->out; j++) out[i * l->out + j] += l->b[j];
     return ST_OK;
 }
 
-st_err st_tp_row_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                          const float *w, const st_bf16 *w16, int64_t N, int64_t IC_local, int64_t OC)
+st_err st_tp_linear_backward(const st_tp_linear *l, float *dinp, const float *dout, const float *inp, int64_t N,
+                             int accumulate)
 {
-    return st_linear_backward(dinp, dw, db, dout, inp, w, w16, N, IC_local, OC, 0);
+    /* column: dinp is this rank's partial ("g" sums it); row: dout is replicated, dinp complete */
+    return st_linear_backward(dinp, l->dw, l->db, dout, inp, l->w, l->w16, N, l->in, l->out, accumulate);
 }
 
 st_err st_tp_embed_forward(MPI_Comm tp, float *out, const int32_t *tokens, const float *wte_local,
@@ -103,9 +89,8 @@ st_err st_tp_cross_entropy(MPI_Comm tp, double *loss_sum, float *dlogits, float 
         for (int j = 0; j < real; j++) m = l[j] > m ? l[j] : m;
         rmax[i] = m;
     }
-    int size = 1;
-    ST_MPI(MPI_Comm_size(tp, &size));
-    if (size > 1) ST_TRY(tp_allreduce(tp, rmax, N, MPI_FLOAT, MPI_MAX, 4));
+    const int size = st_comm_size(tp);
+    if (size > 1) ST_TRY(tp_allreduce(tp, rmax, N, ST_OP_MAX));
     /* 2. sum of exp and the target's logit (held by exactly one rank) */
     for (int64_t i = 0; i < N; i++) {
         const float *l = logits + i * Vl;
@@ -115,7 +100,7 @@ st_err st_tp_cross_entropy(MPI_Comm tp, double *loss_sum, float *dlogits, float 
         int64_t t = (int64_t)targets[i] - v0;
         rtgt[i] = (t >= 0 && t < real) ? l[t] : 0.0f;
     }
-    if (size > 1) ST_TRY(tp_allreduce(tp, rsum, 2 * N, MPI_FLOAT, MPI_SUM, 4));
+    if (size > 1) ST_TRY(tp_allreduce(tp, rsum, 2 * N, ST_OP_SUM));
     /* 3. loss and, on request, its gradient: (softmax - onehot) * mask * scale */
     double total = 0.0;
     for (int64_t i = 0; i < N; i++) {
@@ -135,18 +120,17 @@ st_err st_tp_cross_entropy(MPI_Comm tp, double *loss_sum, float *dlogits, float 
 
 st_err st_tp_gather_logits(MPI_Comm tp, float *full, const float *local, int64_t N, int Vl)
 {
-    int size = 1;
-    ST_MPI(MPI_Comm_size(tp, &size));
+    const int size = st_comm_size(tp);
     if (size == 1) {
         memmove(full, local, (size_t)N * Vl * sizeof(float));
         return ST_OK;
     }
     float *tmp = malloc((size_t)N * Vl * size * sizeof(float));
     if (!tmp) ST_FAIL(ST_ERR_MEM, "out of memory gathering logits");
-    int rc = MPI_Allgather(local, (int)(N * Vl), MPI_FLOAT, tmp, (int)(N * Vl), MPI_FLOAT, tp);
-    if (rc != MPI_SUCCESS) {
+    st_err e = st_allgather(tp, local, tmp, N * Vl, ST_M_F32);
+    if (e) {
         free(tmp);
-        ST_FAIL(ST_ERR_MPI, "MPI_Allgather of logits failed");
+        ST_TRY(e);
     }
     /* (tp, N, Vl) -> (N, tp*Vl) */
     for (int r = 0; r < size; r++)

@@ -14,7 +14,8 @@
  * The attention block is q, k, v column-parallel (each rank owns H/tp query
  * heads and KV/tp key/value heads) and o row-parallel; the MLP is gate/up
  * column-parallel and down row-parallel (each rank owns d_ff/tp hidden units).
- * See block_forward in src/model/model.c for the sequence.
+ * src/model/model.c: proj() gives each projection its split (st_tp_linear);
+ * attn_forward and mlp_forward run the sequence.
  *
  * Embedding and LM head are split by vocabulary: each rank owns ceil(V/tp)
  * rows. The embedding sums one-hot lookups over tp; the cross-entropy works on
@@ -33,20 +34,30 @@
 /* In-place sum over the tp communicator (no-op for one rank). */
 st_err st_tp_allreduce(MPI_Comm tp, float *buf, int64_t n);
 
-/* w16: this rank's w rounded to bf16 for a bf16 product (kernels.h), or NULL for fp32. */
-st_err st_tp_column_forward(float *out, const float *inp, const float *w, const st_bf16 *w16,
-                            const float *bias, int64_t N, int64_t IC, int64_t OC_local);
-/* dinp (N,IC) is this rank's PARTIAL input gradient, added (+=) when accumulate. */
-st_err st_tp_column_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                             const float *w, const st_bf16 *w16, int64_t N, int64_t IC,
-                             int64_t OC_local, int accumulate);
+/* One linear layer's slice on this rank: Megatron's ColumnParallelLinear
+ * (COLUMN: w holds this rank's output rows, Y_r = X W_r^T + b_r) or
+ * RowParallelLinear (ROW: w holds this rank's input columns,
+ * Y = sum_r X_r W_r^T + b). The model's projections all go through it. */
+typedef enum { ST_TP_COLUMN, ST_TP_ROW } st_tp_split;
+typedef struct {
+    st_tp_split split;
+    const float *w;        /* (out, in): this rank's slice */
+    const st_bf16 *w16;    /* w rounded to bf16 for bf16 products (kernels.h), or NULL for fp32 */
+    const float *b;        /* COLUMN: this rank's `out` biases; ROW: the whole bias, added once; or NULL */
+    float *dw, *db;        /* where backward adds the gradients; NULL for a frozen tensor */
+    int64_t in, out;       /* this rank's input and output features */
+} st_tp_linear;
 
-/* out (N,OC) = allreduce(inp (N,IC_local) @ w_r^T) + bias */
-st_err st_tp_row_forward(MPI_Comm tp, float *out, const float *inp, const float *w,
-                         const st_bf16 *w16, const float *bias, int64_t N, int64_t IC_local,
-                         int64_t OC);
-st_err st_tp_row_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                          const float *w, const st_bf16 *w16, int64_t N, int64_t IC_local, int64_t OC);
+/* out (N, l->out) from inp (N, l->in). COLUMN: no communication; ROW: the
+ * partial products are all-reduced over tp, then the bias is added. */
+st_err st_tp_linear_forward(MPI_Comm tp, const st_tp_linear *l, float *out, const float *inp, int64_t N);
+/* Adds dw, db; dinp (N, l->in) = dout @ w, added (+=) when accumulate.
+ * COLUMN: dinp is this rank's PARTIAL input gradient -- the caller sums the
+ * partials of every column-parallel layer reading the same input, then calls
+ * st_tp_allreduce once. ROW: dout is replicated, so dinp, dw and db are
+ * complete without communication. */
+st_err st_tp_linear_backward(const st_tp_linear *l, float *dinp, const float *dout, const float *inp, int64_t N,
+                             int accumulate);
 
 /* out (N,C) = wte[tokens] over the full vocabulary; wte_local (Vl,C) holds
  * rows [v0, v0+Vl). */

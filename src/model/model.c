@@ -267,6 +267,57 @@ static st_err adapt_backward(st_model *m, int l, st_target t, float *dinp, const
     return m->adapter->backward(m->adapter->ctx, m->tp, l, t, dinp, dout, inp, N);
 }
 
+/* Projection t of layer l as the tp layer it is (mpi/tp.h): q, k, v, gate and
+ * up split by output rows (column-parallel), o and down by input columns
+ * (row-parallel). The gradients go where backward computes them (NULL:
+ * frozen). The tensor-parallel split of every block is decided here. */
+static st_tp_linear proj(const st_model *m, int l, st_target t)
+{
+    const st_layout *y = &m->lay;
+    const st_layer_ptrs *w = &m->w.layer[l], *g = &m->gt.layer[l];
+    const int64_t C = y->cfg.d_model, qd = (int64_t)y->n_head_l * y->head_dim,
+                  kvd = (int64_t)y->n_kv_head_l * y->head_dim, Fl = y->d_ff_l;
+    st_tp_linear L = {0};
+    switch (t) {
+    case ST_T_Q: L = (st_tp_linear){ST_TP_COLUMN, w->wq, NULL, w->bq, g->wq, g->bq, C, qd}; break;
+    case ST_T_K: L = (st_tp_linear){ST_TP_COLUMN, w->wk, NULL, w->bk, g->wk, g->bk, C, kvd}; break;
+    case ST_T_V: L = (st_tp_linear){ST_TP_COLUMN, w->wv, NULL, w->bv, g->wv, g->bv, C, kvd}; break;
+    case ST_T_O: L = (st_tp_linear){ST_TP_ROW, w->wo, NULL, w->bo, g->wo, g->bo, qd, C}; break;
+    case ST_T_GATE: L = (st_tp_linear){ST_TP_COLUMN, w->wgate, NULL, NULL, g->wgate, NULL, C, Fl}; break;
+    case ST_T_UP: L = (st_tp_linear){ST_TP_COLUMN, w->wup, NULL, w->bup, g->wup, g->bup, C, Fl}; break;
+    case ST_T_DOWN: L = (st_tp_linear){ST_TP_ROW, w->wdown, NULL, w->bdown, g->wdown, g->bdown, Fl, C}; break;
+    case ST_T_COUNT: break;
+    }
+    L.w16 = w16_of(m, L.w);
+    return L;
+}
+
+/* The LM head: the embedding's vocabulary split, column-parallel. */
+static st_tp_linear lm_head(const st_model *m)
+{
+    const st_layout *y = &m->lay;
+    return (st_tp_linear){ST_TP_COLUMN, m->w.lm_head, w16_of(m, m->w.lm_head), NULL, m->gt.lm_head, NULL,
+                          y->cfg.d_model, y->vocab_l};
+}
+
+/* out (N, out) = the projection of inp plus its adapters' share */
+static st_err project(st_model *m, int l, st_target t, float *out, const float *inp, int64_t N)
+{
+    const st_tp_linear L = proj(m, l, t);
+    ST_TRY(st_tp_linear_forward(m->tp, &L, out, inp, N));
+    return adapt_forward(m, l, t, out, inp, N);
+}
+
+/* Backward of project: gradients of the projection and its adapters; dinp
+ * (N, in) set, or added to when accumulate. */
+static st_err project_backward(st_model *m, int l, st_target t, float *dinp, const float *dout,
+                               const float *inp, int64_t N, int accumulate)
+{
+    const st_tp_linear L = proj(m, l, t);
+    ST_TRY(st_tp_linear_backward(&L, dinp, dout, inp, N, accumulate));
+    return adapt_backward(m, l, t, dinp, dout, inp, N);
+}
+
 /* Attention block: x2 (N,C) = x + o_proj(attention(q,k,v of norm1(x))). */
 static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c)
 {
@@ -284,12 +335,9 @@ static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c
     ST_TRY(norm_forward(m, ln1, LAYER(a->ln1_s1, l, Nmax), LAYER(a->ln1_s2, l, Nmax), x, w->ln1_w,
                         w->ln1_b, N));
     /* q, k, v: column-parallel, this rank's heads only */
-    ST_TRY(st_tp_column_forward(a->qt, ln1, w->wq, w16_of(m, w->wq), w->bq, N, C, qd));
-    ST_TRY(st_tp_column_forward(a->kt, ln1, w->wk, w16_of(m, w->wk), w->bk, N, C, kvd));
-    ST_TRY(st_tp_column_forward(a->vt, ln1, w->wv, w16_of(m, w->wv), w->bv, N, C, kvd));
-    ST_TRY(adapt_forward(m, l, ST_T_Q, a->qt, ln1, N));
-    ST_TRY(adapt_forward(m, l, ST_T_K, a->kt, ln1, N));
-    ST_TRY(adapt_forward(m, l, ST_T_V, a->vt, ln1, N));
+    ST_TRY(project(m, l, ST_T_Q, a->qt, ln1, N));
+    ST_TRY(project(m, l, ST_T_K, a->kt, ln1, N));
+    ST_TRY(project(m, l, ST_T_V, a->vt, ln1, N));
     ST_TRY(to_heads(qh, a->qt, B, T, Hl, T, 0, hd));
     if (!c) {
         ST_TRY(to_heads(kv.k, a->kt, B, T, KVl, kv.ld, 0, hd));
@@ -316,8 +364,7 @@ static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c
     }
     ST_TRY(from_heads(o, a->oh, B, T, Hl, hd));
     /* o_proj: row-parallel, summed over tp */
-    ST_TRY(st_tp_row_forward(m->tp, a->dnorm, o, w->wo, w16_of(m, w->wo), w->bo, N, qd, C));
-    ST_TRY(adapt_forward(m, l, ST_T_O, a->dnorm, o, N));
+    ST_TRY(project(m, l, ST_T_O, a->dnorm, o, N));
     return st_add(x2, x, a->dnorm, N * C);
 }
 
@@ -335,18 +382,15 @@ static st_err mlp_forward(st_model *m, int l, int B, int T)
 
     ST_TRY(norm_forward(m, ln2, LAYER(a->ln2_s1, l, Nmax), LAYER(a->ln2_s2, l, Nmax), x2, w->ln2_w,
                         w->ln2_b, N));
-    ST_TRY(st_tp_column_forward(up, ln2, w->wup, w16_of(m, w->wup), w->bup, N, C, Fl));
-    ST_TRY(adapt_forward(m, l, ST_T_UP, up, ln2, N));
+    ST_TRY(project(m, l, ST_T_UP, up, ln2, N));
     if (GPT2(m)) {
         ST_TRY(st_gelu_forward(mh, up, N * Fl));
     } else {
         float *gate = LAYER(a->gate, l, Nmax * Fl), *act = LAYER(a->act, l, Nmax * Fl);
-        ST_TRY(st_tp_column_forward(gate, ln2, w->wgate, w16_of(m, w->wgate), NULL, N, C, Fl));
-        ST_TRY(adapt_forward(m, l, ST_T_GATE, gate, ln2, N));
+        ST_TRY(project(m, l, ST_T_GATE, gate, ln2, N));
         ST_TRY(st_swiglu_forward(mh, act, gate, up, N * Fl));
     }
-    ST_TRY(st_tp_row_forward(m->tp, a->dnorm, mh, w->wdown, w16_of(m, w->wdown), w->bdown, N, Fl, C));
-    ST_TRY(adapt_forward(m, l, ST_T_DOWN, a->dnorm, mh, N));
+    ST_TRY(project(m, l, ST_T_DOWN, a->dnorm, mh, N));
     return st_add(xn, x2, a->dnorm, N * C);
 }
 
@@ -412,10 +456,11 @@ st_err st_model_reweight(st_model *m, const int32_t *targets, const float *mask,
 {
     const st_layout *y = &m->lay;
     st_acts *a = &m->a;
-    const int64_t N = (int64_t)m->last_B * m->last_T, C = y->cfg.d_model;
+    const int64_t N = (int64_t)m->last_B * m->last_T;
     if (!N) ST_FAIL(ST_ERR_INTERNAL, "st_model_reweight called before a forward");
     /* lm head: column-parallel over the vocabulary */
-    ST_TRY(st_tp_column_forward(a->logits, a->lnf, m->w.lm_head, w16_of(m, m->w.lm_head), NULL, N, C, y->vocab_l));
+    const st_tp_linear head = lm_head(m);
+    ST_TRY(st_tp_linear_forward(m->tp, &head, a->logits, a->lnf, N));
     /* the loss and its gradient w.r.t. the logits, in place */
     ST_TRY(st_tp_cross_entropy(m->tp, loss_sum, a->logits, a->logits, targets, mask, scale, N,
                                y->vocab_start, y->vocab_l, y->cfg.vocab_size, a->rowbuf));
@@ -443,19 +488,16 @@ static st_err mlp_backward(st_model *m, int l)
     float *up = LAYER(a->up, l, Nmax * Fl), *mh = LAYER(a->mh, l, Nmax * Fl);
 
     /* down: row-parallel; dres is replicated so no communication */
-    ST_TRY(st_tp_row_backward(a->dmh, g->wdown, g->bdown, a->dres, mh, w->wdown, w16_of(m, w->wdown), N, Fl, C));
-    ST_TRY(adapt_backward(m, l, ST_T_DOWN, a->dmh, a->dres, mh, N));
+    ST_TRY(project_backward(m, l, ST_T_DOWN, a->dmh, a->dres, mh, N, 0));
     if (GPT2(m)) {
         ST_TRY(st_gelu_backward(a->dup, a->dmh, up, N * Fl));
-        ST_TRY(st_tp_column_backward(a->dln, g->wup, g->bup, a->dup, ln2, w->wup, w16_of(m, w->wup), N, C, Fl, 0));
+        ST_TRY(project_backward(m, l, ST_T_UP, a->dln, a->dup, ln2, N, 0));
     } else {
         float *gate = LAYER(a->gate, l, Nmax * Fl), *act = LAYER(a->act, l, Nmax * Fl);
         ST_TRY(st_swiglu_backward(a->dgate, a->dup, a->dmh, act, gate, up, N * Fl));
-        ST_TRY(st_tp_column_backward(a->dln, g->wgate, NULL, a->dgate, ln2, w->wgate, w16_of(m, w->wgate), N, C, Fl, 0));
-        ST_TRY(adapt_backward(m, l, ST_T_GATE, a->dln, a->dgate, ln2, N));
-        ST_TRY(st_tp_column_backward(a->dln, g->wup, NULL, a->dup, ln2, w->wup, w16_of(m, w->wup), N, C, Fl, 1));
+        ST_TRY(project_backward(m, l, ST_T_GATE, a->dln, a->dgate, ln2, N, 0));
+        ST_TRY(project_backward(m, l, ST_T_UP, a->dln, a->dup, ln2, N, 1));
     }
-    ST_TRY(adapt_backward(m, l, ST_T_UP, a->dln, a->dup, ln2, N));
     /* partial input gradients of the column-parallel layers, summed over tp */
     ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
     ST_TRY(norm_backward(m, a->dnorm, g->ln2_w, g->ln2_b, a->dln, x2, LAYER(a->ln2_s1, l, Nmax),
@@ -472,14 +514,13 @@ static st_err attn_backward(st_model *m, int l)
     const int B = m->last_B, T = m->last_T;
     const int64_t Nmax = (int64_t)m->B * m->T, N = (int64_t)B * T, C = y->cfg.d_model;
     const int hd = y->head_dim, Hl = y->n_head_l, KVl = y->n_kv_head_l;
-    const int64_t qd = (int64_t)Hl * hd, kvd = (int64_t)KVl * hd;
+    const int64_t qd = (int64_t)Hl * hd;
     float *x = a->x + XSLOT(l) * Nmax * C, *ln1 = LAYER(a->ln1, l, Nmax * C);
     float *qh = LAYER(a->qh, l, Nmax * qd), *o = LAYER(a->o, l, Nmax * qd);
     kv_dest kv = kv_for(m, NULL, l, B, T);
 
     /* o_proj: row-parallel; d(o) lands token-major in qt, then head-major in oh */
-    ST_TRY(st_tp_row_backward(a->qt, g->wo, g->bo, a->dres, o, w->wo, w16_of(m, w->wo), N, qd, C));
-    ST_TRY(adapt_backward(m, l, ST_T_O, a->qt, a->dres, o, N));
+    ST_TRY(project_backward(m, l, ST_T_O, a->qt, a->dres, o, N, 0));
     ST_TRY(to_heads(a->oh, a->qt, B, T, Hl, T, 0, hd));
     ST_TRY(st_attention_backward(a->dqh, a->dkh, a->dvh, a->datt, a->oh, kv.att, qh, kv.k, kv.v, B,
                                  Hl, KVl, T, hd));
@@ -490,12 +531,9 @@ static st_err attn_backward(st_model *m, int l)
     ST_TRY(from_heads(a->qt, a->dqh, B, T, Hl, hd));
     ST_TRY(from_heads(a->kt, a->dkh, B, T, KVl, hd));
     ST_TRY(from_heads(a->vt, a->dvh, B, T, KVl, hd));
-    ST_TRY(st_tp_column_backward(a->dln, g->wq, g->bq, a->qt, ln1, w->wq, w16_of(m, w->wq), N, C, qd, 0));
-    ST_TRY(st_tp_column_backward(a->dln, g->wk, g->bk, a->kt, ln1, w->wk, w16_of(m, w->wk), N, C, kvd, 1));
-    ST_TRY(st_tp_column_backward(a->dln, g->wv, g->bv, a->vt, ln1, w->wv, w16_of(m, w->wv), N, C, kvd, 1));
-    ST_TRY(adapt_backward(m, l, ST_T_Q, a->dln, a->qt, ln1, N));
-    ST_TRY(adapt_backward(m, l, ST_T_K, a->dln, a->kt, ln1, N));
-    ST_TRY(adapt_backward(m, l, ST_T_V, a->dln, a->vt, ln1, N));
+    ST_TRY(project_backward(m, l, ST_T_Q, a->dln, a->qt, ln1, N, 0));
+    ST_TRY(project_backward(m, l, ST_T_K, a->dln, a->kt, ln1, N, 1));
+    ST_TRY(project_backward(m, l, ST_T_V, a->dln, a->vt, ln1, N, 1));
     ST_TRY(st_tp_allreduce(m->tp, a->dln, N * C));
     ST_TRY(norm_backward(m, a->dnorm, g->ln1_w, g->ln1_b, a->dln, x, LAYER(a->ln1_s1, l, Nmax),
                          LAYER(a->ln1_s2, l, Nmax), w->ln1_w, N));
@@ -507,17 +545,15 @@ static st_err body_backward(st_model *m, const int32_t *tokens);
 
 st_err st_model_backward(st_model *m, const int32_t *tokens)
 {
-    const st_layout *y = &m->lay;
     st_acts *a = &m->a;
     const int B = m->last_B, T = m->last_T;
     if (!B) ST_FAIL(ST_ERR_INTERNAL, "st_model_backward called before st_model_forward");
     if (!m->training) ST_FAIL(ST_ERR_INTERNAL, "backward on a model created for inference (forward only)");
-    const int64_t N = (int64_t)B * T, C = y->cfg.d_model;
+    const int64_t N = (int64_t)B * T;
 
     /* lm head (vocab-split): partial d(lnf) summed over tp */
-    ST_TRY(st_tp_column_backward(a->dln, m->gt.lm_head, NULL, a->logits, a->lnf, m->w.lm_head,
-                                 w16_of(m, m->w.lm_head), N, C,
-                                 y->vocab_l, 0));
+    const st_tp_linear head = lm_head(m);
+    ST_TRY(st_tp_linear_backward(&head, a->dln, a->logits, a->lnf, N, 0));
     if (!m->head_is_lm) ST_FAIL(ST_ERR_INTERNAL, "st_model_backward after a forward without the LM head");
     ST_TRY(head_backward_tail(m, N, 1));
     return body_backward(m, tokens);
@@ -648,7 +684,8 @@ st_err st_model_forward_cached(st_model *m, st_kvcache *c, const int32_t *tokens
     for (int b = 0; b < B; b++)
         memcpy(c->last + (size_t)b * C, xl + ((size_t)b * Tq + Tq - 1) * C, (size_t)C * sizeof(float));
     ST_TRY(norm_forward(m, a->lnf, a->lnf_s1, a->lnf_s2, c->last, m->w.lnf_w, m->w.lnf_b, B));
-    ST_TRY(st_tp_column_forward(logits_local, a->lnf, m->w.lm_head, w16_of(m, m->w.lm_head), NULL, B, C, y->vocab_l));
+    const st_tp_linear head = lm_head(m);
+    ST_TRY(st_tp_linear_forward(m->tp, &head, logits_local, a->lnf, B));
     for (int b = 0; b < B; b++) c->lens[b] += Tq;
     (void)N;
     return ST_OK;
