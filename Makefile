@@ -93,7 +93,8 @@ demo: deps
 INTEROP_PKGS := python3 python3-sentencepiece python3-jinja2
 interop: deps
 	@$(MAKE) --no-print-directory deps PKGS="$(INTEROP_PKGS)"
-	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps PKGS="nodejs npm"
+	@command -v node >/dev/null || $(MAKE) --no-print-directory deps PKGS="nodejs npm"
+	@command -v npm >/dev/null || { echo "make interop: node is here but npm is not; install npm"; exit 1; }
 	@$(MAKE) --no-print-directory $(BIN)
 	@BIN=$(BIN) bash tests/interop/run.sh
 

@@ -7,8 +7,15 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 export NODE_LLAMA_CPP_SKIP_DOWNLOAD=true
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
-  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error || exit 1
+# The lock pins every package. `npm install --omit=optional` installs exactly
+# what it pins, without node-llama-cpp's optional GPU builds (CUDA, Vulkan:
+# about 1.2 GB); its CPU build for linux-x64 is a plain dependency in
+# package.json. (`npm ci` would refuse the lock: the registry this project
+# can reach lacks the macOS/Windows builds, so they are not in it.)
+# node_modules/.package-lock.json is npm's record of the last install.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm install --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error || exit 1
+  touch node_modules/.package-lock.json
 fi
 export SHARDTUNE_ROOT="$(cd ../.. && pwd)"
 export SHARDTUNE_BIN="$SHARDTUNE_ROOT/${BIN:-bin/shardtune}"
