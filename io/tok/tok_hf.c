@@ -277,6 +277,48 @@ static st_err special_ids(st_tokenizer *t, const cJSON *root, const cJSON *cfg, 
     return ST_OK;
 }
 
+/* The template post-processor's special tokens around a single sequence:
+ * "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": ...}, ...], maybe
+ * inside a Sequence post-processor (Llama 3: ByteLevel, then the template). */
+static const cJSON *template_single(const cJSON *pp)
+{
+    const char *ty = type_of(pp);
+    if (ty && strcmp(ty, "TemplateProcessing") == 0) return get(pp, "single");
+    if (!ty || strcmp(ty, "Sequence") != 0) return NULL;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, get(pp, "processors")) {
+        const cJSON *single = template_single(it);
+        if (single) return single;
+    }
+    return NULL;
+}
+
+static int is_special_item(const st_tokenizer *t, const cJSON *item, int32_t id)
+{
+    const cJSON *sp = get(get(item, "SpecialToken"), "id");
+    return id >= 0 && cJSON_IsString(sp) && st_tokenizer_token_id(t, sp->valuestring) == id;
+}
+
+/* add_bos_token / add_eos_token in tokenizer_config.json decide (transformers'
+ * slow and fast Llama/Gemma tokenizers); without them the post-processor does,
+ * as it does for tokenizers.js and the Rust library. */
+static st_err add_rule(st_tokenizer *t, const cJSON *root, const cJSON *cfg, const char *cfg_name)
+{
+    const cJSON *single = template_single(get(root, "post_processor"));
+    int n = cJSON_GetArraySize(single);
+    t->add_bos = n > 0 && is_special_item(t, cJSON_GetArrayItem(single, 0), t->bos);
+    t->add_eos = n > 0 && is_special_item(t, cJSON_GetArrayItem(single, n - 1), t->eos);
+    static const char *const key[2] = {"add_bos_token", "add_eos_token"};
+    int *flag[2] = {&t->add_bos, &t->add_eos};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *v = get(cfg, key[i]);
+        if (!v || cJSON_IsNull(v)) continue;
+        if (!cJSON_IsBool(v)) ST_FAIL(ST_ERR_FORMAT, "%s: %s is not true or false", cfg_name, key[i]);
+        *flag[i] = cJSON_IsTrue(v);
+    }
+    return ST_OK;
+}
+
 /* ---- the whole file ---- */
 
 static st_err hf_from_json(st_tokenizer *t, const cJSON *root, const cJSON *cfg, const char *name,
@@ -303,6 +345,7 @@ static st_err hf_from_json(st_tokenizer *t, const cJSON *root, const cJSON *cfg,
     ST_TRY(fill_added(t, added, name));
     ST_TRY(st_tok_bpe_finish(t, name));
     ST_TRY(special_ids(t, root, cfg, name, cfg_name));
+    ST_TRY(add_rule(t, root, cfg, cfg_name));
     return ST_OK;
 }
 

@@ -67,6 +67,7 @@ struct st_tokenizer {
     st_tok_strmap vocab;   /* model vocabulary text -> id (merges resolve through it) */
     st_tok_strmap added;   /* added / special token content -> id */
     int32_t bos, eos;
+    int add_bos, add_eos;  /* the tokenizer's own rule (st_tokenizer_adds_bos) */
     char *chat_template;
 
     /* added / special tokens: [0] non-special only (may be NULL), [1] all (may be NULL) */

@@ -298,6 +298,8 @@ st_err st_tokenizer_from_blob(st_tokenizer **out, const char *kind, const uint8_
 int st_tokenizer_vocab_size(const st_tokenizer *t) { return t ? t->n_vocab : 0; }
 int st_tokenizer_eos(const st_tokenizer *t) { return t ? t->eos : -1; }
 int st_tokenizer_bos(const st_tokenizer *t) { return t ? t->bos : -1; }
+int st_tokenizer_adds_bos(const st_tokenizer *t) { return t && t->add_bos && t->bos >= 0; }
+int st_tokenizer_adds_eos(const st_tokenizer *t) { return t && t->add_eos && t->eos >= 0; }
 const char *st_tokenizer_chat_template(const st_tokenizer *t) { return t ? t->chat_template : NULL; }
 uint64_t st_tokenizer_hash(const st_tokenizer *t) { return t ? t->hash : 0; }
 

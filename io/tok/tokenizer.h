@@ -43,6 +43,13 @@ st_err st_tokenizer_from_blob(st_tokenizer **out, const char *kind, const uint8_
 int st_tokenizer_vocab_size(const st_tokenizer *t);   /* ids 0..size-1, incl. added tokens */
 int st_tokenizer_eos(const st_tokenizer *t);          /* -1 if none */
 int st_tokenizer_bos(const st_tokenizer *t);          /* -1 if none */
+/* The tokenizer's own rule for a sequence's ends, as its authors' tools
+ * apply it: 1 when bos goes before every sequence (add_bos_token in
+ * tokenizer_config.json, else a TemplateProcessing post-processor that starts
+ * with it; llama2c/sentencepiece: yes; byte, gpt2, llmc: no), and when eos
+ * goes after it (add_eos_token, or the post-processor ending with it). */
+int st_tokenizer_adds_bos(const st_tokenizer *t);
+int st_tokenizer_adds_eos(const st_tokenizer *t);
 /* Exact lookup of a vocabulary or added token as written in the vocabulary
  * (byte-level form for GPT-2 style: "Ġworld"); -1 if absent. llama2c also
  * knows "<unk>", "<s>", "</s>" for ids 0, 1, 2. */

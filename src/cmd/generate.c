@@ -35,7 +35,7 @@ static gen_opts G;
 static const st_option gen_options[] = {
     {"prompt", ST_OPT_STRING, &G.prompt, NULL, "one prompt (text)"},
     {"prompts", ST_OPT_STRING, &G.prompts, NULL, "JSONL file of {\"prompt\": ...} lines (e.g. candidates for raters)"},
-    {"out", ST_OPT_STRING, &G.out, NULL, "write {\"prompt\",\"completion\"} JSON lines here (default: print)"},
+    {"out", ST_OPT_STRING, &G.out, NULL, "write {\"prompt\",\"completion\",\"prompt_ids\",\"completion_ids\"} JSON lines here (default: print)"},
     {"max_new", ST_OPT_INT, &G.max_new, "64", "tokens to generate per prompt"},
     {"temperature", ST_OPT_FLOAT, &G.s.temperature, "0.8", "sampling temperature (0 = greedy)"},
     {"top_k", ST_OPT_INT, &G.s.top_k, "0", "sample from the k most likely tokens (0 = all)"},
@@ -73,11 +73,18 @@ static st_err encode_prompt(st_tokenizer *tok, const char *prompt, int max_seq, 
     return e;
 }
 
+/* The token ids of one prompt and of its completion, for --out. */
+typedef struct {
+    int32_t *prompt, *completion;
+    size_t n_prompt, n_completion;
+} gen_ids;
+
 /* Completions of nb prompts at once: each row's prompt is run through the
  * model on its own (lengths differ), then all rows decode together, one
- * position per row per step. outs[r]: malloc'd text of row r's new tokens. */
+ * position per row per step. outs[r]: malloc'd text of row r's new tokens;
+ * ids[r]: row r's prompt and new token ids (malloc'd). */
 static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int nb, st_rng *rngs, char **outs,
-                             float *full, float *local, int *scratch)
+                             gen_ids *rids, float *full, float *local, int *scratch)
 {
     const st_layout *y = &m->lay;
     const int Vl = y->vocab_l, eos = st_tokenizer_eos(tok);
@@ -95,7 +102,7 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
             int q = (int)(n - at < (size_t)G.chunk ? n - at : (size_t)G.chunk);
             e = st_model_forward_cached(m, &row, ids + at, q, local + (size_t)r * Vl);
         }
-        free(ids);
+        rids[r].prompt = ids, rids[r].n_prompt = n;
     }
     for (int step = 0; !e && step < G.max_new; step++) {
         if ((e = st_tp_gather_logits(m->tp, full, local, nb, Vl))) break;
@@ -114,6 +121,10 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
     for (int r = 0; !e && r < nb; r++) {
         size_t len = 0;
         e = st_tokenizer_decode(tok, outids + (size_t)r * (G.max_new + 1), (size_t)nout[r], &outs[r], &len);
+        rids[r].completion = malloc(sizeof(int32_t) * (size_t)(nout[r] + 1));
+        if (!e && !rids[r].completion) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+        if (!e) memcpy(rids[r].completion, outids + (size_t)r * (G.max_new + 1), sizeof(int32_t) * (size_t)nout[r]);
+        rids[r].n_completion = (size_t)nout[r];
     }
     free(next), free(outids), free(nout), free(done);
     st_kvcache_free(&c);
@@ -166,6 +177,12 @@ static st_err read_prompts(char ***list, int *n)
     return e;
 }
 
+static void add_ids(cJSON *j, const char *key, const int32_t *ids, size_t n)
+{
+    cJSON *a = cJSON_AddArrayToObject(j, key);
+    for (size_t i = 0; a && i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
+}
+
 static st_err generate(const char *ckpt, MPI_Comm world)
 {
     st_grid g;
@@ -196,12 +213,13 @@ static st_err generate(const char *ckpt, MPI_Comm world)
     int *scratch = malloc(sizeof(int) * vpad);
     st_rng *rngs = malloc(sizeof *rngs * G.batch);
     char **texts = calloc((size_t)np + 1, sizeof *texts);
+    gen_ids *ids = calloc((size_t)np + 1, sizeof *ids);
     FILE *out = stdout;
     if (G.out && g.world_rank == 0) {
         out = fopen(G.out, "w");
         if (!out) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", G.out, strerror(errno));
     }
-    if (!full || !local || !scratch || !rngs || !texts)
+    if (!full || !local || !scratch || !rngs || !texts || !ids)
         e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
     e = st_agree(world, e);
     /* dp rank r takes a contiguous block of prompts, in batches */
@@ -209,7 +227,7 @@ static st_err generate(const char *ckpt, MPI_Comm world)
     for (int i = lo; !e && i < hi; i += G.batch) {
         int nb = hi - i < G.batch ? hi - i : G.batch;
         for (int r = 0; r < nb; r++) st_rng_seed(&rngs[r], (uint64_t)G.seed * 1000003ULL + (uint64_t)(i + r));
-        e = complete_batch(&m, tok, prompts + i, nb, rngs, texts + i, full, local, scratch);
+        e = complete_batch(&m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch);
     }
     e = st_agree(world, e);
     /* the block's lines, in prompt order, gathered to world rank 0 over dp (tp rank 0 ranks) */
@@ -221,6 +239,8 @@ static st_err generate(const char *ckpt, MPI_Comm world)
             cJSON *j = cJSON_CreateObject();
             cJSON_AddStringToObject(j, "prompt", prompts[i]);
             cJSON_AddStringToObject(j, "completion", texts[i]);
+            add_ids(j, "prompt_ids", ids[i].prompt, ids[i].n_prompt);
+            add_ids(j, "completion_ids", ids[i].completion, ids[i].n_completion);
             char *js = cJSON_PrintUnformatted(j);
             fprintf(mem, "%s\n", js);
             free(js);
@@ -252,8 +272,9 @@ static st_err generate(const char *ckpt, MPI_Comm world)
         free(all), free(lens);
     }
     free(mine);
-    for (int i = 0; i < np; i++) free(texts[i]);
+    for (int i = 0; i < np; i++) free(texts[i]), free(ids[i].prompt), free(ids[i].completion);
     free(texts);
+    free(ids);
     free(rngs);
     if (out && out != stdout) fclose(out);
     for (int i = 0; i < np; i++) free(prompts[i]);
