@@ -1,4 +1,4 @@
-/* cmd_tokenize.c: `shardtune tokenize TOKENIZER_OR_CKPT`: texts in, token ids
+/* tokenize.c: `shardtune tokenize TOKENIZER_OR_CKPT`: texts in, token ids
  * out (or ids in, texts out with --decode), one line each, so a user can hold
  * shardtune's tokenizers against another tool's. The tokenizer is a spec as
  * prepare takes it or the one a checkpoint stores. World rank 0 does the
@@ -10,12 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
-#include "commands.h"
-#include "jsonl.h"
-#include "options.h"
-#include "template.h"
-#include "tokenizer.h"
+#include "io/checkpoint.h"
+#include "io/chat/tokseq.h"
+#include "io/jsonl.h"
+#include "io/tok/tokenizer.h"
+#include "cmd/commands.h"
+#include "cmd/options.h"
+#include "mpi/comm.h"
+#include "mpi/grid.h"
 
 typedef struct {
     char *input, *out, *format, *field;
@@ -206,9 +208,7 @@ static st_err run(const char *arg)
 
 static st_err tokenize(const char *arg, MPI_Comm world)
 {
-    int rank = 0;
-    MPI_Comm_rank(world, &rank);
-    return st_agree(world, rank == 0 ? run(arg) : ST_OK);
+    return st_agree(world, st_comm_rank(world) == 0 ? run(arg) : ST_OK);
 }
 
 st_err st_cmd_tokenize(int argc, char **argv, MPI_Comm world)
