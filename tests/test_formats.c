@@ -1325,6 +1325,14 @@ static void check_str(const st_gguf *g, const char *key, const char *want)
     ck_assert_msg(n == strlen(want) && !memcmp(s, want, n), "%s = %.*s, want %s", key, (int)n, s, want);
 }
 
+/* A GGUF bool: one byte, 0 or 1. */
+static void check_bool(const st_gguf *g, const char *key, int want)
+{
+    const st_gguf_kv *kv = st_gguf_find(g, key);
+    ck_assert_msg(kv && kv->type == ST_GGUF_BOOL, "%s missing or not a bool", key);
+    ck_assert_msg(kv->val[0] == want, "%s = %d, want %d", key, kv->val[0], want);
+}
+
 static void gguf_llama(uint32_t type)
 {
     st_config cfg = llama_cfg(1, 0);   /* GQA, q/k/v bias, untied */
@@ -1437,6 +1445,9 @@ START_TEST(test_gguf_gpt2_tokenizer)
     check_str(&g, "tokenizer.ggml.pre", "gpt-2");
     check_u32(&g, "tokenizer.ggml.eos_token_id", 50256);
     check_u32(&g, "tokenizer.ggml.bos_token_id", 50256);
+    /* GPT-2's rule: no bos before a text (llama.cpp would add one without this key) */
+    check_bool(&g, "tokenizer.ggml.add_bos_token", 0);
+    check_bool(&g, "tokenizer.ggml.add_eos_token", 0);
     /* tokens: encoder.json's, read here with cJSON; padding past it */
     char *ej = th_read_file(enc, NULL);
     cJSON *e = cJSON_Parse(ej);
@@ -1566,6 +1577,8 @@ START_TEST(test_gguf_llama2c_tokenizer)
     check_u32(&g, "tokenizer.ggml.bos_token_id", 1);
     check_u32(&g, "tokenizer.ggml.eos_token_id", 2);
     check_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
+    check_bool(&g, "tokenizer.ggml.add_bos_token", 1);   /* sentencepiece's rule */
+    check_bool(&g, "tokenizer.ggml.add_eos_token", 0);
     ck_assert_ptr_null(st_gguf_find(&g, "tokenizer.ggml.merges"));
     const st_gguf_kv *toks = st_gguf_find(&g, "tokenizer.ggml.tokens"), *types = st_gguf_find(&g, "tokenizer.ggml.token_type"),
                      *scores = st_gguf_find(&g, "tokenizer.ggml.scores");

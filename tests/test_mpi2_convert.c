@@ -5,8 +5,10 @@
  * llama2.c's stories260K (a real third-party file, with its tokenizer found
  * beside it), a GPT-2 Hugging Face directory (fused c_attn: one source tensor
  * fills q, k and v) in f32 and bf16, and an llm.c file (padded vocabulary).
- * A truncated source fails on both ranks and leaves no output. */
+ * A truncated source fails on both ranks and leaves no output. The genuine
+ * stories260K then generates llama2.c's own greedy text. */
 #include <check.h>
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -103,6 +105,40 @@ START_TEST(test_llama2c_stories)
 }
 END_TEST
 
+/* The genuine stories260K with its tokenizer, converted on 2 ranks, greedily
+ * continues "Once upon a time" exactly as llama2.c's run.c does
+ * (data/llama2c/greedy_once_upon_a_time.txt, its stdout for -t 0.0 -n 200:
+ * 200 positions: bos, the 4 prompt pieces, 200 - 4 new tokens, a newline). It
+ * fails when generate puts no bos before the prompt (run.c does). */
+START_TEST(test_llama2c_greedy_text)
+{
+    char tok[4200];
+    snprintf(tok, sizeof tok, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    const char *ckpt = tmp_path("stories.h5"), *gen = tmp_path("greedy.jsonl");
+    ck_assert_msg(convert_on(MPI_COMM_WORLD, th_data_path("llama2c/stories260K.bin"), ckpt, tok) == ST_OK, "%s",
+                  st_error_message());
+    char *argv[] = {"generate", (char *)ckpt, "--prompt", "Once upon a time", "--temperature", "0",
+                    "--max_new", "196", "--out", (char *)gen, NULL};
+    st_error_clear();
+    ck_assert_msg(st_cmd_generate(10, argv, MPI_COMM_WORLD) == ST_OK, "%s", st_error_message());
+    if (RANK == 0) {
+        char *line = th_read_file(gen, NULL), *want = th_read_file(th_data_path("llama2c/greedy_once_upon_a_time.txt"), NULL);
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "prompt"), *c = cJSON_GetObjectItemCaseSensitive(j, "completion");
+        ck_assert(cJSON_IsString(p) && cJSON_IsString(c));
+        size_t np = strlen(p->valuestring), nc = strlen(c->valuestring);
+        char *got = malloc(np + nc + 2);
+        snprintf(got, np + nc + 2, "%s%s\n", p->valuestring, c->valuestring);
+        size_t k = 0;
+        while (got[k] && got[k] == want[k]) k++;
+        ck_assert_msg(!strcmp(got, want), "greedy text leaves llama2.c's after %zu characters: \"%.40s\" vs \"%.40s\"",
+                      k, got + k, want + k);
+        free(got), free(line), free(want);
+        cJSON_Delete(j);
+    }
+}
+END_TEST
+
 /* A GPT-2 model with distinct values everywhere, as a Hugging Face dir. */
 static void write_gpt2_dir(const char *dir, st_dtype dtype)
 {
@@ -165,7 +201,7 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    const TTest *const tests[] = {test_llama2c_stories, test_hf_gpt2, test_llmc};
+    const TTest *const tests[] = {test_llama2c_stories, test_llama2c_greedy_text, test_hf_gpt2, test_llmc};
     return th_mpi_dir_main(&argc, &argv, "convert_mpi2", 120, &RANK, DIR_, sizeof DIR_, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }

@@ -875,6 +875,9 @@ static st_err put_tokenizer_kv(st_gguf_writer *w, const st_tokenizer *t, const g
     if (t->bos >= 0) ST_TRY(st_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)t->bos));
     if (t->eos >= 0) ST_TRY(st_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)t->eos));
     if (spm) ST_TRY(st_gguf_set_u32(w, "tokenizer.ggml.unknown_token_id", 0));
+    /* the tokenizer's own rule, so llama.cpp frames prompts as shardtune trained and generates */
+    ST_TRY(st_gguf_set_bool(w, "tokenizer.ggml.add_bos_token", st_tokenizer_adds_bos(t)));
+    ST_TRY(st_gguf_set_bool(w, "tokenizer.ggml.add_eos_token", st_tokenizer_adds_eos(t)));
     if (t->chat_template) ST_TRY(st_gguf_set_str(w, "tokenizer.chat_template", t->chat_template));
     return ST_OK;
 }

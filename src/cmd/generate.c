@@ -48,13 +48,22 @@ static const st_option gen_options[] = {
 };
 #define N_GEN ((int)(sizeof gen_options / sizeof gen_options[0]))
 
-/* Token ids of one prompt (BOS, or EOS, for an empty one). */
+/* Token ids of one prompt: bos first when the tokenizer's rule says so, as
+ * prepare built the training data (and as llama2.c and llama.cpp query such
+ * models); an empty prompt otherwise starts from bos, or eos. */
 static st_err encode_prompt(st_tokenizer *tok, const char *prompt, int max_seq, int32_t **ids, size_t *n)
 {
     size_t cap = 0;
     *ids = NULL;
     *n = 0;
-    st_err e = st_tokenizer_encode(tok, prompt, strlen(prompt), 1, ids, n, &cap);
+    st_err e = ST_OK;
+    if (st_tokenizer_adds_bos(tok)) {
+        if (!(*ids = malloc(sizeof **ids))) ST_FAIL(ST_ERR_MEM, "out of memory");
+        (*ids)[0] = st_tokenizer_bos(tok);
+        *n = cap = 1;
+    }
+    /* encode (not encode_more): the prompt still starts the text, dummy prefix and all */
+    e = st_tokenizer_encode(tok, prompt, strlen(prompt), 1, ids, n, &cap);
     if (!e && *n == 0) {
         int bos = st_tokenizer_bos(tok) >= 0 ? st_tokenizer_bos(tok) : st_tokenizer_eos(tok);
         int32_t *one = bos >= 0 ? realloc(*ids, sizeof **ids) : NULL;

@@ -294,8 +294,11 @@ static st_err do_text(prep *p, const record *rec, int *reason)
     ST_TRY(nonempty(rec, p->pl->text_name, n, reason));
     st_tokseq *q = &p->seq[0];
     st_tokseq_clear(q);
-    int bos = st_tokenizer_bos(p->tok), eos = st_tokenizer_eos(p->tok);
-    if (bos >= 0 && bos != eos) ST_TRY(st_tokseq_push_id(q, bos, 0)); /* never a target worth learning */
+    int eos = st_tokenizer_eos(p->tok);
+    if (st_tokenizer_adds_bos(p->tok)) { /* the tokenizer's rule; never a target worth learning */
+        ST_TRY(st_tokseq_push_id(q, st_tokenizer_bos(p->tok), 0));
+        q->has_bos = 1;                  /* the text still starts the sequence: sentencepiece's dummy prefix */
+    }
     ST_TRY(st_tokseq_push_text(q, p->tok, s, n, 0, 1));
     if (eos >= 0) ST_TRY(st_tokseq_push_id(q, eos, 1));
     return add_doc(p, q, split_of(rec), -1);
@@ -474,9 +477,8 @@ static st_err do_classify(prep *p, const record *rec, int *reason)
     }
     st_tokseq *q = &p->seq[0];
     st_tokseq_clear(q);
-    int bos = st_tokenizer_bos(p->tok);
-    if (bos >= 0 && bos != st_tokenizer_eos(p->tok)) {
-        ST_TRY(st_tokseq_push_id(q, bos, 0));
+    if (st_tokenizer_adds_bos(p->tok)) {
+        ST_TRY(st_tokseq_push_id(q, st_tokenizer_bos(p->tok), 0));
         q->has_bos = 1;
     }
     ST_TRY(st_tokseq_push_text(q, p->tok, s, n, 0, 0));
@@ -496,11 +498,14 @@ static st_err do_record(prep *p, const record *rec, int *reason)
     }
 }
 
-/* A record-level failure: fatal in fail mode, counted in skip mode. */
+/* A record-level failure: fatal in fail mode, counted in skip mode. An
+ * empty text of text data is always counted and skipped: an empty document
+ * teaches nothing, and corpora have them (blank rows, stripped markup). */
 static st_err handle(prep *p, st_err e, int reason)
 {
     if (!e) return ST_OK;
-    if (reason < 0 || !p->skip) return e;
+    int benign = reason == R_EMPTY && p->pl->format == FMT_TEXT;
+    if (reason < 0 || (!p->skip && !benign)) return e;
     if (!p->n_skipped[reason]++) {
         const char *m = st_error_message(), *nl = strchr(m, '\n');
         snprintf(p->first_msg[reason], MSG_CAP, "%.*s", (int)(nl ? nl - m : (long)strlen(m)), m);
