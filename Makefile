@@ -8,10 +8,10 @@
 #   make check SANITIZE=address,undefined   the same tests under sanitizers
 
 PKGS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
-        libdnnl-dev check zlib1g-dev libcjson-dev libpcre2-dev libyaml-dev gnuplot-nox time python3
+        libdnnl-dev check zlib1g-dev libcjson-dev libpcre2-dev libyaml-dev libutf8proc-dev gnuplot-nox time python3
 
 CC      := mpicc
-PKGCONF := hdf5-openmpi libcjson libpcre2-8 yaml-0.1
+PKGCONF := hdf5-openmpi libcjson libpcre2-8 yaml-0.1 libutf8proc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -I. -Isrc
 ifdef CI
@@ -112,8 +112,8 @@ fuzz:
 	@mkdir -p build/fuzz
 	@set -e; for h in tests/fuzz/fuzz_*.c; do n=$$(basename $$h .c); \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	    -I. -Isrc $$(pkg-config --cflags libcjson libpcre2-8) $$h $(FUZZ_SRC) \
-	    $$(pkg-config --libs libcjson libpcre2-8) -lz -lm -o build/fuzz/$$n; \
+	    -I. -Isrc $$(pkg-config --cflags libcjson libpcre2-8 libutf8proc) $$h $(FUZZ_SRC) \
+	    $$(pkg-config --libs libcjson libpcre2-8 libutf8proc) -lz -lm -o build/fuzz/$$n; \
 	  mkdir -p build/fuzz/$$n.corpus; echo "== $$n ($(FUZZ_SECONDS) s)"; \
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/$$n.corpus \
 	    > build/fuzz/$$n.log 2>&1 || { tail -n 40 build/fuzz/$$n.log; echo "$$n FAILED"; exit 1; }; \

@@ -636,6 +636,63 @@ START_TEST(hf_llama3_split)
 }
 END_TEST
 
+/* GPT-2's vocabulary with the normalizer given as JSON. */
+static st_tokenizer *hf_gpt2_normalized(const char *dir, const char *normalizer)
+{
+    char *json = hf_from_gpt2(NULL), *at = strstr(json, "\"normalizer\":null"), *m = NULL;
+    ck_assert(at);
+    ck_assert(asprintf(&m, "%.*s\"normalizer\":%s%s", (int)(at - json), json, normalizer,
+                       at + strlen("\"normalizer\":null")) > 0);
+    write_file(dir, "tokenizer.json", m, strlen(m));
+    free(json), free(m);
+    return load_in("hf", dir, "tokenizer.json");
+}
+
+/* tokenizer.json normalizers run on the text before pre-tokenization, as
+ * Hugging Face's do: the ids equal GPT-2's for the text normalized by hand
+ * (NFC joins e + U+0301; Lowercase; Replace of a string, left to right;
+ * Strip; NFKC unfolds the ligature; Prepend starts a text, not its
+ * continuation). Before, NFC was accepted but not applied, the rest refused. */
+/* h's ids for raw equal g's for want (continuing: encode_more for h). */
+static void expect_normalized(const st_tokenizer *h, const st_tokenizer *g, const char *raw, const char *want,
+                              int continuing)
+{
+    int32_t *a = NULL, *b;
+    size_t na = 0, cap = 0;
+    st_err e = continuing ? st_tokenizer_encode_more(h, raw, strlen(raw), 0, &a, &na, &cap)
+                          : st_tokenizer_encode(h, raw, strlen(raw), 0, &a, &na, &cap);
+    ck_assert_msg(e == ST_OK, "%s", st_error_message());
+    size_t nb = enc(g, want, strlen(want), 0, &b);
+    ck_assert_msg(na == nb && !memcmp(a, b, na * sizeof *a), "\"%s\": %zu ids, \"%s\" %zu", raw, na, want, nb);
+    free(a), free(b);
+}
+
+/* tokenizer.json normalizers run on the text before pre-tokenization, as
+ * Hugging Face's do: the ids equal GPT-2's for the text normalized by hand
+ * (NFC joins e + U+0301; Lowercase; Replace of a string, left to right;
+ * Strip; NFKC unfolds the ligature; Prepend starts a text, not its
+ * continuation). Before, NFC was accepted but not applied, the rest refused. */
+START_TEST(hf_normalizers)
+{
+    st_tokenizer *g = load_gpt2();
+    char *dir = make_tmpdir();
+    st_tokenizer *h = hf_gpt2_normalized(dir, "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},"
+        "{\"type\":\"Lowercase\"},{\"type\":\"Replace\",\"pattern\":{\"String\":\"  \"},\"content\":\" \"},"
+        "{\"type\":\"Strip\",\"strip_left\":true,\"strip_right\":true}]}");
+    expect_normalized(h, g, "  Cafe\xcc\x81  AND   T\xc3\x89" "A \t", "caf\xc3\xa9 and  t\xc3\xa9" "a", 0);
+    ck_assert_uint_ne(st_tokenizer_hash(h), st_tokenizer_hash(g));
+    st_tokenizer_free(h);
+    h = hf_gpt2_normalized(dir, "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFKC\"},"
+        "{\"type\":\"Prepend\",\"prepend\":\"Q\"},{\"type\":\"Replace\",\"pattern\":{\"Regex\":\"[0-9]+\"},\"content\":\"#\"}]}");
+    expect_normalized(h, g, "\xef\xac\x81ne 2024 \xef\xbc\xa1", "Qfine # A", 0);
+    expect_normalized(h, g, "\xef\xac\x81ne 7", "fine #", 1);
+    expect_normalized(h, g, "", "", 0);   /* nothing to prepend to */
+    st_tokenizer_free(h);
+    rm_tree(dir);
+    st_tokenizer_free(g);
+}
+END_TEST
+
 /* ---- llama2.c tokenizer.bin ---- */
 
 typedef struct { const char *s; float score; } piece;
@@ -1112,7 +1169,7 @@ START_TEST(hostile_hf_files)
         {"\"o r\"", "\"o \\u00e9\"", "not in the vocabulary"},
         {"\"id\":265", "\"id\":5", "gives to"},
         {"\"id\":265", "\"id\":77777", "dense"},
-        {"\"normalizer\":null", "\"normalizer\":{\"type\":\"Lowercase\"}", "Lowercase"},
+        {"\"normalizer\":null", "\"normalizer\":{\"type\":\"BertNormalizer\"}", "BertNormalizer"},
         {"\"pre_tokenizer\":{", "\"pre_tokenizer\":null,\"x\":{", "no ByteLevel"},
         {"{\"type\":\"Split\"", "{\"type\":\"ByteLevel\"},{\"type\":\"Split\"", "follows ByteLevel"},
     };
@@ -1156,6 +1213,7 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tc, hf_config_file);
     tcase_add_test(tc, hf_matches_gpt2);
     tcase_add_test(tc, hf_llama3_split);
+    tcase_add_test(tc, hf_normalizers);
     tcase_add_test(tc, llama2c_fixture);
     tcase_add_test(tc, blob_roundtrip);
     tcase_add_test(tc, blob_garbage);

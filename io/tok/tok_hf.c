@@ -4,7 +4,7 @@
  *
  * Supported: model.type BPE (merges as "a b" strings or [a, b] arrays,
  * ignore_merges), added_tokens (special, lstrip, rstrip, single_word),
- * normalizer none or NFC (not applied), pre_tokenizer ByteLevel / Split
+ * normalizers (tok_norm.c), pre_tokenizer ByteLevel / Split
  * (Isolated) / Digits, possibly inside a Sequence, with ByteLevel last.
  * Anything else is refused with a message naming it.
  */
@@ -42,20 +42,6 @@ static st_err check_model(st_tokenizer *t, const cJSON *model, const char *name)
                 "byte-level BPE is supported (use llama2c: for sentencepiece models)", name);
     t->ignore_merges = cJSON_IsTrue(get(model, "ignore_merges"));
     return ST_OK;
-}
-
-static st_err check_normalizer(const cJSON *norm, const char *name)
-{
-    if (!norm || cJSON_IsNull(norm)) return ST_OK;
-    const char *ty = type_of(norm);
-    if (ty && strcmp(ty, "Sequence") == 0) {
-        const cJSON *it;
-        cJSON_ArrayForEach(it, get(norm, "normalizers")) ST_TRY(check_normalizer(it, name));
-        return ST_OK;
-    }
-    /* NFC is accepted but not applied: text is taken to be NFC already */
-    if (ty && strcmp(ty, "NFC") == 0) return ST_OK;
-    ST_FAIL(ST_ERR_FORMAT, "%s: normalizer \"%.40s\" is not supported (only none or NFC)", name, ty ? ty : "?");
 }
 
 static st_err add_merges(st_tokenizer *t, const cJSON *merges, const char *name)
@@ -327,7 +313,7 @@ static st_err hf_from_json(st_tokenizer *t, const cJSON *root, const cJSON *cfg,
     if (!cJSON_IsObject(root)) ST_FAIL(ST_ERR_FORMAT, "%s: top level is not a JSON object", name);
     const cJSON *model = get(root, "model"), *added = get(root, "added_tokens");
     ST_TRY(check_model(t, model, name));
-    ST_TRY(check_normalizer(get(root, "normalizer"), name));
+    ST_TRY(st_tok_norm_parse(t, get(root, "normalizer"), name, 0));
     int32_t max_id = -1, count = 0, amax = -1, acount = 0;
     ST_TRY(st_tok_json_vocab_scan(get(model, "vocab"), name, &max_id, &count));
     ST_TRY(scan_added(added, name, &amax, &acount));

@@ -23,6 +23,20 @@ enum { ST_TOK_BYTE, ST_TOK_GPT2, ST_TOK_HF, ST_TOK_LLAMA2C, ST_TOK_LLMC, ST_TOK_
 #define ST_TOK_MAX_FILES 2       /* original files carried in the blob */
 #define ST_TOK_MAX_VOCAB (1 << 24)
 
+#define ST_TOK_MAX_NORMS 8       /* normalizer steps (a Sequence flattened) */
+
+/* One normalizer step of a tokenizer.json (tok_norm.c). */
+enum { ST_NORM_NFC, ST_NORM_NFD, ST_NORM_NFKC, ST_NORM_NFKD, ST_NORM_LOWER, ST_NORM_REPLACE, ST_NORM_PREPEND,
+       ST_NORM_STRIP };
+typedef struct {
+    int kind;
+    char *pattern;         /* Replace: the regex (a String pattern escaped) */
+    pcre2_code *re;
+    char *content;         /* Replace: the replacement; Prepend: the prefix */
+    size_t content_len;
+    int left, right;       /* Strip */
+} st_tok_norm;
+
 /* Open-addressing map from a byte string to an id. Keys point into storage
  * owned by the tokenizer (they are not copied). */
 typedef struct {
@@ -67,6 +81,8 @@ struct st_tokenizer {
     st_tok_strmap vocab;   /* model vocabulary text -> id (merges resolve through it) */
     st_tok_strmap added;   /* added / special token content -> id */
     int32_t bos, eos;
+    st_tok_norm norm[ST_TOK_MAX_NORMS];   /* hf: applied in order to the text between added tokens */
+    int n_norm;
     int add_bos, add_eos;  /* the tokenizer's own rule (st_tokenizer_adds_bos) */
     char *chat_template;
 
@@ -150,6 +166,16 @@ int st_tok_regex_match(const pcre2_code *re, pcre2_match_data *md, const char *s
 st_err st_tok_alloc_vocab(st_tokenizer *t, int32_t n_vocab);
 st_err st_tok_set_text(st_tokenizer *t, int32_t id, const char *s, size_t len, const char *file);
 st_err st_tok_build_added_re(st_tokenizer *t, const st_tok_added *added, int n_added, const char *file);
+
+/* tok_norm.c: tokenizer.json normalizers */
+st_err st_tok_norm_parse(st_tokenizer *t, const cJSON *normalizer, const char *name, int depth);
+void st_tok_norm_free(st_tok_norm *n, int count);
+uint64_t st_tok_norm_hash(const st_tokenizer *t, uint64_t h);
+/* s[0..len) through t's normalizers into a malloc'd *out (NULL when there
+ * are none: use s). continues: the text continues earlier text of the same
+ * sequence (a Prepend does not apply). */
+st_err st_tok_normalize(const st_tokenizer *t, const char *s, size_t len, int continues, char **out,
+                        size_t *olen);
 
 /* tok_bpe.c: byte-level BPE (gpt2 and hf) */
 extern const char st_tok_gpt2_pattern[];

@@ -46,6 +46,7 @@ static uint64_t compute_hash(const st_tokenizer *t)
     h = st_tok_fnv(h, t->stage_prefix_space, (size_t)t->n_stages + 1);
     h = hash_u64(h, (uint64_t)t->ignore_merges);
     h = hash_u64(h, t->added_hash);
+    if (t->n_norm) h = st_tok_norm_hash(t, h);   /* (tokenizers without normalizers keep their old hash) */
     return h;
 }
 
@@ -185,6 +186,7 @@ void st_tokenizer_free(st_tokenizer *t)
     st_tok_strmap_free(&t->vocab);
     st_tok_strmap_free(&t->added);
     free(t->chat_template);
+    st_tok_norm_free(t->norm, t->n_norm);
     for (int i = 0; i < 2; i++) pcre2_code_free(t->added_re[i]);
     st_tok_pairmap_free(&t->merges);
     free(t->merge_pair);
@@ -305,16 +307,26 @@ uint64_t st_tokenizer_hash(const st_tokenizer *t) { return t ? t->hash : 0; }
 
 /* ---- encode ---- */
 
-/* Plain text between added tokens. at_start: the segment begins the text. */
-static st_err encode_text(st_tok_enc *e, const char *s, size_t len, int at_start)
+/* Plain text between added tokens. first: the segment is the text's first;
+ * continues: the text continues earlier text of the sequence (so its first
+ * segment starts no word: no dummy prefix, no Prepend). */
+static st_err encode_text(st_tok_enc *e, const char *s, size_t len, int first, int continues)
 {
-    switch (e->t->kind) {
+    const st_tokenizer *t = e->t;
+    switch (t->kind) {
     case ST_TOK_BYTE:
         for (size_t i = 0; i < len; i++) ST_TRY(st_tok_push_id(e, (unsigned char)s[i]));
         return ST_OK;
-    case ST_TOK_LLAMA2C: ST_TRY(st_tok_llama2c_encode(e, s, len, at_start)); return ST_OK;
-    default: ST_TRY(st_tok_bpe_encode(e, s, len)); return ST_OK;
+    case ST_TOK_LLAMA2C: ST_TRY(st_tok_llama2c_encode(e, s, len, first && !continues)); return ST_OK;
+    default: break;
     }
+    char *norm = NULL;
+    size_t nlen = len;
+    ST_TRY(st_tok_normalize(t, s, len, first && continues, &norm, &nlen));
+    st_err err = st_tok_bpe_encode(e, norm ? norm : s, nlen);
+    free(norm);
+    if (err) st_error_trace(__FILE__, __LINE__, __func__);
+    return err;
 }
 
 /* Split at added tokens (leftmost-longest), encode the plain text between.
@@ -332,14 +344,14 @@ static st_err encode_segments(st_tok_enc *e, const char *text, size_t len, int a
             return ST_ERR_FORMAT;
         }
         if (rc == 0) {
-            ST_TRY(encode_text(e, text + pos, len - pos, pos == 0 && !continues));
+            ST_TRY(encode_text(e, text + pos, len - pos, pos == 0, continues));
             break;
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
         size_t ms = ov[0], me = ov[1], cs = ov[2], ce = ov[3];
         int32_t id = st_tok_strmap_get(&t->added, text + cs, ce - cs);
         ST_ASSERT(id >= 0 && me > ms, "added-token match at %zu has no id", ms);
-        if (ms > pos) ST_TRY(encode_text(e, text + pos, ms - pos, pos == 0 && !continues));
+        if (ms > pos) ST_TRY(encode_text(e, text + pos, ms - pos, pos == 0, continues));
         ST_TRY(st_tok_push_id(e, id));
         pos = me;
     }

@@ -16,9 +16,10 @@
  * tokens of the other kinds are matched in text only when allow_special is set;
  * HF added tokens marked non-special are always matched (as Hugging Face does).
  *
- * Known gaps against Hugging Face: normalizers other than none/NFC are refused
- * and NFC is not applied (text is taken as already NFC); post-processors are
- * ignored (callers add bos themselves); BPE dropout is ignored.
+ * Known gaps against Hugging Face: normalizers other than NFC, NFD, NFKC,
+ * NFKD, Lowercase, Replace, Prepend, Strip (and Sequence) are refused;
+ * post-processors only decide st_tokenizer_adds_bos/eos (callers add them);
+ * BPE dropout is ignored.
  */
 #ifndef ST_TOKENIZER_H
 #define ST_TOKENIZER_H
