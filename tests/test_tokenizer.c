@@ -693,6 +693,118 @@ START_TEST(hf_normalizers)
 }
 END_TEST
 
+/* The ids of the pieces, each encoded alone by GPT-2, one after another. */
+static void expect_pieces(const st_tokenizer *h, const st_tokenizer *g, const char *text, const char *const *pieces,
+                          int n)
+{
+    int32_t want[256], *ids;
+    size_t nw = 0;
+    for (int i = 0; i < n; i++) {
+        size_t k = enc(g, pieces[i], strlen(pieces[i]), 0, &ids);
+        memcpy(want + nw, ids, k * sizeof *ids);
+        nw += k;
+        free(ids);
+    }
+    expect_ids(h, text, 0, want, nw);
+}
+
+/* Falcon's pre-tokenizer over GPT-2's vocabulary: Punctuation (contiguous)
+ * splits before ByteLevel, and a Split after ByteLevel sees its characters
+ * (digits in threes). Before, Punctuation was refused and nothing could
+ * follow ByteLevel. */
+START_TEST(hf_falcon_pretokenizer)
+{
+    st_tokenizer *g = load_gpt2();
+    char *dir = make_tmpdir(), *json = hf_from_gpt2(NULL);
+    cJSON *root = cJSON_Parse(json), *pre = cJSON_Parse("{\"type\":\"Sequence\",\"pretokenizers\":["
+        "{\"type\":\"Punctuation\",\"behavior\":\"Contiguous\"},"
+        "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
+        "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"[0-9][0-9][0-9]\"},\"behavior\":\"Isolated\",\"invert\":false}]}");
+    ck_assert(root && pre);
+    cJSON_ReplaceItemInObject(root, "pre_tokenizer", pre);
+    char *fj = cJSON_PrintUnformatted(root);
+    write_file(dir, "tokenizer.json", fj, strlen(fj));
+    st_tokenizer *h = load_in("hf", dir, "tokenizer.json");
+    static const char *const p1[] = {"x", "--", "y", "'", "s", " and", " ", "123", "45"};   /* "\u0120" is no digit */
+    expect_pieces(h, g, "x--y's and 12345", p1, N_OF(p1));
+    ck_assert_uint_ne(st_tokenizer_hash(h), st_tokenizer_hash(g));
+    st_tokenizer_free(h);
+    cJSON_Delete(root);
+    free(fj), free(json);
+    rm_tree(dir);
+    st_tokenizer_free(g);
+}
+END_TEST
+
+/* A sentencepiece-style tokenizer.json (Llama 2, Mistral, TinyLlama, Phi-3):
+ * BPE over characters with byte fallback; the ' ' -> U+2581 and its prefix
+ * come from the normalizer (legacy) or a Metaspace pre-tokenizer (pre). */
+static char *sp_fixture(const char *normalizer, const char *pre)
+{
+    static const char *const pieces[] = {"\xe2\x96\x81", "h", "e", "l", "o", "\xe2\x96\x81h", "ll",
+                                         "\xe2\x96\x81he", "llo", "\xe2\x96\x81hello", "w"};
+    cJSON *vocab = cJSON_CreateObject();
+    cJSON_AddNumberToObject(vocab, "<unk>", 0);
+    cJSON_AddNumberToObject(vocab, "<s>", 1);
+    cJSON_AddNumberToObject(vocab, "</s>", 2);
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        cJSON_AddNumberToObject(vocab, name, 3 + b);
+    }
+    for (int i = 0; i < 11; i++) cJSON_AddNumberToObject(vocab, pieces[i], 259 + i);
+    char *v = cJSON_PrintUnformatted(vocab), *json = NULL;
+    cJSON_Delete(vocab);
+    ck_assert(asprintf(&json, "{\"added_tokens\":[{\"id\":0,\"content\":\"<unk>\",\"special\":true},"
+        "{\"id\":1,\"content\":\"<s>\",\"special\":true},{\"id\":2,\"content\":\"</s>\",\"special\":true}],"
+        "\"normalizer\":%s,\"pre_tokenizer\":%s,\"post_processor\":{\"type\":\"TemplateProcessing\","
+        "\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}]},"
+        "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{\"String\":\"\xe2\x96\x81\"},"
+        "\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},{\"type\":\"Strip\",\"content\":\" \","
+        "\"start\":1,\"stop\":0}]},\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"byte_fallback\":true,"
+        "\"fuse_unk\":true,\"vocab\":%s,\"merges\":[\"\xe2\x96\x81 h\",\"l l\",\"\xe2\x96\x81h e\",\"ll o\","
+        "\"\xe2\x96\x81he llo\"]}}", normalizer, pre, v) > 0);
+    free(v);
+    return json;
+}
+
+/* Ids worked out by hand from the merge ranks: "hello" is "\u2581hello"
+ * (268) after the prefix; "w\u00e9": 'w', and the absent e-acute as its bytes'
+ * <0xC3> <0xA9> (3 + 0xC3, 3 + 0xA9); a continuation gets no prefix. Both
+ * forms agree, decode drops the prefix space after bos, and bos is the
+ * post-processor's rule. Before, byte_fallback and Metaspace were refused. */
+START_TEST(hf_sentencepiece_style)
+{
+    static const char *const forms[2][2] = {
+        {"{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Prepend\",\"prepend\":\"\xe2\x96\x81\"},"
+         "{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"\xe2\x96\x81\"}]}", "null"},
+        {"null", "{\"type\":\"Metaspace\",\"replacement\":\"\xe2\x96\x81\",\"prepend_scheme\":\"first\",\"split\":false}"}};
+    for (int f = 0; f < 2; f++) {
+        char *dir = make_tmpdir(), *json = sp_fixture(forms[f][0], forms[f][1]);
+        write_file(dir, "tokenizer.json", json, strlen(json));
+        st_tokenizer *t = load_in("hf", dir, "tokenizer.json");
+        static const int32_t hello[] = {268}, two[] = {268, 259, 269, 3 + 0xC3, 3 + 0xA9};
+        expect_ids(t, "hello", 0, hello, N_OF(hello));
+        expect_ids(t, "hello w\xc3\xa9", 0, two, N_OF(two));
+        int32_t *ids = NULL;
+        size_t n = 0, cap = 0;
+        ck_assert_int_eq(st_tokenizer_encode_more(t, "hello", 5, 0, &ids, &n, &cap), ST_OK);
+        ck_assert_msg(n == 3 && ids[0] == 260 && ids[1] == 261 && ids[2] == 267, "continuation: %zu ids", n);
+        free(ids);
+        ck_assert(st_tokenizer_adds_bos(t) && st_tokenizer_bos(t) == 1 && !st_tokenizer_adds_eos(t));
+        static const int32_t with_bos[] = {1, 268, 259, 269, 3 + 0xC3, 3 + 0xA9};
+        size_t len;
+        char *s = dec(t, with_bos, N_OF(with_bos), &len);
+        ck_assert_str_eq(s, "<s>hello w\xc3\xa9");
+        free(s);
+        expect_roundtrip(t, "hello w\xc3\xa9", strlen("hello w\xc3\xa9"));
+        st_tokenizer_free(t);
+        free(json);
+        rm_tree(dir);
+    }
+}
+END_TEST
+
 /* ---- llama2.c tokenizer.bin ---- */
 
 typedef struct { const char *s; float score; } piece;
@@ -1161,17 +1273,15 @@ START_TEST(hostile_hf_files)
 {
     static const struct { const char *from, *to, *msg; } cases[] = {
         {"\"type\":\"BPE\"", "\"type\":\"Unigram\"", "Unigram"},
-        {"\"byte_fallback\":false", "\"byte_fallback\":true", "byte_fallback"},
         {"\"Isolated\"", "\"Removed\"", "Removed"},
         {"\"Regex\":\" ?", "\"Regex\":\"(?", "regex does not compile"},
-        {"\"ByteLevel\"", "\"Metaspace\"", "Metaspace"},
+        {"\"ByteLevel\"", "\"WhitespaceSplit\"", "WhitespaceSplit"},
         {"\"h e\"", "\"h q e\"", "model.merges[0]"},
         {"\"o r\"", "\"o \\u00e9\"", "not in the vocabulary"},
         {"\"id\":265", "\"id\":5", "gives to"},
         {"\"id\":265", "\"id\":77777", "dense"},
         {"\"normalizer\":null", "\"normalizer\":{\"type\":\"BertNormalizer\"}", "BertNormalizer"},
-        {"\"pre_tokenizer\":{", "\"pre_tokenizer\":null,\"x\":{", "no ByteLevel"},
-        {"{\"type\":\"Split\"", "{\"type\":\"ByteLevel\"},{\"type\":\"Split\"", "follows ByteLevel"},
+        {"{\"type\":\"Split\"", "{\"type\":\"ByteLevel\"},{\"type\":\"Metaspace\"},{\"type\":\"Split\"", "follows ByteLevel"},
     };
     char *dir = make_tmpdir(), *json = hf_fixture(0);
     write_file(dir, "tokenizer.json", json, strlen(json));
@@ -1214,6 +1324,8 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tc, hf_matches_gpt2);
     tcase_add_test(tc, hf_llama3_split);
     tcase_add_test(tc, hf_normalizers);
+    tcase_add_test(tc, hf_sentencepiece_style);
+    tcase_add_test(tc, hf_falcon_pretokenizer);
     tcase_add_test(tc, llama2c_fixture);
     tcase_add_test(tc, blob_roundtrip);
     tcase_add_test(tc, blob_garbage);

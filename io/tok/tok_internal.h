@@ -87,7 +87,8 @@ struct st_tokenizer {
     char *chat_template;
 
     /* added / special tokens: [0] non-special only (may be NULL), [1] all (may be NULL) */
-    pcre2_code *added_re[2];
+    pcre2_code **added_re[2];           /* alternations of at most ADDED_CHUNK bytes of pattern each */
+    int n_added_re[2];
     uint64_t added_hash;                /* of the patterns above */
 
     /* byte-level BPE (gpt2, hf) */
@@ -100,6 +101,18 @@ struct st_tokenizer {
     char *stage_pat[ST_TOK_MAX_STAGES];
     uint8_t stage_prefix_space[ST_TOK_MAX_STAGES + 1]; /* prepend ' ' before stage k (k = n_stages: before BPE) */
     int ignore_merges;                  /* a whole word found in the vocabulary is one token (Llama 3) */
+    uint8_t stage_merge_prev[ST_TOK_MAX_STAGES]; /* Split MergedWithPrevious: a match joins the piece before it */
+    int byte_level_at;                  /* stages from here on see ByteLevel's mapped text (-1: none do) */
+
+    /* sentencepiece-style BPE in tokenizer.json (Llama 2, Mistral, Gemma): no
+     * ByteLevel; a word's symbols are its characters, an absent one falls
+     * back to its bytes' <0xNN> tokens (byte_fallback) or to unk */
+    int char_bpe, byte_fallback, fuse_unk;
+    int32_t unk_id;
+    int meta_prepend;                   /* Metaspace: prefix the replacement 0 never, 1 first, 2 always */
+    char meta_repl[8];                  /* Metaspace replacement for ' ' (UTF-8); "" when no Metaspace */
+    uint8_t meta_repl_len;
+    int strip_lead_space;               /* decode drops a leading space at the start / after bos */
     char byte_chr[256][2];              /* UTF-8 of each byte's stand-in character */
     uint8_t byte_chr_len[256];
 
@@ -188,7 +201,9 @@ void st_tok_bpe_byte_chars(st_tokenizer *t);
 /* One pair-map entry (a, b) -> merged at priority rank (smaller first). */
 st_err st_tok_bpe_put_merge(st_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t merged);
 st_err st_tok_bpe_finish(st_tokenizer *t, const char *file);
-st_err st_tok_bpe_encode(st_tok_enc *e, const char *s, size_t len);
+/* word_start: the piece starts the text; fresh: it does not continue earlier
+ * text of the sequence (Metaspace's prepend schemes "first" and "always"). */
+st_err st_tok_bpe_encode(st_tok_enc *e, const char *s, size_t len, int word_start, int fresh);
 
 /* tok_gpt2.c: JSON helpers shared with tok_hf.c */
 st_err st_tok_json_parse(cJSON **out, const uint8_t *data, size_t n, const char *name);

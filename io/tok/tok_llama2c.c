@@ -109,6 +109,7 @@ st_err st_tok_llama2c_build(st_tokenizer *t, const char *name)
     t->bos = 1;
     t->eos = 2;
     t->add_bos = 1;   /* sentencepiece's (and run.c's) rule: bos starts every sequence */
+    t->strip_lead_space = 1;
     t->space_id = st_tok_strmap_get(&t->vocab, " ", 1);
     return ST_OK;
 }

@@ -3,9 +3,11 @@
  * Spec strings given to st_tokenizer_load:
  *   "byte"                    256 byte tokens + id 256 "<|endoftext|>" (bos = eos = 256)
  *   "gpt2:DIR"                DIR/encoder.json + DIR/vocab.bpe (OpenAI GPT-2 files)
- *   "hf:PATH/tokenizer.json"  Hugging Face byte-level BPE (GPT-2, Llama 3, SmolLM,
- *                             Qwen2 style). A tokenizer_config.json next to it, when
- *                             present, supplies bos/eos and the chat template.
+ *   "hf:PATH/tokenizer.json"  Hugging Face BPE: byte-level (GPT-2, Llama 3, SmolLM,
+ *                             Qwen2/3, Falcon) or sentencepiece-style (Llama 2,
+ *                             Mistral, TinyLlama, Phi-3, Gemma; tok_hf.c). A
+ *                             tokenizer_config.json next to it, when present,
+ *                             supplies bos/eos, add_bos_token and the chat template.
  *   "llama2c:PATH/tokenizer.bin"  llama2.c sentencepiece export (bos = 1, eos = 2)
  *   "llmc:PATH/gpt2_tokenizer.bin" llm.c's GPT-2 token bytes; merges follow from
  *                             the id order (tok_llmc.c), encodings equal gpt2's
