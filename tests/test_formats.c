@@ -1608,6 +1608,87 @@ START_TEST(test_gguf_llama2c_tokenizer)
 }
 END_TEST
 
+/* The fixture's tokenizer.json with another pre-tokenizer (Split by regex,
+ * then ByteLevel without its own regex, as Llama 3 and Qwen2 write it), a
+ * normalizer (JSON or NULL) and ignore_merges, exported to GGUF (force:
+ * --force); returns the status. */
+static st_err export_pre(const char *tag, const char *regex, const char *normalizer, int ignore_merges, int force,
+                         st_gguf *g)
+{
+    char dir[512], ckpt[600], gguf[600], to[700], spec[700], path[600];
+    path_in(dir, sizeof dir, tag);
+    mkdir(dir, 0755);
+    fx_tokenizer_json(dir);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    char *text = th_read_file(path, NULL);
+    cJSON *j = cJSON_Parse(text), *pre = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(pre, "pretokenizers");
+    cJSON *split = cJSON_CreateObject(), *bl = cJSON_CreateObject();
+    cJSON_AddStringToObject(pre, "type", "Sequence");
+    cJSON_AddStringToObject(split, "type", "Split");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(split, "pattern"), "Regex", regex);
+    cJSON_AddStringToObject(split, "behavior", "Isolated");
+    cJSON_AddStringToObject(bl, "type", "ByteLevel");
+    cJSON_AddFalseToObject(bl, "add_prefix_space");
+    cJSON_AddFalseToObject(bl, "use_regex");
+    cJSON_AddItemToArray(list, split);
+    cJSON_AddItemToArray(list, bl);
+    cJSON_ReplaceItemInObject(j, "pre_tokenizer", pre);
+    if (normalizer) cJSON_AddItemToObject(j, "normalizer", cJSON_Parse(normalizer));
+    cJSON_AddBoolToObject(cJSON_GetObjectItem(j, "model"), "ignore_merges", ignore_merges);
+    char *out = cJSON_Print(j);
+    th_write_file(path, out, strlen(out));
+    free(out), free(text);
+    cJSON_Delete(j);
+    snprintf(spec, sizeof spec, "hf:%s", path);
+    st_tokenizer *tok;
+    ck_assert_msg(st_tokenizer_load(&tok, spec) == ST_OK, "%s", st_error_message());
+    st_config cfg = llama_cfg(0, 1);
+    cfg.vocab_size = 264;
+    st_layout lay;
+    ck_assert_int_eq(st_layout_init(&lay, &cfg, 1, 0), ST_OK);
+    float *p = calloc(lay.numel, sizeof *p);
+    st_params_init(&lay, p, 5);
+    snprintf(ckpt, sizeof ckpt, "%s.h5", dir);
+    snprintf(gguf, sizeof gguf, "%s.gguf", dir);
+    save_ckpt(ckpt, &cfg, p, tok);
+    snprintf(to, sizeof to, "gguf:%s", gguf);
+    char *argv[] = {"export", ckpt, "--to", to, force ? "--force" : NULL, NULL};
+    st_error_clear();
+    st_err e = st_cmd_export(force ? 5 : 4, argv, MPI_COMM_WORLD);
+    if (!e) ck_assert_msg(st_gguf_open(g, gguf) == ST_OK, "%s", st_error_message());
+    st_tokenizer_free(tok);
+    free(p);
+    st_layout_free(&lay);
+    return e;
+}
+
+/* tokenizer.ggml.pre: the label llama.cpp keeps for Llama 3's and Qwen2/3's
+ * regexes (it wrote "default" and warned, and llama.cpp split 27% of texts
+ * differently); a pre-tokenizer llama.cpp does not know, Llama 3's regex
+ * without Llama 3's ignore_merges, or a normalizer llama.cpp does not apply
+ * is refused unless --force. */
+START_TEST(test_gguf_pre_labels)
+{
+    static const char l3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                             "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    static const char qw[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                             "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    st_gguf g;
+    ck_assert_msg(export_pre("pre_l3", l3, NULL, 1, 0, &g) == ST_OK, "%s", st_error_message());
+    check_str(&g, "tokenizer.ggml.pre", "llama-bpe");
+    st_gguf_close(&g);
+    ck_assert_msg(export_pre("pre_qw", qw, "{\"type\":\"NFC\"}", 0, 0, &g) == ST_OK, "%s", st_error_message());
+    check_str(&g, "tokenizer.ggml.pre", "qwen2");
+    st_gguf_close(&g);
+    expect_error(export_pre("pre_l3m", l3, NULL, 0, 0, &g), ST_ERR_ARG, "tokenize text differently", "--force");
+    expect_error(export_pre("pre_x", "\\p{L}+", NULL, 0, 0, &g), ST_ERR_ARG, "none of llama.cpp", NULL);
+    ck_assert_msg(export_pre("pre_xf", "\\p{L}+", NULL, 0, 1, &g) == ST_OK, "%s", st_error_message());
+    check_str(&g, "tokenizer.ggml.pre", "default");
+    st_gguf_close(&g);
+    expect_error(export_pre("pre_lc", qw, "{\"type\":\"Lowercase\"}", 0, 0, &g), ST_ERR_ARG, "normalizers", NULL);
+}
+END_TEST
+
 /* An imported tokenizer.json ("hf" kind) as a GGUF gpt2 vocabulary. */
 START_TEST(test_gguf_hf_tokenizer)
 {
@@ -1849,6 +1930,7 @@ static Suite *formats_suite(void)
     tcase_add_test(tc, test_gguf_gpt2_tokenizer);
     tcase_add_test(tc, test_gguf_llama2c_tokenizer);
     tcase_add_test(tc, test_gguf_hf_tokenizer);
+    tcase_add_test(tc, test_gguf_pre_labels);
     tcase_add_test(tc, test_gguf_reader_valid);
     tcase_add_test(tc, test_gguf_reader_hostile);
     suite_add_tcase(s, tc);

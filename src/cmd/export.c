@@ -21,13 +21,14 @@
 
 
 
-typedef struct { char *to, *dtype, *name, *as; int merge_lora; } export_opts;
+typedef struct { char *to, *dtype, *name, *as; int merge_lora, force; } export_opts;
 static export_opts EX;
 static const st_option export_options[] = {
     {"to", ST_OPT_STRING, &EX.to, NULL, "destination: hf:DIR (Hugging Face directory), gguf:FILE (llama.cpp) or peft:DIR (the LoRA adapters alone, as PEFT saves them)"},
     {"dtype", ST_OPT_STRING, &EX.dtype, "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)"},
     {"name", ST_OPT_STRING, &EX.name, "shardtune", "model name recorded in GGUF general.name"},
     {"merge-lora", ST_OPT_BOOL, &EX.merge_lora, "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)"},
+    {"force", ST_OPT_BOOL, &EX.force, "false", "gguf: write the tokenizer even when llama.cpp would tokenize text differently (unknown pre-tokenizer, normalizers, sentencepiece-style tokenizer.json)"},
     {"as", ST_OPT_STRING, &EX.as, "auto", "what to write: lm (the language model), classifier (a classification or reward head as *ForSequenceClassification, hf only) or auto (classifier when the checkpoint has a head)"},
 };
 
@@ -210,7 +211,8 @@ static st_err export_one(const char *ckpt)
         free(meta);
         return e;
     }
-    e = gguf     ? st_gguf_export(where, &cfg, params, tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32, EX.name)
+    e = gguf     ? st_gguf_export(where, &cfg, params, tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32, EX.name,
+                                  EX.force)
         : as_cls ? write_classifier(ckpt, where, &cfg, params, tok, dt, meta)
                  : st_hf_write(where, &cfg, params, tok, dt);
     free(meta);
