@@ -1305,6 +1305,44 @@ START_TEST(hostile_hf_files)
 }
 END_TEST
 
+/* A sentencepiece .model read as the llama2c kind keeps its normalizer:
+ * tok512.model removes extra spaces (the ids below are Google's
+ * sentencepiece 0.1.97's, Debian's python3-sentencepiece:
+ *   tests/interop/spm_tokenize.py data/llama2c/tok512.model TEXTS OUT);
+ * tok512.bin, llama2.c's export of it, keeps them as run.c does, and on
+ * text without extra spaces both agree. Before, a .model was refused. */
+START_TEST(llama2c_sentencepiece_model)
+{
+    char spec[700], bin[700];
+    snprintf(spec, sizeof spec, "llama2c:%s", th_data_path("llama2c/tok512.model"));
+    snprintf(bin, sizeof bin, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    st_tokenizer *m = load_ok(spec), *b = load_ok(bin);
+    ck_assert_int_eq(st_tokenizer_vocab_size(m), 512);
+    static const int32_t spaces[] = {259, 424, 414, 262, 427, 412, 331, 419}, can[] = {410, 457, 303, 364};
+    expect_ids(m, "  two  spaces  ", 0, spaces, N_OF(spaces));
+    expect_ids(m, "Can you", 0, can, N_OF(can));
+    expect_ids(m, "   ", 0, NULL, 0);
+    int32_t *ids;
+    size_t n = enc(b, "  two  spaces  ", 15, 0, &ids);
+    ck_assert_uint_ne(n, N_OF(spaces));   /* the .bin keeps every space */
+    free(ids);
+    static const char story[] = "Once upon a time, there was a little girl named Lily. She loved to play "
+                                "outside in the park.\nOne day, she saw a big, red ball (caf\xc3\xa9, 42%).";
+    expect_same_ids(m, b, story, strlen(story), 0);
+    ck_assert_uint_ne(st_tokenizer_hash(m), st_tokenizer_hash(b));
+    blob_roundtrip_one(m);
+    size_t len;
+    char *file = th_read_file(th_data_path("llama2c/tok512.model"), &len);
+    char *dir = make_tmpdir();
+    write_file(dir, "cut.model", file, len / 2);
+    expect_fail(try_load_in("llama2c", dir, "cut.model"), ST_ERR_FORMAT, "malformed");
+    rm_tree(dir);
+    free(file);
+    st_tokenizer_free(m);
+    st_tokenizer_free(b);
+}
+END_TEST
+
 static Suite *tokenizer_suite(void)
 {
     Suite *s = suite_create("tokenizer");
@@ -1326,6 +1364,7 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tc, hf_normalizers);
     tcase_add_test(tc, hf_sentencepiece_style);
     tcase_add_test(tc, hf_falcon_pretokenizer);
+    tcase_add_test(tc, llama2c_sentencepiece_model);
     tcase_add_test(tc, llama2c_fixture);
     tcase_add_test(tc, blob_roundtrip);
     tcase_add_test(tc, blob_garbage);

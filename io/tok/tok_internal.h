@@ -120,6 +120,9 @@ struct st_tokenizer {
     float *score;                       /* [n_vocab] */
     uint32_t max_text_len;
     int32_t space_id;                   /* the dummy-prefix token " ", -1 if absent */
+    int is_spm;                         /* read from a sentencepiece .model (tok_spm.c), not tokenizer.bin */
+    int spm_dummy_prefix;               /* add_dummy_prefix: " " starts the text (tokenizer.bin: yes) */
+    int spm_strip_spaces;               /* remove_extra_whitespaces: no leading/trailing ' ', runs as one */
 
     /* the original files, for the blob */
     int n_files;
@@ -219,5 +222,9 @@ st_err st_tok_hf_build(st_tokenizer *t, const char *json_name, const char *confi
 st_err st_tok_llama2c_build(st_tokenizer *t, const char *name);
 st_err st_tok_llmc_build(st_tokenizer *t, const char *name);
 st_err st_tok_llama2c_encode(st_tok_enc *e, const char *s, size_t len, int at_start);
+/* tok_spm.c: a sentencepiece .model as the llama2c kind */
+int st_tok_spm_is_model(const uint8_t *d, size_t n);
+/* Like tok_llama2c.c's walk: count the pieces; with t->text allocated, store them. */
+st_err st_tok_spm_walk(st_tokenizer *t, const uint8_t *d, size_t n, const char *name, int32_t *count);
 
 #endif

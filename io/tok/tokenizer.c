@@ -49,6 +49,10 @@ static uint64_t compute_hash(const st_tokenizer *t)
     if (t->n_norm) h = st_tok_norm_hash(t, h);   /* (tokenizers without these keep their old hash) */
     int maps = t->byte_level_at >= 0 && t->byte_level_at < t->n_stages, merge_prev = 0;
     for (int k = 0; k < t->n_stages; k++) merge_prev |= t->stage_merge_prev[k];
+    if (t->is_spm) {   /* a .model's normalizer flags; a tokenizer.bin keeps its hash */
+        int32_t f[2] = {t->spm_dummy_prefix, t->spm_strip_spaces};
+        h = st_tok_fnv(h, f, sizeof f);
+    }
     if (t->char_bpe || t->meta_repl_len || maps || merge_prev) {
         int32_t v[8] = {t->char_bpe, t->byte_fallback, t->fuse_unk, t->unk_id, t->meta_prepend, maps ? t->byte_level_at : -1,
                         merge_prev, t->meta_repl_len};

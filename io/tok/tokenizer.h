@@ -8,7 +8,10 @@
  *                             Mistral, TinyLlama, Phi-3, Gemma; tok_hf.c). A
  *                             tokenizer_config.json next to it, when present,
  *                             supplies bos/eos, add_bos_token and the chat template.
- *   "llama2c:PATH/tokenizer.bin"  llama2.c sentencepiece export (bos = 1, eos = 2)
+ *   "llama2c:PATH/tokenizer.bin"  llama2.c sentencepiece export (bos = 1, eos = 2), as
+ *                             run.c encodes; or the sentencepiece .model itself
+ *                             (BPE, identity normalizer; tok_spm.c), whose
+ *                             remove_extra_whitespaces / add_dummy_prefix apply
  *   "llmc:PATH/gpt2_tokenizer.bin" llm.c's GPT-2 token bytes; merges follow from
  *                             the id order (tok_llmc.c), encodings equal gpt2's
  *
