@@ -1686,6 +1686,25 @@ START_TEST(test_gguf_pre_labels)
     check_str(&g, "tokenizer.ggml.pre", "default");
     st_gguf_close(&g);
     expect_error(export_pre("pre_lc", qw, "{\"type\":\"Lowercase\"}", 0, 0, &g), ST_ERR_ARG, "normalizers", NULL);
+    /* a sentencepiece .model that removes extra spaces: llama.cpp keeps them */
+    char spec[700], ckpt[512], to[600];
+    snprintf(spec, sizeof spec, "llama2c:%s", th_data_path("llama2c/tok512.model"));
+    st_tokenizer *tok;
+    ck_assert_msg(st_tokenizer_load(&tok, spec) == ST_OK, "%s", st_error_message());
+    st_config cfg = llama_cfg(0, 1);
+    cfg.vocab_size = 512;
+    st_layout lay;
+    ck_assert_int_eq(st_layout_init(&lay, &cfg, 1, 0), ST_OK);
+    float *p = calloc(lay.numel, sizeof *p);
+    path_in(ckpt, sizeof ckpt, "pre_spm.h5");
+    save_ckpt(ckpt, &cfg, p, tok);
+    path_in(to, sizeof to, "pre_spm.gguf");
+    memmove(to + 5, to, strlen(to) + 1);
+    memcpy(to, "gguf:", 5);
+    expect_error(run_export(ckpt, to, "f32"), ST_ERR_ARG, "remove_extra_whitespaces", NULL);
+    free(p);
+    st_layout_free(&lay);
+    st_tokenizer_free(tok);
 }
 END_TEST
 

@@ -894,6 +894,10 @@ static st_err pre_label(const st_tokenizer *t, int force, const char **label)
 {
     const char *why;
     *label = t->kind == ST_TOK_LLAMA2C ? "default" : pre_tokenizer(t, &why);
+    if (t->kind == ST_TOK_LLAMA2C && t->spm_strip_spaces) {
+        *label = NULL;
+        why = "sentencepiece's remove_extra_whitespaces, which llama.cpp does not apply";
+    }
     if (*label && t->n_norm)   /* only NFC gets here: llama.cpp's own converter exports Qwen so too */
         fprintf(stderr, "shardtune: warning: llama.cpp does not apply the tokenizer's NFC normalizer: text that "
                 "is not in NFC (e.g. \"e\" + U+0301) will tokenize differently there\n");
