@@ -479,6 +479,30 @@ START_TEST(test_text_empty_skipped)
 }
 END_TEST
 
+/* --format ids: token ids made elsewhere, taken as they are (no bos or
+ * eos), an empty array skipped; an id outside the tokenizer's vocabulary is
+ * a bad value naming the line and the index; the dataset trains as text. */
+START_TEST(test_ids_format)
+{
+    const char *in = tmp_path("ids.jsonl"), *out = tmp_path("ids.h5"), *bad = tmp_path("badids.jsonl");
+    spit_str(in, "{\"ids\": [1, 40, 47, 2]}\n{\"ids\": []}\n{\"ids\": [256, 5]}\n");   /* byte tokenizer: 0..256 */
+    must_prepare(in, out, NULL, NULL);   /* auto: an "ids" field */
+    ck_assert_int_eq(attr_i64(out, "n_docs"), 2);
+    ck_assert_int_eq(attr_i64(out, "n_skipped"), 1);
+    st_dataset *ds = open_ds(out);
+    ck_assert_str_eq(st_dataset_kind(ds), "text");
+    expect_seq x = {.n = 0};
+    ex_id(&x, 256, 1);
+    ex_id(&x, 5, 1);
+    assert_doc(ds, 1, &x);
+    st_dataset_close(ds);
+    spit_str(bad, "{\"ids\": [1, 2]}\n{\"ids\": [3, 257]}\n");
+    ck_assert_int_ne(run_prepare("--input", bad, "--out", tmp_path("badids.h5"), "--format", "ids", NULL), ST_OK);
+    assert_contains(st_error_message(), "badids.jsonl:2: ids[1] is not a token id");
+    assert_contains(st_error_message(), "0..256");
+}
+END_TEST
+
 START_TEST(test_truncation)
 {
     const char *in = tmp_path("trunc.jsonl"), *out = tmp_path("trunc.h5");
@@ -937,6 +961,7 @@ static Suite *dataset_suite(void)
     tcase_add_test(tc, test_chat_mask);
     tcase_add_test(tc, test_text_sentencepiece);
     tcase_add_test(tc, test_text_empty_skipped);
+    tcase_add_test(tc, test_ids_format);
     tcase_add_test(tc, test_truncation);
     tcase_add_test(tc, test_malformed);
     tcase_add_test(tc, test_malformed_chat_and_csv);
