@@ -139,6 +139,55 @@ START_TEST(test_llama2c_greedy_text)
 }
 END_TEST
 
+/* generate --logits on 2 tp ranks: a NumPy .npy (version 1, '<f4', shape
+ * (prompts, max_new, vocab)) whose rows' argmax are the greedy tokens. */
+START_TEST(test_generate_logits)
+{
+    char tok[4200];
+    snprintf(tok, sizeof tok, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    const char *ckpt = tmp_path("stories_lg.h5"), *prompts = tmp_path("p.jsonl"), *gen = tmp_path("g.jsonl"),
+               *npy = tmp_path("logits.npy");
+    ck_assert_msg(convert_on(MPI_COMM_WORLD, th_data_path("llama2c/stories260K.bin"), ckpt, tok) == ST_OK, "%s",
+                  st_error_message());
+    if (RANK == 0) {
+        static const char p[] = "{\"prompt\": \"Once upon a time\"}\n{\"prompt\": \"The cat\"}\n";
+        th_write_file(prompts, p, strlen(p));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    char *argv[] = {"generate", (char *)ckpt, "--prompts", (char *)prompts, "--temperature", "0", "--max_new", "6",
+                    "--tp", "2", "--out", (char *)gen, "--logits", (char *)npy, NULL};
+    st_error_clear();
+    ck_assert_msg(st_cmd_generate(14, argv, MPI_COMM_WORLD) == ST_OK, "%s", st_error_message());
+    if (RANK == 0) {
+        size_t n;
+        char *f = th_read_file(npy, &n);
+        ck_assert(n > 10 && !memcmp(f, "\x93NUMPY\x01\x00", 8));
+        size_t hl = (unsigned char)f[8] | (size_t)(unsigned char)f[9] << 8;
+        ck_assert_uint_eq((10 + hl) % 64, 0);
+        ck_assert_msg(strstr(f + 10, "'descr': '<f4', 'fortran_order': False, 'shape': (2, 6, 512,)"), "%.*s",
+                      (int)hl, f + 10);
+        ck_assert_uint_eq(n, 10 + hl + 2 * 6 * 512 * sizeof(float));
+        const float *x = (const float *)(f + 10 + hl);
+        char *lines = th_read_file(gen, NULL), *save = NULL;
+        int i = 0;
+        for (char *l = strtok_r(lines, "\n", &save); l; l = strtok_r(NULL, "\n", &save), i++) {
+            cJSON *j = cJSON_Parse(l);
+            const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "completion_ids");
+            ck_assert_int_eq(cJSON_GetArraySize(c), 6);
+            for (int s = 0; s < 6; s++) {
+                const float *row = x + ((size_t)i * 6 + (size_t)s) * 512;
+                int best = 0;
+                for (int v = 1; v < 512; v++) if (row[v] > row[best]) best = v;
+                ck_assert_int_eq(best, cJSON_GetArrayItem(c, s)->valueint);
+            }
+            cJSON_Delete(j);
+        }
+        ck_assert_int_eq(i, 2);
+        free(lines), free(f);
+    }
+}
+END_TEST
+
 /* A GPT-2 model with distinct values everywhere, as a Hugging Face dir. */
 static void write_gpt2_dir(const char *dir, st_dtype dtype)
 {
@@ -201,7 +250,8 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    const TTest *const tests[] = {test_llama2c_stories, test_llama2c_greedy_text, test_hf_gpt2, test_llmc};
+    const TTest *const tests[] = {test_llama2c_stories, test_llama2c_greedy_text, test_generate_logits, test_hf_gpt2,
+                                  test_llmc};
     return th_mpi_dir_main(&argc, &argv, "convert_mpi2", 120, &RANK, DIR_, sizeof DIR_, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }

@@ -18,6 +18,7 @@
 #include "io/lora_ckpt.h"
 #include "io/checkpoint.h"
 #include "io/jsonl.h"
+#include "io/npy.h"
 #include "io/tok/tokenizer.h"
 #include "model/lora.h"
 #include "model/model.h"
@@ -25,7 +26,7 @@
 #include "mpi/tp.h"
 
 typedef struct {
-    char *prompt, *prompts, *out;
+    char *prompt, *prompts, *out, *logits;
     int max_new, tp, chunk, stop_at_eos, raw, batch;
     int64_t seed;
     st_sampling s;
@@ -37,6 +38,7 @@ static const st_option gen_options[] = {
     {"prompts", ST_OPT_STRING, &G.prompts, NULL, "JSONL file of {\"prompt\": ...} lines (e.g. candidates for raters)"},
     {"out", ST_OPT_STRING, &G.out, NULL, "write {\"prompt\",\"completion\",\"prompt_ids\",\"completion_ids\"} JSON lines here (default: print)"},
     {"max_new", ST_OPT_INT, &G.max_new, "64", "tokens to generate per prompt"},
+    {"logits", ST_OPT_STRING, &G.logits, NULL, "write the logits each new token was drawn from (before temperature, top-k, top-p) to this NumPy .npy file: float32, shape (prompts, max_new, vocab), prompt order, NaN after a completion ends"},
     {"temperature", ST_OPT_FLOAT, &G.s.temperature, "0.8", "sampling temperature (0 = greedy)"},
     {"top_k", ST_OPT_INT, &G.s.top_k, "0", "sample from the k most likely tokens (0 = all)"},
     {"top_p", ST_OPT_FLOAT, &G.s.top_p, "0.95", "nucleus sampling threshold (1 = off)"},
@@ -91,9 +93,10 @@ typedef struct {
 /* Completions of nb prompts at once: each row's prompt is run through the
  * model on its own (lengths differ), then all rows decode together, one
  * position per row per step. outs[r]: malloc'd text of row r's new tokens;
- * ids[r]: row r's prompt and new token ids (malloc'd). */
+ * ids[r]: row r's prompt and new token ids (malloc'd). lg (NULL: none): the
+ * logits file, where row r is prompt first + r. */
 static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int nb, st_rng *rngs, char **outs,
-                             gen_ids *rids, float *full, float *local, int *scratch)
+                             gen_ids *rids, float *full, float *local, int *scratch, st_npy *lg, int64_t first)
 {
     const st_layout *y = &m->lay;
     const int Vl = y->vocab_l, eos = st_tokenizer_eos(tok);
@@ -102,6 +105,7 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
     int32_t *next = calloc((size_t)nb, sizeof *next), *outids = calloc((size_t)nb * (G.max_new + 1), sizeof *outids);
     int *nout = calloc((size_t)nb, sizeof *nout), *done = calloc((size_t)nb, sizeof *done);
     st_err e = next && outids && nout && done ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    st_err werr = ST_OK;
     for (int r = 0; !e && r < nb; r++) { /* prefill row r, in chunks */
         int32_t *ids = NULL;
         size_t n = 0;
@@ -119,7 +123,12 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
         for (int r = 0; r < nb; r++) {
             next[r] = eos >= 0 ? eos : 0; /* a finished row is fed something; its output is ignored */
             if (done[r]) continue;
-            int t = st_sample_token(full + (size_t)r * Vl * y->tp_size, y->cfg.vocab_size, &G.s, &rngs[r], scratch);
+            float *row = full + (size_t)r * Vl * y->tp_size;   /* the first vocab_size are real */
+            /* a failed write is reported after the batch: the other tp ranks are still decoding */
+            if (lg && y->tp_rank == 0 && !werr)
+                werr = st_npy_put(lg, ((first + r) * G.max_new + step) * (int64_t)y->cfg.vocab_size, row,
+                                  (size_t)y->cfg.vocab_size);
+            int t = st_sample_token(row, y->cfg.vocab_size, &G.s, &rngs[r], scratch);
             if (G.stop_at_eos && t == eos) { done[r] = 1; continue; }
             outids[(size_t)r * (G.max_new + 1) + nout[r]++] = next[r] = t;
             active++;
@@ -127,6 +136,8 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
         if (!active || step + 1 == G.max_new) break;
         e = st_model_forward_cached(m, &c, next, 1, local);
     }
+    werr = st_agree(m->tp, werr);   /* the tp group stops together */
+    if (!e) e = werr;
     for (int r = 0; !e && r < nb; r++) {
         size_t len = 0;
         e = st_tokenizer_decode(tok, outids + (size_t)r * (G.max_new + 1), (size_t)nout[r], &outs[r], &len);
@@ -231,13 +242,22 @@ static st_err generate(const char *ckpt, MPI_Comm world)
     if (!full || !local || !scratch || !rngs || !texts || !ids)
         e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
     e = st_agree(world, e);
+    /* the logits file: world rank 0 makes it (all NaN), each tp rank 0 fills its prompts' rows */
+    st_npy lg = {.fd = -1}, *lgp = G.logits ? &lg : NULL;
+    if (!e && G.logits) {
+        int64_t shape[3] = {np, G.max_new, cfg.vocab_size};
+        e = st_agree(world, g.world_rank == 0 ? st_npy_create(G.logits, shape, 3) : ST_OK);
+        if (!e) e = st_agree(world, g.tp_rank == 0 ? st_npy_open(&lg, G.logits) : ST_OK);
+    }
     /* dp rank r takes a contiguous block of prompts, in batches */
     const int lo = (int)((int64_t)np * g.dp_rank / g.dp_size), hi = (int)((int64_t)np * (g.dp_rank + 1) / g.dp_size);
     for (int i = lo; !e && i < hi; i += G.batch) {
         int nb = hi - i < G.batch ? hi - i : G.batch;
         for (int r = 0; r < nb; r++) st_rng_seed(&rngs[r], (uint64_t)G.seed * 1000003ULL + (uint64_t)(i + r));
-        e = complete_batch(&m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch);
+        e = complete_batch(&m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch, lgp, i);
     }
+    st_err ce = st_npy_close(&lg);
+    if (!e) e = ce;
     e = st_agree(world, e);
     /* the block's lines, in prompt order, gathered to world rank 0 over dp (tp rank 0 ranks) */
     char *mine = NULL;
