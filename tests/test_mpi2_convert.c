@@ -188,6 +188,59 @@ START_TEST(test_generate_logits)
 }
 END_TEST
 
+static st_err tokenize_on(const char *src, const char *in, const char *out, const char *more1, const char *more2)
+{
+    char *argv[12] = {"tokenize", (char *)src, "--input", (char *)in, "--out", (char *)out};
+    int argc = 6;
+    if (more1) argv[argc++] = (char *)more1, argv[argc++] = (char *)more2;
+    st_error_clear();
+    return st_cmd_tokenize(argc, argv, MPI_COMM_WORLD);
+}
+
+/* shardtune tokenize: a checkpoint's tokenizer or a spec; lines or JSONL;
+ * bos by the tokenizer's rule; --decode back; errors name file and line.
+ * Ids: Google's sentencepiece 0.1.97 on tok512.model (see test_dataset.c). */
+START_TEST(test_tokenize_command)
+{
+    char tok[4200], spm[4200];
+    snprintf(tok, sizeof tok, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    snprintf(spm, sizeof spm, "llama2c:%s", th_data_path("llama2c/tok512.model"));
+    char ckpt[512], in[512], ids[512], back[512], js[512];   /* tmp_path keeps only 4 */
+    snprintf(ckpt, sizeof ckpt, "%s", tmp_path("stories_tk.h5"));
+    snprintf(in, sizeof in, "%s", tmp_path("t.txt"));
+    snprintf(ids, sizeof ids, "%s", tmp_path("t.ids"));
+    snprintf(back, sizeof back, "%s", tmp_path("t.back"));
+    snprintf(js, sizeof js, "%s", tmp_path("t.jsonl"));
+    ck_assert_msg(convert_on(MPI_COMM_WORLD, th_data_path("llama2c/stories260K.bin"), ckpt, tok) == ST_OK, "%s",
+                  st_error_message());
+    if (RANK == 0) {
+        static const char lines[] = "Once upon a time\nCan you\n", jl[] = "{\"text\": \"  two  spaces  \"}\n\"Can you\"\n";
+        th_write_file(in, lines, strlen(lines));
+        th_write_file(js, jl, strlen(jl));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    ck_assert_msg(tokenize_on(ckpt, in, ids, NULL, NULL) == ST_OK, "%s", st_error_message());
+    ck_assert_msg(tokenize_on(ckpt, ids, back, "--decode", "true") == ST_OK, "%s", st_error_message());
+    if (RANK == 0) {
+        char *got = th_read_file(ids, NULL), *txt = th_read_file(back, NULL);
+        ck_assert_str_eq(got, "[1, 403, 407, 261, 378]\n[1, 410, 457, 303, 364]\n");
+        ck_assert_str_eq(txt, "<s>Once upon a time\n<s>Can you\n");
+        free(got), free(txt);
+    }
+    ck_assert_msg(tokenize_on(spm, js, ids, "--format", "jsonl") == ST_OK, "%s", st_error_message());
+    if (RANK == 0) {
+        char *got = th_read_file(ids, NULL);
+        ck_assert_str_eq(got, "[1, 259, 424, 414, 262, 427, 412, 331, 419]\n[1, 410, 457, 303, 364]\n");
+        free(got);
+    }
+    /* errors fail on every rank; rank 0, which read the file, names it */
+    ck_assert_int_ne(tokenize_on(spm, in, ids, "--format", "jsonl"), ST_OK);   /* not JSON */
+    if (RANK == 0) ck_assert_msg(strstr(st_error_message(), "t.txt:1"), "%s", st_error_message());
+    ck_assert_int_ne(tokenize_on("nothere.h5", in, ids, NULL, NULL), ST_OK);
+    if (RANK == 0) ck_assert_msg(strstr(st_error_message(), "neither a tokenizer spec"), "%s", st_error_message());
+}
+END_TEST
+
 /* A GPT-2 model with distinct values everywhere, as a Hugging Face dir. */
 static void write_gpt2_dir(const char *dir, st_dtype dtype)
 {
@@ -250,8 +303,8 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    const TTest *const tests[] = {test_llama2c_stories, test_llama2c_greedy_text, test_generate_logits, test_hf_gpt2,
-                                  test_llmc};
+    const TTest *const tests[] = {test_llama2c_stories, test_llama2c_greedy_text, test_generate_logits,
+                                  test_tokenize_command, test_hf_gpt2, test_llmc};
     return th_mpi_dir_main(&argc, &argv, "convert_mpi2", 120, &RANK, DIR_, sizeof DIR_, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }
