@@ -9,9 +9,16 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export SHARDTUNE_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export SHARDTUNE_BIN="$SHARDTUNE_ROOT/${BIN:-bin/shardtune}"
-# Open MPI's own allocations at MPI_Init/Finalize are reported as leaks by
-# LeakSanitizer (its frames are unnamed); the rest of ASan/UBSan stays on.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}
+# Sanitizer builds (SANITIZE set): leaks are reported and any finding fails
+# the test. Open MPI's and the other libraries' own allocations are suppressed
+# by tests/lsan.supp, which needs their module names: plugins stay loaded
+# (nodlclose.c).
+if [ -n "${SANITIZE:-}" ]; then
+  export LD_PRELOAD="$SHARDTUNE_ROOT/${BUILD:-build-san}/libnodlclose.so${LD_PRELOAD:+:$LD_PRELOAD}"
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:verify_asan_link_order=0}
+  export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$SHARDTUNE_ROOT/tests/lsan.supp:print_suppressions=0}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+fi
 MPIRUN="mpirun --bind-to none --mca btl ^openib --mca btl_vader_single_copy_mechanism none"
 pass=0; fail=0; failed=()
 for t in "$@"; do

@@ -37,66 +37,39 @@ static char DIR_[256];
 
 /* ---- real chat templates ------------------------------------------------------ */
 
-/* HuggingFaceTB/SmolLM2-135M-Instruct tokenizer_config.json (ChatML with a
- * default system message). */
-static const char SMOLLM2[] =
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
-    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+/* A real model's template from data/chat-templates/ (data/SOURCES.md says
+ * where each came from), read once. */
+static const char *tpl(const char *file)
+{
+    static struct {
+        char name[64];
+        char *src;
+    } cache[32];
+    int i = 0;
+    for (; i < 32 && cache[i].src; i++)
+        if (!strcmp(cache[i].name, file)) return cache[i].src;
+    ck_assert(i < 32);
+    char rel[128];
+    snprintf(rel, sizeof rel, "chat-templates/%s", file);
+    snprintf(cache[i].name, sizeof cache[i].name, "%s", file);
+    cache[i].src = th_read_file(th_data_path(rel), NULL);
+    return cache[i].src;
+}
 
-/* Qwen/Qwen2-0.5B-Instruct tokenizer_config.json (also Qwen1.5-Chat). */
-static const char QWEN2[] =
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
-    "You are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
-    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}";
-
-/* meta-llama/Meta-Llama-3-8B-Instruct tokenizer_config.json (bos_token
- * written by the template, content trimmed). */
-static const char LLAMA3[] =
-    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
-    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% endif %}";
-
-/* meta-llama/Llama-2-7b-chat-hf tokenizer_config.json (the JSON's "\\n" is
- * the Jinja escape \n here). */
-static const char LLAMA2[] =
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
-    "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}"
-    "{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
-    "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
-    "{% endfor %}";
-
-/* mistralai/Mixtral-8x7B-Instruct-v0.1 and Mistral-7B-Instruct-v0.2
- * tokenizer_config.json. */
-static const char MISTRAL[] =
-    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}"
-    "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
-
-/* HuggingFaceH4/zephyr-7b-beta tokenizer_config.json (line breaks between
- * tags: trim_blocks and lstrip_blocks decide the output). */
-static const char ZEPHYR[] =
-    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
-    "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
-    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
-    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}";
-
-/* microsoft/Phi-3-small-8k-instruct tokenizer_config.json: eos only after
- * the last message, so earlier turns are not prefixes of the whole. */
-static const char PHI3_SMALL[] =
-    "{{ bos_token }}{% for message in messages %}{{'<|' + message['role'] + '|>' + '\n' + message['content'] + "
-    "'<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}"
-    "{% endif %}";
+#define SMOLLM2 tpl("smollm2.jinja")          /* ChatML with a default system message */
+#define QWEN2 tpl("qwen2.jinja")              /* also Qwen1.5-Chat */
+#define LLAMA3 tpl("llama3_1.jinja")          /* bos_token written by the template, content trimmed */
+#define LLAMA3_FIRST tpl("llama3.jinja")      /* the first release: the assistant header always at the end */
+#define LLAMA2 tpl("llama2.jinja")
+#define MISTRAL tpl("mistral-v0.1.jinja")     /* Mixtral-8x7B-Instruct-v0.1, Mistral-7B-Instruct-v0.2 */
+#define ZEPHYR tpl("zephyr.jinja")            /* line breaks between tags: trim_blocks and lstrip_blocks decide */
+#define PHI3_SMALL tpl("phi3-small.jinja")    /* eos only after the last message */
+#define QWEN3 tpl("qwen3.jinja")              /* drops the reasoning of turns before the last user message */
+#define GPT_OSS tpl("gpt-oss.jinja")          /* macros, strftime_now, <|return|> ends the last turn */
+#define HERMES3 tpl("hermes3-tool_use.jinja") /* a recursive macro over the tools' JSON schemas */
+#define SMOLLM3 tpl("smollm3.jinja")          /* strftime_now, {% generation %} blocks */
+#define MISTRAL_SMALL3 tpl("mistral-small-3.2.jinja") /* strftime_now in the default system message */
+#define GEMMA3 tpl("gemma3.jinja")
 
 /* ---- conversations ------------------------------------------------------------- */
 
@@ -162,8 +135,8 @@ static void expect_render_error(const char *src, const st_turn *t, int n, const 
 
 /* Special added tokens of the fixture, ids 256 + index. */
 static const char *const SPECIAL[] = {"<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>",
-                                      "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<s>", "</s>"};
-#define N_SPECIAL 9
+                                      "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<s>", "</s>", "<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>"};
+#define N_SPECIAL 14
 enum { IM_START = 256, IM_END, ENDOFTEXT, BEGIN_OF_TEXT, START_HEADER, END_HEADER, EOT_ID, BOS_S, EOS_S };
 
 static char *fixture_json(void)
@@ -364,9 +337,10 @@ START_TEST(test_language)
         {"{{ messages[0] }}|{{ [1, 'a', none, true, 1.5, {'k': \"it's\"}] }}|{{ none }}|{{ x }}|{{ (1, 2) }}|{{ 'a' 'b' }}",
          "{'role': 'user', 'content': 'Hi'}|[1, 'a', None, True, 1.5, {'k': \"it's\"}]|None||(1, 2)|ab"},
         {"{{ 'a\\tb\\x41\\u00e9\\101\\q' }}", "a\tbA\xc3\xa9" "A\\q"},
-        /* undefined variables are empty and false (tools, documents) */
-        {"{% if tools %}T{% else %}N{% endif %}{% if tools is not none %}X{% endif %}{{ tools | length }}"
-         "{% for t in tools %}t{% endfor %}{{ documents }}", "NX0"},
+        /* undefined variables are empty and false; tools and documents are None as transformers passes them */
+        {"{% if extra %}T{% else %}N{% endif %}{% if extra is not none %}X{% endif %}{{ extra | length }}"
+         "{% for t in extra %}t{% endfor %}{{ undefined_name }}|{{ tools }}{{ tools is none }}{{ documents is defined }}",
+         "NX0|NoneTrueTrue"},
         /* HF's generation block is transparent */
         {"{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}", "HiHello!"},
     };
@@ -445,7 +419,7 @@ START_TEST(test_raise_exception)
     expect_render_error("{{ x.y }}", T1, 1, "'x' is undefined");
     expect_render_error("\n{{ bos + 'a' }}", T1, 1, "line 2: 'bos' is undefined");
     expect_render_error("{{ messages[5]['role'] }}", T1, 1, "is undefined");
-    expect_render_error("{{ strftime_now('%d') }}", T1, 1, "'strftime_now' is undefined");
+    expect_render_error("{{ strftime_nowish('%d') }}", T1, 1, "'strftime_nowish' is undefined");
     expect_render_error("{{ 'a'.format(1) }}", T1, 1, "the string method 'format' is not supported");
     expect_render_error("{{ 1 // 0 }}", T1, 1, "division by zero");
     expect_render_error("{{ 9223372036854775807 + 1 }}", T1, 1, "integer overflow");
@@ -453,12 +427,161 @@ START_TEST(test_raise_exception)
 }
 END_TEST
 
+/* ---- macros and call blocks ------------------------------------------------------------- */
+
+START_TEST(test_macros)
+{
+    /* expected texts: Jinja2 3.1.2 set up as transformers sets it up */
+    static const struct {
+        const char *src, *want;
+    } cases[] = {
+        /* defaults (evaluated per call, seeing earlier parameters), keywords, missing arguments undefined */
+        {"{% macro f(a, b='B', c=a ~ '!') %}[{{ a }}|{{ b }}|{{ c }}]{% endmacro %}{{ f(1) }}{{ f(1, c=3) }}"
+         "{{ f(a='x', b='y') }}{{ f() }}{% set v = f(2) %}{{ v | length }}{{ v == '[2|B|2!]' }}",
+         "[1|B|1!][1|B|3][x|y|x!][|B|!]8True"},
+        /* recursion */
+        {"{% macro r(n) %}{% if n > 0 %}{{ n }}{{ r(n - 1) }}{% endif %}{% endmacro %}{{ r(5) }}", "54321"},
+        /* a call block's body sees the variables where it stands (the loop), with caller's arguments */
+        {"{% macro w(x) %}<{{ caller(x, 2) }}>{% endmacro %}{% for m in messages %}{% call(p, q) w(m.role) %}"
+         "{{ p }}{{ q }}{{ m.content }}{{ loop.index }}{% endcall %}{% endfor %}", "<user2Hi1><assistant2Hello!2>"},
+        {"{% macro list(items) %}{% for i in items %}{{ caller(i) }}{% if not loop.last %},{% endif %}{% endfor %}"
+         "{% endmacro %}{% call(i) list([1, 2, 3]) %}<{{ i * 2 }}>{% endcall %}", "<2>,<4>,<6>"},
+        /* a macro sees where it was defined, not the caller's loop; its sets stay inside */
+        {"{% macro g() %}[{{ m }}]{% endmacro %}{% for m in messages %}{{ g() }}{% endfor %}{% macro h() %}{{ x }}"
+         "{% endmacro %}{% set x = 5 %}{{ h() }}{% set y = 1 %}{% macro k() %}{% set y = 2 %}{{ y }}{% endmacro %}"
+         "{{ k() }}{{ y }}", "[][]521"},
+        /* trim_blocks and lstrip_blocks inside a body; macros are callable values */
+        {"{% macro t(s) %}\n  x {{ s }}\n{% endmacro %}[{{ t('a') }}]{% macro f() %}{% endmacro %}{{ f is callable }}"
+         "{{ f is defined }}{{ f() == '' }}", "[  x a\n]TrueTrueTrue"},
+        /* namespaces carry values out; caller is undefined without a call block */
+        {"{% set ns = namespace(n=0) %}{% macro inc() %}{% set ns.n = ns.n + 1 %}{% endmacro %}{{ inc() }}{{ inc() }}"
+         "{{ ns.n }}{% macro c() %}{{ caller is defined }}{% endmacro %}{{ c() }}", "2False"},
+        /* a macro defined inside a macro */
+        {"{% macro outer(x) %}{% macro inner(y) %}({{ x }}{{ y }}){% endmacro %}{{ inner(1) }}{{ inner(2) }}"
+         "{% endmacro %}{{ outer('a') }}", "(a1)(a2)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) expect_text(cases[i].src, "<s>", "</s>", T2, 2, 0, cases[i].want);
+
+    expect_render_error("{% macro f(a) %}{% endmacro %}\n{{ f(1, 2) }}", T1, 1, "line 2: macro 'f' takes not more than 1 argument(s)");
+    expect_render_error("{% macro f(a) %}{% endmacro %}{{ f(b=2) }}", T1, 1, "macro 'f' takes no keyword argument 'b'");
+    expect_render_error("{% macro f(a) %}{% endmacro %}{{ f(1, a=2) }}", T1, 1, "macro 'f' takes no keyword argument 'a'");
+    expect_render_error("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", T1, 1, "macros call each other more than 64 deep");
+    expect_render_error("{{ m() }}{% macro m() %}{% endmacro %}", T1, 1, "'m' is undefined");
+    expect_render_error("{% macro c() %}{{ caller() }}{% endmacro %}{{ c() }}", T1, 1, "'caller' is undefined");
+    expect_render_error("{% macro o() %}x{% endmacro %}{% call o() %}{% endcall %}", T1, 1,
+                        "macro 'o' does not use caller, but a call block gives it one");
+    expect_render_error("{% set x = 1 %}{% call x() %}{% endcall %}", T1, 1, "a call block needs a macro, not an integer");
+    /* exponential recursion ends on the step budget */
+    expect_render_error("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+                        T1, 1, "chat template line 1: the template ");
+}
+END_TEST
+
+/* gpt-oss and Hermes 3 call their macros on the tools' JSON schemas */
+START_TEST(test_macro_templates)
+{
+    setenv("SOURCE_DATE_EPOCH", "1700000000", 1);
+    expect_text(GPT_OSS, "<|startoftext|>", "<|return|>", T3, 3, 1,
+                "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\nKnowledge "
+                "cutoff: 2024-06\nCurrent date: 2023-11-14\n\nReasoning: medium\n\n# Valid channels: analysis, "
+                "commentary, final. Channel must be included for every message.<|end|><|start|>user<|message|>Hi"
+                "<|end|><|start|>assistant<|channel|>final<|message|>Hello!<|end|><|start|>user<|message|>Bye<|end|>"
+                "<|start|>assistant");
+    static const char tools_json[] =
+        "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Get the weather\", "
+        "\"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", \"description\": "
+        "\"The city\"}, \"days\": {\"type\": \"array\", \"items\": {\"type\": \"integer\"}, \"description\": \"Days "
+        "ahead\"}, \"opts\": {\"type\": \"object\", \"additionalProperties\": {\"type\": [\"string\", \"number\"]}, "
+        "\"description\": \"Options\"}}, \"required\": [\"city\"]}}}]";
+    const struct {
+        const char *src, *bos, *eos, *has;
+    } cases[] = {
+        {GPT_OSS, "<|startoftext|>", "<|return|>", "type get_weather = (_: {\n// The city\ncity: string,\n// Days "
+         "ahead\ndays?: number[],\n// Options\nopts?: object,\n}) => any;"},
+        {HERMES3, "<|begin_of_text|>", "<|im_end|>", "get_weather(city: str, days: list[Union[]], opts: dict[str, "
+         "Union[str,float]]) - Get the weather\n\n    Args:\n        city(str): The city        days(list[Union[]]): "
+         "Days ahead"},
+    };
+    cJSON *json = cJSON_Parse(tools_json);
+    ck_assert(json);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        st_chat_template *ct = parse_ok(cases[i].src, cases[i].bos, cases[i].eos);
+        st_jv *tools, *msgs = st_jv_new_list(), *m = st_jv_new_dict();
+        ck_assert_int_eq(st_chat_template_json(json, 0, &tools), ST_OK);
+        ck_assert_int_eq(st_jv_put(m, "role", st_jv_string("user", 4, 0)), ST_OK);
+        ck_assert_int_eq(st_jv_put(m, "content", st_jv_string("Hi", 2, 1)), ST_OK);
+        ck_assert_int_eq(st_jv_append(msgs, m), ST_OK);
+        st_jinja_var vars[] = {{"messages", msgs}, {"tools", tools}};
+        st_jinja_text out = {0};
+        ck_assert_msg(st_chat_template_render_vars(ct, vars, 2, &out, NULL) == ST_OK, "%s", st_error_message());
+        assert_has(out.s, cases[i].has);
+        st_jinja_text_free(&out);
+        st_jv_unref(tools), st_jv_unref(msgs);
+        st_chat_template_free(ct);
+    }
+    cJSON_Delete(json);
+    unsetenv("SOURCE_DATE_EPOCH");
+}
+END_TEST
+
+/* ---- strftime_now ------------------------------------------------------------------------ */
+
+START_TEST(test_strftime_now)
+{
+    setenv("SOURCE_DATE_EPOCH", "1700000000", 1); /* 2023-11-14 22:13:20 UTC, a Tuesday */
+    expect_text("{{ strftime_now('%Y-%m-%d|%d %B %Y|%d %b %Y|%A %H:%M:%S|%j|%z%Z|%f|%%|%-d|%%Y') }}", NULL, NULL,
+                T1, 1, 0, "2023-11-14|14 November 2023|14 Nov 2023|Tuesday 22:13:20|318||000000|%|14|%Y");
+    expect_text("{{ strftime_now is defined }}{{ strftime_now('') }}", NULL, NULL, T1, 1, 0, "True");
+    /* the real templates that call it */
+    st_chat_template *ct = parse_ok(MISTRAL_SMALL3, "<s>", "</s>");
+    st_jinja_text out = {0};
+    ck_assert_int_eq(st_chat_template_apply(ct, T2, 2, 0, &out), ST_OK);
+    assert_has(out.s, "<s>[SYSTEM_PROMPT]You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI");
+    assert_has(out.s, "The current date is 2023-11-14.\n");
+    assert_has(out.s, "[/SYSTEM_PROMPT][INST]Hi[/INST]Hello!</s>");
+    st_chat_template_free(ct);
+    ct = parse_ok(SMOLLM3, NULL, "<|im_end|>");
+    ck_assert_int_eq(st_chat_template_apply(ct, T2, 2, 0, &out), ST_OK);
+    assert_has(out.s, "Knowledge Cutoff Date: June 2025\nToday Date: 14 November 2023\nReasoning Mode: /think\n");
+    st_chat_template_free(ct);
+    st_jinja_text_free(&out);
+    /* a bad clock is an error, not another date */
+    setenv("SOURCE_DATE_EPOCH", "12abc", 1);
+    expect_render_error("{{ strftime_now('%Y') }}", T1, 1, "SOURCE_DATE_EPOCH='12abc' is not a number of seconds");
+    unsetenv("SOURCE_DATE_EPOCH");
+    expect_render_error("{{ strftime_now() }}", T1, 1, "strftime_now needs a string");
+    expect_render_error("{{ strftime_now(5) }}", T1, 1, "strftime_now needs a string, not an integer");
+    /* without it: the local time now, as transformers' datetime.now() (twice if an hour began meanwhile) */
+    char want[64], got[64];
+    for (int tries = 0; tries < 2; tries++) {
+        time_t now = time(NULL);
+        struct tm tm;
+        strftime(want, sizeof want, "%Y-%m-%d %H", localtime_r(&now, &tm));
+        ct = parse_ok("{{ strftime_now('%Y-%m-%d %H') }}", NULL, NULL);
+        ck_assert_int_eq(st_chat_template_apply(ct, T1, 1, 0, &out), ST_OK);
+        snprintf(got, sizeof got, "%s", out.s);
+        st_chat_template_free(ct);
+        st_jinja_text_free(&out);
+        if (!strcmp(got, want)) break;
+    }
+    ck_assert_str_eq(got, want);
+}
+END_TEST
+
 /* ---- what is not supported --------------------------------------------------------------- */
 
 START_TEST(test_unsupported)
 {
-    expect_parse_error("{% macro f() %}x{% endmacro %}", "chat template line 1", "the Jinja 'macro' statement is not supported");
-    expect_parse_error("a\nb\n{% call f() %}{% endcall %}", "chat template line 3", "'call' statement");
+    expect_parse_error("a\n{% macro f(*args) %}{% endmacro %}", "chat template line 2", "expected a parameter name");
+    expect_parse_error("{% macro f() %}{{ varargs }}{% endmacro %}", "line 1", "macros taking varargs are not supported");
+    expect_parse_error("{% macro f() %}\n{{ kwargs }}{% endmacro %}", "line 2", "macros taking kwargs are not supported");
+    expect_parse_error("{% macro f(a=1, b) %}{% endmacro %}", "line 1", "non-default argument follows default argument");
+    expect_parse_error("{% macro f(a, a) %}{% endmacro %}", "line 1", "parameter 'a' given twice");
+    expect_parse_error("a\nb\n{% macro f() %}x", "chat template line 3", "never closed ({% endmacro %} missing)");
+    expect_parse_error("{% call f %}{% endcall %}", "line 1", "{% call %} needs a macro call");
+    expect_parse_error("{% endmacro %}", "line 1", "unexpected {% endmacro %}");
+    expect_parse_error("{% for x in y %}{% macro f() %}{% break %}{% endmacro %}{% endfor %}", "line 1",
+                       "'break' outside a for loop");
     expect_parse_error("{% include 'x.j2' %}", "line 1", "'include' statement");
     expect_parse_error("{% import 'x' as y %}", "line 1", "'import' statement");
     expect_parse_error("{% extends 'base' %}", "line 1", "'extends' statement");
@@ -673,11 +796,100 @@ START_TEST(test_mask_llama)
 }
 END_TEST
 
-START_TEST(test_prefix_stability)
+/* The text of fixture ids (a byte, or a special token) [from, to). */
+static void ids_text(const int32_t *ids, size_t from, size_t to, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = from; i < to; i++) {
+        const char *t = ids[i] >= 256 ? SPECIAL[ids[i] - 256] : (const char[]){(char)ids[i], 0};
+        size_t len = ids[i] >= 256 ? strlen(t) : 1;
+        ck_assert(n + len < cap);
+        memcpy(out + n, t, len), n += len;
+    }
+    out[n] = '\0';
+}
+
+/* The learned runs of s, each followed by "|". */
+static void learned_runs(const st_tokseq *s, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < s->n;) {
+        size_t j = i;
+        while (j < s->n && s->mask[j] == s->mask[i]) j++;
+        if (s->mask[i]) {
+            ids_text(s->ids, i, j, out + n, cap - n - 1);
+            n += strlen(out + n);
+            out[n++] = '|', out[n] = '\0';
+        }
+        i = j;
+    }
+}
+
+/* Turns through template src with the fixture tokenizer: the tokens must
+ * spell render(turns) (after a bos the tokenizer adds) and the learned runs
+ * must be want ("run|run|"). */
+static void expect_mask(const char *src, const char *bos, const char *eos, const st_turn *t, int n, const char *want)
+{
+    static int dirs;
+    char sub[32];
+    snprintf(sub, sizeof sub, "tok_mask%d", dirs++);
+    st_tokenizer *tok = load_tok(tokenizer_dir(sub, src, bos, eos));
+    st_chat_template *ct = NULL;
+    ck_assert_int_eq(st_chat_template_from_tokenizer(&ct, tok), ST_OK);
+    st_tokseq s = {0};
+    st_error_clear();
+    ck_assert_msg(st_chat_template_render(&s, ct, tok, t, n) == ST_OK, "%s", st_error_message());
+    st_jinja_text full = {0};
+    ck_assert_int_eq(st_chat_template_apply(ct, t, n, 0, &full), ST_OK);
+    static char text[65536], runs[65536];
+    ids_text(s.ids, s.has_bos && !(bos && !strncmp(full.s, bos, strlen(bos))), s.n, text, sizeof text);
+    ck_assert_msg(!strcmp(text, full.s), "tokens spell\n[%s]\nnot the rendering\n[%s]", text, full.s);
+    learned_runs(&s, runs, sizeof runs);
+    ck_assert_msg(!strcmp(runs, want), "learned\n[%s]\nexpected\n[%s]", runs, want);
+    ck_assert_uint_eq(s.mask[s.resp_start], 1);
+    st_jinja_text_free(&full);
+    st_tokseq_free(&s);
+    st_chat_template_free(ct);
+    st_tokenizer_free(tok);
+}
+
+/* The rule that locates each reply in the text the whole conversation renders. */
+START_TEST(test_mask_rules)
 {
     static const st_turn four[] = {{ST_ROLE_USER, "Hi", 2}, {ST_ROLE_ASSISTANT, "Hello!", 6},
                                    {ST_ROLE_USER, "Bye", 3}, {ST_ROLE_ASSISTANT, "Ciao", 4}};
-    st_tokenizer *tok = load_tok(tokenizer_dir("tok_phi", PHI3_SMALL, "<s>", "</s>"));
+    /* prefix-stable: the prefix method */
+    expect_mask(SMOLLM2, "<|im_start|>", "<|im_end|>", four, 4, "Hello!<|im_end|>\n|Ciao<|im_end|>\n|");
+    expect_mask(LLAMA2, "<s>", "</s>", four, 4, " Hello! </s>| Ciao </s>|");
+    /* Phi-3-small writes eos only after the last message: earlier turns end where the template's
+     * loop over the messages ended them; the final eos, written only when not prompting, is learned */
+    expect_mask(PHI3_SMALL, "<s>", "</s>", four, 4, "Hello!<|end|>\n|Ciao<|end|>\n</s>|");
+    expect_mask(PHI3_SMALL, "<s>", "</s>", T2, 2, "Hello!<|end|>\n</s>|");
+    /* Qwen3 keeps reasoning only after the last user message, so a turn renders unlike its prefix */
+    expect_mask(QWEN3, NULL, "<|im_end|>", four, 4, "Hello!<|im_end|>\n|<think>\n\n</think>\n\nCiao<|im_end|>\n|");
+    static const st_turn reasoned[] = {{ST_ROLE_USER, "Hi", 2}, {ST_ROLE_ASSISTANT, "<think>\nplan\n</think>\n\nHello!", 29},
+                                       {ST_ROLE_USER, "Bye", 3}, {ST_ROLE_ASSISTANT, "<think>\nmore\n</think>\n\nCiao", 27}};
+    expect_mask(QWEN3, NULL, "<|im_end|>", reasoned, 4, "Hello!<|im_end|>\n|<think>\nmore\n</think>\n\nCiao<|im_end|>\n|");
+    /* the first Llama 3 template always ends with an assistant header: never learned */
+    expect_mask(LLAMA3_FIRST, "<|begin_of_text|>", "<|eot_id|>", four, 4, "Hello!<|eot_id|>|Ciao<|eot_id|>|");
+    expect_mask(LLAMA3_FIRST, "<|begin_of_text|>", "<|eot_id|>", T2, 2, "Hello!<|eot_id|>|");
+    expect_mask(LLAMA3, "<|begin_of_text|>", "<|eot_id|>", four, 4, "Hello!<|eot_id|>|Ciao<|eot_id|>|");
+    /* gpt-oss ends the last turn with <|return|>, earlier ones with <|end|> */
+    setenv("SOURCE_DATE_EPOCH", "1700000000", 1);
+    expect_mask(GPT_OSS, NULL, "<|return|>", four, 4,
+                "<|channel|>final<|message|>Hello!<|end|>|<|channel|>final<|message|>Ciao<|return|>|");
+    /* SmolLM3 marks the replies with {% generation %}: exactly that text, its header included */
+    expect_mask(SMOLLM3, NULL, "<|im_end|>", four, 4,
+                "<|im_start|>assistant\nHello!<|im_end|>\n|<|im_start|>assistant\nCiao<|im_end|>\n|");
+    unsetenv("SOURCE_DATE_EPOCH");
+
+    /* not prefix-stable and no loop over the messages themselves: refused, naming the message */
+    static const char by_index[] =
+        "{{ bos_token }}{% for i in range(messages | length) %}{{ '<|' + messages[i]['role'] + '|>\n' + "
+        "messages[i]['content'] + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}"
+        "{% else %}{{ eos_token }}{% endif %}";
+    st_tokenizer *tok = load_tok(tokenizer_dir("tok_index", by_index, "<s>", "</s>"));
     st_chat_template *ct = NULL;
     ck_assert_int_eq(st_chat_template_from_tokenizer(&ct, tok), ST_OK);
     st_tokseq s = {0};
@@ -685,13 +897,7 @@ START_TEST(test_prefix_stability)
     ck_assert_int_eq(st_chat_template_render(&s, ct, tok, four, 4), ST_ERR_FORMAT);
     assert_has(st_error_message(), "chat template is not prefix-stable at message 1");
     assert_has(st_error_message(), "use --template");
-    /* one exchange is fine: its end is the end of the text */
-    ck_assert_int_eq(st_chat_template_render(&s, ct, tok, T2, 2), ST_OK);
-    expect_seq x = {.n = 0};
-    ex_tpl(&x, "<s><|user|>\nHi<|end|>\n<|assistant|>\n", 0);
-    ex_tpl(&x, "Hello!<|end|>\n</s>", 1);
-    assert_seq(s.ids, s.mask, s.n, &x);
-    st_tokseq_free(&s);
+    ck_assert_int_eq(st_chat_template_render(&s, ct, tok, T2, 2), ST_OK); /* one exchange: the end of the text */
     st_chat_template_free(ct);
 
     /* a template that drops assistant text leaves nothing to learn */
@@ -699,9 +905,60 @@ START_TEST(test_prefix_stability)
                                           "{% endif %}{% endfor %}", "<s>", "</s>"), ST_OK);
     ck_assert_int_eq(st_chat_template_render(&s, ct, tok, T2, 2), ST_ERR_FORMAT);
     assert_has(st_error_message(), "renders assistant message 1 as nothing");
+    st_chat_template_free(ct);
+    /* generation blocks that write nothing */
+    ck_assert_int_eq(st_chat_template_new(&ct, "{% for m in messages %}{{ m.content }}{% generation %}{% endgeneration %}"
+                                          "{% endfor %}", "<s>", "</s>"), ST_OK);
+    ck_assert_int_eq(st_chat_template_render(&s, ct, tok, T2, 2), ST_ERR_FORMAT);
+    assert_has(st_error_message(), "{% generation %} blocks wrote nothing");
     st_tokseq_free(&s);
     st_chat_template_free(ct);
     st_tokenizer_free(tok);
+}
+END_TEST
+
+/* Where the prefix method applies, the end of each turn's loop iteration (what
+ * the final-rendering rule uses) is the prefix method's end: the two rules agree. */
+START_TEST(test_rules_agree)
+{
+    const char *stable[] = {SMOLLM2, QWEN2, LLAMA3, LLAMA2, MISTRAL, ZEPHYR};
+    static const char *const words[] = {"Hi", " spaced ", "caf\xc3\xa9", "\xe2\x98\x83 snow", "a\nb", "<|im_end|>", ""};
+    uint64_t rng = 7;
+    for (size_t t = 0; t < sizeof stable / sizeof stable[0]; t++) {
+        st_chat_template *ct = parse_ok(stable[t], "<s>", "</s>");
+        for (int trial = 0; trial < 40; trial++) {
+            int n = 2 + 2 * (int)((rng = rng * 6364136223846793005ULL + 1442695040888963407ULL) >> 62);
+            st_jv *msg[8], *list = st_jv_new_list();
+            for (int i = 0; i < n; i++) {
+                const char *w = words[((rng = rng * 6364136223846793005ULL + 1442695040888963407ULL) >> 33) % 7];
+                const char *role = i % 2 ? "assistant" : "user";
+                msg[i] = st_jv_new_dict();
+                ck_assert_int_eq(st_jv_put(msg[i], "role", st_jv_string(role, strlen(role), 0)), ST_OK);
+                ck_assert_int_eq(st_jv_put(msg[i], "content", st_jv_string(w, strlen(w), 1)), ST_OK);
+                ck_assert_int_eq(st_jv_append(list, st_jv_ref(msg[i])), ST_OK);
+            }
+            st_jinja_span iter[8];
+            st_jinja_report rep = {.track = msg, .n_track = n, .iter = iter};
+            st_jinja_var vars[] = {{"messages", list}};
+            st_jinja_text full = {0}, part = {0};
+            ck_assert_int_eq(st_chat_template_render_vars(ct, vars, 1, &full, &rep), ST_OK);
+            for (int k = 1; k < n - 1; k += 2) {
+                st_jv *first = st_jv_new_list();
+                for (int i = 0; i <= k; i++) ck_assert_int_eq(st_jv_append(first, st_jv_ref(msg[i])), ST_OK);
+                st_jinja_var v1[] = {{"messages", first}};
+                ck_assert_int_eq(st_chat_template_render_vars(ct, v1, 1, &part, NULL), ST_OK);
+                ck_assert_msg(part.n <= full.n && !memcmp(part.s, full.s, part.n), "template %zu is not prefix-stable", t);
+                ck_assert_msg(iter[k].b == part.n, "template %zu, message %d: loop ends at %zu, prefix at %zu", t, k,
+                              iter[k].b, part.n);
+                st_jv_unref(first);
+            }
+            st_jinja_text_free(&full), st_jinja_text_free(&part);
+            st_jinja_report_free(&rep);
+            st_jv_unref(list);
+            for (int i = 0; i < n; i++) st_jv_unref(msg[i]);
+        }
+        st_chat_template_free(ct);
+    }
 }
 END_TEST
 
@@ -795,6 +1052,48 @@ START_TEST(test_prepare_tokenizer_template)
 }
 END_TEST
 
+/* Multi-turn Qwen3 and Llama 3 chats prepare with --template tokenizer; the
+ * mask covers each assistant turn as the whole conversation renders it. */
+START_TEST(test_prepare_multi_turn)
+{
+    const char *in = tmp_path("multi.jsonl"), *out = tmp_path("multi.h5");
+    spit(in, "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": "
+             "\"<think>\\nplan\\n</think>\\n\\nHello!\"}, {\"role\": \"user\", \"content\": \"Bye\"}, "
+             "{\"role\": \"assistant\", \"content\": \"Ciao\"}]}\n"
+             "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Q\"}, "
+             "{\"role\": \"assistant\", \"content\": \"A\"}, {\"role\": \"user\", \"content\": \"Q2\"}, "
+             "{\"role\": \"assistant\", \"content\": \"A2\"}, {\"role\": \"user\", \"content\": \"(left out)\"}]}\n");
+    const struct {
+        const char *src, *bos, *eos, *want[2];
+    } cases[] = {
+        {QWEN3, NULL, "<|im_end|>", {"Hello!<|im_end|>\n|<think>\n\n</think>\n\nCiao<|im_end|>\n|",
+                                     "A<|im_end|>\n|<think>\n\n</think>\n\nA2<|im_end|>\n|"}},
+        {LLAMA3_FIRST, "<|begin_of_text|>", "<|eot_id|>", {"<think>\nplan\n</think>\n\nHello!<|eot_id|>|Ciao<|eot_id|>|",
+                                                           "A<|eot_id|>|A2<|eot_id|>|"}},
+    };
+    for (int c = 0; c < 2; c++) {
+        char sub[32];
+        snprintf(sub, sizeof sub, "tok_multi%d", c);
+        const char *spec = tokenizer_dir(sub, cases[c].src, cases[c].bos, cases[c].eos);
+        ck_assert_msg(run_prepare("--input", in, "--out", out, "--tokenizer", spec, "--template", "tokenizer",
+                                  "--val-fraction", "0", NULL) == ST_OK, "%s", st_error_message());
+        st_dataset *ds = NULL;
+        ck_assert_int_eq(st_dataset_open(&ds, out), ST_OK);
+        ck_assert_int_eq(st_dataset_num_docs(ds), 2);
+        for (int d = 0; d < 2; d++) {
+            st_tokseq s = {0};
+            ck_assert_int_eq(st_dataset_read_doc(ds, d, &s.ids, &s.mask, &s.n), ST_OK);
+            char runs[4096];
+            learned_runs(&s, runs, sizeof runs);
+            ck_assert_msg(!strcmp(runs, cases[c].want[d]), "template %d, chat %d: learned\n[%s]\nexpected\n[%s]", c, d,
+                          runs, cases[c].want[d]);
+            free(s.ids), free(s.mask);
+        }
+        st_dataset_close(ds);
+    }
+}
+END_TEST
+
 START_TEST(test_prepare_template_errors)
 {
     const char *in = tmp_path("pairs.jsonl"), *out = tmp_path("pairs.h5");
@@ -819,9 +1118,9 @@ START_TEST(test_prepare_template_errors)
     st_dataset_close(ds);
 
     /* a template using what is not supported stops prepare before any record */
-    spec = tokenizer_dir("tok_macro", "{% macro m() %}{% endmacro %}{{ m() }}", "<s>", "</s>");
+    spec = tokenizer_dir("tok_include", "{% include 'other.jinja' %}", "<s>", "</s>");
     ck_assert_int_ne(run_prepare("--input", in, "--out", out, "--tokenizer", spec, NULL), ST_OK);
-    assert_has(st_error_message(), "chat template line 1: the Jinja 'macro' statement is not supported; use "
+    assert_has(st_error_message(), "chat template line 1: the Jinja 'include' statement is not supported; use "
                "--template default|plain|chatml");
     /* with it, the built-in templates still work */
     ck_assert_int_eq(run_prepare("--input", in, "--out", out, "--tokenizer", spec, "--template", "default", NULL), ST_OK);
@@ -843,6 +1142,9 @@ static Suite *chat_template_suite(void)
     tcase_add_test(tl, test_chatml_templates);
     tcase_add_test(tl, test_llama_mistral_zephyr);
     tcase_add_test(tl, test_raise_exception);
+    tcase_add_test(tl, test_macros);
+    tcase_add_test(tl, test_macro_templates);
+    tcase_add_test(tl, test_strftime_now);
     tcase_add_test(tl, test_unsupported);
     tcase_add_test(tl, test_hostile);
     suite_add_tcase(s, tl);
@@ -850,9 +1152,11 @@ static Suite *chat_template_suite(void)
     tcase_set_timeout(tm, 120);
     tcase_add_test(tm, test_mask_chatml);
     tcase_add_test(tm, test_mask_llama);
-    tcase_add_test(tm, test_prefix_stability);
+    tcase_add_test(tm, test_mask_rules);
+    tcase_add_test(tm, test_rules_agree);
     tcase_add_test(tm, test_prepare_tokenizer_template);
     tcase_add_test(tm, test_prepare_template_errors);
+    tcase_add_test(tm, test_prepare_multi_turn);
     suite_add_tcase(s, tm);
     return s;
 }

@@ -255,6 +255,27 @@ START_TEST(recomputation_is_exact)
 END_TEST
 
 /* Bad input is an error, not a crash. */
+/* The schedules against their formulas: warmup 10 to lr 1e-3, then to 1e-4 at step 110. */
+START_TEST(lr_schedules)
+{
+    st_optim_config c;
+    st_optim_config_default(&c);
+    c.lr = 1e-3f, c.min_lr_ratio = 0.1f, c.warmup_steps = 10, c.total_steps = 110;
+    for (int sched = ST_SCHED_COSINE; sched <= ST_SCHED_CONSTANT; sched++) {
+        c.schedule = (st_schedule)sched;
+        ck_assert_float_eq_tol(st_lr_at(&c, 0), 1e-4f, 1e-9f);  /* warmup from lr / warmup_steps */
+        ck_assert_float_eq_tol(st_lr_at(&c, 9), 1e-3f, 1e-9f);
+        for (int64_t s = 10; s <= 130; s += 5) {
+            double p = s >= 110 ? 1.0 : (double)(s - 10) / 100.0, want = 1e-3;
+            if (sched == ST_SCHED_COSINE) want = 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + cos(M_PI * p));
+            if (sched == ST_SCHED_LINEAR) want = 1e-3 - (1e-3 - 1e-4) * p;
+            ck_assert_msg(fabs(st_lr_at(&c, s) - want) < 1e-9, "schedule %d step %lld: %g, expected %g", sched,
+                          (long long)s, (double)st_lr_at(&c, s), want);
+        }
+    }
+}
+END_TEST
+
 START_TEST(rejects_bad_tokens_and_shapes)
 {
     st_config cfg = cfg_llama();
@@ -292,6 +313,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, rejects_bad_tokens_and_shapes);
     tcase_add_test(tc, masked_targets_change_nothing);
     tcase_add_test(tc, recomputation_is_exact);
+    tcase_add_test(tc, lr_schedules);
     suite_add_tcase(s, tc);
     return st_run_serial_mpi_suite(&argc, &argv, s);
 }

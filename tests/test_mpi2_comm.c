@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmd/options.h"
 #include "mpi/comm.h"
 #include "mpi/dp.h"
 #include "mpi/job.h"
@@ -122,6 +123,22 @@ START_TEST(different_sizes_fail_everywhere)
 }
 END_TEST
 
+/* Ranks started with different arguments fail together instead of hanging. */
+START_TEST(different_command_lines_fail_everywhere)
+{
+    st_options o;
+    static const st_option none[1];
+    ck_assert_int_eq(st_options_init(&o, none, 0, NULL), ST_OK);
+    char *same[] = {"train", "--steps", "10"}, *differ[] = {"train", "--steps", RANK ? "11" : "10"};
+    ck_assert_int_eq(st_options_same_everywhere(&o, MPI_COMM_WORLD, 3, same), ST_OK);
+    st_error_clear();
+    ck_assert_int_eq(st_options_same_everywhere(&o, MPI_COMM_WORLD, 3, differ), ST_ERR_ARG);
+    ck_assert_msg(strstr(st_error_message(), "started with different arguments"), "%s", st_error_message());
+    st_error_clear();
+    st_options_free(&o);
+}
+END_TEST
+
 /* Buckets and an extra set, chunked into many small calls, sum exactly. */
 static void dp_case(int zero, int64_t limit)
 {
@@ -182,6 +199,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, mpi_errors_are_returned);
     tcase_add_test(tc, different_sizes_fail_everywhere);
     tcase_add_test(tc, dp_chunked_buckets_and_extras);
+    tcase_add_test(tc, different_command_lines_fail_everywhere);
     suite_add_tcase(s, tc);
     int rc = st_run_mpi_suite(s);
     MPI_Finalize();

@@ -1,6 +1,7 @@
 /* test_options.c: recipes and the command line. Defaults < recipe < command
  * line; unknown keys and wrong types are errors naming the key and line. */
 #include <check.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,17 +9,22 @@
 
 #include "cmd/options.h"
 
-static int n_layer, zero;
-static float lr;
-static int64_t steps;
-static char *targets;
+typedef struct {
+    int n_layer, zero;
+    float lr, beta2;
+    int64_t steps;
+    char *targets;
+} topts;
+static topts V; /* the test's options, as a command's own struct */
 static const st_option opts[] = {
-    {"model.n_layer", ST_OPT_INT, &n_layer, "4", "layers"},
-    {"optim.lr", ST_OPT_FLOAT, &lr, "3e-4", "learning rate"},
-    {"steps", ST_OPT_INT64, &steps, "100", "steps"},
-    {"grid.zero", ST_OPT_BOOL, &zero, "false", "ZeRO-1"},
-    {"lora.targets", ST_OPT_STRING, &targets, "q,v", "targets"},
+    {"model.n_layer", ST_OPT_INT, offsetof(topts, n_layer), "4", "layers"},
+    {"optim.lr", ST_OPT_FLOAT, offsetof(topts, lr), "3e-4", "learning rate"},
+    {"steps", ST_OPT_INT64, offsetof(topts, steps), "100", "steps"},
+    {"grid.zero", ST_OPT_BOOL, offsetof(topts, zero), "false", "ZeRO-1"},
+    {"lora.targets", ST_OPT_STRING, offsetof(topts, targets), "q,v", "targets"},
+    {"optim.beta2", ST_OPT_FLOAT, offsetof(topts, beta2), NULL, "kept from the struct (a defaults table elsewhere)"},
 };
+#define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
 
 static char path[64];
 
@@ -35,16 +41,16 @@ START_TEST(layers_of_settings)
 {
     write_recipe("model:\n  n_layer: 6\noptim:\n  lr: 1.0e-3\ngrid: {zero: true}\nlora:\n  targets: [q, k, down]\n");
     st_options o;
-    ck_assert_int_eq(st_options_init(&o, opts, 5), 0);
-    ck_assert_int_eq(n_layer, 4); /* defaults first */
+    ck_assert_int_eq(st_options_init(&o, opts, N_OPTS, &V), 0);
+    ck_assert_int_eq(V.n_layer, 4); /* defaults first */
     char *argv[] = {"train", path, "--set", "model.n_layer=8", "--steps", "7", NULL}, *pos[1];
     int help = 0, np = 0;
     ck_assert_int_eq(st_options_parse(&o, 6, argv, &help, pos, 0, &np), 0);
-    ck_assert_int_eq(n_layer, 8);            /* the command line beats the recipe */
-    ck_assert(lr == 1.0e-3f);                /* the recipe beats the default */
-    ck_assert_int_eq(steps, 7);
-    ck_assert_int_eq(zero, 1);               /* flow maps work */
-    ck_assert_str_eq(targets, "q,k,down");   /* lists become comma-separated */
+    ck_assert_int_eq(V.n_layer, 8);            /* the command line beats the recipe */
+    ck_assert(V.lr == 1.0e-3f);                /* the recipe beats the default */
+    ck_assert_int_eq(V.steps, 7);
+    ck_assert_int_eq(V.zero, 1);               /* flow maps work */
+    ck_assert_str_eq(V.targets, "q,k,down");   /* lists become comma-separated */
     ck_assert_ptr_nonnull(strstr(o.recipe_text, "n_layer: 6")); /* kept for the checkpoint */
     st_options_free(&o);
     unlink(path);
@@ -55,7 +61,7 @@ START_TEST(unknown_key_names_key_line_and_suggestion)
 {
     write_recipe("model:\n  n_layer: 6\noptim:\n  lrr: 1.0e-3\n");
     st_options o;
-    ck_assert_int_eq(st_options_init(&o, opts, 5), 0);
+    ck_assert_int_eq(st_options_init(&o, opts, N_OPTS, &V), 0);
     ck_assert_int_eq(st_options_load_yaml(&o, path), ST_ERR_ARG);
     const char *msg = st_error_message();
     char want[128];
@@ -71,14 +77,14 @@ END_TEST
 START_TEST(wrong_types_are_errors)
 {
     st_options o;
-    ck_assert_int_eq(st_options_init(&o, opts, 5), 0);
+    ck_assert_int_eq(st_options_init(&o, opts, N_OPTS, &V), 0);
     ck_assert_int_eq(st_options_set(&o, "model.n_layer", "four", "--set"), ST_ERR_ARG);
     ck_assert_ptr_nonnull(strstr(st_error_message(), "expects an integer"));
     ck_assert_int_eq(st_options_set(&o, "optim.lr", "1e-3x", "--set"), ST_ERR_ARG);
     ck_assert_int_eq(st_options_set(&o, "optim.lr", "nan", "--set"), ST_ERR_ARG);
     ck_assert_int_eq(st_options_set(&o, "grid.zero", "maybe", "--set"), ST_ERR_ARG);
     ck_assert_int_eq(st_options_set(&o, "model.n_layer", "99999999999", "--set"), ST_ERR_ARG);
-    ck_assert_int_eq(n_layer, 4); /* a refused value changes nothing */
+    ck_assert_int_eq(V.n_layer, 4); /* a refused value changes nothing */
     write_recipe("model:\n  n_layer: [1, 2\n");
     ck_assert_int_eq(st_options_load_yaml(&o, path), ST_ERR_FORMAT); /* YAML syntax, with line */
     ck_assert_ptr_nonnull(strstr(st_error_message(), "YAML syntax error"));
@@ -91,6 +97,25 @@ START_TEST(wrong_types_are_errors)
 }
 END_TEST
 
+/* A number without a default text keeps what its struct held (one table of
+ * defaults, kept elsewhere: the optimizer's), and --help shows that value. */
+START_TEST(defaults_kept_from_the_struct)
+{
+    V.beta2 = 0.95f;
+    st_options o;
+    ck_assert_int_eq(st_options_init(&o, opts, N_OPTS, &V), 0);
+    ck_assert(V.beta2 == 0.95f);
+    char buf[4096] = "";
+    FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+    st_options_print_help(&o, f);
+    fclose(f);
+    ck_assert_msg(strstr(buf, "--optim.beta2") && strstr(buf, "[default: 0.95]"), "%s", buf);
+    ck_assert_int_eq(st_options_set(&o, "optim.beta2", "0.99", "--set"), 0);
+    ck_assert(V.beta2 == 0.99f);
+    st_options_free(&o);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("options");
@@ -98,6 +123,7 @@ int main(void)
     tcase_add_test(tc, layers_of_settings);
     tcase_add_test(tc, unknown_key_names_key_line_and_suggestion);
     tcase_add_test(tc, wrong_types_are_errors);
+    tcase_add_test(tc, defaults_kept_from_the_struct);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

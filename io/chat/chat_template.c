@@ -1,5 +1,6 @@
-/* chat_template.c: a Jinja chat template -> tokens and loss mask, by the
- * prefix method (see chat_template.h). */
+/* chat_template.c: a Jinja chat template -> tokens and loss mask: the
+ * template's generation blocks, else the prefix method, else each turn as
+ * the whole conversation renders it (see chat_template.h). */
 #include "io/chat/chat_template.h"
 
 #include <stdlib.h>
@@ -115,22 +116,82 @@ static void free_messages(st_jv **m, int n)
     free(m);
 }
 
-/* render(messages[:k], add_generation_prompt=gen) */
-static st_err render_first(const st_chat_template *ct, st_jv *const *msgs, int k, int gen, st_jinja_text *out)
+st_err st_chat_template_render_vars(const st_chat_template *ct, const st_jinja_var *vars, int n_vars,
+                                    st_jinja_text *out, st_jinja_report *rep)
+{
+    enum { N_OWN = 4 };
+    if (n_vars > 64) ST_FAIL(ST_ERR_ARG, "more than 64 template variables");
+    st_jv *own[N_OWN] = {ct->bos ? st_jv_string(ct->bos, strlen(ct->bos), 0) : NULL,
+                         ct->eos ? st_jv_string(ct->eos, strlen(ct->eos), 0) : NULL, st_jv_none(), st_jv_none()};
+    static const char *const own_name[N_OWN] = {"bos_token", "eos_token", "tools", "documents"};
+    st_jinja_var all[N_OWN + 64];
+    int n = 0;
+    st_err e = ST_OK;
+    for (int k = 0; k < N_OWN; k++) {
+        if ((k == 0 && !ct->bos) || (k == 1 && !ct->eos)) continue;
+        if (!own[k]) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for template variables");
+        int given = 0;
+        for (int i = 0; i < n_vars; i++) given |= !strcmp(vars[i].name, own_name[k]);
+        if (!given) all[n++] = (st_jinja_var){own_name[k], own[k]};
+    }
+    for (int i = 0; i < n_vars; i++) all[n++] = vars[i];
+    if (!e) e = st_jinja_render_report(ct->tpl, all, n, out, rep);
+    for (int k = 0; k < N_OWN; k++) st_jv_unref(own[k]);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+/* A JSON value as a template value. Strings under "messages" are marked as
+ * content (as prepare marks them); numbers with no fraction become
+ * integers (cJSON keeps no difference between 1 and 1.0). */
+static st_err from_json(const cJSON *j, int content, int depth, st_jv **out)
+{
+    *out = NULL;
+    if (depth > 64) ST_FAIL(ST_ERR_FORMAT, "JSON nested more than 64 deep");
+    if (cJSON_IsString(j)) *out = st_jv_string(j->valuestring, strlen(j->valuestring), content);
+    else if (cJSON_IsBool(j)) *out = st_jv_boolean(cJSON_IsTrue(j));
+    else if (cJSON_IsNull(j)) *out = st_jv_none();
+    else if (cJSON_IsNumber(j) && j->valuedouble < 9e15 && j->valuedouble > -9e15 &&
+             j->valuedouble == (double)(int64_t)j->valuedouble)
+        *out = st_jv_integer((int64_t)j->valuedouble);
+    else if (cJSON_IsNumber(j)) *out = st_jv_number(j->valuedouble);
+    else if (cJSON_IsArray(j) || cJSON_IsObject(j)) {
+        int list = cJSON_IsArray(j);
+        st_jv *c = list ? st_jv_new_list() : st_jv_new_dict();
+        if (!c) ST_FAIL(ST_ERR_MEM, "out of memory");
+        for (const cJSON *k = j->child; k; k = k->next) {
+            st_jv *v;
+            st_err e = from_json(k, content, depth + 1, &v);
+            if (!e) e = list ? st_jv_append(c, v) : st_jv_put(c, k->string, v);
+            if (e) {
+                st_jv_unref(c);
+                return e;
+            }
+        }
+        *out = c;
+        return ST_OK;
+    }
+    if (!*out) ST_FAIL(ST_ERR_MEM, "out of memory");
+    return ST_OK;
+}
+
+st_err st_chat_template_json(const cJSON *j, int content, st_jv **out)
+{
+    ST_TRY(from_json(j, content, 0, out));
+    return ST_OK;
+}
+
+/* render(messages[:k], add_generation_prompt=gen), reporting into rep (or NULL) */
+static st_err render_first(const st_chat_template *ct, st_jv *const *msgs, int k, int gen, st_jinja_text *out,
+                           st_jinja_report *rep)
 {
     st_jv *list = st_jv_new_list(), *g = st_jv_boolean(gen);
-    st_jv *bos = ct->bos ? st_jv_string(ct->bos, strlen(ct->bos), 0) : NULL;
-    st_jv *eos = ct->eos ? st_jv_string(ct->eos, strlen(ct->eos), 0) : NULL;
     st_err e = ST_OK;
-    if (!list || !g || (ct->bos && !bos) || (ct->eos && !eos))
-        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for template variables");
+    if (!list || !g) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for template variables");
     for (int i = 0; i < k && !e; i++) e = st_jv_append(list, st_jv_ref(msgs[i]));
-    st_jinja_var vars[4] = {{"messages", list}, {"add_generation_prompt", g}};
-    int n = 2;
-    if (bos) vars[n++] = (st_jinja_var){"bos_token", bos};
-    if (eos) vars[n++] = (st_jinja_var){"eos_token", eos};
-    if (!e) e = st_jinja_render(ct->tpl, vars, n, out);
-    st_jv_unref(list), st_jv_unref(g), st_jv_unref(bos), st_jv_unref(eos);
+    st_jinja_var vars[2] = {{"messages", list}, {"add_generation_prompt", g}};
+    if (!e) e = st_chat_template_render_vars(ct, vars, 2, out, rep);
+    st_jv_unref(list), st_jv_unref(g);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }
@@ -140,13 +201,24 @@ st_err st_chat_template_apply(const st_chat_template *ct, const st_turn *turns, 
 {
     st_jv **msgs;
     ST_TRY(make_messages(turns, n_turns, &msgs));
-    st_err e = render_first(ct, msgs, n_turns, add_generation_prompt, out);
+    st_err e = render_first(ct, msgs, n_turns, add_generation_prompt, out, NULL);
     free_messages(msgs, n_turns);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }
 
-/* ---- the loss mask: the prefix method ------------------------------------------------ */
+/* ---- the loss mask ------------------------------------------------------------------- */
+
+/* The whole conversation as rendered, and what the render told. */
+typedef struct {
+    st_jv **msgs;
+    int n_msgs, last;         /* messages[:n_msgs]; last: the last assistant message */
+    st_jinja_text full;       /* R = render(messages) */
+    st_jinja_report rep;      /* rep.iter[i]: where the template's message loop wrote message i */
+    st_jinja_text part;       /* scratch for the renders of first messages */
+    uint8_t *learn;           /* (full.n) */
+    size_t resp;              /* where the last response starts */
+} conv;
 
 static int is_prefix(const st_jinja_text *p, const st_jinja_text *full)
 {
@@ -156,27 +228,63 @@ static int is_prefix(const st_jinja_text *p, const st_jinja_text *full)
 static st_err not_stable(int k, int n_msgs, const char *how)
 {
     ST_FAIL(ST_ERR_FORMAT, "chat template is not prefix-stable at message %d: rendering the first %d "
-            "message%s%s does not give the start of the whole conversation's text, so the response "
-            "cannot be located; %s", k, n_msgs, n_msgs == 1 ? "" : "s", how, hint);
+            "message%s%s does not give the start of the whole conversation's text, and the template's "
+            "loop over the messages does not show where message %d ends, so the response cannot be "
+            "located; %s", k, n_msgs, n_msgs == 1 ? "" : "s", how, k, hint);
 }
 
-/* Mark assistant message k's span in learn; *resp = its start when k is the last. */
-static st_err response_span(const st_chat_template *ct, st_jv *const *msgs, int k, int last,
-                            const st_jinja_text *full, st_jinja_text *part, uint8_t *learn, size_t *resp)
+/* The generation-block rule: the mask is the text written inside them. */
+static st_err mask_generation(conv *c)
 {
-    ST_TRY(render_first(ct, msgs, k, 1, part));
-    if (!is_prefix(part, full)) return not_stable(k, k, " with add_generation_prompt");
-    size_t a = part->n, b = full->n;
-    if (k < last) {
-        ST_TRY(render_first(ct, msgs, k + 1, 0, part));
-        if (!is_prefix(part, full)) return not_stable(k, k + 1, "");
-        b = part->n;
+    if (!c->rep.n_gen)
+        ST_FAIL(ST_ERR_FORMAT, "the chat template's {%% generation %%} blocks wrote nothing for this "
+                "conversation, so there is nothing to learn; %s", hint);
+    for (size_t i = 0; i < c->rep.n_gen; i++) memset(c->learn + c->rep.gen[i].a, 1, c->rep.gen[i].b - c->rep.gen[i].a);
+    c->resp = c->rep.gen[c->rep.n_gen - 1].a;
+    return ST_OK;
+}
+
+/* The end of the last turn: the end of the text, except that text the
+ * template writes after its loop over the messages and would write as well
+ * when prompting for another reply (Llama 3's unconditional assistant
+ * header) is not the reply's. */
+static st_err last_end(const st_chat_template *ct, conv *c, size_t *end)
+{
+    const st_jinja_span *it = &c->rep.iter[c->last];
+    *end = c->full.n;
+    if (it->b <= it->a || it->b == c->full.n) return ST_OK;
+    ST_TRY(render_first(ct, c->msgs, c->n_msgs, 1, &c->part, NULL));
+    size_t tail = c->full.n - it->b;
+    if (c->part.n >= c->full.n && !memcmp(c->part.s, c->full.s, it->b) &&
+        !memcmp(c->part.s + it->b, c->full.s + it->b, tail))
+        *end = it->b;
+    return ST_OK;
+}
+
+/* Assistant message k's span [a, b): a = len(render(messages[:k],
+ * add_generation_prompt=True)), a prefix of R; b = len(render(messages[:k+1]))
+ * when that is a prefix of R (the prefix method), else the end of what the
+ * template's loop wrote for message k in R (the turn as the whole
+ * conversation renders it). */
+static st_err response_span(const st_chat_template *ct, conv *c, int k)
+{
+    ST_TRY(render_first(ct, c->msgs, k, 1, &c->part, NULL));
+    if (!is_prefix(&c->part, &c->full)) return not_stable(k, k, " with add_generation_prompt");
+    size_t a = c->part.n, b;
+    const st_jinja_span *it = &c->rep.iter[k];
+    if (k == c->last) {
+        ST_TRY(last_end(ct, c, &b));
+    } else {
+        ST_TRY(render_first(ct, c->msgs, k + 1, 0, &c->part, NULL));
+        if (is_prefix(&c->part, &c->full)) b = c->part.n;
+        else if (it->b > a && it->a <= a) b = it->b;
+        else return not_stable(k, k + 1, "");
     }
     if (b <= a)
         ST_FAIL(ST_ERR_FORMAT, "the chat template renders assistant message %d as nothing (no text between "
                 "its prompt and its end), so there is nothing to learn; %s", k, hint);
-    memset(learn + a, 1, b - a);
-    if (k == last) *resp = a;
+    memset(c->learn + a, 1, b - a);
+    if (k == c->last) c->resp = a;
     return ST_OK;
 }
 
@@ -302,29 +410,39 @@ static st_err encode(st_tokseq *s, const st_chat_template *ct, const st_tokenize
     return e;
 }
 
+/* The final rendering of turns[:last+1] and its mask (learn, resp). */
+static st_err locate(const st_chat_template *ct, const st_turn *turns, conv *c)
+{
+    ST_TRY(make_messages(turns, c->n_msgs, &c->msgs));
+    c->rep.track = c->msgs;
+    c->rep.n_track = c->n_msgs;
+    if (!(c->rep.iter = calloc((size_t)c->n_msgs, sizeof *c->rep.iter)))
+        ST_FAIL(ST_ERR_MEM, "out of memory for %d messages", c->n_msgs);
+    ST_TRY(render_first(ct, c->msgs, c->n_msgs, 0, &c->full, &c->rep));
+    if (!(c->learn = calloc(c->full.n + 1, 1))) ST_FAIL(ST_ERR_MEM, "out of memory for a %zu-byte mask", c->full.n);
+    if (st_jinja_has_generation(ct->tpl)) return mask_generation(c);
+    for (int k = 0; k <= c->last; k++)
+        if (turns[k].role == ST_ROLE_ASSISTANT) ST_TRY(response_span(ct, c, k));
+    return ST_OK;
+}
+
 st_err st_chat_template_render(st_tokseq *s, const st_chat_template *ct, const st_tokenizer *tok,
                                const st_turn *turns, int n_turns)
 {
     st_tokseq_clear(s);
-    int last = -1;
+    conv c = {.last = -1};
     for (int i = 0; i < n_turns; i++)
-        if (turns[i].role == ST_ROLE_ASSISTANT) last = i;
-    if (last < 0) ST_FAIL(ST_ERR_ARG, "nothing to learn: the conversation has no assistant turn");
-    st_jv **msgs = NULL;
-    st_jinja_text full = {0}, part = {0};
-    uint8_t *learn = NULL;
-    size_t resp = 0;
-    st_err e = make_messages(turns, last + 1, &msgs);
-    if (!e) e = render_first(ct, msgs, last + 1, 0, &full);
-    if (!e && !(learn = calloc(full.n + 1, 1)))
-        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for a %zu-byte mask", full.n);
-    for (int k = 0; !e && k <= last; k++)
-        if (turns[k].role == ST_ROLE_ASSISTANT) e = response_span(ct, msgs, k, last, &full, &part, learn, &resp);
-    if (!e) e = encode(s, ct, tok, &full, learn, resp);
-    free_messages(msgs, last + 1);
-    st_jinja_text_free(&full);
-    st_jinja_text_free(&part);
-    free(learn);
+        if (turns[i].role == ST_ROLE_ASSISTANT) c.last = i;
+    if (c.last < 0) ST_FAIL(ST_ERR_ARG, "nothing to learn: the conversation has no assistant turn");
+    c.n_msgs = c.last + 1;
+    st_err e = locate(ct, turns, &c);
+    if (!e) e = encode(s, ct, tok, &c.full, c.learn, c.resp);
+    free_messages(c.msgs, c.n_msgs);
+    free(c.rep.iter);
+    st_jinja_report_free(&c.rep);
+    st_jinja_text_free(&c.full);
+    st_jinja_text_free(&c.part);
+    free(c.learn);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }

@@ -11,9 +11,11 @@
  *            upper sameas
  *   methods  str: strip lstrip rstrip startswith endswith split title upper
  *            lower capitalize replace; dict: get items keys values
- *   globals  raise_exception(msg) namespace(...) range(...) */
+ *   globals  raise_exception(msg) namespace(...) range(...) strftime_now(format) */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "io/chat/jinja_internal.h"
 
@@ -392,7 +394,7 @@ static st_err test_apply(jx_ctx *cx, int fn, const st_jv *v, const args_t *a, in
     case T_MAPPING: *out = t == JV_DICT; return ST_OK;
     case T_ITERABLE: *out = t == JV_STR || t == JV_LIST || t == JV_DICT || t == JV_UNDEF; return ST_OK;
     case T_SEQUENCE: *out = t == JV_STR || t == JV_LIST || t == JV_DICT; return ST_OK;
-    case T_CALLABLE: *out = t == JV_FUNC; return ST_OK;
+    case T_CALLABLE: *out = t == JV_FUNC || t == JV_MACRO; return ST_OK;
     case T_LOWER:
     case T_UPPER: { /* str(value).islower() */
         st_jv *s;
@@ -812,9 +814,72 @@ static st_err namespace(jx_ctx *cx, const args_t *a, st_jv **out)
     return ST_OK;
 }
 
+/* The time strftime_now formats: SOURCE_DATE_EPOCH in UTC when set, else
+ * the local time now (jinja.h). */
+static st_err clock_now(jx_ctx *cx, struct tm *tm)
+{
+    const char *epoch = getenv("SOURCE_DATE_EPOCH");
+    if (!epoch) {
+        time_t now = time(NULL);
+        if (!localtime_r(&now, tm)) return jx_fail(cx, ST_ERR_FORMAT, "strftime_now: no local time");
+        return ST_OK;
+    }
+    char *end;
+    errno = 0;
+    long long secs = strtoll(epoch, &end, 10);
+    time_t t = (time_t)secs;
+    if (!*epoch || *end || errno || secs < 0 || !gmtime_r(&t, tm))
+        return jx_fail(cx, ST_ERR_FORMAT, "strftime_now: SOURCE_DATE_EPOCH='%.40s' is not a number of seconds "
+                       "since 1970", epoch);
+    return ST_OK;
+}
+
+/* transformers' strftime_now(format) = datetime.now().strftime(format):
+ * Python formats %f, %z and %Z itself (a naive datetime: "000000", "",
+ * "") and hands the rest to the C library's strftime, as here. */
+static st_err strftime_now(jx_ctx *cx, const args_t *a, st_jv **out)
+{
+    ST_TRY(check_args(cx, a, "strftime_now", 1, NULL));
+    const st_jv *f = arg(a, 0, NULL);
+    ST_TRY(need_str(cx, f, "strftime_now"));
+    size_t n = f->u.str.n;
+    if (n > 4096) return jx_fail(cx, ST_ERR_FORMAT, "strftime_now: a format of %zu bytes (at most 4096)", n);
+    if (memchr(f->u.str.s, '\0', n)) return jx_fail(cx, ST_ERR_FORMAT, "strftime_now: embedded null character");
+    char fmt[6 * 4096 + 1];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *c = f->u.str.s + i;
+        if (*c != '%' || i + 1 == n) {
+            fmt[k++] = *c;
+        } else if (c[1] == 'f') {
+            memcpy(fmt + k, "000000", 6), k += 6, i++;
+        } else if (c[1] == 'z' || c[1] == 'Z') {
+            i++;
+        } else {
+            fmt[k++] = '%', fmt[k++] = c[1], i++;
+        }
+    }
+    fmt[k] = '\0';
+    struct tm tm;
+    ST_TRY(clock_now(cx, &tm));
+    size_t cap = 16 * k + 256;
+    char *buf = malloc(cap);
+    if (!buf) return jx_fail(cx, ST_ERR_MEM, "out of memory");
+    size_t len = k ? strftime(buf, cap, fmt, &tm) : 0;
+    if (k && !len) {
+        free(buf);
+        return jx_fail(cx, ST_ERR_FORMAT, "strftime_now: the format gives nothing or more than %zu bytes", cap);
+    }
+    *out = jv_str_lit(buf, len);
+    free(buf);
+    NEW(*out);
+    return jx_charge(cx, len);
+}
+
 st_err jx_call_global(jx_ctx *cx, int which, st_jv **args, const char **kw, int n_args, st_jv **out)
 {
     args_t a = {args, kw, n_args};
+    if (which == JF_STRFTIME_NOW) return strftime_now(cx, &a, out);
     if (which == JF_NAMESPACE) return namespace(cx, &a, out);
     if (which == JF_RANGE) return range(cx, &a, out);
     jx_buf b = {0}; /* raise_exception(message) */

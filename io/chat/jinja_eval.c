@@ -19,9 +19,11 @@ struct jx_scope {
     int n, cap;
 };
 
+/* The innermost binding of name that the running code sees: its own frame's
+ * scopes, then those of where its macro was defined (jinja_internal.h). */
 static st_jv *lookup(jx_ctx *cx, const char *name, size_t n)
 {
-    for (int s = cx->n_scopes - 1; s >= 0; s--) {
+    for (int s = cx->n_scopes - 1; s >= 0; s = s == cx->frame ? cx->link - 1 : s - 1) {
         const jx_scope *sc = &cx->scopes[s];
         jx_work(cx, 8 * (size_t)sc->n);
         for (int i = sc->n - 1; i >= 0; i--)
@@ -62,7 +64,8 @@ static st_err assign(jx_ctx *cx, const char *name, size_t n, st_jv *v)
 
 static st_err push_scope(jx_ctx *cx)
 {
-    if (cx->n_scopes >= JX_MAX_SCOPES) return jx_fail(cx, ST_ERR_FORMAT, "for loops nested too deeply");
+    if (cx->n_scopes >= JX_MAX_SCOPES)
+        return jx_fail(cx, ST_ERR_FORMAT, "for loops and macro calls nested too deeply (more than %d)", JX_MAX_SCOPES);
     memset(&cx->scopes[cx->n_scopes++], 0, sizeof(jx_scope));
     return ST_OK;
 }
@@ -288,9 +291,11 @@ static st_err eval_call(jx_ctx *cx, const jx_node *e, st_jv **out)
     cx->line = e->line;
     if (!err) {
         if (obj->type == JV_FUNC) err = jx_call_global(cx, (int)obj->u.i, args, e->kw + 1, n, out);
+        else if (obj->type == JV_MACRO) err = jx_call_macro(cx, obj, args, e->kw + 1, n, NULL, out);
         else if (obj->type == JV_UNDEF)
-            err = jx_fail(cx, ST_ERR_FORMAT, "'%s' is undefined: not a function this interpreter knows "
-                          "(raise_exception, namespace, range)", obj->u.undef ? obj->u.undef : "?");
+            err = jx_fail(cx, ST_ERR_FORMAT, "'%s' is undefined: not a macro of the template nor a function this "
+                          "interpreter knows (raise_exception, namespace, range, strftime_now)",
+                          obj->u.undef ? obj->u.undef : "?");
         else err = jx_fail(cx, ST_ERR_FORMAT, "%s is not callable", jv_type_name(obj));
         free_args(args, n);
     }
@@ -300,13 +305,13 @@ static st_err eval_call(jx_ctx *cx, const jx_node *e, st_jv **out)
 
 static st_err eval_name(jx_ctx *cx, const jx_node *e, st_jv **out)
 {
-    static const char *const globals[] = {"raise_exception", "namespace", "range"};
+    static const char *const globals[] = {"raise_exception", "namespace", "range", "strftime_now"};
     st_jv *v = lookup(cx, e->s, e->n);
     if (v) {
         *out = jv_ref(v);
         return ST_OK;
     }
-    for (int g = 0; g < 3; g++)
+    for (int g = 0; g < 4; g++)
         if (!strcmp(e->s, globals[g])) {
             *out = jv_func(g);
             NEW(*out);
@@ -572,7 +577,16 @@ static st_err loop_var(jx_ctx *cx, const st_jv *items, size_t i, st_jv **out)
     return ST_OK;
 }
 
-/* Each iteration is a fresh scope: what one iteration sets, the next does not see. */
+/* The index of item among the values the caller tracks, or -1. */
+static int tracked(const jx_ctx *cx, const st_jv *item)
+{
+    for (int i = 0; cx->rep && i < cx->rep->n_track; i++)
+        if (cx->rep->track[i] == item) return i;
+    return -1;
+}
+
+/* Each iteration is a fresh scope: what one iteration sets, the next does not
+ * see. An iteration over a tracked value that writes to the output is reported. */
 static st_err run_loop(jx_ctx *cx, const jx_node *s, st_jv *items)
 {
     for (size_t i = 0; i < items->u.list.n; i++) {
@@ -583,7 +597,11 @@ static st_err run_loop(jx_ctx *cx, const jx_node *s, st_jv *items)
         ST_TRY(bind_targets(cx, s, items->u.list.item[i]));
         ST_TRY(loop_var(cx, items, i, &loop));
         ST_TRY(assign(cx, "loop", 4, loop));
+        int track = tracked(cx, items->u.list.item[i]);
+        size_t from = cx->out->n;
         ST_TRY(jx_exec(cx, s->kid[2]));
+        if (track >= 0 && cx->out == cx->root && cx->out->n > from)
+            cx->rep->iter[track] = (st_jinja_span){from, cx->out->n};
         int ctl = cx->loop_ctl;
         cx->loop_ctl = 0;
         if (ctl == JX_BREAK) break;
@@ -641,6 +659,119 @@ static st_err exec_set(jx_ctx *cx, const jx_node *s)
     return jv_dict_set(cx, ns, key, v);
 }
 
+/* ---- macros ----------------------------------------------------------------------------------- */
+
+/* Bind a macro's parameters in its new scope, as Jinja2's Macro.__call__
+ * does: positional arguments in order, then keywords by name; a parameter
+ * left out takes its default (evaluated now, seeing the parameters before
+ * it) or is undefined. */
+static st_err bind_params(jx_ctx *cx, const jx_node *def, const char *name, st_jv **args, const char **kw,
+                          int n_args)
+{
+    st_jv *given[64] = {NULL};
+    int n_par = def->n_names, n_pos = 0;
+    for (int i = 0; i < n_args; i++) {
+        if (kw[i]) continue;
+        if (n_pos == n_par)
+            return jx_fail(cx, ST_ERR_FORMAT, "macro '%s' takes not more than %d argument(s)", name, n_par);
+        given[n_pos++] = args[i];
+    }
+    for (int i = 0; i < n_args; i++) {
+        int k = 0;
+        if (!kw[i]) continue;
+        while (k < n_par && strcmp(def->names[k], kw[i])) k++;
+        if (k == n_par || given[k])
+            return jx_fail(cx, ST_ERR_FORMAT, "macro '%s' takes no keyword argument '%s'", name, kw[i]);
+        given[k] = args[i];
+    }
+    for (int k = 0; k < n_par; k++) {
+        st_jv *v = NULL;
+        size_t len = strlen(def->names[k]);
+        if (given[k]) v = jv_ref(given[k]);
+        else if (def->kid[k]) ST_TRY(jx_eval(cx, def->kid[k], &v));
+        else NEW(v = jv_undef(def->names[k], len));
+        ST_TRY(assign(cx, def->names[k], len, v));
+    }
+    return ST_OK;
+}
+
+st_err jx_call_macro(jx_ctx *cx, const st_jv *macro, st_jv **args, const char **kw, int n_args, st_jv *caller,
+                     st_jv **out)
+{
+    const jx_node *def = macro->u.macro.def;
+    const char *name = def->kind == JN_MACRO ? def->s : "caller";
+    if (cx->calls >= JX_MAX_CALLS)
+        return jx_fail(cx, ST_ERR_FORMAT, "macros call each other more than %d deep (endless recursion?)",
+                       JX_MAX_CALLS);
+    if (caller && def->kind == JN_MACRO && !def->op) /* Jinja2 refuses a caller the body never uses */
+        return jx_fail(cx, ST_ERR_FORMAT, "macro '%s' does not use caller, but a call block gives it one", name);
+    int frame = cx->frame, link = cx->link, base = cx->n_scopes;
+    jx_buf buf = {0}, *saved = cx->out;
+    ST_TRY(push_scope(cx));
+    cx->calls++;
+    cx->frame = base;
+    cx->link = macro->u.macro.link < base ? macro->u.macro.link : base; /* a macro kept past its scope */
+    st_jv *c = caller ? jv_ref(caller) : jv_undef("caller", 6);
+    st_err err = c ? assign(cx, "caller", 6, c) : jx_fail(cx, ST_ERR_MEM, "out of memory");
+    if (!err) err = bind_params(cx, def, name, args, kw, n_args);
+    if (!err) {
+        cx->out = &buf;
+        err = jx_exec(cx, def->kid[def->n_names]);
+        cx->out = saved;
+    }
+    pop_scope(cx);
+    cx->calls--;
+    cx->frame = frame;
+    cx->link = link;
+    if (!err) return jx_buf_value(cx, &buf, out);
+    st_jinja_text_free(&buf);
+    return err;
+}
+
+/* {% call(params) m(args) %}body{% endcall %}: m(args, caller=body), printed. */
+static st_err exec_call_block(jx_ctx *cx, const jx_node *s)
+{
+    const jx_node *call = s->kid[s->n_names + 1];
+    st_jv *callee, *args[MAX_ARGS], *result = NULL;
+    int n;
+    ST_TRY(jx_eval(cx, call->kid[0], &callee));
+    st_err err = eval_args(cx, call, 1, args, &n);
+    if (err) {
+        jv_unref(callee);
+        return err;
+    }
+    cx->line = s->line;
+    st_jv *caller = jv_macro(s, cx->n_scopes);
+    if (!caller) err = jx_fail(cx, ST_ERR_MEM, "out of memory");
+    else if (callee->type == JV_UNDEF) err = jx_undefined_error(cx, callee, "called by a call block");
+    else if (callee->type != JV_MACRO) err = jx_fail(cx, ST_ERR_FORMAT, "a call block needs a macro, not %s", jv_type_name(callee));
+    else err = jx_call_macro(cx, callee, args, call->kw + 1, n, caller, &result);
+    free_args(args, n);
+    jv_unref(caller);
+    jv_unref(callee);
+    if (!err) err = jv_print(cx, cx->out, result);
+    jv_unref(result);
+    return err;
+}
+
+/* {% generation %}: its body, and where that went in the output. */
+static st_err exec_generation(jx_ctx *cx, const jx_node *s)
+{
+    size_t from = cx->out->n;
+    ST_TRY(jx_exec(cx, s->kid[0]));
+    st_jinja_report *r = cx->rep;
+    if (!r || cx->out != cx->root || cx->out->n == from) return ST_OK;
+    if (r->n_gen == r->cap_gen) {
+        size_t cap = r->cap_gen ? 2 * r->cap_gen : 16;
+        st_jinja_span *g = realloc(r->gen, cap * sizeof *g);
+        if (!g) return jx_fail(cx, ST_ERR_MEM, "out of memory");
+        r->gen = g;
+        r->cap_gen = cap;
+    }
+    r->gen[r->n_gen++] = (st_jinja_span){from, cx->out->n};
+    return ST_OK;
+}
+
 static st_err exec_inner(jx_ctx *cx, const jx_node *s)
 {
     switch (s->kind) {
@@ -667,6 +798,13 @@ static st_err exec_inner(jx_ctx *cx, const jx_node *s)
     case JN_FOR: return exec_for(cx, s);
     case JN_SET:
     case JN_SET_BLOCK: return exec_set(cx, s);
+    case JN_MACRO: {
+        st_jv *m = jv_macro(s, cx->n_scopes);
+        NEW(m);
+        return assign(cx, s->s, s->n, m);
+    }
+    case JN_CALL_BLOCK: return exec_call_block(cx, s);
+    case JN_GENERATION: return exec_generation(cx, s);
     case JN_BREAK: cx->loop_ctl = JX_BREAK; return ST_OK;
     case JN_CONTINUE: cx->loop_ctl = JX_CONTINUE; return ST_OK;
     default: return jx_fail(cx, ST_ERR_INTERNAL, "node %d is not a statement", s->kind);
@@ -685,10 +823,27 @@ st_err jx_exec(jx_ctx *cx, const jx_node *s)
     return ST_OK;
 }
 
+void st_jinja_report_free(st_jinja_report *r)
+{
+    free(r->gen);
+    r->gen = NULL;
+    r->n_gen = r->cap_gen = 0;
+}
+
 st_err st_jinja_render(const st_jinja *t, const st_jinja_var *vars, int n_vars, st_jinja_text *out)
 {
+    return st_jinja_render_report(t, vars, n_vars, out, NULL);
+}
+
+st_err st_jinja_render_report(const st_jinja *t, const st_jinja_var *vars, int n_vars, st_jinja_text *out,
+                              st_jinja_report *rep)
+{
     jx_scope scopes[JX_MAX_SCOPES];
-    jx_ctx cx = {.out = out, .scopes = scopes, .steps = JX_MAX_STEPS, .bytes = JX_MAX_BYTES};
+    jx_ctx cx = {.out = out, .root = out, .rep = rep, .scopes = scopes, .steps = JX_MAX_STEPS, .bytes = JX_MAX_BYTES};
+    if (rep) {
+        rep->n_gen = 0;
+        for (int i = 0; i < rep->n_track; i++) rep->iter[i] = (st_jinja_span){0, 0};
+    }
     out->n = 0;
     if (out->s) out->s[0] = '\0';
     st_err err = push_scope(&cx);

@@ -18,7 +18,8 @@
 #define JX_MAX_RANGE   1000000               /* elements of range() */
 #define JX_MAX_VDEPTH  64                    /* lists/dicts nested in each other */
 #define JX_MAX_ADEPTH  160                   /* syntax tree depth (parse and eval recursion) */
-#define JX_MAX_SCOPES  64                    /* for loops nested at run time */
+#define JX_MAX_SCOPES  160                   /* for loops and macro calls nested at run time */
+#define JX_MAX_CALLS   64                    /* macro calls nested in each other (recursion) */
 
 /* ---- arena: everything a parsed template owns ------------------------------ */
 
@@ -52,8 +53,8 @@ st_err jx_lex(jx_arena *a, const char *src, size_t len, jx_tok **toks, size_t *n
 
 /* ---- values --------------------------------------------------------------- */
 
-enum { JV_UNDEF, JV_NONE, JV_BOOL, JV_INT, JV_FLOAT, JV_STR, JV_LIST, JV_DICT, JV_NS, JV_FUNC };
-enum { JF_RAISE, JF_NAMESPACE, JF_RANGE };   /* JV_FUNC: which global */
+enum { JV_UNDEF, JV_NONE, JV_BOOL, JV_INT, JV_FLOAT, JV_STR, JV_LIST, JV_DICT, JV_NS, JV_FUNC, JV_MACRO };
+enum { JF_RAISE, JF_NAMESPACE, JF_RANGE, JF_STRFTIME_NOW };   /* JV_FUNC: which global */
 
 struct st_jv {
     int type;
@@ -79,15 +80,24 @@ struct st_jv {
             size_t n, cap;
         } map;
         char *undef;     /* UNDEF: what was missing (for messages), or NULL */
+        struct {         /* MACRO: a {% macro %}, or the body of a {% call %} (caller) */
+            const struct jx_node *def;
+            int link;    /* the scopes [0, link) its body sees besides its own */
+        } macro;
     } u;
 };
 
 /* The state of one render. */
 typedef struct jx_scope jx_scope;
 typedef struct {
-    st_jinja_text *out;  /* where output goes (a block set swaps it) */
-    jx_scope *scopes;    /* [0] globals, [1] caller's variables, then for loops */
+    st_jinja_text *out;  /* where output goes (a block set or a macro call swaps it) */
+    st_jinja_text *root; /* the render's own output */
+    st_jinja_report *rep;   /* what the caller asked to be told, or NULL */
+    jx_scope *scopes;    /* [0] globals and the caller's variables, then for loops and macro calls */
     int n_scopes;
+    int frame, link;     /* the running macro's scopes are [frame, n_scopes), then it sees [0, link);
+                            at the top level frame = link = 0: every scope */
+    int calls;           /* macro calls nested */
     int line;            /* of the node being evaluated, for messages */
     int depth;           /* recursion */
     int loop_ctl;        /* JX_BREAK / JX_CONTINUE while unwinding to the loop */
@@ -117,6 +127,7 @@ st_jv *jv_bool(int b);
 st_jv *jv_none(void);
 st_jv *jv_undef(const char *name, size_t n);
 st_jv *jv_func(int which);
+st_jv *jv_macro(const struct jx_node *def, int link);
 /* A string taking ownership of s (n + 1 bytes, NUL-terminated) and prov (n) or NULL. */
 st_jv *jv_str_take(char *s, uint8_t *prov, size_t n, uint8_t all);
 st_jv *jv_str_lit(const char *s, size_t n);        /* template text (provenance 0) */
@@ -170,7 +181,8 @@ enum {
     JN_LIT, JN_NAME, JN_LIST, JN_DICT, JN_ATTR, JN_INDEX, JN_SLICE, JN_CALL, JN_FILTER, JN_TEST,
     JN_NEG, JN_POS, JN_NOT, JN_BINARY, JN_AND, JN_OR, JN_COMPARE, JN_COND,
     /* statements */
-    JN_TEXT, JN_OUTPUT, JN_BODY, JN_IF, JN_FOR, JN_SET, JN_SET_BLOCK, JN_BREAK, JN_CONTINUE
+    JN_TEXT, JN_OUTPUT, JN_BODY, JN_IF, JN_FOR, JN_SET, JN_SET_BLOCK, JN_BREAK, JN_CONTINUE,
+    JN_MACRO, JN_CALL_BLOCK, JN_GENERATION
 };
 
 /* Comparison operators in JN_COMPARE's ops. */
@@ -179,8 +191,9 @@ enum { JC_EQ, JC_NE, JC_LT, JC_LE, JC_GT, JC_GE, JC_IN, JC_NOT_IN };
 typedef struct jx_node jx_node;
 struct jx_node {
     int kind, line, depth;
-    int op;              /* BINARY: an operator char or JO_*; TEST: 1 when negated; LIST: 1 for a tuple */
-    const char *s;       /* NAME, ATTR, FILTER, TEST: the name; TEXT: the data; SET: the target */
+    int op;              /* BINARY: an operator char or JO_*; TEST: 1 when negated; LIST: 1 for a tuple;
+                            MACRO: 1 when its body names caller */
+    const char *s;       /* NAME, ATTR, FILTER, TEST: the name; TEXT: the data; SET: the target; MACRO: its name */
     size_t n;
     const char *attr;    /* SET: ns.attr's attribute, or NULL */
     st_jv *lit;          /* LIT */
@@ -188,7 +201,7 @@ struct jx_node {
     int n_kid;
     const char **kw;     /* CALL, FILTER, TEST: keyword of each kid (NULL: positional) */
     int *ops;            /* COMPARE: n_kid - 1 operators */
-    const char **names;  /* FOR: target names (n_names) */
+    const char **names;  /* FOR: target names; MACRO, CALL_BLOCK: parameter names (n_names) */
     int n_names;
     int fn;              /* FILTER, TEST: which builtin */
 };
@@ -198,11 +211,14 @@ struct jx_node {
  *   FILTER, TEST: subject, args...   NEG, POS, NOT: operand   BINARY, AND, OR: left, right
  *   COMPARE: operands   COND: value, condition, else-value (NULL: undefined)
  *   OUTPUT: expression   BODY: statements   IF: cond, body, cond, body, ... [else body]
- *   FOR: iterable, filter (or NULL), body, else body (or NULL)   SET: value   SET_BLOCK: body */
+ *   FOR: iterable, filter (or NULL), body, else body (or NULL)   SET: value   SET_BLOCK: body
+ *   MACRO: each parameter's default (or NULL), body   GENERATION: body
+ *   CALL_BLOCK: each caller parameter's default (or NULL), body, then the CALL it makes */
 
 struct st_jinja {
     jx_arena arena;
     jx_node *root;
+    int has_generation;  /* a {% generation %} block is in the template */
     st_jv **lits;        /* the literals, freed with the template */
     size_t n_lits, cap_lits;
 };
@@ -233,5 +249,9 @@ st_err jx_method(jx_ctx *cx, st_jv *obj, const char *name, st_jv **args, const c
                  st_jv **out);
 /* A global function called with evaluated args. */
 st_err jx_call_global(jx_ctx *cx, int which, st_jv **args, const char **kw, int n_args, st_jv **out);
+/* Call a macro (or a caller) with evaluated args; caller: the body of a
+ * {% call %} block (a JV_MACRO) or NULL. *out: what its body wrote. */
+st_err jx_call_macro(jx_ctx *cx, const st_jv *macro, st_jv **args, const char **kw, int n_args, st_jv *caller,
+                     st_jv **out);
 
 #endif

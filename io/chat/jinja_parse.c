@@ -20,7 +20,9 @@ typedef struct {
     const jx_tok *tok;
     size_t i;
     int depth;   /* recursion */
-    int loops;   /* for loops around the statement being parsed */
+    int loops;   /* for loops around the statement being parsed (in the same macro) */
+    int macros;  /* macro and call bodies around it */
+    int caller;  /* the innermost macro body so far names caller */
 } parser;
 
 #define NO_MEM() ST_FAIL(ST_ERR_MEM, "out of memory parsing the chat template")
@@ -344,6 +346,9 @@ static st_err parse_primary(parser *p, jx_node **out)
         if (is_name(t, "true") || is_name(t, "True")) return literal(p, jv_bool(1), line, out);
         if (is_name(t, "false") || is_name(t, "False")) return literal(p, jv_bool(0), line, out);
         if (is_name(t, "none") || is_name(t, "None")) return literal(p, jv_none(), line, out);
+        if (p->macros && (is_name(t, "varargs") || is_name(t, "kwargs")))
+            return jx_fail_at(line, ST_ERR_FORMAT, "macros taking %.*s are not supported", (int)t->n, t->s);
+        if (is_name(t, "caller")) p->caller = 1;
         ST_TRY(node(p, JN_NAME, line, 0, out));
         ST_TRY(name_of(p, t, &(*out)->s));
         (*out)->n = t->n;
@@ -680,11 +685,120 @@ static st_err parse_set(parser *p, int line, jx_node **out)
     return ST_OK;
 }
 
+/* (name, name=default, ...) after the opening parenthesis, as Jinja2's
+ * parse_signature reads it: a parameter without a default may not follow
+ * one with a default. The defaults go to k, the names to *names. */
+static st_err parse_signature(parser *p, int line, kids *k, const char ***names, int *n_names)
+{
+    const char *nm[64];
+    int n = 0, defaults = 0;
+    while (!is_op(cur(p), ')')) {
+        const jx_tok *t = cur(p);
+        if (t->kind != JT_NAME) return unexpected(p, "a parameter name");
+        if (n == 64) return jx_fail_at(line, ST_ERR_FORMAT, "more than 64 macro parameters");
+        ST_TRY(name_of(p, t, &nm[n]));
+        for (int i = 0; i < n; i++)
+            if (!strcmp(nm[i], nm[n])) return jx_fail_at(line, ST_ERR_FORMAT, "parameter '%s' given twice", nm[n]);
+        n++;
+        p->i++;
+        jx_node *dflt = NULL;
+        if (is_op(cur(p), '=')) {
+            p->i++;
+            ST_TRY(parse_expr(p, 1, &dflt));
+            defaults = 1;
+        } else if (defaults) {
+            return jx_fail_at(line, ST_ERR_FORMAT, "syntax error: non-default argument follows default argument");
+        }
+        ST_TRY(push(p, k, dflt, NULL));
+        if (!is_op(cur(p), ',')) break;
+        p->i++;
+    }
+    ST_TRY(expect_op(p, ')', "',' or ')'"));
+    const char **copy = jx_alloc(&p->t->arena, (size_t)(n ? n : 1) * sizeof *copy);
+    if (!copy) NO_MEM();
+    memcpy(copy, nm, (size_t)n * sizeof *copy);
+    *names = copy;
+    *n_names = n;
+    return ST_OK;
+}
+
+/* A macro or call body: loops around it do not reach into it. *uses_caller:
+ * the body names caller (Jinja2 then lets a call block give it one). */
+static st_err parse_macro_body(parser *p, const char *opener, const char *end, int line, jx_node **body,
+                               int *uses_caller)
+{
+    const char *const ends[] = {end, NULL};
+    int which, loops = p->loops, caller = p->caller;
+    p->loops = 0;
+    p->caller = 0;
+    p->macros++;
+    ST_TRY(parse_body(p, ends, opener, line, body, &which));
+    p->macros--;
+    p->loops = loops;
+    *uses_caller = p->caller;
+    p->caller = caller;
+    return expect_block_end(p);
+}
+
+/* {% macro name(params) %}body{% endmacro %} */
+static st_err parse_macro(parser *p, int line, jx_node **out)
+{
+    const jx_tok *t = cur(p);
+    if (t->kind != JT_NAME) return unexpected(p, "a macro name");
+    const char *name;
+    ST_TRY(name_of(p, t, &name));
+    p->i++;
+    ST_TRY(expect_op(p, '(', "'(' after the macro name"));
+    kids k = {0};
+    const char **names;
+    int n_names;
+    ST_TRY(parse_signature(p, line, &k, &names, &n_names));
+    ST_TRY(expect_block_end(p));
+    jx_node *body;
+    int uses_caller;
+    ST_TRY(parse_macro_body(p, "macro", "endmacro", line, &body, &uses_caller));
+    ST_TRY(push(p, &k, body, NULL));
+    ST_TRY(from_kids(p, JN_MACRO, line, &k, out));
+    (*out)->op = uses_caller;
+    (*out)->s = name;
+    (*out)->n = strlen(name);
+    (*out)->names = names;
+    (*out)->n_names = n_names;
+    return ST_OK;
+}
+
+/* {% call(params) macro(args) %}body{% endcall %}: the macro is called with
+ * caller, a macro whose body is the block's. */
+static st_err parse_call_block(parser *p, int line, jx_node **out)
+{
+    kids k = {0};
+    const char **names = NULL;
+    int n_names = 0;
+    if (is_op(cur(p), '(')) {
+        p->i++;
+        ST_TRY(parse_signature(p, line, &k, &names, &n_names));
+    }
+    jx_node *call;
+    ST_TRY(parse_expr(p, 1, &call));
+    if (call->kind != JN_CALL) return jx_fail_at(line, ST_ERR_FORMAT, "syntax error: {%% call %%} needs a macro call");
+    ST_TRY(expect_block_end(p));
+    jx_node *body;
+    int uses_caller;
+    ST_TRY(parse_macro_body(p, "call", "endcall", line, &body, &uses_caller));
+    ST_TRY(push(p, &k, body, NULL));
+    ST_TRY(push(p, &k, call, NULL));
+    ST_TRY(from_kids(p, JN_CALL_BLOCK, line, &k, out));
+    (*out)->s = "caller";
+    (*out)->n = 6;
+    (*out)->names = names;
+    (*out)->n_names = n_names;
+    return ST_OK;
+}
+
 /* Statements Jinja has that this interpreter does not. */
-static const char *const unsupported[] = {"macro", "call", "include", "import", "from", "extends", "block",
-                                          "filter", "with", "autoescape", "raw", "do", "trans", "pluralize",
-                                          "endmacro", "endcall", "endblock", "endfilter", "endwith",
-                                          "endautoescape", "endraw", "endtrans", NULL};
+static const char *const unsupported[] = {"include", "import", "from", "extends", "block", "filter", "with",
+                                          "autoescape", "raw", "do", "trans", "pluralize", "endblock",
+                                          "endfilter", "endwith", "endautoescape", "endraw", "endtrans", NULL};
 
 /* One {% ... %} statement: the keyword is the current token. */
 static st_err parse_statement(parser *p, jx_node **out)
@@ -696,6 +810,8 @@ static st_err parse_statement(parser *p, jx_node **out)
     if (is_name(t, "for")) return parse_for(p, line, out);
     if (is_name(t, "if")) return parse_if(p, line, out);
     if (is_name(t, "set")) return parse_set(p, line, out);
+    if (is_name(t, "macro")) return parse_macro(p, line, out);
+    if (is_name(t, "call")) return parse_call_block(p, line, out);
     if (is_name(t, "break") || is_name(t, "continue")) {
         if (!p->loops)
             return jx_fail_at(line, ST_ERR_FORMAT, "'%.*s' outside a for loop", (int)t->n, t->s);
@@ -703,12 +819,15 @@ static st_err parse_statement(parser *p, jx_node **out)
         ST_TRY(node(p, is_name(t, "break") ? JN_BREAK : JN_CONTINUE, line, 0, out));
         return seal(*out);
     }
-    if (is_name(t, "generation")) { /* HF's marker of assistant text: its body as is */
+    if (is_name(t, "generation")) { /* HF's marker of assistant text: its body, located */
         static const char *const end[] = {"endgeneration", NULL};
         int which;
+        jx_node *body;
         ST_TRY(expect_block_end(p));
-        ST_TRY(parse_body(p, end, "generation", line, out, &which));
-        return expect_block_end(p);
+        ST_TRY(parse_body(p, end, "generation", line, &body, &which));
+        ST_TRY(expect_block_end(p));
+        p->t->has_generation = 1;
+        return node2(p, JN_GENERATION, line, body, NULL, out);
     }
     for (int k = 0; unsupported[k]; k++)
         if (is_name(t, unsupported[k]))
@@ -755,7 +874,8 @@ static st_err parse_body(parser *p, const char *const *ends, const char *opener,
                     p->depth--;
                     return ST_OK;
                 }
-            static const char *const closers[] = {"elif", "else", "endif", "endfor", "endset", "endgeneration", NULL};
+            static const char *const closers[] = {"elif", "else", "endif", "endfor", "endset", "endgeneration",
+                                                  "endmacro", "endcall", NULL};
             for (int e = 0; closers[e]; e++)
                 if (is_name(kw, closers[e]))
                     return jx_fail_at(kw->line, ST_ERR_FORMAT, "unexpected {%% %s %%}%s%s", closers[e],
@@ -794,6 +914,8 @@ static char *normalize(jx_arena *a, const char *src, size_t len, size_t *n)
     *n = k;
     return s;
 }
+
+int st_jinja_has_generation(const st_jinja *t) { return t && t->has_generation; }
 
 void st_jinja_free(st_jinja *t)
 {

@@ -74,6 +74,13 @@ st_jv *jv_bool(int b) { return scalar(JV_BOOL, b != 0); }
 st_jv *jv_none(void) { return jv_new(JV_NONE); }
 st_jv *jv_func(int which) { return scalar(JV_FUNC, which); }
 
+st_jv *jv_macro(const jx_node *def, int link)
+{
+    st_jv *v = jv_new(JV_MACRO);
+    if (v) v->u.macro.def = def, v->u.macro.link = link;
+    return v;
+}
+
 st_jv *jv_float(double f)
 {
     st_jv *v = jv_new(JV_FLOAT);
@@ -259,6 +266,9 @@ void jv_free_literal(st_jv *v)
 
 st_jv *st_jv_string(const char *s, size_t n, int is_content) { return str_copy(s, n, NULL, is_content != 0); }
 st_jv *st_jv_boolean(int b) { return jv_bool(b); }
+st_jv *st_jv_none(void) { return jv_none(); }
+st_jv *st_jv_integer(int64_t i) { return jv_int(i); }
+st_jv *st_jv_number(double f) { return jv_float(f); }
 st_jv *st_jv_new_list(void) { return jv_new(JV_LIST); }
 st_jv *st_jv_new_dict(void) { return jv_new(JV_DICT); }
 st_jv *st_jv_ref(st_jv *v) { return jv_ref(v); }
@@ -287,7 +297,7 @@ st_err st_jv_put(st_jv *dict, const char *key, st_jv *item)
 const char *jv_type_name(const st_jv *v)
 {
     static const char *const names[] = {"undefined", "none", "a boolean", "an integer", "a float",
-                                        "a string", "a list", "a dict", "a namespace", "a function"};
+                                        "a string", "a list", "a dict", "a namespace", "a function", "a macro"};
     return names[v->type];
 }
 
@@ -304,7 +314,8 @@ int jv_truthy(const st_jv *v)
     case JV_LIST: return v->u.list.n > 0;
     case JV_DICT: return v->u.map.n > 0;
     case JV_NS:
-    case JV_FUNC: return 1;
+    case JV_FUNC:
+    case JV_MACRO: return 1;
     default: return 0;
     }
 }
@@ -528,6 +539,7 @@ static st_err scalar_text(jx_ctx *cx, jx_buf *b, const st_jv *v, uint8_t p, int 
         float_repr(v->u.f, num, sizeof num);
         return put_c(cx, b, num, p);
     case JV_FUNC: return put_c(cx, b, "<function>", p);
+    case JV_MACRO: return put_c(cx, b, "<macro>", p);
     default: return put_c(cx, b, "<namespace>", p);
     }
 }
@@ -674,7 +686,8 @@ static st_err json_rec(jx_ctx *cx, jx_buf *b, const st_jv *v, int indent, int le
     }
     case JV_UNDEF:
     case JV_NS:
-    case JV_FUNC: return jx_fail(cx, ST_ERR_FORMAT, "tojson: %s is not JSON serializable", jv_type_name(v));
+    case JV_FUNC:
+    case JV_MACRO: return jx_fail(cx, ST_ERR_FORMAT, "tojson: %s is not JSON serializable", jv_type_name(v));
     default: return scalar_text(cx, b, v, p, 1);
     }
 }

@@ -21,9 +21,11 @@
  *             assistant "<|im_start|>assistant\n{content}<|im_end|>\n"
  *   tokenizer the model's own Jinja chat template (tokenizer_config.json
  *             "chat_template"), rendered as transformers renders it; the mask
- *             is 1 on each assistant message's span as the prefix method finds
- *             it (its content and the template's end of turn), and content is
- *             still encoded without special tokens. See io/chat/chat_template.h.
+ *             is 1 on each assistant message as the whole conversation renders
+ *             it (its generation blocks, else the prefix method, else the
+ *             template's loop over the messages; the template's end of turn
+ *             included), and content is still encoded without special tokens.
+ *             See io/chat/chat_template.h.
  *
  * When the tokenizer's own rule puts bos first (st_tokenizer_adds_bos:
  * add_bos_token, sentencepiece vocabularies), every sequence starts with it

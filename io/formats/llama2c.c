@@ -374,7 +374,7 @@ st_err st_llama2c_write(const char *path, const st_config *cfg, const float *par
     size_t n_scratch = wq->numel;
     if (n_scratch < (size_t)lay.head_dim) n_scratch = (size_t)lay.head_dim; /* one freq_cis row */
     scratch = malloc(n_scratch * sizeof *scratch);
-    if (asprintf(&tmp, "%s.tmp", path) < 0) tmp = NULL;
+    if ((tmp = malloc(strlen(path) + 5))) sprintf(tmp, "%s.tmp", path);
     if (!scratch || !tmp) {
         e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory writing '%s'", path);
         goto done;

@@ -1,5 +1,6 @@
 /* cmd_convert.c: `shardtune convert` (import a model into a checkpoint) and
  * `shardtune inspect` (describe a checkpoint). */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +18,10 @@
 #include "mpi/comm.h"
 
 typedef struct { char *out, *format, *tokenizer; } convert_opts;
-static convert_opts CV;
 static const st_option convert_options[] = {
-    {"out", ST_OPT_STRING, &CV.out, NULL, "checkpoint to write (required)"},
-    {"format", ST_OPT_STRING, &CV.format, "auto", "source format: auto, llama2c, llmc, hf (a Hugging Face directory) or shardtune (a checkpoint: keeps weights and tokenizer, drops optimizer state)"},
-    {"tokenizer", ST_OPT_STRING, &CV.tokenizer, NULL, "tokenizer to store with the model (byte, gpt2:DIR, hf:FILE, llama2c:FILE, llmc:FILE); default: the one beside the source (DIR/tokenizer.json, gpt2_tokenizer.bin, tokenizer.bin)"},
+    {"out", ST_OPT_STRING, offsetof(convert_opts, out), NULL, "checkpoint to write (required)"},
+    {"format", ST_OPT_STRING, offsetof(convert_opts, format), "auto", "source format: auto, llama2c, llmc, hf (a Hugging Face directory) or shardtune (a checkpoint: keeps weights and tokenizer, drops optimizer state)"},
+    {"tokenizer", ST_OPT_STRING, offsetof(convert_opts, tokenizer), NULL, "tokenizer to store with the model (byte, gpt2:DIR, hf:FILE, llama2c:FILE, llmc:FILE); default: the one beside the source (DIR/tokenizer.json, gpt2_tokenizer.bin, tokenizer.bin)"},
 };
 
 /* A directory is a Hugging Face model; an HDF5 signature is one of our
@@ -98,11 +98,11 @@ static st_err read_checkpoint(const char *path, st_config *cfg, float **params, 
 /* Rank 0: the tokenizer to store (--tokenizer, else the one found beside
  * the source) as a blob; its size checked against the model's vocabulary. */
 static st_err tokenizer_blob(const char *src, const char *fmt, const st_config *cfg, st_tokenizer *tok,
-                             const char **kind, uint8_t **blob, size_t *nb)
+                             const char **kind, uint8_t **blob, size_t *nb, const convert_opts *o)
 {
     st_tokenizer *own = NULL;
-    if (CV.tokenizer) {
-        ST_TRY(st_tokenizer_load(&own, CV.tokenizer));
+    if (o->tokenizer) {
+        ST_TRY(st_tokenizer_load(&own, o->tokenizer));
         tok = own;
     } else if (!tok) {
         found_tokenizer(src, fmt, &own);
@@ -111,7 +111,7 @@ static st_err tokenizer_blob(const char *src, const char *fmt, const st_config *
     st_err e = ST_OK;
     if (tok && st_tokenizer_vocab_size(tok) > cfg->vocab_size)
         e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
-                         "tokenizer '%s' has %d tokens but the model only %d", CV.tokenizer ? CV.tokenizer : "found",
+                         "tokenizer '%s' has %d tokens but the model only %d", o->tokenizer ? o->tokenizer : "found",
                          st_tokenizer_vocab_size(tok), cfg->vocab_size);
     if (!e && tok) e = st_tokenizer_to_blob(tok, kind, blob, nb);
     if (own) st_tokenizer_free(own);
@@ -120,7 +120,7 @@ static st_err tokenizer_blob(const char *src, const char *fmt, const st_config *
 
 /* llama2.c, llm.c, Hugging Face: every rank opens the source and converts
  * its share of the tensors into one parallel HDF5 file. */
-static st_err convert_source(const char *src, const char *fmt, MPI_Comm world)
+static st_err convert_source(const char *src, const char *fmt, MPI_Comm world, const convert_opts *o)
 {
     int rank = 0;
     rank = st_comm_rank(world);
@@ -129,16 +129,16 @@ static st_err convert_source(const char *src, const char *fmt, MPI_Comm world)
     const char *kind = NULL;
     uint8_t *blob = NULL;
     size_t nb = 0;
-    st_err e = rank == 0 ? tokenizer_blob(src, ms.format, &ms.cfg, NULL, &kind, &blob, &nb) : ST_OK;
+    st_err e = rank == 0 ? tokenizer_blob(src, ms.format, &ms.cfg, NULL, &kind, &blob, &nb, o) : ST_OK;
     e = st_agree(world, e);
     double t0 = st_now();
-    if (!e) e = st_ckpt_save_source(CV.out, world, &ms, kind, blob, nb);
+    if (!e) e = st_ckpt_save_source(o->out, world, &ms, kind, blob, nb);
     if (!e && rank == 0) {
         int size = 1;
         size = st_comm_size(world);
         double dt = st_now() - t0;
         printf("converted %s (%s, %s, %lld parameters) -> %s in %.2f s (%.3f GB/s of float32, %d rank%s)\n", src,
-               ms.format, st_family_name(ms.cfg.family), st_config_num_params(&ms.cfg), CV.out, dt,
+               ms.format, st_family_name(ms.cfg.family), st_config_num_params(&ms.cfg), o->out, dt,
                (double)ms.lay.numel * 4 / 1e9 / dt, size, size > 1 ? "s" : "");
     }
     free(blob);
@@ -147,7 +147,7 @@ static st_err convert_source(const char *src, const char *fmt, MPI_Comm world)
 }
 
 /* A shardtune checkpoint -> weights only: one rank reads it whole and writes it. */
-static st_err convert_checkpoint(const char *src, MPI_Comm world)
+static st_err convert_checkpoint(const char *src, MPI_Comm world, const convert_opts *o)
 {
     int rank = 0;
     rank = st_comm_rank(world);
@@ -162,17 +162,17 @@ static st_err convert_checkpoint(const char *src, MPI_Comm world)
         st_grid g;
         st_layout lay;
         e = read_checkpoint(src, &cfg, &params, &tok);
-        if (!e) e = tokenizer_blob(src, "shardtune", &cfg, tok, &kind, &blob, &nb);
+        if (!e) e = tokenizer_blob(src, "shardtune", &cfg, tok, &kind, &blob, &nb, o);
         if (!e) e = st_grid_init(&g, MPI_COMM_SELF, 1);
         if (!e) {
             e = st_layout_init(&lay, &cfg, 1, 0);
             if (!e) {
                 st_ckpt_tensors t = {.lay = &lay, .params = params};
                 st_train_state s = {0};
-                e = st_ckpt_save_file(CV.out, &g, &t, &s, kind, blob, nb);
+                e = st_ckpt_save_file(o->out, &g, &t, &s, kind, blob, nb);
                 if (!e)
                     printf("converted %s (shardtune, %s, %lld parameters) -> %s\n", src, st_family_name(cfg.family),
-                           st_config_num_params(&cfg), CV.out);
+                           st_config_num_params(&cfg), o->out);
                 st_layout_free(&lay);
             }
             st_grid_free(&g);
@@ -184,22 +184,24 @@ static st_err convert_checkpoint(const char *src, MPI_Comm world)
     return st_agree(world, e);
 }
 
-static st_err convert(const char *src, MPI_Comm world)
+static st_err convert(const char *src, MPI_Comm world, void *opts)
 {
-    if (!CV.out) ST_FAIL(ST_ERR_ARG, "convert needs --out FILE.h5");
-    const char *fmt = CV.format;
+    const convert_opts *o = opts;
+    if (!o->out) ST_FAIL(ST_ERR_ARG, "convert needs --out FILE.h5");
+    const char *fmt = o->format;
     st_err e = ST_OK;
     if (!strcmp(fmt, "auto")) e = detect(src, &fmt);
     ST_TRY(st_agree(world, e));
-    if (!strcmp(fmt, "shardtune")) return convert_checkpoint(src, world);
+    if (!strcmp(fmt, "shardtune")) return convert_checkpoint(src, world, o);
     if (strcmp(fmt, "auto") && strcmp(fmt, "llama2c") && strcmp(fmt, "llmc") && strcmp(fmt, "hf"))
         ST_FAIL(ST_ERR_ARG, "unknown --format '%s' (auto, llama2c, llmc, hf or shardtune)", fmt);
-    return convert_source(src, fmt, world);
+    return convert_source(src, fmt, world, o);
 }
 
 st_err st_cmd_convert(int argc, char **argv, MPI_Comm world)
 {
-    return st_options_run(argc, argv, world, convert_options, 3,
+    convert_opts o;
+    return st_options_run(argc, argv, world, convert_options, 3, &o,
                    "usage: shardtune convert SRC --out base.h5 [--tokenizer SPEC]\n\n"
                    "Imports a llama2.c .bin, an llm.c .bin or a Hugging Face model directory\n"
                    "(config.json + *.safetensors + tokenizer.json: GPT-2, Llama, Mistral, Qwen2)\n"
@@ -209,18 +211,17 @@ st_err st_cmd_convert(int argc, char **argv, MPI_Comm world)
                    "the source model (a file or a directory)", convert);
 }
 
-static st_err inspect(const char *path, MPI_Comm world)
+static st_err inspect(const char *path, MPI_Comm world, void *unused)
 {
-    int rank = 0;
-    rank = st_comm_rank(world);
+    (void)unused;
     st_err e = ST_OK;
-    if (rank == 0) e = st_ckpt_inspect(path, MPI_COMM_SELF, stdout);
+    if (st_comm_rank(world) == 0) e = st_ckpt_inspect(path, MPI_COMM_SELF, stdout);
     return st_agree(world, e);
 }
 
 st_err st_cmd_inspect(int argc, char **argv, MPI_Comm world)
 {
-    return st_options_run(argc, argv, world, NULL, 0,
+    return st_options_run(argc, argv, world, NULL, 0, NULL,
                    "usage: shardtune inspect CKPT.h5\n\n"
                    "Prints format version, config, step, parameter count, tensor shapes and\n"
                    "verifies every tensor's checksum. The file is plain HDF5: h5ls -r works too.\n\n",

@@ -12,14 +12,15 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cmd/commands.h"
 #include "cmd/options.h"
-#include "io/lora_ckpt.h"
 #include "io/checkpoint.h"
 #include "io/dataset.h"
+#include "io/inference.h"
 #include "io/tok/tokenizer.h"
 #include "model/classify.h"
 #include "model/lora.h"
@@ -30,102 +31,71 @@ typedef struct {
     char *data, *split, *out;
     int batch_size, seq_len, max_batches, tp, generate, max_new;
 } eval_opts;
-static eval_opts E;
 
 static const st_option eval_options[] = {
-    {"data", ST_OPT_STRING, &E.data, NULL, "dataset.h5 to evaluate on (required)"},
-    {"split", ST_OPT_STRING, &E.split, "validation", "validation, train or all"},
-    {"batch_size", ST_OPT_INT, &E.batch_size, "16", "rows per micro-batch on each rank"},
-    {"seq_len", ST_OPT_INT, &E.seq_len, "0", "tokens per row (0 = the model's max_seq)"},
-    {"max_batches", ST_OPT_INT, &E.max_batches, "0", "stop after this many micro-batches per rank (0 = the whole split)"},
-    {"generate", ST_OPT_INT, &E.generate, "0", "sft/chat data: answer N prompts spread evenly over the split greedily and report exact match"},
-    {"max_new", ST_OPT_INT, &E.max_new, "32", "with --generate: longest answer in tokens"},
-    {"tp", ST_OPT_INT, &E.tp, "1", "tensor-parallel ranks"},
-    {"out", ST_OPT_STRING, &E.out, NULL, "write the results as JSON here"},
+    {"data", ST_OPT_STRING, offsetof(eval_opts, data), NULL, "dataset.h5 to evaluate on (required)"},
+    {"split", ST_OPT_STRING, offsetof(eval_opts, split), "validation", "validation, train or all"},
+    {"batch_size", ST_OPT_INT, offsetof(eval_opts, batch_size), "16", "rows per micro-batch on each rank"},
+    {"seq_len", ST_OPT_INT, offsetof(eval_opts, seq_len), "0", "tokens per row (0 = the model's max_seq)"},
+    {"max_batches", ST_OPT_INT, offsetof(eval_opts, max_batches), "0", "stop after this many micro-batches per rank (0 = the whole split)"},
+    {"generate", ST_OPT_INT, offsetof(eval_opts, generate), "0", "sft/chat data: answer N prompts spread evenly over the split greedily and report exact match"},
+    {"max_new", ST_OPT_INT, offsetof(eval_opts, max_new), "32", "with --generate: longest answer in tokens"},
+    {"tp", ST_OPT_INT, offsetof(eval_opts, tp), "1", "tensor-parallel ranks"},
+    {"out", ST_OPT_STRING, offsetof(eval_opts, out), NULL, "write the results as JSON here"},
 };
 
 typedef struct {
     st_grid g;
-    st_model m;
-    st_cls_head head;
-    int classify, K;
+    st_infer x;         /* the model, its head and tokenizer */
+    int classify, K;    /* a head with K outputs */
     int reward;         /* a 1-output head: scores preference pairs */
-    char **labels;
     st_dataset *ds;
     st_loader *ld;
     st_batch b;
-    st_tokenizer *tok;
     int64_t *confusion; /* K x K: [truth][prediction] */
     int32_t *pred;
 } evaluator;
 
-static st_err load(evaluator *v, const char *ckpt, MPI_Comm world)
+static st_err load(evaluator *v, const char *ckpt, MPI_Comm world, const eval_opts *o)
 {
-    ST_TRY(st_grid_init(&v->g, world, E.tp));
-    st_config cfg;
-    ST_TRY(st_ckpt_read_config(ckpt, world, &cfg));
-    char *meta = NULL;
-    int present = 0;
-    ST_TRY(st_ckpt_read_set_meta(ckpt, world, "head", &meta, &present));
-    int pool_mean = 0;
-    if (present) {
-        st_err e = st_cls_meta_parse(meta, &v->K, &pool_mean, &v->labels);
-        free(meta);
-        ST_TRY(e);
-        v->classify = 1;
-        v->reward = v->K == 1;
-    }
-    ST_TRY(st_agree(world, st_dataset_open(&v->ds, E.data)));
-    int T = E.seq_len ? E.seq_len : cfg.max_seq;
-    if (T > cfg.max_seq) ST_FAIL(ST_ERR_ARG, "--seq_len %d exceeds the model's max_seq %d", T, cfg.max_seq);
-    ST_TRY(st_model_create(&v->m, &cfg, v->g.tp, E.batch_size, T, 0, ST_MODEL_INFER));
-    st_ckpt_tensors t = {.lay = &v->m.lay, .params = v->m.params};
-    if (v->classify) {
-        ST_TRY(st_cls_create(&v->head, &v->m, v->K, pool_mean, 0));
-        t.n_sets = 1;
-        t.sets[0] = (st_ckpt_set){.group = "head", .lay = &v->head.lay, .params = v->head.params};
-    }
-    char *kind = NULL;
-    uint8_t *blob = NULL;
-    size_t nb = 0;
-    ST_TRY(st_ckpt_load(ckpt, &v->g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb));
-    free(t.sets[0].meta);
-    int merged = 0; /* LoRA adapters, if any, merged into the weights */
-    ST_TRY(st_lora_merge_checkpoint(ckpt, &v->g, &v->m.lay, v->m.params, &merged));
-    if (kind) {
-        st_err e = st_tokenizer_from_blob(&v->tok, kind, blob, nb);
-        free(kind);
-        free(blob);
-        ST_TRY(e);
-        if (st_tokenizer_hash(v->tok) != st_dataset_tokenizer_hash(v->ds))
-            ST_FAIL(ST_ERR_ARG, "'%s' was tokenized with a different tokenizer than checkpoint '%s' carries; "
-                    "prepare the data with the model's tokenizer", E.data, ckpt);
-    }
-    if (v->reward && (st_dataset_num_pairs(v->ds) < 1 || E.batch_size % 2))
+    ST_TRY(st_grid_init(&v->g, world, o->tp));
+    ST_TRY(st_agree(world, st_dataset_open(&v->ds, o->data)));
+    const st_infer_opts io = {.B = o->batch_size, .T = o->seq_len, .head = ST_INFER_HEAD, .merge_lora = 1};
+    ST_TRY(st_infer_open(&v->x, ckpt, &v->g, &io));
+    if (o->seq_len > v->x.cfg.max_seq)
+        ST_FAIL(ST_ERR_ARG, "--seq_len %d exceeds the model's max_seq %d", o->seq_len, v->x.cfg.max_seq);
+    v->classify = v->x.has_head;
+    v->K = v->x.n_labels;
+    v->reward = v->classify && v->K == 1;
+    const int T = v->x.m.T;
+    if (v->x.tok && st_tokenizer_hash(v->x.tok) != st_dataset_tokenizer_hash(v->ds))
+        ST_FAIL(ST_ERR_ARG, "'%s' was tokenized with a different tokenizer than checkpoint '%s' carries; "
+                "prepare the data with the model's tokenizer", o->data, ckpt);
+    if (v->reward && (st_dataset_num_pairs(v->ds) < 1 || o->batch_size % 2))
         ST_FAIL(ST_ERR_ARG, "'%s' is a reward model: evaluate it on a preference dataset (prompt/chosen/rejected) "
-                "with an even --batch_size ('%s' has %lld pairs, --batch_size %d)", ckpt, E.data,
-                (long long)st_dataset_num_pairs(v->ds), E.batch_size);
+                "with an even --batch_size ('%s' has %lld pairs, --batch_size %d)", ckpt, o->data,
+                (long long)st_dataset_num_pairs(v->ds), o->batch_size);
     if (v->classify && !v->reward && st_dataset_num_labels(v->ds) != v->K)
         ST_FAIL(ST_ERR_ARG, "'%s' has %d labels but the classifier in '%s' has %d (prepare with the same "
-                "--label-names)", E.data, st_dataset_num_labels(v->ds), ckpt, v->K);
-    int split = !strcmp(E.split, "all") ? -1 : !strcmp(E.split, "train") ? 0 : !strcmp(E.split, "validation") ? 1 : -2;
-    if (split == -2) ST_FAIL(ST_ERR_ARG, "--split '%s': expected validation, train or all", E.split);
+                "--label-names)", o->data, st_dataset_num_labels(v->ds), ckpt, v->K);
+    int split = !strcmp(o->split, "all") ? -1 : !strcmp(o->split, "train") ? 0 : !strcmp(o->split, "validation") ? 1 : -2;
+    if (split == -2) ST_FAIL(ST_ERR_ARG, "--split '%s': expected validation, train or all", o->split);
     int docs = v->classify || strcmp(st_dataset_kind(v->ds), "text");
     ST_TRY(st_loader_create(&v->ld, v->ds, docs ? ST_SAMPLE_DOCS : ST_SAMPLE_STREAM, T, 0, split));
-    ST_TRY(st_batch_alloc(&v->b, E.batch_size, T));
-    ST_ALLOC(v->pred, E.batch_size, "predictions");
+    ST_TRY(st_batch_alloc(&v->b, o->batch_size, T));
+    ST_ALLOC(v->pred, o->batch_size, "predictions");
     if (v->classify && !v->reward) ST_ALLOC(v->confusion, (size_t)v->K * v->K, "confusion table");
     return ST_OK;
 }
 
 /* sums: loss, counted, correct */
-static st_err score(evaluator *v, double sums[3])
+static st_err score(evaluator *v, double sums[3], const eval_opts *o)
 {
-    const int B = E.batch_size, T = v->b.T;
+    const int B = o->batch_size, T = v->b.T;
     int64_t n = st_loader_num_samples(v->ld);
-    if (n < 1) ST_FAIL(ST_ERR_ARG, "'%s' has no samples in split '%s'", E.data, E.split);
+    if (n < 1) ST_FAIL(ST_ERR_ARG, "'%s' has no samples in split '%s'", o->data, o->split);
     for (int64_t k = 0;; k++) {
-        if (E.max_batches && k >= E.max_batches) break;
+        if (o->max_batches && k >= o->max_batches) break;
         int64_t g0 = (k * v->g.dp_size + v->g.dp_rank) * B;
         if (g0 >= n) break;
         int rows = n - g0 < B ? (int)(n - g0) : B;
@@ -133,11 +103,11 @@ static st_err score(evaluator *v, double sums[3])
         double loss = 0;
         if (v->reward) { /* rows 2i, 2i+1: a pair; counts pairs */
             double none = 0, correct = 0;
-            ST_TRY(st_cls_forward(&v->head, &v->m, v->b.tokens, v->b.lengths, NULL, rows, T, 1.0f, &none, NULL));
-            ST_TRY(st_cls_pair_loss(&v->head, rows, 1.0f, &loss, &correct));
+            ST_TRY(st_cls_forward(&v->x.head, &v->x.m, v->b.tokens, v->b.lengths, NULL, rows, T, 1.0f, &none, NULL));
+            ST_TRY(st_cls_pair_loss(&v->x.head, rows, 1.0f, &loss, &correct));
             sums[1] += rows / 2, sums[2] += correct;
         } else if (v->classify) {
-            ST_TRY(st_cls_forward(&v->head, &v->m, v->b.tokens, v->b.lengths, v->b.labels, rows, T, 1.0f, &loss, v->pred));
+            ST_TRY(st_cls_forward(&v->x.head, &v->x.m, v->b.tokens, v->b.lengths, v->b.labels, rows, T, 1.0f, &loss, v->pred));
             for (int i = 0; i < rows; i++) {
                 v->confusion[(size_t)v->b.labels[i] * v->K + v->pred[i]]++;
                 sums[2] += v->pred[i] == v->b.labels[i];
@@ -146,7 +116,7 @@ static st_err score(evaluator *v, double sums[3])
         } else {
             if (!strcmp(st_dataset_kind(v->ds), "text")) /* every real next token */
                 st_batch_mask_all(&v->b, rows);
-            ST_TRY(st_model_forward(&v->m, v->b.tokens, v->b.targets, v->b.mask, rows, T, 1.0f, &loss));
+            ST_TRY(st_model_forward(&v->x.m, v->b.tokens, v->b.targets, v->b.mask, rows, T, 1.0f, &loss));
             for (int i = 0; i < rows * T; i++) sums[1] += v->b.mask[i];
         }
         sums[0] += loss;
@@ -165,27 +135,27 @@ static void trim(char *s)
     memmove(s, s + a, n - a + 1);
 }
 
-/* Greedy answers to the first E.generate prompts (docs whose mask marks the
+/* Greedy answers to the first o->generate prompts (docs whose mask marks the
  * response); exact match after trimming white space. Rank 0 of each tp group
  * of dp rank 0 does them all (generation is a small, sequential job). */
-static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples)
+static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples, const eval_opts *o)
 {
     *tried = *matched = 0;
-    if (!E.generate || v->classify || !v->tok || v->g.dp_rank != 0) return ST_OK;
-    const st_layout *y = &v->m.lay;
+    if (!o->generate || v->classify || !v->x.tok || v->g.dp_rank != 0) return ST_OK;
+    const st_layout *y = &v->x.m.lay;
     st_model gm;
     ST_TRY(st_model_create(&gm, &y->cfg, v->g.tp, 1, 64, 0, 0));
-    memcpy(gm.params, v->m.params, y->numel * sizeof(float));
+    memcpy(gm.params, v->x.m.params, y->numel * sizeof(float));
     float *local = malloc(sizeof(float) * y->vocab_l), *full = malloc(sizeof(float) * y->vocab_l * y->tp_size);
     st_err e = local && full ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-    int eos = st_tokenizer_eos(v->tok);
+    int eos = st_tokenizer_eos(v->x.tok);
     /* docs of the split spread evenly over the file (sources are often sorted by class) */
     const int64_t nd = st_dataset_num_docs(v->ds);
-    const int want = strcmp(E.split, "all") ? (strcmp(E.split, "train") ? 1 : 0) : -1;
+    const int want = strcmp(o->split, "all") ? (strcmp(o->split, "train") ? 1 : 0) : -1;
     int64_t in_split = 0, seen = 0;
     for (int64_t d = 0; d < nd; d++) in_split += want < 0 || st_dataset_doc_split(v->ds, d) == want;
-    const int64_t stride = in_split / E.generate > 1 ? in_split / E.generate : 1;
-    for (int64_t d = 0; !e && d < nd && *tried < E.generate; d++) {
+    const int64_t stride = in_split / o->generate > 1 ? in_split / o->generate : 1;
+    for (int64_t d = 0; !e && d < nd && *tried < o->generate; d++) {
         if (want >= 0 && st_dataset_doc_split(v->ds, d) != want) continue;
         if (seen++ % stride) continue;
         int32_t *tok = NULL;
@@ -195,14 +165,14 @@ static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples
         while (p < n && !mask[p]) p++;
         size_t r1 = n;
         while (r1 > p && tok[r1 - 1] == eos) r1--;
-        if (p == 0 || p >= n || (int)p + E.max_new > y->cfg.max_seq) { free(tok); free(mask); continue; }
+        if (p == 0 || p >= n || (int)p + o->max_new > y->cfg.max_seq) { free(tok); free(mask); continue; }
         st_kvcache c;
         int32_t out[4096];
         int nout = 0;
         if ((e = st_kvcache_create(&c, &gm, 1))) { free(tok); free(mask); break; }
         for (size_t at = 0; !e && at < p; at += 64)
             e = st_model_forward_cached(&gm, &c, tok + at, (int)(p - at < 64 ? p - at : 64), local);
-        while (!e && nout < E.max_new && nout < 4096) {
+        while (!e && nout < o->max_new && nout < 4096) {
             if ((e = st_tp_gather_logits(gm.tp, full, local, 1, y->vocab_l))) break;
             int best = 0;
             for (int i = 1; i < y->cfg.vocab_size; i++) if (full[i] > full[best]) best = i;
@@ -214,9 +184,9 @@ static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples
         st_kvcache_free(&c);
         char *got = NULL, *want = NULL, *prompt = NULL;
         size_t l1, l2, l3;
-        if (!e) e = st_tokenizer_decode(v->tok, out, (size_t)nout, &got, &l1);
-        if (!e) e = st_tokenizer_decode(v->tok, tok + p, r1 - p, &want, &l2);
-        if (!e) e = st_tokenizer_decode(v->tok, tok, p, &prompt, &l3);
+        if (!e) e = st_tokenizer_decode(v->x.tok, out, (size_t)nout, &got, &l1);
+        if (!e) e = st_tokenizer_decode(v->x.tok, tok + p, r1 - p, &want, &l2);
+        if (!e) e = st_tokenizer_decode(v->x.tok, tok, p, &prompt, &l3);
         if (!e) {
             trim(got);
             trim(want);
@@ -239,21 +209,21 @@ static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples
     return e;
 }
 
-static void report(evaluator *v, const char *ckpt, const double sums[3], int tried, int matched, cJSON *samples)
+static void report(evaluator *v, const char *ckpt, const double sums[3], int tried, int matched, cJSON *samples, const eval_opts *o)
 {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "checkpoint", ckpt);
-    cJSON_AddStringToObject(o, "data", E.data);
-    cJSON_AddStringToObject(o, "split", E.split);
+    cJSON *js = cJSON_CreateObject();
+    cJSON_AddStringToObject(js, "checkpoint", ckpt);
+    cJSON_AddStringToObject(js, "data", o->data);
+    cJSON_AddStringToObject(js, "split", o->split);
     double loss = sums[1] > 0 ? sums[0] / sums[1] : NAN;
-    cJSON_AddNumberToObject(o, "examples_or_tokens", sums[1]);
-    cJSON_AddNumberToObject(o, "loss", loss);
-    printf("evaluation of %s on %s (%s split)\n", ckpt, E.data, E.split);
+    cJSON_AddNumberToObject(js, "examples_or_tokens", sums[1]);
+    cJSON_AddNumberToObject(js, "loss", loss);
+    printf("evaluation of %s on %s (%s split)\n", ckpt, o->data, o->split);
     if (v->reward) {
         double acc = sums[2] / sums[1];
         printf("  pairs      %.0f\n  loss       %.4f\n  pair accuracy %.2f%% (chosen scored above rejected)\n",
                sums[1], loss, 100 * acc);
-        cJSON_AddNumberToObject(o, "pair_accuracy", acc);
+        cJSON_AddNumberToObject(js, "pair_accuracy", acc);
     } else if (v->classify) {
         const int K = v->K;
         double f1sum = 0;
@@ -272,8 +242,8 @@ static void report(evaluator *v, const char *ckpt, const double sums[3], int tri
         double acc = sums[2] / sums[1], f1 = present ? f1sum / present : 0;
         printf("  examples   %.0f\n  loss       %.4f\n  accuracy   %.2f%%\n  macro-F1   %.4f\n", sums[1], loss,
                100 * acc, f1);
-        cJSON_AddNumberToObject(o, "accuracy", acc);
-        cJSON_AddNumberToObject(o, "macro_f1", f1);
+        cJSON_AddNumberToObject(js, "accuracy", acc);
+        cJSON_AddNumberToObject(js, "macro_f1", f1);
         /* the confusion table: whole for few classes, its largest off-diagonal cells for many */
         cJSON *conf = cJSON_CreateArray();
         for (int k = 0; k < K; k++) {
@@ -281,13 +251,13 @@ static void report(evaluator *v, const char *ckpt, const double sums[3], int tri
             for (int j = 0; j < K; j++) cJSON_AddItemToArray(row, cJSON_CreateNumber((double)v->confusion[(size_t)k * K + j]));
             cJSON_AddItemToArray(conf, row);
         }
-        cJSON_AddItemToObject(o, "confusion", conf);
+        cJSON_AddItemToObject(js, "confusion", conf);
         if (K <= 12) {
             printf("  confusion (rows: truth, columns: prediction)\n  %-16s", "");
-            for (int j = 0; j < K; j++) printf(" %6.6s", v->labels[j]);
+            for (int j = 0; j < K; j++) printf(" %6.6s", v->x.labels[j]);
             printf("\n");
             for (int k = 0; k < K; k++) {
-                printf("  %-16.16s", v->labels[k]);
+                printf("  %-16.16s", v->x.labels[k]);
                 for (int j = 0; j < K; j++) printf(" %6lld", (long long)v->confusion[(size_t)k * K + j]);
                 printf("\n");
             }
@@ -300,68 +270,65 @@ static void report(evaluator *v, const char *ckpt, const double sums[3], int tri
                     for (int j = 0; j < K; j++)
                         if (k != j && v->confusion[(size_t)k * K + j] > best) best = v->confusion[(size_t)k * K + j], bk = k, bj = j;
                 if (bk < 0) break;
-                printf("    %-28s -> %-28s %lld\n", v->labels[bk], v->labels[bj], (long long)best);
+                printf("    %-28s -> %-28s %lld\n", v->x.labels[bk], v->x.labels[bj], (long long)best);
                 v->confusion[(size_t)bk * K + bj] = -v->confusion[(size_t)bk * K + bj]; /* mark shown */
             }
             for (size_t i = 0; i < (size_t)K * K; i++) if (v->confusion[i] < 0) v->confusion[i] = -v->confusion[i];
         }
     } else {
         printf("  tokens     %.0f\n  loss       %.4f\n  perplexity %.3f\n", sums[1], loss, exp(loss));
-        cJSON_AddNumberToObject(o, "perplexity", exp(loss));
+        cJSON_AddNumberToObject(js, "perplexity", exp(loss));
         if (tried) {
             printf("  exact match %d/%d = %.1f%% (greedy, %d new tokens at most)\n", matched, tried,
-                   100.0 * matched / tried, E.max_new);
-            cJSON_AddNumberToObject(o, "exact_match", (double)matched / tried);
-            cJSON_AddNumberToObject(o, "generated", tried);
-            cJSON_AddItemToObject(o, "samples", samples);
+                   100.0 * matched / tried, o->max_new);
+            cJSON_AddNumberToObject(js, "exact_match", (double)matched / tried);
+            cJSON_AddNumberToObject(js, "generated", tried);
+            cJSON_AddItemToObject(js, "samples", samples);
             samples = NULL;
         }
     }
     cJSON_Delete(samples);
     fflush(stdout);
-    if (E.out) {
-        char *txt = cJSON_Print(o);
-        FILE *f = fopen(E.out, "w");
+    if (o->out) {
+        char *txt = cJSON_Print(js);
+        FILE *f = fopen(o->out, "w");
         if (f && txt) {
             fprintf(f, "%s\n", txt);
             fclose(f);
-            printf("results: %s\n", E.out);
+            printf("results: %s\n", o->out);
         } else {
-            fprintf(stderr, "shardtune: warning: cannot write '%s': %s\n", E.out, strerror(errno));
+            fprintf(stderr, "shardtune: warning: cannot write '%s': %s\n", o->out, strerror(errno));
             if (f) fclose(f);
         }
         free(txt);
     }
-    cJSON_Delete(o);
+    cJSON_Delete(js);
 }
 
 static void release(evaluator *v)
 {
-    if (v->classify) st_cls_free(&v->head);
-    for (int k = 0; v->labels && k < v->K; k++) free(v->labels[k]);
-    free(v->labels);
     free(v->confusion);
     free(v->pred);
     st_batch_free(&v->b);
     if (v->ld) st_loader_free(v->ld);
     if (v->ds) st_dataset_close(v->ds);
-    if (v->tok) st_tokenizer_free(v->tok);
-    st_model_free(&v->m);
+    st_infer_close(&v->x);
     st_grid_free(&v->g);
 }
 
-static st_err evaluate(const char *ckpt, MPI_Comm world)
+static st_err evaluate(const char *ckpt, MPI_Comm world, void *opts)
 {
-    if (!E.data) ST_FAIL(ST_ERR_ARG, "eval needs --data dataset.h5 (made by `shardtune prepare`)");
+    const eval_opts *o = opts;
+    if (!o->data) ST_FAIL(ST_ERR_ARG, "eval needs --data dataset.h5 (made by `shardtune prepare`)");
     evaluator v;
     memset(&v, 0, sizeof v);
     double sums[3] = {0, 0, 0};
     int tried = 0, matched = 0;
     cJSON *samples = cJSON_CreateArray();
-    st_err e = load(&v, ckpt, world);
-    if (!e) e = score(&v, sums);
-    if (!e) e = st_agree(world, exact_match(&v, &tried, &matched, samples));
-    if (!e && v.g.world_rank == 0) report(&v, ckpt, sums, tried, matched, samples);
+    st_err e = load(&v, ckpt, world, o);
+    if (!e) e = score(&v, sums, o);
+    if (!e) e = st_agree(world, exact_match(&v, &tried, &matched, samples, o));
+    if (!e && v.g.world_rank == 0) report(&v, ckpt, sums, tried, matched, samples, o);
     else cJSON_Delete(samples);
     release(&v);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
@@ -370,7 +337,8 @@ static st_err evaluate(const char *ckpt, MPI_Comm world)
 
 st_err st_cmd_eval(int argc, char **argv, MPI_Comm world)
 {
-    return st_options_run(argc, argv, world, eval_options, (int)(sizeof eval_options / sizeof eval_options[0]),
+    eval_opts o;
+    return st_options_run(argc, argv, world, eval_options, (int)(sizeof eval_options / sizeof eval_options[0]), &o,
                           "usage: [mpirun -np N] shardtune eval CKPT.h5 --data dataset.h5 [options]\n\n"
                           "Held-out loss and perplexity; accuracy, macro-F1 and confusions for classifiers;\n"
                           "exact match of greedy answers for sft data (--generate N).\n\n",

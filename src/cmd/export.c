@@ -4,12 +4,14 @@
  * checkpoint; the others wait and agree on the outcome. */
 #include <stdint.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cmd/commands.h"
 #include "cmd/options.h"
 #include "core/params.h"
+#include "io/inference.h"
 #include "io/lora_ckpt.h"
 #include "io/checkpoint.h"
 #include "io/formats/gguf.h"
@@ -22,14 +24,13 @@
 
 
 typedef struct { char *to, *dtype, *name, *as; int merge_lora, force; } export_opts;
-static export_opts EX;
 static const st_option export_options[] = {
-    {"to", ST_OPT_STRING, &EX.to, NULL, "destination: hf:DIR (Hugging Face directory), gguf:FILE (llama.cpp) or peft:DIR (the LoRA adapters alone, as PEFT saves them)"},
-    {"dtype", ST_OPT_STRING, &EX.dtype, "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)"},
-    {"name", ST_OPT_STRING, &EX.name, "shardtune", "model name recorded in GGUF general.name"},
-    {"merge-lora", ST_OPT_BOOL, &EX.merge_lora, "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)"},
-    {"force", ST_OPT_BOOL, &EX.force, "false", "gguf: write the tokenizer even when llama.cpp would tokenize text differently (unknown pre-tokenizer, normalizers, sentencepiece-style tokenizer.json)"},
-    {"as", ST_OPT_STRING, &EX.as, "auto", "what to write: lm (the language model), classifier (a classification or reward head as *ForSequenceClassification, hf only) or auto (classifier when the checkpoint has a head)"},
+    {"to", ST_OPT_STRING, offsetof(export_opts, to), NULL, "destination: hf:DIR (Hugging Face directory), gguf:FILE (llama.cpp) or peft:DIR (the LoRA adapters alone, as PEFT saves them)"},
+    {"dtype", ST_OPT_STRING, offsetof(export_opts, dtype), "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)"},
+    {"name", ST_OPT_STRING, offsetof(export_opts, name), "shardtune", "model name recorded in GGUF general.name"},
+    {"merge-lora", ST_OPT_BOOL, offsetof(export_opts, merge_lora), "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)"},
+    {"force", ST_OPT_BOOL, offsetof(export_opts, force), "false", "gguf: write the tokenizer even when llama.cpp would tokenize text differently (unknown pre-tokenizer, normalizers, sentencepiece-style tokenizer.json)"},
+    {"as", ST_OPT_STRING, offsetof(export_opts, as), "auto", "what to write: lm (the language model), classifier (a classification or reward head as *ForSequenceClassification, hf only) or auto (classifier when the checkpoint has a head)"},
 };
 
 static const char usage[] =
@@ -38,42 +39,16 @@ static const char usage[] =
     "(config.json, model.safetensors, tokenizer.json; loads with transformers'\n"
     "from_pretrained) or as a GGUF file for llama.cpp. Optimizer state is not exported.\n\n";
 
-/* The weights of path on this rank alone, and its tokenizer (NULL if none). */
-static st_err load_weights(const char *path, st_config *cfg, float **params, st_tokenizer **tok)
+/* Adapters are merged on request and never silently dropped. */
+static st_err check_lora(const char *path, const export_opts *o)
 {
-    *tok = NULL;
-    st_layout lay;
-    char *kind = NULL, *meta = NULL;
-    uint8_t *blob = NULL;
-    size_t nb = 0;
-    float *p = NULL;
-    ST_TRY(st_ckpt_load_whole(path, cfg, &lay, &p, &kind, &blob, &nb));
-    /* adapters: merged on request; never silently dropped */
-    int has_lora = 0, merged = 0;
-    st_err e = st_ckpt_read_set_meta(path, MPI_COMM_SELF, "lora", &meta, &has_lora);
+    char *meta = NULL;
+    int has_lora = 0;
+    ST_TRY(st_ckpt_read_set_meta(path, MPI_COMM_SELF, "lora", &meta, &has_lora));
     free(meta);
-    if (!e && has_lora && !EX.merge_lora && strncmp(EX.to ? EX.to : "", "peft:", 5))
-        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
-                         "%s carries LoRA adapters; pass --merge-lora to export the base with the adapters "
-                         "merged in, or export the adapters alone with --to peft:DIR", path);
-    if (!e && has_lora && EX.merge_lora) {
-        st_grid g;
-        e = st_grid_init(&g, MPI_COMM_SELF, 1);
-        if (!e) {
-            e = st_lora_merge_checkpoint(path, &g, &lay, p, &merged);
-            st_grid_free(&g);
-        }
-    }
-    if (!e && kind) e = st_tokenizer_from_blob(tok, kind, blob, nb);
-    free(kind);
-    free(blob);
-    st_layout_free(&lay);
-    if (e) {
-        free(p);
-        st_error_trace(__FILE__, __LINE__, __func__);
-        return e;
-    }
-    *params = p;
+    if (has_lora && !o->merge_lora)
+        ST_FAIL(ST_ERR_ARG, "%s carries LoRA adapters; pass --merge-lora to export the base with the adapters "
+                "merged in, or export the adapters alone with --to peft:DIR", path);
     return ST_OK;
 }
 
@@ -131,110 +106,79 @@ static st_err export_peft(const char *ckpt, const char *dir, st_dtype dt)
     return e;
 }
 
-/* The checkpoint's head (meta in head_meta) as an HF score: refused when it
- * pools the mean or has a bias, which *ForSequenceClassification lacks. */
-static st_err write_classifier(const char *ckpt, const char *dir, const st_config *cfg, float *params,
-                               const st_tokenizer *tok, st_dtype dt, const char *head_meta)
+/* The checkpoint's head as an HF score: refused when it pools the mean or
+ * has a bias, which *ForSequenceClassification lacks. */
+static st_err write_classifier(const char *ckpt, const char *dir, const st_infer *x, st_dtype dt)
 {
-    int K = 0, pool_mean = 0;
-    char **labels = NULL;
-    ST_TRY(st_cls_meta_parse(head_meta, &K, &pool_mean, &labels));
-    st_layout lay = {0}, hl = {0};
-    st_grid g;
-    float *hp = NULL;
-    st_err e = pool_mean ? st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s: the head pools the mean of "
-                                        "all tokens; Hugging Face's *ForSequenceClassification pools the last token "
-                                        "(train with classify.pool: last, or export --as lm)", ckpt)
-                         : st_grid_init(&g, MPI_COMM_SELF, 1);
-    const int have_grid = !e;
-    if (!e) e = st_layout_init(&lay, cfg, 1, 0);
-    if (!e) e = st_cls_layout(&hl, cfg, K, 1, 0);
-    if (!e && !(hp = calloc(hl.numel, sizeof *hp)))
-        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-    if (!e) { /* the head set alone: every model tensor is skipped (already loaded) */
-        static const char *const all[] = {"*", NULL};
-        st_ckpt_tensors t = {.lay = &lay, .params = params, .n_sets = 1};
-        t.sets[0] = (st_ckpt_set){.group = "head", .lay = &hl, .params = hp};
-        e = st_ckpt_load(ckpt, &g, &t, NULL, all, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL);
-        free(t.sets[0].meta);
-    }
-    for (int k = 0; !e && k < K; k++)
-        if (hp[hl.tensors[1].offset + k] != 0.0f)
-            e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s: the head has a bias (score.bias[%d] = "
-                             "%g), which Hugging Face's *ForSequenceClassification has not; train with "
-                             "classify.bias: false to export it, or export the language model with --as lm", ckpt,
-                             k, (double)hp[hl.tensors[1].offset + k]);
-    if (!e) {
-        st_hf_head head = {.n_labels = K, .weight = hp, .labels = (const char *const *)labels};
-        e = st_hf_write_classifier(dir, cfg, params, tok, dt, &head);
-    }
-    if (have_grid) st_grid_free(&g);
-    if (lay.tensors) st_layout_free(&lay);
-    if (hl.tensors) st_layout_free(&hl);
-    free(hp);
-    for (int k = 0; k < K; k++) free(labels[k]);
-    free(labels);
-    if (e) st_error_trace(__FILE__, __LINE__, __func__);
-    return e;
+    const st_cls_head *h = &x->head;
+    const float *bias = h->params + h->lay.tensors[1].offset;
+    if (x->pool_mean)
+        ST_FAIL(ST_ERR_ARG, "%s: the head pools the mean of all tokens; Hugging Face's *ForSequenceClassification "
+                "pools the last token (train with classify.pool: last, or export --as lm)", ckpt);
+    for (int k = 0; k < x->n_labels; k++)
+        if (bias[k] != 0.0f)
+            ST_FAIL(ST_ERR_ARG, "%s: the head has a bias (score.bias[%d] = %g), which Hugging Face's "
+                    "*ForSequenceClassification has not; train with classify.bias: false to export it, or export the "
+                    "language model with --as lm", ckpt, k, (double)bias[k]);
+    st_hf_head head = {.n_labels = x->n_labels, .weight = h->params, .labels = (const char *const *)x->labels};
+    return st_hf_write_classifier(dir, &x->cfg, x->m.params, x->tok, dt, &head);
 }
 
-static st_err export_one(const char *ckpt)
+static st_err export_one(const char *ckpt, const export_opts *o)
 {
     st_dtype dt = ST_DT_F32;
     int gguf = 0;
     const char *where = NULL;
-    ST_TRY(parse_dtype(EX.dtype, &dt));
-    if (EX.to && !strncmp(EX.to, "peft:", 5) && EX.to[5]) return export_peft(ckpt, EX.to + 5, dt);
-    ST_TRY(parse_dest(EX.to, dt, &gguf, &where));
-    if (strcmp(EX.as, "auto") && strcmp(EX.as, "lm") && strcmp(EX.as, "classifier"))
-        ST_FAIL(ST_ERR_ARG, "--as %s: expected auto, lm or classifier", EX.as);
+    ST_TRY(parse_dtype(o->dtype, &dt));
+    if (o->to && !strncmp(o->to, "peft:", 5) && o->to[5]) return export_peft(ckpt, o->to + 5, dt);
+    ST_TRY(parse_dest(o->to, dt, &gguf, &where));
+    if (strcmp(o->as, "auto") && strcmp(o->as, "lm") && strcmp(o->as, "classifier"))
+        ST_FAIL(ST_ERR_ARG, "--as %s: expected auto, lm or classifier", o->as);
     char *meta = NULL;
     int has_head = 0;
     ST_TRY(st_ckpt_read_set_meta(ckpt, MPI_COMM_SELF, "head", &meta, &has_head));
-    const int as_cls = has_head && strcmp(EX.as, "lm");
-    st_err e = ST_OK;
-    if (!has_head && !strcmp(EX.as, "classifier"))
-        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s has no classification or reward head "
-                         "(train with method classify or reward)", ckpt);
-    else if (as_cls && gguf)
-        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s is a classifier or reward model; GGUF "
-                         "export writes language models: use --to hf:DIR, or --as lm for its language model", ckpt);
-    if (e) {
-        free(meta);
-        return e;
-    }
-    st_config cfg;
-    float *params;
-    st_tokenizer *tok;
-    e = load_weights(ckpt, &cfg, &params, &tok);
-    if (e) {
-        free(meta);
-        return e;
-    }
-    e = gguf     ? st_gguf_export(where, &cfg, params, tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32, EX.name,
-                                  EX.force)
-        : as_cls ? write_classifier(ckpt, where, &cfg, params, tok, dt, meta)
-                 : st_hf_write(where, &cfg, params, tok, dt);
     free(meta);
-    if (!e)
-        printf("exported %s (%s%s, %lld parameters, %s) -> %s\n", ckpt, st_family_name(cfg.family),
-               as_cls ? ", sequence classifier" : "", st_config_num_params(&cfg), EX.dtype, EX.to);
-    free(params);
-    if (tok) st_tokenizer_free(tok);
+    const int as_cls = has_head && strcmp(o->as, "lm");
+    if (!has_head && !strcmp(o->as, "classifier"))
+        ST_FAIL(ST_ERR_ARG, "%s has no classification or reward head (train with method classify or reward)", ckpt);
+    if (as_cls && gguf)
+        ST_FAIL(ST_ERR_ARG, "%s is a classifier or reward model; GGUF export writes language models: use --to "
+                "hf:DIR, or --as lm for its language model", ckpt);
+    ST_TRY(check_lora(ckpt, o));
+    /* the whole model on this rank: a 1x1 grid of its own */
+    st_grid g;
+    ST_TRY(st_grid_init(&g, MPI_COMM_SELF, 1));
+    st_infer x;
+    const st_infer_opts io = {.B = 1, .T = 1, .head = as_cls ? ST_INFER_HEAD_REQUIRED : ST_INFER_NO_HEAD,
+                              .merge_lora = o->merge_lora};
+    st_err e = st_infer_open(&x, ckpt, &g, &io);
+    if (!e) {
+        e = gguf     ? st_gguf_export(where, &x.cfg, x.m.params, x.tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32,
+                                      o->name, o->force)
+            : as_cls ? write_classifier(ckpt, where, &x, dt)
+                     : st_hf_write(where, &x.cfg, x.m.params, x.tok, dt);
+        if (!e)
+            printf("exported %s (%s%s, %lld parameters, %s) -> %s\n", ckpt, st_family_name(x.cfg.family),
+                   as_cls ? ", sequence classifier" : "", st_config_num_params(&x.cfg), o->dtype, o->to);
+        st_infer_close(&x);
+    }
+    st_grid_free(&g);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }
 
 /* One rank writes; every rank returns the outcome. */
-static st_err export_on_rank0(const char *ckpt, MPI_Comm world)
+static st_err export_on_rank0(const char *ckpt, MPI_Comm world, void *opts)
 {
+    const export_opts *o = opts;
     int rank = 0;
     rank = st_comm_rank(world);
-    return st_agree(world, rank == 0 ? export_one(ckpt) : ST_OK);
+    return st_agree(world, rank == 0 ? export_one(ckpt, o) : ST_OK);
 }
 
 st_err st_cmd_export(int argc, char **argv, MPI_Comm world)
 {
-    return st_options_run(argc, argv, world, export_options, (int)(sizeof export_options / sizeof export_options[0]),
+    export_opts o;
+    return st_options_run(argc, argv, world, export_options, (int)(sizeof export_options / sizeof export_options[0]), &o,
                           usage, "a checkpoint path", export_on_rank0);
 }

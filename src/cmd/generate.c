@@ -9,14 +9,15 @@
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cmd/commands.h"
 #include "cmd/options.h"
-#include "io/lora_ckpt.h"
 #include "io/checkpoint.h"
+#include "io/inference.h"
 #include "io/jsonl.h"
 #include "io/npy.h"
 #include "io/tok/tokenizer.h"
@@ -31,51 +32,49 @@ typedef struct {
     int64_t seed;
     st_sampling s;
 } gen_opts;
-static gen_opts G;
 
 static const st_option gen_options[] = {
-    {"prompt", ST_OPT_STRING, &G.prompt, NULL, "one prompt (text)"},
-    {"prompts", ST_OPT_STRING, &G.prompts, NULL, "JSONL file of {\"prompt\": ...} lines (e.g. candidates for raters)"},
-    {"out", ST_OPT_STRING, &G.out, NULL, "write {\"prompt\",\"completion\",\"prompt_ids\",\"completion_ids\"} JSON lines here (default: print)"},
-    {"max_new", ST_OPT_INT, &G.max_new, "64", "tokens to generate per prompt"},
-    {"logits", ST_OPT_STRING, &G.logits, NULL, "write the logits each new token was drawn from (before temperature, top-k, top-p) to this NumPy .npy file: float32, shape (prompts, max_new, vocab), prompt order, NaN after a completion ends"},
-    {"temperature", ST_OPT_FLOAT, &G.s.temperature, "0.8", "sampling temperature (0 = greedy)"},
-    {"top_k", ST_OPT_INT, &G.s.top_k, "0", "sample from the k most likely tokens (0 = all)"},
-    {"top_p", ST_OPT_FLOAT, &G.s.top_p, "0.95", "nucleus sampling threshold (1 = off)"},
-    {"seed", ST_OPT_INT64, &G.seed, "1", "sampling seed"},
-    {"stop_at_eos", ST_OPT_BOOL, &G.stop_at_eos, "true", "stop a completion at the end-of-text token"},
-    {"tp", ST_OPT_INT, &G.tp, "1", "tensor-parallel ranks"},
-    {"chunk", ST_OPT_INT, &G.chunk, "64", "prompt tokens per prefill pass"},
-    {"batch", ST_OPT_INT, &G.batch, "8", "prompts decoded together on each rank"},
+    {"prompt", ST_OPT_STRING, offsetof(gen_opts, prompt), NULL, "one prompt (text)"},
+    {"prompts", ST_OPT_STRING, offsetof(gen_opts, prompts), NULL, "JSONL file of {\"prompt\": ...} lines (e.g. candidates for raters)"},
+    {"out", ST_OPT_STRING, offsetof(gen_opts, out), NULL, "write {\"prompt\",\"completion\",\"prompt_ids\",\"completion_ids\"} JSON lines here (default: print)"},
+    {"max_new", ST_OPT_INT, offsetof(gen_opts, max_new), "64", "tokens to generate per prompt"},
+    {"logits", ST_OPT_STRING, offsetof(gen_opts, logits), NULL, "write the logits each new token was drawn from (before temperature, top-k, top-p) to this NumPy .npy file: float32, shape (prompts, max_new, vocab), prompt order, NaN after a completion ends"},
+    {"temperature", ST_OPT_FLOAT, offsetof(gen_opts, s.temperature), "0.8", "sampling temperature (0 = greedy)"},
+    {"top_k", ST_OPT_INT, offsetof(gen_opts, s.top_k), "0", "sample from the k most likely tokens (0 = all)"},
+    {"top_p", ST_OPT_FLOAT, offsetof(gen_opts, s.top_p), "0.95", "nucleus sampling threshold (1 = off)"},
+    {"seed", ST_OPT_INT64, offsetof(gen_opts, seed), "1", "sampling seed"},
+    {"stop_at_eos", ST_OPT_BOOL, offsetof(gen_opts, stop_at_eos), "true", "stop a completion at the end-of-text token"},
+    {"tp", ST_OPT_INT, offsetof(gen_opts, tp), "1", "tensor-parallel ranks"},
+    {"chunk", ST_OPT_INT, offsetof(gen_opts, chunk), "64", "prompt tokens per prefill pass"},
+    {"batch", ST_OPT_INT, offsetof(gen_opts, batch), "8", "prompts decoded together on each rank"},
 };
 #define N_GEN ((int)(sizeof gen_options / sizeof gen_options[0]))
 
 /* Token ids of one prompt: bos first when the tokenizer's rule says so, as
  * prepare built the training data (and as llama2.c and llama.cpp query such
  * models); an empty prompt otherwise starts from bos, or eos. */
-static st_err encode_prompt(st_tokenizer *tok, const char *prompt, int max_seq, int32_t **ids, size_t *n)
+static st_err encode_prompt(st_tokenizer *tok, const char *prompt, int max_seq, int32_t **ids, size_t *n, const gen_opts *o)
 {
     size_t cap = 0;
     *ids = NULL;
     *n = 0;
-    st_err e = ST_OK;
     if (st_tokenizer_adds_bos(tok)) {
         if (!(*ids = malloc(sizeof **ids))) ST_FAIL(ST_ERR_MEM, "out of memory");
         (*ids)[0] = st_tokenizer_bos(tok);
         *n = cap = 1;
     }
     /* encode (not encode_more): the prompt still starts the text, dummy prefix and all */
-    e = st_tokenizer_encode(tok, prompt, strlen(prompt), 1, ids, n, &cap);
+    st_err e = st_tokenizer_encode(tok, prompt, strlen(prompt), 1, ids, n, &cap);
     if (!e && *n == 0) {
         int bos = st_tokenizer_bos(tok) >= 0 ? st_tokenizer_bos(tok) : st_tokenizer_eos(tok);
         int32_t *one = bos >= 0 ? realloc(*ids, sizeof **ids) : NULL;
         if (!one) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "empty prompt and the tokenizer has no BOS token");
         else *ids = one, (*ids)[0] = bos, *n = 1;
     }
-    if (!e && (int)*n + G.max_new > max_seq)
+    if (!e && (int)*n + o->max_new > max_seq)
         e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__,
                          "prompt of %zu tokens + %d new exceeds the model's max_seq %d (lower --max_new)", *n,
-                         G.max_new, max_seq);
+                         o->max_new, max_seq);
     if (e) {
         free(*ids);
         *ids = NULL;
@@ -93,31 +92,32 @@ typedef struct {
 /* Completions of nb prompts at once: each row's prompt is run through the
  * model on its own (lengths differ), then all rows decode together, one
  * position per row per step. outs[r]: malloc'd text of row r's new tokens;
- * ids[r]: row r's prompt and new token ids (malloc'd). lg (NULL: none): the
+ * rids[r]: row r's prompt and new token ids (malloc'd). lg (NULL: none): the
  * logits file, where row r is prompt first + r. */
 static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int nb, st_rng *rngs, char **outs,
-                             gen_ids *rids, float *full, float *local, int *scratch, st_npy *lg, int64_t first)
+                             gen_ids *rids, float *full, float *local, int *scratch, st_npy *lg, int64_t first,
+                             const gen_opts *o)
 {
     const st_layout *y = &m->lay;
     const int Vl = y->vocab_l, eos = st_tokenizer_eos(tok);
     st_kvcache c;
     ST_TRY(st_kvcache_create(&c, m, nb));
-    int32_t *next = calloc((size_t)nb, sizeof *next), *outids = calloc((size_t)nb * (G.max_new + 1), sizeof *outids);
+    int32_t *next = calloc((size_t)nb, sizeof *next), *outids = calloc((size_t)nb * (o->max_new + 1), sizeof *outids);
     int *nout = calloc((size_t)nb, sizeof *nout), *done = calloc((size_t)nb, sizeof *done);
     st_err e = next && outids && nout && done ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
     st_err werr = ST_OK;
     for (int r = 0; !e && r < nb; r++) { /* prefill row r, in chunks */
         int32_t *ids = NULL;
         size_t n = 0;
-        if ((e = encode_prompt(tok, prompts[r], y->cfg.max_seq, &ids, &n))) break;
+        if ((e = encode_prompt(tok, prompts[r], y->cfg.max_seq, &ids, &n, o))) break;
         st_kvcache row = st_kvcache_row(&c, m, r);
-        for (size_t at = 0; !e && at < n; at += (size_t)G.chunk) {
-            int q = (int)(n - at < (size_t)G.chunk ? n - at : (size_t)G.chunk);
+        for (size_t at = 0; !e && at < n; at += (size_t)o->chunk) {
+            int q = (int)(n - at < (size_t)o->chunk ? n - at : (size_t)o->chunk);
             e = st_model_forward_cached(m, &row, ids + at, q, local + (size_t)r * Vl);
         }
         rids[r].prompt = ids, rids[r].n_prompt = n;
     }
-    for (int step = 0; !e && step < G.max_new; step++) {
+    for (int step = 0; !e && step < o->max_new; step++) {
         if ((e = st_tp_gather_logits(m->tp, full, local, nb, Vl))) break;
         int active = 0;
         for (int r = 0; r < nb; r++) {
@@ -126,24 +126,24 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
             float *row = full + (size_t)r * Vl * y->tp_size;   /* the first vocab_size are real */
             /* a failed write is reported after the batch: the other tp ranks are still decoding */
             if (lg && y->tp_rank == 0 && !werr)
-                werr = st_npy_put(lg, ((first + r) * G.max_new + step) * (int64_t)y->cfg.vocab_size, row,
+                werr = st_npy_put(lg, ((first + r) * o->max_new + step) * (int64_t)y->cfg.vocab_size, row,
                                   (size_t)y->cfg.vocab_size);
-            int t = st_sample_token(row, y->cfg.vocab_size, &G.s, &rngs[r], scratch);
-            if (G.stop_at_eos && t == eos) { done[r] = 1; continue; }
-            outids[(size_t)r * (G.max_new + 1) + nout[r]++] = next[r] = t;
+            int t = st_sample_token(row, y->cfg.vocab_size, &o->s, &rngs[r], scratch);
+            if (o->stop_at_eos && t == eos) { done[r] = 1; continue; }
+            outids[(size_t)r * (o->max_new + 1) + nout[r]++] = next[r] = t;
             active++;
         }
-        if (!active || step + 1 == G.max_new) break;
+        if (!active || step + 1 == o->max_new) break;
         e = st_model_forward_cached(m, &c, next, 1, local);
     }
     werr = st_agree(m->tp, werr);   /* the tp group stops together */
     if (!e) e = werr;
     for (int r = 0; !e && r < nb; r++) {
         size_t len = 0;
-        e = st_tokenizer_decode(tok, outids + (size_t)r * (G.max_new + 1), (size_t)nout[r], &outs[r], &len);
+        e = st_tokenizer_decode(tok, outids + (size_t)r * (o->max_new + 1), (size_t)nout[r], &outs[r], &len);
         rids[r].completion = malloc(sizeof(int32_t) * (size_t)(nout[r] + 1));
         if (!e && !rids[r].completion) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-        if (!e) memcpy(rids[r].completion, outids + (size_t)r * (G.max_new + 1), sizeof(int32_t) * (size_t)nout[r]);
+        if (!e) memcpy(rids[r].completion, outids + (size_t)r * (o->max_new + 1), sizeof(int32_t) * (size_t)nout[r]);
         rids[r].n_completion = (size_t)nout[r];
     }
     free(next), free(outids), free(nout), free(done);
@@ -152,19 +152,19 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
     return e;
 }
 
-static st_err read_prompts(char ***list, int *n)
+static st_err read_prompts(char ***list, int *n, const gen_opts *o)
 {
     *list = NULL;
     *n = 0;
-    if (G.prompt) {
+    if (o->prompt) {
         *list = malloc(sizeof **list);
         if (!*list) ST_FAIL(ST_ERR_MEM, "out of memory");
-        (*list)[(*n)++] = strdup(G.prompt);
+        (*list)[(*n)++] = strdup(o->prompt);
         return ST_OK;
     }
-    if (!G.prompts) ST_FAIL(ST_ERR_ARG, "give --prompt TEXT or --prompts FILE.jsonl");
+    if (!o->prompts) ST_FAIL(ST_ERR_ARG, "give --prompt TEXT or --prompts FILE.jsonl");
     st_lines *r = NULL;
-    ST_TRY(st_lines_open(&r, G.prompts));
+    ST_TRY(st_lines_open(&r, o->prompts));
     int cap = 0, lineno = 0;
     st_err e = ST_OK;
     for (;;) {
@@ -175,12 +175,12 @@ static st_err read_prompts(char ***list, int *n)
         lineno++;
         if (len == 0) continue;
         cJSON *j = NULL;
-        if ((e = st_json_parse_line(&j, line, len, G.prompts, lineno))) break;
+        if ((e = st_json_parse_line(&j, line, len, o->prompts, lineno))) break;
         cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "prompt");
         if (!cJSON_IsString(p)) {
             cJSON_Delete(j);
             e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
-                             "%s:%d: field \"prompt\" is missing or not a string", G.prompts, lineno);
+                             "%s:%d: field \"prompt\" is missing or not a string", o->prompts, lineno);
             break;
         }
         if (*n == cap) {
@@ -203,58 +203,48 @@ static void add_ids(cJSON *j, const char *key, const int32_t *ids, size_t n)
     for (size_t i = 0; a && i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
 }
 
-static st_err generate(const char *ckpt, MPI_Comm world)
+static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
 {
+    const gen_opts *o = opts;
     st_grid g;
-    ST_TRY(st_grid_init(&g, world, G.tp));
-    st_config cfg;
-    ST_TRY(st_ckpt_read_config(ckpt, world, &cfg));
-    st_model m;
-    if (G.batch < 1 || G.chunk < 1) ST_FAIL(ST_ERR_ARG, "--batch and --chunk must be at least 1");
-    ST_TRY(st_model_create(&m, &cfg, g.tp, G.batch, G.chunk < cfg.max_seq ? G.chunk : cfg.max_seq, 0, 0));
-    st_ckpt_tensors t = {.lay = &m.lay, .params = m.params};
-    char *kind = NULL;
-    uint8_t *blob = NULL;
-    size_t nb = 0;
-    ST_TRY(st_ckpt_load(ckpt, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb));
-    int merged = 0; /* LoRA adapters, if the checkpoint has them, merged into the weights */
-    ST_TRY(st_lora_merge_checkpoint(ckpt, &g, &m.lay, m.params, &merged));
-    if (!kind) ST_FAIL(ST_ERR_FORMAT, "checkpoint '%s' carries no tokenizer; cannot turn prompts into tokens", ckpt);
-    st_tokenizer *tok = NULL;
-    st_err e = st_tokenizer_from_blob(&tok, kind, blob, nb);
-    free(kind);
-    free(blob);
-    ST_TRY(e);
+    ST_TRY(st_grid_init(&g, world, o->tp));
+    if (o->batch < 1 || o->chunk < 1) ST_FAIL(ST_ERR_ARG, "--batch and --chunk must be at least 1");
+    st_infer x; /* LoRA adapters, if the checkpoint has them, merged into the weights */
+    const st_infer_opts io = {.B = o->batch, .T = o->chunk, .merge_lora = 1, .need_tokenizer = 1};
+    ST_TRY(st_infer_open(&x, ckpt, &g, &io));
+    st_model *m = &x.m;
+    st_tokenizer *tok = x.tok;
+    st_err e = ST_OK;
     char **prompts = NULL;
     int np = 0;
-    ST_TRY(st_agree(world, read_prompts(&prompts, &np)));
-    size_t vpad = (size_t)m.lay.vocab_l * m.lay.tp_size;
-    float *full = malloc(sizeof(float) * vpad * G.batch), *local = malloc(sizeof(float) * m.lay.vocab_l * G.batch);
+    ST_TRY(st_agree(world, read_prompts(&prompts, &np, o)));
+    size_t vpad = (size_t)m->lay.vocab_l * m->lay.tp_size;
+    float *full = malloc(sizeof(float) * vpad * o->batch), *local = malloc(sizeof(float) * m->lay.vocab_l * o->batch);
     int *scratch = malloc(sizeof(int) * vpad);
-    st_rng *rngs = malloc(sizeof *rngs * G.batch);
+    st_rng *rngs = malloc(sizeof *rngs * o->batch);
     char **texts = calloc((size_t)np + 1, sizeof *texts);
     gen_ids *ids = calloc((size_t)np + 1, sizeof *ids);
     FILE *out = stdout;
-    if (G.out && g.world_rank == 0) {
-        out = fopen(G.out, "w");
-        if (!out) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", G.out, strerror(errno));
+    if (o->out && g.world_rank == 0) {
+        out = fopen(o->out, "w");
+        if (!out) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", o->out, strerror(errno));
     }
     if (!full || !local || !scratch || !rngs || !texts || !ids)
         e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
     e = st_agree(world, e);
     /* the logits file: world rank 0 makes it (all NaN), each tp rank 0 fills its prompts' rows */
-    st_npy lg = {.fd = -1}, *lgp = G.logits ? &lg : NULL;
-    if (!e && G.logits) {
-        int64_t shape[3] = {np, G.max_new, cfg.vocab_size};
-        e = st_agree(world, g.world_rank == 0 ? st_npy_create(G.logits, shape, 3) : ST_OK);
-        if (!e) e = st_agree(world, g.tp_rank == 0 ? st_npy_open(&lg, G.logits) : ST_OK);
+    st_npy lg = {.fd = -1}, *lgp = o->logits ? &lg : NULL;
+    if (!e && o->logits) {
+        int64_t shape[3] = {np, o->max_new, m->lay.cfg.vocab_size};
+        e = st_agree(world, g.world_rank == 0 ? st_npy_create(o->logits, shape, 3) : ST_OK);
+        if (!e) e = st_agree(world, g.tp_rank == 0 ? st_npy_open(&lg, o->logits) : ST_OK);
     }
     /* dp rank r takes a contiguous block of prompts, in batches */
     const int lo = (int)((int64_t)np * g.dp_rank / g.dp_size), hi = (int)((int64_t)np * (g.dp_rank + 1) / g.dp_size);
-    for (int i = lo; !e && i < hi; i += G.batch) {
-        int nb = hi - i < G.batch ? hi - i : G.batch;
-        for (int r = 0; r < nb; r++) st_rng_seed(&rngs[r], (uint64_t)G.seed * 1000003ULL + (uint64_t)(i + r));
-        e = complete_batch(&m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch, lgp, i);
+    for (int i = lo; !e && i < hi; i += o->batch) {
+        int nb = hi - i < o->batch ? hi - i : o->batch;
+        for (int r = 0; r < nb; r++) st_rng_seed(&rngs[r], (uint64_t)o->seed * 1000003ULL + (uint64_t)(i + r));
+        e = complete_batch(m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch, lgp, i, o);
     }
     st_err ce = st_npy_close(&lg);
     if (!e) e = ce;
@@ -264,7 +254,7 @@ static st_err generate(const char *ckpt, MPI_Comm world)
     size_t mlen = 0;
     FILE *mem = e ? NULL : open_memstream(&mine, &mlen);
     for (int i = lo; mem && i < hi; i++) {
-        if (G.out) {
+        if (o->out) {
             cJSON *j = cJSON_CreateObject();
             cJSON_AddStringToObject(j, "prompt", prompts[i]);
             cJSON_AddStringToObject(j, "completion", texts[i]);
@@ -311,8 +301,7 @@ static st_err generate(const char *ckpt, MPI_Comm world)
     free(full);
     free(local);
     free(scratch);
-    st_tokenizer_free(tok);
-    st_model_free(&m);
+    st_infer_close(&x);
     st_grid_free(&g);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
@@ -320,7 +309,8 @@ static st_err generate(const char *ckpt, MPI_Comm world)
 
 st_err st_cmd_generate(int argc, char **argv, MPI_Comm world)
 {
-    return st_options_run(argc, argv, world, gen_options, N_GEN,
+    gen_opts o;
+    return st_options_run(argc, argv, world, gen_options, N_GEN, &o,
                           "usage: [mpirun -np N] shardtune generate CKPT.h5 (--prompt TEXT | --prompts FILE.jsonl) [options]\n\n"
                           "Samples completions from a checkpoint, with a key/value cache.\n\n",
                           "a checkpoint path", generate);

@@ -22,13 +22,14 @@ static const struct {
     {"export", "write a checkpoint as a Hugging Face directory or a GGUF file"},
     {"tokenize", "text to token ids and back with a model's tokenizer (to check it against other tools)"},
     {"inspect", "describe a checkpoint: format, config, step, tensors, checksums"},
+    {"chat-template", "render a chat template over JSONL conversations (for checking it)"},
 };
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: [mpirun -np N] shardtune COMMAND [options]   (COMMAND --help for its options)\n\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+        fprintf(f, "  %-13s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\nThreads per rank: OMP_NUM_THREADS, else cores per node / ranks per node.\n");
 }
 
@@ -44,6 +45,7 @@ static st_err dispatch(int argc, char **argv, MPI_Comm world)
     if (!strcmp(cmd, "inspect")) return st_cmd_inspect(argc, argv, world);
     if (!strcmp(cmd, "convert")) return st_cmd_convert(argc, argv, world);
     if (!strcmp(cmd, "export")) return st_cmd_export(argc, argv, world);
+    if (!strcmp(cmd, "chat-template")) return st_cmd_chat_template(argc, argv, world);
     if (!strcmp(cmd, "prepare")) {
         st_grid g;
         ST_TRY(st_grid_init(&g, world, 1));

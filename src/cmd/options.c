@@ -1,6 +1,7 @@
 /* options.c: the option table, from YAML (libyaml) and the command line. */
 #include "cmd/options.h"
 #include "mpi/comm.h"
+#include "mpi/grid.h"
 
 #include <errno.h>
 #include <math.h>
@@ -8,19 +9,37 @@
 #include <string.h>
 #include <yaml.h>
 
-st_err st_options_init(st_options *o, const st_option *opt, int n)
+/* The field of option i in the bound struct. */
+#define FIELD(o, i, type) ((type *)((char *)(o)->base + (o)->opt[i].off))
+
+static void format_value(const st_options *o, int i, char *buf, size_t n)
+{
+    switch (o->opt[i].type) {
+    case ST_OPT_INT: snprintf(buf, n, "%d", *FIELD(o, i, int)); break;
+    case ST_OPT_INT64: snprintf(buf, n, "%lld", (long long)*FIELD(o, i, int64_t)); break;
+    case ST_OPT_FLOAT: snprintf(buf, n, "%g", *FIELD(o, i, float)); break;
+    case ST_OPT_BOOL: snprintf(buf, n, "%s", *FIELD(o, i, int) ? "true" : "false"); break;
+    case ST_OPT_STRING: snprintf(buf, n, "%s", *FIELD(o, i, char *) ? *FIELD(o, i, char *) : "unset"); break;
+    }
+}
+
+st_err st_options_init(st_options *o, const st_option *opt, int n, void *base)
 {
     memset(o, 0, sizeof *o);
     o->opt = opt;
     o->n = n;
+    o->base = base;
     ST_ALLOC(o->origin, n, "option origins");
+    ST_ALLOC(o->def, n, "option defaults");
     for (int i = 0; i < n; i++) {
-        if (opt[i].type == ST_OPT_STRING) *(char **)opt[i].ptr = NULL;
+        if (opt[i].type == ST_OPT_STRING) *FIELD(o, i, char *) = NULL;
         if (opt[i].def) ST_TRY(st_options_set(o, opt[i].key, opt[i].def, "default"));
-        else {
-            free(o->origin[i]);
-            o->origin[i] = strdup("default");
-        }
+        free(o->origin[i]);
+        o->origin[i] = strdup("default");
+        char buf[64];
+        format_value(o, i, buf, sizeof buf);
+        o->def[i] = strdup(opt[i].def ? opt[i].def : buf);
+        if (!o->origin[i] || !o->def[i]) ST_FAIL(ST_ERR_MEM, "out of memory");
     }
     return ST_OK;
 }
@@ -29,12 +48,14 @@ void st_options_free(st_options *o)
 {
     for (int i = 0; i < o->n; i++) {
         if (o->opt[i].type == ST_OPT_STRING) {
-            free(*(char **)o->opt[i].ptr);
-            *(char **)o->opt[i].ptr = NULL;
+            free(*FIELD(o, i, char *));
+            *FIELD(o, i, char *) = NULL;
         }
         if (o->origin) free(o->origin[i]);
+        if (o->def) free(o->def[i]);
     }
     free(o->origin);
+    free(o->def);
     free(o->recipe_text);
     memset(o, 0, sizeof *o);
 }
@@ -87,29 +108,29 @@ st_err st_options_set(st_options *o, const char *key, const char *value, const c
         long long v = strtoll(value, &end, 10);
         if (errno || end == value || *end || (op->type == ST_OPT_INT && (v < -2147483647LL || v > 2147483647LL)))
             ST_FAIL(ST_ERR_ARG, "%s: option '%s' expects an integer, got '%s'", where, key, value);
-        if (op->type == ST_OPT_INT) *(int *)op->ptr = (int)v;
-        else *(int64_t *)op->ptr = v;
+        if (op->type == ST_OPT_INT) *FIELD(o, i, int) = (int)v;
+        else *FIELD(o, i, int64_t) = v;
         break;
     }
     case ST_OPT_FLOAT: {
         double v = strtod(value, &end);
         if (errno || end == value || *end || !isfinite(v))
             ST_FAIL(ST_ERR_ARG, "%s: option '%s' expects a number, got '%s'", where, key, value);
-        *(float *)op->ptr = (float)v;
+        *FIELD(o, i, float) = (float)v;
         break;
     }
     case ST_OPT_BOOL:
         if (!strcmp(value, "true") || !strcmp(value, "1") || !strcmp(value, "yes") || !strcmp(value, "on"))
-            *(int *)op->ptr = 1;
+            *FIELD(o, i, int) = 1;
         else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no") || !strcmp(value, "off"))
-            *(int *)op->ptr = 0;
+            *FIELD(o, i, int) = 0;
         else ST_FAIL(ST_ERR_ARG, "%s: option '%s' expects true or false, got '%s'", where, key, value);
         break;
     case ST_OPT_STRING: {
         char *s = strdup(value);
         if (!s) ST_FAIL(ST_ERR_MEM, "out of memory");
-        free(*(char **)op->ptr);
-        *(char **)op->ptr = s;
+        free(*FIELD(o, i, char *));
+        *FIELD(o, i, char *) = s;
         break;
     }
     }
@@ -299,43 +320,53 @@ st_err st_options_parse(st_options *o, int argc, char **argv, int *help, char **
     return ST_OK;
 }
 
-static void print_value(const st_option *op, FILE *f)
-{
-    switch (op->type) {
-    case ST_OPT_INT: fprintf(f, "%d", *(int *)op->ptr); break;
-    case ST_OPT_INT64: fprintf(f, "%lld", (long long)*(int64_t *)op->ptr); break;
-    case ST_OPT_FLOAT: fprintf(f, "%g", *(float *)op->ptr); break;
-    case ST_OPT_BOOL: fprintf(f, "%s", *(int *)op->ptr ? "true" : "false"); break;
-    case ST_OPT_STRING: fprintf(f, "%s", *(char **)op->ptr ? *(char **)op->ptr : "(unset)"); break;
-    }
-}
-
 void st_options_print_help(const st_options *o, FILE *f)
 {
     for (int i = 0; i < o->n; i++) {
         const st_option *op = &o->opt[i];
-        fprintf(f, "  --%-24s %s [default: %s]\n", op->key, op->help, op->def ? op->def : "unset");
+        fprintf(f, "  --%-24s %s [default: %s]\n", op->key, op->help, o->def[i]);
     }
+}
+
+st_err st_options_same_everywhere(const st_options *o, MPI_Comm comm, int argc, char **argv)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a over the arguments and the recipe */
+    for (int i = 0; i <= argc; i++) {
+        const char *a = i < argc ? argv[i] : o->recipe_text ? o->recipe_text : "";
+        for (const char *c = a; ; c++) {
+            h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+            if (!*c) break;
+        }
+    }
+    uint64_t v[2] = {h, ~h};
+    ST_TRY(st_allreduce(comm, v, 2, ST_M_U64, ST_OP_MAX));
+    if (v[0] != ~v[1])
+        ST_FAIL(ST_ERR_ARG, "the ranks were started with different arguments or read different recipe text; start "
+                "every rank with the same command line (and the same recipe file on a shared file system)");
+    return ST_OK;
 }
 
 void st_options_print(const st_options *o, FILE *f)
 {
     for (int i = 0; i < o->n; i++) {
-        fprintf(f, "  %-26s = ", o->opt[i].key);
-        print_value(&o->opt[i], f);
-        fprintf(f, "   (%s)\n", o->origin[i] ? o->origin[i] : "?");
+        char buf[4096];
+        format_value(o, i, buf, sizeof buf);
+        fprintf(f, "  %-26s = %s   (%s)\n", o->opt[i].key, o->opt[i].type == ST_OPT_STRING &&
+                !*FIELD(o, i, char *) ? "(unset)" : buf, o->origin[i] ? o->origin[i] : "?");
     }
 }
 
-st_err st_options_run(int argc, char **argv, MPI_Comm world, const st_option *opt, int nopt,
-                      const char *usage, const char *what, st_err (*fn)(const char *, MPI_Comm))
+st_err st_options_run(int argc, char **argv, MPI_Comm world, const st_option *opt, int nopt, void *base,
+                      const char *usage, const char *what, st_err (*fn)(const char *, MPI_Comm, void *))
 {
-    int rank = 0, help = 0, npos = 0;
+    int help = 0, npos = 0;
     char *pos[1];
-    rank = st_comm_rank(world);
+    const int rank = st_comm_rank(world);
     st_options o;
-    ST_TRY(st_options_init(&o, opt, nopt));
+    ST_TRY(st_options_init(&o, opt, nopt, base));
     st_err e = st_options_parse(&o, argc, argv, &help, pos, 1, &npos);
+    e = st_agree(world, e); /* a recipe one rank alone could not read */
+    if (!e) e = st_options_same_everywhere(&o, world, argc, argv);
     if (!e && (help || npos != 1)) {
         if (!rank) {
             printf("%s", usage);
@@ -343,7 +374,7 @@ st_err st_options_run(int argc, char **argv, MPI_Comm world, const st_option *op
         }
         if (!help) e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "%s needs exactly one argument: %s", argv[0], what);
     } else if (!e) {
-        e = fn(pos[0], world);
+        e = fn(pos[0], world, base);
     }
     st_options_free(&o);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);

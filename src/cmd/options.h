@@ -1,7 +1,9 @@
 /* options.h: one option table fed by a YAML recipe, --set key=value and
  * --key value flags (PETSc's options database, in small).
  *
- * Every subcommand declares its options as a table of st_option. Nested YAML
+ * Every subcommand declares its options as a table of st_option over the
+ * fields of its own options struct (offsets, so the table is constant and
+ * the values live in the caller's struct, never in globals). Nested YAML
  * maps become dotted keys (optim: {lr: 1e-4} is "optim.lr"); a YAML sequence
  * becomes a comma-separated string. Unknown keys and values of the wrong type
  * are errors naming the key and where it came from ("recipe.yaml:12",
@@ -21,19 +23,23 @@ typedef enum { ST_OPT_INT, ST_OPT_INT64, ST_OPT_FLOAT, ST_OPT_BOOL, ST_OPT_STRIN
 typedef struct {
     const char *key;   /* "optim.lr"; also accepted as --optim.lr on the command line */
     st_opt_type type;
-    void *ptr;         /* int*, int64_t*, float*, int* (bool) or char** (malloc'd) */
-    const char *def;   /* default, as text; NULL for strings means unset (NULL) */
+    size_t off;        /* offsetof the field: int, int64_t, float, int (bool) or char * (malloc'd) */
+    const char *def;   /* default, as text. NULL: strings start unset (NULL); numbers keep the value the
+                        * struct holds before st_options_init (a table of defaults kept elsewhere) */
     const char *help;
 } st_option;
 
 typedef struct {
     const st_option *opt;
     int n;
+    void *base;        /* the options struct the offsets point into */
     char **origin;     /* per option: where its value came from ("default", "file:line", "--set") */
+    char **def;        /* per option: its default as text, for --help */
     char *recipe_text; /* the recipe file's contents, kept for the checkpoint */
 } st_options;
 
-st_err st_options_init(st_options *o, const st_option *opt, int n);
+/* Bind the table to the struct at base and apply the defaults. */
+st_err st_options_init(st_options *o, const st_option *opt, int n, void *base);
 void st_options_free(st_options *o);
 st_err st_options_set(st_options *o, const char *key, const char *value, const char *where);
 st_err st_options_load_yaml(st_options *o, const char *path);
@@ -45,12 +51,17 @@ st_err st_options_load_yaml(st_options *o, const char *path);
 st_err st_options_parse(st_options *o, int argc, char **argv, int *help, char **positional,
                         int max_pos, int *n_pos);
 void st_options_print_help(const st_options *o, FILE *f);
+/* Every rank of comm was started with the same arguments and read the same
+ * recipe text: else the ranks would build different models or grids and hang
+ * in their first collective, so every rank fails here instead, saying so. */
+st_err st_options_same_everywhere(const st_options *o, MPI_Comm comm, int argc, char **argv);
 /* A subcommand taking one file argument (a checkpoint, a model): parse argv
- * against opt, answer --help with usage and the option list (rank 0 of
- * world), else run fn(file, world). `what` names the argument in the error
- * ("a checkpoint path"). The options' strings live until fn returns. */
-st_err st_options_run(int argc, char **argv, MPI_Comm world, const st_option *opt, int nopt,
-                      const char *usage, const char *what, st_err (*fn)(const char *, MPI_Comm));
+ * against opt into the struct at base, answer --help with usage and the
+ * option list (rank 0 of world), else run fn(file, world, base). `what` names
+ * the argument in the error ("a checkpoint path"). The options' strings live
+ * until fn returns. */
+st_err st_options_run(int argc, char **argv, MPI_Comm world, const st_option *opt, int nopt, void *base,
+                      const char *usage, const char *what, st_err (*fn)(const char *, MPI_Comm, void *));
 
 /* "key = value  (origin)" for every option: what a run actually used. */
 void st_options_print(const st_options *o, FILE *f);

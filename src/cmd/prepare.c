@@ -26,6 +26,7 @@
  */
 #include <search.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,33 +58,33 @@ static const char hh_marker[] = "\n\nAssistant:";
 
 /* ---- options ------------------------------------------------------------ */
 
-static struct {
+typedef struct {
     char *input, *out, *tokenizer, *format, *template_name, *on_error;
     char *text_col, *label_col, *text_field, *label_field, *label_names, *prompt_field, *response_field;
     char *ids_field;
     int max_len;
     float val_fraction;
     int64_t seed;
-} O;
+} prepare_opts;
 
 static const st_option prepare_options[] = {
-    {"input", ST_OPT_STRING, &O.input, NULL, "JSONL (.jsonl, .gz) or CSV (.csv, .csv.gz) file (required)"},
-    {"out", ST_OPT_STRING, &O.out, NULL, "dataset file to write (required)"},
-    {"tokenizer", ST_OPT_STRING, &O.tokenizer, "byte", "byte, gpt2:DIR, hf:PATH/tokenizer.json or llama2c:PATH"},
-    {"format", ST_OPT_STRING, &O.format, "auto", "auto, text, sft, chat, pref, classify or ids (JSONL of token ids made elsewhere: {\"ids\": [...]}, taken as they are)"},
-    {"template", ST_OPT_STRING, &O.template_name, NULL, "default, plain, chatml or tokenizer (the tokenizer's own Jinja chat template); unset: tokenizer when it has one, else default; plain for hh-rlhf pairs"},
-    {"max-len", ST_OPT_INT, &O.max_len, "1024", "longest example in tokens (not text: the loader cuts windows); the prompt is cut from the left, then the response's end"},
-    {"val-fraction", ST_OPT_FLOAT, &O.val_fraction, "0.1", "fraction of records in the validation split"},
-    {"seed", ST_OPT_INT64, &O.seed, "1234", "seed of the train/validation split"},
-    {"on-error", ST_OPT_STRING, &O.on_error, "fail", "fail (stop at the first bad record, write nothing) or skip"},
-    {"text-col", ST_OPT_STRING, &O.text_col, "text", "CSV column with the text"},
-    {"prompt-field", ST_OPT_STRING, &O.prompt_field, "prompt", "sft: JSONL field or CSV column with the prompt"},
-    {"response-field", ST_OPT_STRING, &O.response_field, "response", "sft: JSONL field or CSV column with the response (e.g. banking77's category)"},
-    {"label-col", ST_OPT_STRING, &O.label_col, NULL, "CSV column with the label (unset: label, category, intent or class)"},
-    {"text-field", ST_OPT_STRING, &O.text_field, "text", "JSONL field with the text"},
-    {"label-field", ST_OPT_STRING, &O.label_field, NULL, "JSONL field with the label (unset: label, category, intent or class)"},
-    {"ids-field", ST_OPT_STRING, &O.ids_field, "ids", "ids: JSONL field with the array of token ids"},
-    {"label-names", ST_OPT_STRING, &O.label_names, NULL, "JSON array of label names fixing the label ids (e.g. categories.json)"},
+    {"input", ST_OPT_STRING, offsetof(prepare_opts, input), NULL, "JSONL (.jsonl, .gz) or CSV (.csv, .csv.gz) file (required)"},
+    {"out", ST_OPT_STRING, offsetof(prepare_opts, out), NULL, "dataset file to write (required)"},
+    {"tokenizer", ST_OPT_STRING, offsetof(prepare_opts, tokenizer), "byte", "byte, gpt2:DIR, hf:PATH/tokenizer.json or llama2c:PATH"},
+    {"format", ST_OPT_STRING, offsetof(prepare_opts, format), "auto", "auto, text, sft, chat, pref, classify or ids (JSONL of token ids made elsewhere: {\"ids\": [...]}, taken as they are)"},
+    {"template", ST_OPT_STRING, offsetof(prepare_opts, template_name), NULL, "default, plain, chatml or tokenizer (the tokenizer's own Jinja chat template); unset: tokenizer when it has one, else default; plain for hh-rlhf pairs"},
+    {"max-len", ST_OPT_INT, offsetof(prepare_opts, max_len), "1024", "longest example in tokens (not text: the loader cuts windows); the prompt is cut from the left, then the response's end"},
+    {"val-fraction", ST_OPT_FLOAT, offsetof(prepare_opts, val_fraction), "0.1", "fraction of records in the validation split"},
+    {"seed", ST_OPT_INT64, offsetof(prepare_opts, seed), "1234", "seed of the train/validation split"},
+    {"on-error", ST_OPT_STRING, offsetof(prepare_opts, on_error), "fail", "fail (stop at the first bad record, write nothing) or skip"},
+    {"text-col", ST_OPT_STRING, offsetof(prepare_opts, text_col), "text", "CSV column with the text"},
+    {"prompt-field", ST_OPT_STRING, offsetof(prepare_opts, prompt_field), "prompt", "sft: JSONL field or CSV column with the prompt"},
+    {"response-field", ST_OPT_STRING, offsetof(prepare_opts, response_field), "response", "sft: JSONL field or CSV column with the response (e.g. banking77's category)"},
+    {"label-col", ST_OPT_STRING, offsetof(prepare_opts, label_col), NULL, "CSV column with the label (unset: label, category, intent or class)"},
+    {"text-field", ST_OPT_STRING, offsetof(prepare_opts, text_field), "text", "JSONL field with the text"},
+    {"label-field", ST_OPT_STRING, offsetof(prepare_opts, label_field), NULL, "JSONL field with the label (unset: label, category, intent or class)"},
+    {"ids-field", ST_OPT_STRING, offsetof(prepare_opts, ids_field), "ids", "ids: JSONL field with the array of token ids"},
+    {"label-names", ST_OPT_STRING, offsetof(prepare_opts, label_names), NULL, "JSON array of label names fixing the label ids (e.g. categories.json)"},
 };
 #define N_OPTIONS ((int)(sizeof prepare_options / sizeof prepare_options[0]))
 
@@ -198,6 +199,7 @@ typedef struct {
 } plan;
 
 typedef struct {
+    const prepare_opts *o;
     const plan *pl;
     const st_tokenizer *tok;
     const st_template *tpl;
@@ -264,10 +266,10 @@ static st_err label_put(prep *p, const char *name, int id, int *out)
 }
 
 /* Split of a record: a seeded hash of its source text. */
-static uint8_t split_of(const record *rec)
+static uint8_t split_of(const record *rec, const prepare_opts *o)
 {
-    uint64_t h = st_hash_bytes(rec->raw, rec->raw_len, (uint64_t)O.seed);
-    return (double)(h >> 11) * 0x1.0p-53 < O.val_fraction;
+    uint64_t h = st_hash_bytes(rec->raw, rec->raw_len, (uint64_t)o->seed);
+    return (double)(h >> 11) * 0x1.0p-53 < o->val_fraction;
 }
 
 static st_err add_doc(prep *p, const st_tokseq *s, uint8_t split, int32_t label)
@@ -280,8 +282,9 @@ static st_err add_doc(prep *p, const st_tokseq *s, uint8_t split, int32_t label)
 /* Apply --max-len and count what was cut. */
 static void fit(prep *p, st_tokseq *s, size_t reserve)
 {
+    const prepare_opts *o = p->o;
     int cut_p, cut_r;
-    st_tokseq_fit(s, (size_t)O.max_len, reserve, &cut_p, &cut_r);
+    st_tokseq_fit(s, (size_t)o->max_len, reserve, &cut_p, &cut_r);
     p->n_cut_prompt += cut_p;
     p->n_cut_response += cut_r;
 }
@@ -290,6 +293,7 @@ static void fit(prep *p, st_tokseq *s, size_t reserve)
 
 static st_err do_text(prep *p, const record *rec, int *reason)
 {
+    const prepare_opts *o = p->o;
     const char *s;
     size_t n;
     ST_TRY(get_string(rec, p->pl->text_name, &s, &n, reason));
@@ -303,7 +307,7 @@ static st_err do_text(prep *p, const record *rec, int *reason)
     }
     ST_TRY(st_tokseq_push_text(q, p->tok, s, n, 0, 1));
     if (eos >= 0) ST_TRY(st_tokseq_push_id(q, eos, 1));
-    return add_doc(p, q, split_of(rec), -1);
+    return add_doc(p, q, split_of(rec, o), -1);
 }
 
 /* Render turns into seq. A Jinja template that refuses this conversation
@@ -331,18 +335,20 @@ static st_err render_pair(prep *p, const record *rec, st_tokseq *seq, const char
 
 static st_err do_sft(prep *p, const record *rec, int *reason)
 {
+    const prepare_opts *o = p->o;
     const char *pr, *re;
     size_t np, nr;
-    ST_TRY(get_string(rec, O.prompt_field, &pr, &np, reason));
-    ST_TRY(get_string(rec, O.response_field, &re, &nr, reason));
-    ST_TRY(nonempty(rec, O.response_field, nr, reason));
+    ST_TRY(get_string(rec, o->prompt_field, &pr, &np, reason));
+    ST_TRY(get_string(rec, o->response_field, &re, &nr, reason));
+    ST_TRY(nonempty(rec, o->response_field, nr, reason));
     ST_TRY(render_pair(p, rec, &p->seq[0], pr, np, re, nr, reason));
     fit(p, &p->seq[0], 0);
-    return add_doc(p, &p->seq[0], split_of(rec), -1);
+    return add_doc(p, &p->seq[0], split_of(rec, o), -1);
 }
 
 static st_err do_chat(prep *p, const record *rec, int *reason)
 {
+    const prepare_opts *o = p->o;
     static const char *const roles[] = {"system", "user", "assistant"};
     if (!rec->obj) BAD(reason, R_TYPE, "%s: chat records need JSONL (a \"messages\" list)", rec->path);
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(rec->obj, "messages");
@@ -387,7 +393,7 @@ static st_err do_chat(prep *p, const record *rec, int *reason)
             rec->path, (long long)rec->line);
     ST_TRY(render_turns(p, rec, &p->seq[0], p->turns, n, reason));
     fit(p, &p->seq[0], 0);
-    return add_doc(p, &p->seq[0], split_of(rec), -1);
+    return add_doc(p, &p->seq[0], split_of(rec, o), -1);
 }
 
 /* hh-rlhf: the prompt is the common start of both dialogues up to and
@@ -409,6 +415,7 @@ static st_err hh_split(const record *rec, const char *c, size_t nc, const char *
 
 static st_err do_pref(prep *p, const record *rec, int *reason)
 {
+    const prepare_opts *o = p->o;
     const char *pr = "", *c, *r;
     size_t np = 0, nc, nr;
     ST_TRY(get_string(rec, "chosen", &c, &nc, reason));
@@ -429,7 +436,7 @@ static st_err do_pref(prep *p, const record *rec, int *reason)
     size_t rc = p->seq[0].n - p->seq[0].resp_start, rr = p->seq[1].n - p->seq[1].resp_start;
     fit(p, &p->seq[0], rr > rc ? rr : rc);
     fit(p, &p->seq[1], rr > rc ? rr : rc);
-    uint8_t split = split_of(rec);
+    uint8_t split = split_of(rec, o);
     ST_TRY(add_doc(p, &p->seq[0], split, -1));
     return add_doc(p, &p->seq[1], split, -1);
 }
@@ -460,6 +467,7 @@ static st_err label_text(const record *rec, const char *field, char *buf, int *r
 
 static st_err do_classify(prep *p, const record *rec, int *reason)
 {
+    const prepare_opts *o = p->o;
     const char *s;
     size_t n;
     char name[MAX_LABEL_LEN + 1];
@@ -472,7 +480,7 @@ static st_err do_classify(prep *p, const record *rec, int *reason)
         label_ent **hit = tfind(&key, &p->labels, label_cmp);
         if (!hit)
             BAD(reason, R_VALUE, "%s:%lld: label \"%s\" is not in --label-names %s", rec->path,
-                (long long)rec->line, name, O.label_names);
+                (long long)rec->line, name, o->label_names);
         id = (*hit)->id;
     } else {
         ST_TRY(label_put(p, name, -1, &id));
@@ -486,7 +494,7 @@ static st_err do_classify(prep *p, const record *rec, int *reason)
     ST_TRY(st_tokseq_push_text(q, p->tok, s, n, 0, 0));
     q->resp_start = q->n; /* all of it is "prompt": cut from the left */
     fit(p, q, 0);
-    return add_doc(p, q, split_of(rec), id);
+    return add_doc(p, q, split_of(rec, o), id);
 }
 
 /* ids data: token ids made elsewhere (another tool's tokenizer), taken as
@@ -494,7 +502,8 @@ static st_err do_classify(prep *p, const record *rec, int *reason)
  * vocabulary (the dataset's tokenizer); mask 1 everywhere, as text. */
 static st_err do_ids(prep *p, const record *rec, int *reason)
 {
-    const char *f = O.ids_field;
+    const prepare_opts *o = p->o;
+    const char *f = o->ids_field;
     if (!rec->obj) BAD(reason, R_TYPE, "%s: --format ids reads JSONL ({\"%s\": [ids]}), not CSV", rec->path, f);
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(rec->obj, f), *it;
     if (!v) BAD(reason, R_MISSING, "%s:%lld: field \"%s\" is missing (expected an array of token ids)", rec->path,
@@ -512,11 +521,11 @@ static st_err do_ids(prep *p, const record *rec, int *reason)
         double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
         if (!(d >= 0 && d < vocab) || d != (double)(int32_t)d)
             BAD(reason, R_VALUE, "%s:%lld: %s[%d] is not a token id of the tokenizer %s (integers 0..%d)", rec->path,
-                (long long)rec->line, f, i, O.tokenizer, vocab - 1);
+                (long long)rec->line, f, i, o->tokenizer, vocab - 1);
         ST_TRY(st_tokseq_push_id(q, (int32_t)d, 1));
         i++;
     }
-    return add_doc(p, q, split_of(rec), -1);
+    return add_doc(p, q, split_of(rec, o), -1);
 }
 
 static st_err do_record(prep *p, const record *rec, int *reason)
@@ -619,6 +628,7 @@ static st_err for_records(const char *path, int64_t lo, int64_t hi, void *ctx, r
 /* ---- pass 1 (rank 0): count records, detect the format -------------------- */
 
 typedef struct {
+    const prepare_opts *o;
     plan *pl;
     int detected;
     int fmt_given;
@@ -629,9 +639,10 @@ static const char *const label_fallback[] = {"label", "category", "intent", "cla
 /* Resolve the text and label field names against the first good record. */
 static st_err detect(scan_ctx *s, const record *rec)
 {
+    const prepare_opts *o = s->o;
     plan *pl = s->pl;
-    const char *text = rec->obj ? O.text_field : O.text_col;
-    const char *label = rec->obj ? O.label_field : O.label_col;
+    const char *text = rec->obj ? o->text_field : o->text_col;
+    const char *label = rec->obj ? o->label_field : o->label_col;
     if (!label)
         for (size_t i = 0; i < sizeof label_fallback / sizeof *label_fallback && !label; i++)
             if (has_field(rec, label_fallback[i])) label = label_fallback[i];
@@ -642,10 +653,10 @@ static st_err detect(scan_ctx *s, const record *rec)
     if (!s->fmt_given) {
         if (has_field(rec, "messages")) pl->format = FMT_CHAT;
         else if (has_field(rec, "chosen") && has_field(rec, "rejected")) pl->format = FMT_PREF;
-        else if (has_field(rec, O.prompt_field) && has_field(rec, O.response_field)) pl->format = FMT_SFT;
+        else if (has_field(rec, o->prompt_field) && has_field(rec, o->response_field)) pl->format = FMT_SFT;
         else if (has_field(rec, text) && label && has_field(rec, label)) pl->format = FMT_CLASSIFY;
         else if (has_field(rec, text)) pl->format = FMT_TEXT;
-        else if (rec->obj && has_field(rec, O.ids_field)) pl->format = FMT_IDS;
+        else if (rec->obj && has_field(rec, o->ids_field)) pl->format = FMT_IDS;
         else
             ST_FAIL(ST_ERR_ARG, "%s:%lld: cannot tell the format from this record's fields; expected "
                     "\"%s\" (text), \"prompt\"+\"response\" (sft), \"messages\" (chat), "
@@ -675,14 +686,14 @@ static st_err scan_bad(void *ctx, int reason, st_err e)
     return ST_OK;
 }
 
-static st_err scan(plan *pl, int fmt_given)
+static st_err scan(plan *pl, int fmt_given, const prepare_opts *o)
 {
-    scan_ctx s = {pl, 0, fmt_given};
-    ST_TRY(for_records(O.input, 0, -1, &s, scan_record, scan_bad, &pl->n_records));
-    if (pl->n_records == 0) ST_FAIL(ST_ERR_ARG, "%s holds no records", O.input);
+    scan_ctx s = {o, pl, 0, fmt_given};
+    ST_TRY(for_records(o->input, 0, -1, &s, scan_record, scan_bad, &pl->n_records));
+    if (pl->n_records == 0) ST_FAIL(ST_ERR_ARG, "%s holds no records", o->input);
     if (!s.detected)
         ST_FAIL(ST_ERR_FORMAT, "%s: no record could be read (every line is malformed); the first "
-                "bad line is reported without --on-error skip", O.input);
+                "bad line is reported without --on-error skip", o->input);
     return ST_OK;
 }
 
@@ -708,8 +719,9 @@ static st_err prep_bad(void *ctx, int reason, st_err e)
 /* --label-names: a JSON array of strings fixes ids = positions. */
 static st_err load_label_names(prep *p)
 {
-    FILE *f = fopen(O.label_names, "rb");
-    if (!f) ST_FAIL(ST_ERR_IO, "cannot open --label-names %s", O.label_names);
+    const prepare_opts *o = p->o;
+    FILE *f = fopen(o->label_names, "rb");
+    if (!f) ST_FAIL(ST_ERR_IO, "cannot open --label-names %s", o->label_names);
     char *text = NULL;
     size_t n = 0;
     FILE *mem = open_memstream(&text, &n);
@@ -722,30 +734,30 @@ static st_err load_label_names(prep *p)
     cJSON *arr = ok ? cJSON_ParseWithLength(text, n) : NULL;
     free(text);
     st_err e = ST_OK;
-    if (!ok) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot read %s", O.label_names);
+    if (!ok) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot read %s", o->label_names);
     else if (!cJSON_IsArray(arr))
         e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
-                         "%s: expected a JSON array of label names", O.label_names);
+                         "%s: expected a JSON array of label names", o->label_names);
     const cJSON *it;
     int id = 0;
     if (!e) cJSON_ArrayForEach(it, arr) {
         int got_id;
         if (!cJSON_IsString(it) || !it->valuestring[0] || strlen(it->valuestring) > MAX_LABEL_LEN) {
             e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
-                             "%s: entry %d is not a label name (a non-empty string)", O.label_names, id);
+                             "%s: entry %d is not a label name (a non-empty string)", o->label_names, id);
             break;
         }
         if ((e = label_put(p, it->valuestring, id, &got_id))) break;
         if (got_id != id) {
             e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__,
-                             "%s: label \"%s\" appears twice", O.label_names, it->valuestring);
+                             "%s: label \"%s\" appears twice", o->label_names, it->valuestring);
             break;
         }
         id++;
     }
     cJSON_Delete(arr);
     if (!e && id == 0)
-        e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__, "%s: no label names", O.label_names);
+        e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__, "%s: no label names", o->label_names);
     p->fixed_labels = 1;
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
@@ -803,6 +815,7 @@ static st_err gather_names(const prep *p, MPI_Comm comm, char **all, int64_t *to
  * every rank); the docs' local ids are rewritten. *names (n) point into *store. */
 static st_err unify_labels(prep *p, MPI_Comm comm, char ***names, int *n, char **store)
 {
+    const prepare_opts *o = p->o;
     char *all = NULL;
     int64_t total = 0, count = 0;
     ST_TRY(gather_names(p, comm, &all, &total));
@@ -820,7 +833,7 @@ static st_err unify_labels(prep *p, MPI_Comm comm, char ***names, int *n, char *
         if (u == 0 || strcmp(list[u - 1], list[i])) list[u++] = list[i];
     if (u > MAX_LABELS) { /* the same verdict on every rank: the table is the same */
         free(all), free(list), free(map);
-        ST_FAIL(ST_ERR_ARG, "%s has %lld distinct labels, more than %d", O.input, (long long)u, MAX_LABELS);
+        ST_FAIL(ST_ERR_ARG, "%s has %lld distinct labels, more than %d", o->input, (long long)u, MAX_LABELS);
     }
     /* local id -> global id (every local name is in the list) */
     for (int i = 0; i < p->n_labels; i++) {
@@ -837,37 +850,37 @@ static st_err unify_labels(prep *p, MPI_Comm comm, char ***names, int *n, char *
 
 /* ---- the command ---------------------------------------------------------- */
 
-static st_err parse_format(int *fmt)
+static st_err parse_format(int *fmt, const prepare_opts *o)
 {
     *fmt = -1;
-    if (!strcmp(O.format, "auto")) return ST_OK;
+    if (!strcmp(o->format, "auto")) return ST_OK;
     for (int i = 0; i < N_FMT; i++)
-        if (!strcmp(O.format, fmt_name[i])) *fmt = i;
-    if (*fmt < 0) ST_FAIL(ST_ERR_ARG, "--format %s: expected auto, text, sft, chat, pref, classify or ids", O.format);
+        if (!strcmp(o->format, fmt_name[i])) *fmt = i;
+    if (*fmt < 0) ST_FAIL(ST_ERR_ARG, "--format %s: expected auto, text, sft, chat, pref, classify or ids", o->format);
     return ST_OK;
 }
 
-static st_err check_options(int *fmt)
+static st_err check_options(int *fmt, const prepare_opts *o)
 {
-    if (!O.input) ST_FAIL(ST_ERR_ARG, "prepare needs --input FILE (JSONL or CSV)");
-    if (!O.out) ST_FAIL(ST_ERR_ARG, "prepare needs --out FILE (the dataset.h5 to write)");
-    if (O.max_len < 2) ST_FAIL(ST_ERR_ARG, "--max-len %d: must be at least 2 tokens", O.max_len);
-    if (!(O.val_fraction >= 0.0f && O.val_fraction < 1.0f))
-        ST_FAIL(ST_ERR_ARG, "--val-fraction %g: must be in [0, 1)", O.val_fraction);
-    if (strcmp(O.on_error, "fail") && strcmp(O.on_error, "skip"))
-        ST_FAIL(ST_ERR_ARG, "--on-error %s: expected fail or skip", O.on_error);
-    if (O.template_name && strcmp(O.template_name, "tokenizer") && !st_template_find(O.template_name))
-        ST_FAIL(ST_ERR_ARG, "--template %s: unknown template (available: %s, tokenizer)", O.template_name,
+    if (!o->input) ST_FAIL(ST_ERR_ARG, "prepare needs --input FILE (JSONL or CSV)");
+    if (!o->out) ST_FAIL(ST_ERR_ARG, "prepare needs --out FILE (the dataset.h5 to write)");
+    if (o->max_len < 2) ST_FAIL(ST_ERR_ARG, "--max-len %d: must be at least 2 tokens", o->max_len);
+    if (!(o->val_fraction >= 0.0f && o->val_fraction < 1.0f))
+        ST_FAIL(ST_ERR_ARG, "--val-fraction %g: must be in [0, 1)", o->val_fraction);
+    if (strcmp(o->on_error, "fail") && strcmp(o->on_error, "skip"))
+        ST_FAIL(ST_ERR_ARG, "--on-error %s: expected fail or skip", o->on_error);
+    if (o->template_name && strcmp(o->template_name, "tokenizer") && !st_template_find(o->template_name))
+        ST_FAIL(ST_ERR_ARG, "--template %s: unknown template (available: %s, tokenizer)", o->template_name,
                 st_template_names());
-    return parse_format(fmt);
+    return parse_format(fmt, o);
 }
 
 /* Rank 0 plans (counts, detects), then everyone learns the plan. */
-static st_err make_plan(plan *pl, int fmt, MPI_Comm comm, int rank)
+static st_err make_plan(plan *pl, int fmt, MPI_Comm comm, int rank, const prepare_opts *o)
 {
     memset(pl, 0, sizeof *pl);
     pl->format = fmt;
-    st_err e = rank == 0 ? scan(pl, fmt >= 0) : ST_OK;
+    st_err e = rank == 0 ? scan(pl, fmt >= 0, o) : ST_OK;
     ST_TRY(st_agree(comm, e));
     ST_TRY(st_bcast(comm, pl, (int64_t)sizeof *pl, ST_M_U8, 0));
     return ST_OK;
@@ -879,11 +892,12 @@ enum { C_RECORDS, C_DOCS, C_TOKENS, C_VAL, C_CUT_P, C_CUT_R, C_SKIP0, N_COUNTS =
 static void print_summary(const prep *p, const int64_t *c, char first[][MSG_CAP], int n_labels,
                           double seconds, int ranks)
 {
+    const prepare_opts *o = p->o;
     const plan *pl = p->pl;
     int64_t skipped = 0;
     for (int i = 0; i < N_REASONS; i++) skipped += c[C_SKIP0 + i];
-    printf("prepare: %s -> %s (kind %s, tokenizer %s, template %s%s)\n", O.input, O.out,
-           fmt_name[pl->format], O.tokenizer, p->tpl ? p->tpl->name : "-",
+    printf("prepare: %s -> %s (kind %s, tokenizer %s, template %s%s)\n", o->input, o->out,
+           fmt_name[pl->format], o->tokenizer, p->tpl ? p->tpl->name : "-",
            p->tpl && p->tpl->jinja ? ": the tokenizer's own Jinja chat template" : "");
     printf("  records %lld, docs %lld (train %lld, validation %lld), tokens %lld\n",
            (long long)c[C_RECORDS], (long long)c[C_DOCS], (long long)(c[C_DOCS] - c[C_VAL]),
@@ -892,7 +906,7 @@ static void print_summary(const prep *p, const int64_t *c, char first[][MSG_CAP]
     for (int i = 0; i < N_REASONS; i++)
         if (c[C_SKIP0 + i])
             printf("    %-15s %lld  (first: %s)\n", reason_name[i], (long long)c[C_SKIP0 + i], first[i]);
-    printf("  cut to --max-len %d: %lld docs lost the start of their prompt, %lld the end of their response\n", O.max_len,
+    printf("  cut to --max-len %d: %lld docs lost the start of their prompt, %lld the end of their response\n", o->max_len,
            (long long)c[C_CUT_P], (long long)c[C_CUT_R]);
     if (pl->format == FMT_CLASSIFY) printf("  labels %d\n", n_labels);
     printf("  time %.2f s on %d rank%s\n", seconds, ranks, ranks > 1 ? "s" : "");
@@ -925,15 +939,16 @@ static st_err gather_first(prep *p, MPI_Comm comm, int rank, int size, char out[
  * into *ct and described by *own. */
 static st_err choose_template(prep *p, st_template *own, st_chat_template **ct)
 {
+    const prepare_opts *o = p->o;
     const plan *pl = p->pl;
     if (pl->format != FMT_SFT && pl->format != FMT_CHAT && pl->format != FMT_PREF) return ST_OK;
     int has = st_tokenizer_chat_template(p->tok) != NULL;
-    const char *name = O.template_name ? O.template_name : pl->hh ? "plain" : has ? "tokenizer" : "default";
-    ST_TRY(st_template_resolve(name, p->tok, O.tokenizer, own, ct, &p->tpl));
+    const char *name = o->template_name ? o->template_name : pl->hh ? "plain" : has ? "tokenizer" : "default";
+    ST_TRY(st_template_resolve(name, p->tok, o->tokenizer, own, ct, &p->tpl));
     return ST_OK;
 }
 
-static st_err prepare(MPI_Comm comm, int fmt)
+static st_err prepare(MPI_Comm comm, int fmt, const prepare_opts *o)
 {
     int rank, size;
     rank = st_comm_rank(comm);
@@ -941,21 +956,21 @@ static st_err prepare(MPI_Comm comm, int fmt)
     double t0 = st_now();
     st_tokenizer *tok = NULL;
     plan pl;
-    prep p = {.pl = &pl, .skip = !strcmp(O.on_error, "skip")};
+    prep p = {.o = o, .pl = &pl, .skip = !strcmp(o->on_error, "skip")};
     char **names = NULL, *store = NULL;
     int n_labels = 0;
     st_template own;
     st_chat_template *ct = NULL;
-    st_err e = st_agree(comm, st_tokenizer_load(&tok, O.tokenizer));
+    st_err e = st_agree(comm, st_tokenizer_load(&tok, o->tokenizer));
     p.tok = tok;
-    if (!e) e = make_plan(&pl, fmt, comm, rank);
+    if (!e) e = make_plan(&pl, fmt, comm, rank, o);
     if (e) goto done;
     e = choose_template(&p, &own, &ct);
-    if (!e && pl.format == FMT_CLASSIFY && O.label_names) e = load_label_names(&p);
+    if (!e && pl.format == FMT_CLASSIFY && o->label_names) e = load_label_names(&p);
     ST_TRY_GOTO(e, st_agree(comm, e), done);
 
     int64_t lo = pl.n_records * rank / size, hi = pl.n_records * (rank + 1) / size, seen;
-    e = for_records(O.input, lo, hi, &p, prep_record, prep_bad, &seen);
+    e = for_records(o->input, lo, hi, &p, prep_record, prep_bad, &seen);
     ST_TRY_GOTO(e, st_agree(comm, e), done);
 
     if (pl.format == FMT_CLASSIFY) {
@@ -975,11 +990,12 @@ static st_err prepare(MPI_Comm comm, int fmt)
     int64_t skipped = 0;
     for (int i = 0; i < N_REASONS; i++) skipped += c[C_SKIP0 + i];
     st_dataset_info info = {
-        .kind = pl.format == FMT_IDS ? "text" : fmt_name[pl.format],   /* ids data trains as text */ .template_name = p.tpl ? p.tpl->name : "", .source = O.input,
+        .kind = pl.format == FMT_IDS ? "text" : fmt_name[pl.format], /* ids data trains as text */
+        .template_name = p.tpl ? p.tpl->name : "", .source = o->input,
         .n_records = c[C_RECORDS], .n_skipped = skipped, .n_truncated_prompt = c[C_CUT_P],
-        .n_truncated_response = c[C_CUT_R], .max_len = O.max_len, .val_fraction = O.val_fraction,
-        .seed = (uint64_t)O.seed, .n_labels = n_labels, .label_names = names};
-    ST_TRY_GOTO(e, st_dataset_write(O.out, comm, tok, &info, &p.docs), done);
+        .n_truncated_response = c[C_CUT_R], .max_len = o->max_len, .val_fraction = o->val_fraction,
+        .seed = (uint64_t)o->seed, .n_labels = n_labels, .label_names = names};
+    ST_TRY_GOTO(e, st_dataset_write(o->out, comm, tok, &info, &p.docs), done);
     char first[N_REASONS][MSG_CAP];
     ST_TRY_GOTO(e, gather_first(&p, comm, rank, size, first), done);
     if (rank == 0) print_summary(&p, c, first, n_labels, st_now() - t0, size);
@@ -996,20 +1012,23 @@ st_err st_cmd_prepare(int argc, char **argv, const st_grid *g)
 {
     int rank = g->world_rank, help = 0, npos = 0, fmt = -1;
     char *pos[1];
-    st_options o;
-    ST_TRY(st_options_init(&o, prepare_options, N_OPTIONS));
-    st_err e = st_options_parse(&o, argc, argv, &help, pos, 0, &npos);
+    prepare_opts o;
+    st_options opts;
+    ST_TRY(st_options_init(&opts, prepare_options, N_OPTIONS, &o));
+    st_err e = st_options_parse(&opts, argc, argv, &help, pos, 0, &npos);
+    e = st_agree(g->world, e); /* a recipe one rank alone could not read */
+    if (!e) e = st_options_same_everywhere(&opts, g->world, argc, argv);
     if (!e && help) {
         if (rank == 0) {
             printf("%s", usage);
-            st_options_print_help(&o, stdout);
+            st_options_print_help(&opts, stdout);
             fflush(stdout);
         }
     } else if (!e) {
-        e = check_options(&fmt);
-        if (!e) e = prepare(g->world, fmt);
+        e = check_options(&fmt, &o);
+        if (!e) e = prepare(g->world, fmt, &o);
     }
-    st_options_free(&o);
+    st_options_free(&opts);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }

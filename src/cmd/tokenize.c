@@ -6,6 +6,7 @@
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,16 +24,15 @@ typedef struct {
     char *input, *out, *format, *field;
     int decode, add_special, parse_special;
 } tok_opts;
-static tok_opts TK;
 
 static const st_option tok_options[] = {
-    {"input", ST_OPT_STRING, &TK.input, "-", "file to read (- = standard input; gzip is read too)"},
-    {"out", ST_OPT_STRING, &TK.out, "-", "file to write (- = standard output)"},
-    {"format", ST_OPT_STRING, &TK.format, "lines", "lines: each input line is one text (decode: prints each text on its line); jsonl: each line a JSON string or an object whose --field is the text (decode: prints JSON strings)"},
-    {"field", ST_OPT_STRING, &TK.field, "text", "the field holding the text in --format jsonl objects"},
-    {"decode", ST_OPT_BOOL, &TK.decode, "false", "ids in, text out: each line a JSON array of ids (or an object with \"ids\")"},
-    {"add_special", ST_OPT_BOOL, &TK.add_special, "true", "put bos/eos around each text by the tokenizer's own rule (add_bos_token, add_eos_token), as prepare and generate do"},
-    {"parse_special", ST_OPT_BOOL, &TK.parse_special, "true", "special-token text in the input (\"<|im_end|>\") becomes that token, as Hugging Face tokenizers do"},
+    {"input", ST_OPT_STRING, offsetof(tok_opts, input), "-", "file to read (- = standard input; gzip is read too)"},
+    {"out", ST_OPT_STRING, offsetof(tok_opts, out), "-", "file to write (- = standard output)"},
+    {"format", ST_OPT_STRING, offsetof(tok_opts, format), "lines", "lines: each input line is one text (decode: prints each text on its line); jsonl: each line a JSON string or an object whose --field is the text (decode: prints JSON strings)"},
+    {"field", ST_OPT_STRING, offsetof(tok_opts, field), "text", "the field holding the text in --format jsonl objects"},
+    {"decode", ST_OPT_BOOL, offsetof(tok_opts, decode), "false", "ids in, text out: each line a JSON array of ids (or an object with \"ids\")"},
+    {"add_special", ST_OPT_BOOL, offsetof(tok_opts, add_special), "true", "put bos/eos around each text by the tokenizer's own rule (add_bos_token, add_eos_token), as prepare and generate do"},
+    {"parse_special", ST_OPT_BOOL, offsetof(tok_opts, parse_special), "true", "special-token text in the input (\"<|im_end|>\") becomes that token, as Hugging Face tokenizers do"},
 };
 #define N_TOK ((int)(sizeof tok_options / sizeof tok_options[0]))
 
@@ -81,33 +81,33 @@ static st_err load_tokenizer(const char *arg, st_tokenizer **tok)
 /* The text of one input line: the line itself, or its JSON string. *j keeps
  * the parsed line alive while the text is used. */
 static st_err line_text(const char *line, size_t len, const char *path, int64_t lineno, cJSON **j,
-                        const char **text, size_t *n)
+                        const char **text, size_t *n, const tok_opts *o)
 {
-    if (strcmp(TK.format, "jsonl") != 0) {
+    if (strcmp(o->format, "jsonl") != 0) {
         *text = line, *n = len;
         return ST_OK;
     }
     ST_TRY(st_json_parse_line(j, line, len, path, lineno));
-    const cJSON *v = cJSON_IsObject(*j) ? cJSON_GetObjectItemCaseSensitive(*j, TK.field) : *j;
+    const cJSON *v = cJSON_IsObject(*j) ? cJSON_GetObjectItemCaseSensitive(*j, o->field) : *j;
     if (!cJSON_IsString(v))
         ST_FAIL(ST_ERR_FORMAT, "%s:%lld: expected a JSON string or an object with a string \"%s\"", path,
-                (long long)lineno, TK.field);
+                (long long)lineno, o->field);
     *text = v->valuestring, *n = strlen(v->valuestring);
     return ST_OK;
 }
 
 /* One text's ids as a JSON array line; bos/eos by the tokenizer's rule. */
 static st_err encode_line(const st_tokenizer *tok, const char *text, size_t n, const char *where,
-                          st_tokseq *q, FILE *out)
+                          st_tokseq *q, FILE *out, const tok_opts *o)
 {
     st_tokseq_clear(q);
     st_err e = ST_OK;
-    if (TK.add_special && st_tokenizer_adds_bos(tok)) {
+    if (o->add_special && st_tokenizer_adds_bos(tok)) {
         e = st_tokseq_push_id(q, st_tokenizer_bos(tok), 0);
         q->has_bos = 1;   /* the text still starts a sequence (sentencepiece's dummy prefix) */
     }
-    if (!e) e = st_tokseq_push_text(q, tok, text, n, TK.parse_special, 0);
-    if (!e && TK.add_special && st_tokenizer_adds_eos(tok)) e = st_tokseq_push_id(q, st_tokenizer_eos(tok), 0);
+    if (!e) e = st_tokseq_push_text(q, tok, text, n, o->parse_special, 0);
+    if (!e && o->add_special && st_tokenizer_adds_eos(tok)) e = st_tokseq_push_id(q, st_tokenizer_eos(tok), 0);
     if (e) {
         char why[512];
         snprintf(why, sizeof why, "%s", st_error_message());
@@ -120,7 +120,7 @@ static st_err encode_line(const st_tokenizer *tok, const char *text, size_t n, c
 }
 
 static st_err decode_line(const st_tokenizer *tok, const char *line, size_t len, const char *path, int64_t lineno,
-                          FILE *out)
+                          FILE *out, const tok_opts *o)
 {
     cJSON *j = NULL;
     ST_TRY(st_json_parse_line(&j, line, len, path, lineno));
@@ -146,7 +146,7 @@ static st_err decode_line(const st_tokenizer *tok, const char *line, size_t len,
         snprintf(why, sizeof why, "%s", st_error_message());
         e = st_error_set(e, __FILE__, __LINE__, __func__, "%s:%lld: %s", path, (long long)lineno, why);
     }
-    if (!e && strcmp(TK.format, "jsonl") == 0) {
+    if (!e && strcmp(o->format, "jsonl") == 0) {
         cJSON *s = cJSON_CreateString(text);
         char *js = s ? cJSON_PrintUnformatted(s) : NULL;
         if (js) fprintf(out, "%s\n", js);
@@ -163,41 +163,41 @@ static st_err decode_line(const st_tokenizer *tok, const char *line, size_t len,
     return e;
 }
 
-static st_err run(const char *arg)
+static st_err run(const char *arg, const tok_opts *o)
 {
-    if (strcmp(TK.format, "lines") != 0 && strcmp(TK.format, "jsonl") != 0)
-        ST_FAIL(ST_ERR_ARG, "--format %s: expected lines or jsonl", TK.format);
+    if (strcmp(o->format, "lines") != 0 && strcmp(o->format, "jsonl") != 0)
+        ST_FAIL(ST_ERR_ARG, "--format %s: expected lines or jsonl", o->format);
     st_tokenizer *tok = NULL;
     ST_TRY(load_tokenizer(arg, &tok));
-    const char *path = strcmp(TK.input, "-") ? TK.input : "/dev/stdin";
+    const char *path = strcmp(o->input, "-") ? o->input : "/dev/stdin";
     st_lines *r = NULL;
     st_err e = st_lines_open(&r, path);
     FILE *out = stdout;
     st_tokseq q = {0};
-    if (!e && strcmp(TK.out, "-") && !(out = fopen(TK.out, "w")))
-        e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", TK.out, strerror(errno));
+    if (!e && strcmp(o->out, "-") && !(out = fopen(o->out, "w")))
+        e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", o->out, strerror(errno));
     for (int eof = 0; !e;) {
         const char *line;
         size_t len;
         if ((e = st_lines_next(r, &line, &len, &eof)) || eof) break;
         int64_t lineno = st_lines_lineno(r);
-        int jsonl = strcmp(TK.format, "jsonl") == 0;
-        if ((jsonl || TK.decode) && st_line_blank(line, len)) continue;
-        if (TK.decode) {
-            e = decode_line(tok, line, len, TK.input, lineno, out);
+        int jsonl = strcmp(o->format, "jsonl") == 0;
+        if ((jsonl || o->decode) && st_line_blank(line, len)) continue;
+        if (o->decode) {
+            e = decode_line(tok, line, len, o->input, lineno, out, o);
             continue;
         }
         cJSON *j = NULL;
         const char *text = NULL;
         size_t n = 0;
         char where[512];
-        snprintf(where, sizeof where, "%s:%lld", TK.input, (long long)lineno);
-        e = line_text(line, len, TK.input, lineno, &j, &text, &n);
-        if (!e) e = encode_line(tok, text, n, where, &q, out);
+        snprintf(where, sizeof where, "%s:%lld", o->input, (long long)lineno);
+        e = line_text(line, len, o->input, lineno, &j, &text, &n, o);
+        if (!e) e = encode_line(tok, text, n, where, &q, out, o);
         cJSON_Delete(j);
     }
     if (out && out != stdout && fclose(out) != 0 && !e)
-        e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "writing '%s' failed: %s", TK.out, strerror(errno));
+        e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "writing '%s' failed: %s", o->out, strerror(errno));
     if (out == stdout) fflush(stdout);
     if (r) st_lines_close(r);
     st_tokseq_free(&q);
@@ -206,13 +206,14 @@ static st_err run(const char *arg)
     return e;
 }
 
-static st_err tokenize(const char *arg, MPI_Comm world)
+static st_err tokenize(const char *arg, MPI_Comm world, void *opts)
 {
-    return st_agree(world, st_comm_rank(world) == 0 ? run(arg) : ST_OK);
+    return st_agree(world, st_comm_rank(world) == 0 ? run(arg, opts) : ST_OK);
 }
 
 st_err st_cmd_tokenize(int argc, char **argv, MPI_Comm world)
 {
-    return st_options_run(argc, argv, world, tok_options, N_TOK, usage, "a tokenizer spec or a checkpoint",
+    tok_opts o;
+    return st_options_run(argc, argv, world, tok_options, N_TOK, &o, usage, "a tokenizer spec or a checkpoint",
                           tokenize);
 }

@@ -14,161 +14,80 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "cmd/commands.h"
+#include "cmd/method.h"
 #include "cmd/options.h"
-#include "core/rng.h"
-#include "core/timer.h"
+#include "cmd/trainer.h"
 #include "io/checkpoint.h"
-#include "io/dataset.h"
-#include "io/metrics.h"
-#include "io/tok/tokenizer.h"
-#include "kernels/kernels.h"
 #include "kernels/peak.h"
-#include "model/classify.h"
-#include "model/dpo.h"
-#include "model/lora.h"
-#include "model/model.h"
-#include "model/optim.h"
 #include "mpi/comm.h"
 #include "mpi/commstats.h"
-#include "mpi/dp.h"
-#include "mpi/grid.h"
 
-typedef struct {
-    /* model */
-    char *family;
-    st_config cfg;
-    char *init_from;
-    /* data */
-    char *data_train, *sampling;
-    int seq_len, batch_size, global_batch;
-    /* method */
-    char *method;
-    /* optimisation */
-    st_optim_config opt;
-    int64_t steps;
-    int64_t seed;
-    /* grid */
-    int tp, dp, zero;
-    char *init_skip;
-    /* run */
-    char *out_dir, *resume;
-    int save_every, keep, log_every, eval_every, eval_batches, plot;
-    int64_t stop_after;
-    char *pool;
-    float dpo_beta;
-    int cls_bias;
-    int freeze_layers, patience, recompute;
-    st_lora_config lora;
-    char *lora_targets;
-} train_opts;
-
-static train_opts O;
-
+#define F(field) offsetof(train_opts, field)
 static const st_option train_options[] = {
-    {"model.family", ST_OPT_STRING, &O.family, "llama", "gpt2 or llama (new model; ignored with init_from)"},
-    {"model.n_layer", ST_OPT_INT, &O.cfg.n_layer, "4", "transformer layers"},
-    {"model.d_model", ST_OPT_INT, &O.cfg.d_model, "128", "model width"},
-    {"model.n_head", ST_OPT_INT, &O.cfg.n_head, "4", "query heads"},
-    {"model.n_kv_head", ST_OPT_INT, &O.cfg.n_kv_head, "0", "key/value heads (0 = n_head)"},
-    {"model.d_ff", ST_OPT_INT, &O.cfg.d_ff, "0", "MLP width (0 = 4*d_model for gpt2, 8/3*d_model rounded up to 32 for llama)"},
-    {"model.vocab_size", ST_OPT_INT, &O.cfg.vocab_size, "0", "vocabulary (0 = the dataset tokenizer's)"},
-    {"model.max_seq", ST_OPT_INT, &O.cfg.max_seq, "0", "longest sequence (0 = seq_len)"},
-    {"model.norm_eps", ST_OPT_FLOAT, &O.cfg.norm_eps, "1e-5", "normalisation epsilon"},
-    {"model.rope_theta", ST_OPT_FLOAT, &O.cfg.rope_theta, "10000", "RoPE base (llama)"},
-    {"model.tied_embeddings", ST_OPT_BOOL, &O.cfg.tied_embeddings, "true", "share embedding and LM head"},
-    {"model.qkv_bias", ST_OPT_BOOL, &O.cfg.qkv_bias, "false", "bias on q/k/v (llama; Qwen2 style)"},
-    {"init_from", ST_OPT_STRING, &O.init_from, NULL, "checkpoint whose weights start the run (transfer learning)"},
-    {"init_skip", ST_OPT_STRING, &O.init_skip, NULL, "comma-separated tensor names (a trailing * matches a prefix) that init_from does not load, e.g. lm_head.weight for a new head"},
-    {"data.train", ST_OPT_STRING, &O.data_train, NULL, "dataset.h5 made by `shardtune prepare` (required)"},
-    {"data.sampling", ST_OPT_STRING, &O.sampling, "auto", "stream (windows over concatenated text), docs (one example per row) or auto (by method)"},
-    {"seq_len", ST_OPT_INT, &O.seq_len, "128", "tokens per row"},
-    {"batch_size", ST_OPT_INT, &O.batch_size, "8", "rows per micro-batch on each rank"},
-    {"global_batch", ST_OPT_INT, &O.global_batch, "0", "rows per optimizer step over all dp ranks (0 = batch_size * dp); a multiple of batch_size * dp gives gradient accumulation"},
-    {"method", ST_OPT_STRING, &O.method, "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses), classify (a head over the dataset's labels), reward (a scalar head trained on preference pairs: -log sigmoid(r_chosen - r_rejected)) or dpo (the language model on preference pairs against a frozen copy of its starting weights)"},
-    {"classify.bias", ST_OPT_BOOL, &O.cls_bias, "true", "methods classify and reward: train score.bias (false: held at 0, the head Hugging Face's *ForSequenceClassification has, so `export --to hf:DIR` can write it)"},
-    {"dpo.beta", ST_OPT_FLOAT, &O.dpo_beta, "0.1", "method dpo: the strength of the pull towards the reference (TRL's beta)"},
-    {"classify.pool", ST_OPT_STRING, &O.pool, "last", "method classify: pool the last token's state (last) or all tokens' (mean)"},
-    {"lora.rank", ST_OPT_INT, &O.lora.rank, "0", "LoRA adapters of this rank on a frozen base (0 = full fine-tuning)"},
-    {"lora.alpha", ST_OPT_FLOAT, &O.lora.alpha, "16", "LoRA scale numerator: adapters add (alpha/rank) B A x"},
-    {"lora.dropout", ST_OPT_FLOAT, &O.lora.dropout, "0", "dropout on the adapters' input"},
-    {"lora.targets", ST_OPT_STRING, &O.lora_targets, "q,v", "projections with adapters: q,k,v,o,gate,up,down (or attn, mlp, all)"},
-    {"recompute", ST_OPT_BOOL, &O.recompute, "false", "activation recomputation: keep only each layer's input, redo its forward in backward (memory of one layer instead of all, ~1/3 more compute)"},
-    {"freeze_layers", ST_OPT_INT, &O.freeze_layers, "0", "keep the embeddings and the lowest N layers fixed (-1: the whole body)"},
-    {"early_stopping.patience", ST_OPT_INT, &O.patience, "0", "stop after this many evaluations without a better validation loss (0 = off)"},
-    {"optim.lr", ST_OPT_FLOAT, &O.opt.lr, "3e-4", "peak learning rate"},
-    {"optim.min_lr_ratio", ST_OPT_FLOAT, &O.opt.min_lr_ratio, "0.1", "cosine floor as a fraction of lr"},
-    {"optim.warmup_steps", ST_OPT_INT, &O.opt.warmup_steps, "0", "linear warmup steps"},
-    {"optim.beta1", ST_OPT_FLOAT, &O.opt.beta1, "0.9", "AdamW beta1"},
-    {"optim.beta2", ST_OPT_FLOAT, &O.opt.beta2, "0.95", "AdamW beta2"},
-    {"optim.eps", ST_OPT_FLOAT, &O.opt.eps, "1e-8", "AdamW epsilon"},
-    {"optim.weight_decay", ST_OPT_FLOAT, &O.opt.weight_decay, "0.1", "decoupled weight decay (2-D weights only)"},
-    {"optim.grad_clip", ST_OPT_FLOAT, &O.opt.grad_clip, "1.0", "global gradient-norm clip (0 = off)"},
-    {"steps", ST_OPT_INT64, &O.steps, "100", "optimizer steps (the cosine schedule ends here)"},
-    {"seed", ST_OPT_INT64, &O.seed, "1234", "initialisation and data-order seed"},
-    {"grid.tp", ST_OPT_INT, &O.tp, "1", "tensor-parallel ranks per model copy (dp = ranks / tp)"},
-    {"grid.dp", ST_OPT_INT, &O.dp, "0", "data-parallel copies; 0 = ranks / tp (when set, it must equal that)"},
-    {"grid.zero", ST_OPT_BOOL, &O.zero, "false", "ZeRO-1: shard AdamW state over dp ranks"},
-    {"out_dir", ST_OPT_STRING, &O.out_dir, "runs/train", "run directory: metrics.jsonl, loss.png, ckpt/"},
-    {"resume", ST_OPT_STRING, &O.resume, "none", "none, auto (latest good checkpoint in out_dir/ckpt) or a checkpoint path"},
-    {"stop_after", ST_OPT_INT64, &O.stop_after, "0", "stop (with a checkpoint) after this step though the schedule runs to `steps` (0 = steps); for time-limited jobs that resume"},
-    {"save_every", ST_OPT_INT, &O.save_every, "0", "checkpoint every N steps (0 = only at the end)"},
-    {"keep", ST_OPT_INT, &O.keep, "3", "checkpoints to keep (0 = all)"},
-    {"log_every", ST_OPT_INT, &O.log_every, "1", "progress line every N steps"},
-    {"eval_every", ST_OPT_INT, &O.eval_every, "0", "validation loss every N steps (0 = only at the end)"},
-    {"eval_batches", ST_OPT_INT, &O.eval_batches, "4", "micro-batches per validation"},
-    {"plot", ST_OPT_BOOL, &O.plot, "true", "draw out_dir/loss.png with gnuplot at the end"},
+    {"model.family", ST_OPT_STRING, F(family), "llama", "gpt2 or llama (new model; ignored with init_from)"},
+    {"model.n_layer", ST_OPT_INT, F(cfg.n_layer), "4", "transformer layers"},
+    {"model.d_model", ST_OPT_INT, F(cfg.d_model), "128", "model width"},
+    {"model.n_head", ST_OPT_INT, F(cfg.n_head), "4", "query heads"},
+    {"model.n_kv_head", ST_OPT_INT, F(cfg.n_kv_head), "0", "key/value heads (0 = n_head)"},
+    {"model.d_ff", ST_OPT_INT, F(cfg.d_ff), "0", "MLP width (0 = 4*d_model for gpt2, 8/3*d_model rounded up to 32 for llama)"},
+    {"model.vocab_size", ST_OPT_INT, F(cfg.vocab_size), "0", "vocabulary (0 = the dataset tokenizer's)"},
+    {"model.max_seq", ST_OPT_INT, F(cfg.max_seq), "0", "longest sequence (0 = seq_len)"},
+    {"model.norm_eps", ST_OPT_FLOAT, F(cfg.norm_eps), "1e-5", "normalisation epsilon"},
+    {"model.rope_theta", ST_OPT_FLOAT, F(cfg.rope_theta), "10000", "RoPE base (llama)"},
+    {"model.tied_embeddings", ST_OPT_BOOL, F(cfg.tied_embeddings), "true", "share embedding and LM head"},
+    {"model.qkv_bias", ST_OPT_BOOL, F(cfg.qkv_bias), "false", "bias on q/k/v (llama; Qwen2 style)"},
+    {"init_from", ST_OPT_STRING, F(init_from), NULL, "checkpoint whose weights start the run (transfer learning)"},
+    {"init_skip", ST_OPT_STRING, F(init_skip), NULL, "comma-separated tensor names (a trailing * matches a prefix) that init_from does not load, e.g. lm_head.weight for a new head"},
+    {"data.train", ST_OPT_STRING, F(data_train), NULL, "dataset.h5 made by `shardtune prepare` (required)"},
+    {"data.sampling", ST_OPT_STRING, F(sampling), "auto", "stream (windows over concatenated text), docs (one example per row) or auto (by method)"},
+    {"data.shuffle", ST_OPT_BOOL, F(shuffle), "true", "a seeded permutation per epoch (false: file order, as another tool without shuffling reads it)"},
+    {"seq_len", ST_OPT_INT, F(seq_len), "128", "tokens per row"},
+    {"batch_size", ST_OPT_INT, F(batch_size), "8", "rows per micro-batch on each rank"},
+    {"global_batch", ST_OPT_INT, F(global_batch), "0", "rows per optimizer step over all dp ranks (0 = batch_size * dp); a multiple of batch_size * dp gives gradient accumulation"},
+    {"method", ST_OPT_STRING, F(method), "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses), classify (a head over the dataset's labels), reward (a scalar head trained on preference pairs: -log sigmoid(r_chosen - r_rejected)) or dpo (the language model on preference pairs against a frozen copy of its starting weights)"},
+    {"classify.bias", ST_OPT_BOOL, F(cls_bias), "true", "methods classify and reward: train score.bias (false: held at 0, the head Hugging Face's *ForSequenceClassification has, so `export --to hf:DIR` can write it)"},
+    {"dpo.beta", ST_OPT_FLOAT, F(dpo_beta), "0.1", "method dpo: the strength of the pull towards the reference (TRL's beta)"},
+    {"classify.pool", ST_OPT_STRING, F(pool), "last", "method classify: pool the last token's state (last) or all tokens' (mean)"},
+    {"lora.rank", ST_OPT_INT, F(lora.rank), "0", "LoRA adapters of this rank on a frozen base (0 = full fine-tuning)"},
+    {"lora.alpha", ST_OPT_FLOAT, F(lora.alpha), "16", "LoRA scale numerator: adapters add (alpha/rank) B A x"},
+    {"lora.dropout", ST_OPT_FLOAT, F(lora.dropout), "0", "dropout on the adapters' input"},
+    {"lora.targets", ST_OPT_STRING, F(lora_targets), "q,v", "projections with adapters: q,k,v,o,gate,up,down (or attn, mlp, all)"},
+    {"recompute", ST_OPT_BOOL, F(recompute), "false", "activation recomputation: keep only each layer's input, redo its forward in backward (memory of one layer instead of all, ~1/3 more compute)"},
+    {"freeze_layers", ST_OPT_INT, F(freeze_layers), "0", "keep the embeddings and the lowest N layers fixed (-1: the whole body)"},
+    {"early_stopping.patience", ST_OPT_INT, F(patience), "0", "stop after this many evaluations without a better validation loss (0 = off)"},
+    /* optim.*: the defaults are st_optim_config_default's (model/optim.c), the one table of them */
+    {"optim.lr", ST_OPT_FLOAT, F(opt.lr), NULL, "peak learning rate"},
+    {"optim.schedule", ST_OPT_STRING, F(schedule), "cosine", "after warmup: cosine or linear decay to lr * min_lr_ratio at `steps`, or constant"},
+    {"optim.min_lr_ratio", ST_OPT_FLOAT, F(opt.min_lr_ratio), NULL, "where cosine and linear end, as a fraction of lr"},
+    {"optim.warmup_steps", ST_OPT_INT, F(opt.warmup_steps), NULL, "linear warmup steps"},
+    {"optim.beta1", ST_OPT_FLOAT, F(opt.beta1), NULL, "AdamW beta1"},
+    {"optim.beta2", ST_OPT_FLOAT, F(opt.beta2), NULL, "AdamW beta2"},
+    {"optim.eps", ST_OPT_FLOAT, F(opt.eps), NULL, "AdamW epsilon"},
+    {"optim.weight_decay", ST_OPT_FLOAT, F(opt.weight_decay), NULL, "decoupled weight decay (2-D weights only)"},
+    {"optim.grad_clip", ST_OPT_FLOAT, F(opt.grad_clip), NULL, "global gradient-norm clip (0 = off)"},
+    {"steps", ST_OPT_INT64, F(steps), "100", "optimizer steps (the schedule ends here)"},
+    {"seed", ST_OPT_INT64, F(seed), "1234", "initialisation and data-order seed"},
+    {"grid.tp", ST_OPT_INT, F(tp), "1", "tensor-parallel ranks per model copy (dp = ranks / tp)"},
+    {"grid.dp", ST_OPT_INT, F(dp), "0", "data-parallel copies; 0 = ranks / tp (when set, it must equal that)"},
+    {"grid.zero", ST_OPT_BOOL, F(zero), "false", "ZeRO-1: shard AdamW state over dp ranks"},
+    {"out_dir", ST_OPT_STRING, F(out_dir), "runs/train", "run directory: metrics.jsonl, loss.png, ckpt/"},
+    {"resume", ST_OPT_STRING, F(resume), "none", "none, auto (latest good checkpoint in out_dir/ckpt) or a checkpoint path"},
+    {"stop_after", ST_OPT_INT64, F(stop_after), "0", "stop (with a checkpoint) after this step though the schedule runs to `steps` (0 = steps); for time-limited jobs that resume"},
+    {"save_every", ST_OPT_INT, F(save_every), "0", "checkpoint every N steps (0 = only at the end)"},
+    {"keep", ST_OPT_INT, F(keep), "3", "checkpoints to keep (0 = all)"},
+    {"log_every", ST_OPT_INT, F(log_every), "1", "progress line every N steps"},
+    {"eval_every", ST_OPT_INT, F(eval_every), "0", "validation loss every N steps (0 = only at the end)"},
+    {"eval_batches", ST_OPT_INT, F(eval_batches), "4", "micro-batches per validation"},
+    {"plot", ST_OPT_BOOL, F(plot), "true", "draw out_dir/loss.png with gnuplot at the end"},
 };
+#undef F
 #define N_TRAIN_OPTIONS ((int)(sizeof train_options / sizeof train_options[0]))
-
-/* A parameter set trained besides the body (a classification head, adapters):
- * replicated over dp, reduced with one all-reduce per step, its own AdamW. */
-typedef struct {
-    const char *what;
-    const char *group;     /* its checkpoint group: "head", "lora" */
-    char *meta;            /* its description (JSON), stored with it */
-    const st_layout *lay;
-    float *params, *grads;
-    st_adamw adam;
-} pset;
-
-typedef struct {
-    st_grid grid;
-    st_model model;
-    int classify;          /* a head on the body: method classify or reward */
-    int reward;            /* method reward: a 1-output head, pairwise loss */
-    int dpo;               /* method dpo: the LM against a frozen reference */
-    st_model ref;          /* dpo: the reference (the policy's starting weights) */
-    float *dpo_work;       /* dpo: 2 * batch_size * seq_len floats */
-    st_cls_head head;
-    st_lora *lora;         /* adapters, or NULL */
-    uint8_t *trainable;    /* per body tensor */
-    int body_trainable;    /* any body tensor trains */
-    pset extra[2];
-    int n_extra;
-    double best_val;
-    int bad_evals;
-    int32_t *pred;         /* (batch_size) predictions */
-    st_dp dp;
-    st_adamw adam;
-    size_t own_begin, own_end;
-    st_dataset *ds;
-    st_loader *train, *val;
-    st_batch batch;
-    st_tokenizer *tok;
-    int micro_per_step;    /* micro-batches per rank per step */
-    int64_t start_step;
-    int64_t tokens_seen;
-    double peak_gflops;    /* measured matmul rate of one rank */
-    st_timers timers;
-    st_metrics metrics;
-    char ckpt_dir[4096];
-    const char *recipe_text;
-} trainer;
 
 /* grad_ready hook: forward a finished layer's range to the dp reduction */
 static st_err on_grad_ready(void *ctx, size_t lo, size_t hi)
@@ -197,63 +116,53 @@ static st_err mkdir_p(const char *path)
 
 static st_err resolve_config(trainer *t, st_config *cfg)
 {
-    if (O.init_from) {
-        ST_TRY(st_ckpt_read_config(O.init_from, t->grid.world, cfg));
+    const train_opts *o = t->o;
+    if (o->init_from) {
+        ST_TRY(st_ckpt_read_config(o->init_from, t->grid.world, cfg));
         return ST_OK;
     }
-    *cfg = O.cfg;
-    ST_TRY(st_family_parse(O.family, &cfg->family));
+    *cfg = o->cfg;
+    ST_TRY(st_family_parse(o->family, &cfg->family));
     if (!cfg->n_kv_head) cfg->n_kv_head = cfg->n_head;
     if (!cfg->d_ff) {
         if (cfg->family == ST_FAMILY_GPT2) cfg->d_ff = 4 * cfg->d_model;
         else cfg->d_ff = ((8 * cfg->d_model / 3) + 31) / 32 * 32;
     }
     if (!cfg->vocab_size) cfg->vocab_size = st_tokenizer_vocab_size(t->tok);
-    if (!cfg->max_seq) cfg->max_seq = O.seq_len;
+    if (!cfg->max_seq) cfg->max_seq = o->seq_len;
     if (cfg->family == ST_FAMILY_GPT2) cfg->tied_embeddings = 1;
     return ST_OK;
 }
 
 static st_err open_data(trainer *t)
 {
-    if (!O.data_train)
+    const train_opts *o = t->o;
+    if (!o->data_train)
         ST_FAIL(ST_ERR_ARG, "no training data: set data.train in the recipe or --data.train FILE "
                 "(make one with `shardtune prepare --input FILE --out dataset.h5`)");
-    ST_TRY(st_dataset_open(&t->ds, O.data_train));
+    ST_TRY(st_dataset_open(&t->ds, o->data_train));
     ST_TRY(st_dataset_tokenizer(t->ds, &t->tok));
     st_sample_mode mode = ST_SAMPLE_STREAM;
-    if (!strcmp(O.sampling, "docs")) mode = ST_SAMPLE_DOCS;
-    else if (!strcmp(O.sampling, "stream")) mode = ST_SAMPLE_STREAM;
-    else if (!strcmp(O.sampling, "auto")) mode = strcmp(O.method, "pretrain") ? ST_SAMPLE_DOCS : ST_SAMPLE_STREAM;
-    else ST_FAIL(ST_ERR_ARG, "data.sampling '%s': expected stream, docs or auto", O.sampling);
-    ST_TRY(st_loader_create(&t->train, t->ds, mode, O.seq_len, (uint64_t)O.seed, 0));
+    if (!strcmp(o->sampling, "docs")) mode = ST_SAMPLE_DOCS;
+    else if (!strcmp(o->sampling, "stream")) mode = ST_SAMPLE_STREAM;
+    else if (!strcmp(o->sampling, "auto")) mode = t->method->stream ? ST_SAMPLE_STREAM : ST_SAMPLE_DOCS;
+    else ST_FAIL(ST_ERR_ARG, "data.sampling '%s': expected stream, docs or auto", o->sampling);
+    ST_TRY(st_loader_create(&t->train, t->ds, mode, o->seq_len, (uint64_t)o->seed, 0));
     if (st_loader_num_samples(t->train) < 1)
-        ST_FAIL(ST_ERR_ARG, "dataset '%s' has no training samples of %d tokens", O.data_train, O.seq_len);
-    st_err e = st_loader_create(&t->val, t->ds, mode, O.seq_len, (uint64_t)O.seed, 1);
+        ST_FAIL(ST_ERR_ARG, "dataset '%s' has no training samples of %d tokens", o->data_train, o->seq_len);
+    st_err e = st_loader_create(&t->val, t->ds, mode, o->seq_len, (uint64_t)o->seed, 1);
     if (e || st_loader_num_samples(t->val) < 1) {
         st_error_clear();
         if (t->val) st_loader_free(t->val);
         t->val = NULL;
     }
-    ST_TRY(st_batch_alloc(&t->batch, O.batch_size, O.seq_len));
+    ST_TRY(st_batch_alloc(&t->batch, o->batch_size, o->seq_len));
     return ST_OK;
 }
 
-static st_err add_extra(trainer *t, const char *what, const char *group, char *meta, const st_layout *lay,
-                        float *params, float *grads)
-{
-    pset *p = &t->extra[t->n_extra++];
-    p->what = what;
-    p->group = group;
-    p->meta = meta;
-    p->lay = lay;
-    p->params = params;
-    p->grads = grads;
-    return st_adamw_init(&p->adam, lay, 0, lay->numel, &O.opt);
-}
 
 /* {"rank":8,"alpha":16,"dropout":0,"targets":"q,v"}: how to rebuild the adapters */
-static char *lora_meta(const st_lora *l)
+static char *lora_meta(const st_lora *l, const st_lora_config *c)
 {
     static const char *names[ST_T_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
     char targets[64] = "", *out = malloc(256);
@@ -262,77 +171,26 @@ static char *lora_meta(const st_lora *l)
         if (mask & (1u << i)) snprintf(targets + strlen(targets), sizeof targets - strlen(targets), "%s%s",
                                        targets[0] ? "," : "", names[i]);
     if (out)
-        snprintf(out, 256, "{\"rank\":%d,\"alpha\":%g,\"dropout\":%g,\"targets\":\"%s\"}", O.lora.rank,
-                 O.lora.alpha, O.lora.dropout, targets);
+        snprintf(out, 256, "{\"rank\":%d,\"alpha\":%g,\"dropout\":%g,\"targets\":\"%s\"}", c->rank, c->alpha,
+                 c->dropout, targets);
     return out;
 }
 
-/* Preference pairs for reward and dpo: present, whole in every micro-batch,
- * and not cut at seq_len (the loader keeps a doc's first seq_len tokens, so a
- * longer pair would lose its responses). */
-static st_err check_pairs(trainer *t)
-{
-    if (st_dataset_num_pairs(t->ds) < 1)
-        ST_FAIL(ST_ERR_ARG, "method %s needs preference pairs ('%s' has none); prepare JSONL with "
-                "prompt/chosen/rejected (or hh-rlhf's chosen/rejected) into a dataset of kind pref", O.method,
-                O.data_train);
-    if (O.batch_size % 2)
-        ST_FAIL(ST_ERR_ARG, "method %s: batch_size %d must be even (rows hold (chosen, rejected) pairs)", O.method,
-                O.batch_size);
-    int64_t cut = 0, np = st_dataset_num_pairs(t->ds);
-    for (int64_t i = 0; i < np; i++) {
-        int64_t c, r;
-        st_dataset_pair(t->ds, i, &c, &r);
-        cut += st_dataset_doc_len(t->ds, c) > O.seq_len || st_dataset_doc_len(t->ds, r) > O.seq_len;
-    }
-    if (cut == np)
-        ST_FAIL(ST_ERR_ARG, "method %s: every pair of '%s' is longer than seq_len %d, so the responses would be "
-                "cut off; prepare with --max-len %d (prompts are then cut from the left)", O.method,
-                O.data_train, O.seq_len, O.seq_len);
-    if (cut && is_rank0(t))
-        printf("warning: %lld of %lld pairs are longer than seq_len %d and lose the end of their responses; "
-               "prepare with --max-len %d to cut prompts from the left instead\n", (long long)cut, (long long)np,
-               O.seq_len, O.seq_len);
-    return ST_OK;
-}
-
-/* What trains: the head of classify, and which body tensors (freeze_layers). */
+/* What trains: the method's own parameters (a head), adapters, and which body
+ * tensors (freeze_layers). */
 static st_err setup_method(trainer *t)
 {
+    train_opts *o = t->o; /* completes the derived settings */
     st_model *m = &t->model;
     const st_layout *y = &m->lay;
-    ST_ALLOC(t->pred, O.batch_size, "predictions");
-    if (t->reward || t->dpo) ST_TRY(check_pairs(t));
-    if (t->dpo) {
-        /* forward only: one layer's activations */
-        ST_TRY(st_model_create(&t->ref, &m->lay.cfg, t->grid.tp, O.batch_size, O.seq_len, (uint64_t)O.seed,
-                               ST_MODEL_INFER));
-        ST_ALLOC(t->dpo_work, 2 * (size_t)O.batch_size * O.seq_len, "DPO scratch");
-    }
-    if (t->classify) { /* a head: one output per label, or one reward */
-        int k = t->reward ? 1 : st_dataset_num_labels(t->ds);
-        if (k < 2 && !t->reward)
-            ST_FAIL(ST_ERR_ARG, "method classify needs a dataset with labels ('%s' has %d); prepare it with "
-                    "--format classify", O.data_train, k);
-        ST_TRY(st_cls_create(&t->head, m, k, !strcmp(O.pool, "mean"), (uint64_t)O.seed));
-        t->head.no_bias = !O.cls_bias;
-        const char **names = malloc(sizeof *names * (size_t)k);
-        if (!names) ST_FAIL(ST_ERR_MEM, "out of memory");
-        for (int i = 0; i < k; i++) names[i] = t->reward ? "reward" : st_dataset_label_name(t->ds, i);
-        char *meta = NULL;
-        st_err e = st_cls_meta_json(&t->head, names, &meta);
-        free(names);
-        ST_TRY(e);
-        ST_TRY(add_extra(t, t->reward ? "reward head" : "classification head", "head", meta, &t->head.lay,
-                         t->head.params, t->head.grads));
-    }
-    if (O.lora.rank > 0) {
-        if (O.freeze_layers)
+    if (t->method->setup) ST_TRY(t->method->setup(t));
+    if (o->lora.rank > 0) {
+        if (o->freeze_layers)
             ST_FAIL(ST_ERR_ARG, "freeze_layers and lora.rank together: with LoRA the whole base is frozen already");
-        ST_TRY(st_lora_parse_targets(O.lora_targets, &O.lora.targets));
-        ST_TRY(st_lora_create(&t->lora, y, &O.lora, (int64_t)O.batch_size * O.seq_len, (uint64_t)O.seed));
+        ST_TRY(st_lora_parse_targets(o->lora_targets, &o->lora.targets));
+        ST_TRY(st_lora_create(&t->lora, y, &o->lora, (int64_t)o->batch_size * o->seq_len, (uint64_t)o->seed));
         m->adapter = st_lora_adapter(t->lora);
-        ST_TRY(add_extra(t, "LoRA adapters", "lora", lora_meta(t->lora), st_lora_layout(t->lora),
+        ST_TRY(st_trainer_add_set(t, "LoRA adapters", "lora", lora_meta(t->lora, &o->lora), st_lora_layout(t->lora),
                          st_lora_params(t->lora), st_lora_grads(t->lora)));
         ST_ALLOC(t->trainable, y->n_tensors, "trainable flags"); /* all zero: the base is frozen */
         st_model_set_trainable(m, t->trainable, 1);
@@ -341,7 +199,7 @@ static st_err setup_method(trainer *t)
         st_adamw_free(&t->adam); /* a frozen base needs no moments: 8 bytes per parameter saved */
         return ST_OK;
     }
-    int fl = O.freeze_layers < 0 ? y->cfg.n_layer : O.freeze_layers;
+    int fl = o->freeze_layers < 0 ? y->cfg.n_layer : o->freeze_layers;
     if (fl > y->cfg.n_layer)
         ST_FAIL(ST_ERR_ARG, "freeze_layers %d exceeds the model's %d layers", fl, y->cfg.n_layer);
     ST_ALLOC(t->trainable, y->n_tensors, "trainable flags");
@@ -351,7 +209,7 @@ static st_err setup_method(trainer *t)
         int frozen;
         if (ts->layer >= 0) frozen = ts->layer < fl;
         else if (ts->offset < y->layer_begin[0]) frozen = fl > 0;      /* embeddings, positions */
-        else if (!strcmp(ts->name, "lm_head.weight")) frozen = t->classify || fl == y->cfg.n_layer;
+        else if (!strcmp(ts->name, "lm_head.weight")) frozen = t->has_head || fl == y->cfg.n_layer;
         else frozen = fl == y->cfg.n_layer;                            /* final norm */
         t->trainable[i] = !frozen;
         t->body_trainable |= t->trainable[i];
@@ -365,57 +223,52 @@ static st_err setup_method(trainer *t)
 
 static st_err setup(trainer *t, MPI_Comm world)
 {
-    ST_TRY(st_grid_init(&t->grid, world, O.tp));
-    if (O.dp && O.dp != t->grid.dp_size)
+    train_opts *o = t->o; /* completes the derived settings */
+    ST_TRY(st_grid_init(&t->grid, world, o->tp));
+    if (o->dp && o->dp != t->grid.dp_size)
         ST_FAIL(ST_ERR_ARG, "grid.dp %d does not match %d ranks / tp %d = %d (start %d ranks, or leave grid.dp unset)",
-                O.dp, t->grid.world_size, O.tp, t->grid.dp_size, O.dp * O.tp);
+                o->dp, t->grid.world_size, o->tp, t->grid.dp_size, o->dp * o->tp);
     int threads = st_threads_setup(world);
-    if (strcmp(O.method, "pretrain") && strcmp(O.method, "sft") && strcmp(O.method, "classify") &&
-        strcmp(O.method, "reward") && strcmp(O.method, "dpo"))
-        ST_FAIL(ST_ERR_ARG, "method '%s' is not available: choose pretrain, sft, classify, reward or dpo", O.method);
-    t->reward = !strcmp(O.method, "reward");
-    t->dpo = !strcmp(O.method, "dpo");
-    t->classify = t->reward || !strcmp(O.method, "classify");
-    if (strcmp(O.pool, "last") && strcmp(O.pool, "mean"))
-        ST_FAIL(ST_ERR_ARG, "classify.pool '%s': expected last or mean", O.pool);
+    if (!(t->method = st_method_find(o->method)))
+        ST_FAIL(ST_ERR_ARG, "method '%s' is not available: choose %s", o->method, st_method_names());
     ST_TRY(st_agree(world, open_data(t)));
     st_config cfg;
     ST_TRY(st_agree(world, resolve_config(t, &cfg)));
     if (cfg.vocab_size < st_tokenizer_vocab_size(t->tok))
         ST_FAIL(ST_ERR_ARG, "model vocabulary %d is smaller than the dataset tokenizer's %d "
                 "(prepare the data with the model's tokenizer)", cfg.vocab_size, st_tokenizer_vocab_size(t->tok));
-    if (O.seq_len > cfg.max_seq)
-        ST_FAIL(ST_ERR_ARG, "seq_len %d exceeds the model's max_seq %d", O.seq_len, cfg.max_seq);
-    int per_rank_rows = O.global_batch ? O.global_batch / t->grid.dp_size : O.batch_size;
-    if (O.global_batch && (O.global_batch % (t->grid.dp_size * O.batch_size)))
+    if (o->seq_len > cfg.max_seq)
+        ST_FAIL(ST_ERR_ARG, "seq_len %d exceeds the model's max_seq %d", o->seq_len, cfg.max_seq);
+    int per_rank_rows = o->global_batch ? o->global_batch / t->grid.dp_size : o->batch_size;
+    if (o->global_batch && (o->global_batch % (t->grid.dp_size * o->batch_size)))
         ST_FAIL(ST_ERR_ARG, "global_batch %d is not a multiple of batch_size %d x dp %d",
-                O.global_batch, O.batch_size, t->grid.dp_size);
-    t->micro_per_step = per_rank_rows / O.batch_size;
-    if (!O.global_batch) O.global_batch = O.batch_size * t->grid.dp_size;
-    ST_TRY(st_model_create(&t->model, &cfg, t->grid.tp, O.batch_size, O.seq_len, (uint64_t)O.seed,
-                           O.recompute ? ST_MODEL_TRAIN_RECOMPUTE : ST_MODEL_TRAIN));
-    ST_TRY(st_dp_init(&t->dp, t->grid.dp, t->model.lay.numel, O.zero));
+                o->global_batch, o->batch_size, t->grid.dp_size);
+    t->micro_per_step = per_rank_rows / o->batch_size;
+    if (!o->global_batch) o->global_batch = o->batch_size * t->grid.dp_size;
+    ST_TRY(st_model_create(&t->model, &cfg, t->grid.tp, o->batch_size, o->seq_len, (uint64_t)o->seed,
+                           o->recompute ? ST_MODEL_TRAIN_RECOMPUTE : ST_MODEL_TRAIN));
+    ST_TRY(st_dp_init(&t->dp, t->grid.dp, t->model.lay.numel, o->zero));
     st_dp_owned(&t->dp, &t->own_begin, &t->own_end);
-    O.opt.total_steps = (int)O.steps;
-    ST_TRY(st_adamw_init(&t->adam, &t->model.lay, t->own_begin, t->own_end, &O.opt));
+    o->opt.total_steps = o->steps;
+    ST_TRY(st_adamw_init(&t->adam, &t->model.lay, t->own_begin, t->own_end, &o->opt));
     ST_TRY(setup_method(t));
     ST_TRY(st_measure_peak_gflops(1024, &t->peak_gflops));
-    snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/ckpt", O.out_dir);
+    snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/ckpt", o->out_dir);
     if (is_rank0(t)) {
         ST_TRY(mkdir_p(t->ckpt_dir));
-        ST_TRY(st_metrics_open(&t->metrics, O.out_dir));
+        ST_TRY(st_metrics_open(&t->metrics, o->out_dir));
     }
     ST_TRY(st_barrier(world));
     if (is_rank0(t)) {
         long long n = st_config_num_params(&cfg);
         printf("shardtune train: %d ranks = tp %d x dp %d, %d thread%s per rank%s\n", t->grid.world_size,
-               t->grid.tp_size, t->grid.dp_size, threads, threads > 1 ? "s" : "", O.zero ? ", ZeRO-1" : "");
+               t->grid.tp_size, t->grid.dp_size, threads, threads > 1 ? "s" : "", o->zero ? ", ZeRO-1" : "");
         printf("model: %s, %d layers, d_model %d, %d heads (%d kv), d_ff %d, vocab %d: %.2fM parameters\n",
                st_family_name(cfg.family), cfg.n_layer, cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.d_ff,
                cfg.vocab_size, n / 1e6);
         printf("data: %s, %lld training samples of %d tokens, %s; global batch %d rows (%d micro-batch%s of %d per rank)\n",
-               O.data_train, (long long)st_loader_num_samples(t->train), O.seq_len, O.method, O.global_batch,
-               t->micro_per_step, t->micro_per_step > 1 ? "es" : "", O.batch_size);
+               o->data_train, (long long)st_loader_num_samples(t->train), o->seq_len, o->method, o->global_batch,
+               t->micro_per_step, t->micro_per_step > 1 ? "es" : "", o->batch_size);
         printf("matmul ceiling: %.1f GFLOP/s per rank (measured)\n", t->peak_gflops);
         fflush(stdout);
     }
@@ -424,10 +277,11 @@ static st_err setup(trainer *t, MPI_Comm world)
 
 static st_ckpt_tensors ckpt_tensors(trainer *t)
 {
+    const train_opts *o = t->o;
     st_ckpt_tensors c = {
         .lay = &t->model.lay, .params = t->model.params, .m = t->adam.m, .v = t->adam.v,
         .opt_begin = t->own_begin, .opt_end = t->own_end, .adam_step = t->adam.step,
-        .beta1 = O.opt.beta1, .beta2 = O.opt.beta2, .eps = O.opt.eps, .weight_decay = O.opt.weight_decay,
+        .beta1 = o->opt.beta1, .beta2 = o->opt.beta2, .eps = o->opt.eps, .weight_decay = o->opt.weight_decay,
     };
     for (int e = 0; e < t->n_extra; e++)
         c.sets[c.n_sets++] = (st_ckpt_set){.group = t->extra[e].group, .lay = t->extra[e].lay,
@@ -437,30 +291,14 @@ static st_ckpt_tensors ckpt_tensors(trainer *t)
     return c;
 }
 
-/* init_from's weights into m (the policy, or DPO's reference), less the
- * init_skip names; heads and adapters start fresh on a new base. */
-static st_err load_init(trainer *t, st_model *m)
-{
-    st_ckpt_tensors c = {.lay = &m->lay, .params = m->params};
-    /* the skip list: "a,b,c*" -> {"a", "b", "c*", NULL} */
-    char *list = O.init_skip ? strdup(O.init_skip) : NULL, *names[64] = {0}, *save = NULL;
-    int n = 0;
-    for (char *p = list ? strtok_r(list, ",", &save) : NULL; p && n < 63; p = strtok_r(NULL, ",", &save))
-        names[n++] = p;
-    st_err e = st_ckpt_load(O.init_from, &t->grid, &c, NULL, (const char *const *)names, ST_CKPT_WEIGHTS_ONLY,
-                            NULL, NULL, NULL);
-    free(list);
-    return e;
-}
 
 static st_err load_start(trainer *t)
 {
+    const train_opts *o = t->o;
     char path[4096] = "";
     int resuming = 0;
-    /* DPO's reference is the policy's starting point, also when resuming: the
-     * seeded initialisation (the same seed and layout) or init_from */
-    if (t->dpo && O.init_from) ST_TRY(load_init(t, &t->ref));
-    if (!strcmp(O.resume, "auto")) {
+    if (t->method->load_start) ST_TRY(t->method->load_start(t));
+    if (!strcmp(o->resume, "auto")) {
         st_err e = st_ckpt_find_latest(t->ckpt_dir, t->grid.world, path, sizeof path);
         if (e) {
             st_error_clear();
@@ -469,8 +307,8 @@ static st_err load_start(trainer *t)
         } else {
             resuming = 1;
         }
-    } else if (strcmp(O.resume, "none")) {
-        snprintf(path, sizeof path, "%s", O.resume);
+    } else if (strcmp(o->resume, "none")) {
+        snprintf(path, sizeof path, "%s", o->resume);
         resuming = 1;
     }
     if (resuming) {
@@ -517,27 +355,28 @@ static st_err load_start(trainer *t)
         if (is_rank0(t)) printf("resumed from %s at step %lld\n", path, (long long)t->start_step);
         return ST_OK;
     }
-    if (O.init_from) {
-        ST_TRY(load_init(t, &t->model));
-        if (is_rank0(t)) printf("initialised from %s\n", O.init_from);
+    if (o->init_from) {
+        ST_TRY(st_trainer_load_init(t, &t->model));
+        if (is_rank0(t)) printf("initialised from %s\n", o->init_from);
     }
     return ST_OK;
 }
 
 static st_err save(trainer *t, int64_t step)
 {
+    const train_opts *o = t->o;
     st_timer_start(&t->timers, ST_PH_CHECKPOINT);
     st_ckpt_tensors c = ckpt_tensors(t);
     /* without ZeRO every dp rank holds the same moments: dp rank 0 writes them */
     if (!t->dp.zero && t->grid.dp_rank > 0) c.opt_begin = c.opt_end = 0;
-    st_train_state s = {.step = step, .tokens_seen = t->tokens_seen, .data_seed = (uint64_t)O.seed,
-                        .data_cursor = step * O.global_batch, .recipe = (char *)t->recipe_text,
-                        .method = O.method};
+    st_train_state s = {.step = step, .tokens_seen = t->tokens_seen, .data_seed = (uint64_t)o->seed,
+                        .data_cursor = step * o->global_batch, .recipe = (char *)t->recipe_text,
+                        .method = o->method};
     const char *kind = NULL;
     uint8_t *blob = NULL;
     size_t n = 0;
     ST_TRY(st_tokenizer_to_blob(t->tok, &kind, &blob, &n));
-    st_err e = st_ckpt_save(t->ckpt_dir, &t->grid, &c, &s, kind, blob, n, O.keep);
+    st_err e = st_ckpt_save(t->ckpt_dir, &t->grid, &c, &s, kind, blob, n, o->keep);
     free(blob);
     ST_TRY(e);
     st_timer_stop(&t->timers, ST_PH_CHECKPOINT);
@@ -547,58 +386,19 @@ static st_err save(trainer *t, int64_t step)
 
 /* ---- the step --------------------------------------------------------------- */
 
-/* One micro-batch of `rows` rows already in t->batch: the method's forward. *loss is a sum over what counts (tokens, rows
- * for classify, pairs for reward), *count how many counted, *correct right predictions (reward: pairs ranked right). */
-static st_err micro_step(trainer *t, int rows, double *loss, double *count, double *correct)
-{
-    st_model *m = &t->model;
-    st_batch *b = &t->batch;
-    const int T = O.seq_len;
-    *loss = *count = *correct = 0;
-    if (t->dpo) { /* rows 2i, 2i+1: a pair; the loss counts pairs */
-        double margin = 0;
-        ST_TRY(st_dpo_forward(m, &t->ref, b->tokens, b->targets, b->mask, rows, T, O.dpo_beta, 1.0f, t->dpo_work,
-                              loss, correct, &margin));
-        *count = rows / 2;
-        return ST_OK;
-    }
-    if (t->reward) { /* rows 2i, 2i+1: pair i's chosen and rejected; the loss counts pairs */
-        ST_TRY(st_cls_forward(&t->head, m, b->tokens, b->lengths, NULL, rows, T, 1.0f, loss, NULL));
-        ST_TRY(st_cls_pair_loss(&t->head, rows, 1.0f, loss, correct));
-        *count = rows / 2;
-        return ST_OK;
-    }
-    if (t->classify) {
-        ST_TRY(st_cls_forward(&t->head, m, b->tokens, b->lengths, b->labels, rows, T, 1.0f, loss, t->pred));
-        *count = rows;
-        for (int i = 0; i < rows; i++) *correct += t->pred[i] == b->labels[i];
-        return ST_OK;
-    }
-    if (!strcmp(O.method, "pretrain")) /* every real next token counts */
-        st_batch_mask_all(b, rows);
-    for (int i = 0; i < rows * T; i++) *count += b->mask[i];
-    return st_model_forward(m, b->tokens, b->targets, b->mask, rows, T, 1.0f, loss);
-}
-
-/* Backward of the last micro_step: gradients added into the model and heads. */
-static st_err micro_backward(trainer *t)
-{
-    if (t->classify) return st_cls_backward(&t->head, &t->model, t->batch.tokens);
-    return st_model_backward(&t->model, t->batch.tokens);
-}
-
 static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gnorm_out, int64_t *ntok_out)
 {
+    const train_opts *o = t->o;
     st_model *m = &t->model;
-    const int B = O.batch_size, T = O.seq_len;
+    const int B = o->batch_size, T = o->seq_len;
     const int64_t rows_per_rank = (int64_t)t->micro_per_step * B;
     double sums[3] = {0, 0, 0}; /* loss, count, correct */
     st_model_zero_grad(m);
     for (int e = 0; e < t->n_extra; e++) memset(t->extra[e].grads, 0, t->extra[e].lay->numel * sizeof(float));
     for (int k = 0; k < t->micro_per_step; k++) {
-        int64_t g0 = step * O.global_batch + t->grid.dp_rank * rows_per_rank + (int64_t)k * B;
+        int64_t g0 = step * o->global_batch + t->grid.dp_rank * rows_per_rank + (int64_t)k * B;
         st_timer_start(&t->timers, ST_PH_DATA);
-        ST_TRY(st_loader_fill(t->train, &t->batch, g0, B, 1));
+        ST_TRY(st_loader_fill(t->train, &t->batch, g0, B, o->shuffle));
         st_timer_stop(&t->timers, ST_PH_DATA);
         /* on the last micro-batch, finished layers start their dp reduction
          * while the backward pass goes on */
@@ -613,11 +413,11 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
             st_lora_set_rows(t->lora, g0 * T);
         }
         st_timer_start(&t->timers, ST_PH_FORWARD);
-        ST_TRY(micro_step(t, B, &l, &c, &r));
+        ST_TRY(t->method->forward(t, B, &l, &c, &r));
         st_timer_stop(&t->timers, ST_PH_FORWARD);
         sums[0] += l, sums[1] += c, sums[2] += r;
         st_timer_start(&t->timers, ST_PH_BACKWARD);
-        st_err e = micro_backward(t);
+        st_err e = t->method->backward(t);
         m->grad_ready = NULL;
         ST_TRY(e);
         st_timer_stop(&t->timers, ST_PH_BACKWARD);
@@ -644,8 +444,8 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
     if (t->dp.zero) ST_TRY(st_allreduce(t->grid.dp, &sq[0], 1, ST_M_F64, ST_OP_SUM));
     ST_TRY(st_allreduce(t->grid.tp, sq, 2, ST_M_F64, ST_OP_SUM));
     double gnorm = sqrt(sq[0] + sq[1]);
-    float clip = O.opt.grad_clip > 0 && gnorm > O.opt.grad_clip ? (float)(O.opt.grad_clip / gnorm) : 1.0f;
-    const float lr = st_lr_at(&O.opt, step);
+    float clip = o->opt.grad_clip > 0 && gnorm > o->opt.grad_clip ? (float)(o->opt.grad_clip / gnorm) : 1.0f;
+    const float lr = st_lr_at(&o->opt, step);
     if (t->body_trainable) {
         if (clip != 1.0f) st_scale(m->grads, t->own_begin, t->own_end, clip);
         st_adamw_update(&t->adam, m->params, m->grads, lr);
@@ -658,34 +458,35 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
     st_timer_stop(&t->timers, ST_PH_OPTIMIZER);
     *loss_out = sums[0] / sums[1];
     *gnorm_out = gnorm;
-    *ntok_out = (int64_t)O.global_batch * T;
+    *ntok_out = (int64_t)o->global_batch * T;
     return ST_OK;
 }
 
-/* Mean loss (and accuracy, for classify) over the first eval_batches
+/* Mean loss (and the method's metric) over the first eval_batches
  * micro-batches of the validation split. */
 static st_err eval_loss(trainer *t, double *out, double *acc)
 {
+    const train_opts *o = t->o;
     *out = *acc = -1;
     if (!t->val) return ST_OK;
     st_timer_start(&t->timers, ST_PH_EVAL);
-    const int B = O.batch_size;
+    const int B = o->batch_size;
     if (t->lora) st_lora_set_step(t->lora, 0, 0);
     int64_t n = st_loader_num_samples(t->val);
     double sums[3] = {0, 0, 0};
-    for (int k = 0; k < O.eval_batches; k++) {
+    for (int k = 0; k < o->eval_batches; k++) {
         int64_t g0 = ((int64_t)k * t->grid.dp_size + t->grid.dp_rank) * B;
         if (g0 >= n) break;
         int rows = n - g0 < B ? (int)(n - g0) : B;
         ST_TRY(st_loader_fill(t->val, &t->batch, g0, rows, 0));
         double l, c, r;
-        ST_TRY(micro_step(t, rows, &l, &c, &r));
+        ST_TRY(t->method->forward(t, rows, &l, &c, &r));
         sums[0] += l, sums[1] += c, sums[2] += r;
     }
     ST_TRY(st_allreduce(t->grid.dp, sums, 3, ST_M_F64, ST_OP_SUM));
     st_timer_stop(&t->timers, ST_PH_EVAL);
     if (sums[1] > 0) *out = sums[0] / sums[1];
-    if (sums[1] > 0 && (t->classify || t->dpo)) *acc = sums[2] / sums[1];
+    if (sums[1] > 0 && t->method->metric) *acc = sums[2] / sums[1];
     return ST_OK;
 }
 
@@ -701,8 +502,8 @@ static void print_eval(const trainer *t, const char *when, double val, double ac
 {
     if (!is_rank0(t) || val < 0) return;
     printf("validation %s: loss %.4f", when, val);
-    if (!t->classify && !t->dpo) printf(" (perplexity %.2f)", exp(val)); /* a token loss */
-    if (acc >= 0) printf(", %saccuracy %.2f%%", t->reward || t->dpo ? "pair " : "", 100 * acc);
+    if (t->method->token_loss) printf(" (perplexity %.2f)", exp(val));
+    if (acc >= 0) printf(", %s %.2f%%", t->method->metric, 100 * acc);
     printf("\n");
     fflush(stdout);
 }
@@ -731,31 +532,32 @@ static st_err track_best(trainer *t, int64_t step, double val, int *improved)
 
 static st_err run(trainer *t)
 {
-    const double flops_tok = st_config_flops_per_token(&t->model.lay.cfg, O.seq_len);
+    const train_opts *o = t->o;
+    const double flops_tok = st_config_flops_per_token(&t->model.lay.cfg, o->seq_len);
     double t_start = st_now(), t_window = t_start;
     int64_t tok_window = 0;
     double val0 = -1, acc0 = -1, val = -1, acc = -1;
     t->best_val = -1;
     ST_TRY(eval_loss(t, &val0, &acc0));
     print_eval(t, t->start_step ? "at the resumed step" : "before training", val0, acc0);
-    if (O.steps == 0) /* steps: 0 writes the starting point (base + fresh head or adapters) */
+    if (o->steps == 0) /* steps: 0 writes the starting point (base + fresh head or adapters) */
         return save(t, 0);
-    for (int64_t step = t->start_step; step < O.steps; step++) {
+    for (int64_t step = t->start_step; step < o->steps; step++) {
         double loss = 0, gnorm = 0, t_step = st_now();
         int64_t ntok = 0;
         ST_TRY(train_step(t, step, &loss, &gnorm, &ntok));
         t->tokens_seen += ntok;
         tok_window += ntok;
-        int last = step + 1 == O.steps || step + 1 == O.stop_after, saved = 0;
+        int last = step + 1 == o->steps || step + 1 == o->stop_after, saved = 0;
         double v = -1, a = -1;
-        if ((O.eval_every > 0 && (step + 1) % O.eval_every == 0) || last) {
+        if ((o->eval_every > 0 && (step + 1) % o->eval_every == 0) || last) {
             ST_TRY(eval_loss(t, &v, &a));
             val = v, acc = a;
-            if (O.eval_every > 0) {
+            if (o->eval_every > 0) {
                 ST_TRY(track_best(t, step + 1, v, &saved));
-                if (O.patience > 0 && t->bad_evals >= O.patience) {
+                if (o->patience > 0 && t->bad_evals >= o->patience) {
                     if (is_rank0(t)) printf("early stopping: no better validation loss in %d evaluations (best %.4f)\n",
-                                            O.patience, t->best_val);
+                                            o->patience, t->best_val);
                     last = 1;
                 }
             }
@@ -763,26 +565,26 @@ static st_err run(trainer *t)
         double now = st_now();
         double mfu_step = ntok * flops_tok / (now - t_step) / (t->peak_gflops * 1e9 * t->grid.world_size);
         if (is_rank0(t))
-            st_metrics_step(&t->metrics, step + 1, loss, v, st_lr_at(&O.opt, step), gnorm, ntok / (now - t_step),
+            st_metrics_step(&t->metrics, step + 1, loss, v, st_lr_at(&o->opt, step), gnorm, ntok / (now - t_step),
                             mfu_step, t->tokens_seen);
-        if ((O.log_every > 0 && (step + 1) % O.log_every == 0) || last || v >= 0) {
+        if ((o->log_every > 0 && (step + 1) % o->log_every == 0) || last || v >= 0) {
             double dt = now - t_window, tps = dt > 0 ? tok_window / dt : 0;
             double mfu = tps * flops_tok / (t->peak_gflops * 1e9 * t->grid.world_size);
             double per_step = (now - t_start) / (double)(step + 1 - t->start_step);
             char eta[32];
-            fmt_eta(eta, sizeof eta, per_step * (double)(O.steps - step - 1));
+            fmt_eta(eta, sizeof eta, per_step * (double)(o->steps - step - 1));
             if (is_rank0(t)) {
-                printf("step %6lld/%lld | loss %.4f", (long long)step + 1, (long long)O.steps, loss);
+                printf("step %6lld/%lld | loss %.4f", (long long)step + 1, (long long)o->steps, loss);
                 if (v >= 0) printf(" | val %.4f", v);
                 if (a >= 0) printf(" | acc %.1f%%", 100 * a);
-                printf(" | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | ETA %s\n", st_lr_at(&O.opt, step),
+                printf(" | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | ETA %s\n", st_lr_at(&o->opt, step),
                        gnorm, tps, 100 * mfu, eta);
                 fflush(stdout);
             }
             t_window = st_now();
             tok_window = 0;
         }
-        if (!saved && ((O.save_every > 0 && (step + 1) % O.save_every == 0) || last)) ST_TRY(save(t, step + 1));
+        if (!saved && ((o->save_every > 0 && (step + 1) % o->save_every == 0) || last)) ST_TRY(save(t, step + 1));
         if (last) break;
     }
     if (is_rank0(t) && val0 >= 0 && val >= 0) {
@@ -803,15 +605,13 @@ static void teardown(trainer *t)
         st_adamw_free(&t->extra[e].adam);
         free(t->extra[e].meta);
     }
-    if (t->classify) st_cls_free(&t->head);
+    if (t->method && t->method->free) t->method->free(t);
+    if (t->has_head) st_cls_free(&t->head);
     if (t->lora) st_lora_free(t->lora);
     free(t->trainable);
-    free(t->pred);
     st_adamw_free(&t->adam);
     st_dp_free(&t->dp);
     st_model_free(&t->model);
-    if (t->dpo) st_model_free(&t->ref);
-    free(t->dpo_work);
     st_batch_free(&t->batch);
     if (t->train) st_loader_free(t->train);
     if (t->val) st_loader_free(t->val);
@@ -820,32 +620,51 @@ static void teardown(trainer *t)
     st_grid_free(&t->grid);
 }
 
+/* The schedule's name into opt. */
+static st_err parse_schedule(const char *name, st_optim_config *opt)
+{
+    if (!strcmp(name, "cosine")) opt->schedule = ST_SCHED_COSINE;
+    else if (!strcmp(name, "linear")) opt->schedule = ST_SCHED_LINEAR;
+    else if (!strcmp(name, "constant")) opt->schedule = ST_SCHED_CONSTANT;
+    else ST_FAIL(ST_ERR_ARG, "optim.schedule '%s': expected cosine, linear or constant", name);
+    return ST_OK;
+}
+
 st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
 {
-    int rank = 0, help = 0, npos = 0;
+    int help = 0, npos = 0;
     char *pos[1];
-    rank = st_comm_rank(world);
+    const int rank = st_comm_rank(world);
+    train_opts ov;
+    memset(&ov, 0, sizeof ov);
+    st_optim_config_default(&ov.opt);
+    const train_opts *o = &ov;
     st_options opts;
-    ST_TRY(st_options_init(&opts, train_options, N_TRAIN_OPTIONS));
+    ST_TRY(st_options_init(&opts, train_options, N_TRAIN_OPTIONS, &ov));
     st_err e = st_options_parse(&opts, argc, argv, &help, pos, 0, &npos);
+    e = st_agree(world, e); /* a recipe one rank alone could not read */
+    if (!e) e = st_options_same_everywhere(&opts, world, argc, argv);
     if (!e && help) {
         if (!rank) {
             printf("usage: mpirun -np N shardtune train [RECIPE.yaml] [--set key=value | --key value ...]\n\n"
-                   "Trains (pretrain, sft) a model on a dataset made by `shardtune prepare`.\n"
-                   "Settings come from the recipe, then the command line; unknown keys are errors.\n\n");
+                   "Trains a model on a dataset made by `shardtune prepare`, by one of the methods\n"
+                   "%s (--method). Settings come from the recipe, then the command line;\n"
+                   "unknown keys are errors.\n\n", st_method_names());
             st_options_print_help(&opts, stdout);
         }
         st_options_free(&opts);
         return ST_OK;
     }
+    if (!e) e = parse_schedule(ov.schedule, &ov.opt);
     trainer t;
     memset(&t, 0, sizeof t);
+    t.o = &ov;
     t.recipe_text = opts.recipe_text;
     if (!e) e = setup(&t, world);
     if (!e) e = st_agree(world, load_start(&t));
     if (!e && !rank) { /* what this run used, and where each value came from */
         char path[4200];
-        snprintf(path, sizeof path, "%s/settings.txt", O.out_dir);
+        snprintf(path, sizeof path, "%s/settings.txt", o->out_dir);
         FILE *f = fopen(path, "w");
         if (f) {
             st_options_print(&opts, f);
@@ -864,9 +683,9 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
                "dp gradient wait %.3f s (%.1f MB reduced)\n",
                st_comm.tp_seconds, (unsigned long long)st_comm.tp_calls, st_comm.tp_bytes / 1e6,
                st_comm.dp_wait_seconds, st_comm.dp_bytes / 1e6);
-        if (O.plot) {
+        if (o->plot) {
             char png[4200];
-            snprintf(png, sizeof png, "%s/loss.png", O.out_dir);
+            snprintf(png, sizeof png, "%s/loss.png", o->out_dir);
             st_metrics_close(&t.metrics);
             if (st_metrics_plot(t.metrics.path, png, "shardtune: loss") == ST_OK)
                 printf("loss curve: %s\n", png);

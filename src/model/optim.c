@@ -10,6 +10,7 @@ void st_optim_config_default(st_optim_config *c)
     c->min_lr_ratio = 0.1f;
     c->warmup_steps = 0;
     c->total_steps = 0;
+    c->schedule = ST_SCHED_COSINE;
     c->beta1 = 0.9f;
     c->beta2 = 0.95f;
     c->eps = 1e-8f;
@@ -21,10 +22,11 @@ float st_lr_at(const st_optim_config *c, int64_t step)
 {
     if (c->warmup_steps > 0 && step < c->warmup_steps)
         return c->lr * (float)(step + 1) / (float)c->warmup_steps;
-    if (c->total_steps <= c->warmup_steps) return c->lr;
+    if (c->schedule == ST_SCHED_CONSTANT || c->total_steps <= c->warmup_steps) return c->lr;
     double p = (double)(step - c->warmup_steps) / (double)(c->total_steps - c->warmup_steps);
     if (p > 1.0) p = 1.0;
     double min = c->lr * c->min_lr_ratio;
+    if (c->schedule == ST_SCHED_LINEAR) return (float)(c->lr - (c->lr - min) * p);
     return (float)(min + 0.5 * (c->lr - min) * (1.0 + cos(M_PI * p)));
 }
 

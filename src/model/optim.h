@@ -13,19 +13,25 @@
 
 #include "core/params.h"
 
+typedef enum { ST_SCHED_COSINE = 0, ST_SCHED_LINEAR, ST_SCHED_CONSTANT } st_schedule;
+
 typedef struct {
     float lr;             /* peak learning rate */
-    float min_lr_ratio;   /* cosine decays to lr * min_lr_ratio */
+    float min_lr_ratio;   /* cosine and linear decay to lr * min_lr_ratio */
     int warmup_steps;     /* linear warmup from 0 */
-    int total_steps;      /* end of the cosine; constant lr when 0 */
+    int64_t total_steps;  /* where the decay ends; constant lr when 0 */
+    st_schedule schedule; /* after warmup */
     float beta1, beta2, eps;
     float weight_decay;   /* on 2-D weights only, never norms or biases */
     float grad_clip;      /* global-norm clipping threshold; 0 = off */
 } st_optim_config;
 
+/* The defaults (the one table of them: train's options show these). */
 void st_optim_config_default(st_optim_config *c);
 
-/* Learning rate at step (0-based): linear warmup, then cosine to min. */
+/* Learning rate at step (0-based): linear warmup from lr/warmup_steps to lr,
+ * then the schedule: cosine or linear from lr to lr * min_lr_ratio at
+ * total_steps, or constant lr. */
 float st_lr_at(const st_optim_config *c, int64_t step);
 
 typedef struct {

@@ -1,5 +1,5 @@
 /* fuzz_chat_template.c: libFuzzer harness for the Jinja chat template
- * interpreter (io/jinja*.c) and the prefix-method tokens and mask
+ * interpreter (io/jinja*.c) and the tokens and mask of each of its rules
  * (io/chat/chat_template.c); not part of make check. Run with `make fuzz`.
  *
  * The first input byte picks a mode:
@@ -48,6 +48,14 @@ static const char *const real[] = {
     "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
     "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
     "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}",
+    /* macros (defaults, recursion, caller), strftime_now, a generation block and, like Qwen3,
+     * earlier turns rendered unlike their prefix */
+    "{%- macro q(s, n=2, tail=s[-1:]) -%}{% if n > 0 %}{{ q(s ~ tail, n - 1) }}{% else %}{{ s }}{% endif %}"
+    "{%- endmacro -%}{%- macro box(x) -%}[{{ caller(x | length) }}]{%- endmacro -%}{{ strftime_now('%Y %b') }}"
+    "{%- for m in messages -%}{% call(k) box(m.content) %}{{ m.role }}{{ k }}{% endcall %}"
+    "{%- if m.role == 'assistant' and not loop.last %}{{ m.content.split('.')[-1] }}<e>"
+    "{%- elif m.role == 'assistant' %}{% generation %}{{ q(m.content) }}<e>{% endgeneration %}"
+    "{%- else %}{{ m.content }}{% endif %}{%- endfor %}{% if add_generation_prompt %}<a>{% endif %}",
     /* a bit of everything */
     "{%- set ns = namespace(n=0, sys='') -%}{%- for m in messages if m.role != 'x' -%}{%- if m.role == 'system' -%}"
     "{%- set ns.sys = m.content | trim -%}{%- continue -%}{%- endif -%}{%- set ns.n = ns.n + 1 -%}"

@@ -1,0 +1,47 @@
+/* method.h: what one training method adds to the common loop.
+ *
+ * The loop (train.c) owns the grid, the body, the data, the optimizer, the
+ * checkpoints and the schedule; a method says which rows it reads, what its
+ * loss is and how its gradient flows back:
+ *
+ *   pretrain  every next token of windows cut from the concatenated text
+ *   sft       the tokens the dataset's mask marks (responses)
+ *   classify  a head over the dataset's labels (model/classify.c)
+ *   reward    a scalar head over preference pairs, the Bradley-Terry loss
+ *   dpo       the language model against a frozen reference (model/dpo.c)
+ *
+ * forward runs one micro-batch of `rows` rows already in t->batch and
+ * returns sums: *loss over what counts (tokens, rows or pairs), *count how
+ * many counted, *correct how many were right (evaluated as `metric`). The
+ * loop divides by the count over the whole global batch, so every grid
+ * computes the same mean.
+ */
+#ifndef ST_METHOD_H
+#define ST_METHOD_H
+
+#include "cmd/trainer.h"
+#include "core/err.h"
+
+typedef enum { ST_HEAD_NONE = 0, ST_HEAD_LABELS, ST_HEAD_SCALAR } st_head_kind;
+
+typedef struct st_method {
+    const char *name;
+    const char *summary;     /* one line for --help */
+    int stream;              /* data.sampling auto: 1 windows over the text, 0 one document per row */
+    int pairs;               /* rows 2i, 2i+1 are a preference pair (chosen, rejected) */
+    st_head_kind head;       /* a head on the body instead of the LM head */
+    int token_loss;          /* the loss is per token: report perplexity */
+    const char *metric;      /* what correct / count is ("accuracy", "pair accuracy"), or NULL */
+    st_err (*setup)(trainer *t);   /* optional: the method's own state, after the body and data */
+    st_err (*forward)(trainer *t, int rows, double *loss, double *count, double *correct);
+    st_err (*backward)(trainer *t);
+    st_err (*load_start)(trainer *t); /* optional: before the run's weights load (DPO: its reference) */
+    void (*free)(trainer *t);      /* optional */
+} st_method;
+
+/* The method called name, or NULL. */
+const st_method *st_method_find(const char *name);
+/* "pretrain, sft, classify, reward, dpo" */
+const char *st_method_names(void);
+
+#endif

@@ -1,0 +1,39 @@
+/* trainer.c: the pieces of a run the methods use too (trainer.h). */
+#include "cmd/trainer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/checkpoint.h"
+
+st_err st_trainer_add_set(trainer *t, const char *what, const char *group, char *meta, const st_layout *lay,
+                          float *params, float *grads)
+{
+    const train_opts *o = t->o;
+    ST_ASSERT(t->n_extra < (int)(sizeof t->extra / sizeof t->extra[0]), "too many parameter sets");
+    st_pset *p = &t->extra[t->n_extra++];
+    p->what = what;
+    p->group = group;
+    p->meta = meta;
+    p->lay = lay;
+    p->params = params;
+    p->grads = grads;
+    return st_adamw_init(&p->adam, lay, 0, lay->numel, &o->opt);
+}
+
+/* init_from's weights into m, less the init_skip names; heads and adapters
+ * start fresh on a new base. */
+st_err st_trainer_load_init(trainer *t, st_model *m)
+{
+    const train_opts *o = t->o;
+    st_ckpt_tensors c = {.lay = &m->lay, .params = m->params};
+    /* the skip list: "a,b,c*" -> {"a", "b", "c*", NULL} */
+    char *list = o->init_skip ? strdup(o->init_skip) : NULL, *names[64] = {0}, *save = NULL;
+    int n = 0;
+    for (char *p = list ? strtok_r(list, ",", &save) : NULL; p && n < 63; p = strtok_r(NULL, ",", &save))
+        names[n++] = p;
+    st_err e = st_ckpt_load(o->init_from, &t->grid, &c, NULL, (const char *const *)names, ST_CKPT_WEIGHTS_ONLY,
+                            NULL, NULL, NULL);
+    free(list);
+    return e;
+}

@@ -1,0 +1,113 @@
+/* trainer.h: the state of one `shardtune train` run, shared by the training
+ * loop (train.c) and the methods (method.h, methods.c).
+ *
+ * One batch, from file to optimizer step:
+ *   train_step (train.c): for each micro-batch of this dp rank's share of
+ *     the global batch, st_loader_fill (io/dataset.c) fills t->batch, the
+ *     method's forward computes the loss sums and its backward adds the
+ *     gradients; on the last micro-batch each finished layer's gradients
+ *     start their dp reduction (mpi/dp.c) while backward continues;
+ *   then the mean over what counted, the global-norm clip, AdamW on the
+ *   owned range (model/optim.c), and the ZeRO-1 all-gather.
+ */
+#ifndef ST_TRAINER_H
+#define ST_TRAINER_H
+
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/timer.h"
+#include "io/dataset.h"
+#include "io/metrics.h"
+#include "io/tok/tokenizer.h"
+#include "model/classify.h"
+#include "model/lora.h"
+#include "model/model.h"
+#include "model/optim.h"
+#include "mpi/dp.h"
+#include "mpi/grid.h"
+
+struct st_method;
+
+/* The recipe's settings (train.c's option table binds to these fields). */
+typedef struct {
+    /* model */
+    char *family;
+    st_config cfg;
+    char *init_from, *init_skip;
+    /* data */
+    char *data_train, *sampling;
+    int shuffle;
+    int seq_len, batch_size, global_batch;
+    /* method */
+    char *method;
+    char *pool;
+    int cls_bias;
+    float dpo_beta;
+    int freeze_layers, recompute;
+    st_lora_config lora;
+    char *lora_targets;
+    /* optimisation */
+    st_optim_config opt;
+    char *schedule;
+    int64_t steps, seed;
+    /* grid */
+    int tp, dp, zero;
+    /* run */
+    char *out_dir, *resume;
+    int save_every, keep, log_every, eval_every, eval_batches, plot, patience;
+    int64_t stop_after;
+} train_opts;
+
+/* A parameter set trained besides the body (a classification head, adapters):
+ * replicated over dp, reduced through mpi/dp.c, its own AdamW. */
+typedef struct {
+    const char *what;
+    const char *group;     /* its checkpoint group: "head", "lora" */
+    char *meta;            /* its description (JSON), stored with it */
+    const st_layout *lay;
+    float *params, *grads;
+    st_adamw adam;
+} st_pset;
+
+typedef struct {
+    train_opts *o;          /* the recipe's settings (setup completes the derived ones) */
+    const struct st_method *method;
+    void *mstate;          /* the method's own state (DPO's reference model) */
+    st_grid grid;
+    st_model model;
+    st_cls_head head;      /* methods with a head (classify, reward) */
+    int has_head;
+    st_lora *lora;         /* adapters, or NULL */
+    uint8_t *trainable;    /* per body tensor */
+    int body_trainable;    /* any body tensor trains */
+    st_pset extra[2];
+    int n_extra;
+    double best_val;
+    int bad_evals;
+    st_dp dp;
+    st_adamw adam;
+    size_t own_begin, own_end;
+    st_dataset *ds;
+    st_loader *train, *val;
+    st_batch batch;
+    st_tokenizer *tok;
+    int micro_per_step;    /* micro-batches per rank per step */
+    int64_t start_step;
+    int64_t tokens_seen;
+    double peak_gflops;    /* measured matmul rate of one rank */
+    st_timers timers;
+    st_metrics metrics;
+    char ckpt_dir[4096];
+    const char *recipe_text;
+} trainer;
+
+/* Add a parameter set (what: for messages; group: its checkpoint group). */
+st_err st_trainer_add_set(trainer *t, const char *what, const char *group, char *meta, const st_layout *lay,
+                          float *params, float *grads);
+
+/* init_from's weights into m (the policy, or DPO's reference), less the
+ * init_skip names. */
+st_err st_trainer_load_init(trainer *t, st_model *m);
+
+#endif
