@@ -65,10 +65,11 @@ int st_tok_spm_is_model(const uint8_t *d, size_t n)
 {
     /* field 1 (a piece), length-delimited, holding field 1 (its text) first;
      * a tokenizer.bin's first int32 (max_token_length) cannot look so */
+    if (!d || n <= 4 || d[0] != 0x0A) return 0;
     pb b = {d, d + n}, sub;
     uint32_t f, w;
     uint64_t v;
-    return n > 4 && d[0] == 0x0A && pb_field(&b, &f, &w, &v, &sub) == 1 && sub.end - sub.p >= 3 && sub.p[0] == 0x0A;
+    return pb_field(&b, &f, &w, &v, &sub) == 1 && sub.end - sub.p >= 3 && sub.p[0] == 0x0A;
 }
 
 /* One piece: its text (U+2581 as ' ', as llama2.c's export writes it), score, type. */
