@@ -1238,6 +1238,14 @@ static void tokenizer_round_trip(const char *tag, const char *spec, int vocab)
     ck_assert_int_eq(st_tokenizer_vocab_size(back), st_tokenizer_vocab_size(tok));
     ck_assert_int_eq(st_tokenizer_eos(back), st_tokenizer_eos(tok));
     ck_assert_int_eq(st_tokenizer_bos(back), st_tokenizer_bos(tok));
+    /* the bos/eos rule goes along: tokenizer_config.json says add_bos_token/add_eos_token */
+    ck_assert_int_eq(st_tokenizer_adds_bos(back), st_tokenizer_adds_bos(tok));
+    ck_assert_int_eq(st_tokenizer_adds_eos(back), st_tokenizer_adds_eos(tok));
+    char cfgp[700];
+    snprintf(cfgp, sizeof cfgp, "%s/tokenizer_config.json", out);
+    char *cfgj = th_read_file(cfgp, NULL);
+    ck_assert_msg(strstr(cfgj, "\"add_bos_token\"") && strstr(cfgj, "\"add_eos_token\""), "%s", cfgj);
+    free(cfgj);
     static const char *const texts[] = {"Hello world, it's 2024!", "  the   tokenizer's\n\ttest <|endoftext|> ok",
                                         "h\xc3\xa9llo w\xc3\xb6rld \xe2\x82\xac 12345", ""};
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
