@@ -648,11 +648,6 @@ static st_tokenizer *hf_gpt2_normalized(const char *dir, const char *normalizer)
     return load_in("hf", dir, "tokenizer.json");
 }
 
-/* tokenizer.json normalizers run on the text before pre-tokenization, as
- * Hugging Face's do: the ids equal GPT-2's for the text normalized by hand
- * (NFC joins e + U+0301; Lowercase; Replace of a string, left to right;
- * Strip; NFKC unfolds the ligature; Prepend starts a text, not its
- * continuation). Before, NFC was accepted but not applied, the rest refused. */
 /* h's ids for raw equal g's for want (continuing: encode_more for h). */
 static void expect_normalized(const st_tokenizer *h, const st_tokenizer *g, const char *raw, const char *want,
                               int continuing)
@@ -663,7 +658,7 @@ static void expect_normalized(const st_tokenizer *h, const st_tokenizer *g, cons
                           : st_tokenizer_encode(h, raw, strlen(raw), 0, &a, &na, &cap);
     ck_assert_msg(e == ST_OK, "%s", st_error_message());
     size_t nb = enc(g, want, strlen(want), 0, &b);
-    ck_assert_msg(na == nb && !memcmp(a, b, na * sizeof *a), "\"%s\": %zu ids, \"%s\" %zu", raw, na, want, nb);
+    ck_assert_msg(na == nb && (!na || !memcmp(a, b, na * sizeof *a)), "\"%s\": %zu ids, \"%s\" %zu", raw, na, want, nb);
     free(a), free(b);
 }
 
