@@ -6,6 +6,10 @@
 #   make bench    deps + build + benchmarks (numbers go to benchmarks/RESULTS.md by hand)
 #   make interop  deps + build + checks against llama.cpp, Hugging Face tokenizers/jinja, sentencepiece
 #   make check SANITIZE=address,undefined   the same tests under sanitizers
+#   make DNNL_ROOT=/opt/onednn [DNNL_LIBDIR=...]   build against another oneDNN (2.x or 3.x:
+#                 src/kernels/dnnl_compat.h) installed under that prefix (include/, lib/), into build-dnnl/
+#   make onednn3-check  compile, link and run the kernel and model tests against Debian
+#                 trixie's oneDNN 3.x, fetched as .debs into build/onednn3 (not installed)
 
 PKGS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
         libdnnl-dev check zlib1g-dev libcjson-dev libpcre2-dev libyaml-dev libutf8proc-dev gnuplot-nox time python3
@@ -22,13 +26,23 @@ ifdef SANITIZE
 CFLAGS  += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer -O1
 LDFLAGS += -fsanitize=$(SANITIZE)
 BUILD   := build-san
+else ifdef DNNL_ROOT
+BUILD   := build-dnnl
 else
 BUILD   := build
+endif
+# Another oneDNN than the system's: its headers first, its library by rpath.
+ifdef DNNL_ROOT
+DNNL_LIBDIR ?= $(DNNL_ROOT)/lib
+CFLAGS    += -I$(DNNL_ROOT)/include
+DNNL_LIBS := -L$(DNNL_LIBDIR) -Wl,-rpath,$(abspath $(DNNL_LIBDIR)) -ldnnl
+else
+DNNL_LIBS := -ldnnl
 endif
 # pkg-config runs only when a target builds (after `deps` installed it);
 # its errors are shown, and stop the build.
 DEPS_CFLAGS = $(shell pkg-config --cflags $(PKGCONF) || echo PKG_CONFIG_FAILED)
-DEPS_LIBS   = $(shell pkg-config --libs $(PKGCONF) || echo PKG_CONFIG_FAILED) -ldnnl -lz -lm
+DEPS_LIBS   = $(shell pkg-config --libs $(PKGCONF) || echo PKG_CONFIG_FAILED) $(DNNL_LIBS) -lz -lm
 CHECK_LIBS  = $(shell pkg-config --libs check || echo PKG_CONFIG_FAILED)
 
 # Layers, bottom to top (DESIGN.md; tests/check_layers.py enforces them):
@@ -41,12 +55,12 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_HELPERS := $(filter-out $(TEST_SRC) tests/nodlclose.c,$(wildcard tests/*.c))
 BENCH_SRC := $(wildcard benchmarks/*.c)
 BENCH_BIN := $(BENCH_SRC:benchmarks/%.c=$(BUILD)/benchmarks/%)
-BIN      := bin/shardtune$(if $(SANITIZE),-san)
+BIN      := bin/shardtune$(if $(SANITIZE),-san)$(if $(DNNL_ROOT),-dnnl)
 
 # keep the objects of tests and benchmarks (make would delete them as intermediates)
 .SECONDARY: $(TEST_BIN:=.o) $(BENCH_BIN:=.o)
 
-.PHONY: all deps check test demo bench clean fuzz interop
+.PHONY: all deps check test demo bench clean fuzz interop onednn3-check
 all: $(BIN)
 
 # Installs only what is missing; silent when everything is there.
@@ -107,6 +121,9 @@ bench: deps
 	@$(MAKE) --no-print-directory $(BIN) $(BENCH_BIN)
 	@BUILD=$(BUILD) BIN=$(BIN) bash benchmarks/run.sh
 
+onednn3-check: deps
+	@bash tests/onednn3.sh
+
 # libFuzzer harnesses for the parsers of outside files (JSONL/CSV, tokenizer
 # files, safetensors, GGUF), each run for FUZZ_SECONDS. Needs clang.
 FUZZ_SECONDS ?= 60
@@ -126,4 +143,4 @@ fuzz:
 	done
 
 clean:
-	rm -rf build build-san bin
+	rm -rf build build-san build-dnnl bin

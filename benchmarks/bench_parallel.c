@@ -5,8 +5,9 @@
  * communication model (benchmarks/COMM_MODEL.md) predicts.
  *
  *   mpirun -np 2 build/benchmarks/bench_parallel tp=2 L=8 C=512 H=8 KV=4 F=1376 \
- *          V=32000 B=4 T=256 micro=1 steps=3 zero=0 family=llama
+ *          V=32000 B=4 T=256 micro=1 steps=3 zero=0 bf16=0 family=llama
  *
+ * bf16=1: bf16 mixed precision (src/model/model.h), MFU against the bf16 rate.
  * B is the micro-batch of one dp rank; a step is micro micro-batches on each
  * dp rank, so the global batch is B * micro * dp rows of T tokens. Every
  * position counts, so the mean over the global batch is a fixed scale given
@@ -30,7 +31,7 @@
 
 typedef struct {
     st_config cfg;
-    int B, T, micro, steps, tp, zero;
+    int B, T, micro, steps, tp, zero, bf16;
 } bench_opts;
 
 static st_err parse_args(bench_opts *o, int argc, char **argv)
@@ -43,6 +44,7 @@ static st_err parse_args(bench_opts *o, int argc, char **argv)
         {"L", &o->cfg.n_layer}, {"C", &o->cfg.d_model}, {"H", &o->cfg.n_head}, {"KV", &o->cfg.n_kv_head},
         {"F", &o->cfg.d_ff}, {"V", &o->cfg.vocab_size}, {"B", &o->B}, {"T", &o->T},
         {"micro", &o->micro}, {"steps", &o->steps}, {"tp", &o->tp}, {"zero", &o->zero},
+        {"bf16", &o->bf16},
     };
     for (int i = 1; i < argc; i++) {
         char *eq = strchr(argv[i], '=');
@@ -62,7 +64,7 @@ static st_err parse_args(bench_opts *o, int argc, char **argv)
                 *ints[j].dst = (int)x;
                 done = 1;
             }
-        if (!done) ST_FAIL(ST_ERR_ARG, "unknown key '%s' (L C H KV F V B T micro steps tp zero family)", k);
+        if (!done) ST_FAIL(ST_ERR_ARG, "unknown key '%s' (L C H KV F V B T micro steps tp zero bf16 family)", k);
     }
     o->cfg.max_seq = o->T;
     if (o->cfg.family == ST_FAMILY_GPT2) o->cfg.tied_embeddings = 1, o->cfg.n_kv_head = o->cfg.n_head;
@@ -125,6 +127,7 @@ static st_err step(st_model *m, st_dp *dp, st_adamw *o, const st_grid *g, const 
     if (sqrt(sq) > 1.0) st_scale(m->grads, b, e, (float)(1.0 / sqrt(sq)));
     st_adamw_update(o, m->params, m->grads, 1e-4f);
     ST_TRY(st_dp_allgather_params(dp, m->params));
+    st_model_sync_bf16(m);
     pt->dp_finish += t3 - t2;
     pt->optim += st_now() - t3;
     return ST_OK;
@@ -139,7 +142,7 @@ static st_err run(int argc, char **argv)
     int threads = st_threads_setup(g.world);
     const int B = op.B, T = op.T, N = B * T;
     double peak = 0, peak_sum = 0;
-    ST_TRY(st_measure_peak_gflops(2048, &peak)); /* every rank at once: the grid's ceiling */
+    ST_TRY(st_measure_peak_gflops(2048, op.bf16, &peak)); /* every rank at once: the grid's ceiling */
     ST_MPI(MPI_Allreduce(&peak, &peak_sum, 1, MPI_DOUBLE, MPI_SUM, g.world));
     st_model m;
     st_dp dp;
@@ -147,6 +150,7 @@ static st_err run(int argc, char **argv)
     st_optim_config oc;
     st_optim_config_default(&oc);
     ST_TRY(st_model_create(&m, &op.cfg, g.tp, B, T, 1, 1));
+    ST_TRY(st_model_set_precision(&m, op.bf16));
     ST_TRY(st_dp_init(&dp, g.dp, m.lay.numel, op.zero));
     size_t own_b, own_e;
     st_dp_owned(&dp, &own_b, &own_e);
@@ -206,10 +210,10 @@ static st_err run(int argc, char **argv)
                st_comm.tp_bytes / 1e6 / op.steps, tp_pred / 1e6);
         printf("  dp gradients: %.2f MB/step (model %.2f MB), wait after backward %.3f s/step (max over ranks %.3f)\n",
                st_comm.dp_bytes / 1e6 / op.steps, dp_pred / 1e6, dpw, dpw_max);
-        printf("RESULT tp=%d dp=%d zero=%d threads=%d step_s=%.4f best_step_s=%.4f tok_s=%.1f best_tok_s=%.1f "
+        printf("RESULT tp=%d dp=%d zero=%d bf16=%d threads=%d step_s=%.4f best_step_s=%.4f tok_s=%.1f best_tok_s=%.1f "
                "peak_gflops=%.1f mfu=%.4f tp_s=%.4f tp_share=%.4f "
                "tp_MB=%.3f tp_MB_model=%.3f dp_MB=%.3f dp_MB_model=%.3f dp_wait_s=%.4f\n",
-               g.tp_size, g.dp_size, dp.zero, threads, dt, best, tps, tokens / best, peak_sum, gflops / peak_sum,
+               g.tp_size, g.dp_size, dp.zero, op.bf16, threads, dt, best, tps, tokens / best, peak_sum, gflops / peak_sum,
                tp_max, tp_max / dt,
                st_comm.tp_bytes / 1e6 / op.steps, tp_pred / 1e6, st_comm.dp_bytes / 1e6 / op.steps, dp_pred / 1e6,
                dpw_max);

@@ -71,6 +71,7 @@ run() {
   say "\$ $(quoted "$@")"
   local b0 b1 t0 t1 d0 d1 pid rc=0
   b0=$(busy); d0=$(disk_mb); t0=$(date +%s.%N)
+  : > "$OUT/.out" # before tail opens it: the command's own redirection may come later
   ( exec setsid env "$@" ) > "$OUT/.out" 2>&1 &
   pid=$!
   ( while kill -0 "$pid" 2>/dev/null; do sample_session "$pid"; sleep 0.5; done ) > "$OUT/.cpu" &
@@ -108,11 +109,27 @@ say "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(lscpu | sed
 say "memory: $(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
 say "scratch: $SCRATCH on $(df -hT "$SCRATCH" | awk 'NR==2 {print $1 " (" $2 ", " $3 ")"}')"
 
-# ---- 1. step throughput and MFU, one rank x 2 threads --------------------------
+# ---- 1. step throughput and MFU, one rank x 2 threads, against PyTorch --------
+# shardtune fp32 and bf16 and PyTorch (Debian python3-torch: fp32 on OpenBLAS,
+# bf16 by torch.autocast on oneDNN) on the same GPT-2 step, in one run, so the
+# ratios compare like with like on whatever the machine is doing.
 if want step; then
-  section "1. training step, 1 rank x 2 threads (GPT-2-124M and SmolLM-135M shapes)"
-  if [ "$QUICK" = 1 ]; then run OMP_NUM_THREADS=2 "$B/bench_step" 2 128 1
-  else run OMP_NUM_THREADS=2 "$B/bench_step" 4 256 3; fi
+  section "1. training step, 1 rank x 2 threads (GPT-2-124M; SmolLM-135M shape), shardtune and PyTorch"
+  if [ "$QUICK" = 1 ]; then SB=2 ST=128 SN=1; else SB=4 ST=256 SN=3; fi
+  run OMP_NUM_THREADS=2 "$B/bench_step" $SB $ST $SN both
+  S32=$(grep '^RESULT bench=step model=gpt2-124M precision=fp32' "$LOG" | tail -n 1)
+  S16=$(grep '^RESULT bench=step model=gpt2-124M precision=bf16' "$LOG" | tail -n 1)
+  # unset together, for this command alone: they pick slower OpenBLAS kernels (see the env notes)
+  run env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 /usr/bin/python3 benchmarks/bench_torch.py $SB $ST $SN 2
+  T32=$(grep '^RESULT bench=torch precision=fp32' "$LOG" | tail -n 1)
+  T16=$(grep '^RESULT bench=torch precision=bf16' "$LOG" | tail -n 1)
+  say "$(awk -v a="$(field tok_s "$S32")" -v b="$(field tok_s "$S16")" -v c="$(field tok_s "$T32")" \
+         -v d="$(field tok_s "$T16")" -v m32="$(field mfu "$S32")" -v m16="$(field mfu "$S16")" \
+         -v shape="$SB x T$ST" 'BEGIN {
+    printf "SUMMARY step (GPT-2 124M, B%s): shardtune fp32 %.0f tok/s (MFU %.0f%% of fp32), bf16 %.0f tok/s (MFU %.0f%% of bf16); PyTorch fp32 %.0f, bf16 autocast %.0f tok/s\n",
+           shape, a, 100 * m32, b, 100 * m16, c, d
+    printf "SUMMARY ratios: shardtune bf16 / fp32 = %.2fx (target >= 1.8x); shardtune bf16 / PyTorch bf16 = %.2fx (target >= 1.2x); shardtune fp32 / PyTorch fp32 = %.2fx; shardtune fp32 / PyTorch bf16 = %.2fx\n",
+           b / a, b / d, a / c, a / d }')"
 fi
 
 # ---- 2. scaling over ranks, and the communication model's bytes ------------------
@@ -134,6 +151,17 @@ if want parallel; then
       printf "SUMMARY scaling (%s): 1x1 %.0f tok/s; dp2 %.0f tok/s = %.1f%% efficiency (ZeRO-1 %.1f%%); tp2 %.0f tok/s = %.2fx, tp collectives %.1f%% of the step\n",
              k, a, d, 100 * d / (2 * a), 100 * z / (2 * a), t, t / a, 100 * s }')"
   done
+  # the same in bf16 mixed precision (targets: dp2 >= 90%, tp2 >= 1.8x, as in fp32)
+  run OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 1 "$B/bench_parallel" $M tp=1 bf16=1
+  B1=$(last_result)
+  run OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 2 "$B/bench_parallel" $M tp=1 zero=1 bf16=1
+  BDP=$(last_result)
+  run OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np 2 "$B/bench_parallel" $M tp=2 bf16=1
+  BTP=$(last_result)
+  say "$(awk -v a="$(field best_tok_s "$B1")" -v d="$(field best_tok_s "$BDP")" -v t="$(field best_tok_s "$BTP")" \
+         -v f="$(field best_tok_s "$R1")" 'BEGIN {
+    printf "SUMMARY scaling bf16 (best_tok_s): 1x1 %.0f tok/s (%.2fx fp32 1x1); dp2 ZeRO-1 %.0f tok/s = %.1f%% efficiency; tp2 %.0f tok/s = %.2fx\n",
+           a, a / f, d, 100 * d / (2 * a), t, t / a }')"
   # two independent 1x1 copies on the two cores at once, no communication: the
   # ceiling for dp2 on this machine (shared memory bandwidth and caches included)
   [ "$QUIET_WAIT" -gt 0 ] && wait_idle

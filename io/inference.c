@@ -1,6 +1,7 @@
 /* inference.c: a checkpoint opened for inference (inference.h). */
 #include "io/inference.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +56,12 @@ static st_err open_parts(st_infer *x, const char *ckpt, const st_grid *g, const 
     free(blob);
     ST_TRY(e);
     if (o->merge_lora) ST_TRY(st_lora_merge_checkpoint(ckpt, g, &x->m.lay, x->m.params, &x->lora_merged));
+    if (o->precision && strcmp(o->precision, "fp32")) { /* after the weights are final */
+        ST_TRY(st_precision_agree(g->world, o->precision, 1024, &x->prec));
+        ST_TRY(st_model_set_precision(&x->m, x->prec.bf16));
+        if (st_comm_rank(g->world) == 0) /* stderr: stdout may be the command's output */
+            fprintf(stderr, "precision: %s (%s)\n", x->prec.bf16 ? "bf16" : "fp32", x->prec.why);
+    }
     return ST_OK;
 }
 

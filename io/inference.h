@@ -3,7 +3,8 @@
  *   config -> the body on this rank's tp slice (buffers for B rows of T
  *   tokens, activations of one layer) -> the head, when the checkpoint has
  *   one and it is wanted -> every tensor read and verified -> LoRA adapters
- *   merged into the weights -> the tokenizer the checkpoint carries.
+ *   merged into the weights -> the bf16 copy of the weights (precision bf16)
+ *   -> the tokenizer the checkpoint carries.
  */
 #ifndef ST_INFERENCE_H
 #define ST_INFERENCE_H
@@ -27,6 +28,8 @@ typedef struct {
     st_infer_head head;
     int merge_lora;            /* merge the checkpoint's adapters (0: ignore them; the caller decided) */
     int need_tokenizer;        /* fail when the checkpoint carries no tokenizer */
+    const char *precision;     /* the body's matrix products: NULL or "fp32", "bf16" or "auto"
+                                * (kernels/peak.h; chosen by rank 0 for all) */
 } st_infer_opts;
 
 typedef struct {
@@ -38,6 +41,7 @@ typedef struct {
     char **labels;             /* (n_labels) names, from the head's metadata */
     int pool_mean;
     int lora_merged;
+    st_precision prec;         /* what precision chose, and why (bf16 = 0 for fp32) */
     st_tokenizer *tok;         /* NULL when the checkpoint carries none */
 } st_infer;
 

@@ -2,6 +2,7 @@
 #include "mpi/grid.h"
 
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -50,6 +51,17 @@ st_err st_agree(MPI_Comm comm, st_err local)
     if (v[0] && !local)
         ST_FAIL(v[0], "stopping because rank %d of this communicator failed (its message is above)", v[1]);
     return local;
+}
+
+st_err st_precision_agree(MPI_Comm world, const char *want, int n, st_precision *p)
+{
+    ST_TRY(st_agree(world, st_precision_choose(want, n, p)));
+    int bf16 = p->bf16;
+    ST_TRY(st_bcast(world, &bf16, 1, ST_M_I32, 0));
+    if (bf16 != p->bf16) /* this rank measured otherwise: say whose choice it runs */
+        snprintf(p->why, sizeof p->why, "rank 0 measured and chose %s", bf16 ? "bf16" : "fp32");
+    p->bf16 = bf16;
+    return ST_OK;
 }
 
 int st_threads_setup(MPI_Comm world)

@@ -12,6 +12,7 @@
 #include <mpi.h>
 
 #include "core/err.h"
+#include "kernels/peak.h"
 #include "mpi/comm.h"
 
 typedef struct {
@@ -36,6 +37,11 @@ void st_grid_free(st_grid *g);
  * "rank R failed" so its exit says why it stopped. Use after any step where
  * one rank alone can fail (reading a file, parsing input). */
 st_err st_agree(MPI_Comm comm, st_err local);
+
+/* The precision of a run's matrix products (kernels/peak.h) for every rank
+ * of world: each rank checks want, rank 0's measurement (n x n x n products)
+ * decides, so no two ranks multiply differently. */
+st_err st_precision_agree(MPI_Comm world, const char *want, int n, st_precision *p);
 
 /* Threads per rank: OMP_NUM_THREADS when set, else cores on this node divided
  * by ranks on this node (at least 1). Applies it to OpenMP (and so oneDNN). */

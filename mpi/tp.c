@@ -35,22 +35,24 @@ st_err st_tp_allreduce(MPI_Comm tp, float *buf, int64_t n)
     return tp_allreduce(tp, buf, n, MPI_FLOAT, MPI_SUM, 4);
 }
 
-st_err st_tp_column_forward(float *out, const float *inp, const float *w, const float *bias,
-                            int64_t N, int64_t IC, int64_t OC_local)
+st_err st_tp_column_forward(float *out, const float *inp, const float *w, const st_bf16 *w16,
+                            const float *bias, int64_t N, int64_t IC, int64_t OC_local)
 {
-    return st_linear_forward(out, inp, w, bias, N, IC, OC_local);
+    return st_linear_forward(out, inp, w, w16, bias, N, IC, OC_local);
 }
 
 st_err st_tp_column_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                             const float *w, int64_t N, int64_t IC, int64_t OC_local, int accumulate)
+                             const float *w, const st_bf16 *w16, int64_t N, int64_t IC,
+                             int64_t OC_local, int accumulate)
 {
-    return st_linear_backward(dinp, dw, db, dout, inp, w, N, IC, OC_local, accumulate);
+    return st_linear_backward(dinp, dw, db, dout, inp, w, w16, N, IC, OC_local, accumulate);
 }
 
-st_err st_tp_row_forward(MPI_Comm tp, float *out, const float *inp, const float *w, const float *bias,
-                         int64_t N, int64_t IC_local, int64_t OC)
+st_err st_tp_row_forward(MPI_Comm tp, float *out, const float *inp, const float *w,
+                         const st_bf16 *w16, const float *bias, int64_t N, int64_t IC_local,
+                         int64_t OC)
 {
-    ST_TRY(st_linear_forward(out, inp, w, NULL, N, IC_local, OC));
+    ST_TRY(st_linear_forward(out, inp, w, w16, NULL, N, IC_local, OC));
     ST_TRY(st_tp_allreduce(tp, out, N * OC));
     if (bias) /* added once, after the sum, so tp ranks do not add it tp times */
         for (int64_t i = 0; i < N; i++)
@@ -59,9 +61,9 @@ st_err st_tp_row_forward(MPI_Comm tp, float *out, const float *inp, const float 
 }
 
 st_err st_tp_row_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                          const float *w, int64_t N, int64_t IC_local, int64_t OC)
+                          const float *w, const st_bf16 *w16, int64_t N, int64_t IC_local, int64_t OC)
 {
-    return st_linear_backward(dinp, dw, db, dout, inp, w, N, IC_local, OC, 0);
+    return st_linear_backward(dinp, dw, db, dout, inp, w, w16, N, IC_local, OC, 0);
 }
 
 st_err st_tp_embed_forward(MPI_Comm tp, float *out, const int32_t *tokens, const float *wte_local,

@@ -28,21 +28,25 @@
 #include <stdint.h>
 
 #include "core/err.h"
+#include "kernels/kernels.h"
 
 /* In-place sum over the tp communicator (no-op for one rank). */
 st_err st_tp_allreduce(MPI_Comm tp, float *buf, int64_t n);
 
-st_err st_tp_column_forward(float *out, const float *inp, const float *w, const float *bias,
-                            int64_t N, int64_t IC, int64_t OC_local);
+/* w16: this rank's w rounded to bf16 for a bf16 product (kernels.h), or NULL for fp32. */
+st_err st_tp_column_forward(float *out, const float *inp, const float *w, const st_bf16 *w16,
+                            const float *bias, int64_t N, int64_t IC, int64_t OC_local);
 /* dinp (N,IC) is this rank's PARTIAL input gradient, added (+=) when accumulate. */
 st_err st_tp_column_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                             const float *w, int64_t N, int64_t IC, int64_t OC_local, int accumulate);
+                             const float *w, const st_bf16 *w16, int64_t N, int64_t IC,
+                             int64_t OC_local, int accumulate);
 
 /* out (N,OC) = allreduce(inp (N,IC_local) @ w_r^T) + bias */
-st_err st_tp_row_forward(MPI_Comm tp, float *out, const float *inp, const float *w, const float *bias,
-                         int64_t N, int64_t IC_local, int64_t OC);
+st_err st_tp_row_forward(MPI_Comm tp, float *out, const float *inp, const float *w,
+                         const st_bf16 *w16, const float *bias, int64_t N, int64_t IC_local,
+                         int64_t OC);
 st_err st_tp_row_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                          const float *w, int64_t N, int64_t IC_local, int64_t OC);
+                          const float *w, const st_bf16 *w16, int64_t N, int64_t IC_local, int64_t OC);
 
 /* out (N,C) = wte[tokens] over the full vocabulary; wte_local (Vl,C) holds
  * rows [v0, v0+Vl). */

@@ -8,6 +8,7 @@
 
 #include "core/rng.h"
 #include "kernels/kernels.h"
+#include "kernels/peak.h"
 #include "ref.h"
 
 #define TOL_FWD 1e-5
@@ -173,6 +174,37 @@ START_TEST(test_matmul_attention_layouts)
 }
 END_TEST
 
+/* Decoding's products: the key length Tk grows by one per call over a cache
+ * of ldk rows; with runtime_dims one primitive serves every length and the
+ * results equal the reference at each. */
+START_TEST(test_matmul_runtime_dims)
+{
+    const int64_t KV = 2, R = 3, hd = 8, ldk = 40;
+    const size_t nq = (size_t)(KV * R * hd), nk = (size_t)(KV * ldk * hd), natt = (size_t)(KV * R * ldk);
+    int before = -1;
+    for (int64_t Tk = 1; Tk <= ldk; Tk += 3) {
+        /* scores (KV,R,Tk) = q (KV,R,hd) @ k^T, att rows of stride ldk */
+        st_matmul_desc s = {.B0 = 1, .B1 = KV, .M = R, .K = hd, .N = Tk, .alpha = 0.35f,
+                            .sa = {0, R * hd, hd, 1}, .sb = {0, ldk * hd, 1, hd},
+                            .sc = {0, R * ldk, ldk, 1}, .runtime_dims = ST_MM_RUNTIME_N};
+        check_matmul(&s, nq, nk, natt);
+        /* out (KV,R,hd) = att (KV,R,Tk) @ v (KV,Tk,hd) */
+        st_matmul_desc o = {.B0 = 1, .B1 = KV, .M = R, .K = Tk, .N = hd,
+                            .sa = {0, R * ldk, ldk, 1}, .sb = {0, ldk * hd, hd, 1},
+                            .sc = {0, R * hd, hd, 1}, .runtime_dims = ST_MM_RUNTIME_K};
+        check_matmul(&o, natt, nk, nq);
+        if (before < 0) before = st_kernels_cache_size();
+        ck_assert_int_eq(st_kernels_cache_size(), before); /* no primitive per length */
+    }
+    ck_assert_int_eq(before, 2);
+    /* runtime shapes are for fp32 products without a bias */
+    float x[4] = {0};
+    st_matmul_desc b = {.B0 = 1, .B1 = 1, .M = 2, .K = 2, .N = 2, .has_bias = 1, .runtime_dims = ST_MM_RUNTIME_N,
+                        .sa = {0, 0, 2, 1}, .sb = {0, 0, 2, 1}, .sc = {0, 0, 2, 1}};
+    ck_assert_int_eq(st_matmul(&b, x, x, x, x), ST_ERR_ARG);
+}
+END_TEST
+
 START_TEST(test_matmul_errors)
 {
     float x[4] = {0};
@@ -215,10 +247,10 @@ START_TEST(test_linear_forward)
     float *out = frand(N * OC, -9, 9); /* garbage: must be overwritten */
     double *dinp = widen(inp, N * IC), *dw = widen(w, OC * IC), *dbias = widen(b, OC);
     double *want = dzeros(N * OC);
-    OK(st_linear_forward(out, inp, w, b, N, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, b, N, IC, OC));
     ref_linear_forward(want, dinp, dw, dbias, N, IC, OC);
     CHECK_REL(out, want, N * OC, TOL_FWD);
-    OK(st_linear_forward(out, inp, w, NULL, N, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, NULL, N, IC, OC));
     ref_linear_forward(want, dinp, dw, NULL, N, IC, OC);
     CHECK_REL(out, want, N * OC, TOL_FWD);
     free(inp), free(w), free(b), free(out), free(dinp), free(dw), free(dbias), free(want);
@@ -233,7 +265,7 @@ START_TEST(test_linear_backward)
     float *dw = frand(OC * IC, -1, 1), *db = frand(OC, -1, 1), *dinp = frand(N * IC, -9, 9);
     double *r_inp = widen(inp, N * IC), *r_w = widen(w, OC * IC), *r_dout = widen(dout, N * OC);
     double *r_dw = widen(dw, OC * IC), *r_db = widen(db, OC), *r_dinp = dzeros(N * IC);
-    OK(st_linear_backward(dinp, dw, db, dout, inp, w, N, IC, OC, 0));
+    OK(st_linear_backward(dinp, dw, db, dout, inp, w, NULL, N, IC, OC, 0));
     ref_linear_backward(r_dinp, r_dw, r_db, r_dout, r_inp, r_w, N, IC, OC);
     CHECK_REL(dinp, r_dinp, N * IC, TOL_BWD);
     CHECK_REL(dw, r_dw, OC * IC, TOL_BWD);
@@ -243,18 +275,156 @@ START_TEST(test_linear_backward)
     double *prev = widen(dinp, N * IC);
     float *dw_before = malloc(OC * IC * sizeof *dw_before);
     memcpy(dw_before, dw, OC * IC * sizeof *dw);
-    OK(st_linear_backward(dinp, NULL, NULL, dout, inp, w, N, IC, OC, 1));
+    OK(st_linear_backward(dinp, NULL, NULL, dout, inp, w, NULL, N, IC, OC, 1));
     for (int i = 0; i < N * IC; i++) prev[i] += r_dinp[i];
     CHECK_REL(dinp, prev, N * IC, TOL_BWD);
     ck_assert(memcmp(dw_before, dw, OC * IC * sizeof *dw) == 0);
 
     /* a second call adds again (frozen input: dinp NULL) */
-    OK(st_linear_backward(NULL, dw, db, dout, inp, w, N, IC, OC, 0));
+    OK(st_linear_backward(NULL, dw, db, dout, inp, w, NULL, N, IC, OC, 0));
     ref_linear_backward(r_dinp, r_dw, r_db, r_dout, r_inp, r_w, N, IC, OC);
     CHECK_REL(dw, r_dw, OC * IC, TOL_BWD);
     CHECK_REL(db, r_db, OC, TOL_BWD);
     free(inp), free(w), free(dout), free(dw), free(db), free(dinp), free(dw_before);
     free(r_inp), free(r_w), free(r_dout), free(r_dw), free(r_db), free(r_dinp), free(prev);
+}
+END_TEST
+
+/* ---- bf16 --------------------------------------------------------------- */
+
+/* Tolerances of the bf16 products (relative to the largest reference value):
+ *   against the double reference on the SAME bf16-rounded inputs: what is left
+ *   is fp32 accumulation, as tight as the fp32 kernels (TOL_FWD, TOL_BWD);
+ *   against the double reference on the unrounded inputs: bf16 keeps 8
+ *   significant bits, each input is off by up to 2^-9 relative, and over K
+ *   random terms the products' errors partly cancel: 1e-2 holds with a margin
+ *   at these sizes (measured ~2e-3). */
+#define TOL_BF16_INPUTS 1e-2
+
+/* x rounded to bf16 (8 significant bits, nearest even), computed apart from the
+ * kernels' rounding (normal numbers only). */
+static double round_bf16(double x)
+{
+    if (x == 0.0) return x;
+    int e;
+    double m = frexp(x, &e); /* x = m 2^e, 0.5 <= |m| < 1 */
+    return ldexp(nearbyint(ldexp(m, 8)), e - 8);
+}
+
+static double *widen_bf16(const float *x, size_t n)
+{
+    double *d = widen(x, n);
+    for (size_t i = 0; i < n; i++) d[i] = round_bf16(d[i]);
+    return d;
+}
+
+START_TEST(test_bf16_rounding)
+{
+    /* ties go to even; NaN stays NaN, infinities and zeros stay */
+    const float one = 1.0f, tie_down = 1.0f + 0x1p-8f, tie_up = 1.0f + 0x1p-7f + 0x1p-8f;
+    const float in[] = {one, tie_down, tie_up, -tie_up, 1.0f + 0x1p-8f + 0x1p-20f, INFINITY,
+                        -0.0f, 0x1.fffffep+127f, NAN};
+    const float want[] = {1.0f, 1.0f, 1.0f + 0x1p-6f, -(1.0f + 0x1p-6f), 1.0f + 0x1p-7f, INFINITY,
+                          -0.0f, INFINITY, NAN};
+    const int n = (int)(sizeof in / sizeof in[0]);
+    st_bf16 b[9];
+    st_to_bf16(b, in, n);
+    for (int i = 0; i < n; i++) {
+        float got = st_bf16_to_float(b[i]);
+        if (isnan(want[i])) ck_assert(isnan(got));
+        else ck_assert_msg(got == want[i] && signbit(got) == signbit(want[i]), "%d: %a -> %a, want %a",
+                           i, (double)in[i], (double)got, (double)want[i]);
+    }
+    /* and random values agree with the independent rounding */
+    float *x = frand(1000, -100, 100);
+    st_bf16 *y = malloc(1000 * sizeof *y);
+    st_to_bf16(y, x, 1000);
+    for (int i = 0; i < 1000; i++) ck_assert(st_bf16_to_float(y[i]) == (float)round_bf16(x[i]));
+    free(x), free(y);
+}
+END_TEST
+
+START_TEST(test_linear_bf16)
+{
+    if (!st_cpu_has_bf16()) {
+        const char *impl;
+        OK(st_bf16_matmul_available(&impl));
+        if (!impl) return; /* no bf16 matmul in this oneDNN on this CPU */
+    }
+    const int N = 37, IC = 53, OC = 29;
+    float *inp = frand(N * IC, -1, 1), *w = frand(OC * IC, -0.5, 0.5), *b = frand(OC, -1, 1);
+    float *dout = frand(N * OC, -1, 1), *out = frand(N * OC, -9, 9);
+    float *dinp = frand(N * IC, -9, 9), *dw = frand(OC * IC, -1, 1), *db = frand(OC, -1, 1);
+    st_bf16 *w16 = malloc(OC * IC * sizeof *w16);
+    st_to_bf16(w16, w, OC * IC);
+    double *r_inp = widen(inp, N * IC), *r_w = widen(w, OC * IC), *r_b = widen(b, OC);
+    double *r_dout = widen(dout, N * OC), *r_dw0 = widen(dw, OC * IC), *r_db0 = widen(db, OC);
+    double *q_inp = widen_bf16(inp, N * IC), *q_w = widen_bf16(w, OC * IC);
+    double *q_dout = widen_bf16(dout, N * OC);
+    double *want = dzeros(N * OC), *want_dinp = dzeros(N * IC);
+    double *want_dw = dzeros(OC * IC), *want_db = dzeros(OC);
+
+    /* forward: bf16 inputs, fp32 accumulation; the bias is added in fp32 */
+    OK(st_linear_forward(out, inp, w, w16, b, N, IC, OC));
+    ref_linear_forward(want, q_inp, q_w, r_b, N, IC, OC);
+    CHECK_REL(out, want, N * OC, TOL_FWD);
+    ref_linear_forward(want, r_inp, r_w, r_b, N, IC, OC);
+    CHECK_REL(out, want, N * OC, TOL_BF16_INPUTS);
+
+    /* backward: input gradient and (added) weight gradient from bf16 inputs */
+    OK(st_linear_backward(dinp, dw, db, dout, inp, w, w16, N, IC, OC, 0));
+    memcpy(want_dw, r_dw0, OC * IC * sizeof *want_dw);
+    memcpy(want_db, r_db0, OC * sizeof *want_db);
+    ref_linear_backward(want_dinp, want_dw, want_db, q_dout, q_inp, q_w, N, IC, OC);
+    CHECK_REL(dinp, want_dinp, N * IC, TOL_BWD);
+    CHECK_REL(dw, want_dw, OC * IC, TOL_BWD);
+    /* the bias gradient is a sum in fp32 of the unrounded dout */
+    memcpy(want_db, r_db0, OC * sizeof *want_db);
+    ref_linear_backward(want_dinp, want_dw, want_db, r_dout, r_inp, r_w, N, IC, OC);
+    CHECK_REL(db, want_db, OC, TOL_BWD);
+    CHECK_REL(dinp, want_dinp, N * IC, TOL_BF16_INPUTS);
+
+    /* a bf16 operand needs a bf16 product; a rounded f32 operand must be dense */
+    st_matmul_desc d = {.B0 = 1, .B1 = 1, .M = 2, .K = 2, .N = 2, .b_bf16 = 1,
+                        .sa = {0, 0, 2, 1}, .sb = {0, 0, 2, 1}, .sc = {0, 0, 2, 1}};
+    ck_assert_int_eq(st_matmul(&d, out, inp, w16, NULL), ST_ERR_ARG);
+    d.bf16 = 1;
+    d.sa[2] = 3; /* rows of 2 with a gap */
+    ck_assert_int_eq(st_matmul(&d, out, inp, w16, NULL), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "densely"));
+    free(inp), free(w), free(b), free(dout), free(out), free(dinp), free(dw), free(db), free(w16);
+    free(r_inp), free(r_w), free(r_b), free(r_dout), free(r_dw0), free(r_db0), free(q_inp);
+    free(q_w), free(q_dout), free(want), free(want_dinp), free(want_dw), free(want_db);
+}
+END_TEST
+
+/* precision: fp32 | bf16 | auto; auto follows the measured rates (set here
+ * through the overrides) and the CPU; a bad value is an error naming it. */
+START_TEST(test_precision_choice)
+{
+    st_precision p;
+    ck_assert_int_eq(st_precision_choose("fp16", 64, &p), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "'fp16'"));
+    setenv("SHARDTUNE_PEAK_GFLOPS", "100", 1);
+    OK(st_precision_choose("fp32", 64, &p));
+    ck_assert_int_eq(p.bf16, 0);
+    const char *impl;
+    OK(st_bf16_matmul_available(&impl));
+    setenv("SHARDTUNE_PEAK_GFLOPS_BF16", "300", 1); /* bf16 3x faster */
+    OK(st_precision_choose("auto", 64, &p));
+    ck_assert_int_eq(p.bf16, impl && st_cpu_has_bf16());
+    setenv("SHARDTUNE_PEAK_GFLOPS_BF16", "110", 1); /* 1.1x: not worth rounding */
+    OK(st_precision_choose("auto", 64, &p));
+    ck_assert_int_eq(p.bf16, 0);
+    ck_assert_msg(strstr(p.why, "auto"), "why: %s", p.why);
+    if (impl) {
+        OK(st_precision_choose("bf16", 64, &p)); /* as asked, even when slower */
+        ck_assert_int_eq(p.bf16, 1);
+    } else {
+        ck_assert_int_eq(st_precision_choose("bf16", 64, &p), ST_ERR_ARG);
+    }
+    unsetenv("SHARDTUNE_PEAK_GFLOPS");
+    unsetenv("SHARDTUNE_PEAK_GFLOPS_BF16");
 }
 END_TEST
 
@@ -454,12 +624,12 @@ START_TEST(test_cache)
     const int N = 13, IC = 11, OC = 7;
     float *inp = frand(N * IC, -1, 1), *w = frand(OC * IC, -1, 1), *out = frand(N * OC, -1, 1);
     float *out2 = frand(N * OC, -1, 1), *x = frand(N * IC, -1, 1);
-    OK(st_linear_forward(out, inp, w, NULL, N, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, NULL, N, IC, OC));
     OK(st_gelu_forward(x, inp, N * IC));
     int n1 = st_kernels_cache_size();
     ck_assert_int_ge(n1, 2);
     /* same shapes, other buffers: nothing new, and the new buffers are used */
-    OK(st_linear_forward(out2, x, w, NULL, N, IC, OC));
+    OK(st_linear_forward(out2, x, w, NULL, NULL, N, IC, OC));
     OK(st_gelu_forward(x, x, N * IC));
     ck_assert_int_eq(st_kernels_cache_size(), n1);
     double *r_x = widen(inp, N * IC), *r_w = widen(w, OC * IC), *want = dzeros(N * OC);
@@ -467,16 +637,46 @@ START_TEST(test_cache)
     ref_linear_forward(want, r_x, r_w, NULL, N, IC, OC); /* gelu(inp) @ w^T */
     CHECK_REL(out2, want, N * OC, TOL_FWD);
     /* a new shape adds one primitive; a bias is a different primitive too */
-    OK(st_linear_forward(out, inp, w, NULL, N - 1, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, NULL, N - 1, IC, OC));
     ck_assert_int_eq(st_kernels_cache_size(), n1 + 1);
-    OK(st_linear_forward(out, inp, w, w, N, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, w, N, IC, OC));
     ck_assert_int_eq(st_kernels_cache_size(), n1 + 2);
     /* shutdown empties it; the next call starts oneDNN again */
     st_kernels_shutdown();
     ck_assert_int_eq(st_kernels_cache_size(), 0);
-    OK(st_linear_forward(out, inp, w, NULL, N, IC, OC));
+    OK(st_linear_forward(out, inp, w, NULL, NULL, N, IC, OC));
     ck_assert_int_eq(st_kernels_cache_size(), 1);
     free(inp), free(w), free(out), free(out2), free(x), free(r_x), free(r_w), free(want);
+}
+END_TEST
+
+/* The cache holds at most its limit, least recently used out first, and a
+ * shape evicted and built again computes the same. */
+START_TEST(test_cache_bound)
+{
+    const int IC = 11, OC = 7, NS = 12, LIMIT = 5;
+    float *inp = frand(NS * IC, -1, 1), *w = frand(OC * IC, -1, 1), *out = frand(NS * OC, -1, 1);
+    double *r_x = widen(inp, NS * IC), *r_w = widen(w, OC * IC), *want = dzeros(NS * OC);
+    OK(st_kernels_set_cache_limit(LIMIT));
+    long ev0 = st_kernels_cache_evictions();
+    for (int round = 0; round < 2; round++) /* the second round rebuilds evicted shapes */
+        for (int N = 1; N <= NS; N++) {
+            OK(st_linear_forward(out, inp, w, NULL, NULL, N, IC, OC));
+            ref_linear_forward(want, r_x, r_w, NULL, N, IC, OC);
+            CHECK_REL(out, want, (size_t)N * OC, TOL_FWD);
+            ck_assert_int_le(st_kernels_cache_size(), LIMIT);
+        }
+    ck_assert_int_eq(st_kernels_cache_size(), LIMIT);
+    ck_assert_int_eq(st_kernels_cache_evictions() - ev0, 2 * NS - LIMIT);
+    /* the most recent shapes are the ones kept: using them again evicts nothing */
+    for (int N = NS - LIMIT + 1; N <= NS; N++) OK(st_linear_forward(out, inp, w, NULL, NULL, N, IC, OC));
+    ck_assert_int_eq(st_kernels_cache_evictions() - ev0, 2 * NS - LIMIT);
+    /* lowering the limit evicts at once */
+    OK(st_kernels_set_cache_limit(2));
+    ck_assert_int_eq(st_kernels_cache_size(), 2);
+    ck_assert_int_eq(st_kernels_set_cache_limit(0), ST_ERR_ARG);
+    OK(st_kernels_set_cache_limit(ST_KERNELS_CACHE_MAX));
+    free(inp), free(w), free(out), free(r_x), free(r_w), free(want);
 }
 END_TEST
 
@@ -491,10 +691,10 @@ START_TEST(test_cache_backward_step)
     int before = 0;
     for (int step = 0; step < 2; step++) {
         OK(st_layernorm_forward(y, m, v, x, g, b, N, C, 1e-5f));
-        OK(st_linear_forward(o, y, w, NULL, N, C, OC));
+        OK(st_linear_forward(o, y, w, NULL, NULL, N, C, OC));
         OK(st_softmax_forward(o, o, N, OC));
         OK(st_softmax_backward(p, o, o, N, OC));
-        OK(st_linear_backward(dx, dw, dbo, p, y, w, N, C, OC, 0));
+        OK(st_linear_backward(dx, dw, dbo, p, y, w, NULL, N, C, OC, 0));
         OK(st_layernorm_backward(dx, dg, db, dx, x, m, v, g, N, C, 1e-5f));
         if (step == 0) before = st_kernels_cache_size();
     }
@@ -514,9 +714,13 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_matmul_plain);
     tcase_add_test(tc, test_matmul_transposed);
     tcase_add_test(tc, test_matmul_attention_layouts);
+    tcase_add_test(tc, test_matmul_runtime_dims);
     tcase_add_test(tc, test_matmul_errors);
     tcase_add_test(tc, test_linear_forward);
     tcase_add_test(tc, test_linear_backward);
+    tcase_add_test(tc, test_bf16_rounding);
+    tcase_add_test(tc, test_linear_bf16);
+    tcase_add_test(tc, test_precision_choice);
     tcase_add_test(tc, test_layernorm);
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_test(tc, test_gelu);
@@ -526,6 +730,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_copy4d);
     tcase_add_test(tc, test_cache);
     tcase_add_test(tc, test_cache_backward_step);
+    tcase_add_test(tc, test_cache_bound);
     suite_add_tcase(s, tc);
     return s;
 }

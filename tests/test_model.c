@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/rng.h"
+#include "kernels/kernels.h"
 #include "model/model.h"
 #include "model/optim.h"
 #include "mpi_check.h"
@@ -121,9 +122,118 @@ static void check_against_reference(st_config cfg)
     st_model_free(&m);
 }
 
+/* Decoding a long sequence one token at a time: the logits equal the
+ * reference at every length, and the primitive cache grows by the softmax
+ * buckets alone (one per octave of key lengths), not by a primitive per
+ * length (issue 12); nothing is evicted. */
+START_TEST(decoding_many_lengths_keeps_the_cache_bounded)
+{
+    st_config cfg = cfg_llama();
+    cfg.max_seq = 300;
+    const int T = 290, P = 4;
+    st_kernels_shutdown(); /* an empty cache: earlier tests' primitives would be evicted */
+    st_model g;
+    ck_assert_int_eq(st_model_create(&g, &cfg, MPI_COMM_SELF, 1, P, 42, 0), 0);
+    perturb(&g, 7);
+    ref_model r;
+    ck_assert_int_eq(ref_model_init(&r, &cfg), 0);
+    ref_model_set_params(&r, g.params);
+    batch b = make_batch(1, T, cfg.vocab_size, 5);
+    int *tok = malloc(sizeof(int) * T);
+    for (int i = 0; i < T; i++) tok[i] = b.tok[i];
+    double *want = malloc(sizeof(double) * T * cfg.vocab_size);
+    ref_model_forward_backward(&r, tok, tok, NULL, 1, T, 1.0, want, 0);
+    st_kvcache c;
+    ck_assert_int_eq(st_kvcache_create(&c, &g, 1), 0);
+    float *lg = malloc(sizeof(float) * g.lay.vocab_l);
+    ck_assert_int_eq(st_model_forward_cached(&g, &c, b.tok, P, lg), 0);
+    ck_assert_int_eq(st_model_forward_cached(&g, &c, b.tok + P, 1, lg), 0);
+    const int n0 = st_kernels_cache_size();
+    const long ev0 = st_kernels_cache_evictions();
+    for (int t = P + 1; t < T; t++) {
+        ck_assert_int_eq(st_model_forward_cached(&g, &c, b.tok + t, 1, lg), 0);
+        const double *w = want + (size_t)t * cfg.vocab_size;
+        double e = 0, mx = 0;
+        for (int v = 0; v < cfg.vocab_size; v++) { e = fmax(e, fabs(lg[v] - w[v])); mx = fmax(mx, fabs(w[v])); }
+        ck_assert_msg(e / mx < 1e-5, "cached logits at length %d: error %.3g of %.3g", t + 1, e, mx);
+    }
+    /* key lengths 6..290: softmax rows of 64 (already there), 128, 256, 300 */
+    ck_assert_msg(st_kernels_cache_size() - n0 <= 3, "decoding to %d added %d primitives", T,
+                  st_kernels_cache_size() - n0);
+    ck_assert_int_eq(st_kernels_cache_evictions(), ev0);
+    free(lg), free(want), free(tok);
+    st_kvcache_free(&c);
+    free_batch(&b);
+    ref_model_free(&r);
+    st_model_free(&g);
+}
+END_TEST
+
 START_TEST(llama_matches_reference) { check_against_reference(cfg_llama()); }
 END_TEST
 START_TEST(gpt2_matches_reference) { check_against_reference(cfg_gpt2()); }
+END_TEST
+
+/* bf16 mixed precision against the double reference on the unrounded
+ * weights: the loss, every gradient and the cached (decoding) logits. Each
+ * product's inputs carry 8 significant bits (relative error up to 2^-9), so
+ * the tolerances are bf16's, not fp32's (1e-5, 1e-4): measured loss 4e-5,
+ * gradients 1e-2 relative (printed); asserted loss 2e-3, gradients 5e-2,
+ * logits 2e-2. */
+static void check_bf16_against_reference(st_config cfg)
+{
+    const int B = 3, T = 7;
+    st_model m;
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 42, 1), 0);
+    perturb(&m, 7);
+    ck_assert_int_eq(st_model_set_precision(&m, 1), 0);
+    ref_model r;
+    ck_assert_int_eq(ref_model_init(&r, &cfg), 0);
+    ref_model_set_params(&r, m.params);
+    batch b = make_batch(B, T, cfg.vocab_size, 99);
+    int tok[B * T], tgt[B * T];
+    double norm = 0;
+    for (int i = 0; i < B * T; i++) { tok[i] = b.tok[i]; tgt[i] = b.tgt[i]; norm += b.mask[i]; }
+    double loss = 0;
+    st_model_zero_grad(&m);
+    ck_assert_int_eq(st_model_forward(&m, b.tok, b.tgt, b.mask, B, T, (float)(1.0 / norm), &loss), 0);
+    ck_assert_int_eq(st_model_backward(&m, b.tok), 0);
+    double rl = ref_model_forward_backward(&r, tok, tgt, b.mask, B, T, norm, NULL, 1);
+    ck_assert_msg(fabs(loss - rl) / fabs(rl) < 2e-3, "bf16 loss %.9g vs reference %.9g", loss, rl);
+    const char *worst;
+    double gerr = ref_grad_error(&m.lay, m.grads, r.grads, &worst);
+    ck_assert_msg(gerr < 5e-2, "bf16 %s: gradient error %.3g (relative)", worst, gerr);
+    /* decoding in bf16: one row, prefill 4 then one token at a time */
+    double *rlogits = malloc(sizeof(double) * B * T * cfg.vocab_size);
+    ref_model_forward_backward(&r, tok, tgt, NULL, B, T, 1.0, rlogits, 0);
+    st_model g;
+    ck_assert_int_eq(st_model_create(&g, &cfg, MPI_COMM_SELF, 1, T, 0, 0), 0);
+    memcpy(g.params, m.params, sizeof(float) * m.lay.numel);
+    ck_assert_int_eq(st_model_set_precision(&g, 1), 0); /* after the weights are in */
+    st_kvcache c;
+    ck_assert_int_eq(st_kvcache_create(&c, &g, 1), 0);
+    float *lg = malloc(sizeof(float) * g.lay.vocab_l);
+    ck_assert_int_eq(st_model_forward_cached(&g, &c, b.tok, 4, lg), 0);
+    for (int t = 3; t < T; t++) {
+        if (t > 3) ck_assert_int_eq(st_model_forward_cached(&g, &c, b.tok + t, 1, lg), 0);
+        const double *want = rlogits + (size_t)t * cfg.vocab_size;
+        double e = 0, mx = 0;
+        for (int v = 0; v < cfg.vocab_size; v++) { e = fmax(e, fabs(lg[v] - want[v])); mx = fmax(mx, fabs(want[v])); }
+        ck_assert_msg(e / mx < 2e-2, "bf16 cached logits at position %d: error %.3g of %.3g", t, e, mx);
+    }
+    printf("bf16 vs the double reference (%s): loss %.2g, gradients %.2g (%s)\n",
+           cfg.family == ST_FAMILY_GPT2 ? "gpt2" : "llama", fabs(loss - rl) / fabs(rl), gerr, worst);
+    free(lg), free(rlogits);
+    st_kvcache_free(&c);
+    st_model_free(&g);
+    free_batch(&b);
+    ref_model_free(&r);
+    st_model_free(&m);
+}
+
+START_TEST(bf16_llama_near_reference) { check_bf16_against_reference(cfg_llama()); }
+END_TEST
+START_TEST(bf16_gpt2_near_reference) { check_bf16_against_reference(cfg_gpt2()); }
 END_TEST
 
 START_TEST(llama_tied_no_bias_matches_reference)
@@ -314,6 +424,9 @@ int main(int argc, char **argv)
     tcase_add_test(tc, masked_targets_change_nothing);
     tcase_add_test(tc, recomputation_is_exact);
     tcase_add_test(tc, lr_schedules);
+    tcase_add_test(tc, decoding_many_lengths_keeps_the_cache_bounded);
+    tcase_add_test(tc, bf16_llama_near_reference);
+    tcase_add_test(tc, bf16_gpt2_near_reference);
     suite_add_tcase(s, tc);
     return st_run_serial_mpi_suite(&argc, &argv, s);
 }

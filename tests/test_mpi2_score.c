@@ -28,12 +28,12 @@ enum { N_PAIRS = 10, T = 160 };
 static char DIR_[256];
 static int RANK;
 
-static st_err score_on(MPI_Comm comm, const char *ckpt, const char *in, const char *out)
+static st_err score_on(MPI_Comm comm, const char *ckpt, const char *in, const char *out, const char *precision)
 {
     char *argv[] = {"score", (char *)ckpt, "--input", (char *)in, "--out", (char *)out, "--seq_len", "160",
-                    "--batch_size", "3", NULL};
+                    "--batch_size", "3", "--precision", (char *)precision, NULL};
     st_error_clear();
-    return st_cmd_score(10, argv, comm);
+    return st_cmd_score(12, argv, comm);
 }
 
 /* Rewards of docs [0, 2 N_PAIRS) of the dataset, from the checkpoint (its
@@ -77,7 +77,9 @@ static void direct_rewards(const char *ckpt, const char *data, double *out, int 
 }
 
 /* Train a reward model into DIR/run (extra: more train arguments), score the
- * first pairs' texts with it, and compare with direct_rewards. */
+ * first pairs' texts with it, and compare with direct_rewards (fp32): within
+ * 1e-4 when score runs in fp32, within 2e-2 in bf16 (its products' inputs
+ * rounded to 8 significant bits; measured 1.3e-3). */
 static void check_scores(const char *run, const char *const *extra, int want_merged)
 {
     char data[300], ckpt[400], in[300], out[300];
@@ -122,8 +124,11 @@ static void check_scores(const char *run, const char *const *extra, int want_mer
         fclose(g);
     }
     MPI_Barrier(MPI_COMM_WORLD);
-    st_err e = score_on(MPI_COMM_WORLD, ckpt, in, out);
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+    st_err e = score_on(MPI_COMM_WORLD, ckpt, in, out, bf16 ? "bf16" : "fp32");
     ck_assert_msg(e == ST_OK, "score: %s", st_error_message());
+    const double tol = bf16 ? 2e-2 : 1e-4;
+    double worst = 0;
     int ok = 1;
     if (RANK == 0) {
         double want[2 * N_PAIRS];
@@ -139,8 +144,10 @@ static void check_scores(const char *run, const char *const *extra, int want_mer
             int id = cJSON_GetObjectItem(j, "id")->valueint;
             double r = cJSON_GetObjectItem(j, "reward")->valuedouble;
             ck_assert_int_eq(id, k);   /* input order kept */
-            if (fabs(r - want[id]) > 1e-4 * (1 + fabs(want[id]))) {
-                fprintf(stderr, "candidate %d: reward %.9g, the dataset's tokens give %.9g\n", id, r, want[id]);
+            worst = fmax(worst, fabs(r - want[id]) / (1 + fabs(want[id])));
+            if (fabs(r - want[id]) > tol * (1 + fabs(want[id]))) {
+                fprintf(stderr, "candidate %d (%s): reward %.9g, the dataset's tokens give %.9g\n", id,
+                        bf16 ? "bf16" : "fp32", r, want[id]);
                 ok = 0;
             }
             distinct += k > 0 && fabs(want[k] - want[k - 1]) > 1e-3;
@@ -151,8 +158,10 @@ static void check_scores(const char *run, const char *const *extra, int want_mer
         ck_assert_int_eq(k, 2 * N_PAIRS);
         ck_assert_int_gt(distinct, 5);   /* the rewards are not one constant */
     }
+    if (RANK == 0) printf("score in %s: rewards within %.2g of fp32's direct ones\n", bf16 ? "bf16" : "fp32", worst);
     MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    ck_assert_msg(ok, "score's rewards differ from the dataset's");
+    ck_assert_msg(ok, "score's rewards (%s) differ from the dataset's", bf16 ? "bf16" : "fp32");
+    }
 }
 
 START_TEST(test_scores_equal_the_datasets)
@@ -178,13 +187,17 @@ START_TEST(test_scores_equal_the_datasets)
         remove(out);
     }
     MPI_Barrier(MPI_COMM_WORLD);
-    st_err e = score_on(MPI_COMM_WORLD, ckpt, in, out);
+    st_err e = score_on(MPI_COMM_WORLD, ckpt, in, out, "fp32");
     ck_assert_int_eq(e, ST_ERR_FORMAT);
     if (RANK == 0) ck_assert_msg(strstr(st_error_message(), "cand.jsonl:2"), "%s", st_error_message());
     ck_assert(access(out, F_OK) != 0);
     /* a classifier or LM checkpoint is not a reward model */
-    e = score_on(MPI_COMM_WORLD, data, in, out);
+    e = score_on(MPI_COMM_WORLD, data, in, out, "fp32");
     ck_assert_int_ne(e, ST_OK);
+    /* a precision that does not exist: an error naming it */
+    e = score_on(MPI_COMM_WORLD, ckpt, in, out, "fp16");
+    ck_assert_int_ne(e, ST_OK); /* on every rank; rank 0, which scores, names the value */
+    if (RANK == 0) ck_assert_msg(e == ST_ERR_ARG && strstr(st_error_message(), "'fp16'"), "%s", st_error_message());
 }
 END_TEST
 

@@ -28,7 +28,7 @@
 #include "mpi/tp.h"
 
 typedef struct {
-    char *data, *split, *out;
+    char *data, *split, *out, *precision;
     int batch_size, seq_len, max_batches, tp, generate, max_new;
 } eval_opts;
 
@@ -41,6 +41,7 @@ static const st_option eval_options[] = {
     {"generate", ST_OPT_INT, offsetof(eval_opts, generate), "0", "sft/chat data: answer N prompts spread evenly over the split greedily and report exact match"},
     {"max_new", ST_OPT_INT, offsetof(eval_opts, max_new), "32", "with --generate: longest answer in tokens"},
     {"tp", ST_OPT_INT, offsetof(eval_opts, tp), "1", "tensor-parallel ranks"},
+    {"precision", ST_OPT_STRING, offsetof(eval_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)"},
     {"out", ST_OPT_STRING, offsetof(eval_opts, out), NULL, "write the results as JSON here"},
 };
 
@@ -60,7 +61,8 @@ static st_err load(evaluator *v, const char *ckpt, MPI_Comm world, const eval_op
 {
     ST_TRY(st_grid_init(&v->g, world, o->tp));
     ST_TRY(st_agree(world, st_dataset_open(&v->ds, o->data)));
-    const st_infer_opts io = {.B = o->batch_size, .T = o->seq_len, .head = ST_INFER_HEAD, .merge_lora = 1};
+    const st_infer_opts io = {.B = o->batch_size, .T = o->seq_len, .head = ST_INFER_HEAD, .merge_lora = 1,
+                              .precision = o->precision};
     ST_TRY(st_infer_open(&v->x, ckpt, &v->g, &io));
     if (o->seq_len > v->x.cfg.max_seq)
         ST_FAIL(ST_ERR_ARG, "--seq_len %d exceeds the model's max_seq %d", o->seq_len, v->x.cfg.max_seq);

@@ -27,7 +27,7 @@
 #include "mpi/tp.h"
 
 typedef struct {
-    char *prompt, *prompts, *out, *logits;
+    char *prompt, *prompts, *out, *logits, *precision;
     int max_new, tp, chunk, stop_at_eos, raw, batch;
     int64_t seed;
     st_sampling s;
@@ -47,6 +47,7 @@ static const st_option gen_options[] = {
     {"tp", ST_OPT_INT, offsetof(gen_opts, tp), "1", "tensor-parallel ranks"},
     {"chunk", ST_OPT_INT, offsetof(gen_opts, chunk), "64", "prompt tokens per prefill pass"},
     {"batch", ST_OPT_INT, offsetof(gen_opts, batch), "8", "prompts decoded together on each rank"},
+    {"precision", ST_OPT_STRING, offsetof(gen_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)"},
 };
 #define N_GEN ((int)(sizeof gen_options / sizeof gen_options[0]))
 
@@ -210,7 +211,8 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
     ST_TRY(st_grid_init(&g, world, o->tp));
     if (o->batch < 1 || o->chunk < 1) ST_FAIL(ST_ERR_ARG, "--batch and --chunk must be at least 1");
     st_infer x; /* LoRA adapters, if the checkpoint has them, merged into the weights */
-    const st_infer_opts io = {.B = o->batch, .T = o->chunk, .merge_lora = 1, .need_tokenizer = 1};
+    const st_infer_opts io = {.B = o->batch, .T = o->chunk, .merge_lora = 1, .need_tokenizer = 1,
+                              .precision = o->precision};
     ST_TRY(st_infer_open(&x, ckpt, &g, &io));
     st_model *m = &x.m;
     st_tokenizer *tok = x.tok;

@@ -142,6 +142,7 @@ static st_err dpo_load_start(trainer *t)
 {
     dpo_state *s = t->mstate;
     if (t->o->init_from) ST_TRY(st_trainer_load_init(t, &s->ref));
+    ST_TRY(st_model_set_precision(&s->ref, t->prec.bf16)); /* after its weights are in */
     return ST_OK;
 }
 

@@ -28,7 +28,7 @@
 #include "mpi/comm.h"
 
 typedef struct {
-    char *input, *out, *template_name, *prompt_field, *completion_field;
+    char *input, *out, *template_name, *prompt_field, *completion_field, *precision;
     int seq_len, batch_size;
 } score_opts;
 
@@ -40,6 +40,7 @@ static const st_option score_options[] = {
     {"completion-field", ST_OPT_STRING, offsetof(score_opts, completion_field), "completion", "the field holding the answer to score"},
     {"seq_len", ST_OPT_INT, offsetof(score_opts, seq_len), "0", "tokens per sequence (0 = the model's max_seq); longer prompts are cut from the left"},
     {"batch_size", ST_OPT_INT, offsetof(score_opts, batch_size), "8", "sequences scored together"},
+    {"precision", ST_OPT_STRING, offsetof(score_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)"},
 };
 
 /* The reward model: body + 1-output head, loaded whole on this rank. */
@@ -58,7 +59,7 @@ static st_err load(scorer *v, const char *ckpt, const score_opts *o)
     if (o->batch_size < 1) ST_FAIL(ST_ERR_ARG, "--batch_size %d: expected at least 1", o->batch_size);
     /* a reward model trained with LoRA: its adapters merged into the weights, as eval does */
     const st_infer_opts io = {.B = o->batch_size, .T = o->seq_len, .head = ST_INFER_HEAD_REQUIRED,
-                              .merge_lora = 1, .need_tokenizer = 1};
+                              .merge_lora = 1, .need_tokenizer = 1, .precision = o->precision};
     ST_TRY(st_infer_open(&v->x, ckpt, &v->g, &io));
     if (v->x.n_labels != 1)
         ST_FAIL(ST_ERR_ARG, "'%s' is not a reward model (its head has %d outputs: a classifier); train one with "

@@ -58,6 +58,7 @@ static const st_option train_options[] = {
     {"lora.alpha", ST_OPT_FLOAT, F(lora.alpha), "16", "LoRA scale numerator: adapters add (alpha/rank) B A x"},
     {"lora.dropout", ST_OPT_FLOAT, F(lora.dropout), "0", "dropout on the adapters' input"},
     {"lora.targets", ST_OPT_STRING, F(lora_targets), "q,v", "projections with adapters: q,k,v,o,gate,up,down (or attn, mlp, all)"},
+    {"precision", ST_OPT_STRING, F(precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation; weights, gradients, optimizer state and checkpoints stay fp32) or auto (bf16 where this CPU's bf16 matmul is faster)"},
     {"recompute", ST_OPT_BOOL, F(recompute), "false", "activation recomputation: keep only each layer's input, redo its forward in backward (memory of one layer instead of all, ~1/3 more compute)"},
     {"freeze_layers", ST_OPT_INT, F(freeze_layers), "0", "keep the embeddings and the lowest N layers fixed (-1: the whole body)"},
     {"early_stopping.patience", ST_OPT_INT, F(patience), "0", "stop after this many evaluations without a better validation loss (0 = off)"},
@@ -252,7 +253,8 @@ static st_err setup(trainer *t, MPI_Comm world)
     o->opt.total_steps = o->steps;
     ST_TRY(st_adamw_init(&t->adam, &t->model.lay, t->own_begin, t->own_end, &o->opt));
     ST_TRY(setup_method(t));
-    ST_TRY(st_measure_peak_gflops(1024, &t->peak_gflops));
+    ST_TRY(st_precision_agree(world, o->precision, 1024, &t->prec));
+    t->peak_gflops = t->prec.bf16 ? t->prec.bf16_gflops : t->prec.fp32_gflops;
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/ckpt", o->out_dir);
     if (is_rank0(t)) {
         ST_TRY(mkdir_p(t->ckpt_dir));
@@ -269,7 +271,8 @@ static st_err setup(trainer *t, MPI_Comm world)
         printf("data: %s, %lld training samples of %d tokens, %s; global batch %d rows (%d micro-batch%s of %d per rank)\n",
                o->data_train, (long long)st_loader_num_samples(t->train), o->seq_len, o->method, o->global_batch,
                t->micro_per_step, t->micro_per_step > 1 ? "es" : "", o->batch_size);
-        printf("matmul ceiling: %.1f GFLOP/s per rank (measured)\n", t->peak_gflops);
+        printf("precision: %s (%s)\n", t->prec.bf16 ? "bf16" : "fp32", t->prec.why);
+        printf("matmul ceiling: %.1f GFLOP/s per rank (measured, %s)\n", t->peak_gflops, t->prec.bf16 ? "bf16" : "fp32");
         fflush(stdout);
     }
     return ST_OK;
@@ -450,6 +453,7 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
         if (clip != 1.0f) st_scale(m->grads, t->own_begin, t->own_end, clip);
         st_adamw_update(&t->adam, m->params, m->grads, lr);
         ST_TRY(st_dp_allgather_params(&t->dp, m->params));
+        st_model_sync_bf16(m); /* the bf16 copy follows the fp32 master weights, once per step */
     }
     for (int e = 0; e < t->n_extra; e++) {
         if (clip != 1.0f) st_scale(t->extra[e].grads, 0, t->extra[e].lay->numel, clip);
@@ -662,6 +666,7 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
     t.recipe_text = opts.recipe_text;
     if (!e) e = setup(&t, world);
     if (!e) e = st_agree(world, load_start(&t));
+    if (!e) e = st_agree(world, st_model_set_precision(&t.model, t.prec.bf16)); /* after the loads */
     if (!e && !rank) { /* what this run used, and where each value came from */
         char path[4200];
         snprintf(path, sizeof path, "%s/settings.txt", o->out_dir);

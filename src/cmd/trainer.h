@@ -20,6 +20,7 @@
 #include "io/dataset.h"
 #include "io/metrics.h"
 #include "io/tok/tokenizer.h"
+#include "kernels/peak.h"
 #include "model/classify.h"
 #include "model/lora.h"
 #include "model/model.h"
@@ -45,6 +46,7 @@ typedef struct {
     int cls_bias;
     float dpo_beta;
     int freeze_layers, recompute;
+    char *precision;
     st_lora_config lora;
     char *lora_targets;
     /* optimisation */
@@ -95,7 +97,8 @@ typedef struct {
     int micro_per_step;    /* micro-batches per rank per step */
     int64_t start_step;
     int64_t tokens_seen;
-    double peak_gflops;    /* measured matmul rate of one rank */
+    double peak_gflops;    /* measured matmul rate of one rank, in the run's precision */
+    st_precision prec;     /* fp32 or bf16 matrix products, and why */
     st_timers timers;
     st_metrics metrics;
     char ckpt_dir[4096];

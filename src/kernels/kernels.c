@@ -1,14 +1,23 @@
-/* kernels.c: the rank-local math primitives of kernels.h, on oneDNN 2.6.
+/* kernels.c: the rank-local math primitives of kernels.h, on oneDNN 2.x or 3.x
+ * (the API differences are in dnnl_compat.h).
  *
  * Each call builds a key (operation kind + every shape, stride, flag and
- * constant that shapes the primitive) and looks it up in a small cache. On a
- * miss the primitive and one memory object per argument are created (memory
- * objects start without a buffer); on a hit the call only points the memory
- * objects at the caller's buffers and executes. Scratchpads are owned by the
- * cache entry (user scratchpad mode), so oneDNN allocates nothing per call.
+ * constant that shapes the primitive) and looks it up in the primitive cache.
+ * On a miss the primitive and one memory object per argument are created
+ * (memory objects start without a buffer); on a hit the call only points the
+ * memory objects at the caller's buffers and executes. Scratchpads are owned by
+ * the cache entry (user scratchpad mode), so oneDNN allocates nothing per call.
  *
- * The cache and the stream are process globals: call these functions from
- * one thread (oneDNN itself runs each primitive on OMP_NUM_THREADS threads).
+ * The cache is a hash table (64-bit FNV-1a of the key) with a bound: past
+ * ST_KERNELS_CACHE_MAX entries the least recently used one is destroyed (LRU
+ * list). A training step uses a fixed set of shapes (33 for GPT-2 124M: the
+ * layers share them), generation adds about 15 per new prompt length; the
+ * bound keeps a long run over many lengths from holding every primitive and
+ * scratchpad it ever built, while a step's working set always fits.
+ *
+ * The cache, the stream and the bf16 scratch are process globals: call these
+ * functions from one thread (oneDNN itself runs each primitive on
+ * OMP_NUM_THREADS threads).
  */
 #include "kernels/kernels.h"
 
@@ -16,8 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <dnnl.h>
-#include <dnnl_debug.h>
+#include "kernels/dnnl_compat.h"
 
 /* ---- the cache ---------------------------------------------------------- */
 
@@ -53,15 +61,19 @@ static const struct {
     [OP_SILU_BWD] = {"eltwise swish backward (n)", 1, 0},
     [OP_MUL] = {"binary mul (n)", 1, 0},
     [OP_ADD] = {"binary add (n)", 1, 0},
-    [OP_SOFTMAX_FWD] = {"softmax forward (rows,cols)", 2, 0},
-    [OP_SOFTMAX_BWD] = {"softmax backward (rows,cols)", 2, 0},
+    [OP_SOFTMAX_FWD] = {"softmax forward (rows,cols,row stride)", 3, 0},
+    [OP_SOFTMAX_BWD] = {"softmax backward (rows,cols,row stride)", 3, 0},
     [OP_COPY4D] = {"reorder (4-D dims)", 4, 2},
 };
 
-/* Always memset to zero before filling, so two keys compare with memcmp. */
+/* Always memset to zero before filling, so two keys compare with memcmp and
+ * hash the same. */
 typedef struct {
     int kind;
     int accumulate, has_bias;
+    int bf16;              /* matmul: bf16 inputs, fp32 accumulation and output */
+    int runtime;           /* matmul: ST_MM_RUNTIME_* mask of the sizes given at execution
+                              (0 in dims); the strides are fixed */
     float f;               /* matmul alpha, normalisation eps */
     int64_t dims[5];
     int64_t strides[3][4]; /* matmul: a, b, c; copy4d: dst, src */
@@ -69,26 +81,36 @@ typedef struct {
 
 #define MAX_ARGS 10
 
-typedef struct {
+typedef struct op_entry op_entry;
+struct op_entry {
     op_key key;
+    uint64_t hash;
+    op_entry *chain;      /* next entry in the same hash bucket */
+    op_entry *newer, *older; /* the LRU list */
     dnnl_primitive_t prim;
-    int nargs;   /* args[0..nuser) take the caller's buffers, then the scratchpad */
+    int nargs;   /* args[0..nuser) take the caller's buffers, then fixed ones (alpha, scratchpad) */
     int nuser;
+    int nuser_set; /* nuser is final (a runtime-shape matmul has none) */
     dnnl_exec_arg_t args[MAX_ARGS];
+    float alpha;    /* the value behind ST_DNNL_ARG_ALPHA (oneDNN 3.x) */
     float *scratch; /* per-kind buffer: ones (COLSUM), bias / alpha (MATMUL), diff scale,
                        diff shift and a zero shift (LN_BWD) */
-} op_entry;
+};
 
 static dnnl_engine_t g_engine;
 static dnnl_stream_t g_stream;
-static op_entry **g_cache;
-static int g_ncache, g_capcache;
+static op_entry **g_buckets;    /* ST_KERNELS_CACHE_MAX * 2 heads, a power of two */
+static size_t g_nbuckets;
+static op_entry *g_newest, *g_oldest;
+static int g_ncache, g_limit = ST_KERNELS_CACHE_MAX;
+static long g_evictions;
 
 /* "matmul (B0,B1,M,K,N) 1,1,37,53,29 strides [0 0 53 1] [...]": names a key in messages. */
 static const char *describe(const op_key *k)
 {
     static _Thread_local char buf[512];
-    int n = snprintf(buf, sizeof buf, "%s ", op_info[k->kind].name);
+    int n = snprintf(buf, sizeof buf, "%s%s%s ", op_info[k->kind].name, k->bf16 ? " bf16" : "",
+                     k->runtime ? " (some sizes at execution)" : "");
     for (int i = 0; i < op_info[k->kind].ndims && n < (int)sizeof buf; i++)
         n += snprintf(buf + n, sizeof buf - (size_t)n, "%s%lld", i ? "," : "",
                       (long long)k->dims[i]);
@@ -108,6 +130,8 @@ static st_err dnnl_check(dnnl_status_t s, const char *call, const op_key *k)
     const char *hint = "";
     if (s == dnnl_invalid_arguments && op_info[k->kind].nstrided)
         hint = " (strides must be non-negative)";
+    if (s == dnnl_unimplemented && k->bf16)
+        hint = " (this oneDNN build has no bf16 matmul for this CPU: use precision fp32)";
     ST_FAIL(ST_ERR_DNNL, "oneDNN %.*s failed (%s) for %s%s", (int)strcspn(call, "("), call,
             dnnl_status2str(s), describe(k), hint);
 }
@@ -123,12 +147,13 @@ static void entry_destroy(op_entry *e)
     free(e);
 }
 
-/* A memory object for argument arg with no buffer yet; the call sets it. */
-static st_err add_arg(op_entry *e, int arg, const dnnl_memory_desc_t *md)
+/* A memory object for argument arg on data (NULL: the call sets it). */
+static st_err add_arg_data(op_entry *e, int arg, const st_md *md, void *data)
 {
     ST_ASSERT(e->nargs < MAX_ARGS, "too many oneDNN arguments for %s", describe(&e->key));
     dnnl_memory_t m = NULL;
-    st_err err = dnnl_check(dnnl_memory_create(&m, md, g_engine, DNNL_MEMORY_NONE),
+    st_err err = dnnl_check(dnnl_memory_create(&m, ST_MD(*md), g_engine,
+                                               data ? data : DNNL_MEMORY_NONE),
                             "dnnl_memory_create", &e->key);
     if (err) return err;
     e->args[e->nargs].arg = arg;
@@ -136,6 +161,9 @@ static st_err add_arg(op_entry *e, int arg, const dnnl_memory_desc_t *md)
     e->nargs++;
     return ST_OK;
 }
+
+/* A user argument: the caller's buffer, set at each call (see run). */
+static st_err add_arg(op_entry *e, int arg, const st_md *md) { return add_arg_data(e, arg, md, NULL); }
 
 /* Attributes every primitive here gets: a scratchpad the entry owns. */
 static dnnl_status_t new_attr(dnnl_primitive_attr_t *attr)
@@ -150,8 +178,9 @@ static st_err finish(op_entry *e, const_dnnl_primitive_desc_t pd)
 {
     st_err err = ST_OK;
     const op_key *k = &e->key;
-    e->nuser = e->nargs;
-    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    if (!e->nuser_set) e->nuser = e->nargs;
+    e->nuser_set = 1;
+    st_md_query smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     if (smd && dnnl_memory_desc_get_size(smd) > 0) {
         ST_ASSERT(e->nargs < MAX_ARGS, "too many oneDNN arguments for %s", describe(k));
         dnnl_memory_t m = NULL;
@@ -165,56 +194,94 @@ done:
     return err;
 }
 
-static dnnl_status_t md_1d(dnnl_memory_desc_t *md, int64_t n)
+static dnnl_status_t md_1d(st_md *md, int64_t n)
 {
-    dnnl_dims_t d = {n};
-    return dnnl_memory_desc_init_by_tag(md, 1, d, dnnl_f32, dnnl_a);
+    const int64_t d[1] = {n}, s[1] = {1};
+    return st_md_strided(md, 1, d, dnnl_f32, s);
 }
 
-static dnnl_status_t md_2d(dnnl_memory_desc_t *md, int64_t rows, int64_t cols)
+static dnnl_status_t md_2d(st_md *md, int64_t rows, int64_t cols)
 {
-    dnnl_dims_t d = {rows, cols};
-    return dnnl_memory_desc_init_by_tag(md, 2, d, dnnl_f32, dnnl_ab);
-}
-
-/* A 4-D strided descriptor (dnnl_dims_t locals: oneDNN's prototype takes 12-long arrays). */
-static dnnl_status_t memory_desc_4d(dnnl_memory_desc_t *md, const int64_t dims[4], const int64_t strides[4])
-{
-    dnnl_dims_t d, s;
-    memcpy(d, dims, 4 * sizeof *dims);
-    memcpy(s, strides, 4 * sizeof *strides);
-    return dnnl_memory_desc_init_by_strides(md, 4, d, dnnl_f32, s);
+    const int64_t d[2] = {rows, cols}, s[2] = {cols, 1};
+    return st_md_strided(md, 2, d, dnnl_f32, s);
 }
 
 typedef st_err (*build_fn)(op_entry *e);
 
+static uint64_t key_hash(const op_key *k)
+{
+    const unsigned char *p = (const unsigned char *)k;
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < sizeof *k; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+static void lru_unlink(op_entry *e)
+{
+    if (e->newer) e->newer->older = e->older; else g_newest = e->older;
+    if (e->older) e->older->newer = e->newer; else g_oldest = e->newer;
+    e->newer = e->older = NULL;
+}
+
+static void lru_push_newest(op_entry *e)
+{
+    e->older = g_newest;
+    e->newer = NULL;
+    if (g_newest) g_newest->newer = e; else g_oldest = e;
+    g_newest = e;
+}
+
+/* Take e out of its bucket and the LRU list and destroy it. */
+static void cache_remove(op_entry *e)
+{
+    op_entry **p = &g_buckets[e->hash & (g_nbuckets - 1)];
+    while (*p != e) p = &(*p)->chain;
+    *p = e->chain;
+    lru_unlink(e);
+    entry_destroy(e);
+    g_ncache--;
+}
+
 /* The cached entry for key k, built by build on a miss. */
 static st_err get_entry(const op_key *k, build_fn build, op_entry **out)
 {
-    for (int i = 0; i < g_ncache; i++) {
-        if (memcmp(&g_cache[i]->key, k, sizeof *k) == 0) {
-            *out = g_cache[i];
-            return ST_OK;
+    const uint64_t h = key_hash(k);
+    if (g_buckets) {
+        for (op_entry *e = g_buckets[h & (g_nbuckets - 1)]; e; e = e->chain) {
+            if (e->hash == h && memcmp(&e->key, k, sizeof *k) == 0) {
+                if (e != g_newest) { lru_unlink(e); lru_push_newest(e); }
+                *out = e;
+                return ST_OK;
+            }
         }
     }
     ST_TRY(st_kernels_init());
-    if (g_ncache == g_capcache) {
-        int cap = g_capcache ? 2 * g_capcache : 64;
-        op_entry **grown = realloc(g_cache, (size_t)cap * sizeof *grown);
-        if (!grown) ST_FAIL(ST_ERR_MEM, "out of memory growing the oneDNN primitive cache");
-        g_cache = grown;
-        g_capcache = cap;
+    if (!g_buckets) {
+        size_t n = 16;
+        while (n < 2 * (size_t)g_limit) n *= 2;
+        g_buckets = calloc(n, sizeof *g_buckets);
+        if (!g_buckets) ST_FAIL(ST_ERR_MEM, "out of memory for the oneDNN primitive cache");
+        g_nbuckets = n;
     }
     op_entry *e = calloc(1, sizeof *e);
     if (!e) ST_FAIL(ST_ERR_MEM, "out of memory caching a oneDNN primitive");
     memcpy(&e->key, k, sizeof *k);
+    e->hash = h;
     st_err err = build(e);
     if (err) {
         entry_destroy(e);
         st_error_trace(__FILE__, __LINE__, __func__);
         return err;
     }
-    g_cache[g_ncache++] = e;
+    while (g_ncache >= g_limit && g_oldest) {
+        cache_remove(g_oldest);
+        g_evictions++;
+    }
+    op_entry **bucket = &g_buckets[h & (g_nbuckets - 1)];
+    e->chain = *bucket;
+    *bucket = e;
+    lru_push_newest(e);
+    g_ncache++;
     *out = e;
     return ST_OK;
 }
@@ -252,12 +319,16 @@ st_err st_kernels_init(void)
     return ST_OK;
 }
 
+static void bf16_scratch_free(void);
+
 void st_kernels_shutdown(void)
 {
-    for (int i = 0; i < g_ncache; i++) entry_destroy(g_cache[i]);
-    free(g_cache);
-    g_cache = NULL;
-    g_ncache = g_capcache = 0;
+    while (g_oldest) cache_remove(g_oldest);
+    free(g_buckets);
+    g_buckets = NULL;
+    g_nbuckets = 0;
+    g_evictions = 0;
+    bf16_scratch_free();
     if (g_stream) dnnl_stream_destroy(g_stream);
     if (g_engine) dnnl_engine_destroy(g_engine);
     g_stream = NULL;
@@ -265,54 +336,248 @@ void st_kernels_shutdown(void)
 }
 
 int st_kernels_cache_size(void) { return g_ncache; }
+long st_kernels_cache_evictions(void) { return g_evictions; }
+
+st_err st_kernels_set_cache_limit(int limit)
+{
+    if (limit < 1) ST_FAIL(ST_ERR_ARG, "primitive cache limit %d: expected at least 1", limit);
+    while (g_ncache > limit) cache_remove(g_oldest);
+    if (g_buckets && (size_t)limit > g_nbuckets / 2) { /* rehash into more buckets */
+        size_t n = g_nbuckets;
+        while (n < 2 * (size_t)limit) n *= 2;
+        op_entry **b = calloc(n, sizeof *b);
+        if (!b) ST_FAIL(ST_ERR_MEM, "out of memory growing the oneDNN primitive cache");
+        for (op_entry *e = g_newest; e; e = e->older) {
+            e->chain = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+        free(g_buckets);
+        g_buckets = b;
+        g_nbuckets = n;
+    }
+    g_limit = limit;
+    return ST_OK;
+}
+
+/* ---- bf16 --------------------------------------------------------------- */
+
+/* Round to nearest even, as the AVX512_BF16 instructions and oneDNN's
+ * reorders do; NaN stays NaN (quiet). Branch-free, so the loop vectorizes. */
+static inline st_bf16 to_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, nan = (u >> 16) | 0x40u;
+    return (st_bf16)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+float st_bf16_to_float(st_bf16 x)
+{
+    uint32_t u = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+void st_to_bf16(st_bf16 *dst, const float *src, int64_t n)
+{
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) dst[i] = to_bf16(src[i]);
+}
+
+/* Grow-only buffers for f32 operands rounded to bf16 before a bf16 product
+ * (two: a matmul rounds at most its two inputs). */
+static st_bf16 *g_b16[2];
+static size_t g_b16_cap[2];
+
+static void bf16_scratch_free(void)
+{
+    for (int i = 0; i < 2; i++) { free(g_b16[i]); g_b16[i] = NULL; g_b16_cap[i] = 0; }
+}
+
+/* Elements a 4-D strided operand spans when it is stored densely in some
+ * order of its dims (no gaps, no overlap), else 0. */
+static int64_t dense_span(const int64_t dims[4], const int64_t strides[4])
+{
+    int64_t count = 1;
+    int used[4] = {0};
+    for (int n = 0; n < 4; n++) {   /* the dim with stride == count is next, innermost first */
+        int found = -1;
+        for (int i = 0; i < 4 && found < 0; i++)
+            if (!used[i] && (dims[i] == 1 || strides[i] == count)) found = i;
+        if (found < 0) return 0;
+        used[found] = 1;
+        count *= dims[found];
+    }
+    return count;
+}
+
+/* ptr rounded to bf16 in scratch slot: same strides, for an operand stored densely. */
+static st_err round_operand(const st_bf16 **out, const float *ptr, const int64_t dims[4],
+                            const int64_t strides[4], int slot, const char *name)
+{
+    const int64_t span = dense_span(dims, strides);
+    if (!span)
+        ST_FAIL(ST_ERR_ARG, "st_matmul: a bf16 product needs its f32 operand %s stored densely "
+                "(dims %lld,%lld,%lld,%lld strides %lld,%lld,%lld,%lld)", name,
+                (long long)dims[0], (long long)dims[1], (long long)dims[2], (long long)dims[3],
+                (long long)strides[0], (long long)strides[1], (long long)strides[2],
+                (long long)strides[3]);
+    if ((size_t)span > g_b16_cap[slot]) {
+        st_bf16 *grown = realloc(g_b16[slot], (size_t)span * sizeof *grown);
+        if (!grown) ST_FAIL(ST_ERR_MEM, "out of memory rounding %lld floats to bf16", (long long)span);
+        g_b16[slot] = grown;
+        g_b16_cap[slot] = (size_t)span;
+    }
+    st_to_bf16(g_b16[slot], ptr, span);
+    *out = g_b16[slot];
+    return ST_OK;
+}
+
+st_err st_bf16_matmul_available(const char **impl)
+{
+    /* a bf16 product of a typical shape: which implementation oneDNN picks */
+    static char name[128];
+    st_err err = ST_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    st_md a = ST_MD_NONE, b = ST_MD_NONE, c = ST_MD_NONE;
+    const int64_t d[2] = {256, 256}, s[2] = {256, 1};
+    op_key k;
+    key_init(&k, OP_MATMUL);
+    k.bf16 = 1;
+    *impl = NULL;
+    ST_TRY(st_kernels_init());
+    DNNL_TRY(&k, st_md_strided(&a, 2, d, dnnl_bf16, s));
+    DNNL_TRY(&k, st_md_strided(&b, 2, d, dnnl_bf16, s));
+    DNNL_TRY(&k, st_md_strided(&c, 2, d, dnnl_f32, s));
+    DNNL_TRY(&k, dnnl_primitive_attr_create(&attr));
+    if (st_pd_matmul(&pd, g_engine, a, b, NULL, c, attr) == dnnl_success) {
+        const char *info = NULL;
+        if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &info) == dnnl_success && info) {
+            snprintf(name, sizeof name, "%s", info);
+            *impl = name;
+        }
+    }
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    st_md_free(&a), st_md_free(&b), st_md_free(&c);
+    return err;
+}
+
+int st_cpu_has_bf16(void)
+{
+    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    /* the ISA values are bit sets that grow with the ISA: bf16 dot products
+     * from avx512_core_bf16 on (AMX parts include it) */
+    return (isa & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16;
+}
 
 /* ---- matrix products ---------------------------------------------------- */
 
+/* The four memory descriptors of a matmul with key k: a, b, c with their
+ * strides (the sizes in k->runtime given at execution), and the bias (1,1,1,N). */
+static st_err matmul_mds(const op_key *k, st_md *a_md, st_md *b_md, st_md *c_md, st_md *bias_md)
+{
+    st_err err = ST_OK;
+    const int64_t R = DNNL_RUNTIME_DIM_VAL;
+    const int64_t B0 = k->dims[0], B1 = k->dims[1];
+    const int64_t M = k->runtime & ST_MM_RUNTIME_M ? R : k->dims[2],
+                  K = k->runtime & ST_MM_RUNTIME_K ? R : k->dims[3],
+                  N = k->runtime & ST_MM_RUNTIME_N ? R : k->dims[4];
+    const int64_t adims[4] = {B0, B1, M, K}, bdims[4] = {B0, B1, K, N}, cdims[4] = {B0, B1, M, N};
+    const int64_t biasdims[4] = {1, 1, 1, N}, biasstrides[4] = {N, N, N, 1};
+    const dnnl_data_type_t in = k->bf16 ? dnnl_bf16 : dnnl_f32;
+    DNNL_TRY(k, st_md_strided(a_md, 4, adims, in, k->strides[0]));
+    DNNL_TRY(k, st_md_strided(b_md, 4, bdims, in, k->strides[1]));
+    DNNL_TRY(k, st_md_strided(c_md, 4, cdims, dnnl_f32, k->strides[2]));
+    if (k->has_bias) DNNL_TRY(k, st_md_strided(bias_md, 4, biasdims, dnnl_f32, biasstrides));
+done:
+    return err;
+}
+
 /* A matmul primitive for the OP_MATMUL key k, in entry e.
- * args: dst, src, weights[, bias]. */
+ * args: dst, src, weights[, bias] (none for runtime shapes: made per call). */
 static st_err build_matmul_as(op_entry *e, const op_key *k)
 {
     st_err err = ST_OK;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    const int64_t B0 = k->dims[0], B1 = k->dims[1], M = k->dims[2], K = k->dims[3],
-                  N = k->dims[4];
-    const int64_t adims[4] = {B0, B1, M, K}, bdims[4] = {B0, B1, K, N}, cdims[4] = {B0, B1, M, N};
-    const int64_t biasdims[4] = {1, 1, 1, N}, biasstrides[4] = {N, N, N, 1};
-    dnnl_memory_desc_t a_md, b_md, c_md, bias_md;
-    dnnl_matmul_desc_t desc;
-    if (k->has_bias && k->f != 1.0f) { /* room for bias / alpha, see st_matmul */
+    st_md a_md = ST_MD_NONE, b_md = ST_MD_NONE, c_md = ST_MD_NONE, bias_md = ST_MD_NONE;
+    if (k->has_bias && k->f != 1.0f && ST_DNNL_BIAS_SCALED) { /* room for bias / alpha */
         ST_ASSERT(!e->scratch, "matmul entry scratch used twice for %s", describe(k));
-        e->scratch = malloc((size_t)N * sizeof(float));
+        e->scratch = malloc((size_t)k->dims[4] * sizeof(float));
         if (!e->scratch) ST_FAIL(ST_ERR_MEM, "out of memory for the bias of %s", describe(k));
     }
-    DNNL_TRY(k, memory_desc_4d(&a_md, adims, k->strides[0]));
-    DNNL_TRY(k, memory_desc_4d(&b_md, bdims, k->strides[1]));
-    DNNL_TRY(k, memory_desc_4d(&c_md, cdims, k->strides[2]));
-    DNNL_TRY(k, memory_desc_4d(&bias_md, biasdims, biasstrides));
-    DNNL_TRY(k, dnnl_matmul_desc_init(&desc, &a_md, &b_md, k->has_bias ? &bias_md : NULL, &c_md));
+    ST_TRY_GOTO(err, matmul_mds(k, &a_md, &b_md, &c_md, &bias_md), done);
     DNNL_TRY(k, new_attr(&attr));
-    if (k->f != 1.0f) DNNL_TRY(k, dnnl_primitive_attr_set_output_scales(attr, 1, 0, &k->f));
+    if (k->runtime) /* the scratchpad depends on the sizes: oneDNN keeps it */
+        DNNL_TRY(k, dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_library));
+    if (k->f != 1.0f) DNNL_TRY(k, st_attr_scale(attr, k->f));
     if (k->accumulate) {
         DNNL_TRY(k, dnnl_post_ops_create(&po));
-        DNNL_TRY(k, dnnl_post_ops_append_sum(po, 1.0f));
+        DNNL_TRY(k, st_post_ops_sum(po));
         DNNL_TRY(k, dnnl_primitive_attr_set_post_ops(attr, po));
     }
-    DNNL_TRY(k, dnnl_primitive_desc_create(&pd, &desc, attr, g_engine, NULL));
-    ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DST, &c_md), done);
-    ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_SRC, &a_md), done);
-    ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_WEIGHTS, &b_md), done);
-    if (k->has_bias) ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_BIAS, &bias_md), done);
+    DNNL_TRY(k, st_pd_matmul(&pd, g_engine, a_md, b_md, k->has_bias ? &bias_md : NULL, c_md, attr));
+    if (!k->runtime) {
+        ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DST, &c_md), done);
+        ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_SRC, &a_md), done);
+        ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_WEIGHTS, &b_md), done);
+        if (k->has_bias) ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_BIAS, &bias_md), done);
+    }
+    e->nuser = e->nargs;
+    e->nuser_set = 1;
+    if (k->f != 1.0f && ST_DNNL_ARG_ALPHA) {
+        st_md one = ST_MD_NONE;
+        e->alpha = k->f;
+        err = dnnl_check(md_1d(&one, 1), "md_1d", k);
+        if (!err) err = add_arg_data(e, ST_DNNL_ARG_ALPHA, &one, &e->alpha);
+        st_md_free(&one);
+        if (err) goto done;
+    }
     ST_TRY_GOTO(err, finish(e, pd), done);
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (po) dnnl_post_ops_destroy(po);
     if (attr) dnnl_primitive_attr_destroy(attr);
+    st_md_free(&a_md), st_md_free(&b_md), st_md_free(&c_md), st_md_free(&bias_md);
     return err;
 }
 
 static st_err build_matmul(op_entry *e) { return build_matmul_as(e, &e->key); }
+
+/* Run a matmul with sizes given at execution: memory objects for this call's
+ * sizes, then the fixed arguments (alpha) of the entry. */
+static st_err run_runtime_matmul(op_entry *e, const st_matmul_desc *d, float *c, const void *a,
+                                 const void *b)
+{
+    st_err err = ST_OK;
+    op_key k = e->key; /* with this call's sizes, for the descriptors */
+    k.runtime = 0;
+    k.dims[2] = d->M, k.dims[3] = d->K, k.dims[4] = d->N;
+    st_md a_md = ST_MD_NONE, b_md = ST_MD_NONE, c_md = ST_MD_NONE, bias_md = ST_MD_NONE;
+    dnnl_exec_arg_t args[MAX_ARGS];
+    int n = 0;
+    ST_TRY_GOTO(err, matmul_mds(&k, &a_md, &b_md, &c_md, &bias_md), done);
+    void *ptrs[3] = {c, (void *)a, (void *)b};
+    st_md *mds[3] = {&c_md, &a_md, &b_md};
+    const int which[3] = {DNNL_ARG_DST, DNNL_ARG_SRC, DNNL_ARG_WEIGHTS};
+    for (; n < 3; n++) {
+        args[n].arg = which[n];
+        args[n].memory = NULL;
+        DNNL_TRY(&k, dnnl_memory_create(&args[n].memory, ST_MD(*mds[n]), g_engine, ptrs[n]));
+    }
+    for (int i = e->nuser; i < e->nargs; i++) args[n + i - e->nuser] = e->args[i];
+    DNNL_TRY(&k, dnnl_primitive_execute(e->prim, g_stream, n + e->nargs - e->nuser, args));
+    DNNL_TRY(&k, dnnl_stream_wait(g_stream));
+done:
+    for (int i = 0; i < n; i++) if (args[i].memory) dnnl_memory_destroy(args[i].memory);
+    st_md_free(&a_md), st_md_free(&b_md), st_md_free(&c_md), st_md_free(&bias_md);
+    return err;
+}
 
 /* The stride a size-1 batch dim gets in the key: the span of the dims inside it,
  * as a dense tensor would have. Callers may pass anything there; this keeps one
@@ -332,18 +597,27 @@ static void matmul_key(op_key *k, const st_matmul_desc *d)
     key_init(k, OP_MATMUL);
     k->accumulate = d->accumulate != 0;
     k->has_bias = d->has_bias != 0;
+    k->bf16 = d->bf16 != 0;
     k->f = d->alpha == 0.0f ? 1.0f : d->alpha;
-    int64_t dims[5] = {d->B0, d->B1, d->M, d->K, d->N};
-    memcpy(k->dims, dims, sizeof dims);
+    k->dims[0] = d->B0;
+    k->dims[1] = d->B1;
+    k->dims[2] = d->M, k->dims[3] = d->K, k->dims[4] = d->N;
     memcpy(k->strides[0], d->sa, sizeof d->sa);
     memcpy(k->strides[1], d->sb, sizeof d->sb);
     memcpy(k->strides[2], d->sc, sizeof d->sc);
+    if (d->runtime_dims) { /* one primitive for every value of these sizes */
+        k->runtime = d->runtime_dims;
+        if (k->runtime & ST_MM_RUNTIME_M) k->dims[2] = 0;
+        if (k->runtime & ST_MM_RUNTIME_K) k->dims[3] = 0;
+        if (k->runtime & ST_MM_RUNTIME_N) k->dims[4] = 0;
+        return; /* strides as given: canonical ones would depend on the sizes */
+    }
     canon_batch_strides(k->strides[0], d->B0, d->B1, d->M, d->K);
     canon_batch_strides(k->strides[1], d->B0, d->B1, d->K, d->N);
     canon_batch_strides(k->strides[2], d->B0, d->B1, d->M, d->N);
 }
 
-st_err st_matmul(const st_matmul_desc *d, float *c, const float *a, const float *b,
+st_err st_matmul(const st_matmul_desc *d, float *c, const void *a, const void *b,
                  const float *bias)
 {
     const int64_t B0 = d->B0, B1 = d->B1, M = d->M, K = d->K, N = d->N;
@@ -351,6 +625,11 @@ st_err st_matmul(const st_matmul_desc *d, float *c, const float *a, const float 
         ST_FAIL(ST_ERR_ARG, "st_matmul: negative size in (B0,B1,M,K,N) = (%lld,%lld,%lld,%lld,%lld)",
                 (long long)B0, (long long)B1, (long long)M, (long long)K, (long long)N);
     if (d->has_bias && !bias) ST_FAIL(ST_ERR_ARG, "st_matmul: has_bias is set but bias is NULL");
+    if ((d->a_bf16 || d->b_bf16) && !d->bf16)
+        ST_FAIL(ST_ERR_ARG, "st_matmul: a bf16 operand needs a bf16 product (set bf16)");
+    if (d->runtime_dims && (d->bf16 || d->has_bias || (d->runtime_dims & ~7)))
+        ST_FAIL(ST_ERR_ARG, "st_matmul: sizes at execution (runtime_dims %d) are for fp32 products "
+                "without bias, and a mask of ST_MM_RUNTIME_M, _K, _N", d->runtime_dims);
     if (B0 == 0 || B1 == 0 || M == 0 || N == 0) return ST_OK;
     if (K == 0) {
         /* An empty product (e.g. a weight gradient over zero tokens): c = (c +) bias. */
@@ -363,14 +642,24 @@ st_err st_matmul(const st_matmul_desc *d, float *c, const float *a, const float 
                     }
         return ST_OK;
     }
+    if (d->bf16) { /* f32 operands are rounded to bf16 first */
+        const int64_t adims[4] = {B0, B1, M, K}, bdims[4] = {B0, B1, K, N};
+        if (!d->a_bf16) ST_TRY(round_operand((const st_bf16 **)&a, a, adims, d->sa, 0, "a"));
+        if (!d->b_bf16) ST_TRY(round_operand((const st_bf16 **)&b, b, bdims, d->sb, 1, "b"));
+    }
     op_key k;
     matmul_key(&k, d);
     op_entry *e;
     ST_TRY(get_entry(&k, build_matmul, &e));
-    if (k.has_bias && k.f != 1.0f) {
-        /* oneDNN scales the bias with the product, alpha (a@b + bias); the contract
-         * is alpha a@b + bias, so it gets bias / alpha. (A binary-add post-op would
-         * avoid the division but crashes oneDNN 2.6's gemm matmul on some layouts.) */
+    if (k.runtime) {
+        ST_TRY(run_runtime_matmul(e, d, c, a, b));
+        return ST_OK;
+    }
+    if (k.has_bias && k.f != 1.0f && ST_DNNL_BIAS_SCALED) {
+        /* oneDNN 2.x scales the bias with the product, alpha (a@b + bias); the
+         * contract is alpha a@b + bias, so it gets bias / alpha. (A binary-add
+         * post-op would avoid the division but crashes oneDNN 2.6's gemm matmul
+         * on some layouts.) */
         for (int64_t n = 0; n < N; n++) e->scratch[n] = bias[n] / k.f;
         bias = e->scratch;
     }
@@ -391,13 +680,14 @@ static st_matmul_desc mm2d(int64_t M, int64_t K, int64_t N, int64_t a_row, int64
     return d;
 }
 
-st_err st_linear_forward(float *out, const float *inp, const float *w, const float *bias,
-                         int64_t N, int64_t IC, int64_t OC)
+st_err st_linear_forward(float *out, const float *inp, const float *w, const st_bf16 *w16,
+                         const float *bias, int64_t N, int64_t IC, int64_t OC)
 {
     /* out (N,OC) = inp (N,IC) @ w^T (IC,OC): w^T is w with swapped strides. */
     st_matmul_desc d = mm2d(N, IC, OC, IC, 1, 1, IC, 0);
     d.has_bias = bias != NULL;
-    ST_TRY(st_matmul(&d, out, inp, w, bias));
+    d.bf16 = d.b_bf16 = w16 != NULL;
+    ST_TRY(st_matmul(&d, out, inp, w16 ? (const void *)w16 : (const void *)w, bias));
     return ST_OK;
 }
 
@@ -433,16 +723,19 @@ static st_err colsum_add(float *out, const float *x, int64_t rows, int64_t cols)
 }
 
 st_err st_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                          const float *w, int64_t N, int64_t IC, int64_t OC, int accumulate_dinp)
+                          const float *w, const st_bf16 *w16, int64_t N, int64_t IC, int64_t OC,
+                          int accumulate_dinp)
 {
     if (dinp) {
         /* dinp (N,IC) [+]= dout (N,OC) @ w (OC,IC) */
         st_matmul_desc d = mm2d(N, OC, IC, OC, 1, IC, 1, accumulate_dinp);
-        ST_TRY(st_matmul(&d, dinp, dout, w, NULL));
+        d.bf16 = d.b_bf16 = w16 != NULL;
+        ST_TRY(st_matmul(&d, dinp, dout, w16 ? (const void *)w16 : (const void *)w, NULL));
     }
     if (dw) {
         /* dw (OC,IC) += dout^T (OC,N) @ inp (N,IC): dout^T by swapped strides */
         st_matmul_desc d = mm2d(OC, N, IC, 1, OC, IC, 1, 1);
+        d.bf16 = w16 != NULL;
         ST_TRY(st_matmul(&d, dw, dout, inp, NULL));
     }
     if (db) ST_TRY(colsum_add(db, dout, N, OC));
@@ -452,15 +745,12 @@ st_err st_linear_backward(float *dinp, float *dw, float *db, const float *dout, 
 /* ---- normalisation ------------------------------------------------------ */
 
 /* Descriptors shared by the layer-norm builders: data (N,C), stats (N), scale/shift (C). */
-static st_err ln_descs(const op_key *k, dnnl_memory_desc_t *data, dnnl_memory_desc_t *stat,
-                       dnnl_memory_desc_t *wmd, dnnl_layer_normalization_desc_t *fwd)
+static st_err ln_descs(const op_key *k, st_md *data, st_md *stat, st_md *wmd)
 {
     st_err err = ST_OK;
     DNNL_TRY(k, md_2d(data, k->dims[0], k->dims[1]));
     DNNL_TRY(k, md_1d(stat, k->dims[0]));
     DNNL_TRY(k, md_1d(wmd, k->dims[1]));
-    DNNL_TRY(k, dnnl_layer_normalization_forward_desc_init(fwd, dnnl_forward_training, data, stat,
-                                                           k->f, dnnl_use_scale | dnnl_use_shift));
 done:
     return err;
 }
@@ -472,11 +762,11 @@ static st_err build_ln_fwd(op_entry *e)
     const op_key *k = &e->key;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    dnnl_memory_desc_t data, stat, wmd;
-    dnnl_layer_normalization_desc_t desc;
-    ST_TRY_GOTO(err, ln_descs(k, &data, &stat, &wmd, &desc), done);
+    st_md data = ST_MD_NONE, stat = ST_MD_NONE, wmd = ST_MD_NONE;
+    ST_TRY_GOTO(err, ln_descs(k, &data, &stat, &wmd), done);
     DNNL_TRY(k, new_attr(&attr));
-    DNNL_TRY(k, dnnl_primitive_desc_create(&pd, &desc, attr, g_engine, NULL));
+    DNNL_TRY(k, st_pd_layernorm_fwd(&pd, g_engine, data, stat, k->f, dnnl_use_scale | dnnl_use_shift,
+                                    attr));
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DST, &data), done);
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_MEAN, &stat), done);
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_VARIANCE, &stat), done);
@@ -487,6 +777,7 @@ static st_err build_ln_fwd(op_entry *e)
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
+    st_md_free(&data), st_md_free(&stat), st_md_free(&wmd);
     return err;
 }
 
@@ -518,19 +809,16 @@ static st_err build_ln_bwd(op_entry *e)
 {
     st_err err = ST_OK;
     const op_key *k = &e->key;
+    const unsigned flags = dnnl_use_scale | dnnl_use_shift;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t fwd_pd = NULL, pd = NULL;
-    dnnl_memory_desc_t data, stat, wmd;
-    dnnl_layer_normalization_desc_t fwd, bwd;
+    st_md data = ST_MD_NONE, stat = ST_MD_NONE, wmd = ST_MD_NONE;
     e->scratch = calloc(3 * (size_t)k->dims[1], sizeof(float));
     if (!e->scratch) ST_FAIL(ST_ERR_MEM, "out of memory for %s", describe(k));
-    ST_TRY_GOTO(err, ln_descs(k, &data, &stat, &wmd, &fwd), done);
-    DNNL_TRY(k, dnnl_primitive_desc_create(&fwd_pd, &fwd, NULL, g_engine, NULL));
-    DNNL_TRY(k, dnnl_layer_normalization_backward_desc_init(&bwd, dnnl_backward, &data, &data,
-                                                            &stat, k->f,
-                                                            dnnl_use_scale | dnnl_use_shift));
+    ST_TRY_GOTO(err, ln_descs(k, &data, &stat, &wmd), done);
+    DNNL_TRY(k, st_pd_layernorm_fwd(&fwd_pd, g_engine, data, stat, k->f, flags, NULL));
     DNNL_TRY(k, new_attr(&attr));
-    DNNL_TRY(k, dnnl_primitive_desc_create(&pd, &bwd, attr, g_engine, fwd_pd));
+    DNNL_TRY(k, st_pd_layernorm_bwd(&pd, g_engine, data, stat, k->f, flags, fwd_pd, attr));
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DIFF_SRC, &data), done);
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DIFF_SCALE, &wmd), done);
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DIFF_SHIFT, &wmd), done);
@@ -545,6 +833,7 @@ done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (fwd_pd) dnnl_primitive_desc_destroy(fwd_pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
+    st_md_free(&data), st_md_free(&stat), st_md_free(&wmd);
     return err;
 }
 
@@ -630,12 +919,10 @@ static dnnl_alg_kind_t eltwise_alg(int kind)
                                                         : dnnl_eltwise_swish;
 }
 
-/* swish with alpha 1 is silu; gelu_tanh ignores alpha. */
-static dnnl_status_t eltwise_fwd_desc(dnnl_eltwise_desc_t *desc, int kind,
-                                      const dnnl_memory_desc_t *md)
+/* swish with alpha 1 is silu; gelu_tanh takes no alpha. */
+static float eltwise_alpha(int kind)
 {
-    return dnnl_eltwise_forward_desc_init(desc, dnnl_forward_training, eltwise_alg(kind), md,
-                                          1.0f, 0.0f);
+    return (kind == OP_GELU_FWD || kind == OP_GELU_BWD) ? 0.0f : 1.0f;
 }
 
 /* forward args: dst, src.  backward args: diff_src, diff_dst, src. */
@@ -644,22 +931,19 @@ static st_err build_eltwise(op_entry *e)
     st_err err = ST_OK;
     const op_key *k = &e->key;
     const int backward = k->kind == OP_GELU_BWD || k->kind == OP_SILU_BWD;
+    const dnnl_alg_kind_t alg = eltwise_alg(k->kind);
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t fwd_pd = NULL, pd = NULL;
-    dnnl_memory_desc_t md;
-    dnnl_eltwise_desc_t fwd, bwd;
+    st_md md = ST_MD_NONE;
     DNNL_TRY(k, md_1d(&md, k->dims[0]));
-    DNNL_TRY(k, eltwise_fwd_desc(&fwd, k->kind, &md));
     DNNL_TRY(k, new_attr(&attr));
     if (!backward) {
-        DNNL_TRY(k, dnnl_primitive_desc_create(&pd, &fwd, attr, g_engine, NULL));
+        DNNL_TRY(k, st_pd_eltwise_fwd(&pd, g_engine, alg, md, eltwise_alpha(k->kind), attr));
         ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DST, &md), done);
         ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_SRC, &md), done);
     } else {
-        DNNL_TRY(k, dnnl_primitive_desc_create(&fwd_pd, &fwd, NULL, g_engine, NULL));
-        DNNL_TRY(k, dnnl_eltwise_backward_desc_init(&bwd, eltwise_alg(k->kind), &md, &md, 1.0f,
-                                                    0.0f));
-        DNNL_TRY(k, dnnl_primitive_desc_create(&pd, &bwd, attr, g_engine, fwd_pd));
+        DNNL_TRY(k, st_pd_eltwise_fwd(&fwd_pd, g_engine, alg, md, eltwise_alpha(k->kind), NULL));
+        DNNL_TRY(k, st_pd_eltwise_bwd(&pd, g_engine, alg, md, eltwise_alpha(k->kind), fwd_pd, attr));
         ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DIFF_SRC, &md), done);
         ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DIFF_DST, &md), done);
         ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_SRC, &md), done);
@@ -669,6 +953,7 @@ done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (fwd_pd) dnnl_primitive_desc_destroy(fwd_pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
+    st_md_free(&md);
     return err;
 }
 
@@ -679,13 +964,11 @@ static st_err build_binary(op_entry *e)
     const op_key *k = &e->key;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    dnnl_memory_desc_t md;
-    dnnl_binary_desc_t desc;
+    st_md md = ST_MD_NONE;
     DNNL_TRY(k, md_1d(&md, k->dims[0]));
-    DNNL_TRY(k, dnnl_binary_desc_init(&desc, k->kind == OP_MUL ? dnnl_binary_mul : dnnl_binary_add,
-                                      &md, &md, &md));
     DNNL_TRY(k, new_attr(&attr));
-    DNNL_TRY(k, dnnl_primitive_desc_create(&pd, &desc, attr, g_engine, NULL));
+    DNNL_TRY(k, st_pd_binary(&pd, g_engine, k->kind == OP_MUL ? dnnl_binary_mul : dnnl_binary_add,
+                             md, attr));
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DST, &md), done);
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_SRC_0, &md), done);
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_SRC_1, &md), done);
@@ -693,6 +976,7 @@ static st_err build_binary(op_entry *e)
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
+    st_md_free(&md);
     return err;
 }
 
@@ -767,19 +1051,17 @@ static st_err build_softmax(op_entry *e)
     const op_key *k = &e->key;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t fwd_pd = NULL, pd = NULL;
-    dnnl_memory_desc_t md;
-    dnnl_softmax_desc_t fwd, bwd;
-    DNNL_TRY(k, md_2d(&md, k->dims[0], k->dims[1]));
-    DNNL_TRY(k, dnnl_softmax_forward_desc_init(&fwd, dnnl_forward_training, &md, 1));
+    st_md md = ST_MD_NONE;
+    const int64_t sd[2] = {k->dims[0], k->dims[1]}, ss[2] = {k->dims[2], 1};
+    DNNL_TRY(k, st_md_strided(&md, 2, sd, dnnl_f32, ss));
     DNNL_TRY(k, new_attr(&attr));
     if (k->kind == OP_SOFTMAX_FWD) {
-        DNNL_TRY(k, dnnl_primitive_desc_create(&pd, &fwd, attr, g_engine, NULL));
+        DNNL_TRY(k, st_pd_softmax_fwd(&pd, g_engine, md, 1, attr));
         ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DST, &md), done);
         ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_SRC, &md), done);
     } else {
-        DNNL_TRY(k, dnnl_primitive_desc_create(&fwd_pd, &fwd, NULL, g_engine, NULL));
-        DNNL_TRY(k, dnnl_softmax_backward_desc_init(&bwd, &md, &md, 1));
-        DNNL_TRY(k, dnnl_primitive_desc_create(&pd, &bwd, attr, g_engine, fwd_pd));
+        DNNL_TRY(k, st_pd_softmax_fwd(&fwd_pd, g_engine, md, 1, NULL));
+        DNNL_TRY(k, st_pd_softmax_bwd(&pd, g_engine, md, 1, fwd_pd, attr));
         ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DIFF_SRC, &md), done);
         ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DIFF_DST, &md), done);
         ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_DST, &md), done);
@@ -789,19 +1071,21 @@ done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (fwd_pd) dnnl_primitive_desc_destroy(fwd_pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
+    st_md_free(&md);
     return err;
 }
 
-static st_err softmax(op_kind kind, int64_t rows, int64_t cols, void *const *ptrs)
+static st_err softmax(op_kind kind, int64_t rows, int64_t cols, int64_t ld, void *const *ptrs)
 {
-    if (rows < 0 || cols < 0)
-        ST_FAIL(ST_ERR_ARG, "%s: negative shape (%lld,%lld)", op_info[kind].name,
-                (long long)rows, (long long)cols);
+    if (rows < 0 || cols < 0 || ld < cols)
+        ST_FAIL(ST_ERR_ARG, "%s: bad shape (%lld,%lld), row stride %lld", op_info[kind].name,
+                (long long)rows, (long long)cols, (long long)ld);
     if (rows == 0 || cols == 0) return ST_OK;
     op_key k;
     key_init(&k, kind);
     k.dims[0] = rows;
     k.dims[1] = cols;
+    k.dims[2] = ld;
     op_entry *e;
     ST_TRY(get_entry(&k, build_softmax, &e));
     ST_TRY(run(e, ptrs));
@@ -810,8 +1094,13 @@ static st_err softmax(op_kind kind, int64_t rows, int64_t cols, void *const *ptr
 
 st_err st_softmax_forward(float *out, const float *inp, int64_t rows, int64_t cols)
 {
+    return st_softmax_forward_ld(out, inp, rows, cols, cols);
+}
+
+st_err st_softmax_forward_ld(float *out, const float *inp, int64_t rows, int64_t cols, int64_t ld)
+{
     void *ptrs[] = {out, (void *)inp};
-    ST_TRY(softmax(OP_SOFTMAX_FWD, rows, cols, ptrs));
+    ST_TRY(softmax(OP_SOFTMAX_FWD, rows, cols, ld, ptrs));
     return ST_OK;
 }
 
@@ -819,7 +1108,7 @@ st_err st_softmax_backward(float *dinp, const float *dout, const float *out, int
                            int64_t cols)
 {
     void *ptrs[] = {dinp, (void *)dout, (void *)out};
-    ST_TRY(softmax(OP_SOFTMAX_BWD, rows, cols, ptrs));
+    ST_TRY(softmax(OP_SOFTMAX_BWD, rows, cols, cols, ptrs));
     return ST_OK;
 }
 
@@ -832,17 +1121,19 @@ static st_err build_copy4d(op_entry *e)
     const op_key *k = &e->key;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    dnnl_memory_desc_t dst, src;
-    DNNL_TRY(k, memory_desc_4d(&dst, k->dims, k->strides[0]));
-    DNNL_TRY(k, memory_desc_4d(&src, k->dims, k->strides[1]));
+    st_md dst = ST_MD_NONE, src = ST_MD_NONE;
+    DNNL_TRY(k, st_md_strided(&dst, 4, k->dims, dnnl_f32, k->strides[0]));
+    DNNL_TRY(k, st_md_strided(&src, 4, k->dims, dnnl_f32, k->strides[1]));
     DNNL_TRY(k, new_attr(&attr));
-    DNNL_TRY(k, dnnl_reorder_primitive_desc_create(&pd, &src, g_engine, &dst, g_engine, attr));
+    DNNL_TRY(k, dnnl_reorder_primitive_desc_create(&pd, ST_MD(src), g_engine, ST_MD(dst), g_engine,
+                                                   attr));
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_TO, &dst), done);
     ST_TRY_GOTO(err, add_arg(e, DNNL_ARG_FROM, &src), done);
     ST_TRY_GOTO(err, finish(e, pd), done);
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
+    st_md_free(&dst), st_md_free(&src);
     return err;
 }
 

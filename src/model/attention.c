@@ -7,39 +7,58 @@
 
 #include "kernels/kernels.h"
 
-/* Put -inf where key j is in the future of query i (position off + i). */
-static void causal_mask(float *s, int rows_per_group, int Tq, int Tk, long groups)
+/* Put -inf where key j is in the future of query i (position off + i), up to
+ * column ncols (past Tk when decoding rounds the softmax's rows up); rows are
+ * lda apart. */
+static void causal_mask(float *s, int rows_per_group, int Tq, int Tk, int ncols, int64_t lda,
+                        long groups)
 {
     const int off = Tk - Tq;
     for (long g = 0; g < groups; g++)
         for (int r = 0; r < rows_per_group; r++) {
             int i = r % Tq;
-            float *row = s + ((size_t)g * rows_per_group + r) * Tk;
-            for (int j = off + i + 1; j < Tk; j++) row[j] = -INFINITY;
+            float *row = s + ((size_t)g * rows_per_group + r) * lda;
+            for (int j = off + i + 1; j < ncols; j++) row[j] = -INFINITY;
         }
 }
 
+/* The softmax's row length when decoding: Tk rounded up to a power of two (at
+ * least 64, at most ldk), so the softmax, which oneDNN cannot size at
+ * execution, has a primitive per octave of lengths and not per length. */
+static int decode_row(int Tk, int ldk)
+{
+    int n = 64;
+    while (n < Tk) n *= 2;
+    return n < ldk ? n : ldk;
+}
+
 st_err st_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                            int B, int H, int KV, int Tq, int Tk, int ldk, int hd)
+                            int B, int H, int KV, int Tq, int Tk, int ldk, int hd, int decoding)
 {
     const int64_t G = H / KV, R = G * Tq; /* rows of one kv group */
+    /* att's rows: Tk apart in training; ldk apart when decoding, so that no
+     * stride depends on Tk and the products take it at execution */
+    const int64_t lda = decoding ? ldk : Tk;
+    const int ncols = decoding ? decode_row(Tk, ldk) : Tk; /* the softmax's columns */
     /* att (B,KV,R,Tk) = q (B,KV,R,hd) @ k^T (B,KV,hd,Tk) / sqrt(hd) */
     st_matmul_desc s = {
         .B0 = B, .B1 = KV, .M = R, .K = hd, .N = Tk,
         .sa = {KV * R * hd, R * hd, hd, 1},
         .sb = {(int64_t)KV * ldk * hd, (int64_t)ldk * hd, 1, hd},
-        .sc = {KV * R * Tk, R * Tk, Tk, 1},
+        .sc = {KV * R * lda, R * lda, lda, 1},
         .alpha = 1.0f / sqrtf((float)hd),
+        .runtime_dims = decoding ? ST_MM_RUNTIME_N : 0,
     };
     ST_TRY(st_matmul(&s, att, q, k, NULL));
-    causal_mask(att, (int)R, Tq, Tk, (long)B * KV);
-    ST_TRY(st_softmax_forward(att, att, (int64_t)B * H * Tq, Tk));
+    causal_mask(att, (int)R, Tq, Tk, ncols, lda, (long)B * KV);
+    ST_TRY(st_softmax_forward_ld(att, att, (int64_t)B * H * Tq, ncols, lda));
     /* out (B,KV,R,hd) = att (B,KV,R,Tk) @ v (B,KV,Tk,hd) */
     st_matmul_desc o = {
         .B0 = B, .B1 = KV, .M = R, .K = Tk, .N = hd,
-        .sa = {KV * R * Tk, R * Tk, Tk, 1},
+        .sa = {KV * R * lda, R * lda, lda, 1},
         .sb = {(int64_t)KV * ldk * hd, (int64_t)ldk * hd, hd, 1},
         .sc = {KV * R * hd, R * hd, hd, 1},
+        .runtime_dims = decoding ? ST_MM_RUNTIME_K : 0,
     };
     ST_TRY(st_matmul(&o, out, att, v, NULL));
     return ST_OK;

@@ -15,8 +15,16 @@
 
 #include "core/err.h"
 
+/* decoding = 0 (training, Tq = Tk = ldk): att is (B,H,Tq,Tk).
+ * decoding = 1 (a KV cache whose key length grows with every call): att is
+ * (B,H,Tq,ldk) with its first Tk columns used, the products take Tk at
+ * execution (one oneDNN primitive for every Tk), and the softmax runs over Tk
+ * rounded up to a power of two (>= 64, <= ldk; the columns past Tk are -inf
+ * before it, 0 after, and never read), so the primitive cache grows by one
+ * softmax per octave of lengths, not by primitives per length. att must then
+ * hold B*H*Tq*ldk floats. */
 st_err st_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                            int B, int H, int KV, int Tq, int Tk, int ldk, int hd);
+                            int B, int H, int KV, int Tq, int Tk, int ldk, int hd, int decoding);
 
 /* Training case only (Tq = Tk = ldk = T). datt (B,H,T,T) is scratch.
  * dq (B,H,T,hd), dk, dv (B,KV,T,hd) are written (=). */

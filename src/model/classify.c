@@ -110,7 +110,7 @@ st_err st_cls_forward(st_cls_head *h, st_model *m, const int32_t *tokens, const 
             for (int c = 0; c < C; c++) p[c] += hid[((size_t)b * T + t) * C + c];
         for (int c = 0; c < C; c++) p[c] /= (float)n;
     }
-    ST_TRY(st_linear_forward(h->logits, h->pooled, h->w, h->b, B, C, K));
+    ST_TRY(st_linear_forward(h->logits, h->pooled, h->w, NULL, h->b, B, C, K));
     if (pred)
         for (int b = 0; b < B; b++) {
             int best = 0;
@@ -146,7 +146,7 @@ st_err st_cls_backward(st_cls_head *h, st_model *m, const int32_t *tokens)
 {
     const int C = m->lay.cfg.d_model, K = h->n_classes, B = m->last_B, T = m->last_T;
     /* dW += dlogits^T pooled; db += column sums; dpooled (B, C) = dlogits W */
-    ST_TRY(st_linear_backward(h->dpooled, h->dw, h->db, h->logits, h->pooled, h->w, B, C, K, 0));
+    ST_TRY(st_linear_backward(h->dpooled, h->dw, h->db, h->logits, h->pooled, h->w, NULL, B, C, K, 0));
     if (h->no_bias) memset(h->db, 0, sizeof(float) * (size_t)K);   /* held at 0: an HF-style head */
     /* back to the positions each pooled row came from */
     memset(h->dhidden, 0, sizeof(float) * (size_t)B * T * C);

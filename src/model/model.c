@@ -22,6 +22,13 @@
 
 #define GPT2(m) ((m)->lay.cfg.family == ST_FAMILY_GPT2)
 
+/* The bf16 copy of weight w (a pointer into m->params) for a bf16 product, or
+ * NULL in fp32. */
+static const st_bf16 *w16_of(const st_model *m, const float *w)
+{
+    return m->params16 ? m->params16 + (w - m->params) : NULL;
+}
+
 /* ---- allocation --------------------------------------------------------- */
 
 typedef struct { float **ptr; size_t n; } slot;
@@ -101,9 +108,27 @@ st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, in
     return ST_OK;
 }
 
+st_err st_model_set_precision(st_model *m, int bf16)
+{
+    if (!bf16) {
+        free(m->params16);
+        m->params16 = NULL;
+        return ST_OK;
+    }
+    if (!m->params16) ST_ALLOC(m->params16, m->lay.numel, "the bf16 copy of the weights");
+    st_model_sync_bf16(m);
+    return ST_OK;
+}
+
+void st_model_sync_bf16(st_model *m)
+{
+    if (m->params16) st_to_bf16(m->params16, m->params, (int64_t)m->lay.numel);
+}
+
 void st_model_free(st_model *m)
 {
     free_acts(&m->a);
+    free(m->params16);
     st_ptrs_free(&m->w);
     st_ptrs_free(&m->g);
     st_ptrs_free(&m->gt);
@@ -259,9 +284,9 @@ static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c
     ST_TRY(norm_forward(m, ln1, LAYER(a->ln1_s1, l, Nmax), LAYER(a->ln1_s2, l, Nmax), x, w->ln1_w,
                         w->ln1_b, N));
     /* q, k, v: column-parallel, this rank's heads only */
-    ST_TRY(st_tp_column_forward(a->qt, ln1, w->wq, w->bq, N, C, qd));
-    ST_TRY(st_tp_column_forward(a->kt, ln1, w->wk, w->bk, N, C, kvd));
-    ST_TRY(st_tp_column_forward(a->vt, ln1, w->wv, w->bv, N, C, kvd));
+    ST_TRY(st_tp_column_forward(a->qt, ln1, w->wq, w16_of(m, w->wq), w->bq, N, C, qd));
+    ST_TRY(st_tp_column_forward(a->kt, ln1, w->wk, w16_of(m, w->wk), w->bk, N, C, kvd));
+    ST_TRY(st_tp_column_forward(a->vt, ln1, w->wv, w16_of(m, w->wv), w->bv, N, C, kvd));
     ST_TRY(adapt_forward(m, l, ST_T_Q, a->qt, ln1, N));
     ST_TRY(adapt_forward(m, l, ST_T_K, a->kt, ln1, N));
     ST_TRY(adapt_forward(m, l, ST_T_V, a->vt, ln1, N));
@@ -273,7 +298,7 @@ static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c
             st_rope_apply(qh, m->rope_cos, m->rope_sin, B, Hl, T, T, 0, 0, hd, 0);
             st_rope_apply(kv.k, m->rope_cos, m->rope_sin, B, KVl, T, T, 0, 0, hd, 0);
         }
-        ST_TRY(st_attention_forward(a->oh, kv.att, qh, kv.k, kv.v, B, Hl, KVl, T, T, T, hd));
+        ST_TRY(st_attention_forward(a->oh, kv.att, qh, kv.k, kv.v, B, Hl, KVl, T, T, T, hd, 0));
     } else {
         /* each row at its own position in its own stretch of the cache */
         for (int b = 0; b < B; b++) {
@@ -285,12 +310,13 @@ static st_err attn_forward(st_model *m, int l, int B, int T, const st_kvcache *c
                 st_rope_apply(q, m->rope_cos, m->rope_sin, 1, Hl, T, T, 0, p, hd, 0);
                 st_rope_apply(k, m->rope_cos, m->rope_sin, 1, KVl, T, kv.ld, p, p, hd, 0);
             }
-            ST_TRY(st_attention_forward(a->oh + (size_t)b * qd * T, kv.att, q, k, v, 1, Hl, KVl, T, p + T, kv.ld, hd));
+            ST_TRY(st_attention_forward(a->oh + (size_t)b * qd * T, kv.att, q, k, v, 1, Hl, KVl, T, p + T,
+                                        kv.ld, hd, 1));
         }
     }
     ST_TRY(from_heads(o, a->oh, B, T, Hl, hd));
     /* o_proj: row-parallel, summed over tp */
-    ST_TRY(st_tp_row_forward(m->tp, a->dnorm, o, w->wo, w->bo, N, qd, C));
+    ST_TRY(st_tp_row_forward(m->tp, a->dnorm, o, w->wo, w16_of(m, w->wo), w->bo, N, qd, C));
     ST_TRY(adapt_forward(m, l, ST_T_O, a->dnorm, o, N));
     return st_add(x2, x, a->dnorm, N * C);
 }
@@ -309,17 +335,17 @@ static st_err mlp_forward(st_model *m, int l, int B, int T)
 
     ST_TRY(norm_forward(m, ln2, LAYER(a->ln2_s1, l, Nmax), LAYER(a->ln2_s2, l, Nmax), x2, w->ln2_w,
                         w->ln2_b, N));
-    ST_TRY(st_tp_column_forward(up, ln2, w->wup, w->bup, N, C, Fl));
+    ST_TRY(st_tp_column_forward(up, ln2, w->wup, w16_of(m, w->wup), w->bup, N, C, Fl));
     ST_TRY(adapt_forward(m, l, ST_T_UP, up, ln2, N));
     if (GPT2(m)) {
         ST_TRY(st_gelu_forward(mh, up, N * Fl));
     } else {
         float *gate = LAYER(a->gate, l, Nmax * Fl), *act = LAYER(a->act, l, Nmax * Fl);
-        ST_TRY(st_tp_column_forward(gate, ln2, w->wgate, NULL, N, C, Fl));
+        ST_TRY(st_tp_column_forward(gate, ln2, w->wgate, w16_of(m, w->wgate), NULL, N, C, Fl));
         ST_TRY(adapt_forward(m, l, ST_T_GATE, gate, ln2, N));
         ST_TRY(st_swiglu_forward(mh, act, gate, up, N * Fl));
     }
-    ST_TRY(st_tp_row_forward(m->tp, a->dnorm, mh, w->wdown, w->bdown, N, Fl, C));
+    ST_TRY(st_tp_row_forward(m->tp, a->dnorm, mh, w->wdown, w16_of(m, w->wdown), w->bdown, N, Fl, C));
     ST_TRY(adapt_forward(m, l, ST_T_DOWN, a->dnorm, mh, N));
     return st_add(xn, x2, a->dnorm, N * C);
 }
@@ -389,7 +415,7 @@ st_err st_model_reweight(st_model *m, const int32_t *targets, const float *mask,
     const int64_t N = (int64_t)m->last_B * m->last_T, C = y->cfg.d_model;
     if (!N) ST_FAIL(ST_ERR_INTERNAL, "st_model_reweight called before a forward");
     /* lm head: column-parallel over the vocabulary */
-    ST_TRY(st_tp_column_forward(a->logits, a->lnf, m->w.lm_head, NULL, N, C, y->vocab_l));
+    ST_TRY(st_tp_column_forward(a->logits, a->lnf, m->w.lm_head, w16_of(m, m->w.lm_head), NULL, N, C, y->vocab_l));
     /* the loss and its gradient w.r.t. the logits, in place */
     ST_TRY(st_tp_cross_entropy(m->tp, loss_sum, a->logits, a->logits, targets, mask, scale, N,
                                y->vocab_start, y->vocab_l, y->cfg.vocab_size, a->rowbuf));
@@ -417,17 +443,17 @@ static st_err mlp_backward(st_model *m, int l)
     float *up = LAYER(a->up, l, Nmax * Fl), *mh = LAYER(a->mh, l, Nmax * Fl);
 
     /* down: row-parallel; dres is replicated so no communication */
-    ST_TRY(st_tp_row_backward(a->dmh, g->wdown, g->bdown, a->dres, mh, w->wdown, N, Fl, C));
+    ST_TRY(st_tp_row_backward(a->dmh, g->wdown, g->bdown, a->dres, mh, w->wdown, w16_of(m, w->wdown), N, Fl, C));
     ST_TRY(adapt_backward(m, l, ST_T_DOWN, a->dmh, a->dres, mh, N));
     if (GPT2(m)) {
         ST_TRY(st_gelu_backward(a->dup, a->dmh, up, N * Fl));
-        ST_TRY(st_tp_column_backward(a->dln, g->wup, g->bup, a->dup, ln2, w->wup, N, C, Fl, 0));
+        ST_TRY(st_tp_column_backward(a->dln, g->wup, g->bup, a->dup, ln2, w->wup, w16_of(m, w->wup), N, C, Fl, 0));
     } else {
         float *gate = LAYER(a->gate, l, Nmax * Fl), *act = LAYER(a->act, l, Nmax * Fl);
         ST_TRY(st_swiglu_backward(a->dgate, a->dup, a->dmh, act, gate, up, N * Fl));
-        ST_TRY(st_tp_column_backward(a->dln, g->wgate, NULL, a->dgate, ln2, w->wgate, N, C, Fl, 0));
+        ST_TRY(st_tp_column_backward(a->dln, g->wgate, NULL, a->dgate, ln2, w->wgate, w16_of(m, w->wgate), N, C, Fl, 0));
         ST_TRY(adapt_backward(m, l, ST_T_GATE, a->dln, a->dgate, ln2, N));
-        ST_TRY(st_tp_column_backward(a->dln, g->wup, NULL, a->dup, ln2, w->wup, N, C, Fl, 1));
+        ST_TRY(st_tp_column_backward(a->dln, g->wup, NULL, a->dup, ln2, w->wup, w16_of(m, w->wup), N, C, Fl, 1));
     }
     ST_TRY(adapt_backward(m, l, ST_T_UP, a->dln, a->dup, ln2, N));
     /* partial input gradients of the column-parallel layers, summed over tp */
@@ -452,7 +478,7 @@ static st_err attn_backward(st_model *m, int l)
     kv_dest kv = kv_for(m, NULL, l, B, T);
 
     /* o_proj: row-parallel; d(o) lands token-major in qt, then head-major in oh */
-    ST_TRY(st_tp_row_backward(a->qt, g->wo, g->bo, a->dres, o, w->wo, N, qd, C));
+    ST_TRY(st_tp_row_backward(a->qt, g->wo, g->bo, a->dres, o, w->wo, w16_of(m, w->wo), N, qd, C));
     ST_TRY(adapt_backward(m, l, ST_T_O, a->qt, a->dres, o, N));
     ST_TRY(to_heads(a->oh, a->qt, B, T, Hl, T, 0, hd));
     ST_TRY(st_attention_backward(a->dqh, a->dkh, a->dvh, a->datt, a->oh, kv.att, qh, kv.k, kv.v, B,
@@ -464,9 +490,9 @@ static st_err attn_backward(st_model *m, int l)
     ST_TRY(from_heads(a->qt, a->dqh, B, T, Hl, hd));
     ST_TRY(from_heads(a->kt, a->dkh, B, T, KVl, hd));
     ST_TRY(from_heads(a->vt, a->dvh, B, T, KVl, hd));
-    ST_TRY(st_tp_column_backward(a->dln, g->wq, g->bq, a->qt, ln1, w->wq, N, C, qd, 0));
-    ST_TRY(st_tp_column_backward(a->dln, g->wk, g->bk, a->kt, ln1, w->wk, N, C, kvd, 1));
-    ST_TRY(st_tp_column_backward(a->dln, g->wv, g->bv, a->vt, ln1, w->wv, N, C, kvd, 1));
+    ST_TRY(st_tp_column_backward(a->dln, g->wq, g->bq, a->qt, ln1, w->wq, w16_of(m, w->wq), N, C, qd, 0));
+    ST_TRY(st_tp_column_backward(a->dln, g->wk, g->bk, a->kt, ln1, w->wk, w16_of(m, w->wk), N, C, kvd, 1));
+    ST_TRY(st_tp_column_backward(a->dln, g->wv, g->bv, a->vt, ln1, w->wv, w16_of(m, w->wv), N, C, kvd, 1));
     ST_TRY(adapt_backward(m, l, ST_T_Q, a->dln, a->qt, ln1, N));
     ST_TRY(adapt_backward(m, l, ST_T_K, a->dln, a->kt, ln1, N));
     ST_TRY(adapt_backward(m, l, ST_T_V, a->dln, a->vt, ln1, N));
@@ -489,7 +515,8 @@ st_err st_model_backward(st_model *m, const int32_t *tokens)
     const int64_t N = (int64_t)B * T, C = y->cfg.d_model;
 
     /* lm head (vocab-split): partial d(lnf) summed over tp */
-    ST_TRY(st_tp_column_backward(a->dln, m->gt.lm_head, NULL, a->logits, a->lnf, m->w.lm_head, N, C,
+    ST_TRY(st_tp_column_backward(a->dln, m->gt.lm_head, NULL, a->logits, a->lnf, m->w.lm_head,
+                                 w16_of(m, m->w.lm_head), N, C,
                                  y->vocab_l, 0));
     if (!m->head_is_lm) ST_FAIL(ST_ERR_INTERNAL, "st_model_backward after a forward without the LM head");
     ST_TRY(head_backward_tail(m, N, 1));
@@ -621,7 +648,7 @@ st_err st_model_forward_cached(st_model *m, st_kvcache *c, const int32_t *tokens
     for (int b = 0; b < B; b++)
         memcpy(c->last + (size_t)b * C, xl + ((size_t)b * Tq + Tq - 1) * C, (size_t)C * sizeof(float));
     ST_TRY(norm_forward(m, a->lnf, a->lnf_s1, a->lnf_s2, c->last, m->w.lnf_w, m->w.lnf_b, B));
-    ST_TRY(st_tp_column_forward(logits_local, a->lnf, m->w.lm_head, NULL, B, C, y->vocab_l));
+    ST_TRY(st_tp_column_forward(logits_local, a->lnf, m->w.lm_head, w16_of(m, m->w.lm_head), NULL, B, C, y->vocab_l));
     for (int b = 0; b < B; b++) c->lens[b] += Tq;
     (void)N;
     return ST_OK;

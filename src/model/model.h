@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "core/params.h"
+#include "kernels/kernels.h"
 #include "model/adapter.h"
 
 typedef struct {
@@ -47,6 +48,8 @@ typedef struct {
     int B, T;                  /* largest micro-batch the buffers hold */
     int training;              /* ST_MODEL_INFER, ST_MODEL_TRAIN or ST_MODEL_TRAIN_RECOMPUTE */
     float *params, *grads;     /* lay.numel each */
+    st_bf16 *params16;         /* bf16 mixed precision: params rounded to bf16 (same layout),
+                                  what the matrix products read; NULL in fp32 */
     st_ptrs w, g;              /* pointers into params and grads, by role */
     st_ptrs gt;                /* the gradients backward computes: g, with frozen tensors NULL */
     int backward_floor;        /* lowest layer backward must reach (layers below are frozen) */
@@ -78,6 +81,16 @@ enum {
 st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, int T, uint64_t seed,
                        int training);
 void st_model_free(st_model *m);
+
+/* Precision of the matrix products: fp32 (bf16 = 0), or bf16 mixed precision:
+ * every linear layer's forward, input gradient and weight gradient take bf16
+ * inputs (the weights' bf16 copy m->params16, activations and gradients
+ * rounded as they go in) and accumulate in fp32; everything else (norms,
+ * softmax, attention, the loss, gradients, optimizer) stays fp32. */
+st_err st_model_set_precision(st_model *m, int bf16);
+/* Refresh the bf16 copy from m->params (no-op in fp32): after anything writes
+ * the parameters (a load, an optimizer step, a merge). Once per step. */
+void st_model_sync_bf16(st_model *m);
 
 /* Forward on a micro-batch with its loss: tokens, targets, mask (B,T), B <=
  * m->B, T <= m->T. *loss_sum = sum over positions of mask * CE * scale.
