@@ -12,10 +12,10 @@
 #                 trixie's oneDNN 3.x, fetched as .debs into build/onednn3 (not installed)
 
 PKGS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
-        libdnnl-dev check zlib1g-dev libcjson-dev libpcre2-dev libyaml-dev gnuplot-nox time python3
+        libdnnl-dev check zlib1g-dev libcjson-dev libpcre2-dev libyaml-dev libutf8proc-dev gnuplot-nox time python3
 
 CC      := mpicc
-PKGCONF := hdf5-openmpi libcjson libpcre2-8 yaml-0.1
+PKGCONF := hdf5-openmpi libcjson libpcre2-8 yaml-0.1 libutf8proc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -I. -Isrc
 ifdef CI
@@ -112,7 +112,8 @@ demo: deps
 INTEROP_PKGS := python3 python3-sentencepiece python3-jinja2
 interop: deps
 	@$(MAKE) --no-print-directory deps PKGS="$(INTEROP_PKGS)"
-	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps PKGS="nodejs npm"
+	@command -v node >/dev/null || $(MAKE) --no-print-directory deps PKGS="nodejs npm"
+	@command -v npm >/dev/null || { echo "make interop: node is here but npm is not; install npm"; exit 1; }
 	@$(MAKE) --no-print-directory $(BIN)
 	@BIN=$(BIN) bash tests/interop/run.sh
 
@@ -133,8 +134,8 @@ fuzz:
 	@mkdir -p build/fuzz
 	@set -e; for h in tests/fuzz/fuzz_*.c; do n=$$(basename $$h .c); \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	    -I. -Isrc $$(pkg-config --cflags libcjson libpcre2-8) $$h $(FUZZ_SRC) \
-	    $$(pkg-config --libs libcjson libpcre2-8) -lz -lm -o build/fuzz/$$n; \
+	    -I. -Isrc $$(pkg-config --cflags libcjson libpcre2-8 libutf8proc) $$h $(FUZZ_SRC) \
+	    $$(pkg-config --libs libcjson libpcre2-8 libutf8proc) -lz -lm -o build/fuzz/$$n; \
 	  mkdir -p build/fuzz/$$n.corpus; echo "== $$n ($(FUZZ_SECONDS) s)"; \
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/$$n.corpus \
 	    > build/fuzz/$$n.log 2>&1 || { tail -n 40 build/fuzz/$$n.log; echo "$$n FAILED"; exit 1; }; \

@@ -1575,6 +1575,18 @@ done:
     return e;
 }
 
+st_err st_ckpt_read_tokenizer(const char *path, char **kind, uint8_t **blob, size_t *n)
+{
+    hid_t file;
+    *kind = NULL, *blob = NULL, *n = 0;
+    st_h5_quiet();
+    ST_TRY(open_serial(path, &file));
+    st_err e = load_tokenizer(file, kind, blob, n);
+    H5Fclose(file);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
 /* One requested set: its meta, parameters and (unless weights only) moments
  * and step. Collective; the status is agreed. A set the file lacks is left as
  * it is under ST_CKPT_SETS_OPTIONAL. On error s->meta is NULL. */

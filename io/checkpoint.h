@@ -175,6 +175,10 @@ st_err st_ckpt_read_set_meta(const char *path, MPI_Comm comm, const char *group,
 st_err st_ckpt_load_whole(const char *path, st_config *cfg, st_layout *lay, float **params, char **tok_kind,
                           uint8_t **tok_blob, size_t *tok_n);
 
+/* The tokenizer a checkpoint stores, read by this rank alone without the
+ * weights: malloc'd kind and blob, *kind NULL when the file has none. */
+st_err st_ckpt_read_tokenizer(const char *path, char **kind, uint8_t **blob, size_t *n);
+
 /* The newest complete checkpoint in dir: DIR/latest first, then step_*.h5 by
  * descending step. Each candidate is verified (format, shapes, every
  * checksum of the model, its moments and every set named by the root

@@ -687,7 +687,8 @@ st_err st_batch_alloc(st_batch *b, int B, int T)
     b->mask = calloc(bt, sizeof *b->mask);
     b->labels = calloc((size_t)B, sizeof *b->labels);
     b->lengths = calloc((size_t)B, sizeof *b->lengths);
-    if (!b->tokens || !b->targets || !b->mask || !b->labels || !b->lengths) {
+    b->n_targets = calloc((size_t)B, sizeof *b->n_targets);
+    if (!b->tokens || !b->targets || !b->mask || !b->labels || !b->lengths || !b->n_targets) {
         st_batch_free(b);
         ST_FAIL(ST_ERR_MEM, "out of memory for a batch of %d x %d tokens", B, T);
     }
@@ -701,6 +702,7 @@ void st_batch_free(st_batch *b)
     free(b->mask);
     free(b->labels);
     free(b->lengths);
+    free(b->n_targets);
     memset(b, 0, sizeof *b);
 }
 
@@ -864,6 +866,7 @@ static void put_row(const st_loader *l, st_batch *b, int r, int64_t n, int32_t l
         m[t] = has_target ? (float)l->msk[t + 1] : 0.0f;
     }
     b->lengths[r] = in;
+    b->n_targets[r] = n - 1 < T ? (int)(n > 0 ? n - 1 : 0) : T;
     b->labels[r] = label;
 }
 
@@ -900,5 +903,5 @@ st_err st_loader_fill(st_loader *l, st_batch *b, int64_t g0, int count, int shuf
 void st_batch_mask_all(st_batch *b, int rows)
 {
     const int T = b->T;
-    for (int i = 0; i < rows * T; i++) b->mask[i] = (i % T) < b->lengths[i / T] - 1 ? 1.0f : 0.0f;
+    for (int i = 0; i < rows * T; i++) b->mask[i] = (i % T) < b->n_targets[i / T] ? 1.0f : 0.0f;
 }

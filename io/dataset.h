@@ -113,12 +113,15 @@ typedef struct {
     float *mask;        /* (B,T) 1 where the loss on targets counts */
     int32_t *labels;    /* (B) classify label, else -1 */
     int32_t *lengths;   /* (B) valid input tokens in the row */
+    int32_t *n_targets; /* (B) positions with a real next token: lengths, or one fewer when the row
+                           holds a whole doc shorter than T+1 (its last token has no target) */
 } st_batch;
 
 st_err st_batch_alloc(st_batch *b, int B, int T);
 void st_batch_free(st_batch *b);
 /* Pretraining: the loss counts every real next token of rows [0, rows)
- * (mask 1 where position t < lengths[row] - 1), whatever the file's mask. */
+ * (mask 1 where position t < n_targets[row]), whatever the file's mask. A
+ * full row of T inputs from a longer stream or doc has T targets. */
 void st_batch_mask_all(st_batch *b, int rows);
 
 typedef enum { ST_SAMPLE_STREAM = 0, ST_SAMPLE_DOCS = 1 } st_sample_mode;

@@ -434,6 +434,75 @@ END_TEST
 
 /* ---- the max-length policy ------------------------------------------------ */
 
+/* Text documents with llama2.c's tokenizer are sentencepiece's: bos, the text
+ * with its dummy-prefix space on the first word, eos. The ids were made by
+ * Google's sentencepiece 0.1.97 (Debian's python3-sentencepiece) from
+ * data/llama2c/tok512.model, the model tok512.bin was exported from:
+ *   tests/interop/spm_tokenize.py data/llama2c/tok512.model TEXTS.jsonl OUT --eos
+ * Without the dummy prefix "Can" was 'C' 'an' (457 303) instead of '▁' 'C' 'an'. */
+START_TEST(test_text_sentencepiece)
+{
+    const char *in = tmp_path("spm.jsonl"), *out = tmp_path("spm.h5");
+    spit_str(in, "{\"text\": \"Can you help me?\"}\n{\"text\": \"Once upon a time, Lily\"}\n");
+    char spec[600];
+    snprintf(spec, sizeof spec, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    must_prepare(in, out, "--tokenizer", spec);
+    st_dataset *ds = open_ds(out);
+    static const int32_t want0[] = {1, 410, 457, 303, 364, 281, 421, 427, 284, 411, 450, 2};
+    static const int32_t want1[] = {1, 403, 407, 261, 378, 432, 317, 2};
+    const int32_t *want[2] = {want0, want1};
+    size_t nwant[2] = {sizeof want0 / sizeof *want0, sizeof want1 / sizeof *want1};
+    for (int d = 0; d < 2; d++) {
+        expect_seq x = {.n = 0};
+        for (size_t k = 0; k < nwant[d]; k++) ex_id(&x, want[d][k], k > 0);
+        assert_doc(ds, d, &x);
+    }
+    st_dataset_close(ds);
+}
+END_TEST
+
+/* Empty texts of text data are counted and skipped, not fatal. */
+START_TEST(test_text_empty_skipped)
+{
+    const char *in = tmp_path("empty.jsonl"), *out = tmp_path("empty.h5");
+    spit_str(in, "{\"text\": \"ab\"}\n{\"text\": \"\"}\n{\"text\": \"c\"}\n");
+    must_prepare(in, out, "--format", "text");
+    ck_assert_int_eq(attr_i64(out, "n_records"), 3);
+    ck_assert_int_eq(attr_i64(out, "n_docs"), 2);
+    ck_assert_int_eq(attr_i64(out, "n_skipped"), 1);
+    st_dataset *ds = open_ds(out);
+    expect_seq x = {.n = 0};
+    ex_text(&x, "c", 1);
+    ex_id(&x, EOS, 1);
+    assert_doc(ds, 1, &x);
+    st_dataset_close(ds);
+}
+END_TEST
+
+/* --format ids: token ids made elsewhere, taken as they are (no bos or
+ * eos), an empty array skipped; an id outside the tokenizer's vocabulary is
+ * a bad value naming the line and the index; the dataset trains as text. */
+START_TEST(test_ids_format)
+{
+    const char *in = tmp_path("ids.jsonl"), *out = tmp_path("ids.h5"), *bad = tmp_path("badids.jsonl");
+    spit_str(in, "{\"ids\": [1, 40, 47, 2]}\n{\"ids\": []}\n{\"ids\": [256, 5]}\n");   /* byte tokenizer: 0..256 */
+    must_prepare(in, out, NULL, NULL);   /* auto: an "ids" field */
+    ck_assert_int_eq(attr_i64(out, "n_docs"), 2);
+    ck_assert_int_eq(attr_i64(out, "n_skipped"), 1);
+    st_dataset *ds = open_ds(out);
+    ck_assert_str_eq(st_dataset_kind(ds), "text");
+    expect_seq x = {.n = 0};
+    ex_id(&x, 256, 1);
+    ex_id(&x, 5, 1);
+    assert_doc(ds, 1, &x);
+    st_dataset_close(ds);
+    spit_str(bad, "{\"ids\": [1, 2]}\n{\"ids\": [3, 257]}\n");
+    ck_assert_int_ne(run_prepare("--input", bad, "--out", tmp_path("badids.h5"), "--format", "ids", NULL), ST_OK);
+    assert_contains(st_error_message(), "badids.jsonl:2: ids[1] is not a token id");
+    assert_contains(st_error_message(), "0..256");
+}
+END_TEST
+
 START_TEST(test_truncation)
 {
     const char *in = tmp_path("trunc.jsonl"), *out = tmp_path("trunc.h5");
@@ -621,6 +690,10 @@ START_TEST(test_loader_stream)
         ck_assert_int_eq(b.lengths[r], T);
         ck_assert_int_eq(b.labels[r], -1);
     }
+    /* pretraining counts every target: a row of T inputs cut from the
+     * stream has T of them (the last one was dropped: 252 of 256 at 4 x 64) */
+    st_batch_mask_all(&b, (int)ns);
+    for (int i = 0; i < ns * T; i++) ck_assert(b.mask[i] == 1.0f);
     /* shuffled: the same windows, each once per epoch, in another order */
     st_batch s;
     ck_assert_int_eq(st_batch_alloc(&s, (int)ns, T), ST_OK);
@@ -679,6 +752,12 @@ START_TEST(test_loader_docs)
     }
     ck_assert_int_eq(b.lengths[1], T);
     ck_assert_int_eq(st_loader_num_truncated(l), 1);
+    /* pretraining's mask: doc 0's 3 real targets; the cut doc 1 fills its row, T targets */
+    st_batch_mask_all(&b, 2);
+    for (int t = 0; t < T; t++) {
+        ck_assert(b.mask[t] == (t < 3 ? 1.0f : 0.0f));
+        ck_assert(b.mask[T + t] == 1.0f);
+    }
     /* sample 2 is epoch 1, position 0 */
     ck_assert_int_eq(st_loader_fill(l, &b, 2, 1, 0), ST_OK);
     ck_assert_int_eq(b.tokens[0], 'x');
@@ -880,6 +959,9 @@ static Suite *dataset_suite(void)
     tcase_add_test(tc, test_hh_pref);
     tcase_add_test(tc, test_sft_mask);
     tcase_add_test(tc, test_chat_mask);
+    tcase_add_test(tc, test_text_sentencepiece);
+    tcase_add_test(tc, test_text_empty_skipped);
+    tcase_add_test(tc, test_ids_format);
     tcase_add_test(tc, test_truncation);
     tcase_add_test(tc, test_malformed);
     tcase_add_test(tc, test_malformed_chat_and_csv);

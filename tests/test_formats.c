@@ -1238,6 +1238,14 @@ static void tokenizer_round_trip(const char *tag, const char *spec, int vocab)
     ck_assert_int_eq(st_tokenizer_vocab_size(back), st_tokenizer_vocab_size(tok));
     ck_assert_int_eq(st_tokenizer_eos(back), st_tokenizer_eos(tok));
     ck_assert_int_eq(st_tokenizer_bos(back), st_tokenizer_bos(tok));
+    /* the bos/eos rule goes along: tokenizer_config.json says add_bos_token/add_eos_token */
+    ck_assert_int_eq(st_tokenizer_adds_bos(back), st_tokenizer_adds_bos(tok));
+    ck_assert_int_eq(st_tokenizer_adds_eos(back), st_tokenizer_adds_eos(tok));
+    char cfgp[700];
+    snprintf(cfgp, sizeof cfgp, "%s/tokenizer_config.json", out);
+    char *cfgj = th_read_file(cfgp, NULL);
+    ck_assert_msg(strstr(cfgj, "\"add_bos_token\"") && strstr(cfgj, "\"add_eos_token\""), "%s", cfgj);
+    free(cfgj);
     static const char *const texts[] = {"Hello world, it's 2024!", "  the   tokenizer's\n\ttest <|endoftext|> ok",
                                         "h\xc3\xa9llo w\xc3\xb6rld \xe2\x82\xac 12345", ""};
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
@@ -1323,6 +1331,14 @@ static void check_str(const st_gguf *g, const char *key, const char *want)
     uint64_t n;
     ck_assert_msg(st_gguf_get_str(g, key, &s, &n) == ST_OK, "%s", st_error_message());
     ck_assert_msg(n == strlen(want) && !memcmp(s, want, n), "%s = %.*s, want %s", key, (int)n, s, want);
+}
+
+/* A GGUF bool: one byte, 0 or 1. */
+static void check_bool(const st_gguf *g, const char *key, int want)
+{
+    const st_gguf_kv *kv = st_gguf_find(g, key);
+    ck_assert_msg(kv && kv->type == ST_GGUF_BOOL, "%s missing or not a bool", key);
+    ck_assert_msg(kv->val[0] == want, "%s = %d, want %d", key, kv->val[0], want);
 }
 
 static void gguf_llama(uint32_t type)
@@ -1437,6 +1453,9 @@ START_TEST(test_gguf_gpt2_tokenizer)
     check_str(&g, "tokenizer.ggml.pre", "gpt-2");
     check_u32(&g, "tokenizer.ggml.eos_token_id", 50256);
     check_u32(&g, "tokenizer.ggml.bos_token_id", 50256);
+    /* GPT-2's rule: no bos before a text (llama.cpp would add one without this key) */
+    check_bool(&g, "tokenizer.ggml.add_bos_token", 0);
+    check_bool(&g, "tokenizer.ggml.add_eos_token", 0);
     /* tokens: encoder.json's, read here with cJSON; padding past it */
     char *ej = th_read_file(enc, NULL);
     cJSON *e = cJSON_Parse(ej);
@@ -1566,6 +1585,8 @@ START_TEST(test_gguf_llama2c_tokenizer)
     check_u32(&g, "tokenizer.ggml.bos_token_id", 1);
     check_u32(&g, "tokenizer.ggml.eos_token_id", 2);
     check_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
+    check_bool(&g, "tokenizer.ggml.add_bos_token", 1);   /* sentencepiece's rule */
+    check_bool(&g, "tokenizer.ggml.add_eos_token", 0);
     ck_assert_ptr_null(st_gguf_find(&g, "tokenizer.ggml.merges"));
     const st_gguf_kv *toks = st_gguf_find(&g, "tokenizer.ggml.tokens"), *types = st_gguf_find(&g, "tokenizer.ggml.token_type"),
                      *scores = st_gguf_find(&g, "tokenizer.ggml.scores");
@@ -1592,6 +1613,106 @@ START_TEST(test_gguf_llama2c_tokenizer)
     st_tokenizer_free(tok);
     free(p);
     st_layout_free(&lay);
+}
+END_TEST
+
+/* The fixture's tokenizer.json with another pre-tokenizer (Split by regex,
+ * then ByteLevel without its own regex, as Llama 3 and Qwen2 write it), a
+ * normalizer (JSON or NULL) and ignore_merges, exported to GGUF (force:
+ * --force); returns the status. */
+static st_err export_pre(const char *tag, const char *regex, const char *normalizer, int ignore_merges, int force,
+                         st_gguf *g)
+{
+    char dir[512], ckpt[600], gguf[600], to[700], spec[700], path[600];
+    path_in(dir, sizeof dir, tag);
+    mkdir(dir, 0755);
+    fx_tokenizer_json(dir);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    char *text = th_read_file(path, NULL);
+    cJSON *j = cJSON_Parse(text), *pre = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(pre, "pretokenizers");
+    cJSON *split = cJSON_CreateObject(), *bl = cJSON_CreateObject();
+    cJSON_AddStringToObject(pre, "type", "Sequence");
+    cJSON_AddStringToObject(split, "type", "Split");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(split, "pattern"), "Regex", regex);
+    cJSON_AddStringToObject(split, "behavior", "Isolated");
+    cJSON_AddStringToObject(bl, "type", "ByteLevel");
+    cJSON_AddFalseToObject(bl, "add_prefix_space");
+    cJSON_AddFalseToObject(bl, "use_regex");
+    cJSON_AddItemToArray(list, split);
+    cJSON_AddItemToArray(list, bl);
+    cJSON_ReplaceItemInObject(j, "pre_tokenizer", pre);
+    if (normalizer) cJSON_AddItemToObject(j, "normalizer", cJSON_Parse(normalizer));
+    cJSON_AddBoolToObject(cJSON_GetObjectItem(j, "model"), "ignore_merges", ignore_merges);
+    char *out = cJSON_Print(j);
+    th_write_file(path, out, strlen(out));
+    free(out), free(text);
+    cJSON_Delete(j);
+    snprintf(spec, sizeof spec, "hf:%s", path);
+    st_tokenizer *tok;
+    ck_assert_msg(st_tokenizer_load(&tok, spec) == ST_OK, "%s", st_error_message());
+    st_config cfg = llama_cfg(0, 1);
+    cfg.vocab_size = 264;
+    st_layout lay;
+    ck_assert_int_eq(st_layout_init(&lay, &cfg, 1, 0), ST_OK);
+    float *p = calloc(lay.numel, sizeof *p);
+    st_params_init(&lay, p, 5);
+    snprintf(ckpt, sizeof ckpt, "%s.h5", dir);
+    snprintf(gguf, sizeof gguf, "%s.gguf", dir);
+    save_ckpt(ckpt, &cfg, p, tok);
+    snprintf(to, sizeof to, "gguf:%s", gguf);
+    char *argv[] = {"export", ckpt, "--to", to, force ? "--force" : NULL, NULL};
+    st_error_clear();
+    st_err e = st_cmd_export(force ? 5 : 4, argv, MPI_COMM_WORLD);
+    if (!e) ck_assert_msg(st_gguf_open(g, gguf) == ST_OK, "%s", st_error_message());
+    st_tokenizer_free(tok);
+    free(p);
+    st_layout_free(&lay);
+    return e;
+}
+
+/* tokenizer.ggml.pre: the label llama.cpp keeps for Llama 3's and Qwen2/3's
+ * regexes (it wrote "default" and warned, and llama.cpp split 27% of texts
+ * differently); a pre-tokenizer llama.cpp does not know, Llama 3's regex
+ * without Llama 3's ignore_merges, or a normalizer llama.cpp does not apply
+ * is refused unless --force. */
+START_TEST(test_gguf_pre_labels)
+{
+    static const char l3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                             "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    static const char qw[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                             "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    st_gguf g;
+    ck_assert_msg(export_pre("pre_l3", l3, NULL, 1, 0, &g) == ST_OK, "%s", st_error_message());
+    check_str(&g, "tokenizer.ggml.pre", "llama-bpe");
+    st_gguf_close(&g);
+    ck_assert_msg(export_pre("pre_qw", qw, "{\"type\":\"NFC\"}", 0, 0, &g) == ST_OK, "%s", st_error_message());
+    check_str(&g, "tokenizer.ggml.pre", "qwen2");
+    st_gguf_close(&g);
+    expect_error(export_pre("pre_l3m", l3, NULL, 0, 0, &g), ST_ERR_ARG, "tokenize text differently", "--force");
+    expect_error(export_pre("pre_x", "\\p{L}+", NULL, 0, 0, &g), ST_ERR_ARG, "none of llama.cpp", NULL);
+    ck_assert_msg(export_pre("pre_xf", "\\p{L}+", NULL, 0, 1, &g) == ST_OK, "%s", st_error_message());
+    check_str(&g, "tokenizer.ggml.pre", "default");
+    st_gguf_close(&g);
+    expect_error(export_pre("pre_lc", qw, "{\"type\":\"Lowercase\"}", 0, 0, &g), ST_ERR_ARG, "normalizers", NULL);
+    /* a sentencepiece .model that removes extra spaces: llama.cpp keeps them */
+    char spec[700], ckpt[512], to[600];
+    snprintf(spec, sizeof spec, "llama2c:%s", th_data_path("llama2c/tok512.model"));
+    st_tokenizer *tok;
+    ck_assert_msg(st_tokenizer_load(&tok, spec) == ST_OK, "%s", st_error_message());
+    st_config cfg = llama_cfg(0, 1);
+    cfg.vocab_size = 512;
+    st_layout lay;
+    ck_assert_int_eq(st_layout_init(&lay, &cfg, 1, 0), ST_OK);
+    float *p = calloc(lay.numel, sizeof *p);
+    path_in(ckpt, sizeof ckpt, "pre_spm.h5");
+    save_ckpt(ckpt, &cfg, p, tok);
+    path_in(to, sizeof to, "pre_spm.gguf");
+    memmove(to + 5, to, strlen(to) + 1);
+    memcpy(to, "gguf:", 5);
+    expect_error(run_export(ckpt, to, "f32"), ST_ERR_ARG, "remove_extra_whitespaces", NULL);
+    free(p);
+    st_layout_free(&lay);
+    st_tokenizer_free(tok);
 }
 END_TEST
 
@@ -1836,6 +1957,7 @@ static Suite *formats_suite(void)
     tcase_add_test(tc, test_gguf_gpt2_tokenizer);
     tcase_add_test(tc, test_gguf_llama2c_tokenizer);
     tcase_add_test(tc, test_gguf_hf_tokenizer);
+    tcase_add_test(tc, test_gguf_pre_labels);
     tcase_add_test(tc, test_gguf_reader_valid);
     tcase_add_test(tc, test_gguf_reader_hostile);
     suite_add_tcase(s, tc);

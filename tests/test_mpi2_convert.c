@@ -5,8 +5,10 @@
  * llama2.c's stories260K (a real third-party file, with its tokenizer found
  * beside it), a GPT-2 Hugging Face directory (fused c_attn: one source tensor
  * fills q, k and v) in f32 and bf16, and an llm.c file (padded vocabulary).
- * A truncated source fails on both ranks and leaves no output. */
+ * A truncated source fails on both ranks and leaves no output. The genuine
+ * stories260K then generates llama2.c's own greedy text. */
 #include <check.h>
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -103,6 +105,142 @@ START_TEST(test_llama2c_stories)
 }
 END_TEST
 
+/* The genuine stories260K with its tokenizer, converted on 2 ranks, greedily
+ * continues "Once upon a time" exactly as llama2.c's run.c does
+ * (data/llama2c/greedy_once_upon_a_time.txt, its stdout for -t 0.0 -n 200:
+ * 200 positions: bos, the 4 prompt pieces, 200 - 4 new tokens, a newline). It
+ * fails when generate puts no bos before the prompt (run.c does). */
+START_TEST(test_llama2c_greedy_text)
+{
+    char tok[4200];
+    snprintf(tok, sizeof tok, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    const char *ckpt = tmp_path("stories.h5"), *gen = tmp_path("greedy.jsonl");
+    ck_assert_msg(convert_on(MPI_COMM_WORLD, th_data_path("llama2c/stories260K.bin"), ckpt, tok) == ST_OK, "%s",
+                  st_error_message());
+    char *argv[] = {"generate", (char *)ckpt, "--prompt", "Once upon a time", "--temperature", "0",
+                    "--max_new", "196", "--out", (char *)gen, NULL};
+    st_error_clear();
+    ck_assert_msg(st_cmd_generate(10, argv, MPI_COMM_WORLD) == ST_OK, "%s", st_error_message());
+    if (RANK == 0) {
+        char *line = th_read_file(gen, NULL), *want = th_read_file(th_data_path("llama2c/greedy_once_upon_a_time.txt"), NULL);
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "prompt"), *c = cJSON_GetObjectItemCaseSensitive(j, "completion");
+        ck_assert(cJSON_IsString(p) && cJSON_IsString(c));
+        size_t np = strlen(p->valuestring), nc = strlen(c->valuestring);
+        char *got = malloc(np + nc + 2);
+        snprintf(got, np + nc + 2, "%s%s\n", p->valuestring, c->valuestring);
+        size_t k = 0;
+        while (got[k] && got[k] == want[k]) k++;
+        ck_assert_msg(!strcmp(got, want), "greedy text leaves llama2.c's after %zu characters: \"%.40s\" vs \"%.40s\"",
+                      k, got + k, want + k);
+        free(got), free(line), free(want);
+        cJSON_Delete(j);
+    }
+}
+END_TEST
+
+/* generate --logits on 2 tp ranks: a NumPy .npy (version 1, '<f4', shape
+ * (prompts, max_new, vocab)) whose rows' argmax are the greedy tokens. */
+START_TEST(test_generate_logits)
+{
+    char tok[4200];
+    snprintf(tok, sizeof tok, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    const char *ckpt = tmp_path("stories_lg.h5"), *prompts = tmp_path("p.jsonl"), *gen = tmp_path("g.jsonl"),
+               *npy = tmp_path("logits.npy");
+    ck_assert_msg(convert_on(MPI_COMM_WORLD, th_data_path("llama2c/stories260K.bin"), ckpt, tok) == ST_OK, "%s",
+                  st_error_message());
+    if (RANK == 0) {
+        static const char p[] = "{\"prompt\": \"Once upon a time\"}\n{\"prompt\": \"The cat\"}\n";
+        th_write_file(prompts, p, strlen(p));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    char *argv[] = {"generate", (char *)ckpt, "--prompts", (char *)prompts, "--temperature", "0", "--max_new", "6",
+                    "--tp", "2", "--out", (char *)gen, "--logits", (char *)npy, NULL};
+    st_error_clear();
+    ck_assert_msg(st_cmd_generate(14, argv, MPI_COMM_WORLD) == ST_OK, "%s", st_error_message());
+    if (RANK == 0) {
+        size_t n;
+        char *f = th_read_file(npy, &n);
+        ck_assert(n > 10 && !memcmp(f, "\x93NUMPY\x01\x00", 8));
+        size_t hl = (unsigned char)f[8] | (size_t)(unsigned char)f[9] << 8;
+        ck_assert_uint_eq((10 + hl) % 64, 0);
+        ck_assert_msg(strstr(f + 10, "'descr': '<f4', 'fortran_order': False, 'shape': (2, 6, 512,)"), "%.*s",
+                      (int)hl, f + 10);
+        ck_assert_uint_eq(n, 10 + hl + 2 * 6 * 512 * sizeof(float));
+        const float *x = (const float *)(f + 10 + hl);
+        char *lines = th_read_file(gen, NULL), *save = NULL;
+        int i = 0;
+        for (char *l = strtok_r(lines, "\n", &save); l; l = strtok_r(NULL, "\n", &save), i++) {
+            cJSON *j = cJSON_Parse(l);
+            const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "completion_ids");
+            ck_assert_int_eq(cJSON_GetArraySize(c), 6);
+            for (int s = 0; s < 6; s++) {
+                const float *row = x + ((size_t)i * 6 + (size_t)s) * 512;
+                int best = 0;
+                for (int v = 1; v < 512; v++) if (row[v] > row[best]) best = v;
+                ck_assert_int_eq(best, cJSON_GetArrayItem(c, s)->valueint);
+            }
+            cJSON_Delete(j);
+        }
+        ck_assert_int_eq(i, 2);
+        free(lines), free(f);
+    }
+}
+END_TEST
+
+static st_err tokenize_on(const char *src, const char *in, const char *out, const char *more1, const char *more2)
+{
+    char *argv[12] = {"tokenize", (char *)src, "--input", (char *)in, "--out", (char *)out};
+    int argc = 6;
+    if (more1) argv[argc++] = (char *)more1, argv[argc++] = (char *)more2;
+    st_error_clear();
+    return st_cmd_tokenize(argc, argv, MPI_COMM_WORLD);
+}
+
+/* shardtune tokenize: a checkpoint's tokenizer or a spec; lines or JSONL;
+ * bos by the tokenizer's rule; --decode back; errors name file and line.
+ * Ids: Google's sentencepiece 0.1.97 on tok512.model (see test_dataset.c). */
+START_TEST(test_tokenize_command)
+{
+    char tok[4200], spm[4200];
+    snprintf(tok, sizeof tok, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    snprintf(spm, sizeof spm, "llama2c:%s", th_data_path("llama2c/tok512.model"));
+    char ckpt[512], in[512], ids[512], back[512], js[512];   /* tmp_path keeps only 4 */
+    snprintf(ckpt, sizeof ckpt, "%s", tmp_path("stories_tk.h5"));
+    snprintf(in, sizeof in, "%s", tmp_path("t.txt"));
+    snprintf(ids, sizeof ids, "%s", tmp_path("t.ids"));
+    snprintf(back, sizeof back, "%s", tmp_path("t.back"));
+    snprintf(js, sizeof js, "%s", tmp_path("t.jsonl"));
+    ck_assert_msg(convert_on(MPI_COMM_WORLD, th_data_path("llama2c/stories260K.bin"), ckpt, tok) == ST_OK, "%s",
+                  st_error_message());
+    if (RANK == 0) {
+        static const char lines[] = "Once upon a time\nCan you\n", jl[] = "{\"text\": \"  two  spaces  \"}\n\"Can you\"\n";
+        th_write_file(in, lines, strlen(lines));
+        th_write_file(js, jl, strlen(jl));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    ck_assert_msg(tokenize_on(ckpt, in, ids, NULL, NULL) == ST_OK, "%s", st_error_message());
+    ck_assert_msg(tokenize_on(ckpt, ids, back, "--decode", "true") == ST_OK, "%s", st_error_message());
+    if (RANK == 0) {
+        char *got = th_read_file(ids, NULL), *txt = th_read_file(back, NULL);
+        ck_assert_str_eq(got, "[1, 403, 407, 261, 378]\n[1, 410, 457, 303, 364]\n");
+        ck_assert_str_eq(txt, "<s>Once upon a time\n<s>Can you\n");
+        free(got), free(txt);
+    }
+    ck_assert_msg(tokenize_on(spm, js, ids, "--format", "jsonl") == ST_OK, "%s", st_error_message());
+    if (RANK == 0) {
+        char *got = th_read_file(ids, NULL);
+        ck_assert_str_eq(got, "[1, 259, 424, 414, 262, 427, 412, 331, 419]\n[1, 410, 457, 303, 364]\n");
+        free(got);
+    }
+    /* errors fail on every rank; rank 0, which read the file, names it */
+    ck_assert_int_ne(tokenize_on(spm, in, ids, "--format", "jsonl"), ST_OK);   /* not JSON */
+    if (RANK == 0) ck_assert_msg(strstr(st_error_message(), "t.txt:1"), "%s", st_error_message());
+    ck_assert_int_ne(tokenize_on("nothere.h5", in, ids, NULL, NULL), ST_OK);
+    if (RANK == 0) ck_assert_msg(strstr(st_error_message(), "neither a tokenizer spec"), "%s", st_error_message());
+}
+END_TEST
+
 /* A GPT-2 model with distinct values everywhere, as a Hugging Face dir. */
 static void write_gpt2_dir(const char *dir, st_dtype dtype)
 {
@@ -165,7 +303,8 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    const TTest *const tests[] = {test_llama2c_stories, test_hf_gpt2, test_llmc};
+    const TTest *const tests[] = {test_llama2c_stories, test_llama2c_greedy_text, test_generate_logits,
+                                  test_tokenize_command, test_hf_gpt2, test_llmc};
     return th_mpi_dir_main(&argc, &argv, "convert_mpi2", 120, &RANK, DIR_, sizeof DIR_, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }

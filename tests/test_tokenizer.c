@@ -636,6 +636,170 @@ START_TEST(hf_llama3_split)
 }
 END_TEST
 
+/* GPT-2's vocabulary with the normalizer given as JSON. */
+static st_tokenizer *hf_gpt2_normalized(const char *dir, const char *normalizer)
+{
+    char *json = hf_from_gpt2(NULL), *at = strstr(json, "\"normalizer\":null"), *m = NULL;
+    ck_assert(at);
+    ck_assert(asprintf(&m, "%.*s\"normalizer\":%s%s", (int)(at - json), json, normalizer,
+                       at + strlen("\"normalizer\":null")) > 0);
+    write_file(dir, "tokenizer.json", m, strlen(m));
+    free(json), free(m);
+    return load_in("hf", dir, "tokenizer.json");
+}
+
+/* h's ids for raw equal g's for want (continuing: encode_more for h). */
+static void expect_normalized(const st_tokenizer *h, const st_tokenizer *g, const char *raw, const char *want,
+                              int continuing)
+{
+    int32_t *a = NULL, *b;
+    size_t na = 0, cap = 0;
+    st_err e = continuing ? st_tokenizer_encode_more(h, raw, strlen(raw), 0, &a, &na, &cap)
+                          : st_tokenizer_encode(h, raw, strlen(raw), 0, &a, &na, &cap);
+    ck_assert_msg(e == ST_OK, "%s", st_error_message());
+    size_t nb = enc(g, want, strlen(want), 0, &b);
+    ck_assert_msg(na == nb && (!na || !memcmp(a, b, na * sizeof *a)), "\"%s\": %zu ids, \"%s\" %zu", raw, na, want, nb);
+    free(a), free(b);
+}
+
+/* tokenizer.json normalizers run on the text before pre-tokenization, as
+ * Hugging Face's do: the ids equal GPT-2's for the text normalized by hand
+ * (NFC joins e + U+0301; Lowercase; Replace of a string, left to right;
+ * Strip; NFKC unfolds the ligature; Prepend starts a text, not its
+ * continuation). Before, NFC was accepted but not applied, the rest refused. */
+START_TEST(hf_normalizers)
+{
+    st_tokenizer *g = load_gpt2();
+    char *dir = make_tmpdir();
+    st_tokenizer *h = hf_gpt2_normalized(dir, "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},"
+        "{\"type\":\"Lowercase\"},{\"type\":\"Replace\",\"pattern\":{\"String\":\"  \"},\"content\":\" \"},"
+        "{\"type\":\"Strip\",\"strip_left\":true,\"strip_right\":true}]}");
+    expect_normalized(h, g, "  Cafe\xcc\x81  AND   T\xc3\x89" "A \t", "caf\xc3\xa9 and  t\xc3\xa9" "a", 0);
+    ck_assert_uint_ne(st_tokenizer_hash(h), st_tokenizer_hash(g));
+    st_tokenizer_free(h);
+    h = hf_gpt2_normalized(dir, "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFKC\"},"
+        "{\"type\":\"Prepend\",\"prepend\":\"Q\"},{\"type\":\"Replace\",\"pattern\":{\"Regex\":\"[0-9]+\"},\"content\":\"#\"}]}");
+    expect_normalized(h, g, "\xef\xac\x81ne 2024 \xef\xbc\xa1", "Qfine # A", 0);
+    expect_normalized(h, g, "\xef\xac\x81ne 7", "fine #", 1);
+    expect_normalized(h, g, "", "", 0);   /* nothing to prepend to */
+    st_tokenizer_free(h);
+    rm_tree(dir);
+    st_tokenizer_free(g);
+}
+END_TEST
+
+/* The ids of the pieces, each encoded alone by GPT-2, one after another. */
+static void expect_pieces(const st_tokenizer *h, const st_tokenizer *g, const char *text, const char *const *pieces,
+                          int n)
+{
+    int32_t want[256], *ids;
+    size_t nw = 0;
+    for (int i = 0; i < n; i++) {
+        size_t k = enc(g, pieces[i], strlen(pieces[i]), 0, &ids);
+        memcpy(want + nw, ids, k * sizeof *ids);
+        nw += k;
+        free(ids);
+    }
+    expect_ids(h, text, 0, want, nw);
+}
+
+/* Falcon's pre-tokenizer over GPT-2's vocabulary: Punctuation (contiguous)
+ * splits before ByteLevel, and a Split after ByteLevel sees its characters
+ * (digits in threes). Before, Punctuation was refused and nothing could
+ * follow ByteLevel. */
+START_TEST(hf_falcon_pretokenizer)
+{
+    st_tokenizer *g = load_gpt2();
+    char *dir = make_tmpdir(), *json = hf_from_gpt2(NULL);
+    cJSON *root = cJSON_Parse(json), *pre = cJSON_Parse("{\"type\":\"Sequence\",\"pretokenizers\":["
+        "{\"type\":\"Punctuation\",\"behavior\":\"Contiguous\"},"
+        "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
+        "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"[0-9][0-9][0-9]\"},\"behavior\":\"Isolated\",\"invert\":false}]}");
+    ck_assert(root && pre);
+    cJSON_ReplaceItemInObject(root, "pre_tokenizer", pre);
+    char *fj = cJSON_PrintUnformatted(root);
+    write_file(dir, "tokenizer.json", fj, strlen(fj));
+    st_tokenizer *h = load_in("hf", dir, "tokenizer.json");
+    static const char *const p1[] = {"x", "--", "y", "'", "s", " and", " ", "123", "45"};   /* "\u0120" is no digit */
+    expect_pieces(h, g, "x--y's and 12345", p1, N_OF(p1));
+    ck_assert_uint_ne(st_tokenizer_hash(h), st_tokenizer_hash(g));
+    st_tokenizer_free(h);
+    cJSON_Delete(root);
+    free(fj), free(json);
+    rm_tree(dir);
+    st_tokenizer_free(g);
+}
+END_TEST
+
+/* A sentencepiece-style tokenizer.json (Llama 2, Mistral, TinyLlama, Phi-3):
+ * BPE over characters with byte fallback; the ' ' -> U+2581 and its prefix
+ * come from the normalizer (legacy) or a Metaspace pre-tokenizer (pre). */
+static char *sp_fixture(const char *normalizer, const char *pre)
+{
+    static const char *const pieces[] = {"\xe2\x96\x81", "h", "e", "l", "o", "\xe2\x96\x81h", "ll",
+                                         "\xe2\x96\x81he", "llo", "\xe2\x96\x81hello", "w"};
+    cJSON *vocab = cJSON_CreateObject();
+    cJSON_AddNumberToObject(vocab, "<unk>", 0);
+    cJSON_AddNumberToObject(vocab, "<s>", 1);
+    cJSON_AddNumberToObject(vocab, "</s>", 2);
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        cJSON_AddNumberToObject(vocab, name, 3 + b);
+    }
+    for (int i = 0; i < 11; i++) cJSON_AddNumberToObject(vocab, pieces[i], 259 + i);
+    char *v = cJSON_PrintUnformatted(vocab), *json = NULL;
+    cJSON_Delete(vocab);
+    ck_assert(asprintf(&json, "{\"added_tokens\":[{\"id\":0,\"content\":\"<unk>\",\"special\":true},"
+        "{\"id\":1,\"content\":\"<s>\",\"special\":true},{\"id\":2,\"content\":\"</s>\",\"special\":true}],"
+        "\"normalizer\":%s,\"pre_tokenizer\":%s,\"post_processor\":{\"type\":\"TemplateProcessing\","
+        "\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}]},"
+        "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{\"String\":\"\xe2\x96\x81\"},"
+        "\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},{\"type\":\"Strip\",\"content\":\" \","
+        "\"start\":1,\"stop\":0}]},\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"byte_fallback\":true,"
+        "\"fuse_unk\":true,\"vocab\":%s,\"merges\":[\"\xe2\x96\x81 h\",\"l l\",\"\xe2\x96\x81h e\",\"ll o\","
+        "\"\xe2\x96\x81he llo\"]}}", normalizer, pre, v) > 0);
+    free(v);
+    return json;
+}
+
+/* Ids worked out by hand from the merge ranks: "hello" is "\u2581hello"
+ * (268) after the prefix; "w\u00e9": 'w', and the absent e-acute as its bytes'
+ * <0xC3> <0xA9> (3 + 0xC3, 3 + 0xA9); a continuation gets no prefix. Both
+ * forms agree, decode drops the prefix space after bos, and bos is the
+ * post-processor's rule. Before, byte_fallback and Metaspace were refused. */
+START_TEST(hf_sentencepiece_style)
+{
+    static const char *const forms[2][2] = {
+        {"{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Prepend\",\"prepend\":\"\xe2\x96\x81\"},"
+         "{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"\xe2\x96\x81\"}]}", "null"},
+        {"null", "{\"type\":\"Metaspace\",\"replacement\":\"\xe2\x96\x81\",\"prepend_scheme\":\"first\",\"split\":false}"}};
+    for (int f = 0; f < 2; f++) {
+        char *dir = make_tmpdir(), *json = sp_fixture(forms[f][0], forms[f][1]);
+        write_file(dir, "tokenizer.json", json, strlen(json));
+        st_tokenizer *t = load_in("hf", dir, "tokenizer.json");
+        static const int32_t hello[] = {268}, two[] = {268, 259, 269, 3 + 0xC3, 3 + 0xA9};
+        expect_ids(t, "hello", 0, hello, N_OF(hello));
+        expect_ids(t, "hello w\xc3\xa9", 0, two, N_OF(two));
+        int32_t *ids = NULL;
+        size_t n = 0, cap = 0;
+        ck_assert_int_eq(st_tokenizer_encode_more(t, "hello", 5, 0, &ids, &n, &cap), ST_OK);
+        ck_assert_msg(n == 3 && ids[0] == 260 && ids[1] == 261 && ids[2] == 267, "continuation: %zu ids", n);
+        free(ids);
+        ck_assert(st_tokenizer_adds_bos(t) && st_tokenizer_bos(t) == 1 && !st_tokenizer_adds_eos(t));
+        static const int32_t with_bos[] = {1, 268, 259, 269, 3 + 0xC3, 3 + 0xA9};
+        size_t len;
+        char *s = dec(t, with_bos, N_OF(with_bos), &len);
+        ck_assert_str_eq(s, "<s>hello w\xc3\xa9");
+        free(s);
+        expect_roundtrip(t, "hello w\xc3\xa9", strlen("hello w\xc3\xa9"));
+        st_tokenizer_free(t);
+        free(json);
+        rm_tree(dir);
+    }
+}
+END_TEST
+
 /* ---- llama2.c tokenizer.bin ---- */
 
 typedef struct { const char *s; float score; } piece;
@@ -1104,17 +1268,15 @@ START_TEST(hostile_hf_files)
 {
     static const struct { const char *from, *to, *msg; } cases[] = {
         {"\"type\":\"BPE\"", "\"type\":\"Unigram\"", "Unigram"},
-        {"\"byte_fallback\":false", "\"byte_fallback\":true", "byte_fallback"},
         {"\"Isolated\"", "\"Removed\"", "Removed"},
         {"\"Regex\":\" ?", "\"Regex\":\"(?", "regex does not compile"},
-        {"\"ByteLevel\"", "\"Metaspace\"", "Metaspace"},
+        {"\"ByteLevel\"", "\"WhitespaceSplit\"", "WhitespaceSplit"},
         {"\"h e\"", "\"h q e\"", "model.merges[0]"},
         {"\"o r\"", "\"o \\u00e9\"", "not in the vocabulary"},
         {"\"id\":265", "\"id\":5", "gives to"},
         {"\"id\":265", "\"id\":77777", "dense"},
-        {"\"normalizer\":null", "\"normalizer\":{\"type\":\"Lowercase\"}", "Lowercase"},
-        {"\"pre_tokenizer\":{", "\"pre_tokenizer\":null,\"x\":{", "no ByteLevel"},
-        {"{\"type\":\"Split\"", "{\"type\":\"ByteLevel\"},{\"type\":\"Split\"", "follows ByteLevel"},
+        {"\"normalizer\":null", "\"normalizer\":{\"type\":\"BertNormalizer\"}", "BertNormalizer"},
+        {"{\"type\":\"Split\"", "{\"type\":\"ByteLevel\"},{\"type\":\"Metaspace\"},{\"type\":\"Split\"", "follows ByteLevel"},
     };
     char *dir = make_tmpdir(), *json = hf_fixture(0);
     write_file(dir, "tokenizer.json", json, strlen(json));
@@ -1138,6 +1300,44 @@ START_TEST(hostile_hf_files)
 }
 END_TEST
 
+/* A sentencepiece .model read as the llama2c kind keeps its normalizer:
+ * tok512.model removes extra spaces (the ids below are Google's
+ * sentencepiece 0.1.97's, Debian's python3-sentencepiece:
+ *   tests/interop/spm_tokenize.py data/llama2c/tok512.model TEXTS OUT);
+ * tok512.bin, llama2.c's export of it, keeps them as run.c does, and on
+ * text without extra spaces both agree. Before, a .model was refused. */
+START_TEST(llama2c_sentencepiece_model)
+{
+    char spec[700], bin[700];
+    snprintf(spec, sizeof spec, "llama2c:%s", th_data_path("llama2c/tok512.model"));
+    snprintf(bin, sizeof bin, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    st_tokenizer *m = load_ok(spec), *b = load_ok(bin);
+    ck_assert_int_eq(st_tokenizer_vocab_size(m), 512);
+    static const int32_t spaces[] = {259, 424, 414, 262, 427, 412, 331, 419}, can[] = {410, 457, 303, 364};
+    expect_ids(m, "  two  spaces  ", 0, spaces, N_OF(spaces));
+    expect_ids(m, "Can you", 0, can, N_OF(can));
+    expect_ids(m, "   ", 0, NULL, 0);
+    int32_t *ids;
+    size_t n = enc(b, "  two  spaces  ", 15, 0, &ids);
+    ck_assert_uint_ne(n, N_OF(spaces));   /* the .bin keeps every space */
+    free(ids);
+    static const char story[] = "Once upon a time, there was a little girl named Lily. She loved to play "
+                                "outside in the park.\nOne day, she saw a big, red ball (caf\xc3\xa9, 42%).";
+    expect_same_ids(m, b, story, strlen(story), 0);
+    ck_assert_uint_ne(st_tokenizer_hash(m), st_tokenizer_hash(b));
+    blob_roundtrip_one(m);
+    size_t len;
+    char *file = th_read_file(th_data_path("llama2c/tok512.model"), &len);
+    char *dir = make_tmpdir();
+    write_file(dir, "cut.model", file, len / 2);
+    expect_fail(try_load_in("llama2c", dir, "cut.model"), ST_ERR_FORMAT, "malformed");
+    rm_tree(dir);
+    free(file);
+    st_tokenizer_free(m);
+    st_tokenizer_free(b);
+}
+END_TEST
+
 static Suite *tokenizer_suite(void)
 {
     Suite *s = suite_create("tokenizer");
@@ -1156,6 +1356,10 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tc, hf_config_file);
     tcase_add_test(tc, hf_matches_gpt2);
     tcase_add_test(tc, hf_llama3_split);
+    tcase_add_test(tc, hf_normalizers);
+    tcase_add_test(tc, hf_sentencepiece_style);
+    tcase_add_test(tc, hf_falcon_pretokenizer);
+    tcase_add_test(tc, llama2c_sentencepiece_model);
     tcase_add_test(tc, llama2c_fixture);
     tcase_add_test(tc, blob_roundtrip);
     tcase_add_test(tc, blob_garbage);

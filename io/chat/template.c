@@ -61,9 +61,8 @@ st_err st_template_render(st_tokseq *s, const st_template *tpl, const st_tokeniz
         if (turns[i].role == ST_ROLE_ASSISTANT) last = i;
     if (last < 0) ST_FAIL(ST_ERR_ARG, "nothing to learn: the conversation has no assistant turn");
 
-    int bos = st_tokenizer_bos(tok), eos = st_tokenizer_eos(tok);
-    if (bos >= 0 && bos != eos) {
-        ST_TRY(st_tokseq_push_id(s, bos, 0));
+    if (st_tokenizer_adds_bos(tok)) {
+        ST_TRY(st_tokseq_push_id(s, st_tokenizer_bos(tok), 0));
         s->has_bos = 1;
     }
     for (int i = 0; i <= last; i++) {

@@ -27,9 +27,10 @@
  *             included), and content is still encoded without special tokens.
  *             See io/chat/chat_template.h.
  *
- * When the tokenizer has a distinct bos (bos >= 0 and bos != eos, e.g.
- * Llama), every sequence starts with it (mask 0), once: a Jinja template
- * that writes bos_token itself gets no second one.
+ * When the tokenizer's own rule puts bos first (st_tokenizer_adds_bos:
+ * add_bos_token, sentencepiece vocabularies), every sequence starts with it
+ * (mask 0), once: a Jinja template that writes bos_token itself gets no
+ * second one.
  */
 #ifndef ST_TEMPLATE_H
 #define ST_TEMPLATE_H

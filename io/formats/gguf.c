@@ -849,23 +849,75 @@ static st_err build_vocab(gguf_vocab *v, const st_tokenizer *t, int n)
     return ST_OK;
 }
 
-/* llama.cpp names the pre-tokenizer regex by a label; only GPT-2's own is
- * recognised here, anything else falls back to "default" with a warning. */
-static const char *pre_tokenizer(const st_tokenizer *t)
+/* llama.cpp names each pre-tokenizer by a label and holds the regexes
+ * itself; these are the Hugging Face forms of those it knows, with what else
+ * its tokenizer does for that label (Llama 3: a whole word found in the
+ * vocabulary is one token). */
+static const struct {
+    const char *label, *pattern;
+    int ignore_merges;
+} known_pre[] = {
+    {"llama-bpe", "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                  "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", 1},
+    {"qwen2", "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+              "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", 0},
+    {"gpt-2", st_tok_gpt2_pattern, 0},
+};
+
+/* The label llama.cpp expects for t's pre-tokenizer, or NULL when llama.cpp
+ * knows none that splits text as t does. *why says what differs. */
+static const char *pre_tokenizer(const st_tokenizer *t, const char **why)
 {
-    if (t->kind == ST_TOK_GPT2 || t->kind == ST_TOK_BYTE) return "gpt-2";
-    if (t->n_stages == 1 && !strcmp(t->stage_pat[0], st_tok_gpt2_pattern)) return "gpt-2";
-    fprintf(stderr, "shardtune: warning: the tokenizer's pre-tokenizer is not GPT-2's; the GGUF says "
-            "tokenizer.ggml.pre = \"default\", so llama.cpp may split text differently (set it with gguf-py's "
-            "gguf_set_metadata if you know the right label)\n");
-    return "default";
+    *why = "";
+    if (t->kind == ST_TOK_GPT2 || t->kind == ST_TOK_BYTE || t->kind == ST_TOK_LLMC) return "gpt-2";
+    if (t->char_bpe) {
+        *why = "a sentencepiece-style tokenizer.json: llama.cpp's sentencepiece vocabulary needs the scores of "
+               "the original tokenizer.model";
+        return NULL;
+    }
+    for (int k = 0; k < t->n_norm; k++)
+        if (t->norm[k].kind != ST_NORM_NFC) {
+            *why = "its normalizers, which llama.cpp does not apply";
+            return NULL;
+        }
+    int plain = t->n_stages == 1 && !t->stage_prefix_space[0] && !t->stage_prefix_space[1] &&
+                !t->stage_merge_prev[0] && !t->meta_repl_len && t->byte_level_at >= 1;
+    for (size_t i = 0; plain && i < sizeof known_pre / sizeof known_pre[0]; i++)
+        if (!strcmp(t->stage_pat[0], known_pre[i].pattern) && t->ignore_merges == known_pre[i].ignore_merges)
+            return known_pre[i].label;
+    *why = "its pre-tokenizer, which is none of llama.cpp's gpt-2, llama-bpe (Llama 3) or qwen2 (Qwen2/3)";
+    return NULL;
 }
 
-static st_err put_tokenizer_kv(st_gguf_writer *w, const st_tokenizer *t, const gguf_vocab *v)
+/* Refuse a tokenizer llama.cpp would split differently, unless forced. */
+static st_err pre_label(const st_tokenizer *t, int force, const char **label)
+{
+    const char *why;
+    *label = t->kind == ST_TOK_LLAMA2C ? "default" : pre_tokenizer(t, &why);
+    if (t->kind == ST_TOK_LLAMA2C && t->spm_strip_spaces) {
+        *label = NULL;
+        why = "sentencepiece's remove_extra_whitespaces, which llama.cpp does not apply";
+    }
+    if (*label && t->n_norm)   /* only NFC gets here: llama.cpp's own converter exports Qwen so too */
+        fprintf(stderr, "shardtune: warning: llama.cpp does not apply the tokenizer's NFC normalizer: text that "
+                "is not in NFC (e.g. \"e\" + U+0301) will tokenize differently there\n");
+    if (*label) return ST_OK;
+    if (!force)
+        ST_FAIL(ST_ERR_ARG, "llama.cpp would tokenize text differently from this tokenizer (%s); export it anyway "
+                "with --force (the GGUF then says tokenizer.ggml.pre = \"default\")", why);
+    fprintf(stderr, "shardtune: warning: --force: llama.cpp will tokenize text differently from this tokenizer "
+            "(%s); the GGUF says tokenizer.ggml.pre = \"default\"\n", why);
+    *label = "default";
+    return ST_OK;
+}
+
+static st_err put_tokenizer_kv(st_gguf_writer *w, const st_tokenizer *t, const gguf_vocab *v, int force)
 {
     int spm = t->kind == ST_TOK_LLAMA2C;
+    const char *label;
+    ST_TRY(pre_label(t, force, &label));
     ST_TRY(st_gguf_set_str(w, "tokenizer.ggml.model", spm ? "llama" : "gpt2"));
-    ST_TRY(st_gguf_set_str(w, "tokenizer.ggml.pre", spm ? "default" : pre_tokenizer(t)));
+    ST_TRY(st_gguf_set_str(w, "tokenizer.ggml.pre", label));
     ST_TRY(st_gguf_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v->s, v->len, (uint64_t)v->n));
     if (spm) ST_TRY(st_gguf_set_arr_f32(w, "tokenizer.ggml.scores", v->score, (uint64_t)v->n));
     ST_TRY(st_gguf_set_arr_i32(w, "tokenizer.ggml.token_type", v->type, (uint64_t)v->n));
@@ -875,6 +927,9 @@ static st_err put_tokenizer_kv(st_gguf_writer *w, const st_tokenizer *t, const g
     if (t->bos >= 0) ST_TRY(st_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)t->bos));
     if (t->eos >= 0) ST_TRY(st_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)t->eos));
     if (spm) ST_TRY(st_gguf_set_u32(w, "tokenizer.ggml.unknown_token_id", 0));
+    /* the tokenizer's own rule, so llama.cpp frames prompts as shardtune trained and generates */
+    ST_TRY(st_gguf_set_bool(w, "tokenizer.ggml.add_bos_token", st_tokenizer_adds_bos(t)));
+    ST_TRY(st_gguf_set_bool(w, "tokenizer.ggml.add_eos_token", st_tokenizer_adds_eos(t)));
     if (t->chat_template) ST_TRY(st_gguf_set_str(w, "tokenizer.chat_template", t->chat_template));
     return ST_OK;
 }
@@ -1018,7 +1073,7 @@ static st_err emit_all(exporter *x, const st_ptrs *p)
 }
 
 static st_err write_model(st_gguf_writer *w, const char *tmp, const st_config *cfg, const float *params,
-                          const st_tokenizer *tok, uint32_t wtype, const char *name)
+                          const st_tokenizer *tok, uint32_t wtype, const char *name, int force)
 {
     st_layout lay;
     ST_TRY(st_layout_init(&lay, cfg, 1, 0));
@@ -1034,7 +1089,7 @@ static st_err write_model(st_gguf_writer *w, const char *tmp, const st_config *c
     }
     if (!e) e = put_model_kv(w, cfg, wtype, name);
     if (!e && tok) e = build_vocab(&v, tok, cfg->vocab_size);
-    if (!e && tok) e = put_tokenizer_kv(w, tok, &v);
+    if (!e && tok) e = put_tokenizer_kv(w, tok, &v, force);
     if (!e && !tok)
         fprintf(stderr, "shardtune: warning: the checkpoint carries no tokenizer, so the GGUF has none; "
                 "llama.cpp needs one to run the model\n");
@@ -1052,7 +1107,7 @@ static st_err write_model(st_gguf_writer *w, const char *tmp, const st_config *c
 }
 
 st_err st_gguf_export(const char *path, const st_config *cfg, const float *params,
-                      const st_tokenizer *tok, uint32_t ggml_type, const char *model_name)
+                      const st_tokenizer *tok, uint32_t ggml_type, const char *model_name, int force)
 {
     if (ggml_type != ST_GGML_F32 && ggml_type != ST_GGML_F16)
         ST_FAIL(ST_ERR_ARG, "GGUF export writes f32 or f16 weights, not ggml type %u", ggml_type);
@@ -1062,7 +1117,7 @@ st_err st_gguf_export(const char *path, const st_config *cfg, const float *param
     snprintf(tmp, n, "%s.tmp", path);
     st_gguf_writer *w = NULL;
     st_err e = st_gguf_writer_new(&w);
-    if (!e) e = write_model(w, tmp, cfg, params, tok, ggml_type, model_name ? model_name : "shardtune");
+    if (!e) e = write_model(w, tmp, cfg, params, tok, ggml_type, model_name ? model_name : "shardtune", force);
     st_gguf_writer_free(w);       /* removes tmp when unfinished */
     if (!e && rename(tmp, path) != 0)
         e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot rename %s to %s: %s", tmp, path,

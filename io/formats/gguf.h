@@ -135,8 +135,11 @@ st_err st_gguf_write_end(st_gguf_writer *w);
  * RoPE order as convert_hf_to_gguf.py does; gpt2: fused attn_qkv, output =
  * token embedding), and the tokenizer when tok != NULL. params: a 1x1
  * layout of cfg. ggml_type F32 or F16 (for F16, norms, biases and the gpt2
- * position table stay F32, as llama.cpp's converter keeps them). */
+ * position table stay F32, as llama.cpp's converter keeps them).
+ * tokenizer.ggml.pre names llama.cpp's pre-tokenizer for the tokenizer
+ * (gpt-2, llama-bpe for Llama 3, qwen2 for Qwen2/3); a tokenizer llama.cpp
+ * would split differently is refused (ST_ERR_ARG) unless force. */
 st_err st_gguf_export(const char *path, const st_config *cfg, const float *params,
-                      const st_tokenizer *tok, uint32_t ggml_type, const char *model_name);
+                      const st_tokenizer *tok, uint32_t ggml_type, const char *model_name, int force);
 
 #endif

@@ -1010,6 +1010,8 @@ static cJSON *tokenizer_config_json(const st_tokenizer *t, const st_config *c)
     cJSON_AddStringToObject(j, "tokenizer_class", "PreTrainedTokenizerFast");
     if (t->bos >= 0) cJSON_AddStringToObject(j, "bos_token", t->text[t->bos]);
     if (t->eos >= 0) cJSON_AddStringToObject(j, "eos_token", t->text[t->eos]);
+    cJSON_AddBoolToObject(j, "add_bos_token", st_tokenizer_adds_bos(t));
+    cJSON_AddBoolToObject(j, "add_eos_token", st_tokenizer_adds_eos(t));
     cJSON_AddNumberToObject(j, "model_max_length", c->max_seq);
     cJSON_AddFalseToObject(j, "clean_up_tokenization_spaces");
     if (t->chat_template) cJSON_AddStringToObject(j, "chat_template", t->chat_template);

@@ -134,10 +134,44 @@ void st_tok_bpe_byte_chars(st_tokenizer *t)
     for (int b = 0; b < 256; b++) t->byte_chr_len[b] = (uint8_t)utf8_small(cp[b], t->byte_chr[b]);
 }
 
+/* Sentencepiece-style: "<0xNN>" decodes to its byte (and gives byte_id),
+ * every other piece to its text with the Metaspace replacement as ' '. */
+static st_err char_bpe_finish(st_tokenizer *t)
+{
+    const char *r = t->meta_repl_len ? t->meta_repl : "\xe2\x96\x81";
+    size_t rl = strlen(r);
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        const char *s = t->text[id];
+        uint32_t n = t->text_len[id];
+        if (!s || t->is_added[id]) continue;
+        char *out = malloc(n + 1);
+        if (!out) ST_FAIL(ST_ERR_MEM, "out of memory decoding token %d", id);
+        uint32_t m = 0;
+        unsigned hi, lo;
+        if (n == 6 && sscanf(s, "<0x%1X%1X>", &hi, &lo) == 2 && s[5] == '>') {
+            out[m++] = (char)(hi * 16 + lo);
+            if (t->byte_id[hi * 16 + lo] < 0) t->byte_id[hi * 16 + lo] = id;
+        } else {
+            for (uint32_t i = 0; i < n;)
+                if (n - i >= rl && !memcmp(s + i, r, rl)) out[m++] = ' ', i += (uint32_t)rl;
+                else out[m++] = s[i++];
+        }
+        out[m] = '\0';
+        t->dec[id] = out;
+        t->dec_len[id] = m;
+    }
+    return ST_OK;
+}
+
 /* After vocabulary, merges and added tokens: byte ids and decoded bytes. */
 st_err st_tok_bpe_finish(st_tokenizer *t, const char *file)
 {
     (void)file;
+    if (t->char_bpe) {
+        st_tok_bpe_byte_chars(t);
+        ST_TRY(char_bpe_finish(t));
+        return ST_OK;
+    }
     uint32_t cp[256];
     int16_t inv[324];
     st_tok_bytes_to_unicode(cp);
@@ -164,13 +198,46 @@ static st_err queue_pair(st_tok_enc *e, int32_t a, int32_t b)
     return ST_OK;
 }
 
+/* A sentencepiece-style word's first symbols, as Hugging Face's BPE makes
+ * them: each character's token; else, with byte_fallback, its bytes' <0xNN>
+ * tokens when all exist; else unk (one for a run of them with fuse_unk). */
+static st_err char_symbols(st_tok_enc *e, const char *s, size_t len, int32_t *count)
+{
+    const st_tokenizer *t = e->t;
+    int32_t n = 0, prev_unk = 0;
+    for (size_t i = 0; i < len;) {   /* valid UTF-8: the lead byte gives the length */
+        uint8_t c = (uint8_t)s[i];
+        size_t cl = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+        int32_t id = st_tok_strmap_get(&t->vocab, s + i, cl);
+        int bytes = id < 0 && t->byte_fallback;
+        for (size_t k = 0; bytes && k < cl; k++) bytes = t->byte_id[(uint8_t)s[i + k]] >= 0;
+        if (id >= 0 || bytes) {
+            for (size_t k = 0; k < (id >= 0 ? 1 : cl); k++)
+                e->sym[n++] = id >= 0 ? id : t->byte_id[(uint8_t)s[i + k]];
+            prev_unk = 0;
+        } else {
+            if (t->unk_id < 0)
+                ST_FAIL(ST_ERR_FORMAT, "the tokenizer has no token for the character \"%.*s\" and no unk token",
+                        (int)cl, s + i);
+            if (!(prev_unk && t->fuse_unk)) e->sym[n++] = t->unk_id;
+            prev_unk = 1;
+        }
+        i += cl;
+    }
+    *count = n;
+    return ST_OK;
+}
+
 /* One word (bytes s[0..len)) -> ids by merges. */
 static st_err bpe_word(st_tok_enc *e, const char *s, size_t len)
 {
     const st_tokenizer *t = e->t;
     if (len > INT32_MAX / 4)
         ST_FAIL(ST_ERR_ARG, "a single pre-token of %zu bytes is too long to encode", len);
-    if (t->ignore_merges) {   /* Llama 3: a word already in the vocabulary is one token */
+    if (t->ignore_merges && t->char_bpe) {
+        int32_t id = st_tok_strmap_get(&t->vocab, s, len);
+        if (id >= 0) return st_tok_push_id(e, id);
+    } else if (t->ignore_merges) {   /* Llama 3: a word already in the vocabulary is one token */
         void *p = e->buf;
         ST_TRY(st_tok_reserve(&p, &e->buf_cap, 2 * len, 1, "the word buffer"));
         e->buf = p;
@@ -184,13 +251,17 @@ static st_err bpe_word(st_tok_enc *e, const char *s, size_t len)
         if (id >= 0) return st_tok_push_id(e, id);
     }
     ST_TRY(st_tok_reserve_syms(e, len));
-    int32_t n = (int32_t)len;
+    int32_t n = 0;
+    if (t->char_bpe) ST_TRY(char_symbols(e, s, len, &n));
+    else
+        for (; n < (int32_t)len; n++) {
+            uint8_t b = (uint8_t)s[n];
+            if (t->byte_id[b] < 0)
+                ST_FAIL(ST_ERR_FORMAT, "the tokenizer has no token for byte 0x%02X (\"%.*s\"), so this text "
+                        "cannot be encoded", b, (int)t->byte_chr_len[b], t->byte_chr[b]);
+            e->sym[n] = t->byte_id[b];
+        }
     for (int32_t i = 0; i < n; i++) {
-        uint8_t b = (uint8_t)s[i];
-        if (t->byte_id[b] < 0)
-            ST_FAIL(ST_ERR_FORMAT, "the tokenizer has no token for byte 0x%02X (\"%.*s\"), so this text "
-                    "cannot be encoded", b, (int)t->byte_chr_len[b], t->byte_chr[b]);
-        e->sym[i] = t->byte_id[b];
         e->prev[i] = i - 1;
         e->next[i] = i + 1 < n ? i + 1 : -1;
     }
@@ -214,12 +285,56 @@ static st_err bpe_word(st_tok_enc *e, const char *s, size_t len)
 
 static st_err run_stage(st_tok_enc *e, int k, const char *s, size_t len);
 
+/* Stages after a ByteLevel that is not the last step (Falcon's Digits and
+ * Split) see its stand-in characters, as in Hugging Face. */
+static int maps_bytes(const st_tokenizer *t) { return t->byte_level_at >= 0 && t->byte_level_at < t->n_stages; }
+
+/* Bytes -> stand-in characters (to_chars) or back, into a malloc'd *out. */
+static st_err map_bytes(const st_tokenizer *t, const char *s, size_t len, int to_chars, char **out, size_t *olen)
+{
+    char *o = malloc(2 * len + 1);
+    if (!o) ST_FAIL(ST_ERR_MEM, "out of memory mapping %zu bytes", len);
+    size_t m = 0;
+    for (size_t i = 0; i < len;) {
+        if (to_chars) {
+            uint8_t b = (uint8_t)s[i++];
+            memcpy(o + m, t->byte_chr[b], t->byte_chr_len[b]);
+            m += t->byte_chr_len[b];
+            continue;
+        }
+        int b = 0;   /* the stand-in starting at s + i (stand-ins are 1 or 2 bytes, distinct) */
+        while (b < 256 && (i + t->byte_chr_len[b] > len || memcmp(s + i, t->byte_chr[b], t->byte_chr_len[b]))) b++;
+        if (b == 256) {
+            free(o);
+            ST_FAIL(ST_ERR_INTERNAL, "byte-level text holds a character that stands for no byte");
+        }
+        o[m++] = (char)b;
+        i += t->byte_chr_len[b];
+    }
+    *out = o, *olen = m;
+    return ST_OK;
+}
+
+/* The end of the stages: the word to BPE (back to bytes if it was mapped). */
+static st_err end_stages(st_tok_enc *e, const char *s, size_t len)
+{
+    if (!maps_bytes(e->t)) return bpe_word(e, s, len);
+    char *raw = NULL;
+    size_t n = 0;
+    ST_TRY(map_bytes(e->t, s, len, 0, &raw, &n));
+    st_err err = bpe_word(e, raw, n);
+    free(raw);
+    if (err) st_error_trace(__FILE__, __LINE__, __func__);
+    return err;
+}
+
 /* Split s by stage k's regex into matches and the gaps between; each piece
- * goes on to stage k+1 (after the last stage: BPE). */
+ * goes on to stage k+1 (after the last stage: BPE). Hugging Face's Isolated
+ * behaviour, or MergedWithPrevious: a match joins the gap before it. */
 static st_err split_stage(st_tok_enc *e, int k, const char *s, size_t len)
 {
     const st_tokenizer *t = e->t;
-    if (k == t->n_stages) return bpe_word(e, s, len);
+    if (k == t->n_stages) return end_stages(e, s, len);
     size_t off = 0, gap = 0;
     while (off < len) {
         int rc = st_tok_regex_match(t->stage_re[k], e->md, s, len, off, t->stage_pat[k]);
@@ -235,31 +350,70 @@ static st_err split_stage(st_tok_enc *e, int k, const char *s, size_t len)
             while (off < len && ((uint8_t)s[off] & 0xC0) == 0x80) off++;
             continue;
         }
-        if (ms > gap) ST_TRY(run_stage(e, k + 1, s + gap, ms - gap));
-        ST_TRY(run_stage(e, k + 1, s + ms, me - ms));
+        if (t->stage_merge_prev[k] && ms > gap) {
+            ST_TRY(run_stage(e, k + 1, s + gap, me - gap));
+        } else {
+            if (ms > gap) ST_TRY(run_stage(e, k + 1, s + gap, ms - gap));
+            ST_TRY(run_stage(e, k + 1, s + ms, me - ms));
+        }
         gap = off = me;
     }
     if (gap < len) ST_TRY(run_stage(e, k + 1, s + gap, len - gap));
     return ST_OK;
 }
 
-/* A piece entering stage k; ByteLevel's add_prefix_space prepends ' '. */
+/* A piece entering stage k: ByteLevel's add_prefix_space prepends ' ', and
+ * where ByteLevel is not last its bytes become stand-in characters. */
 static st_err run_stage(st_tok_enc *e, int k, const char *s, size_t len)
 {
+    const st_tokenizer *t = e->t;
     if (len == 0) return ST_OK;
-    if (!e->t->stage_prefix_space[k] || s[0] == ' ') return split_stage(e, k, s, len);
-    char *tmp = malloc(len + 1);
+    int prefix = t->stage_prefix_space[k] && s[0] != ' ', map = maps_bytes(t) && k == t->byte_level_at;
+    if (!prefix && !map) return split_stage(e, k, s, len);
+    char *tmp = malloc(len + 1), *mapped = NULL;
     if (!tmp) ST_FAIL(ST_ERR_MEM, "out of memory prefixing a space to %zu bytes", len);
     tmp[0] = ' ';
-    memcpy(tmp + 1, s, len);
-    st_err err = split_stage(e, k, tmp, len + 1);
+    memcpy(tmp + prefix, s, len);
+    size_t n = len + (size_t)prefix;
+    st_err err = map ? map_bytes(t, tmp, n, 1, &mapped, &n) : ST_OK;
+    if (!err) err = split_stage(e, k, mapped ? mapped : tmp, n);
     free(tmp);
+    free(mapped);
     if (err) st_error_trace(__FILE__, __LINE__, __func__);
     return err;
 }
 
-st_err st_tok_bpe_encode(st_tok_enc *e, const char *s, size_t len)
+/* Metaspace: every ' ' becomes the replacement, which also starts the
+ * piece by the prepend scheme (unless it starts with it already). */
+static st_err metaspace(const st_tokenizer *t, const char *s, size_t len, int word_start, int fresh, char **out,
+                        size_t *olen)
 {
-    ST_TRY(run_stage(e, 0, s, len));
+    size_t r = t->meta_repl_len, spaces = 0;
+    for (size_t i = 0; i < len; i++) spaces += s[i] == ' ';
+    int pre = (t->meta_prepend == 2 && fresh) || (t->meta_prepend == 1 && word_start);
+    if (pre && (s[0] == ' ' || (len >= r && !memcmp(s, t->meta_repl, r)))) pre = 0;
+    char *o = malloc(len + (spaces + 1) * r + 1);
+    if (!o) ST_FAIL(ST_ERR_MEM, "out of memory for %zu bytes", len);
+    size_t m = 0;
+    if (pre) memcpy(o, t->meta_repl, r), m = r;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == ' ') memcpy(o + m, t->meta_repl, r), m += r;
+        else o[m++] = s[i];
+    *out = o, *olen = m;
     return ST_OK;
+}
+
+st_err st_tok_bpe_encode(st_tok_enc *e, const char *s, size_t len, int word_start, int fresh)
+{
+    if (!e->t->meta_repl_len || len == 0) {
+        ST_TRY(run_stage(e, 0, s, len));
+        return ST_OK;
+    }
+    char *m = NULL;
+    size_t n = 0;
+    ST_TRY(metaspace(e->t, s, len, word_start, fresh, &m, &n));
+    st_err err = run_stage(e, 0, m, n);
+    free(m);
+    if (err) st_error_trace(__FILE__, __LINE__, __func__);
+    return err;
 }

@@ -1,11 +1,17 @@
-/* tok_hf.c: Hugging Face tokenizer.json with a byte-level BPE model (GPT-2,
- * Llama 3, SmolLM, Qwen2 style), and the optional tokenizer_config.json
- * beside it for bos/eos and the chat template.
- *
+/* tok_hf.c: Hugging Face tokenizer.json with a BPE model, and the optional
+ * tokenizer_config.json beside it for bos/eos, their rule and the chat
+ * template. Two families:
+ *   byte-level BPE (GPT-2, Llama 3, SmolLM, Qwen2/3, Falcon): a ByteLevel
+ *     pre-tokenizer; symbols start from bytes;
+ *   sentencepiece-style BPE (Llama 2, Mistral, TinyLlama, Phi-3, Gemma): no
+ *     ByteLevel; ' ' becomes U+2581 by the normalizer or a Metaspace
+ *     pre-tokenizer; symbols are characters, an absent one falls back to its
+ *     bytes' <0xNN> tokens (byte_fallback) or to unk.
  * Supported: model.type BPE (merges as "a b" strings or [a, b] arrays,
- * ignore_merges), added_tokens (special, lstrip, rstrip, single_word),
- * normalizer none or NFC (not applied), pre_tokenizer ByteLevel / Split
- * (Isolated) / Digits, possibly inside a Sequence, with ByteLevel last.
+ * ignore_merges, byte_fallback, unk_token, fuse_unk), added_tokens (special,
+ * lstrip, rstrip, single_word), normalizers (tok_norm.c), pre_tokenizer
+ * ByteLevel, Metaspace (first), Split (Isolated, MergedWithPrevious), Digits,
+ * Punctuation, in a Sequence; steps after ByteLevel see its characters.
  * Anything else is refused with a message naming it.
  */
 #include "io/tok/tok_internal.h"
@@ -37,25 +43,10 @@ static st_err check_model(st_tokenizer *t, const cJSON *model, const char *name)
             ST_FAIL(ST_ERR_FORMAT, "%s: model.%s is set; only byte-level BPE without affixes is supported", name,
                     affix[i]);
     }
-    if (cJSON_IsTrue(get(model, "byte_fallback")))
-        ST_FAIL(ST_ERR_FORMAT, "%s: model.byte_fallback is true, which marks a sentencepiece-style BPE; only "
-                "byte-level BPE is supported (use llama2c: for sentencepiece models)", name);
+    t->byte_fallback = cJSON_IsTrue(get(model, "byte_fallback"));
+    t->fuse_unk = cJSON_IsTrue(get(model, "fuse_unk"));
     t->ignore_merges = cJSON_IsTrue(get(model, "ignore_merges"));
     return ST_OK;
-}
-
-static st_err check_normalizer(const cJSON *norm, const char *name)
-{
-    if (!norm || cJSON_IsNull(norm)) return ST_OK;
-    const char *ty = type_of(norm);
-    if (ty && strcmp(ty, "Sequence") == 0) {
-        const cJSON *it;
-        cJSON_ArrayForEach(it, get(norm, "normalizers")) ST_TRY(check_normalizer(it, name));
-        return ST_OK;
-    }
-    /* NFC is accepted but not applied: text is taken to be NFC already */
-    if (ty && strcmp(ty, "NFC") == 0) return ST_OK;
-    ST_FAIL(ST_ERR_FORMAT, "%s: normalizer \"%.40s\" is not supported (only none or NFC)", name, ty ? ty : "?");
 }
 
 static st_err add_merges(st_tokenizer *t, const cJSON *merges, const char *name)
@@ -156,11 +147,13 @@ static st_err add_literal_stage(st_tokenizer *t, const char *s, const char *name
 static st_err add_split(st_tokenizer *t, const cJSON *p, const char *name)
 {
     const cJSON *pat = get(p, "pattern"), *beh = get(p, "behavior");
-    if (!cJSON_IsString(beh) || strcmp(beh->valuestring, "Isolated") != 0)
-        ST_FAIL(ST_ERR_FORMAT, "%s: Split pre-tokenizer behavior \"%.40s\" is not supported (only Isolated)", name,
-                cJSON_IsString(beh) ? beh->valuestring : "?");
+    const char *b = cJSON_IsString(beh) ? beh->valuestring : "?";
+    if (strcmp(b, "Isolated") != 0 && strcmp(b, "MergedWithPrevious") != 0)
+        ST_FAIL(ST_ERR_FORMAT, "%s: Split pre-tokenizer behavior \"%.40s\" is not supported (Isolated, "
+                "MergedWithPrevious)", name, b);
     if (cJSON_IsTrue(get(p, "invert")))
         ST_FAIL(ST_ERR_FORMAT, "%s: Split pre-tokenizer with invert=true is not supported", name);
+    t->stage_merge_prev[t->n_stages] = strcmp(b, "MergedWithPrevious") == 0;
     const cJSON *re = get(pat, "Regex"), *lit = get(pat, "String");
     if (cJSON_IsString(re)) ST_TRY(st_tok_bpe_add_stage(t, re->valuestring, strlen(re->valuestring), name));
     else if (cJSON_IsString(lit)) ST_TRY(add_literal_stage(t, lit->valuestring, name));
@@ -168,35 +161,109 @@ static st_err add_split(st_tokenizer *t, const cJSON *p, const char *name)
     return ST_OK;
 }
 
-/* One pre-tokenizer step; ByteLevel must come last (later steps would see
- * byte-level text, which our regexes never do). */
+/* Metaspace (sentencepiece-style): ' ' becomes the replacement, which is
+ * prepended by the scheme; split: each piece starts at a replacement, as
+ * Hugging Face's MergedWithNext split on it. It must come first. */
+static st_err add_metaspace(st_tokenizer *t, const cJSON *p, const char *name)
+{
+    const cJSON *r = get(p, "replacement"), *scheme = get(p, "prepend_scheme"), *split = get(p, "split");
+    const char *rs = cJSON_IsString(r) ? r->valuestring : "\xe2\x96\x81";
+    if (t->n_stages || t->meta_repl_len)
+        ST_FAIL(ST_ERR_FORMAT, "%s: a Metaspace pre-tokenizer after other steps is not supported", name);
+    if (!*rs || strlen(rs) >= sizeof t->meta_repl || strchr(rs, ' '))
+        ST_FAIL(ST_ERR_FORMAT, "%s: Metaspace replacement \"%.20s\" is empty, too long or a space", name, rs);
+    memcpy(t->meta_repl, rs, strlen(rs) + 1);
+    t->meta_repl_len = (uint8_t)strlen(rs);
+    const char *sc = cJSON_IsString(scheme) ? scheme->valuestring
+                   : cJSON_IsFalse(get(p, "add_prefix_space")) ? "never" : "always";   /* the older form */
+    t->meta_prepend = !strcmp(sc, "first") ? 1 : !strcmp(sc, "always") ? 2 : 0;
+    if (t->meta_prepend == 0 && strcmp(sc, "never") != 0)
+        ST_FAIL(ST_ERR_FORMAT, "%s: Metaspace prepend_scheme \"%.20s\" is not first, always or never", name, sc);
+    if (cJSON_IsFalse(split)) return ST_OK;
+    char *pat = NULL, *lit = NULL;   /* R[^R]+|R|[^R]+ with R the escaped replacement */
+    size_t llen = 0, lcap = 0;
+    st_err e = st_tok_regex_escape(&lit, &llen, &lcap, rs, strlen(rs));
+    if (!e && asprintf(&pat, "%s(?:(?!%s).)+|%s|(?:(?!%s).)+", lit, lit, lit, lit) < 0)
+        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (!e) e = st_tok_bpe_add_stage(t, pat, strlen(pat), name);
+    free(lit);
+    free(pat);
+    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    return e;
+}
+
+/* Punctuation (Falcon): each punctuation character apart (isolated), or each
+ * run of them (contiguous); Rust's is_punctuation: Unicode P* and ASCII's. */
+static st_err add_punctuation(st_tokenizer *t, const cJSON *p, const char *name)
+{
+    const cJSON *beh = get(p, "behavior");
+    const char *b = cJSON_IsString(beh) ? beh->valuestring : "isolated";
+    static const char cls[] = "[\\p{P}\\x21-\\x2F\\x3A-\\x40\\x5B-\\x60\\x7B-\\x7E]";
+    char pat[80];
+    if (!strcmp(b, "isolated") || !strcmp(b, "Isolated")) snprintf(pat, sizeof pat, "%s", cls);
+    else if (!strcmp(b, "contiguous") || !strcmp(b, "Contiguous")) snprintf(pat, sizeof pat, "%s+", cls);
+    else ST_FAIL(ST_ERR_FORMAT, "%s: Punctuation behavior \"%.40s\" is not supported (isolated, contiguous)", name, b);
+    ST_TRY(st_tok_bpe_add_stage(t, pat, strlen(pat), name));
+    return ST_OK;
+}
+
+/* One pre-tokenizer step. Steps after ByteLevel (Falcon's Digits and Split)
+ * see its stand-in characters (t->byte_level_at). */
 static st_err add_pretok(st_tokenizer *t, const cJSON *p, const char *name, int depth, int *byte_level)
 {
     const char *ty = type_of(p);
     if (!ty) ST_FAIL(ST_ERR_FORMAT, "%s: a pre_tokenizer entry has no \"type\"", name);
-    if (*byte_level)
-        ST_FAIL(ST_ERR_FORMAT, "%s: pre-tokenizer \"%.40s\" follows ByteLevel; ByteLevel must be the last step",
-                name, ty);
+    if (*byte_level && strcmp(ty, "Split") && strcmp(ty, "Digits") && strcmp(ty, "Punctuation"))
+        ST_FAIL(ST_ERR_FORMAT, "%s: pre-tokenizer \"%.40s\" follows ByteLevel; only Split, Digits and Punctuation "
+                "may", name, ty);
     if (strcmp(ty, "Sequence") == 0) {
         if (depth > 4) ST_FAIL(ST_ERR_FORMAT, "%s: pre_tokenizer Sequences nested too deeply", name);
         const cJSON *it;
         cJSON_ArrayForEach(it, get(p, "pretokenizers")) ST_TRY(add_pretok(t, it, name, depth + 1, byte_level));
     } else if (strcmp(ty, "ByteLevel") == 0) {
+        if (t->meta_repl_len) ST_FAIL(ST_ERR_FORMAT, "%s: ByteLevel after Metaspace is not supported", name);
         const cJSON *pre = get(p, "add_prefix_space"), *re = get(p, "use_regex");
         if (!cJSON_IsFalse(pre)) t->stage_prefix_space[t->n_stages] = 1;   /* HF's default is true */
         if (!cJSON_IsFalse(re))
             ST_TRY(st_tok_bpe_add_stage(t, st_tok_gpt2_pattern, strlen(st_tok_gpt2_pattern), name));
+        t->byte_level_at = t->n_stages;
         *byte_level = 1;
     } else if (strcmp(ty, "Split") == 0) {
         ST_TRY(add_split(t, p, name));
+    } else if (strcmp(ty, "Metaspace") == 0) {
+        ST_TRY(add_metaspace(t, p, name));
+    } else if (strcmp(ty, "Punctuation") == 0) {
+        ST_TRY(add_punctuation(t, p, name));
     } else if (strcmp(ty, "Digits") == 0) {
         const char *pat = cJSON_IsTrue(get(p, "individual_digits")) ? "\\p{N}" : "\\p{N}+";
         ST_TRY(st_tok_bpe_add_stage(t, pat, strlen(pat), name));
     } else {
-        ST_FAIL(ST_ERR_FORMAT, "%s: pre-tokenizer \"%.40s\" is not supported (ByteLevel, Split, Digits, Sequence)",
-                name, ty);
+        ST_FAIL(ST_ERR_FORMAT, "%s: pre-tokenizer \"%.40s\" is not supported (ByteLevel, Metaspace, Split, Digits, "
+                "Punctuation, Sequence)", name, ty);
     }
     return ST_OK;
+}
+
+/* Does the decoder drop the leading space a sentencepiece-style text starts
+ * with (a Strip of " " at the start, or a Metaspace decoder that prepends)? */
+static int decoder_strips(const cJSON *d)
+{
+    const char *ty = type_of(d);
+    if (!ty) return 0;
+    if (!strcmp(ty, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, get(d, "decoders")) if (decoder_strips(it)) return 1;
+        return 0;
+    }
+    if (!strcmp(ty, "Strip")) {
+        const cJSON *c = get(d, "content"), *st = get(d, "start");
+        return cJSON_IsString(c) && !strcmp(c->valuestring, " ") && cJSON_IsNumber(st) && st->valuedouble >= 1;
+    }
+    if (!strcmp(ty, "Metaspace")) {
+        const cJSON *sc = get(d, "prepend_scheme");
+        return cJSON_IsString(sc) ? strcmp(sc->valuestring, "never") != 0 : !cJSON_IsFalse(get(d, "add_prefix_space"));
+    }
+    return 0;
 }
 
 /* ---- bos, eos, chat template ---- */
@@ -277,6 +344,48 @@ static st_err special_ids(st_tokenizer *t, const cJSON *root, const cJSON *cfg, 
     return ST_OK;
 }
 
+/* The template post-processor's special tokens around a single sequence:
+ * "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": ...}, ...], maybe
+ * inside a Sequence post-processor (Llama 3: ByteLevel, then the template). */
+static const cJSON *template_single(const cJSON *pp)
+{
+    const char *ty = type_of(pp);
+    if (ty && strcmp(ty, "TemplateProcessing") == 0) return get(pp, "single");
+    if (!ty || strcmp(ty, "Sequence") != 0) return NULL;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, get(pp, "processors")) {
+        const cJSON *single = template_single(it);
+        if (single) return single;
+    }
+    return NULL;
+}
+
+static int is_special_item(const st_tokenizer *t, const cJSON *item, int32_t id)
+{
+    const cJSON *sp = get(get(item, "SpecialToken"), "id");
+    return id >= 0 && cJSON_IsString(sp) && st_tokenizer_token_id(t, sp->valuestring) == id;
+}
+
+/* add_bos_token / add_eos_token in tokenizer_config.json decide (transformers'
+ * slow and fast Llama/Gemma tokenizers); without them the post-processor does,
+ * as it does for tokenizers.js and the Rust library. */
+static st_err add_rule(st_tokenizer *t, const cJSON *root, const cJSON *cfg, const char *cfg_name)
+{
+    const cJSON *single = template_single(get(root, "post_processor"));
+    int n = cJSON_GetArraySize(single);
+    t->add_bos = n > 0 && is_special_item(t, cJSON_GetArrayItem(single, 0), t->bos);
+    t->add_eos = n > 0 && is_special_item(t, cJSON_GetArrayItem(single, n - 1), t->eos);
+    static const char *const key[2] = {"add_bos_token", "add_eos_token"};
+    int *flag[2] = {&t->add_bos, &t->add_eos};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *v = get(cfg, key[i]);
+        if (!v || cJSON_IsNull(v)) continue;
+        if (!cJSON_IsBool(v)) ST_FAIL(ST_ERR_FORMAT, "%s: %s is not true or false", cfg_name, key[i]);
+        *flag[i] = cJSON_IsTrue(v);
+    }
+    return ST_OK;
+}
+
 /* ---- the whole file ---- */
 
 static st_err hf_from_json(st_tokenizer *t, const cJSON *root, const cJSON *cfg, const char *name,
@@ -285,7 +394,7 @@ static st_err hf_from_json(st_tokenizer *t, const cJSON *root, const cJSON *cfg,
     if (!cJSON_IsObject(root)) ST_FAIL(ST_ERR_FORMAT, "%s: top level is not a JSON object", name);
     const cJSON *model = get(root, "model"), *added = get(root, "added_tokens");
     ST_TRY(check_model(t, model, name));
-    ST_TRY(check_normalizer(get(root, "normalizer"), name));
+    ST_TRY(st_tok_norm_parse(t, get(root, "normalizer"), name, 0));
     int32_t max_id = -1, count = 0, amax = -1, acount = 0;
     ST_TRY(st_tok_json_vocab_scan(get(model, "vocab"), name, &max_id, &count));
     ST_TRY(scan_added(added, name, &amax, &acount));
@@ -297,12 +406,14 @@ static st_err hf_from_json(st_tokenizer *t, const cJSON *root, const cJSON *cfg,
     int byte_level = 0;
     const cJSON *pre = get(root, "pre_tokenizer");
     if (pre && !cJSON_IsNull(pre)) ST_TRY(add_pretok(t, pre, name, 0, &byte_level));
-    if (!byte_level)
-        ST_FAIL(ST_ERR_FORMAT, "%s: the pre_tokenizer has no ByteLevel step, so this is not a byte-level BPE "
-                "tokenizer (use llama2c: for sentencepiece models)", name);
+    t->char_bpe = !byte_level;   /* no ByteLevel: sentencepiece-style, symbols are characters */
+    const cJSON *unk = get(model, "unk_token");
+    t->unk_id = cJSON_IsString(unk) ? st_tok_strmap_get(&t->vocab, unk->valuestring, strlen(unk->valuestring)) : -1;
+    if (t->char_bpe) t->strip_lead_space = decoder_strips(get(root, "decoder"));
     ST_TRY(fill_added(t, added, name));
     ST_TRY(st_tok_bpe_finish(t, name));
     ST_TRY(special_ids(t, root, cfg, name, cfg_name));
+    ST_TRY(add_rule(t, root, cfg, cfg_name));
     return ST_OK;
 }
 

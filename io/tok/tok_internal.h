@@ -23,6 +23,20 @@ enum { ST_TOK_BYTE, ST_TOK_GPT2, ST_TOK_HF, ST_TOK_LLAMA2C, ST_TOK_LLMC, ST_TOK_
 #define ST_TOK_MAX_FILES 2       /* original files carried in the blob */
 #define ST_TOK_MAX_VOCAB (1 << 24)
 
+#define ST_TOK_MAX_NORMS 8       /* normalizer steps (a Sequence flattened) */
+
+/* One normalizer step of a tokenizer.json (tok_norm.c). */
+enum { ST_NORM_NFC, ST_NORM_NFD, ST_NORM_NFKC, ST_NORM_NFKD, ST_NORM_LOWER, ST_NORM_REPLACE, ST_NORM_PREPEND,
+       ST_NORM_STRIP };
+typedef struct {
+    int kind;
+    char *pattern;         /* Replace: the regex (a String pattern escaped) */
+    pcre2_code *re;
+    char *content;         /* Replace: the replacement; Prepend: the prefix */
+    size_t content_len;
+    int left, right;       /* Strip */
+} st_tok_norm;
+
 /* Open-addressing map from a byte string to an id. Keys point into storage
  * owned by the tokenizer (they are not copied). */
 typedef struct {
@@ -67,10 +81,14 @@ struct st_tokenizer {
     st_tok_strmap vocab;   /* model vocabulary text -> id (merges resolve through it) */
     st_tok_strmap added;   /* added / special token content -> id */
     int32_t bos, eos;
+    st_tok_norm norm[ST_TOK_MAX_NORMS];   /* hf: applied in order to the text between added tokens */
+    int n_norm;
+    int add_bos, add_eos;  /* the tokenizer's own rule (st_tokenizer_adds_bos) */
     char *chat_template;
 
     /* added / special tokens: [0] non-special only (may be NULL), [1] all (may be NULL) */
-    pcre2_code *added_re[2];
+    pcre2_code **added_re[2];           /* alternations of at most ADDED_CHUNK bytes of pattern each */
+    int n_added_re[2];
     uint64_t added_hash;                /* of the patterns above */
 
     /* byte-level BPE (gpt2, hf) */
@@ -83,6 +101,18 @@ struct st_tokenizer {
     char *stage_pat[ST_TOK_MAX_STAGES];
     uint8_t stage_prefix_space[ST_TOK_MAX_STAGES + 1]; /* prepend ' ' before stage k (k = n_stages: before BPE) */
     int ignore_merges;                  /* a whole word found in the vocabulary is one token (Llama 3) */
+    uint8_t stage_merge_prev[ST_TOK_MAX_STAGES]; /* Split MergedWithPrevious: a match joins the piece before it */
+    int byte_level_at;                  /* stages from here on see ByteLevel's mapped text (-1: none do) */
+
+    /* sentencepiece-style BPE in tokenizer.json (Llama 2, Mistral, Gemma): no
+     * ByteLevel; a word's symbols are its characters, an absent one falls
+     * back to its bytes' <0xNN> tokens (byte_fallback) or to unk */
+    int char_bpe, byte_fallback, fuse_unk;
+    int32_t unk_id;
+    int meta_prepend;                   /* Metaspace: prefix the replacement 0 never, 1 first, 2 always */
+    char meta_repl[8];                  /* Metaspace replacement for ' ' (UTF-8); "" when no Metaspace */
+    uint8_t meta_repl_len;
+    int strip_lead_space;               /* decode drops a leading space at the start / after bos */
     char byte_chr[256][2];              /* UTF-8 of each byte's stand-in character */
     uint8_t byte_chr_len[256];
 
@@ -90,6 +120,9 @@ struct st_tokenizer {
     float *score;                       /* [n_vocab] */
     uint32_t max_text_len;
     int32_t space_id;                   /* the dummy-prefix token " ", -1 if absent */
+    int is_spm;                         /* read from a sentencepiece .model (tok_spm.c), not tokenizer.bin */
+    int spm_dummy_prefix;               /* add_dummy_prefix: " " starts the text (tokenizer.bin: yes) */
+    int spm_strip_spaces;               /* remove_extra_whitespaces: no leading/trailing ' ', runs as one */
 
     /* the original files, for the blob */
     int n_files;
@@ -150,6 +183,16 @@ st_err st_tok_alloc_vocab(st_tokenizer *t, int32_t n_vocab);
 st_err st_tok_set_text(st_tokenizer *t, int32_t id, const char *s, size_t len, const char *file);
 st_err st_tok_build_added_re(st_tokenizer *t, const st_tok_added *added, int n_added, const char *file);
 
+/* tok_norm.c: tokenizer.json normalizers */
+st_err st_tok_norm_parse(st_tokenizer *t, const cJSON *normalizer, const char *name, int depth);
+void st_tok_norm_free(st_tok_norm *n, int count);
+uint64_t st_tok_norm_hash(const st_tokenizer *t, uint64_t h);
+/* s[0..len) through t's normalizers into a malloc'd *out (NULL when there
+ * are none: use s). continues: the text continues earlier text of the same
+ * sequence (a Prepend does not apply). */
+st_err st_tok_normalize(const st_tokenizer *t, const char *s, size_t len, int continues, char **out,
+                        size_t *olen);
+
 /* tok_bpe.c: byte-level BPE (gpt2 and hf) */
 extern const char st_tok_gpt2_pattern[];
 void st_tok_bytes_to_unicode(uint32_t cp[256]);
@@ -161,7 +204,9 @@ void st_tok_bpe_byte_chars(st_tokenizer *t);
 /* One pair-map entry (a, b) -> merged at priority rank (smaller first). */
 st_err st_tok_bpe_put_merge(st_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t merged);
 st_err st_tok_bpe_finish(st_tokenizer *t, const char *file);
-st_err st_tok_bpe_encode(st_tok_enc *e, const char *s, size_t len);
+/* word_start: the piece starts the text; fresh: it does not continue earlier
+ * text of the sequence (Metaspace's prepend schemes "first" and "always"). */
+st_err st_tok_bpe_encode(st_tok_enc *e, const char *s, size_t len, int word_start, int fresh);
 
 /* tok_gpt2.c: JSON helpers shared with tok_hf.c */
 st_err st_tok_json_parse(cJSON **out, const uint8_t *data, size_t n, const char *name);
@@ -177,5 +222,9 @@ st_err st_tok_hf_build(st_tokenizer *t, const char *json_name, const char *confi
 st_err st_tok_llama2c_build(st_tokenizer *t, const char *name);
 st_err st_tok_llmc_build(st_tokenizer *t, const char *name);
 st_err st_tok_llama2c_encode(st_tok_enc *e, const char *s, size_t len, int at_start);
+/* tok_spm.c: a sentencepiece .model as the llama2c kind */
+int st_tok_spm_is_model(const uint8_t *d, size_t n);
+/* Like tok_llama2c.c's walk: count the pieces; with t->text allocated, store them. */
+st_err st_tok_spm_walk(st_tokenizer *t, const uint8_t *d, size_t n, const char *name, int32_t *count);
 
 #endif

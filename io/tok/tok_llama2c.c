@@ -77,18 +77,20 @@ st_err st_tok_llama2c_build(st_tokenizer *t, const char *name)
 {
     const uint8_t *d = t->file[0];
     size_t n = t->file_len[0];
-    if (n < 4) ST_FAIL(ST_ERR_FORMAT, "%s is %zu bytes, shorter than its 4-byte header", name, n);
-    int32_t max_len = get_i32(d);
+    t->is_spm = st_tok_spm_is_model(d, n);
+    t->spm_dummy_prefix = 1;   /* run.c's rule; a .model says its own */
+    if (!t->is_spm && n < 4) ST_FAIL(ST_ERR_FORMAT, "%s is %zu bytes, shorter than its 4-byte header", name, n);
+    int32_t max_len = t->is_spm ? 1 : get_i32(d);
     if (max_len <= 0 || max_len > (1 << 20))
-        ST_FAIL(ST_ERR_FORMAT, "%s: max_token_length %d is outside 1..%d; not a llama2.c tokenizer.bin", name,
-                max_len, 1 << 20);
+        ST_FAIL(ST_ERR_FORMAT, "%s: max_token_length %d is outside 1..%d; not a llama2.c tokenizer.bin (nor a "
+                "sentencepiece .model)", name, max_len, 1 << 20);
     int32_t count;
-    ST_TRY(walk(t, d, n, name, &count));
+    ST_TRY(t->is_spm ? st_tok_spm_walk(t, d, n, name, &count) : walk(t, d, n, name, &count));
     if (count < 3)
         ST_FAIL(ST_ERR_FORMAT, "%s holds %d tokens; at least <unk>, <s>, </s> (ids 0..2) are needed", name, count);
     ST_TRY(st_tok_alloc_vocab(t, count));
     ST_ALLOC(t->score, count, "token scores");
-    ST_TRY(walk(t, d, n, name, &count));
+    ST_TRY(t->is_spm ? st_tok_spm_walk(t, d, n, name, &count) : walk(t, d, n, name, &count));
 
     for (int32_t i = 0; i < count; i++) {
         int b = byte_piece(t->text[i], t->text_len[i]);
@@ -108,6 +110,8 @@ st_err st_tok_llama2c_build(st_tokenizer *t, const char *name)
     }
     t->bos = 1;
     t->eos = 2;
+    t->add_bos = 1;   /* sentencepiece's (and run.c's) rule: bos starts every sequence */
+    t->strip_lead_space = 1;
     t->space_id = st_tok_strmap_get(&t->vocab, " ", 1);
     return ST_OK;
 }
@@ -165,15 +169,30 @@ static st_err add_char(st_tok_enc *e, size_t *n, const char *c, size_t clen)
     return ST_OK;
 }
 
+/* sentencepiece's remove_extra_whitespaces: ' ' only; a run counts once
+ * (its later spaces go); outside [a, b), the text without its leading and
+ * trailing spaces, every space goes. */
+static int extra_space(const st_tokenizer *t, const char *s, size_t i, size_t a, size_t b)
+{
+    if (!t->spm_strip_spaces || s[i] != ' ') return 0;
+    return i < a || i >= b || (i > 0 && s[i - 1] == ' ');
+}
+
 st_err st_tok_llama2c_encode(st_tok_enc *e, const char *s, size_t len, int at_start)
 {
+    const st_tokenizer *t = e->t;
     if (len > INT32_MAX / 4) ST_FAIL(ST_ERR_ARG, "a text segment of %zu bytes is too long to encode", len);
-    size_t n = 0;
-    if (at_start && len > 0) ST_TRY(add_char(e, &n, " ", 1));   /* the dummy prefix */
+    size_t n = 0, kept = 0, a = 0, b = len;
+    if (at_start && t->spm_strip_spaces) {   /* the ends only where the text starts: a continuation keeps them */
+        while (a < b && s[a] == ' ') a++;
+        while (b > a && s[b - 1] == ' ') b--;
+    }
+    for (size_t i = 0; i < len; i++) kept += !extra_space(t, s, i, a, b);
+    if (at_start && kept > 0 && t->spm_dummy_prefix) ST_TRY(add_char(e, &n, " ", 1));   /* the dummy prefix */
     for (size_t i = 0; i < len;) {   /* text is valid UTF-8: the lead byte gives the length */
         uint8_t c = (uint8_t)s[i];
         size_t clen = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
-        ST_TRY(add_char(e, &n, s + i, clen));
+        if (!extra_space(t, s, i, a, b)) ST_TRY(add_char(e, &n, s + i, clen));
         i += clen;
     }
     int32_t m = (int32_t)n;

@@ -74,29 +74,48 @@ static int by_len_desc(const void *x, const void *y)
     return a->id < b->id ? -1 : a->id > b->id;
 }
 
-/* Compile one alternation over the added tokens (all, or non-special only).
- * Longest first, so PCRE2's leftmost-first match is leftmost-longest as in
- * Hugging Face; the branch-reset group (?|...) puts every token's literal in
- * capture 1, whose text names the id. */
-static st_err added_regex(st_tokenizer *t, pcre2_code **out, const st_tok_added *sorted, int n,
-                          int with_special, const char *file)
+/* PCRE2 compiles patterns up to 64K code units; Gemma 3 has 6,415 added
+ * tokens, so the alternation is cut into pieces of this many pattern bytes. */
+#define ADDED_CHUNK 8192
+
+/* Compile one piece of the alternation over the added tokens. */
+static st_err added_chunk(st_tokenizer *t, int set, const char *p, size_t len, const char *file)
+{
+    pcre2_code **re = realloc(t->added_re[set], sizeof *re * (size_t)(t->n_added_re[set] + 1));
+    if (!re) ST_FAIL(ST_ERR_MEM, "out of memory for added-token patterns");
+    t->added_re[set] = re;
+    t->added_hash = st_tok_fnv(t->added_hash, p, len + 1);
+    char what[300];
+    snprintf(what, sizeof(what), "%s: added tokens", file);
+    ST_TRY(st_tok_regex_compile(&re[t->n_added_re[set]], p, len, what));
+    t->n_added_re[set]++;
+    return ST_OK;
+}
+
+/* Compile the alternation over the added tokens (all, or non-special only),
+ * in pieces. Longest first, so PCRE2's leftmost-first match is leftmost-
+ * longest as in Hugging Face (the caller takes the leftmost, then longest,
+ * match of the pieces); the branch-reset group (?|...) puts every token's
+ * literal in capture 1, whose text names the id. */
+static st_err added_regex(st_tokenizer *t, int set, const st_tok_added *sorted, int n, const char *file)
 {
     char *p = NULL;
     size_t len = 0, cap = 0;
     int count = 0;
-    st_err err = pat_append(&p, &len, &cap, "(?|", 3);
+    st_err err = ST_OK;
     for (int i = 0; !err && i < n; i++) {
-        if (sorted[i].special && !with_special) continue;
-        if (count++) err = pat_append(&p, &len, &cap, "|", 1);
+        if (sorted[i].special && !set) continue;
+        const char *sep = count++ ? "|" : "(?|";
+        err = pat_append(&p, &len, &cap, sep, strlen(sep));
         if (!err) err = pat_literal(&p, &len, &cap, &sorted[i]);
+        if (!err && len >= ADDED_CHUNK) {
+            err = pat_append(&p, &len, &cap, ")", 1);
+            if (!err) err = added_chunk(t, set, p, len, file);
+            len = 0, count = 0;
+        }
     }
-    if (!err) err = pat_append(&p, &len, &cap, ")", 1);
-    if (!err && count) {
-        t->added_hash = st_tok_fnv(t->added_hash, p, len + 1);
-        char what[300];
-        snprintf(what, sizeof(what), "%s: added tokens", file);
-        err = st_tok_regex_compile(out, p, len, what);
-    }
+    if (!err && count) err = pat_append(&p, &len, &cap, ")", 1);
+    if (!err && count) err = added_chunk(t, set, p, len, file);
     free(p);
     if (err) st_error_trace(__FILE__, __LINE__, __func__);
     return err;
@@ -115,8 +134,8 @@ st_err st_tok_build_added_re(st_tokenizer *t, const st_tok_added *added, int n_a
     }
     qsort(sorted, (size_t)m, sizeof(*sorted), by_len_desc);
     t->added_hash = 0xcbf29ce484222325ULL;
-    st_err err = added_regex(t, &t->added_re[0], sorted, m, 0, file);
-    if (!err) err = added_regex(t, &t->added_re[1], sorted, m, 1, file);
+    st_err err = added_regex(t, 0, sorted, m, file);
+    if (!err) err = added_regex(t, 1, sorted, m, file);
     for (int i = 0; !err && i < m; i++)
         err = st_tok_strmap_put(&t->added, sorted[i].content, (uint32_t)sorted[i].len, sorted[i].id, 0);
     free(sorted);

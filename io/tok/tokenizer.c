@@ -46,6 +46,20 @@ static uint64_t compute_hash(const st_tokenizer *t)
     h = st_tok_fnv(h, t->stage_prefix_space, (size_t)t->n_stages + 1);
     h = hash_u64(h, (uint64_t)t->ignore_merges);
     h = hash_u64(h, t->added_hash);
+    if (t->n_norm) h = st_tok_norm_hash(t, h);   /* (tokenizers without these keep their old hash) */
+    int maps = t->byte_level_at >= 0 && t->byte_level_at < t->n_stages, merge_prev = 0;
+    for (int k = 0; k < t->n_stages; k++) merge_prev |= t->stage_merge_prev[k];
+    if (t->is_spm) {   /* a .model's normalizer flags; a tokenizer.bin keeps its hash */
+        int32_t f[2] = {t->spm_dummy_prefix, t->spm_strip_spaces};
+        h = st_tok_fnv(h, f, sizeof f);
+    }
+    if (t->char_bpe || t->meta_repl_len || maps || merge_prev) {
+        int32_t v[8] = {t->char_bpe, t->byte_fallback, t->fuse_unk, t->unk_id, t->meta_prepend, maps ? t->byte_level_at : -1,
+                        merge_prev, t->meta_repl_len};
+        h = st_tok_fnv(h, v, sizeof v);
+        h = st_tok_fnv(h, t->stage_merge_prev, (size_t)t->n_stages);
+        h = st_tok_fnv(h, t->meta_repl, t->meta_repl_len);
+    }
     return h;
 }
 
@@ -71,7 +85,7 @@ static st_err new_tokenizer(st_tokenizer **out, int kind)
     st_tokenizer *t = calloc(1, sizeof(*t));
     if (!t) ST_FAIL(ST_ERR_MEM, "out of memory allocating a tokenizer");
     t->kind = kind;
-    t->bos = t->eos = t->space_id = -1;
+    t->bos = t->eos = t->space_id = t->unk_id = t->byte_level_at = -1;
     for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
     *out = t;
     return ST_OK;
@@ -185,7 +199,11 @@ void st_tokenizer_free(st_tokenizer *t)
     st_tok_strmap_free(&t->vocab);
     st_tok_strmap_free(&t->added);
     free(t->chat_template);
-    for (int i = 0; i < 2; i++) pcre2_code_free(t->added_re[i]);
+    st_tok_norm_free(t->norm, t->n_norm);
+    for (int i = 0; i < 2; i++) {
+        for (int k = 0; k < t->n_added_re[i]; k++) pcre2_code_free(t->added_re[i][k]);
+        free(t->added_re[i]);
+    }
     st_tok_pairmap_free(&t->merges);
     free(t->merge_pair);
     for (int k = 0; k < ST_TOK_MAX_STAGES; k++) {
@@ -298,21 +316,33 @@ st_err st_tokenizer_from_blob(st_tokenizer **out, const char *kind, const uint8_
 int st_tokenizer_vocab_size(const st_tokenizer *t) { return t ? t->n_vocab : 0; }
 int st_tokenizer_eos(const st_tokenizer *t) { return t ? t->eos : -1; }
 int st_tokenizer_bos(const st_tokenizer *t) { return t ? t->bos : -1; }
+int st_tokenizer_adds_bos(const st_tokenizer *t) { return t && t->add_bos && t->bos >= 0; }
+int st_tokenizer_adds_eos(const st_tokenizer *t) { return t && t->add_eos && t->eos >= 0; }
 const char *st_tokenizer_chat_template(const st_tokenizer *t) { return t ? t->chat_template : NULL; }
 uint64_t st_tokenizer_hash(const st_tokenizer *t) { return t ? t->hash : 0; }
 
 /* ---- encode ---- */
 
-/* Plain text between added tokens. at_start: the segment begins the text. */
-static st_err encode_text(st_tok_enc *e, const char *s, size_t len, int at_start)
+/* Plain text between added tokens. first: the segment is the text's first;
+ * continues: the text continues earlier text of the sequence (so its first
+ * segment starts no word: no dummy prefix, no Prepend). */
+static st_err encode_text(st_tok_enc *e, const char *s, size_t len, int first, int continues)
 {
-    switch (e->t->kind) {
+    const st_tokenizer *t = e->t;
+    switch (t->kind) {
     case ST_TOK_BYTE:
         for (size_t i = 0; i < len; i++) ST_TRY(st_tok_push_id(e, (unsigned char)s[i]));
         return ST_OK;
-    case ST_TOK_LLAMA2C: ST_TRY(st_tok_llama2c_encode(e, s, len, at_start)); return ST_OK;
-    default: ST_TRY(st_tok_bpe_encode(e, s, len)); return ST_OK;
+    case ST_TOK_LLAMA2C: ST_TRY(st_tok_llama2c_encode(e, s, len, first && !continues)); return ST_OK;
+    default: break;
     }
+    char *norm = NULL;
+    size_t nlen = len;
+    ST_TRY(st_tok_normalize(t, s, len, first && continues, &norm, &nlen));
+    st_err err = st_tok_bpe_encode(e, norm ? norm : s, nlen, first && !continues, !(first && continues));
+    free(norm);
+    if (err) st_error_trace(__FILE__, __LINE__, __func__);
+    return err;
 }
 
 /* Split at added tokens (leftmost-longest), encode the plain text between.
@@ -321,23 +351,26 @@ static st_err encode_segments(st_tok_enc *e, const char *text, size_t len, int a
                               int continues)
 {
     const st_tokenizer *t = e->t;
-    const pcre2_code *re = t->added_re[allow_special ? 1 : 0];
+    const int set = allow_special ? 1 : 0;
     size_t pos = 0;
     while (pos < len) {
-        int rc = re ? st_tok_regex_match(re, e->md, text, len, pos, "added tokens") : 0;
-        if (rc < 0) {
-            st_error_trace(__FILE__, __LINE__, __func__);
-            return ST_ERR_FORMAT;
+        size_t ms = len, me = 0, cs = 0, ce = 0;   /* the leftmost, then longest, match of the pieces */
+        for (int k = 0; k < t->n_added_re[set]; k++) {
+            int rc = st_tok_regex_match(t->added_re[set][k], e->md, text, len, pos, "added tokens");
+            if (rc < 0) {
+                st_error_trace(__FILE__, __LINE__, __func__);
+                return ST_ERR_FORMAT;
+            }
+            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
+            if (rc > 0 && (ov[0] < ms || (ov[0] == ms && ov[1] > me))) ms = ov[0], me = ov[1], cs = ov[2], ce = ov[3];
         }
-        if (rc == 0) {
-            ST_TRY(encode_text(e, text + pos, len - pos, pos == 0 && !continues));
+        if (ms == len) {
+            ST_TRY(encode_text(e, text + pos, len - pos, pos == 0, continues));
             break;
         }
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
-        size_t ms = ov[0], me = ov[1], cs = ov[2], ce = ov[3];
         int32_t id = st_tok_strmap_get(&t->added, text + cs, ce - cs);
         ST_ASSERT(id >= 0 && me > ms, "added-token match at %zu has no id", ms);
-        if (ms > pos) ST_TRY(encode_text(e, text + pos, ms - pos, pos == 0 && !continues));
+        if (ms > pos) ST_TRY(encode_text(e, text + pos, ms - pos, pos == 0, continues));
         ST_TRY(st_tok_push_id(e, id));
         pos = me;
     }
@@ -389,7 +422,7 @@ st_err st_tokenizer_decode_piece(const st_tokenizer *t, int32_t prev, int32_t id
     const char *p = t->dec[id];
     size_t n = t->dec_len[id];
     /* sentencepiece's dummy prefix: a piece's leading space after bos is not text */
-    if (t->kind == ST_TOK_LLAMA2C && prev == t->bos && p == t->text[id] && n > 0 && p[0] == ' ')
+    if (t->strip_lead_space && prev == t->bos && n > 0 && p[0] == ' ' && (t->kind != ST_TOK_LLAMA2C || p == t->text[id]))
         p++, n--;
     *piece = p;
     *len = n;

@@ -3,10 +3,15 @@
  * Spec strings given to st_tokenizer_load:
  *   "byte"                    256 byte tokens + id 256 "<|endoftext|>" (bos = eos = 256)
  *   "gpt2:DIR"                DIR/encoder.json + DIR/vocab.bpe (OpenAI GPT-2 files)
- *   "hf:PATH/tokenizer.json"  Hugging Face byte-level BPE (GPT-2, Llama 3, SmolLM,
- *                             Qwen2 style). A tokenizer_config.json next to it, when
- *                             present, supplies bos/eos and the chat template.
- *   "llama2c:PATH/tokenizer.bin"  llama2.c sentencepiece export (bos = 1, eos = 2)
+ *   "hf:PATH/tokenizer.json"  Hugging Face BPE: byte-level (GPT-2, Llama 3, SmolLM,
+ *                             Qwen2/3, Falcon) or sentencepiece-style (Llama 2,
+ *                             Mistral, TinyLlama, Phi-3, Gemma; tok_hf.c). A
+ *                             tokenizer_config.json next to it, when present,
+ *                             supplies bos/eos, add_bos_token and the chat template.
+ *   "llama2c:PATH/tokenizer.bin"  llama2.c sentencepiece export (bos = 1, eos = 2), as
+ *                             run.c encodes; or the sentencepiece .model itself
+ *                             (BPE, identity normalizer; tok_spm.c), whose
+ *                             remove_extra_whitespaces / add_dummy_prefix apply
  *   "llmc:PATH/gpt2_tokenizer.bin" llm.c's GPT-2 token bytes; merges follow from
  *                             the id order (tok_llmc.c), encodings equal gpt2's
  *
@@ -16,9 +21,10 @@
  * tokens of the other kinds are matched in text only when allow_special is set;
  * HF added tokens marked non-special are always matched (as Hugging Face does).
  *
- * Known gaps against Hugging Face: normalizers other than none/NFC are refused
- * and NFC is not applied (text is taken as already NFC); post-processors are
- * ignored (callers add bos themselves); BPE dropout is ignored.
+ * Known gaps against Hugging Face: normalizers other than NFC, NFD, NFKC,
+ * NFKD, Lowercase, Replace, Prepend, Strip (and Sequence) are refused;
+ * post-processors only decide st_tokenizer_adds_bos/eos (callers add them);
+ * BPE dropout is ignored.
  */
 #ifndef ST_TOKENIZER_H
 #define ST_TOKENIZER_H
@@ -43,6 +49,13 @@ st_err st_tokenizer_from_blob(st_tokenizer **out, const char *kind, const uint8_
 int st_tokenizer_vocab_size(const st_tokenizer *t);   /* ids 0..size-1, incl. added tokens */
 int st_tokenizer_eos(const st_tokenizer *t);          /* -1 if none */
 int st_tokenizer_bos(const st_tokenizer *t);          /* -1 if none */
+/* The tokenizer's own rule for a sequence's ends, as its authors' tools
+ * apply it: 1 when bos goes before every sequence (add_bos_token in
+ * tokenizer_config.json, else a TemplateProcessing post-processor that starts
+ * with it; llama2c/sentencepiece: yes; byte, gpt2, llmc: no), and when eos
+ * goes after it (add_eos_token, or the post-processor ending with it). */
+int st_tokenizer_adds_bos(const st_tokenizer *t);
+int st_tokenizer_adds_eos(const st_tokenizer *t);
 /* Exact lookup of a vocabulary or added token as written in the vocabulary
  * (byte-level form for GPT-2 style: "Ġworld"); -1 if absent. llama2c also
  * knows "<unk>", "<s>", "</s>" for ids 0, 1, 2. */

@@ -23,12 +23,13 @@
 
 
 
-typedef struct { char *to, *dtype, *name, *as; int merge_lora; } export_opts;
+typedef struct { char *to, *dtype, *name, *as; int merge_lora, force; } export_opts;
 static const st_option export_options[] = {
     {"to", ST_OPT_STRING, offsetof(export_opts, to), NULL, "destination: hf:DIR (Hugging Face directory), gguf:FILE (llama.cpp) or peft:DIR (the LoRA adapters alone, as PEFT saves them)"},
     {"dtype", ST_OPT_STRING, offsetof(export_opts, dtype), "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)"},
     {"name", ST_OPT_STRING, offsetof(export_opts, name), "shardtune", "model name recorded in GGUF general.name"},
     {"merge-lora", ST_OPT_BOOL, offsetof(export_opts, merge_lora), "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)"},
+    {"force", ST_OPT_BOOL, offsetof(export_opts, force), "false", "gguf: write the tokenizer even when llama.cpp would tokenize text differently (unknown pre-tokenizer, normalizers, sentencepiece-style tokenizer.json)"},
     {"as", ST_OPT_STRING, offsetof(export_opts, as), "auto", "what to write: lm (the language model), classifier (a classification or reward head as *ForSequenceClassification, hf only) or auto (classifier when the checkpoint has a head)"},
 };
 
@@ -153,7 +154,7 @@ static st_err export_one(const char *ckpt, const export_opts *o)
     st_err e = st_infer_open(&x, ckpt, &g, &io);
     if (!e) {
         e = gguf     ? st_gguf_export(where, &x.cfg, x.m.params, x.tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32,
-                                      o->name)
+                                      o->name, o->force)
             : as_cls ? write_classifier(ckpt, where, &x, dt)
                      : st_hf_write(where, &x.cfg, x.m.params, x.tok, dt);
         if (!e)

@@ -19,6 +19,7 @@
 #include "io/checkpoint.h"
 #include "io/inference.h"
 #include "io/jsonl.h"
+#include "io/npy.h"
 #include "io/tok/tokenizer.h"
 #include "model/lora.h"
 #include "model/model.h"
@@ -26,7 +27,7 @@
 #include "mpi/tp.h"
 
 typedef struct {
-    char *prompt, *prompts, *out, *precision;
+    char *prompt, *prompts, *out, *logits, *precision;
     int max_new, tp, chunk, stop_at_eos, raw, batch;
     int64_t seed;
     st_sampling s;
@@ -35,8 +36,9 @@ typedef struct {
 static const st_option gen_options[] = {
     {"prompt", ST_OPT_STRING, offsetof(gen_opts, prompt), NULL, "one prompt (text)"},
     {"prompts", ST_OPT_STRING, offsetof(gen_opts, prompts), NULL, "JSONL file of {\"prompt\": ...} lines (e.g. candidates for raters)"},
-    {"out", ST_OPT_STRING, offsetof(gen_opts, out), NULL, "write {\"prompt\",\"completion\"} JSON lines here (default: print)"},
+    {"out", ST_OPT_STRING, offsetof(gen_opts, out), NULL, "write {\"prompt\",\"completion\",\"prompt_ids\",\"completion_ids\"} JSON lines here (default: print)"},
     {"max_new", ST_OPT_INT, offsetof(gen_opts, max_new), "64", "tokens to generate per prompt"},
+    {"logits", ST_OPT_STRING, offsetof(gen_opts, logits), NULL, "write the logits each new token was drawn from (before temperature, top-k, top-p) to this NumPy .npy file: float32, shape (prompts, max_new, vocab), prompt order, NaN after a completion ends"},
     {"temperature", ST_OPT_FLOAT, offsetof(gen_opts, s.temperature), "0.8", "sampling temperature (0 = greedy)"},
     {"top_k", ST_OPT_INT, offsetof(gen_opts, s.top_k), "0", "sample from the k most likely tokens (0 = all)"},
     {"top_p", ST_OPT_FLOAT, offsetof(gen_opts, s.top_p), "0.95", "nucleus sampling threshold (1 = off)"},
@@ -49,12 +51,20 @@ static const st_option gen_options[] = {
 };
 #define N_GEN ((int)(sizeof gen_options / sizeof gen_options[0]))
 
-/* Token ids of one prompt (BOS, or EOS, for an empty one). */
+/* Token ids of one prompt: bos first when the tokenizer's rule says so, as
+ * prepare built the training data (and as llama2.c and llama.cpp query such
+ * models); an empty prompt otherwise starts from bos, or eos. */
 static st_err encode_prompt(st_tokenizer *tok, const char *prompt, int max_seq, int32_t **ids, size_t *n, const gen_opts *o)
 {
     size_t cap = 0;
     *ids = NULL;
     *n = 0;
+    if (st_tokenizer_adds_bos(tok)) {
+        if (!(*ids = malloc(sizeof **ids))) ST_FAIL(ST_ERR_MEM, "out of memory");
+        (*ids)[0] = st_tokenizer_bos(tok);
+        *n = cap = 1;
+    }
+    /* encode (not encode_more): the prompt still starts the text, dummy prefix and all */
     st_err e = st_tokenizer_encode(tok, prompt, strlen(prompt), 1, ids, n, &cap);
     if (!e && *n == 0) {
         int bos = st_tokenizer_bos(tok) >= 0 ? st_tokenizer_bos(tok) : st_tokenizer_eos(tok);
@@ -74,11 +84,20 @@ static st_err encode_prompt(st_tokenizer *tok, const char *prompt, int max_seq, 
     return e;
 }
 
+/* The token ids of one prompt and of its completion, for --out. */
+typedef struct {
+    int32_t *prompt, *completion;
+    size_t n_prompt, n_completion;
+} gen_ids;
+
 /* Completions of nb prompts at once: each row's prompt is run through the
  * model on its own (lengths differ), then all rows decode together, one
- * position per row per step. outs[r]: malloc'd text of row r's new tokens. */
+ * position per row per step. outs[r]: malloc'd text of row r's new tokens;
+ * rids[r]: row r's prompt and new token ids (malloc'd). lg (NULL: none): the
+ * logits file, where row r is prompt first + r. */
 static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int nb, st_rng *rngs, char **outs,
-                             float *full, float *local, int *scratch, const gen_opts *o)
+                             gen_ids *rids, float *full, float *local, int *scratch, st_npy *lg, int64_t first,
+                             const gen_opts *o)
 {
     const st_layout *y = &m->lay;
     const int Vl = y->vocab_l, eos = st_tokenizer_eos(tok);
@@ -87,6 +106,7 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
     int32_t *next = calloc((size_t)nb, sizeof *next), *outids = calloc((size_t)nb * (o->max_new + 1), sizeof *outids);
     int *nout = calloc((size_t)nb, sizeof *nout), *done = calloc((size_t)nb, sizeof *done);
     st_err e = next && outids && nout && done ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    st_err werr = ST_OK;
     for (int r = 0; !e && r < nb; r++) { /* prefill row r, in chunks */
         int32_t *ids = NULL;
         size_t n = 0;
@@ -96,7 +116,7 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
             int q = (int)(n - at < (size_t)o->chunk ? n - at : (size_t)o->chunk);
             e = st_model_forward_cached(m, &row, ids + at, q, local + (size_t)r * Vl);
         }
-        free(ids);
+        rids[r].prompt = ids, rids[r].n_prompt = n;
     }
     for (int step = 0; !e && step < o->max_new; step++) {
         if ((e = st_tp_gather_logits(m->tp, full, local, nb, Vl))) break;
@@ -104,7 +124,12 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
         for (int r = 0; r < nb; r++) {
             next[r] = eos >= 0 ? eos : 0; /* a finished row is fed something; its output is ignored */
             if (done[r]) continue;
-            int t = st_sample_token(full + (size_t)r * Vl * y->tp_size, y->cfg.vocab_size, &o->s, &rngs[r], scratch);
+            float *row = full + (size_t)r * Vl * y->tp_size;   /* the first vocab_size are real */
+            /* a failed write is reported after the batch: the other tp ranks are still decoding */
+            if (lg && y->tp_rank == 0 && !werr)
+                werr = st_npy_put(lg, ((first + r) * o->max_new + step) * (int64_t)y->cfg.vocab_size, row,
+                                  (size_t)y->cfg.vocab_size);
+            int t = st_sample_token(row, y->cfg.vocab_size, &o->s, &rngs[r], scratch);
             if (o->stop_at_eos && t == eos) { done[r] = 1; continue; }
             outids[(size_t)r * (o->max_new + 1) + nout[r]++] = next[r] = t;
             active++;
@@ -112,9 +137,15 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
         if (!active || step + 1 == o->max_new) break;
         e = st_model_forward_cached(m, &c, next, 1, local);
     }
+    werr = st_agree(m->tp, werr);   /* the tp group stops together */
+    if (!e) e = werr;
     for (int r = 0; !e && r < nb; r++) {
         size_t len = 0;
         e = st_tokenizer_decode(tok, outids + (size_t)r * (o->max_new + 1), (size_t)nout[r], &outs[r], &len);
+        rids[r].completion = malloc(sizeof(int32_t) * (size_t)(nout[r] + 1));
+        if (!e && !rids[r].completion) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+        if (!e) memcpy(rids[r].completion, outids + (size_t)r * (o->max_new + 1), sizeof(int32_t) * (size_t)nout[r]);
+        rids[r].n_completion = (size_t)nout[r];
     }
     free(next), free(outids), free(nout), free(done);
     st_kvcache_free(&c);
@@ -167,6 +198,12 @@ static st_err read_prompts(char ***list, int *n, const gen_opts *o)
     return e;
 }
 
+static void add_ids(cJSON *j, const char *key, const int32_t *ids, size_t n)
+{
+    cJSON *a = cJSON_AddArrayToObject(j, key);
+    for (size_t i = 0; a && i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
+}
+
 static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
 {
     const gen_opts *o = opts;
@@ -188,21 +225,31 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
     int *scratch = malloc(sizeof(int) * vpad);
     st_rng *rngs = malloc(sizeof *rngs * o->batch);
     char **texts = calloc((size_t)np + 1, sizeof *texts);
+    gen_ids *ids = calloc((size_t)np + 1, sizeof *ids);
     FILE *out = stdout;
     if (o->out && g.world_rank == 0) {
         out = fopen(o->out, "w");
         if (!out) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", o->out, strerror(errno));
     }
-    if (!full || !local || !scratch || !rngs || !texts)
+    if (!full || !local || !scratch || !rngs || !texts || !ids)
         e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
     e = st_agree(world, e);
+    /* the logits file: world rank 0 makes it (all NaN), each tp rank 0 fills its prompts' rows */
+    st_npy lg = {.fd = -1}, *lgp = o->logits ? &lg : NULL;
+    if (!e && o->logits) {
+        int64_t shape[3] = {np, o->max_new, m->lay.cfg.vocab_size};
+        e = st_agree(world, g.world_rank == 0 ? st_npy_create(o->logits, shape, 3) : ST_OK);
+        if (!e) e = st_agree(world, g.tp_rank == 0 ? st_npy_open(&lg, o->logits) : ST_OK);
+    }
     /* dp rank r takes a contiguous block of prompts, in batches */
     const int lo = (int)((int64_t)np * g.dp_rank / g.dp_size), hi = (int)((int64_t)np * (g.dp_rank + 1) / g.dp_size);
     for (int i = lo; !e && i < hi; i += o->batch) {
         int nb = hi - i < o->batch ? hi - i : o->batch;
         for (int r = 0; r < nb; r++) st_rng_seed(&rngs[r], (uint64_t)o->seed * 1000003ULL + (uint64_t)(i + r));
-        e = complete_batch(m, tok, prompts + i, nb, rngs, texts + i, full, local, scratch, o);
+        e = complete_batch(m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch, lgp, i, o);
     }
+    st_err ce = st_npy_close(&lg);
+    if (!e) e = ce;
     e = st_agree(world, e);
     /* the block's lines, in prompt order, gathered to world rank 0 over dp (tp rank 0 ranks) */
     char *mine = NULL;
@@ -213,6 +260,8 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
             cJSON *j = cJSON_CreateObject();
             cJSON_AddStringToObject(j, "prompt", prompts[i]);
             cJSON_AddStringToObject(j, "completion", texts[i]);
+            add_ids(j, "prompt_ids", ids[i].prompt, ids[i].n_prompt);
+            add_ids(j, "completion_ids", ids[i].completion, ids[i].n_completion);
             char *js = cJSON_PrintUnformatted(j);
             fprintf(mem, "%s\n", js);
             free(js);
@@ -244,8 +293,9 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
         free(all), free(lens);
     }
     free(mine);
-    for (int i = 0; i < np; i++) free(texts[i]);
+    for (int i = 0; i < np; i++) free(texts[i]), free(ids[i].prompt), free(ids[i].completion);
     free(texts);
+    free(ids);
     free(rngs);
     if (out && out != stdout) fclose(out);
     for (int i = 0; i < np; i++) free(prompts[i]);

@@ -20,6 +20,7 @@ static const struct {
     {"score", "score candidate answers with a reward model"},
     {"convert", "import a Hugging Face directory, llama2.c or llm.c model into a checkpoint"},
     {"export", "write a checkpoint as a Hugging Face directory or a GGUF file"},
+    {"tokenize", "text to token ids and back with a model's tokenizer (to check it against other tools)"},
     {"inspect", "describe a checkpoint: format, config, step, tensors, checksums"},
     {"chat-template", "render a chat template over JSONL conversations (for checking it)"},
 };
@@ -40,6 +41,7 @@ static st_err dispatch(int argc, char **argv, MPI_Comm world)
     if (!strcmp(cmd, "eval")) return st_cmd_eval(argc, argv, world);
     if (!strcmp(cmd, "score")) return st_cmd_score(argc, argv, world);
 
+    if (!strcmp(cmd, "tokenize")) return st_cmd_tokenize(argc, argv, world);
     if (!strcmp(cmd, "inspect")) return st_cmd_inspect(argc, argv, world);
     if (!strcmp(cmd, "convert")) return st_cmd_convert(argc, argv, world);
     if (!strcmp(cmd, "export")) return st_cmd_export(argc, argv, world);

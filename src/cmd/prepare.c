@@ -41,8 +41,8 @@
 #include "io/tok/tokenizer.h"
 #include "mpi/comm.h"
 
-enum { FMT_TEXT, FMT_SFT, FMT_CHAT, FMT_PREF, FMT_CLASSIFY, N_FMT };
-static const char *const fmt_name[N_FMT] = {"text", "sft", "chat", "pref", "classify"};
+enum { FMT_TEXT, FMT_SFT, FMT_CHAT, FMT_PREF, FMT_CLASSIFY, FMT_IDS, N_FMT };
+static const char *const fmt_name[N_FMT] = {"text", "sft", "chat", "pref", "classify", "ids"};
 
 /* Why a record was left out. */
 enum { R_JSON, R_CSV, R_MISSING, R_TYPE, R_UTF8, R_EMPTY, R_VALUE, N_REASONS };
@@ -61,6 +61,7 @@ static const char hh_marker[] = "\n\nAssistant:";
 typedef struct {
     char *input, *out, *tokenizer, *format, *template_name, *on_error;
     char *text_col, *label_col, *text_field, *label_field, *label_names, *prompt_field, *response_field;
+    char *ids_field;
     int max_len;
     float val_fraction;
     int64_t seed;
@@ -70,7 +71,7 @@ static const st_option prepare_options[] = {
     {"input", ST_OPT_STRING, offsetof(prepare_opts, input), NULL, "JSONL (.jsonl, .gz) or CSV (.csv, .csv.gz) file (required)"},
     {"out", ST_OPT_STRING, offsetof(prepare_opts, out), NULL, "dataset file to write (required)"},
     {"tokenizer", ST_OPT_STRING, offsetof(prepare_opts, tokenizer), "byte", "byte, gpt2:DIR, hf:PATH/tokenizer.json or llama2c:PATH"},
-    {"format", ST_OPT_STRING, offsetof(prepare_opts, format), "auto", "auto, text, sft, chat, pref or classify"},
+    {"format", ST_OPT_STRING, offsetof(prepare_opts, format), "auto", "auto, text, sft, chat, pref, classify or ids (JSONL of token ids made elsewhere: {\"ids\": [...]}, taken as they are)"},
     {"template", ST_OPT_STRING, offsetof(prepare_opts, template_name), NULL, "default, plain, chatml or tokenizer (the tokenizer's own Jinja chat template); unset: tokenizer when it has one, else default; plain for hh-rlhf pairs"},
     {"max-len", ST_OPT_INT, offsetof(prepare_opts, max_len), "1024", "longest example in tokens (not text: the loader cuts windows); the prompt is cut from the left, then the response's end"},
     {"val-fraction", ST_OPT_FLOAT, offsetof(prepare_opts, val_fraction), "0.1", "fraction of records in the validation split"},
@@ -82,6 +83,7 @@ static const st_option prepare_options[] = {
     {"label-col", ST_OPT_STRING, offsetof(prepare_opts, label_col), NULL, "CSV column with the label (unset: label, category, intent or class)"},
     {"text-field", ST_OPT_STRING, offsetof(prepare_opts, text_field), "text", "JSONL field with the text"},
     {"label-field", ST_OPT_STRING, offsetof(prepare_opts, label_field), NULL, "JSONL field with the label (unset: label, category, intent or class)"},
+    {"ids-field", ST_OPT_STRING, offsetof(prepare_opts, ids_field), "ids", "ids: JSONL field with the array of token ids"},
     {"label-names", ST_OPT_STRING, offsetof(prepare_opts, label_names), NULL, "JSON array of label names fixing the label ids (e.g. categories.json)"},
 };
 #define N_OPTIONS ((int)(sizeof prepare_options / sizeof prepare_options[0]))
@@ -298,8 +300,11 @@ static st_err do_text(prep *p, const record *rec, int *reason)
     ST_TRY(nonempty(rec, p->pl->text_name, n, reason));
     st_tokseq *q = &p->seq[0];
     st_tokseq_clear(q);
-    int bos = st_tokenizer_bos(p->tok), eos = st_tokenizer_eos(p->tok);
-    if (bos >= 0 && bos != eos) ST_TRY(st_tokseq_push_id(q, bos, 0)); /* never a target worth learning */
+    int eos = st_tokenizer_eos(p->tok);
+    if (st_tokenizer_adds_bos(p->tok)) { /* the tokenizer's rule; never a target worth learning */
+        ST_TRY(st_tokseq_push_id(q, st_tokenizer_bos(p->tok), 0));
+        q->has_bos = 1;                  /* the text still starts the sequence: sentencepiece's dummy prefix */
+    }
     ST_TRY(st_tokseq_push_text(q, p->tok, s, n, 0, 1));
     if (eos >= 0) ST_TRY(st_tokseq_push_id(q, eos, 1));
     return add_doc(p, q, split_of(rec, o), -1);
@@ -482,15 +487,45 @@ static st_err do_classify(prep *p, const record *rec, int *reason)
     }
     st_tokseq *q = &p->seq[0];
     st_tokseq_clear(q);
-    int bos = st_tokenizer_bos(p->tok);
-    if (bos >= 0 && bos != st_tokenizer_eos(p->tok)) {
-        ST_TRY(st_tokseq_push_id(q, bos, 0));
+    if (st_tokenizer_adds_bos(p->tok)) {
+        ST_TRY(st_tokseq_push_id(q, st_tokenizer_bos(p->tok), 0));
         q->has_bos = 1;
     }
     ST_TRY(st_tokseq_push_text(q, p->tok, s, n, 0, 0));
     q->resp_start = q->n; /* all of it is "prompt": cut from the left */
     fit(p, q, 0);
     return add_doc(p, q, split_of(rec, o), id);
+}
+
+/* ids data: token ids made elsewhere (another tool's tokenizer), taken as
+ * they are, no bos or eos added, each checked against --tokenizer's
+ * vocabulary (the dataset's tokenizer); mask 1 everywhere, as text. */
+static st_err do_ids(prep *p, const record *rec, int *reason)
+{
+    const prepare_opts *o = p->o;
+    const char *f = o->ids_field;
+    if (!rec->obj) BAD(reason, R_TYPE, "%s: --format ids reads JSONL ({\"%s\": [ids]}), not CSV", rec->path, f);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(rec->obj, f), *it;
+    if (!v) BAD(reason, R_MISSING, "%s:%lld: field \"%s\" is missing (expected an array of token ids)", rec->path,
+                (long long)rec->line, f);
+    if (!cJSON_IsArray(v))
+        BAD(reason, R_TYPE, "%s:%lld: field \"%s\" must be an array of token ids, got %s", rec->path,
+            (long long)rec->line, f, json_type(v));
+    if (cJSON_GetArraySize(v) == 0)
+        BAD(reason, R_EMPTY, "%s:%lld: field \"%s\" is empty (nothing to learn from)", rec->path, (long long)rec->line, f);
+    st_tokseq *q = &p->seq[0];
+    st_tokseq_clear(q);
+    const int vocab = st_tokenizer_vocab_size(p->tok);
+    int i = 0;
+    cJSON_ArrayForEach(it, v) {
+        double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
+        if (!(d >= 0 && d < vocab) || d != (double)(int32_t)d)
+            BAD(reason, R_VALUE, "%s:%lld: %s[%d] is not a token id of the tokenizer %s (integers 0..%d)", rec->path,
+                (long long)rec->line, f, i, o->tokenizer, vocab - 1);
+        ST_TRY(st_tokseq_push_id(q, (int32_t)d, 1));
+        i++;
+    }
+    return add_doc(p, q, split_of(rec, o), -1);
 }
 
 static st_err do_record(prep *p, const record *rec, int *reason)
@@ -500,15 +535,19 @@ static st_err do_record(prep *p, const record *rec, int *reason)
     case FMT_SFT: return do_sft(p, rec, reason);
     case FMT_CHAT: return do_chat(p, rec, reason);
     case FMT_PREF: return do_pref(p, rec, reason);
+    case FMT_IDS: return do_ids(p, rec, reason);
     default: return do_classify(p, rec, reason);
     }
 }
 
-/* A record-level failure: fatal in fail mode, counted in skip mode. */
+/* A record-level failure: fatal in fail mode, counted in skip mode. An
+ * empty text of text data is always counted and skipped: an empty document
+ * teaches nothing, and corpora have them (blank rows, stripped markup). */
 static st_err handle(prep *p, st_err e, int reason)
 {
     if (!e) return ST_OK;
-    if (reason < 0 || !p->skip) return e;
+    int benign = reason == R_EMPTY && (p->pl->format == FMT_TEXT || p->pl->format == FMT_IDS);
+    if (reason < 0 || (!p->skip && !benign)) return e;
     if (!p->n_skipped[reason]++) {
         const char *m = st_error_message(), *nl = strchr(m, '\n');
         snprintf(p->first_msg[reason], MSG_CAP, "%.*s", (int)(nl ? nl - m : (long)strlen(m)), m);
@@ -617,6 +656,7 @@ static st_err detect(scan_ctx *s, const record *rec)
         else if (has_field(rec, o->prompt_field) && has_field(rec, o->response_field)) pl->format = FMT_SFT;
         else if (has_field(rec, text) && label && has_field(rec, label)) pl->format = FMT_CLASSIFY;
         else if (has_field(rec, text)) pl->format = FMT_TEXT;
+        else if (rec->obj && has_field(rec, o->ids_field)) pl->format = FMT_IDS;
         else
             ST_FAIL(ST_ERR_ARG, "%s:%lld: cannot tell the format from this record's fields; expected "
                     "\"%s\" (text), \"prompt\"+\"response\" (sft), \"messages\" (chat), "
@@ -816,7 +856,7 @@ static st_err parse_format(int *fmt, const prepare_opts *o)
     if (!strcmp(o->format, "auto")) return ST_OK;
     for (int i = 0; i < N_FMT; i++)
         if (!strcmp(o->format, fmt_name[i])) *fmt = i;
-    if (*fmt < 0) ST_FAIL(ST_ERR_ARG, "--format %s: expected auto, text, sft, chat, pref or classify", o->format);
+    if (*fmt < 0) ST_FAIL(ST_ERR_ARG, "--format %s: expected auto, text, sft, chat, pref, classify or ids", o->format);
     return ST_OK;
 }
 
@@ -950,7 +990,8 @@ static st_err prepare(MPI_Comm comm, int fmt, const prepare_opts *o)
     int64_t skipped = 0;
     for (int i = 0; i < N_REASONS; i++) skipped += c[C_SKIP0 + i];
     st_dataset_info info = {
-        .kind = fmt_name[pl.format], .template_name = p.tpl ? p.tpl->name : "", .source = o->input,
+        .kind = pl.format == FMT_IDS ? "text" : fmt_name[pl.format], /* ids data trains as text */
+        .template_name = p.tpl ? p.tpl->name : "", .source = o->input,
         .n_records = c[C_RECORDS], .n_skipped = skipped, .n_truncated_prompt = c[C_CUT_P],
         .n_truncated_response = c[C_CUT_R], .max_len = o->max_len, .val_fraction = o->val_fraction,
         .seed = (uint64_t)o->seed, .n_labels = n_labels, .label_names = names};
