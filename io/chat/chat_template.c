@@ -375,27 +375,14 @@ static st_err cut(segs *s, const st_tokenizer *tok, const st_jinja_text *t, cons
     return ST_OK;
 }
 
-/* Does the template's own text (not a user's) contain text? */
-static int literal_contains(const st_jinja_text *t, const char *text)
-{
-    size_t n = strlen(text);
-    if (!t->n) return 0;
-    for (const char *p = t->s; n && (p = memmem(p, t->n - (size_t)(p - t->s), text, n)); p++)
-        if (!memchr(t->content + (p - t->s), 1, n)) return 1;
-    return 0;
-}
-
-static st_err encode(st_tokseq *s, const st_chat_template *ct, const st_tokenizer *tok, const st_jinja_text *t,
+static st_err encode(st_tokseq *s, const st_tokenizer *tok, const st_jinja_text *t,
                      const uint8_t *learn, size_t resp)
 {
+    /* No bos of our own: transformers tokenizes the rendering with
+     * add_special_tokens=False, so a sequence has the bos its template writes. */
     int bos = st_tokenizer_bos(tok), eos = st_tokenizer_eos(tok), distinct = bos >= 0 && bos != eos;
     segs sg = {.resp = resp};
-    st_err e = ST_OK;
-    if (distinct && !(ct->bos && literal_contains(t, ct->bos))) {
-        e = st_tokseq_push_id(s, bos, 0);
-        s->has_bos = 1;
-    }
-    if (!e) e = cut(&sg, tok, t, learn);
+    st_err e = cut(&sg, tok, t, learn);
     for (size_t i = 0; !e && i < sg.n; i++) {
         const seg *g = &sg.v[i];
         if (g->a == resp) s->resp_start = s->n;
@@ -436,7 +423,7 @@ st_err st_chat_template_render(st_tokseq *s, const st_chat_template *ct, const s
     if (c.last < 0) ST_FAIL(ST_ERR_ARG, "nothing to learn: the conversation has no assistant turn");
     c.n_msgs = c.last + 1;
     st_err e = locate(ct, turns, &c);
-    if (!e) e = encode(s, ct, tok, &c.full, c.learn, c.resp);
+    if (!e) e = encode(s, tok, &c.full, c.learn, c.resp);
     free_messages(c.msgs, c.n_msgs);
     free(c.rep.iter);
     st_jinja_report_free(&c.rep);

@@ -35,9 +35,10 @@
  * text between special tokens (template and content alike) is encoded as
  * one piece, as Hugging Face tokenizers split at special tokens first.
  *
- * bos: when the tokenizer has a distinct bos (bos >= 0, bos != eos) and the
- * rendering does not contain bos_token itself (Llama 3 and Llama 2 templates
- * write it), the sequence starts with bos, as with the built-in templates.
+ * bos: only what the template writes (Llama 2 and 3 templates write
+ * bos_token), as transformers' apply_chat_template(tokenize=True) encodes the
+ * rendering with add_special_tokens=False; a leading one counts as the
+ * sequence's bos (has_bos: truncation keeps it).
  */
 #ifndef ST_CHAT_TEMPLATE_H
 #define ST_CHAT_TEMPLATE_H

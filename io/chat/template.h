@@ -28,9 +28,9 @@
  *             See io/chat/chat_template.h.
  *
  * When the tokenizer's own rule puts bos first (st_tokenizer_adds_bos:
- * add_bos_token, sentencepiece vocabularies), every sequence starts with it
- * (mask 0), once: a Jinja template that writes bos_token itself gets no
- * second one.
+ * add_bos_token, sentencepiece vocabularies), every sequence of a built-in
+ * template starts with it (mask 0). A Jinja template gets only the bos it
+ * writes itself (io/chat/chat_template.h).
  */
 #ifndef ST_TEMPLATE_H
 #define ST_TEMPLATE_H
