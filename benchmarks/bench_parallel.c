@@ -149,7 +149,8 @@ static st_err run(int argc, char **argv)
     st_adamw o;
     st_optim_config oc;
     st_optim_config_default(&oc);
-    ST_TRY(st_model_create(&m, &op.cfg, g.tp, B, T, 1, 1));
+    ST_TRY(st_model_create(&m, &op.cfg, g.tp, B, T, 1));
+    st_model_init(&m, 1);
     ST_TRY(st_model_set_precision(&m, op.bf16));
     ST_TRY(st_dp_init(&dp, g.dp, m.lay.numel, op.zero));
     size_t own_b, own_e;

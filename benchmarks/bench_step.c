@@ -22,7 +22,8 @@
 static int bench(const char *name, st_config cfg, int B, int T, int steps, int bf16, double peak)
 {
     st_model m;
-    if (st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 1, 1)) { st_error_print(stderr, 0); return 1; }
+    if (st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 1)) { st_error_print(stderr, 0); return 1; }
+    st_model_init(&m, 1);
     if (st_model_set_precision(&m, bf16)) { st_error_print(stderr, 0); return 1; }
     st_optim_config oc;
     st_optim_config_default(&oc);

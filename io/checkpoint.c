@@ -341,7 +341,23 @@ static st_err check_set_layout(const st_ckpt_set *s, const char *path)
 
 /* ---- small shared pieces ------------------------------------------------- */
 
-static int skipped(const char *name, const char *const *skip)
+static int64_t layout_bytes(const st_layout *lay)
+{
+    int64_t n = 0;
+    for (int i = 0; i < lay->n_tensors; i++) n += global_numel(&lay->tensors[i]);
+    return n * (int64_t)sizeof(float);
+}
+
+int64_t st_ckpt_tensor_bytes(const st_ckpt_tensors *t, int flags)
+{
+    const int moments = !(flags & ST_CKPT_WEIGHTS_ONLY);
+    int64_t n = layout_bytes(t->lay) * (moments && t->m ? 3 : 1);
+    for (int i = 0; i < t->n_sets; i++)
+        n += layout_bytes(t->sets[i].lay) * (moments && t->sets[i].m ? 3 : 1);
+    return n;
+}
+
+int st_ckpt_skipped(const char *name, const char *const *skip)
 {
     for (; skip && *skip; skip++) {
         size_t n = strlen(*skip);
@@ -1426,7 +1442,7 @@ static st_err load_group(hid_t file, const tgroup *gr, const char *path, const s
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
     for (int i = 0; i < nt; i++) {
         const st_tensor *ti = &lay->tensors[i];
-        if (skipped(ti->name, gr->skip)) continue;
+        if (st_ckpt_skipped(ti->name, gr->skip)) continue;
         snprintf(what, sizeof what, "/%s/%s", gr->path, ti->name);
         e = open_tensor(grp, gr->path, ti, path, &d);
         if (!e) e = st_h5_attr_read_u64(d, "checksum", &stored[i]);
@@ -1442,7 +1458,7 @@ static st_err load_group(hid_t file, const tgroup *gr, const char *path, const s
     MPI_Comm red = gr->zero ? g->world : g->tp;
     ST_TRY_GOTO(e, st_allreduce(red, sum, nt, ST_M_U64, ST_OP_SUM), agree);
     for (int i = 0; i < nt; i++) {
-        if (skipped(lay->tensors[i].name, gr->skip) || sum[i] == stored[i]) continue;
+        if (st_ckpt_skipped(lay->tensors[i].name, gr->skip) || sum[i] == stored[i]) continue;
         ST_FAIL_GOTO(e, agree, ST_ERR_FORMAT,
                      "%s: tensor /%s/%s is damaged: its data has checksum %016" PRIx64 " but the file "
                      "recorded %016" PRIx64 " (the file was modified or corrupted after it was written)",
@@ -1997,7 +2013,8 @@ done:
     return st_agree(comm, e);
 }
 
-st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_t cap)
+st_err st_ckpt_find_latest_with(const char *dir, MPI_Comm comm, char *path_out, size_t cap,
+                                st_ckpt_accept_fn accept, void *ctx)
 {
     st_h5_quiet();
     const int me = st_comm_rank(comm);
@@ -2034,11 +2051,14 @@ st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_
         *nl = '\0';
         tried++;
         ST_TRY_GOTO(e, join_path(path, sizeof path, dir, name), done);
-        if (!verify_file(path, comm, NULL)) {
-            if (strlen(path) >= cap) ST_FAIL_GOTO(e, done, ST_ERR_ARG, "checkpoint path %s does not fit %zu bytes", path, cap);
+        if (strlen(path) >= cap) ST_FAIL_GOTO(e, done, ST_ERR_ARG, "checkpoint path %s does not fit %zu bytes", path, cap);
+        int fatal = 0;
+        if (!(e = accept(path, ctx, &fatal))) {
             memcpy(path_out, path, strlen(path) + 1);
             goto done;
         }
+        if (fatal) goto done;
+        e = ST_OK;
         if (me == 0) {
             char why[1024];
             error_headline(why, sizeof why);
@@ -2057,6 +2077,17 @@ done:
     free(names);
     free(all);
     return e;
+}
+
+static st_err accept_verified(const char *path, void *ctx, int *fatal)
+{
+    (void)fatal;
+    return verify_file(path, *(MPI_Comm *)ctx, NULL);
+}
+
+st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_t cap)
+{
+    return st_ckpt_find_latest_with(dir, comm, path_out, cap, accept_verified, &comm);
 }
 
 /* Rank 0's line about one set: tensors, parameters, optimizer step, meta. */

@@ -162,6 +162,15 @@ st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_t
                     const char *const *skip, int flags, char **tok_kind, uint8_t **tok_blob,
                     size_t *tok_n);
 
+/* Bytes of the file's tensors a st_ckpt_load of t with flags reads, all
+ * ranks together (global shapes, float32): the model's weights, their
+ * moments when t->m is given and not ST_CKPT_WEIGHTS_ONLY, and the sets
+ * likewise. For start-up lines ("loaded N GB in S s"). */
+int64_t st_ckpt_tensor_bytes(const st_ckpt_tensors *t, int flags);
+
+/* Is name on the skip list of st_ckpt_load (a name, or a prefix ending in '*')? */
+int st_ckpt_skipped(const char *name, const char *const *skip);
+
 /* Does path hold parameter set `group`, and its meta? Rank 0 reads, every
  * rank of comm receives the same answer: *present 0/1, *meta a malloc'd copy
  * of the meta text (NULL when absent; free it). For callers that need a
@@ -185,6 +194,17 @@ st_err st_ckpt_read_tokenizer(const char *path, char **kind, uint8_t **blob, siz
  * attribute "sets"; the reading is spread over comm); a bad one is skipped with a
  * warning on rank 0's stderr naming the file and the reason. Collective. */
 st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_t cap);
+
+/* The same search with another test of a candidate: accept(path, ctx,
+ * &fatal), collective over comm with the same status on every rank, ST_OK
+ * takes path; an error skips it with the same warning, unless it sets
+ * *fatal, which ends the search with that error. A resume passes its own
+ * load (the file is then read once: the load verifies every tensor it
+ * reads); its buffers may hold a skipped candidate's pieces until a later
+ * candidate's load overwrites them. */
+typedef st_err (*st_ckpt_accept_fn)(const char *path, void *ctx, int *fatal);
+st_err st_ckpt_find_latest_with(const char *dir, MPI_Comm comm, char *path_out, size_t cap,
+                                st_ckpt_accept_fn accept, void *ctx);
 
 /* Human-readable summary to out on comm rank 0: format, config, step,
  * tokens, parameter count, the sets (tensors, parameters, optimizer step,

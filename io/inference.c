@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/timer.h"
 #include "io/checkpoint.h"
 #include "io/lora_ckpt.h"
 
@@ -34,7 +35,7 @@ static st_err open_parts(st_infer *x, const char *ckpt, const st_grid *g, const 
     ST_TRY(read_head(x, ckpt, g, o->head, &head));
     const int T = o->T > 0 && o->T < x->cfg.max_seq ? o->T : x->cfg.max_seq;
     if (o->B < 1) ST_FAIL(ST_ERR_ARG, "'%s': buffers for %d rows: expected at least 1", ckpt, o->B);
-    ST_TRY(st_model_create(&x->m, &x->cfg, g->tp, o->B, T, 0, ST_MODEL_INFER));
+    ST_TRY(st_model_create(&x->m, &x->cfg, g->tp, o->B, T, ST_MODEL_INFER));
     st_ckpt_tensors t = {.lay = &x->m.lay, .params = x->m.params};
     if (head) {
         ST_TRY(st_cls_create(&x->head, &x->m, x->n_labels, x->pool_mean, 0));
@@ -46,6 +47,7 @@ static st_err open_parts(st_infer *x, const char *ckpt, const st_grid *g, const 
     uint8_t *blob = NULL;
     size_t nb = 0;
     ST_TRY(st_ckpt_load(ckpt, g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, &kind, &blob, &nb));
+    x->bytes = st_ckpt_tensor_bytes(&t, ST_CKPT_WEIGHTS_ONLY);
     free(t.sets[0].meta);
     st_err e = ST_OK;
     if (kind) e = st_tokenizer_from_blob(&x->tok, kind, blob, nb);
@@ -68,12 +70,21 @@ static st_err open_parts(st_infer *x, const char *ckpt, const st_grid *g, const 
 st_err st_infer_open(st_infer *x, const char *ckpt, const st_grid *g, const st_infer_opts *o)
 {
     memset(x, 0, sizeof *x);
+    const double t0 = st_now();
     st_err e = open_parts(x, ckpt, g, o);
+    x->seconds = st_now() - t0;
     if (e) {
         st_infer_close(x);
         st_error_trace(__FILE__, __LINE__, __func__);
     }
     return e;
+}
+
+void st_infer_print_loaded(const st_infer *x, const char *cmd, const st_grid *g)
+{
+    if (g->world_rank) return;
+    fprintf(stderr, "shardtune %s: loaded %.2f GB in %.2f s (%.2f GB/s), %.2f s after start\n", cmd, x->bytes / 1e9,
+            x->seconds, x->seconds > 0 ? x->bytes / 1e9 / x->seconds : 0.0, st_since_start());
 }
 
 void st_infer_close(st_infer *x)

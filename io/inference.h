@@ -43,11 +43,17 @@ typedef struct {
     int lora_merged;
     st_precision prec;         /* what precision chose, and why (bf16 = 0 for fp32) */
     st_tokenizer *tok;         /* NULL when the checkpoint carries none */
+    int64_t bytes;             /* tensor bytes read, all ranks together */
+    double seconds;            /* how long the opening took */
 } st_infer;
 
 /* Open ckpt on grid g (collective over g->world); what fails names ckpt and
  * leaves nothing to close. */
 st_err st_infer_open(st_infer *x, const char *ckpt, const st_grid *g, const st_infer_opts *o);
 void st_infer_close(st_infer *x);
+
+/* The start-up line on stderr (world rank 0; stdout carries the command's
+ * results): "shardtune CMD: loaded N GB in S s (R GB/s), T s after start". */
+void st_infer_print_loaded(const st_infer *x, const char *cmd, const st_grid *g);
 
 #endif

@@ -28,6 +28,10 @@ int th_load_weights(const char *path, st_config *cfg, float **params, size_t *n)
  * gradient is rounding noise.) */
 double th_max_rel_diff(const st_config *cfg, const float *a, const float *b, char *worst, size_t cap);
 void th_rm_rf(const char *dir);
+/* Damage a checkpoint: flip one bit of byte `at` of dataset dset's data in
+ * path (rank 0 of comm writes; plain POSIX I/O). Returns 1 on every rank when
+ * it was done. */
+int th_flip_byte(MPI_Comm comm, const char *path, const char *dset, long long at);
 /* GPT-2's byte -> stand-in character (bytes_to_unicode), written from its
  * definition independently of io/tok/tok_bpe.c: out is NUL-terminated UTF-8. */
 void th_gpt2_stand_in(int b, char out[3]);

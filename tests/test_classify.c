@@ -29,7 +29,8 @@ START_TEST(matches_reference_as_a_k_token_lm)
     enum { K = 7, B = 3, T = 9 };
     st_config cfg = cfg_k(K);
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 3, 1), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&m, 3);
     st_cls_head h;
     ck_assert_int_eq(st_cls_create(&h, &m, K, 0, 5), 0);
     /* the reference: same body, lm_head = score.weight (bias 0) */
@@ -102,7 +103,8 @@ static double learn(int pool_mean, int freeze, float *before, float *after, size
     enum { K = 4, B = 8, T = 6 };
     st_config cfg = cfg_k(11);
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 9, 1), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&m, 9);
     st_cls_head h;
     ck_assert_int_eq(st_cls_create(&h, &m, K, pool_mean, 2), 0);
     uint8_t *tr = calloc(m.lay.n_tensors, 1);
@@ -186,7 +188,8 @@ START_TEST(reward_pair_loss_matches_finite_differences)
     enum { B = 6, T = 7 };
     st_config cfg = cfg_k(11);
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 3, 1), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&m, 3);
     st_cls_head h;
     ck_assert_int_eq(st_cls_create(&h, &m, 1, 0, 5), 0);
     for (int c = 0; c < cfg.d_model; c++) h.w[c] *= 20;   /* scores of order 1, not 0.01 */

@@ -68,8 +68,10 @@ START_TEST(dpo_matches_double_reference)
     const st_config cfg = cfg_small();
     const float beta = 0.7f, scale = 0.5f;   /* scale: 1 / pairs */
     st_model pol, ref;
-    ck_assert_int_eq(st_model_create(&pol, &cfg, MPI_COMM_SELF, B, T, 42, 1), 0);
-    ck_assert_int_eq(st_model_create(&ref, &cfg, MPI_COMM_SELF, B, T, 42, ST_MODEL_INFER), 0);
+    ck_assert_int_eq(st_model_create(&pol, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&pol, 42);
+    ck_assert_int_eq(st_model_create(&ref, &cfg, MPI_COMM_SELF, B, T, ST_MODEL_INFER), 0);
+    st_model_init(&ref, 42);
     perturb(&pol, 0.3f);
     perturb(&ref, -0.2f);
     pairs p = make_pairs();
@@ -149,8 +151,10 @@ START_TEST(dpo_starts_at_log_2)
 {
     const st_config cfg = cfg_small();
     st_model pol, ref;
-    ck_assert_int_eq(st_model_create(&pol, &cfg, MPI_COMM_SELF, B, T, 42, 1), 0);
-    ck_assert_int_eq(st_model_create(&ref, &cfg, MPI_COMM_SELF, B, T, 42, ST_MODEL_INFER), 0);
+    ck_assert_int_eq(st_model_create(&pol, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&pol, 42);
+    ck_assert_int_eq(st_model_create(&ref, &cfg, MPI_COMM_SELF, B, T, ST_MODEL_INFER), 0);
+    st_model_init(&ref, 42);
     pairs p = make_pairs();
     float *work = malloc(sizeof(float) * 2 * B * T);
     double loss = 0, correct = 0, margin = 0;

@@ -49,7 +49,8 @@ static void rig_init(rig *g, st_config cfg, float dropout)
     g->cfg = cfg;
     g->B = 3;
     g->T = 7;
-    ck_assert_int_eq(st_model_create(&g->m, &cfg, MPI_COMM_SELF, g->B, g->T, 42, 1), 0);
+    ck_assert_int_eq(st_model_create(&g->m, &cfg, MPI_COMM_SELF, g->B, g->T, 1), 0);
+    st_model_init(&g->m, 42);
     st_rng r;
     st_rng_seed(&r, 7);
     for (size_t i = 0; i < g->m.lay.numel; i++) g->m.params[i] += 0.05f * (float)(st_rng_uniform(&r) - 0.5);
@@ -138,7 +139,8 @@ START_TEST(layout_names_shapes_and_init)
 {
     st_config cfg = cfg_llama();
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, 2, 4, 1, 1), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, 2, 4, 1), 0);
+    st_model_init(&m, 1);
     st_lora_config lc = {.rank = 4, .alpha = 8.0f, .targets = (1u << ST_T_Q) | (1u << ST_T_DOWN)};
     st_lora *l;
     ck_assert_int_eq(st_lora_create(&l, &m.lay, &lc, 8, 5), 0);
@@ -274,7 +276,8 @@ static void check_reference(st_config cfg)
 
     /* (4) merge: equals the double merge, and the merged model alone computes base + adapters */
     st_model mm;
-    ck_assert_int_eq(st_model_create(&mm, &cfg, MPI_COMM_SELF, g.B, g.T, 42, 1), 0);
+    ck_assert_int_eq(st_model_create(&mm, &cfg, MPI_COMM_SELF, g.B, g.T, 1), 0);
+    st_model_init(&mm, 42);
     memcpy(mm.params, g.m.params, sizeof(float) * g.m.lay.numel);
     ck_assert_int_eq(st_lora_merge(g.l, &mm.lay, mm.params), 0);
     for (size_t i = 0; i < mm.lay.numel; i++)
@@ -290,7 +293,8 @@ static void check_reference(st_config cfg)
     ref_model_forward_backward(&r, g.itok, g.itgt, NULL, g.B, g.T, 1.0, rlog, 0);
     st_model gen[2];
     for (int k = 0; k < 2; k++) {
-        ck_assert_int_eq(st_model_create(&gen[k], &cfg, MPI_COMM_SELF, 1, g.T, 0, 0), 0);
+        ck_assert_int_eq(st_model_create(&gen[k], &cfg, MPI_COMM_SELF, 1, g.T, 0), 0);
+        st_model_init(&gen[k], 0);
         memcpy(gen[k].params, k ? mm.params : g.m.params, sizeof(float) * mm.lay.numel);
     }
     gen[0].adapter = st_lora_adapter(g.l);
@@ -404,7 +408,8 @@ static void check_learning(st_config cfg)
 {
     const int B = 4, T = 12, N = B * T, steps = 150;
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 3, 1), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&m, 3);
     for (int t = 0; t < m.lay.n_tensors; t++) {
         const st_tensor *ts = &m.lay.tensors[t];
         if (strstr(ts->name, "embed") || strstr(ts->name, "lm_head"))

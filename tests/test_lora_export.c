@@ -25,7 +25,8 @@ START_TEST(merged_checkpoint_equals_base_plus_adapters)
                      .tied_embeddings = 0};
     enum { T = 7 };
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, 1, T, 3, 0), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, 1, T, 0), 0);
+    st_model_init(&m, 3);
     st_lora_config lc = {.rank = 4, .alpha = 8.0f};
     ck_assert_int_eq(st_lora_parse_targets("q,v,o,down", &lc.targets), 0);
     st_lora *l;
@@ -55,7 +56,8 @@ START_TEST(merged_checkpoint_equals_base_plus_adapters)
     st_kvcache_free(&c);
     /* a fresh model from the file, adapters merged: no adapter attached */
     st_model m2;
-    ck_assert_int_eq(st_model_create(&m2, &cfg, MPI_COMM_SELF, 1, T, 99, 0), 0);
+    ck_assert_int_eq(st_model_create(&m2, &cfg, MPI_COMM_SELF, 1, T, 0), 0);
+    st_model_init(&m2, 99);
     st_ckpt_tensors t2 = {.lay = &m2.lay, .params = m2.params};
     ck_assert_int_eq(st_ckpt_load(path, &g, &t2, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL), 0);
     int merged = 0;
@@ -69,7 +71,8 @@ START_TEST(merged_checkpoint_equals_base_plus_adapters)
     ck_assert_msg(d / mx < 1e-5, "merged logits differ by %.3g of %.3g", d, mx);
     /* and they differ from the base alone: the adapters did something */
     st_model m3;
-    ck_assert_int_eq(st_model_create(&m3, &cfg, MPI_COMM_SELF, 1, T, 3, 0), 0);
+    ck_assert_int_eq(st_model_create(&m3, &cfg, MPI_COMM_SELF, 1, T, 0), 0);
+    st_model_init(&m3, 3);
     ck_assert_int_eq(st_kvcache_create(&c, &m3, 1), 0);
     ck_assert_int_eq(st_model_forward_cached(&m3, &c, tok, T, b), 0);
     st_kvcache_free(&c);

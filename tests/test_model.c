@@ -45,7 +45,8 @@ static void check_against_reference(st_config cfg)
 {
     const int B = 3, T = 7;
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 42, 1), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&m, 42);
     perturb(&m, 7);
     ref_model r;
     ck_assert_int_eq(ref_model_init(&r, &cfg), 0);
@@ -71,7 +72,7 @@ static void check_against_reference(st_config cfg)
     double *rlogits = malloc(sizeof(double) * B * T * cfg.vocab_size);
     ref_model_forward_backward(&r, tok, tgt, NULL, B, T, 1.0, rlogits, 0);
     st_model g;
-    ck_assert_int_eq(st_model_create(&g, &cfg, MPI_COMM_SELF, 1, T, 0, 0), 0);
+    ck_assert_int_eq(st_model_create(&g, &cfg, MPI_COMM_SELF, 1, T, 0), 0);
     memcpy(g.params, m.params, sizeof(float) * m.lay.numel);
     st_kvcache c;
     ck_assert_int_eq(st_kvcache_create(&c, &g, 1), 0);
@@ -92,7 +93,8 @@ static void check_against_reference(st_config cfg)
     /* batched: rows of different lengths (row 0 prefilled with 4 tokens, row 1
      * with 2), then decoded together: each row equals the full forward */
     st_model gb;
-    ck_assert_int_eq(st_model_create(&gb, &cfg, MPI_COMM_SELF, 2, T, 0, 0), 0);
+    ck_assert_int_eq(st_model_create(&gb, &cfg, MPI_COMM_SELF, 2, T, 0), 0);
+    st_model_init(&gb, 0);
     memcpy(gb.params, m.params, sizeof(float) * m.lay.numel);
     ck_assert_int_eq(st_kvcache_create(&c, &gb, 2), 0);
     float *lb = malloc(sizeof(float) * gb.lay.vocab_l * 2);
@@ -133,7 +135,8 @@ START_TEST(decoding_many_lengths_keeps_the_cache_bounded)
     const int T = 290, P = 4;
     st_kernels_shutdown(); /* an empty cache: earlier tests' primitives would be evicted */
     st_model g;
-    ck_assert_int_eq(st_model_create(&g, &cfg, MPI_COMM_SELF, 1, P, 42, 0), 0);
+    ck_assert_int_eq(st_model_create(&g, &cfg, MPI_COMM_SELF, 1, P, 0), 0);
+    st_model_init(&g, 42);
     perturb(&g, 7);
     ref_model r;
     ck_assert_int_eq(ref_model_init(&r, &cfg), 0);
@@ -184,7 +187,8 @@ static void check_bf16_against_reference(st_config cfg)
 {
     const int B = 3, T = 7;
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 42, 1), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&m, 42);
     perturb(&m, 7);
     ck_assert_int_eq(st_model_set_precision(&m, 1), 0);
     ref_model r;
@@ -207,7 +211,7 @@ static void check_bf16_against_reference(st_config cfg)
     double *rlogits = malloc(sizeof(double) * B * T * cfg.vocab_size);
     ref_model_forward_backward(&r, tok, tgt, NULL, B, T, 1.0, rlogits, 0);
     st_model g;
-    ck_assert_int_eq(st_model_create(&g, &cfg, MPI_COMM_SELF, 1, T, 0, 0), 0);
+    ck_assert_int_eq(st_model_create(&g, &cfg, MPI_COMM_SELF, 1, T, 0), 0);
     memcpy(g.params, m.params, sizeof(float) * m.lay.numel);
     ck_assert_int_eq(st_model_set_precision(&g, 1), 0); /* after the weights are in */
     st_kvcache c;
@@ -251,7 +255,8 @@ static double overfit(st_config cfg, int steps, double *first)
 {
     const int B = 4, T = 12;
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 3, 1), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&m, 3);
     st_optim_config oc;
     st_optim_config_default(&oc);
     oc.lr = 1e-2f;
@@ -306,7 +311,8 @@ START_TEST(masked_targets_change_nothing)
     st_config cfg = cfg_llama();
     const int B = 2, T = 8;
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 4, 1), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&m, 4);
     batch b = make_batch(B, T, cfg.vocab_size, 21);
     for (int i = 0; i < B * T; i++) b.mask[i] = (i % T) >= 5 ? 1.0f : 0.0f; /* the "response" is the tail */
     size_t n = m.lay.numel;
@@ -340,8 +346,10 @@ static void check_recompute(st_config cfg)
     const int B = 2, T = 9;
     cfg.n_layer = 3;
     st_model a, b;
-    ck_assert_int_eq(st_model_create(&a, &cfg, MPI_COMM_SELF, B, T, 8, ST_MODEL_TRAIN), 0);
-    ck_assert_int_eq(st_model_create(&b, &cfg, MPI_COMM_SELF, B, T, 8, ST_MODEL_TRAIN_RECOMPUTE), 0);
+    ck_assert_int_eq(st_model_create(&a, &cfg, MPI_COMM_SELF, B, T, ST_MODEL_TRAIN), 0);
+    st_model_init(&a, 8);
+    ck_assert_int_eq(st_model_create(&b, &cfg, MPI_COMM_SELF, B, T, ST_MODEL_TRAIN_RECOMPUTE), 0);
+    st_model_init(&b, 8);
     batch x = make_batch(B, T, cfg.vocab_size, 17);
     double la = 0, lb = 0;
     st_model_zero_grad(&a);
@@ -390,7 +398,8 @@ START_TEST(rejects_bad_tokens_and_shapes)
 {
     st_config cfg = cfg_llama();
     st_model m;
-    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, 2, 4, 1, 1), 0);
+    ck_assert_int_eq(st_model_create(&m, &cfg, MPI_COMM_SELF, 2, 4, 1), 0);
+    st_model_init(&m, 1);
     batch b = make_batch(2, 4, cfg.vocab_size, 1);
     double loss;
     b.tok[3] = cfg.vocab_size;
@@ -402,10 +411,10 @@ START_TEST(rejects_bad_tokens_and_shapes)
     st_model_free(&m);
     st_model m2;
     cfg.max_seq = 3;
-    ck_assert_int_eq(st_model_create(&m2, &cfg, MPI_COMM_SELF, 2, 4, 1, 1), ST_ERR_ARG);
+    ck_assert_int_eq(st_model_create(&m2, &cfg, MPI_COMM_SELF, 2, 4, 1), ST_ERR_ARG);
     cfg = cfg_llama();
     cfg.n_kv_head = 4; /* 6 heads do not group into 4 */
-    ck_assert_int_eq(st_model_create(&m2, &cfg, MPI_COMM_SELF, 2, 4, 1, 1), ST_ERR_ARG);
+    ck_assert_int_eq(st_model_create(&m2, &cfg, MPI_COMM_SELF, 2, 4, 1), ST_ERR_ARG);
 }
 END_TEST
 

@@ -224,32 +224,6 @@ static void save_model(const st_config *cfg, int tp_src, const char *path, const
 
 /* ---- file surgery (rank 0, plain POSIX I/O) -------------------------------- */
 
-static long long dataset_offset(const char *path, const char *dset)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    hid_t d = H5Dopen2(f, dset, H5P_DEFAULT);
-    haddr_t off = H5Dget_offset(d);
-    H5Dclose(d);
-    H5Fclose(f);
-    return off == HADDR_UNDEF ? -1 : (long long)off;
-}
-
-/* Flip one byte of dataset dset, at byte `at` of its data. Returns 1 on success (all ranks). */
-static int flip_byte(const char *path, const char *dset, long long at)
-{
-    int ok = 1;
-    if (g_rank == 0) {
-        long long off = dataset_offset(path, dset);
-        int fd = open(path, O_RDWR);
-        unsigned char b;
-        ok = off >= 0 && fd >= 0 && pread(fd, &b, 1, off + at) == 1;
-        b ^= 0x10;
-        ok = ok && pwrite(fd, &b, 1, off + at) == 1;
-        if (fd >= 0) close(fd);
-    }
-    return all_true(ok);
-}
-
 static uint64_t file_hash(const char *path)
 {
     uint64_t h = 0;
@@ -457,7 +431,7 @@ START_TEST(test_flipped_byte_refused)
     path_in(path, sizeof path, "flip.h5");
     save_model(&c, 2, path, NULL);
     const char *victim = "model.layers.0.mlp.up_proj.weight";
-    ck_assert(flip_byte(path, "/model/model.layers.0.mlp.up_proj.weight", 4 * 100 + 2));
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, path, "/model/model.layers.0.mlp.up_proj.weight", 4 * 100 + 2));
     rig d;
     rig_init(&d, &c, 1, 1);
     ALL(st_ckpt_load(path, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) != 0);
@@ -484,8 +458,8 @@ START_TEST(test_flipped_byte_refused)
     MSG_HAS(victim);
 
     /* repair it; damage a moment instead: weights-only loads, a resume does not */
-    ck_assert(flip_byte(path, "/model/model.layers.0.mlp.up_proj.weight", 4 * 100 + 2));
-    ck_assert(flip_byte(path, "/optim/v/model.norm.weight", 5));
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, path, "/model/model.layers.0.mlp.up_proj.weight", 4 * 100 + 2));
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, path, "/optim/v/model.norm.weight", 5));
     ALL(st_ckpt_load(path, &d.g, &d.t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL) == 0);
     ALL(st_ckpt_load(path, &d.g, &d.t, NULL, NULL, 0, NULL, NULL, NULL) != 0);
     MSG_HAS("/optim/v/model.norm.weight");
@@ -654,7 +628,7 @@ START_TEST(test_find_latest_skips_damaged)
 
     /* the newest (named by latest) is damaged; a garbage step file and a partial
      * temporary are newer still: all are passed over for step 10 */
-    ck_assert(flip_byte(p, "/optim/m/model.layers.1.self_attn.k_proj.weight", 9));
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, p, "/optim/m/model.layers.1.self_attn.k_proj.weight", 9));
     if (g_rank == 0) {
         snprintf(p, sizeof p, "%s/step_00000030.h5", dir);
         FILE *f = fopen(p, "w");
@@ -668,13 +642,65 @@ START_TEST(test_find_latest_skips_damaged)
     ck_assert_str_eq(found, p);
 
     /* nothing usable at all */
-    ck_assert(flip_byte(p, "/model/model.norm.weight", 1));
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, p, "/model/model.norm.weight", 1));
     ALL(st_ckpt_find_latest(dir, MPI_COMM_WORLD, found, sizeof found) != 0);
     MSG_HAS("no complete checkpoint");
     path_in(dir, sizeof dir, "empty");
     ALL(g_rank != 0 || mkdir(dir, 0700) == 0);
     ALL(st_ckpt_find_latest(dir, MPI_COMM_WORLD, found, sizeof found) != 0);
     MSG_HAS("no checkpoint in");
+    rig_free(&r);
+}
+END_TEST
+
+/* A resume's own test of the candidates: the first accepted is taken (one
+ * call when the newest will do), a refused one is passed over, a fatal
+ * refusal ends the search with its error. */
+typedef struct {
+    int calls, refuse_step, fatal_step;
+} accept_log;
+
+static st_err accept_counting(const char *path, void *ctx, int *fatal)
+{
+    accept_log *a = ctx;
+    a->calls++;
+    char mine[32];
+    snprintf(mine, sizeof mine, "step_%08d.h5", a->fatal_step);
+    if (strstr(path, mine)) {
+        *fatal = 1;
+        ST_FAIL(ST_ERR_ARG, "fatal at %s", path);
+    }
+    snprintf(mine, sizeof mine, "step_%08d.h5", a->refuse_step);
+    if (strstr(path, mine)) ST_FAIL(ST_ERR_FORMAT, "refused %s", path);
+    return ST_OK;
+}
+
+START_TEST(test_find_latest_with_accept)
+{
+    st_config c = gpt2_cfg();
+    char dir[512], p[600], found[1024];
+    path_in(dir, sizeof dir, "accept");
+    rig r;
+    rig_init(&r, &c, 1, 1);
+    rig_fill(&r);
+    st_train_state s = {.step = 10};
+    ALL(st_ckpt_save(dir, &r.g, &r.t, &s, NULL, NULL, 0, 0) == 0);
+    s.step = 20;
+    ALL(st_ckpt_save(dir, &r.g, &r.t, &s, NULL, NULL, 0, 0) == 0);
+    accept_log a = {0, -1, -1};
+    ALL(st_ckpt_find_latest_with(dir, MPI_COMM_WORLD, found, sizeof found, accept_counting, &a) == 0);
+    snprintf(p, sizeof p, "%s/step_00000020.h5", dir);
+    ck_assert_str_eq(found, p);
+    ck_assert_int_eq(a.calls, 1);
+    a = (accept_log){0, 20, -1};
+    ALL(st_ckpt_find_latest_with(dir, MPI_COMM_WORLD, found, sizeof found, accept_counting, &a) == 0);
+    snprintf(p, sizeof p, "%s/step_00000010.h5", dir);
+    ck_assert_str_eq(found, p);
+    ck_assert_int_eq(a.calls, 2);
+    a = (accept_log){0, -1, 20};
+    ALL(st_ckpt_find_latest_with(dir, MPI_COMM_WORLD, found, sizeof found, accept_counting, &a) != 0);
+    MSG_HAS("fatal at");
+    ck_assert_int_eq(a.calls, 1);
     rig_free(&r);
 }
 END_TEST
@@ -1167,7 +1193,7 @@ START_TEST(test_sets_damage_refused)
 
     /* a flipped byte in a split set tensor */
     const char *victim = "/lora/model.layers.1.self_attn.o_proj.lora_A.weight";
-    ck_assert(flip_byte(p2, victim, 4 * 37 + 1));
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, p2, victim, 4 * 37 + 1));
     rig d;
     pset dh, dl;
     rig_init(&d, &c, 1, 1);
@@ -1188,8 +1214,8 @@ START_TEST(test_sets_damage_refused)
     ck_assert_str_eq(found, p1);
 
     /* a damaged moment of the head: weights-only loads, a resume and find_latest refuse */
-    ck_assert(flip_byte(p2, victim, 4 * 37 + 1));
-    ck_assert(flip_byte(p1, "/optim/head/v/score.bias", 2));
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, p2, victim, 4 * 37 + 1));
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, p1, "/optim/head/v/score.bias", 2));
     ALL(st_ckpt_load(p1, &d.g, &d.t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL) == 0);
     ALL(pset_mismatches(&dh, HEAD_SALT, 0) == 0 && pset_mismatches(&dl, LORA_SALT, 0) == 0);
     free(d.t.sets[0].meta);
@@ -1412,6 +1438,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_failed_save_keeps_previous);
     tcase_add_test(tc, test_retention_and_latest);
     tcase_add_test(tc, test_find_latest_skips_damaged);
+    tcase_add_test(tc, test_find_latest_with_accept);
     tcase_add_test(tc, test_read_config_and_inspect);
     tcase_add_test(tc, test_pause_hook);
     tcase_add_test(tc, test_killed_mid_save);

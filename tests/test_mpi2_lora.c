@@ -73,8 +73,10 @@ static void check_tp2(st_config cfg)
     char worst[128] = "";
     /* the whole model on this rank alone, and the tp2 model */
     st_model one, two;
-    ck_assert_int_eq(st_model_create(&one, &cfg, MPI_COMM_SELF, B, T, 42, 1), 0);
-    ck_assert_int_eq(st_model_create(&two, &cfg, g.tp, B, T, 42, 1), 0);
+    ck_assert_int_eq(st_model_create(&one, &cfg, MPI_COMM_SELF, B, T, 1), 0);
+    st_model_init(&one, 42);
+    ck_assert_int_eq(st_model_create(&two, &cfg, g.tp, B, T, 1), 0);
+    st_model_init(&two, 42);
     st_rng r;
     st_rng_seed(&r, 7); /* same stream on every rank */
     for (size_t i = 0; i < one.lay.numel; i++) one.params[i] += 0.05f * (float)(st_rng_uniform(&r) - 0.5);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/params.h"
 #include "harness.h"
 #include "mpi_check.h"
 
@@ -95,6 +96,97 @@ static void run_pair(const char *family, const char *tp, const char *zero, const
     run_pair_in(family, tp, zero, method, fp32);
 }
 
+/* --resume auto reads each candidate once, with its load: a damaged newest
+ * checkpoint is passed over for the one before (and the steps after it are
+ * redone exactly); when every checkpoint is damaged the run stops instead of
+ * starting again from nothing. */
+START_TEST(resume_auto_passes_over_a_damaged_checkpoint)
+{
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    char dir[256], data[300], out[300], p10[400], p20[400], metrics[400];
+    th_tmpdir(MPI_COMM_WORLD, dir, sizeof dir);
+    ck_assert_int_eq(th_make_dataset(MPI_COMM_WORLD, dir), 0);
+    snprintf(data, sizeof data, "%s/data.h5", dir);
+    snprintf(out, sizeof out, "%s/run", dir);
+    snprintf(p10, sizeof p10, "%s/ckpt/step_00000010.h5", out);
+    snprintf(p20, sizeof p20, "%s/ckpt/step_00000020.h5", out);
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", out);
+    const char *a[] = {"--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "4", "--model.d_ff", "64",
+                       "--seq_len", "16", "--batch_size", "2", "--steps", "20", "--save_every", "10", "--keep", "0",
+                       "--eval_batches", "0", "--plot", "false", "--grid.tp", "2", "--data.train", data,
+                       "--out_dir", out, "--resume", "auto", NULL};
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, p20, "/model/model.layers.1.mlp.up_proj.weight", 4 * 7 + 1));
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0); /* from step 10: steps 11-20 again */
+    if (rank == 0) {
+        double l[40];
+        ck_assert_int_eq(th_read_losses(metrics, l, 40), 30);
+        for (int i = 0; i < 10; i++)
+            ck_assert_msg(l[20 + i] == l[10 + i], "step %d: %.9g before, %.9g redone", 11 + i, l[10 + i], l[20 + i]);
+    }
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, p20, "/model/model.norm.weight", 2));
+    ck_assert(th_flip_byte(MPI_COMM_WORLD, p10, "/optim/v/model.norm.weight", 2));
+    ck_assert_int_ne(th_train(MPI_COMM_WORLD, a), 0);
+    if (rank == 0) {
+        double l[40];
+        ck_assert_int_eq(th_read_losses(metrics, l, 40), 30); /* no fresh start */
+        th_rm_rf(dir);
+    }
+}
+END_TEST
+
+/* init_from loads every tensor but the init_skip ones, which hold the
+ * values a new model of the run's seed has (tp 2: each rank its slice). */
+START_TEST(init_from_draws_only_init_skip)
+{
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    char dir[256], data[300], base[300], tuned[300], p[400];
+    th_tmpdir(MPI_COMM_WORLD, dir, sizeof dir);
+    ck_assert_int_eq(th_make_dataset(MPI_COMM_WORLD, dir), 0);
+    snprintf(data, sizeof data, "%s/data.h5", dir);
+    snprintf(base, sizeof base, "%s/base", dir);
+    snprintf(tuned, sizeof tuned, "%s/tuned", dir);
+    const char *a[] = {"--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "4", "--model.d_ff", "64",
+                       "--model.tied_embeddings", "false", "--seq_len", "16", "--batch_size", "2", "--steps", "0",
+                       "--eval_batches", "0", "--plot", "false", "--data.train", data, "--seed", "5",
+                       "--out_dir", base, NULL};
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
+    snprintf(p, sizeof p, "%s/ckpt/step_00000000.h5", base);
+    const char *b[] = {"--init_from", p, "--init_skip", "lm_head.weight,model.layers.1.mlp.*", "--seq_len", "16",
+                       "--batch_size", "2", "--steps", "0", "--eval_batches", "0", "--plot", "false",
+                       "--data.train", data, "--seed", "7", "--grid.tp", "2", "--out_dir", tuned, NULL};
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, b), 0);
+    if (rank == 0) {
+        st_config cfg;
+        float *w0, *w1, *fresh;
+        size_t n0, n1;
+        ck_assert_int_eq(th_load_weights(p, &cfg, &w0, &n0), 0);
+        snprintf(p, sizeof p, "%s/ckpt/step_00000000.h5", tuned);
+        ck_assert_int_eq(th_load_weights(p, &cfg, &w1, &n1), 0);
+        ck_assert(n0 == n1);
+        st_layout lay;
+        ck_assert_int_eq(st_layout_init(&lay, &cfg, 1, 0), ST_OK);
+        ck_assert_ptr_nonnull(fresh = malloc(lay.numel * sizeof *fresh));
+        st_params_init(&lay, fresh, 7);
+        int drawn = 0;
+        for (int i = 0; i < lay.n_tensors; i++) {
+            const st_tensor *t = &lay.tensors[i];
+            const int skip = !strcmp(t->name, "lm_head.weight") || !strncmp(t->name, "model.layers.1.mlp.", 19);
+            const float *want = skip ? fresh : w0;
+            drawn += skip;
+            ck_assert_msg(!memcmp(w1 + t->offset, want + t->offset, t->numel * sizeof(float)), "%s: not the %s", t->name,
+                          skip ? "seed's values" : "base's weights");
+        }
+        ck_assert_int_eq(drawn, 4); /* lm_head, gate, up, down */
+        free(w0), free(w1), free(fresh);
+        st_layout_free(&lay);
+        th_rm_rf(dir);
+    }
+}
+END_TEST
+
 START_TEST(resume_is_exact_tp2) { run_pair("llama", "2", "false", NULL); }
 END_TEST
 START_TEST(resume_is_exact_dp2_zero) { run_pair("gpt2", "1", "true", NULL); }
@@ -127,6 +219,8 @@ int main(int argc, char **argv)
     tcase_add_test(tc, resume_is_exact_dpo_tp2);
     tcase_add_test(tc, resume_is_exact_bf16_tp2);
     tcase_add_test(tc, precisions_resume_each_other);
+    tcase_add_test(tc, resume_auto_passes_over_a_damaged_checkpoint);
+    tcase_add_test(tc, init_from_draws_only_init_skip);
     suite_add_tcase(s, tc);
     int rc = st_run_mpi_suite(s);
     MPI_Finalize();

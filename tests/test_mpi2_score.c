@@ -46,7 +46,7 @@ static void direct_rewards(const char *ckpt, const char *data, double *out, int 
     ck_assert_int_eq(st_grid_init(&g, MPI_COMM_SELF, 1), ST_OK);
     st_model m;
     st_cls_head h;
-    ck_assert_int_eq(st_model_create(&m, &cfg, g.tp, 1, T, 0, ST_MODEL_TRAIN), ST_OK);
+    ck_assert_int_eq(st_model_create(&m, &cfg, g.tp, 1, T, ST_MODEL_TRAIN), ST_OK);
     ck_assert_int_eq(st_cls_create(&h, &m, 1, 0, 0), ST_OK);
     st_ckpt_tensors t = {.lay = &m.lay, .params = m.params, .n_sets = 1};
     t.sets[0] = (st_ckpt_set){.group = "head", .lay = &h.lay, .params = h.params};

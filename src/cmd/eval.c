@@ -64,6 +64,7 @@ static st_err load(evaluator *v, const char *ckpt, MPI_Comm world, const eval_op
     const st_infer_opts io = {.B = o->batch_size, .T = o->seq_len, .head = ST_INFER_HEAD, .merge_lora = 1,
                               .precision = o->precision};
     ST_TRY(st_infer_open(&v->x, ckpt, &v->g, &io));
+    st_infer_print_loaded(&v->x, "eval", &v->g);
     if (o->seq_len > v->x.cfg.max_seq)
         ST_FAIL(ST_ERR_ARG, "--seq_len %d exceeds the model's max_seq %d", o->seq_len, v->x.cfg.max_seq);
     v->classify = v->x.has_head;
@@ -146,7 +147,7 @@ static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples
     if (!o->generate || v->classify || !v->x.tok || v->g.dp_rank != 0) return ST_OK;
     const st_layout *y = &v->x.m.lay;
     st_model gm;
-    ST_TRY(st_model_create(&gm, &y->cfg, v->g.tp, 1, 64, 0, 0));
+    ST_TRY(st_model_create(&gm, &y->cfg, v->g.tp, 1, 64, ST_MODEL_INFER));
     memcpy(gm.params, v->x.m.params, y->numel * sizeof(float));
     float *local = malloc(sizeof(float) * y->vocab_l), *full = malloc(sizeof(float) * y->vocab_l * y->tp_size);
     st_err e = local && full ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");

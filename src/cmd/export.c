@@ -153,6 +153,7 @@ static st_err export_one(const char *ckpt, const export_opts *o)
                               .merge_lora = o->merge_lora};
     st_err e = st_infer_open(&x, ckpt, &g, &io);
     if (!e) {
+        st_infer_print_loaded(&x, "export", &g);
         e = gguf     ? st_gguf_export(where, &x.cfg, x.m.params, x.tok, dt == ST_DT_F16 ? ST_GGML_F16 : ST_GGML_F32,
                                       o->name, o->force)
             : as_cls ? write_classifier(ckpt, where, &x, dt)

@@ -16,6 +16,7 @@
 
 #include "cmd/commands.h"
 #include "cmd/options.h"
+#include "core/timer.h"
 #include "io/checkpoint.h"
 #include "io/inference.h"
 #include "io/jsonl.h"
@@ -94,10 +95,11 @@ typedef struct {
  * model on its own (lengths differ), then all rows decode together, one
  * position per row per step. outs[r]: malloc'd text of row r's new tokens;
  * rids[r]: row r's prompt and new token ids (malloc'd). lg (NULL: none): the
- * logits file, where row r is prompt first + r. */
+ * logits file, where row r is prompt first + r. *first_token (when still
+ * < 0): st_since_start() once the first tokens are drawn. */
 static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int nb, st_rng *rngs, char **outs,
                              gen_ids *rids, float *full, float *local, int *scratch, st_npy *lg, int64_t first,
-                             const gen_opts *o)
+                             double *first_token, const gen_opts *o)
 {
     const st_layout *y = &m->lay;
     const int Vl = y->vocab_l, eos = st_tokenizer_eos(tok);
@@ -134,6 +136,7 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
             outids[(size_t)r * (o->max_new + 1) + nout[r]++] = next[r] = t;
             active++;
         }
+        if (*first_token < 0) *first_token = st_since_start();
         if (!active || step + 1 == o->max_new) break;
         e = st_model_forward_cached(m, &c, next, 1, local);
     }
@@ -214,6 +217,7 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
     const st_infer_opts io = {.B = o->batch, .T = o->chunk, .merge_lora = 1, .need_tokenizer = 1,
                               .precision = o->precision};
     ST_TRY(st_infer_open(&x, ckpt, &g, &io));
+    st_infer_print_loaded(&x, "generate", &g);
     st_model *m = &x.m;
     st_tokenizer *tok = x.tok;
     st_err e = ST_OK;
@@ -243,10 +247,14 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
     }
     /* dp rank r takes a contiguous block of prompts, in batches */
     const int lo = (int)((int64_t)np * g.dp_rank / g.dp_size), hi = (int)((int64_t)np * (g.dp_rank + 1) / g.dp_size);
+    double first_token = -1;
     for (int i = lo; !e && i < hi; i += o->batch) {
         int nb = hi - i < o->batch ? hi - i : o->batch;
         for (int r = 0; r < nb; r++) st_rng_seed(&rngs[r], (uint64_t)o->seed * 1000003ULL + (uint64_t)(i + r));
-        e = complete_batch(m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch, lgp, i, o);
+        e = complete_batch(m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch, lgp, i,
+                           &first_token, o);
+        if (!e && i == lo && g.world_rank == 0)
+            fprintf(stderr, "shardtune generate: first token %.2f s after start\n", first_token);
     }
     st_err ce = st_npy_close(&lg);
     if (!e) e = ce;

@@ -35,7 +35,8 @@ typedef struct st_method {
     st_err (*setup)(trainer *t);   /* optional: the method's own state, after the body and data */
     st_err (*forward)(trainer *t, int rows, double *loss, double *count, double *correct);
     st_err (*backward)(trainer *t);
-    st_err (*load_start)(trainer *t); /* optional: before the run's weights load (DPO: its reference) */
+    /* optional: after the run's weights are loaded or drawn, t->resumed set (DPO: its reference) */
+    st_err (*load_start)(trainer *t);
     void (*free)(trainer *t);      /* optional */
 } st_method;
 

@@ -130,18 +130,20 @@ static st_err dpo_setup(trainer *t)
     ST_ALLOC(s, 1, "DPO state");
     t->mstate = s;
     /* forward only: one layer's activations */
-    ST_TRY(st_model_create(&s->ref, &t->model.lay.cfg, t->grid.tp, o->batch_size, o->seq_len, (uint64_t)o->seed,
-                           ST_MODEL_INFER));
+    ST_TRY(st_model_create(&s->ref, &t->model.lay.cfg, t->grid.tp, o->batch_size, o->seq_len, ST_MODEL_INFER));
     ST_ALLOC(s->work, 2 * (size_t)o->batch_size * o->seq_len, "DPO scratch");
     return ST_OK;
 }
 
-/* The reference is the policy's starting point, also when resuming: the
- * seeded initialisation (the same seed and layout) or init_from. */
+/* The reference is the policy's starting point: a copy of the policy as it
+ * starts (called once the policy is loaded or drawn); on a resume, rebuilt
+ * from init_from or the seed as the run began (the same seed and layout). */
 static st_err dpo_load_start(trainer *t)
 {
     dpo_state *s = t->mstate;
-    if (t->o->init_from) ST_TRY(st_trainer_load_init(t, &s->ref));
+    if (!t->resumed) memcpy(s->ref.params, t->model.params, t->model.lay.numel * sizeof(float));
+    else if (t->o->init_from) ST_TRY(st_trainer_load_init(t, &s->ref));
+    else st_model_init(&s->ref, (uint64_t)t->o->seed);
     ST_TRY(st_model_set_precision(&s->ref, t->prec.bf16)); /* after its weights are in */
     return ST_OK;
 }

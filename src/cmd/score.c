@@ -61,6 +61,7 @@ static st_err load(scorer *v, const char *ckpt, const score_opts *o)
     const st_infer_opts io = {.B = o->batch_size, .T = o->seq_len, .head = ST_INFER_HEAD_REQUIRED,
                               .merge_lora = 1, .need_tokenizer = 1, .precision = o->precision};
     ST_TRY(st_infer_open(&v->x, ckpt, &v->g, &io));
+    st_infer_print_loaded(&v->x, "score", &v->g);
     if (v->x.n_labels != 1)
         ST_FAIL(ST_ERR_ARG, "'%s' is not a reward model (its head has %d outputs: a classifier); train one with "
                 "method reward", ckpt, v->x.n_labels);

@@ -246,7 +246,8 @@ static st_err setup(trainer *t, MPI_Comm world)
                 o->global_batch, o->batch_size, t->grid.dp_size);
     t->micro_per_step = per_rank_rows / o->batch_size;
     if (!o->global_batch) o->global_batch = o->batch_size * t->grid.dp_size;
-    ST_TRY(st_model_create(&t->model, &cfg, t->grid.tp, o->batch_size, o->seq_len, (uint64_t)o->seed,
+    /* parameters stay zero until load_start knows where they come from */
+    ST_TRY(st_model_create(&t->model, &cfg, t->grid.tp, o->batch_size, o->seq_len,
                            o->recompute ? ST_MODEL_TRAIN_RECOMPUTE : ST_MODEL_TRAIN));
     ST_TRY(st_dp_init(&t->dp, t->grid.dp, t->model.lay.numel, o->zero));
     st_dp_owned(&t->dp, &t->own_begin, &t->own_end);
@@ -295,73 +296,119 @@ static st_ckpt_tensors ckpt_tensors(trainer *t)
 }
 
 
+/* Resume from path: the model's weights, moments and sets, the step and the
+ * data position. A checkpoint of another model is refused (*fatal: no older
+ * checkpoint of the run would do either). */
+static st_err load_resume(trainer *t, const char *path, int *fatal)
+{
+    st_config cfg;
+    ST_TRY(st_ckpt_read_config(path, t->grid.world, &cfg));
+    if (memcmp(&cfg, &t->model.lay.cfg, sizeof cfg)) {
+        *fatal = 1;
+        ST_FAIL(ST_ERR_ARG, "checkpoint '%s' holds a different model than this recipe describes "
+                "(compare `shardtune inspect %s` with the recipe's model settings)", path, path);
+    }
+    st_ckpt_tensors c = ckpt_tensors(t);
+    st_train_state s = {0};
+    /* The file wants disjoint moment ranges over dp. Without ZeRO every dp
+     * rank needs all moments: read a 1/dp slice each, then all-gather. */
+    const int replicate = !t->dp.zero && t->grid.dp_size > 1 && t->adam.m;
+    const size_t n = t->model.lay.numel, d = (size_t)t->grid.dp_size, r = (size_t)t->grid.dp_rank;
+    if (replicate) {
+        c.opt_begin = n * r / d;
+        c.opt_end = n * (r + 1) / d;
+        c.m = t->adam.m + c.opt_begin;
+        c.v = t->adam.v + c.opt_begin;
+    }
+    for (int i = 0; i < c.n_sets; i++) c.sets[i].meta = NULL;
+    ST_TRY(st_ckpt_load(path, &t->grid, &c, &s, NULL, 0, NULL, NULL, NULL));
+    for (int i = 0; i < c.n_sets; i++) {
+        t->extra[i].adam.step = c.sets[i].adam_step;
+        free(c.sets[i].meta);
+    }
+    if (replicate) {
+        int64_t *counts, *displs;
+        ST_ALLOC(counts, 2 * d, "moment counts");
+        displs = counts + d;
+        for (size_t k = 0; k < d; k++) {
+            displs[k] = (int64_t)(n * k / d);
+            counts[k] = (int64_t)(n * (k + 1) / d) - displs[k];
+        }
+        st_err e = st_allgatherv(t->grid.dp, t->adam.m, counts, displs, ST_M_F32);
+        if (!e) e = st_allgatherv(t->grid.dp, t->adam.v, counts, displs, ST_M_F32);
+        free(counts);
+        ST_TRY(e);
+    }
+    t->adam.step = c.adam_step;
+    t->start_step = s.step;
+    t->tokens_seen = s.tokens_seen;
+    st_train_state_free(&s);
+    return ST_OK;
+}
+
+typedef struct {
+    trainer *t;
+    int tried; /* candidates offered: none means a run that has not saved yet */
+} resume_search;
+
+static st_err accept_resume(const char *path, void *ctx, int *fatal)
+{
+    resume_search *r = ctx;
+    r->tried++;
+    return load_resume(r->t, path, fatal);
+}
+
+/* Where the parameters come from: a checkpoint of this run (resume), another
+ * model's weights (init_from, less init_skip), or the seed. Only what is not
+ * loaded is drawn. */
 static st_err load_start(trainer *t)
 {
     const train_opts *o = t->o;
     char path[4096] = "";
-    int resuming = 0;
-    if (t->method->load_start) ST_TRY(t->method->load_start(t));
+    int resumed = 0, fatal = 0;
+    const double t0 = st_now();
     if (!strcmp(o->resume, "auto")) {
-        st_err e = st_ckpt_find_latest(t->ckpt_dir, t->grid.world, path, sizeof path);
-        if (e) {
+        /* the newest checkpoint that loads: each candidate is read once, and
+         * its load verifies every checksum it reads (a damaged one is skipped
+         * with a warning; when every one is damaged the run stops rather than
+         * start again from nothing) */
+        resume_search r = {t, 0};
+        st_err e = st_ckpt_find_latest_with(t->ckpt_dir, t->grid.world, path, sizeof path, accept_resume, &r);
+        if (e && !r.tried) {
             st_error_clear();
-            path[0] = 0;
             if (is_rank0(t)) printf("resume auto: no checkpoint in %s, starting fresh\n", t->ckpt_dir);
         } else {
-            resuming = 1;
+            ST_TRY(e);
+            resumed = 1;
         }
     } else if (strcmp(o->resume, "none")) {
         snprintf(path, sizeof path, "%s", o->resume);
-        resuming = 1;
+        ST_TRY(load_resume(t, path, &fatal));
+        resumed = 1;
     }
-    if (resuming) {
-        st_config cfg;
-        ST_TRY(st_ckpt_read_config(path, t->grid.world, &cfg));
-        if (memcmp(&cfg, &t->model.lay.cfg, sizeof cfg))
-            ST_FAIL(ST_ERR_ARG, "checkpoint '%s' holds a different model than this recipe describes "
-                    "(compare `shardtune inspect %s` with the recipe's model settings)", path, path);
-        st_ckpt_tensors c = ckpt_tensors(t);
-        st_train_state s = {0};
-        /* The file wants disjoint moment ranges over dp. Without ZeRO every dp
-         * rank needs all moments: read a 1/dp slice each, then all-gather. */
-        const int replicate = !t->dp.zero && t->grid.dp_size > 1 && t->adam.m;
-        const size_t n = t->model.lay.numel, d = (size_t)t->grid.dp_size, r = (size_t)t->grid.dp_rank;
-        if (replicate) {
-            c.opt_begin = n * r / d;
-            c.opt_end = n * (r + 1) / d;
-            c.m = t->adam.m + c.opt_begin;
-            c.v = t->adam.v + c.opt_begin;
-        }
-        for (int i = 0; i < c.n_sets; i++) c.sets[i].meta = NULL;
-        ST_TRY(st_ckpt_load(path, &t->grid, &c, &s, NULL, 0, NULL, NULL, NULL));
-        for (int i = 0; i < c.n_sets; i++) {
-            t->extra[i].adam.step = c.sets[i].adam_step;
-            free(c.sets[i].meta);
-        }
-        if (replicate) {
-            int64_t *counts, *displs;
-            ST_ALLOC(counts, 2 * d, "moment counts");
-            displs = counts + d;
-            for (size_t k = 0; k < d; k++) {
-                displs[k] = (int64_t)(n * k / d);
-                counts[k] = (int64_t)(n * (k + 1) / d) - displs[k];
-            }
-            st_err e = st_allgatherv(t->grid.dp, t->adam.m, counts, displs, ST_M_F32);
-            if (!e) e = st_allgatherv(t->grid.dp, t->adam.v, counts, displs, ST_M_F32);
-            free(counts);
-            ST_TRY(e);
-        }
-        t->adam.step = c.adam_step;
-        t->start_step = s.step;
-        t->tokens_seen = s.tokens_seen;
-        st_train_state_free(&s);
+    t->resumed = resumed;
+    if (resumed) {
         if (is_rank0(t)) printf("resumed from %s at step %lld\n", path, (long long)t->start_step);
-        return ST_OK;
-    }
-    if (o->init_from) {
+    } else if (o->init_from) {
         ST_TRY(st_trainer_load_init(t, &t->model));
         if (is_rank0(t)) printf("initialised from %s\n", o->init_from);
+    } else {
+        st_model_init(&t->model, (uint64_t)o->seed); /* a new model */
     }
+    if (is_rank0(t)) {
+        const double took = st_now() - t0;
+        if (resumed || o->init_from) {
+            st_ckpt_tensors c = ckpt_tensors(t);
+            if (!resumed) c.n_sets = 0; /* init_from reads the body's weights */
+            double gb = st_ckpt_tensor_bytes(&c, resumed ? 0 : ST_CKPT_WEIGHTS_ONLY) / 1e9;
+            printf("loaded %.2f GB in %.2f s (%.2f GB/s), %.2f s after start\n", gb, took, gb / took,
+                   st_since_start());
+        } else {
+            printf("initialised %.1fM parameters from seed %lld in %.2f s, %.2f s after start\n",
+                   st_config_num_params(&t->model.lay.cfg) / 1e6, (long long)o->seed, took, st_since_start());
+        }
+    }
+    if (t->method->load_start) ST_TRY(t->method->load_start(t)); /* e.g. DPO's reference: the policy as it starts */
     return ST_OK;
 }
 
@@ -546,6 +593,7 @@ static st_err run(trainer *t)
     print_eval(t, t->start_step ? "at the resumed step" : "before training", val0, acc0);
     if (o->steps == 0) /* steps: 0 writes the starting point (base + fresh head or adapters) */
         return save(t, 0);
+    if (is_rank0(t)) printf("first step begins %.2f s after start\n", st_since_start());
     for (int64_t step = t->start_step; step < o->steps; step++) {
         double loss = 0, gnorm = 0, t_step = st_now();
         int64_t ntok = 0;

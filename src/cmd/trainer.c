@@ -21,8 +21,8 @@ st_err st_trainer_add_set(trainer *t, const char *what, const char *group, char 
     return st_adamw_init(&p->adam, lay, 0, lay->numel, &o->opt);
 }
 
-/* init_from's weights into m, less the init_skip names; heads and adapters
- * start fresh on a new base. */
+/* init_from's weights into m, less the init_skip names, which start from
+ * the seed as in a new model; heads and adapters start fresh on a new base. */
 st_err st_trainer_load_init(trainer *t, st_model *m)
 {
     const train_opts *o = t->o;
@@ -32,6 +32,9 @@ st_err st_trainer_load_init(trainer *t, st_model *m)
     int n = 0;
     for (char *p = list ? strtok_r(list, ",", &save) : NULL; p && n < 63; p = strtok_r(NULL, ",", &save))
         names[n++] = p;
+    for (int i = 0; i < m->lay.n_tensors; i++)
+        if (st_ckpt_skipped(m->lay.tensors[i].name, (const char *const *)names))
+            st_params_init_tensor(&m->lay, m->params, (uint64_t)o->seed, i);
     st_err e = st_ckpt_load(o->init_from, &t->grid, &c, NULL, (const char *const *)names, ST_CKPT_WEIGHTS_ONLY,
                             NULL, NULL, NULL);
     free(list);

@@ -95,6 +95,7 @@ typedef struct {
     st_batch batch;
     st_tokenizer *tok;
     int micro_per_step;    /* micro-batches per rank per step */
+    int resumed;           /* the run continues from a checkpoint (start_step may be 0) */
     int64_t start_step;
     int64_t tokens_seen;
     double peak_gflops;    /* measured matmul rate of one rank, in the run's precision */
@@ -109,8 +110,8 @@ typedef struct {
 st_err st_trainer_add_set(trainer *t, const char *what, const char *group, char *meta, const st_layout *lay,
                           float *params, float *grads);
 
-/* init_from's weights into m (the policy, or DPO's reference), less the
- * init_skip names. */
+/* init_from's weights into m (the policy, or DPO's reference); the
+ * init_skip names are drawn from the seed instead. */
 st_err st_trainer_load_init(trainer *t, st_model *m);
 
 #endif

@@ -197,25 +197,28 @@ static int is_out_proj(const char *name)
     return strstr(name, "o_proj.weight") || strstr(name, "down_proj.weight");
 }
 
+void st_params_init_tensor(const st_layout *lay, float *base, uint64_t seed, int i)
+{
+    const st_tensor *t = &lay->tensors[i];
+    float *w = base + t->offset;
+    memset(w, 0, t->numel * sizeof *w); /* biases, and vocabulary padding rows */
+    if (t->ndim == 1) {
+        if (is_norm(t->name) && strstr(t->name, ".weight"))
+            for (int64_t j = 0; j < t->lshape[0]; j++) w[j] = 1.0f;
+        return;
+    }
+    const float sd = (float)(0.02 * (is_out_proj(t->name) ? 1.0 / sqrt(2.0 * lay->cfg.n_layer) : 1.0));
+    const uint64_t key = st_splitmix64(seed ^ st_hash_str(t->name));
+    const int64_t rows = t->lshape[0], cols = t->lshape[1];
+    /* local row r is global row start[0] + r, columns from start[1]: one
+     * contiguous run of global indices per row */
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+    for (int64_t r = 0; r < rows; r++)
+        st_normal_fill(w + r * cols, (size_t)cols, key,
+                       (uint64_t)((t->start[0] + r) * t->shape[1] + t->start[1]), sd);
+}
+
 void st_params_init(const st_layout *lay, float *base, uint64_t seed)
 {
-    memset(base, 0, lay->numel * sizeof *base);
-    const double out_scale = 1.0 / sqrt(2.0 * lay->cfg.n_layer);
-    for (int i = 0; i < lay->n_tensors; i++) {
-        const st_tensor *t = &lay->tensors[i];
-        float *w = base + t->offset;
-        int is_bias = t->ndim == 1;
-        if (is_bias && is_norm(t->name) && strstr(t->name, ".weight")) {
-            for (int64_t j = 0; j < t->lshape[0]; j++) w[j] = 1.0f;
-            continue;
-        }
-        if (is_bias) continue; /* biases start at 0 */
-        double std = 0.02 * (is_out_proj(t->name) ? out_scale : 1.0);
-        uint64_t key = seed ^ st_hash_str(t->name);
-        for (int64_t r = 0; r < t->lshape[0]; r++)
-            for (int64_t c = 0; c < t->lshape[1]; c++) {
-                uint64_t g = (uint64_t)((t->start[0] + r) * t->shape[1] + t->start[1] + c);
-                w[r * t->lshape[1] + c] = (float)(std * st_hash_normal(key, g));
-            }
-    }
+    for (int i = 0; i < lay->n_tensors; i++) st_params_init_tensor(lay, base, seed, i);
 }

@@ -89,11 +89,16 @@ void st_ptrs_free(st_ptrs *p);
 /* The tensor named name, or NULL. */
 const st_tensor *st_layout_find(const st_layout *lay, const char *name);
 
-/* Seeded initialisation of the whole model, identical for every grid:
- * every element's value depends only on (seed, tensor name, global index), so
- * a tp-split model starts with exactly the slices of the 1x1 model.
- * Linear weights ~ N(0, 0.02), output projections scaled by 1/sqrt(2L) (GPT-2),
- * norms' weights 1, biases 0. */
+/* Seeded initialisation, identical for every grid: every element's value
+ * depends only on (seed, tensor name, global index) (st_normal_fill), so a
+ * tp-split model starts with exactly the slices of the 1x1 model. Linear
+ * weights ~ N(0, 0.02), output projections scaled by 1/sqrt(2L) (GPT-2),
+ * norms' weights 1, biases and vocabulary padding 0. Rows are spread over
+ * the OpenMP threads. st_params_init does every tensor of the layout;
+ * st_params_init_tensor tensor i alone (a tensor a checkpoint does not
+ * provide). Only what will not be loaded needs it: a model's parameters
+ * start at zero. */
 void st_params_init(const st_layout *lay, float *base, uint64_t seed);
+void st_params_init_tensor(const st_layout *lay, float *base, uint64_t seed, int i);
 
 #endif

@@ -1,13 +1,14 @@
 /* rng.h: small deterministic random numbers.
  *
  * st_rng is a xoshiro256** stream (for sampling, shuffles and dropout); its
- * whole state is four words so a checkpoint can store it. st_hash_normal is a
- * counter-based draw: the value depends only on its inputs, which is what
+ * whole state is four words so a checkpoint can store it. st_normal_fill is
+ * counter-based: each value depends only on (key, index), which is what
  * makes initialisation identical on every process grid.
  */
 #ifndef ST_RNG_H
 #define ST_RNG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct { uint64_t s[4]; } st_rng;
@@ -30,7 +31,15 @@ static inline uint64_t st_splitmix64(uint64_t x)
 }
 
 uint64_t st_hash_str(const char *s);
-/* Standard normal draw determined by (key, index). */
-double st_hash_normal(uint64_t key, uint64_t index);
+
+/* out[j] = sd * Z(key, first + j) for j < n: Z(key, i) is a standard normal
+ * draw that depends only on (key, i), so a range filled in pieces, on any
+ * number of threads or ranks, holds the same values as filled whole.
+ * Ziggurat (Marsaglia & Tsang 2000, 256 layers) on one SplitMix64 output per
+ * index, its layer, sign and magnitude taken from separate bits (Doornik
+ * 2005); about 99% of draws are a table look-up and a multiply (vectorised),
+ * the rest finish from a xoshiro stream seeded by (key, i). Serial: callers
+ * split large ranges over threads. */
+void st_normal_fill(float *out, size_t n, uint64_t key, uint64_t first, float sd);
 
 #endif

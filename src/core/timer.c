@@ -4,12 +4,21 @@
 #include <stdlib.h>
 #include <time.h>
 
-
 double st_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double process_start = -1; /* one per process, like the clock itself */
+
+void st_clock_start(void) { process_start = st_now(); }
+
+double st_since_start(void)
+{
+    if (process_start < 0) st_clock_start();
+    return st_now() - process_start;
 }
 
 static const char *phase_name[ST_PH_COUNT] = {"data", "forward", "backward", "grad reduce (dp)",

@@ -8,6 +8,12 @@
 
 double st_now(void);  /* seconds, monotonic */
 
+/* Start-up figures: main() marks the process's start first thing; a
+ * command reports st_since_start() when its weights are loaded, its first
+ * token is drawn, its first step begins. (Unmarked: since the first call.) */
+void st_clock_start(void);
+double st_since_start(void);
+
 /* Per-phase wall time of a run (PETSc's -log_view, in small). */
 enum { ST_PH_DATA, ST_PH_FORWARD, ST_PH_BACKWARD, ST_PH_GRAD_REDUCE, ST_PH_OPTIMIZER, ST_PH_EVAL,
        ST_PH_CHECKPOINT, ST_PH_COUNT };

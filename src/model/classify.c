@@ -58,8 +58,7 @@ st_err st_cls_create(st_cls_head *h, const st_model *m, int n_classes, int pool_
     h->dw = h->grads;
     h->db = h->grads + t[1].offset;
     /* N(0, 0.02) like the body's linear layers, grid-independent */
-    uint64_t key = seed ^ st_hash_str("score.weight");
-    for (size_t i = 0; i < t[0].numel; i++) h->w[i] = (float)(0.02 * st_hash_normal(key, i));
+    st_normal_fill(h->w, t[0].numel, st_splitmix64(seed ^ st_hash_str("score.weight")), 0, 0.02f);
     ST_ALLOC(h->pooled, (size_t)m->B * C, "pooled states");
     ST_ALLOC(h->logits, (size_t)m->B * n_classes, "class logits");
     ST_ALLOC(h->rowbuf, 3 * (size_t)m->B, "cross-entropy scratch");

@@ -77,8 +77,7 @@ static void free_acts(st_acts *a)
     for (size_t i = 0; i < sizeof *a / sizeof(float *); i++) { free(p[i]); p[i] = NULL; }
 }
 
-st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, int T, uint64_t seed,
-                       int training)
+st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, int T, int training)
 {
     memset(m, 0, sizeof *m);
     const int tp_size = st_comm_size(tp), tp_rank = st_comm_rank(tp);
@@ -97,7 +96,6 @@ st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, in
     ST_TRY(st_ptrs_init(&m->g, &m->lay, m->grads));
     ST_TRY(st_ptrs_init(&m->gt, &m->lay, m->grads));
     m->embed_trainable = 1;
-    st_params_init(&m->lay, m->params, seed);
     ST_TRY(alloc_acts(m));
     if (!GPT2(m)) {
         size_t n = (size_t)cfg->max_seq * (m->lay.head_dim / 2);
@@ -107,6 +105,8 @@ st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, in
     }
     return ST_OK;
 }
+
+void st_model_init(st_model *m, uint64_t seed) { st_params_init(&m->lay, m->params, seed); }
 
 st_err st_model_set_precision(st_model *m, int bf16)
 {

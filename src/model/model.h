@@ -73,13 +73,17 @@ enum {
 };
 
 /* Allocate a model for cfg on this rank's slice of the communicator tp.
- * Parameters are initialised from seed (st_params_init); load a checkpoint to
- * overwrite. training: ST_MODEL_INFER keeps activations for one layer only
- * (generation, evaluation), ST_MODEL_TRAIN every layer's, and
- * ST_MODEL_TRAIN_RECOMPUTE only the residual stream (activation
- * recomputation: about one layer's memory instead of L, one more forward). */
-st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, int T, uint64_t seed,
-                       int training);
+ * Parameters start at zero (pages the kernel maps when first written):
+ * load a checkpoint into them, or draw them with st_model_init, or both for
+ * different tensors (st_params_init_tensor). training: ST_MODEL_INFER keeps
+ * activations for one layer only (generation, evaluation), ST_MODEL_TRAIN
+ * every layer's, and ST_MODEL_TRAIN_RECOMPUTE only the residual stream
+ * (activation recomputation: about one layer's memory instead of L, one more
+ * forward). */
+st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, int T, int training);
+/* The seeded initialisation of every parameter (st_params_init): for a model
+ * that starts from nothing. */
+void st_model_init(st_model *m, uint64_t seed);
 void st_model_free(st_model *m);
 
 /* Precision of the matrix products: fp32 (bf16 = 0), or bf16 mixed precision:
