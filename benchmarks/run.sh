@@ -7,7 +7,7 @@
 #   QUICK=1          smaller sizes, fewer repetitions (a smoke run, a few minutes)
 #   BENCH_DIR=DIR    scratch for checkpoints and the synthetic model (default
 #                    /tmp/shardtune-bench: put it on the disk you care about)
-#   ONLY="step parallel ckpt tokenize convert"   run a subset
+#   ONLY="step parallel ckpt tokenize convert startup plan"   run a subset
 #   QUIET_WAIT=S     before each command wait up to S seconds for an idle
 #                    machine (a shared node); after each command the log says
 #                    how many cores other processes took meanwhile either way
@@ -24,7 +24,7 @@ B=$BUILD/benchmarks
 OUT=$BUILD/bench
 SCRATCH=${BENCH_DIR:-/tmp/shardtune-bench}
 QUICK=${QUICK:-0}
-ONLY=${ONLY:-step parallel ckpt tokenize convert}
+ONLY=${ONLY:-step parallel ckpt tokenize convert startup plan}
 QUIET_WAIT=${QUIET_WAIT:-0}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN=(mpirun --bind-to none)
@@ -244,6 +244,103 @@ if want convert; then
   else
     say "skipped: $BIN convert does not read Hugging Face directories"
   fi
+fi
+
+# ---- 7. start-up: from process start to the first token, step or loaded model ----
+if want startup; then
+  section "7. start-up of the commands that load a checkpoint: Llama 162M (12 x 768, vocabulary 50257), 1 rank x 2 threads"
+  D=$SCRATCH/startup
+  rm -rf "$D"; mkdir -p "$D"
+  REPS=3; SHAPE="12 768 12 12 2048 50257"
+  [ "$QUICK" = 1 ] && REPS=1 && SHAPE="4 256 4 4 688 50257"
+  GPT2="gpt2:data/gpt2-bpe"
+  run "$B/make_hf_model" "$D/hf" $SHAPE
+  run "$BIN" convert "$D/hf" --out "$D/m.h5" --tokenizer "$GPT2"
+  rm -rf "$D/hf"
+  head -n 200 data/banking77/train.csv > "$D/text.csv"
+  run "$BIN" prepare --input "$D/text.csv" --format text --text-col text --tokenizer "$GPT2" --out "$D/text.h5"
+  run "$BIN" prepare --input data/hh-rlhf/harmless-base-test.jsonl.gz --tokenizer "$GPT2" --max-len 128 --out "$D/pref.h5"
+  echo '{"prompt": "Hello"}' > "$D/prompt.jsonl"
+  echo '{"prompt": "How do I reset my card?", "completion": "Open the app and choose Settings."}' > "$D/cand.jsonl"
+  TRAIN=(train --data.train "$D/pref.h5" --method reward --seq_len 128 --batch_size 2 --eval_batches 0 --plot false)
+  # a reward model with its AdamW moments: what score reads and --resume auto continues
+  run OMP_NUM_THREADS=2 "$BIN" "${TRAIN[@]}" --init_from "$D/m.h5" --steps 0 --out_dir "$D/rm"
+  CK=$D/rm/ckpt/step_00000000.h5
+  cat "$D/m.h5" "$CK" > /dev/null   # every figure below reads from the page cache
+  # startup LABEL PATTERN CMD...: REPS runs; the best wall time and the best
+  # "N s after start" of the line matching PATTERN (none: the wall time)
+  startup() {
+    local label=$1 pat=$2 w r bw= br= i; shift 2
+    for i in $(seq "$REPS"); do
+      [ "$label" = "train-resume" ] && { rm -rf "$D/res"; mkdir -p "$D/res/ckpt"; ln "$CK" "$D/res/ckpt/";
+                                         echo step_00000000.h5 > "$D/res/ckpt/latest"; }
+      rm -rf "$D/init" "$D/fresh" "$D/m.gguf"
+      run OMP_NUM_THREADS=2 bash -c 'timed "$@"' - "$label" "$@" || return 1
+      w=$(sed -n "s/^$label: wall \([0-9.]*\) s.*/\1/p" "$OUT/.out" | tail -n 1)
+      r=$w; [ -n "$pat" ] && r=$(grep -E "$pat" "$OUT/.out" | sed -n 's/.* \([0-9.]*\) s after start.*/\1/p' | tail -n 1)
+      bw=$(awk -v a="$w" -v b="$bw" 'BEGIN { print (b == "" || a < b) ? a : b }')
+      br=$(awk -v a="$r" -v b="$br" 'BEGIN { print (b == "" || a < b) ? a : b }')
+    done
+    say "RESULT startup cmd=$label wall_s=$bw ready_s=$br"
+  }
+  startup inspect "" "$BIN" inspect "$D/m.h5"
+  startup inspect-moments "" "$BIN" inspect "$CK"
+  startup generate "first token" "$BIN" generate "$D/m.h5" --prompts "$D/prompt.jsonl" --max_new 1 --temperature 0
+  startup eval "eval: loaded" "$BIN" eval "$D/m.h5" --data "$D/text.h5" --split all --seq_len 64 --batch_size 8 --max_batches 1
+  startup score "score: loaded" "$BIN" score "$CK" --input "$D/cand.jsonl" --out "$D/scored.jsonl" --seq_len 64
+  startup export "export: loaded" "$BIN" export "$D/m.h5" --to "gguf:$D/m.gguf"
+  startup train-init_from "first step begins" "$BIN" "${TRAIN[@]}" --init_from "$D/m.h5" --steps 1 --out_dir "$D/init"
+  startup train-resume "first step begins" "$BIN" "${TRAIN[@]}" --init_from "$D/m.h5" --steps 1 --resume auto --out_dir "$D/res"
+  startup train-new "first step begins" "$BIN" "${TRAIN[@]}" --model.n_layer "${SHAPE%% *}" --steps 1 --out_dir "$D/fresh" \
+      $(set -- $SHAPE; echo --model.d_model $2 --model.n_head $3 --model.n_kv_head $4 --model.d_ff $5 --model.vocab_size $6 \
+        --model.tied_embeddings false --model.max_seq 2048)
+  say "$(grep '^RESULT startup' "$LOG" | awk '{ for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    sub("cmd=", "", $3); r[$3] = v["ready_s"] }
+    END { printf "SUMMARY start-up, best of '"$REPS"' (ready: seconds after start to the first token / the loaded model / the first step; x: against inspect of the same file):";
+          for (c in r) if (c !~ /^inspect|train-new/) { ref = c == "train-resume" ? r["inspect-moments"] : r["inspect"];
+            printf " %s %.2f s = %.2fx;", c, r[c], r[c] / ref }
+          printf " train-new (nothing loaded) %.2f s;", r["train-new"]
+          printf " inspect %.2f s, inspect with moments %.2f s\n", r["inspect"], r["inspect-moments"] }')"
+  rm -rf "$D"
+fi
+
+# ---- 8. shardtune plan's memory per rank against real runs ------------------------
+if want plan; then
+  section "8. shardtune plan: predicted memory per rank against the peak resident memory of real runs (2 steps each)"
+  D=$SCRATCH/plan
+  rm -rf "$D"; mkdir -p "$D"
+  run "$BIN" prepare --input data/banking77/train.csv --format text --text-col text --tokenizer gpt2:data/gpt2-bpe \
+      --out "$D/text.h5"
+  GPT2M=(--model.family gpt2 --model.n_layer 12 --model.d_model 768 --model.n_head 12 --model.max_seq 1024)
+  LLAMA=(--model.n_layer 12 --model.d_model 768 --model.n_head 12 --model.d_ff 2048 --model.tied_embeddings false
+         --model.max_seq 2048)
+  # plan_check LABEL SHAPE RANKS PLAN-ARGS... -- TRAIN-ARGS...: the plan's
+  # "GB per rank" of the grid asked for, against train's "peak resident
+  # memory" (the largest rank's getrusage maximum)
+  plan_check() {
+    local label=$1 shape=$2 np=$3 pa=() want got; shift 3
+    while [ "$1" != "--" ]; do pa+=("$1"); shift; done; shift
+    run "$BIN" plan "$shape" --ranks "$np" "${pa[@]}"
+    want=$(sed -n 's/^asked: .*: \([0-9.]*\) GB per rank.*/\1/p' "$OUT/.out")
+    rm -rf "$D/run"
+    run OMP_NUM_THREADS=1 "${MPIRUN[@]}" -np "$np" "$BIN" train --data.train "$D/text.h5" --steps 2 --eval_batches 0 \
+        --plot false --out_dir "$D/run" "$@"
+    got=$(sed -n 's/^peak resident memory: \([0-9.]*\) GB.*/\1/p' "$OUT/.out")
+    say "RESULT plan case=$label predicted_gb=$want measured_gb=$got error_pct=$(awk -v a="$want" -v b="$got" \
+        'BEGIN { printf "%+.1f", 100 * (a - b) / b }')"
+  }
+  plan_check gpt2-124m-1x1 gpt2-124m 1 --tp 1 --seq 256 --batch 4 -- "${GPT2M[@]}" --seq_len 256 --batch_size 4
+  plan_check llama-162m-tp2 llama-162m 2 --tp 2 --seq 256 --batch 2 -- "${LLAMA[@]}" --seq_len 256 --batch_size 2 \
+      --grid.tp 2
+  plan_check llama-162m-dp2 llama-162m 2 --tp 1 --seq 256 --batch 2 -- "${LLAMA[@]}" --seq_len 256 --batch_size 2
+  plan_check llama-162m-dp2-zero-recompute llama-162m 2 --tp 1 --zero --recompute --seq 256 --batch 2 -- \
+      "${LLAMA[@]}" --seq_len 256 --batch_size 2 --grid.zero true --recompute true
+  # one long row: the attention probabilities (L x H x T x T) dominate the activations
+  plan_check llama-162m-1x1-seq1024 llama-162m 1 --tp 1 --seq 1024 --batch 1 -- "${LLAMA[@]}" --seq_len 1024 \
+      --batch_size 1
+  say "$(grep '^RESULT plan' "$LOG" | awk '{ e = $NF; sub("error_pct=", "", e); a = e < 0 ? -e : e; if (a > w) w = a; n++ }
+    END { printf "SUMMARY plan: %d runs, predicted memory per rank within %.1f%% of the measured peak (target 15%%)\n", n, w }')"
+  rm -rf "$D"
 fi
 
 section "summary (full log: $LOG)"

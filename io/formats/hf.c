@@ -669,6 +669,20 @@ static void hf_close(st_model_source *s)
     s->impl = NULL;
 }
 
+st_err st_hf_read_config(const char *path, st_config *cfg)
+{
+    char file[4096];
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) ST_TRY(join(file, sizeof file, path, "config.json"));
+    else snprintf(file, sizeof file, "%s", path);
+    cJSON *root;
+    ST_TRY(load_json(file, &root));
+    hf_arch arch;
+    st_err e = config_parse(root, file, cfg, &arch);
+    cJSON_Delete(root);
+    return e;
+}
+
 st_err st_hf_open(st_model_source *s, const char *dir)
 {
     s->format = "hf";

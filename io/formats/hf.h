@@ -38,6 +38,10 @@
 /* config.json text (n bytes) -> cfg; name is used in messages. */
 st_err st_hf_config_parse(const char *text, size_t n, const char *name, st_config *cfg);
 
+/* A model's shape from its config.json: path is the file or the directory
+ * holding it (for plans: no weights are read). */
+st_err st_hf_read_config(const char *path, st_config *cfg);
+
 /* Open the model in dir as a model source (io/formats/model_source.h):
  * config.json and the safetensors headers are read; tensors (F32, F16 or
  * BF16) are read one at a time later. */

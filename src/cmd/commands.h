@@ -17,6 +17,7 @@ st_err st_cmd_inspect(int argc, char **argv, MPI_Comm world);
 st_err st_cmd_convert(int argc, char **argv, MPI_Comm world);
 st_err st_cmd_export(int argc, char **argv, MPI_Comm world);
 st_err st_cmd_tokenize(int argc, char **argv, MPI_Comm world);
+st_err st_cmd_plan(int argc, char **argv, MPI_Comm world);
 st_err st_cmd_prepare(int argc, char **argv, const st_grid *g);
 st_err st_cmd_chat_template(int argc, char **argv, MPI_Comm world);
 

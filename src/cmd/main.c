@@ -24,6 +24,7 @@ static const struct {
     {"tokenize", "text to token ids and back with a model's tokenizer (to check it against other tools)"},
     {"inspect", "describe a checkpoint: format, config, step, tensors, checksums"},
     {"chat-template", "render a chat template over JSONL conversations (for checking it)"},
+    {"plan", "memory per rank, the grid to use and the step time of a training run, before it starts"},
 };
 
 static void usage(FILE *f)
@@ -47,6 +48,7 @@ static st_err dispatch(int argc, char **argv, MPI_Comm world)
     if (!strcmp(cmd, "convert")) return st_cmd_convert(argc, argv, world);
     if (!strcmp(cmd, "export")) return st_cmd_export(argc, argv, world);
     if (!strcmp(cmd, "chat-template")) return st_cmd_chat_template(argc, argv, world);
+    if (!strcmp(cmd, "plan")) return st_cmd_plan(argc, argv, world);
     if (!strcmp(cmd, "prepare")) {
         st_grid g;
         ST_TRY(st_grid_init(&g, world, 1));

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "cmd/commands.h"
@@ -729,8 +730,14 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
     double t0 = st_now();
     st_comm_reset();
     if (!e) e = run(&t);
+    /* the largest rank's peak resident memory: what `shardtune plan` predicts */
+    struct rusage ru;
+    double peak = 0;
+    if (!e && !getrusage(RUSAGE_SELF, &ru)) peak = ru.ru_maxrss * 1024.0;
+    if (!e) e = st_allreduce(world, &peak, 1, ST_M_F64, ST_OP_MAX);
     if (!e && !rank) {
         printf("\n");
+        printf("peak resident memory: %.3f GB on the largest rank\n", peak / 1e9);
         st_timers_print(&t.timers, st_now() - t0, stdout);
         printf("inside forward+backward: tp collectives %.3f s (%llu calls, %.1f MB); "
                "dp gradient wait %.3f s (%.1f MB reduced)\n",

@@ -32,21 +32,23 @@ static const st_bf16 *w16_of(const st_model *m, const float *w)
 /* ---- allocation --------------------------------------------------------- */
 
 typedef struct { float **ptr; size_t n; } slot;
+_Static_assert(sizeof(st_acts) / sizeof(float *) <= 64, "act_slots' callers hold 64 slots");
 
-static st_err alloc_acts(st_model *m)
+/* The activation buffers of a model of layout y for micro-batches of B x T
+ * in mode training: each st_acts member and its floats (0: not used). The
+ * one table alloc_acts and st_model_act_floats (the planner's) read. */
+static size_t act_slots(st_acts *a, slot *s, const st_layout *y, size_t B, size_t T, int training)
 {
-    const st_layout *y = &m->lay;
     /* per-layer activations: every layer's when training without recomputation,
      * one layer's worth otherwise; the residual stream is kept for every layer
      * when training (recomputation starts from it) */
-    const size_t L = m->training == ST_MODEL_TRAIN ? (size_t)y->cfg.n_layer : 1, B = m->B, T = m->T, N = B * T,
-                 C = y->cfg.d_model, LX = m->training ? (size_t)y->cfg.n_layer + 1 : 2;
+    const size_t L = training == ST_MODEL_TRAIN ? (size_t)y->cfg.n_layer : 1, N = B * T,
+                 C = y->cfg.d_model, LX = training ? (size_t)y->cfg.n_layer + 1 : 2;
     const size_t hd = y->head_dim, Hl = y->n_head_l, KVl = y->n_kv_head_l, Fl = y->d_ff_l,
                  Vl = y->vocab_l;
     const size_t qd = Hl * hd, kvd = KVl * hd;
-    const int gpt2 = GPT2(m);
-    st_acts *a = &m->a;
-    slot s[] = {
+    const int gpt2 = y->cfg.family == ST_FAMILY_GPT2;
+    const slot t[] = {
         {&a->x, LX * N * C},      {&a->ln1, L * N * C},     {&a->ln1_s1, L * N},
         {&a->ln1_s2, L * N},           {&a->qh, L * N * qd},     {&a->kh, L * N * kvd},
         {&a->vh, L * N * kvd},         {&a->att, L * B * Hl * T * T}, {&a->o, L * N * qd},
@@ -60,13 +62,32 @@ static st_err alloc_acts(st_model *m)
         {&a->dup, N * Fl},             {&a->dgate, gpt2 ? 0 : N * Fl}, {&a->dqh, N * qd},
         {&a->dkh, N * kvd},            {&a->dvh, N * kvd},       {&a->datt, B * Hl * T * T},
     };
-    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+    const size_t n = sizeof t / sizeof t[0];
+    for (size_t i = 0; s && i < n; i++) s[i] = t[i];
+    return n;
+}
+
+size_t st_model_act_floats(const st_layout *y, int B, int T, int training)
+{
+    st_acts a;
+    slot s[64];
+    size_t n = act_slots(&a, s, y, (size_t)B, (size_t)T, training), sum = 0;
+    for (size_t i = 0; i < n; i++) sum += s[i].n;
+    return sum;
+}
+
+static st_err alloc_acts(st_model *m)
+{
+    st_acts *a = &m->a;
+    slot s[64];
+    const size_t n = act_slots(a, s, &m->lay, (size_t)m->B, (size_t)m->T, m->training);
+    for (size_t i = 0; i < n; i++) {
         *s[i].ptr = NULL;
         if (!s[i].n) continue;
         *s[i].ptr = calloc(s[i].n, sizeof(float));
         if (!*s[i].ptr)
-            ST_FAIL(ST_ERR_MEM, "out of memory: activations for a micro-batch of %zu x %zu tokens "
-                    "need more memory (reduce batch_size or seq_len, or add tp ranks)", B, T);
+            ST_FAIL(ST_ERR_MEM, "out of memory: activations for a micro-batch of %d x %d tokens "
+                    "need more memory (reduce batch_size or seq_len, or add tp ranks)", m->B, m->T);
     }
     return ST_OK;
 }

@@ -85,6 +85,9 @@ st_err st_model_create(st_model *m, const st_config *cfg, MPI_Comm tp, int B, in
  * that starts from nothing. */
 void st_model_init(st_model *m, uint64_t seed);
 void st_model_free(st_model *m);
+/* Floats of activation buffers st_model_create allocates for layout y (one
+ * rank's), micro-batches of B x T and mode training: what a plan counts. */
+size_t st_model_act_floats(const st_layout *y, int B, int T, int training);
 
 /* Precision of the matrix products: fp32 (bf16 = 0), or bf16 mixed precision:
  * every linear layer's forward, input gradient and weight gradient take bf16
