@@ -24,6 +24,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1428,6 +1429,28 @@ st_err st_ckpt_read_set_meta(const char *path, MPI_Comm comm, const char *group,
 /* Read this rank's pieces of one group's tensors (collective over the world,
  * one tensor at a time), then compare checksums reduced over the ranks that
  * together hold each tensor once. */
+/* The pages a load is about to fill, made present first on every thread.
+ * Left to fault one at a time inside the kernel's copy from the page cache,
+ * they cost more than the copy itself (0.22 against 0.13 s of CPU for 600 MB
+ * here). MADV_POPULATE_WRITE (Linux 5.14) maps them without writing to them;
+ * where it is missing nothing happens and the copy faults them as before. */
+static void prefault(void *p, size_t bytes)
+{
+#ifdef MADV_POPULATE_WRITE
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + page - 1) / page * page,
+                    z = ((uintptr_t)p + bytes) / page * page;
+    if (z <= a) return;
+    const size_t chunk = (size_t)64 << 20, n = (z - a + chunk - 1) / chunk;
+#pragma omp parallel for schedule(dynamic) if (n > 1)
+    for (size_t c = 0; c < n; c++) {
+        uintptr_t lo = a + c * chunk, hi = lo + chunk < z ? lo + chunk : z;
+        (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
+    }
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
 static st_err load_group(hid_t file, const tgroup *gr, const char *path, const st_grid *g, hid_t dxpl)
 {
     const st_layout *lay = gr->lay;
@@ -1440,6 +1463,7 @@ static st_err load_group(hid_t file, const tgroup *gr, const char *path, const s
     else if (!st_h5_has_link(file, gr->path) || (grp = H5Gopen2(file, gr->path, H5P_DEFAULT)) < 0)
         e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__, "%s has no group /%s", path, gr->path);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    prefault(gr->buf, (gr->oe - gr->ob) * sizeof(float));
     for (int i = 0; i < nt; i++) {
         const st_tensor *ti = &lay->tensors[i];
         if (st_ckpt_skipped(ti->name, gr->skip)) continue;
