@@ -18,7 +18,7 @@
 typedef struct {
     int ranks, tp, zero, recompute, seq, batch, micro, ranks_per_node;
     char *precision;
-    float node_memory, node_gflops, mfu, shm_gbs, net_gbs, latency_us;
+    float node_memory, usable, node_gflops, mfu, shm_gbs, net_gbs, latency_us;
 } plan_opts;
 
 #define F(field) offsetof(plan_opts, field)
@@ -33,6 +33,7 @@ static const st_option plan_options[] = {
     {"precision", ST_OPT_STRING, F(precision), "fp32", "fp32 or bf16 (a bf16 weight copy; the bf16 matmul rate)"},
     {"ranks_per_node", ST_OPT_INT, F(ranks_per_node), "0", "ranks on each node (0: min(ranks, this machine's cores)); tp stays inside a node"},
     {"node_memory", ST_OPT_FLOAT, F(node_memory), "0", "GB of memory per node (0: this machine's)"},
+    {"usable", ST_OPT_FLOAT, F(usable), "0.9", "fraction of a node's memory a run may take (the rest: the system, MPI, files)"},
     {"node_gflops", ST_OPT_FLOAT, F(node_gflops), "0", "matmul GFLOP/s of a whole node in the run's precision (0: measured here; bf16: twice the fp32 rate)"},
     {"mfu", ST_OPT_FLOAT, F(mfu), "0", "fraction of the matmul rate a step reaches (0: measured here, benchmarks/RESULTS.md: 0.55 gpt2, 0.64 llama)"},
     {"shm_gbs", ST_OPT_FLOAT, F(shm_gbs), "5", "all-reduce GB/s per rank inside a node (measured here: 4-6)"},
@@ -58,7 +59,8 @@ static void print_memory(const st_plan *p, const st_plan_memory *m, const char *
     printf("  weights (fp32)        %10.3f\n", m->weights / G);
     if (p->bf16) printf("  bf16 weight copy      %10.3f   %s\n", m->bf16 / G, bf16_note);
     printf("  gradients             %10.3f%s\n", m->grads / G, p->zero ? "   (with the ZeRO-1 gradient slice)" : "");
-    if (p->zero) printf("  AdamW moments         %10.3f   (ZeRO-1: 1/%.0f of %.3f)\n", m->moments / G, dp, 2 * m->weights / G);
+    if (p->zero)
+        printf("  AdamW moments         %10.3f   (ZeRO-1: 1/%.0f of %.3f)\n", m->moments / G, dp, 2 * m->weights / G);
     else printf("  AdamW moments         %10.3f\n", m->moments / G);
     printf("  activations           %10.3f   (with recomputation %.3f)\n", m->acts / G, m->acts_recompute / G);
     printf("  other buffers         %10.3f   (RoPE tables, the batch)\n", m->other / G);
@@ -73,10 +75,12 @@ static void print_grid(const char *what, const st_plan *p, const st_plan_machine
     st_plan_time t;
     if (st_plan_memory_of(p, &m)) return;
     st_plan_time_of(p, mc, &t);
-    const double need = p->recompute ? m.total_recompute : m.total, budget = mc->node_memory / p->ranks_per_node;
-    printf("%s: tp %d x dp %d%s%s: %.3f GB per rank, %.1f GB per node of %.1f: %s\n", what, p->tp, p->ranks / p->tp,
-           p->zero ? ", ZeRO-1" : "", p->recompute ? ", recomputation" : "", need / 1e9,
-           need * p->ranks_per_node / 1e9, mc->node_memory / 1e9, need <= budget ? "fits" : "DOES NOT FIT");
+    const double need = p->recompute ? m.total_recompute : m.total,
+                 budget = mc->node_memory * mc->usable / p->ranks_per_node;
+    printf("%s: tp %d x dp %d%s%s: %.3f GB per rank, %.1f GB per node of %.1f usable: %s\n", what, p->tp,
+           p->ranks / p->tp, p->zero ? ", ZeRO-1" : "", p->recompute ? ", recomputation" : "", need / 1e9,
+           need * p->ranks_per_node / 1e9, mc->node_memory * mc->usable / 1e9,
+           need <= budget ? "fits" : "DOES NOT FIT");
     printf("  step (predicted, benchmarks/COMM_MODEL.md): compute %.3f s + tp %.3f s + dp %.3f s = %.3f s: "
            "%.0f tokens/s (%d tokens per step)\n", t.compute, t.tp, t.dp, t.step, t.tokens_per_s,
            p->micro * p->batch * p->seq * (p->ranks / p->tp));
@@ -88,6 +92,8 @@ static st_err machine_of(const plan_opts *o, const st_config *cfg, int bf16, st_
 {
     m->node_memory = o->node_memory > 0 ? o->node_memory * 1e9
                                         : (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (o->usable <= 0 || o->usable > 1) ST_FAIL(ST_ERR_ARG, "--usable %g: expected a fraction in (0, 1]", o->usable);
+    m->usable = o->usable;
     m->mfu = o->mfu > 0 ? o->mfu : cfg->family == ST_FAMILY_GPT2 ? 0.55 : 0.64;
     m->shm_gbs = o->shm_gbs, m->net_gbs = o->net_gbs, m->latency_us = o->latency_us;
     if (o->node_gflops > 0) {
@@ -164,9 +170,9 @@ static st_err plan(const char *model, MPI_Comm world, void *opts)
     printf("run: %d ranks (%d per node, %d node%s), micro-batch %d x %d, %d per step, %s\n", p.ranks,
            p.ranks_per_node, p.ranks / p.ranks_per_node, p.ranks > p.ranks_per_node ? "s" : "", p.batch, p.seq,
            p.micro, o->precision);
-    printf("machine: nodes of %.1f GB and %.0f GFLOP/s (%s), MFU %.2f; all-reduce %.1f GB/s per rank in a node, "
-           "%.1f GB/s per node across; %.1f us per hop\n\n", mc.node_memory / 1e9, mc.node_gflops, how, mc.mfu,
-           mc.shm_gbs, mc.net_gbs, mc.latency_us);
+    printf("machine: nodes of %.1f GB (%.0f%% usable) and %.0f GFLOP/s (%s), MFU %.2f; all-reduce %.1f GB/s per rank "
+           "in a node, %.1f GB/s per node across; %.1f us per hop\n\n", mc.node_memory / 1e9, 100 * mc.usable,
+           mc.node_gflops, how, mc.mfu, mc.shm_gbs, mc.net_gbs, mc.latency_us);
     st_plan shown = o->tp ? p : best;
     st_plan_memory m;
     ST_TRY(st_plan_memory_of(&shown, &m));
@@ -182,7 +188,7 @@ static st_err plan(const char *model, MPI_Comm world, void *opts)
         if (o->ranks)
             printf("nothing fits %d ranks with %.1f GB each: the smallest grid, tp %d%s%s, needs %.2f GB per rank "
                    "(%.1f GB per node): more nodes (ZeRO-1 divides the moments), more ranks per node (a larger tp), "
-                   "or more memory\n", best.ranks, mc.node_memory / p.ranks_per_node / 1e9, best.tp,
+                   "or more memory\n", best.ranks, mc.node_memory * mc.usable / p.ranks_per_node / 1e9, best.tp,
                    best.zero ? ", ZeRO-1" : "", best.recompute ? ", recomputation" : "", need / 1e9,
                    need * p.ranks_per_node / 1e9);
         else

@@ -82,7 +82,7 @@ static double need(const st_plan_memory *mem, int recompute)
 
 st_err st_plan_recommend(st_plan *p, const st_plan_machine *m, int *fits)
 {
-    const double budget = m->node_memory / p->ranks_per_node;
+    const double budget = m->node_memory * m->usable / p->ranks_per_node;
     st_plan best = *p, least = *p;
     double best_rate = 0, best_need = INFINITY, least_need = INFINITY;
     for (int tp = 1; tp <= p->ranks_per_node; tp++) {

@@ -39,6 +39,7 @@ typedef struct {
 /* The machine it is planned for. */
 typedef struct {
     double node_memory;       /* bytes */
+    double usable;            /* fraction of it a run may take (the rest: the system, MPI's daemons, files) */
     double node_gflops;       /* matmul rate of a whole node, in the run's precision */
     double mfu;               /* fraction of that rate a step reaches (measured: benchmarks/RESULTS.md) */
     double shm_gbs, net_gbs;  /* all-reduce bandwidth per rank inside a node, per node across nodes */
@@ -66,7 +67,7 @@ st_err st_plan_memory_of(const st_plan *p, st_plan_memory *out);
 void st_plan_time_of(const st_plan *p, const st_plan_machine *m, st_plan_time *out);
 
 /* The grid of p->ranks with the most tokens/s (the micro-batches per rank
- * fixed) that fits m's memory per rank (node memory / ranks per node): tp
+ * fixed) that fits m's memory per rank (usable node memory / ranks per node): tp
  * over the divisors of ranks per node that the model allows, each without
  * and with ZeRO-1 and recomputation; of two as fast, the smaller. p's tp, zero and
  * recompute are overwritten with the choice; *fits 0 when nothing fits (p
