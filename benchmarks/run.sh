@@ -336,6 +336,9 @@ if want plan; then
   plan_check llama-162m-dp2 llama-162m 2 --tp 1 --seq 256 --batch 2 -- "${LLAMA[@]}" --seq_len 256 --batch_size 2
   plan_check llama-162m-dp2-zero-recompute llama-162m 2 --tp 1 --zero --recompute --seq 256 --batch 2 -- \
       "${LLAMA[@]}" --seq_len 256 --batch_size 2 --grid.zero true --recompute true
+  # bf16 mixed precision: the weights' bf16 copy and the kernels' rounding scratch
+  plan_check llama-162m-1x1-bf16 llama-162m 1 --tp 1 --precision bf16 --seq 256 --batch 2 -- "${LLAMA[@]}" \
+      --seq_len 256 --batch_size 2 --precision bf16
   # one long row: the attention probabilities (L x H x T x T) dominate the activations
   plan_check llama-162m-1x1-seq1024 llama-162m 1 --tp 1 --seq 1024 --batch 1 -- "${LLAMA[@]}" --seq_len 1024 \
       --batch_size 1

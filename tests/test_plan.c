@@ -75,7 +75,7 @@ START_TEST(memory_counts)
     ck_assert(z.mpi > 0 && z.mpi < z.weights / 2); /* the largest bucket: the embeddings */
     p.bf16 = 1;
     ck_assert_int_eq(st_plan_memory_of(&p, &bf), ST_OK);
-    ck_assert_double_eq(bf.bf16, z.weights / 2);
+    ck_assert(bf.bf16 > z.weights / 2 && bf.bf16 < z.weights / 2 + 2 * 256 * 4 * (25129 + 3072 + 10)); /* + scratch */
     ck_assert_double_eq(bf.total - z.total, bf.bf16);
     p.seq = 2048; /* beyond GPT-2's 1024 positions */
     ck_assert_int_ne(st_plan_memory_of(&p, &bf), ST_OK);

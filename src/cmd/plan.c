@@ -30,11 +30,11 @@ static const st_option plan_options[] = {
     {"seq", ST_OPT_INT, F(seq), "1024", "tokens per row (seq_len)"},
     {"batch", ST_OPT_INT, F(batch), "1", "rows per micro-batch on each rank (batch_size)"},
     {"micro", ST_OPT_INT, F(micro), "1", "micro-batches per step on each dp rank (global_batch / (batch * dp))"},
-    {"precision", ST_OPT_STRING, F(precision), "fp32", "fp32 or bf16 (a bf16 weight copy; the bf16 matmul rate)"},
+    {"precision", ST_OPT_STRING, F(precision), "fp32", "fp32, bf16 or auto, as train's precision (bf16: a bf16 weight copy and rounding scratch; the bf16 matmul rate)"},
     {"ranks_per_node", ST_OPT_INT, F(ranks_per_node), "0", "ranks on each node (0: min(ranks, this machine's cores)); tp stays inside a node"},
     {"node_memory", ST_OPT_FLOAT, F(node_memory), "0", "GB of memory per node (0: this machine's)"},
     {"usable", ST_OPT_FLOAT, F(usable), "0.9", "fraction of a node's memory a run may take (the rest: the system, MPI, files)"},
-    {"node_gflops", ST_OPT_FLOAT, F(node_gflops), "0", "matmul GFLOP/s of a whole node in the run's precision (0: measured here; bf16: twice the fp32 rate)"},
+    {"node_gflops", ST_OPT_FLOAT, F(node_gflops), "0", "matmul GFLOP/s of a whole node in the run's precision (0: measured here)"},
     {"mfu", ST_OPT_FLOAT, F(mfu), "0", "fraction of the matmul rate a step reaches (0: measured here, benchmarks/RESULTS.md: 0.55 gpt2, 0.64 llama)"},
     {"shm_gbs", ST_OPT_FLOAT, F(shm_gbs), "5", "all-reduce GB/s per rank inside a node (measured here: 4-6)"},
     {"net_gbs", ST_OPT_FLOAT, F(net_gbs), "10", "all-reduce GB/s per node across nodes (100 Gb/s links at 80%)"},
@@ -57,7 +57,7 @@ static void print_memory(const st_plan *p, const st_plan_memory *m, const char *
     const double G = 1e9, dp = p->ranks / p->tp;
     printf("per rank (tp rank 0)          GB\n");
     printf("  weights (fp32)        %10.3f\n", m->weights / G);
-    if (p->bf16) printf("  bf16 weight copy      %10.3f   %s\n", m->bf16 / G, bf16_note);
+    if (p->bf16) printf("  bf16                  %10.3f   %s\n", m->bf16 / G, bf16_note);
     printf("  gradients             %10.3f%s\n", m->grads / G, p->zero ? "   (with the ZeRO-1 gradient slice)" : "");
     if (p->zero)
         printf("  AdamW moments         %10.3f   (ZeRO-1: 1/%.0f of %.3f)\n", m->moments / G, dp, 2 * m->weights / G);
@@ -86,8 +86,9 @@ static void print_grid(const char *what, const st_plan *p, const st_plan_machine
            p->micro * p->batch * p->seq * (p->ranks / p->tp));
 }
 
-/* The machine: options, else this one (memory, cores, the measured matmul rate). */
-static st_err machine_of(const plan_opts *o, const st_config *cfg, int bf16, st_plan_machine *m, char *how,
+/* The machine: options, else this one (memory, cores, the matmul rate
+ * measured here in the run's precision, which "auto" decides as train does). */
+static st_err machine_of(const plan_opts *o, const st_config *cfg, int *bf16, st_plan_machine *m, char *how,
                          size_t cap)
 {
     m->node_memory = o->node_memory > 0 ? o->node_memory * 1e9
@@ -97,14 +98,19 @@ static st_err machine_of(const plan_opts *o, const st_config *cfg, int bf16, st_
     m->mfu = o->mfu > 0 ? o->mfu : cfg->family == ST_FAMILY_GPT2 ? 0.55 : 0.64;
     m->shm_gbs = o->shm_gbs, m->net_gbs = o->net_gbs, m->latency_us = o->latency_us;
     if (o->node_gflops > 0) {
+        if (strcmp(o->precision, "fp32") && strcmp(o->precision, "bf16"))
+            ST_FAIL(ST_ERR_ARG, "--precision '%s' with --node_gflops: expected fp32 or bf16 (auto decides from "
+                    "this machine's rates)", o->precision);
+        *bf16 = !strcmp(o->precision, "bf16");
         m->node_gflops = o->node_gflops;
         snprintf(how, cap, "given");
-    } else {
-        double g;
-        ST_TRY(st_measure_peak_gflops(1024, 0, &g));
-        m->node_gflops = bf16 ? 2 * g : g;
-        snprintf(how, cap, "measured here%s", bf16 ? " in fp32, doubled for bf16" : "");
+        return ST_OK;
     }
+    st_precision prec;
+    ST_TRY(st_precision_choose(o->precision, 1024, &prec));
+    *bf16 = prec.bf16;
+    m->node_gflops = prec.bf16 ? prec.bf16_gflops : prec.fp32_gflops;
+    snprintf(how, cap, "measured here, %s: %s", prec.bf16 ? "bf16" : "fp32", prec.why);
     return ST_OK;
 }
 
@@ -124,9 +130,6 @@ static st_err plan(const char *model, MPI_Comm world, void *opts)
     st_plan p = {.tp = o->tp, .zero = o->zero, .recompute = o->recompute, .seq = o->seq, .batch = o->batch,
                  .micro = o->micro};
     ST_TRY(resolve_model(model, &p.cfg));
-    if (strcmp(o->precision, "fp32") && strcmp(o->precision, "bf16"))
-        ST_FAIL(ST_ERR_ARG, "--precision '%s': expected fp32 or bf16", o->precision);
-    p.bf16 = !strcmp(o->precision, "bf16");
     const int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (o->ranks < 0 || o->ranks_per_node < 0) ST_FAIL(ST_ERR_ARG, "--ranks and --ranks_per_node must be positive");
     if (!o->ranks && !o->ranks_per_node)
@@ -139,8 +142,8 @@ static st_err plan(const char *model, MPI_Comm world, void *opts)
                 p.ranks_per_node);
     st_threads_setup(world);
     st_plan_machine mc;
-    char how[64];
-    ST_TRY(machine_of(o, &p.cfg, p.bf16, &mc, how, sizeof how));
+    char how[320];
+    ST_TRY(machine_of(o, &p.cfg, &p.bf16, &mc, how, sizeof how));
     int fits = 0;
     st_plan best;
     if (o->ranks) {
@@ -169,14 +172,14 @@ static st_err plan(const char *model, MPI_Comm world, void *opts)
            c->tied_embeddings ? ", tied" : "", st_config_num_params(c) / 1e6);
     printf("run: %d ranks (%d per node, %d node%s), micro-batch %d x %d, %d per step, %s\n", p.ranks,
            p.ranks_per_node, p.ranks / p.ranks_per_node, p.ranks > p.ranks_per_node ? "s" : "", p.batch, p.seq,
-           p.micro, o->precision);
+           p.micro, p.bf16 ? "bf16" : "fp32");
     printf("machine: nodes of %.1f GB (%.0f%% usable) and %.0f GFLOP/s (%s), MFU %.2f; all-reduce %.1f GB/s per rank "
            "in a node, %.1f GB/s per node across; %.1f us per hop\n\n", mc.node_memory / 1e9, 100 * mc.usable,
            mc.node_gflops, how, mc.mfu, mc.shm_gbs, mc.net_gbs, mc.latency_us);
     st_plan shown = o->tp ? p : best;
     st_plan_memory m;
     ST_TRY(st_plan_memory_of(&shown, &m));
-    print_memory(&shown, &m, "(refreshed each step)");
+    print_memory(&shown, &m, "(the weights' copy and the kernels' rounding scratch)");
     printf("\n");
     if (o->tp) print_grid("asked", &p, &mc);
     if (fits) {

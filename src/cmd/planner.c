@@ -23,7 +23,13 @@ st_err st_plan_memory_of(const st_plan *p, st_plan_memory *out)
      * also keeps its gradient slice (mpi/dp.c) */
     const double owned = p->zero ? ceil(n / dp) : n;
     out->weights = n * f;
-    out->bf16 = p->bf16 ? n * 2 : 0;
+    /* bf16: the weights' copy, and the two grow-only buffers the kernels round
+     * f32 operands into (src/kernels/kernels.c): the largest first operand of
+     * a linear product (an output gradient, up to the LM head's N x Vl) and the
+     * largest second (a layer input, N x max(C, Fl, Q)) */
+    const double N = (double)p->batch * p->seq, C = p->cfg.d_model, Fl = lay.d_ff_l, Vl = lay.vocab_l,
+                 Q = (double)lay.n_head_l * lay.head_dim, wide = fmax(fmax(C, Fl), Q);
+    out->bf16 = p->bf16 ? n * 2 + 2 * N * (fmax(Vl, wide) + wide) : 0;
     out->grads = n * f + (p->zero ? (owned + 1) * f : 0);
     out->moments = 2 * owned * f;
     out->acts = (double)st_model_act_floats(&lay, p->batch, p->seq, ST_MODEL_TRAIN) * f;
