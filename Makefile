@@ -5,6 +5,7 @@
 #   make demo     deps + build + a 2-rank fine-tuning demo
 #   make bench    deps + build + benchmarks (numbers go to benchmarks/RESULTS.md by hand; llama.cpp from npm)
 #   make interop  deps + build + checks against llama.cpp, Hugging Face tokenizers/jinja, sentencepiece
+#   make slurm-test  deps + build + the job scripts on a private Slurm cluster on this host (root)
 #   make check SANITIZE=address,undefined   the same tests under sanitizers
 #   make DNNL_ROOT=/opt/onednn [DNNL_LIBDIR=...]   build against another oneDNN (2.x or 3.x:
 #                 src/kernels/dnnl_compat.h) installed under that prefix (include/, lib/), into build-dnnl/
@@ -60,7 +61,7 @@ BIN      := bin/shardtune$(if $(SANITIZE),-san)$(if $(DNNL_ROOT),-dnnl)
 # keep the objects of tests and benchmarks (make would delete them as intermediates)
 .SECONDARY: $(TEST_BIN:=.o) $(BENCH_BIN:=.o)
 
-.PHONY: all deps check test demo bench clean fuzz interop onednn3-check
+.PHONY: all deps check test demo bench clean fuzz interop onednn3-check slurm-test
 all: $(BIN)
 
 # Installs only what is missing; silent when everything is there.
@@ -116,6 +117,13 @@ interop: deps
 	@command -v npm >/dev/null || { echo "make interop: node is here but npm is not; install npm"; exit 1; }
 	@$(MAKE) --no-print-directory $(BIN)
 	@BIN=$(BIN) bash tests/interop/run.sh
+
+# Debian's Slurm 22.05 and munge; tests/slurm/cluster.sh starts them privately.
+SLURM_PKGS := slurm-wlm munge
+slurm-test: deps
+	@$(MAKE) --no-print-directory deps PKGS="$(SLURM_PKGS)"
+	@$(MAKE) --no-print-directory $(BIN)
+	@BIN=$(BIN) bash tests/slurm/run.sh
 
 bench: deps
 	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps PKGS="nodejs npm"
