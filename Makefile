@@ -6,6 +6,7 @@
 #   make bench    deps + build + benchmarks (numbers go to benchmarks/RESULTS.md by hand; llama.cpp from npm)
 #   make interop  deps + build + checks against llama.cpp, Hugging Face tokenizers/jinja, sentencepiece
 #   make slurm-test  deps + build + the job scripts on a private Slurm cluster on this host (root)
+#   make faults   deps + build + the fault suite (kills, signals, full disk, damaged files, bad options and inputs)
 #   make check SANITIZE=address,undefined   the same tests under sanitizers
 #   make DNNL_ROOT=/opt/onednn [DNNL_LIBDIR=...]   build against another oneDNN (2.x or 3.x:
 #                 src/kernels/dnnl_compat.h) installed under that prefix (include/, lib/), into build-dnnl/
@@ -61,7 +62,7 @@ BIN      := bin/shardtune$(if $(SANITIZE),-san)$(if $(DNNL_ROOT),-dnnl)
 # keep the objects of tests and benchmarks (make would delete them as intermediates)
 .SECONDARY: $(TEST_BIN:=.o) $(BENCH_BIN:=.o)
 
-.PHONY: all deps check test demo bench clean fuzz interop onednn3-check slurm-test
+.PHONY: all deps check test demo bench clean fuzz interop onednn3-check slurm-test faults
 all: $(BIN)
 
 # Installs only what is missing; silent when everything is there.
@@ -124,6 +125,17 @@ slurm-test: deps
 	@$(MAKE) --no-print-directory deps PKGS="$(SLURM_PKGS)"
 	@$(MAKE) --no-print-directory $(BIN)
 	@BIN=$(BIN) bash tests/slurm/run.sh
+
+# tests/faults/faultgen damages files as faults do (a bit in an HDF5
+# attribute, a gzip stream cut at a flush point).
+FAULTGEN := $(BUILD)/tests/faults/faultgen
+$(FAULTGEN): tests/faults/faultgen.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPS_CFLAGS) $< -o $@ $(LDFLAGS) $(DEPS_LIBS)
+
+faults: deps
+	@$(MAKE) --no-print-directory $(BIN) $(FAULTGEN)
+	@BIN=$(BIN) FAULTGEN=$(FAULTGEN) bash tests/faults/run.sh
 
 bench: deps
 	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps PKGS="nodejs npm"

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -485,6 +486,41 @@ static void sleep_ms(long ms)
     while (nanosleep(&ts, &ts) && errno == EINTR) {}
 }
 
+/* The phases of a save, in order, where the pause test hook can stop. */
+static const char *const pause_phases[] = {"tensor", "checksums", "closed", "renamed", "latest", "prune"};
+
+static st_err check_pause_at(void)
+{
+    const char *at = getenv("SHARDTUNE_CKPT_TEST_PAUSE_AT");
+    if (!at || !*at) return ST_OK;
+    for (size_t i = 0; i < sizeof pause_phases / sizeof pause_phases[0]; i++)
+        if (!strcmp(at, pause_phases[i])) return ST_OK;
+    ST_FAIL(ST_ERR_ARG, "SHARDTUNE_CKPT_TEST_PAUSE_AT='%s': expected tensor, checksums, closed, renamed, latest or "
+            "prune", at);
+}
+
+/* Test hook: sleep ms at this phase when SHARDTUNE_CKPT_TEST_PAUSE_AT names
+ * it (unset: "tensor"), saying so on stderr (say: one rank) so that a test
+ * knows when to kill the job. */
+static void test_pause(const char *phase, long ms, const char *path, int say)
+{
+    const char *at = getenv("SHARDTUNE_CKPT_TEST_PAUSE_AT");
+    if (ms <= 0 || strcmp(at && *at ? at : "tensor", phase)) return;
+    if (say) {
+        fprintf(stderr, "shardtune: test hook: pausing %ld ms at '%s' of %s\n", ms, phase, path);
+        fflush(stderr);
+    }
+    sleep_ms(ms);
+}
+
+/* The pause of the phases only rank 0 goes through (after the file is written). */
+static long rank0_pause_ms(void)
+{
+    long ms = -1;
+    if (hook_ms("SHARDTUNE_CKPT_TEST_PAUSE_MS", &ms)) st_error_clear(); /* checked when the save began */
+    return ms;
+}
+
 /* ---- format checks --------------------------------------------------------- */
 
 static st_err check_format(hid_t file, const char *path)
@@ -933,7 +969,7 @@ static st_err write_tensors(hid_t file, const save_job *j, const st_grid *g, hid
             e = write_tensor(grp, gr, &gr->lay->tensors[i], g, dcpl, dxpl, path, &j->sums[gi][i], &bytes);
             write_kick_add(&kick, bytes);
             written++;
-            if (!e && written == 1 && j->meta.pause_ms > 0) sleep_ms(j->meta.pause_ms);
+            if (!e && written == 1) test_pause("tensor", j->meta.pause_ms, path, g->world_rank == 0);
             if (!e && g->world_rank == 0 && j->meta.fail_after >= 0 && written == j->meta.fail_after + 1)
                 e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__,
                                  "%s: injected failure after %ld tensors (SHARDTUNE_CKPT_TEST_FAIL_AFTER)",
@@ -942,6 +978,7 @@ static st_err write_tensors(hid_t file, const save_job *j, const st_grid *g, hid
         }
         st_h5_close(&grp);
     }
+    test_pause("checksums", j->meta.pause_ms, path, g->world_rank == 0);
     e = write_checksums(file, j, g, path);
 done:
     if (kick.fd >= 0) close(kick.fd);
@@ -952,6 +989,53 @@ done:
 
 static st_err write_source_tensors(hid_t file, st_model_source *src, const save_job *j, const st_grid *g,
                                    const char *path);
+
+static void dir_of(const char *path, char *dir, size_t cap);
+
+/* Bytes of the float32 tensors of a layout at their global shapes. */
+static uint64_t layout_file_bytes(const st_layout *lay)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < lay->n_tensors; i++) {
+        const st_tensor *t = &lay->tensors[i];
+        n += (uint64_t)t->shape[0] * (uint64_t)(t->ndim > 1 ? t->shape[1] : 1) * sizeof(float);
+    }
+    return n;
+}
+
+/* Rank 0 reserves the tensors' bytes of tmp on disk before anything is
+ * written, so a full file system fails here, early and named, rather than
+ * as a short write deep in MPI-IO (which OMPIO reports without errno). File
+ * systems without fallocate are left to the writes. Collective; agreed. */
+static st_err reserve_space(const char *tmp, uint64_t bytes, const st_grid *g)
+{
+    st_err e = ST_OK;
+    if (g->world_rank == 0 && bytes) {
+        int fd = open(tmp, O_WRONLY | O_CLOEXEC);
+        int rc = fd < 0 ? errno : posix_fallocate(fd, 0, (off_t)bytes);
+        if (fd >= 0) close(fd);
+        if (rc == ENOSPC || rc == EDQUOT) {
+            struct statvfs fs;
+            char dir[PATH_MAX];
+            dir_of(tmp, dir, sizeof dir);
+            double free_mb = statvfs(dir, &fs) ? -1 : (double)fs.f_bavail * (double)fs.f_frsize / 1e6;
+            e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__,
+                             "%s: %s: the checkpoint needs %.1f MB, %s has %.1f MB free", tmp, strerror(rc),
+                             (double)bytes / 1e6, dir, free_mb);
+        } else if (rc && rc != EOPNOTSUPP && rc != EINVAL && rc != ENOSYS) {
+            e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "%s: cannot reserve %.1f MB: %s", tmp,
+                             (double)bytes / 1e6, strerror(rc));
+        }
+    }
+    return st_agree(g->world, e);
+}
+
+static uint64_t job_file_bytes(const save_job *j)
+{
+    uint64_t n = 0;
+    for (int gi = 0; gi < j->n_groups; gi++) n += layout_file_bytes(j->groups[gi].lay);
+    return n;
+}
 
 /* Write everything into tmp: the header, then the tensors of j (src NULL) or
  * of a model source. Collective; the status is agreed. */
@@ -971,6 +1055,8 @@ static st_err write_tmp(const char *tmp, const save_job *j, const st_grid *g, co
                             "cannot create checkpoint file %s (does the directory exist and is it writable?)", tmp);
     }
     if (!e) e = st_h5_dxpl_mpio(1, &dxpl);
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    e = reserve_space(tmp, src ? layout_file_bytes(&src->lay) : job_file_bytes(j), g);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
     e = write_header(file, j, cfg, g->world_rank == 0, dxpl);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
@@ -1024,7 +1110,10 @@ static st_err commit(const char *tmp, const char *path)
 static st_err finish_save(const char *tmp, const char *path, const st_grid *g, st_err e)
 {
     if (!e && (e = st_barrier(g->world))) st_error_trace(__FILE__, __LINE__, __func__);
-    if (!e && g->world_rank == 0) e = commit(tmp, path);
+    if (!e && g->world_rank == 0) {
+        test_pause("closed", rank0_pause_ms(), tmp, 1);
+        e = commit(tmp, path);
+    }
     e = st_agree(g->world, e);
     if (e && g->world_rank == 0) unlink(tmp); /* a directory in its place is not ours: unlink leaves it */
     return e;
@@ -1052,6 +1141,7 @@ st_err st_ckpt_save_file(const char *path, const st_grid *g, const st_ckpt_tenso
     long pause_ms = -1, fail_after = -1;
     if (!e) e = hook_ms("SHARDTUNE_CKPT_TEST_PAUSE_MS", &pause_ms);
     if (!e) e = hook_ms("SHARDTUNE_CKPT_TEST_FAIL_AFTER", &fail_after);
+    if (!e) e = check_pause_at();
     ST_TRY(st_agree(g->world, e));
     ST_TRY(check_same_model(g, t, 0, path));
     e = save_job_init(&j, g, t, s, tok_kind, tok_blob, tok_n, pause_ms, fail_after);
@@ -1280,6 +1370,7 @@ static st_err write_latest(const char *dir, const char *name)
         unlink(tmp);
         ST_FAIL(ST_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
     }
+    test_pause("latest", rank0_pause_ms(), tmp, 1);
     if (rename(tmp, dst)) {
         int err = errno;
         unlink(tmp);
@@ -1335,7 +1426,9 @@ st_err st_ckpt_save(const char *dir, const st_grid *g, const st_ckpt_tensors *t,
     ST_TRY(st_agree(g->world, e));
     ST_TRY(st_ckpt_save_file(path, g, t, s, tok_kind, tok_blob, tok_n));
     if (g->world_rank == 0) {
+        test_pause("renamed", rank0_pause_ms(), path, 1);
         e = write_latest(dir, name);
+        if (!e) test_pause("prune", rank0_pause_ms(), dir, 1);
         if (!e) prune(dir, name, keep);
     }
     ST_TRY(st_agree(g->world, e));

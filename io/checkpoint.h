@@ -25,7 +25,9 @@
  * A sum of per-element terms, so each rank checksums only its slice and one
  * MPI_Allreduce combines them; no rank ever holds a whole tensor.
  *
- * Saving is atomic: everything goes to PATH.tmp through collective MPI-IO;
+ * Saving is atomic: everything goes to PATH.tmp through collective MPI-IO
+ * (rank 0 first reserves the tensors' bytes with posix_fallocate, so a full
+ * file system fails before anything is written, with its reason);
  * after every rank has closed it, rank 0 fsyncs, renames to PATH and fsyncs
  * the directory. A crash or error at any point leaves an existing PATH as it
  * was. Every function here is collective over the communicator it is given
@@ -33,7 +35,16 @@
  *
  * Test hooks (environment, read by st_ckpt_save_file on every rank):
  *   SHARDTUNE_CKPT_TEST_PAUSE_MS=N   sleep N ms after the first tensor is
- *                                    written (to kill a job mid-save)
+ *                                    written (to kill a job mid-save), or at
+ *   SHARDTUNE_CKPT_TEST_PAUSE_AT=P   phase P of the save: tensor (the
+ *                                    default), checksums (every tensor
+ *                                    written, no checksum yet), closed (the
+ *                                    .tmp whole, not renamed), renamed (not
+ *                                    yet in latest), latest (latest.tmp
+ *                                    written, not renamed), prune (latest
+ *                                    renamed, old files not yet removed);
+ *                                    rank 0 says "test hook: pausing" on
+ *                                    stderr
  *   SHARDTUNE_CKPT_TEST_FAIL_AFTER=N world rank 0 fails after writing N
  *                                    parameter tensors (fault injection)
  */
