@@ -21,7 +21,8 @@ int st_job_start(int *argc, char ***argv, int *rank, int *size)
 
 int st_job_finish(st_err local, double grace_seconds)
 {
-    int mine = local != ST_OK, any = mine, done = 0, rank = 0;
+    /* 0 ok < 1 stopped early < 2 failed: the worst result on any rank wins */
+    int mine = local == ST_OK ? 0 : local == ST_STOPPED ? 1 : 2, any = mine, done = 0, rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Request rq;
     if (MPI_Iallreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD, &rq) != MPI_SUCCESS) {
@@ -32,13 +33,13 @@ int st_job_finish(st_err local, double grace_seconds)
     while (!done) {
         if (MPI_Test(&rq, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
         if (!done) usleep(1000);
-        if (!done && mine && st_now() - t0 > grace_seconds) {
+        if (!done && mine == 2 && st_now() - t0 > grace_seconds) {
             fprintf(stderr, "shardtune[rank %d]: other ranks did not stop; aborting the job\n", rank);
             fflush(stderr);
             MPI_Abort(MPI_COMM_WORLD, 1);
         }
     }
-    if (any && !mine && !rank) fprintf(stderr, "shardtune: stopped because another rank failed\n");
+    if (any == 2 && mine < 2 && !rank) fprintf(stderr, "shardtune: stopped because another rank failed\n");
     MPI_Finalize();
-    return any ? 1 : 0;
+    return any == 2 ? 1 : any == 1 ? ST_EXIT_STOPPED : 0;
 }

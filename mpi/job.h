@@ -20,9 +20,11 @@
  * message on stderr) when MPI cannot start. */
 int st_job_start(int *argc, char ***argv, int *rank, int *size);
 
-/* The vote and MPI_Finalize: returns the process exit status, 0 when every
- * rank succeeded, else 1 on every rank. local is this rank's result; its
- * message must be printed before (st_error_print). */
+/* The vote and MPI_Finalize: returns the process exit status, the same on
+ * every rank: 0 when every rank succeeded, ST_EXIT_STOPPED when every rank
+ * stopped early (ST_STOPPED: saved, resumable), else 1. local is this rank's
+ * result; an error's message must be printed before (st_error_print). */
+#define ST_EXIT_STOPPED 75 /* EX_TEMPFAIL: the job scripts requeue or resubmit on it */
 int st_job_finish(st_err local, double grace_seconds);
 
 #endif

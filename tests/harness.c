@@ -86,7 +86,7 @@ int th_train(MPI_Comm comm, const char *const *args)
     argv[argc] = NULL;
     setenv("SHARDTUNE_PEAK_GFLOPS", "10", 0); /* skip the measurement in tests */
     st_err e = st_cmd_train(argc, argv, comm);
-    if (e) {
+    if (e && e != ST_STOPPED) {
         int rank = 0;
         MPI_Comm_rank(comm, &rank);
         st_error_print(stderr, rank);

@@ -76,7 +76,7 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     st_err e = dispatch(argc - 1, argv + 1, MPI_COMM_WORLD);
-    if (e) st_error_print(stderr, rank);
+    if (e && e != ST_STOPPED) st_error_print(stderr, rank);
     st_kernels_shutdown();
     /* every rank exits nonzero if any failed (mpi/job.h) */
     return st_job_finish(e, 10.0);

@@ -28,6 +28,7 @@
 #include "kernels/peak.h"
 #include "mpi/comm.h"
 #include "mpi/commstats.h"
+#include "mpi/job.h"
 
 #define F(field) offsetof(train_opts, field)
 static const st_option train_options[] = {
@@ -81,7 +82,9 @@ static const st_option train_options[] = {
     {"out_dir", ST_OPT_STRING, F(out_dir), "runs/train", "run directory: metrics.jsonl, loss.png, ckpt/"},
     {"resume", ST_OPT_STRING, F(resume), "none", "none, auto (latest good checkpoint in out_dir/ckpt) or a checkpoint path"},
     {"stop_after", ST_OPT_INT64, F(stop_after), "0", "stop (with a checkpoint) after this step though the schedule runs to `steps` (0 = steps); for time-limited jobs that resume"},
-    {"save_every", ST_OPT_INT, F(save_every), "0", "checkpoint every N steps (0 = only at the end)"},
+    {"save_every", ST_OPT_INT, F(save_every), "0", "checkpoint every N steps (0 = by time only, see save_minutes)"},
+    {"save_minutes", ST_OPT_FLOAT, F(save_minutes), "30", "also checkpoint when this many minutes have passed since the last checkpoint (0 = off)"},
+    {"time_limit", ST_OPT_FLOAT, F(time_limit), "0", "minutes this run may take: it saves and stops (exit 75) while there is time left for a save; Slurm's SLURM_JOB_END_TIME counts too (0 = none)"},
     {"keep", ST_OPT_INT, F(keep), "3", "checkpoints to keep (0 = all)"},
     {"log_every", ST_OPT_INT, F(log_every), "1", "progress line every N steps"},
     {"eval_every", ST_OPT_INT, F(eval_every), "0", "validation loss every N steps (0 = only at the end)"},
@@ -413,9 +416,18 @@ static st_err load_start(trainer *t)
     return ST_OK;
 }
 
+/* Bytes of a checkpoint: the weights, and the AdamW moments of what trains. */
+static double ckpt_bytes(const trainer *t)
+{
+    double n = (double)st_config_num_params(&t->model.lay.cfg) * (t->body_trainable ? 3 : 1);
+    for (int e = 0; e < t->n_extra; e++) n += 3.0 * (double)t->extra[e].lay->numel * t->grid.tp_size;
+    return n * sizeof(float);
+}
+
 static st_err save(trainer *t, int64_t step)
 {
     const train_opts *o = t->o;
+    const double t0 = st_now();
     st_timer_start(&t->timers, ST_PH_CHECKPOINT);
     st_ckpt_tensors c = ckpt_tensors(t);
     /* without ZeRO every dp rank holds the same moments: dp rank 0 writes them */
@@ -431,6 +443,7 @@ static st_err save(trainer *t, int64_t step)
     free(blob);
     ST_TRY(e);
     st_timer_stop(&t->timers, ST_PH_CHECKPOINT);
+    st_runctl_saved(&t->ctl, st_now() - t0);
     if (is_rank0(t)) printf("saved checkpoint %s/step_%08lld.h5\n", t->ckpt_dir, (long long)step);
     return ST_OK;
 }
@@ -599,6 +612,7 @@ static st_err run(trainer *t)
         double loss = 0, gnorm = 0, t_step = st_now();
         int64_t ntok = 0;
         ST_TRY(train_step(t, step, &loss, &gnorm, &ntok));
+        st_runctl_step_took(&t->ctl, st_now() - t_step);
         t->tokens_seen += ntok;
         tok_window += ntok;
         int last = step + 1 == o->steps || step + 1 == o->stop_after, saved = 0;
@@ -637,8 +651,17 @@ static st_err run(trainer *t)
             t_window = st_now();
             tok_window = 0;
         }
-        if (!saved && ((o->save_every > 0 && (step + 1) % o->save_every == 0) || last)) ST_TRY(save(t, step + 1));
+        /* a signal, the time limit or the checkpoint interval, agreed by every rank */
+        st_run_action act;
+        char why[128];
+        ST_TRY(st_runctl_decide(&t->ctl, t->grid.world, &act, why, sizeof why));
+        if (act == ST_RUN_STOP && !last && is_rank0(t))
+            printf("stopping after step %lld on %s: saving a checkpoint; the same command with --resume auto "
+                   "goes on (exit status %d)\n", (long long)step + 1, why, ST_EXIT_STOPPED);
+        if (!saved && ((o->save_every > 0 && (step + 1) % o->save_every == 0) || last || act != ST_RUN_GO))
+            ST_TRY(save(t, step + 1));
         if (last) break;
+        if (act == ST_RUN_STOP) return ST_STOPPED;
     }
     if (is_rank0(t) && val0 >= 0 && val >= 0) {
         printf("validation: before loss %.4f", val0);
@@ -653,6 +676,7 @@ static st_err run(trainer *t)
 
 static void teardown(trainer *t)
 {
+    st_runctl_end(&t->ctl);
     st_metrics_close(&t->metrics);
     for (int e = 0; e < t->n_extra; e++) {
         st_adamw_free(&t->extra[e].adam);
@@ -713,7 +737,10 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
     memset(&t, 0, sizeof t);
     t.o = &ov;
     t.recipe_text = opts.recipe_text;
+    /* from here a stop signal is a request, not the end of the process */
+    if (!e) e = st_runctl_start(&t.ctl, ov.time_limit, ov.save_minutes);
     if (!e) e = setup(&t, world);
+    if (!e) st_runctl_expect_save(&t.ctl, ckpt_bytes(&t));
     if (!e) e = st_agree(world, load_start(&t));
     if (!e) e = st_agree(world, st_model_set_precision(&t.model, t.prec.bf16)); /* after the loads */
     if (!e && !rank) { /* what this run used, and where each value came from */
@@ -733,9 +760,13 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
     /* the largest rank's peak resident memory: what `shardtune plan` predicts */
     struct rusage ru;
     double peak = 0;
-    if (!e && !getrusage(RUSAGE_SELF, &ru)) peak = ru.ru_maxrss * 1024.0;
-    if (!e) e = st_allreduce(world, &peak, 1, ST_M_F64, ST_OP_MAX);
-    if (!e && !rank) {
+    const int report = !e || e == ST_STOPPED; /* a stopped run reports too */
+    if (report && !getrusage(RUSAGE_SELF, &ru)) peak = ru.ru_maxrss * 1024.0;
+    if (report) {
+        st_err pe = st_allreduce(world, &peak, 1, ST_M_F64, ST_OP_MAX);
+        if (pe) e = pe;
+    }
+    if ((!e || e == ST_STOPPED) && !rank) {
         printf("\n");
         printf("peak resident memory: %.3f GB on the largest rank\n", peak / 1e9);
         st_timers_print(&t.timers, st_now() - t0, stdout);
@@ -756,6 +787,6 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
     }
     teardown(&t);
     st_options_free(&opts);
-    if (e) st_error_trace(__FILE__, __LINE__, __func__);
+    if (e && e != ST_STOPPED) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }

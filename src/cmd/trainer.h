@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "core/config.h"
+#include "cmd/runctl.h"
 #include "core/timer.h"
 #include "io/dataset.h"
 #include "io/metrics.h"
@@ -59,6 +60,7 @@ typedef struct {
     char *out_dir, *resume;
     int save_every, keep, log_every, eval_every, eval_batches, plot, patience;
     int64_t stop_after;
+    float save_minutes, time_limit;   /* minutes; 0 = off */
 } train_opts;
 
 /* A parameter set trained besides the body (a classification head, adapters):
@@ -101,6 +103,7 @@ typedef struct {
     double peak_gflops;    /* measured matmul rate of one rank, in the run's precision */
     st_precision prec;     /* fp32 or bf16 matrix products, and why */
     st_timers timers;
+    st_runctl ctl;         /* signals, the time limit, the checkpoint interval */
     st_metrics metrics;
     char ckpt_dir[4096];
     const char *recipe_text;

@@ -62,6 +62,7 @@ const char *st_error_name(st_err code)
     case ST_ERR_DNNL: return "oneDNN error";
     case ST_ERR_HDF5: return "HDF5 error";
     case ST_ERR_INTERNAL: return "internal error";
+    case ST_STOPPED: return "stopped early, resumable";
     default: return "unknown error";
     }
 }

@@ -22,7 +22,9 @@ enum {
     ST_ERR_MPI,      /* an MPI call failed */
     ST_ERR_DNNL,     /* a oneDNN call failed */
     ST_ERR_HDF5,     /* an HDF5 call failed */
-    ST_ERR_INTERNAL  /* a bug: an invariant did not hold */
+    ST_ERR_INTERNAL, /* a bug: an invariant did not hold */
+    ST_STOPPED       /* not a failure: stopped early on request (a signal, the time limit) after saving;
+                        resuming goes on. The process exits 75 (EX_TEMPFAIL) when every rank stopped */
 };
 
 /* Record a new error (replacing any older one) and return code. */

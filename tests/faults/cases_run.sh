@@ -30,30 +30,34 @@ signal_at() {
   echo "$(stopped_well $d $rc); $(resume_rest $d)"
 }
 for sig in TERM USR1 INT; do
-  add "signal-$sig-mid-step" 2 "exit 75 with its last step saved; equal to the uninterrupted run" "signal_at $sig step" known
+  add "signal-$sig-mid-step" 2 "exit 75 with its last step saved; equal to the uninterrupted run" "signal_at $sig step"
 done
-add signal-TERM-mid-save 2 "exit 75 with its last step saved; equal to the uninterrupted run" "signal_at TERM save" known
-add signal-USR1-mid-save 2 "exit 75 with its last step saved; equal to the uninterrupted run" "signal_at USR1 save" known
+add signal-TERM-mid-save 2 "exit 75 with its last step saved; equal to the uninterrupted run" "signal_at TERM save"
+add signal-USR1-mid-save 2 "exit 75 with its last step saved; equal to the uninterrupted run" "signal_at USR1 save"
 
-# end_time: SLURM_JOB_END_TIME 4 s away, saves slowed to 1 s: the run stops
-# and saves before the end.
+# end_time: SLURM_JOB_END_TIME 25 s away, a save every 5 steps slowed to 3 s
+# (the whole run would take 30 s and more): the run stops and saves while two
+# steps and two saves (as timed) still fit: its last checkpoint is written
+# before the end time.
 end_time() {
   local d=endtime rc=0 t0; t0=$(date +%s)
-  SLURM_JOB_END_TIME=$(( t0 + 4 )) SHARDTUNE_CKPT_TEST_PAUSE_MS=1000 st 2 $d.b.log train tiny.yaml --out_dir $d || rc=$?
-  local late=$(( $(date +%s) - t0 > 4 ))
+  SLURM_JOB_END_TIME=$(( t0 + 25 )) SHARDTUNE_CKPT_TEST_PAUSE_MS=3000 \
+    st 2 $d.b.log train tiny.yaml --out_dir $d --save_every 5 || rc=$?
+  local late=$(( $(stat -c %Y "$d/ckpt/$(cat $d/ckpt/latest)" 2>/dev/null || echo 0) > t0 + 25 ))
   echo "$(stopped_well $d $rc)$([ $late = 1 ] && echo ' after the end time'); $(resume_rest $d)"
 }
-add end-time 2 "exit 75 with its last step saved; equal to the uninterrupted run" end_time known
+add end-time 2 "exit 75 with its last step saved; equal to the uninterrupted run" end_time
 
-# default_interval: without save_every a run still saves by time (30 minutes
-# by default: settings.txt); with save_minutes 0.01 a short run saves often.
+# default_interval: without save_every a run still saves by time (every 30
+# minutes by default, says --help); with save_minutes 0.005 a short run saves
+# often.
 default_interval() {
   local d=interval rc=0
   st 2 $d.log train tiny.yaml --out_dir $d --save_every 0 --save_minutes 0.005 --steps 40 || rc=$?
-  echo "default $(sed -n 's/^save_minutes *= *\([0-9.]*\).*/\1/p' $d/settings.txt 2>/dev/null | head -n 1)-ish;" \
+  echo "default $(st 1 help.log train --help; sed -n 's/.*--save_minutes .*\[default: \([0-9.]*\)\]/\1/p' help.log);" \
        "$([ "$(grep -c 'saved checkpoint' $d.log)" -gt 2 ] && echo 'saves by time' || echo "exit $rc, $(grep -c 'saved checkpoint' $d.log) saves")"
 }
-add save-by-time 3 "default 30-ish; saves by time" default_interval known
+add save-by-time 3 "default 30; saves by time" default_interval
 
 # nonfinite: a learning rate of 1e6 makes the loss NaN within a few steps.
 nonfinite() {

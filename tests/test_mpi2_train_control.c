@@ -1,0 +1,135 @@
+/* test_mpi2_train_control.c: a training run stopped early (issue 13): a stop
+ * request (what the SIGTERM/SIGUSR1/SIGINT handlers record) on one rank only
+ * stops every rank after the same step with a checkpoint and ST_STOPPED, and
+ * the resumed run ends bitwise equal to the uninterrupted one; time_limit and
+ * SLURM_JOB_END_TIME stop the run in time; save_minutes saves by the clock.
+ * (tests/faults/run.sh sends real signals to real processes.) */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmd/runctl.h"
+#include "harness.h"
+#include "mpi_check.h"
+
+static int rank;
+static char dir[256], data[300];
+
+/* the tiny run's settings, then extra (NULL-terminated) */
+static int train(const char *out, const char *const *extra)
+{
+    const char *a[64] = {"--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "4",
+                         "--model.n_kv_head", "2", "--model.d_ff", "64", "--seq_len", "16", "--batch_size", "2",
+                         "--global_batch", "4", "--steps", "12", "--optim.lr", "3e-3", "--seed", "5",
+                         "--eval_every", "0", "--eval_batches", "1", "--plot", "false", "--keep", "0",
+                         "--save_every", "0", "--data.train", data, "--out_dir", out};
+    int n = 0;
+    while (a[n]) n++;
+    for (int i = 0; extra && extra[i]; i++) a[n++] = extra[i];
+    a[n] = NULL;
+    return th_train(MPI_COMM_WORLD, a);
+}
+
+static int exists(const char *d, const char *name)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/ckpt/%s", d, name);
+    return access(p, F_OK) == 0;
+}
+
+static void setup_data(void)
+{
+    if (!data[0]) {
+        ck_assert_int_eq(th_make_dataset(MPI_COMM_WORLD, dir), 0);
+        snprintf(data, sizeof data, "%s/data.h5", dir);
+    }
+}
+
+START_TEST(stop_on_one_rank_saves_and_resumes_exactly)
+{
+    setup_data();
+    char full[300], split[300];
+    snprintf(full, sizeof full, "%s/full", dir);
+    snprintf(split, sizeof split, "%s/split", dir);
+    ck_assert_int_eq(train(full, NULL), 0);
+    /* SIGTERM seen by rank 1 alone, before the first step ends */
+    if (rank == 1) st_runctl_request_stop(SIGTERM);
+    ck_assert_int_eq(train(split, NULL), ST_STOPPED);
+    if (rank == 0) {
+        ck_assert_msg(exists(split, "step_00000001.h5"), "no checkpoint of the step the stop came after");
+        ck_assert(!exists(split, "step_00000002.h5"));
+    }
+    const char *resume[] = {"--resume", "auto", NULL};
+    ck_assert_int_eq(train(split, resume), 0);
+    if (rank == 0) {
+        char p[400];
+        double lf[16], ls[16];
+        snprintf(p, sizeof p, "%s/metrics.jsonl", full);
+        ck_assert_int_eq(th_read_losses(p, lf, 16), 12);
+        snprintf(p, sizeof p, "%s/metrics.jsonl", split);
+        ck_assert_int_eq(th_read_losses(p, ls, 16), 12);
+        for (int i = 0; i < 12; i++) ck_assert_msg(lf[i] == ls[i], "step %d: %.9g vs %.9g", i + 1, lf[i], ls[i]);
+        st_config c1, c2;
+        float *w1, *w2;
+        size_t n1, n2;
+        snprintf(p, sizeof p, "%s/ckpt/step_00000012.h5", full);
+        ck_assert_int_eq(th_load_weights(p, &c1, &w1, &n1), 0);
+        snprintf(p, sizeof p, "%s/ckpt/step_00000012.h5", split);
+        ck_assert_int_eq(th_load_weights(p, &c2, &w2, &n2), 0);
+        ck_assert(n1 == n2 && memcmp(w1, w2, n1 * sizeof(float)) == 0);
+        free(w1);
+        free(w2);
+    }
+}
+END_TEST
+
+/* time_limit 0.0001 minutes: no time for a second step and a save */
+START_TEST(time_limit_stops_with_a_checkpoint)
+{
+    setup_data();
+    char out[300];
+    snprintf(out, sizeof out, "%s/limit", dir);
+    const char *extra[] = {"--time_limit", "0.0001", NULL};
+    ck_assert_int_eq(train(out, extra), ST_STOPPED);
+    if (rank == 0) ck_assert(exists(out, "step_00000001.h5") && !exists(out, "step_00000002.h5"));
+}
+END_TEST
+
+START_TEST(slurm_end_time_stops_and_is_checked)
+{
+    setup_data();
+    char out[300], end[32];
+    snprintf(out, sizeof out, "%s/endtime", dir);
+    snprintf(end, sizeof end, "%lld", (long long)time(NULL) + 2);
+    setenv("SLURM_JOB_END_TIME", end, 1);
+    ck_assert_int_eq(train(out, NULL), ST_STOPPED);
+    if (rank == 0) ck_assert(exists(out, "step_00000001.h5") && !exists(out, "step_00000012.h5"));
+    setenv("SLURM_JOB_END_TIME", "tomorrow", 1);
+    ck_assert_int_eq(train(out, NULL), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "SLURM_JOB_END_TIME"));
+    unsetenv("SLURM_JOB_END_TIME");
+}
+END_TEST
+
+/* save_minutes tiny, save_every 0: a checkpoint after every step */
+START_TEST(save_minutes_saves_by_the_clock)
+{
+    setup_data();
+    char out[300];
+    snprintf(out, sizeof out, "%s/interval", dir);
+    const char *extra[] = {"--save_minutes", "0.000001", "--steps", "3", NULL};
+    ck_assert_int_eq(train(out, extra), 0);
+    if (rank == 0) ck_assert(exists(out, "step_00000001.h5") && exists(out, "step_00000002.h5"));
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+    const TTest *const tests[] = {stop_on_one_rank_saves_and_resumes_exactly, time_limit_stops_with_a_checkpoint,
+                                         slurm_end_time_stops_and_is_checked, save_minutes_saves_by_the_clock};
+    return th_mpi_dir_main(&argc, &argv, "train_control", 300, &rank, dir, sizeof dir, tests,
+                           (int)(sizeof tests / sizeof tests[0]));
+}
