@@ -6,10 +6,11 @@
 #      same dataset;
 #   2. finetune.sbatch, uninterrupted: the reference;
 #   3. cancelled mid-run (scancel) and submitted again, on 1 and on 2 nodes;
-#   4. stopped by the time limit's warning (USR1) and submitted again, on 1
-#      and on 2 nodes;
-# and every interrupted run must end with the reference's per-step losses and
-# its final weights and AdamW moments, bitwise. Jobs are submitted from a
+#   4. stopped for the time limit (USR1 or SLURM_JOB_END_TIME): on 1 node
+#      submitted again, on 2 nodes requeued by the job script itself;
+# every interrupted run must save its last step and exit 75, and end with the
+# reference's per-step losses and its final weights and AdamW moments,
+# bitwise. Jobs are submitted from a
 # folder outside the repository with an absolute script path, as a user would.
 # Keeps everything under one temporary folder; tears the cluster down on any
 # exit. KEEP=1 keeps the folder.
@@ -81,11 +82,15 @@ cancel_at() {
   done
   fail "${left[*]}: never saved step $step"
 }
-# stopped_mid_run DIR: the interrupted job left a checkpoint before the end
+# stopped_mid_run DIR: the interrupted job left a checkpoint before the end,
+# of the last step it logged (nothing finished was lost)
 stopped_mid_run() {
-  local s; s=$(latest_step "$1")
+  local s last
+  s=$(latest_step "$1")
+  last=$(tail -n 1 "$1/metrics.jsonl" | sed -n 's/^{"step":\([0-9]*\),.*/\1/p')
   [ "$s" -gt 0 ] && [ "$s" -lt 120 ] || fail "$1: the interrupted job did not stop mid-run (latest: step $s)"
-  echo "  $1: stopped with step $s saved"
+  [ "$s" = "$last" ] || fail "$1: stopped at step $last but its last checkpoint is step $s"
+  echo "  $1: stopped with its last step ($s) saved"
 }
 # resumed JOB...: each job's log says it resumed from a checkpoint
 resumed() {
@@ -154,6 +159,11 @@ c2=$(SHARDTUNE_CKPT_TEST_PAUSE_MS=1000 sbatch --parsable "${TWO[@]}" "$ROOT/jobs
        --out_dir cancel2)
 cancel_at 30 cancel1 "$c1" cancel2 "$c2"
 EXPECT=CANCELLED wait_job "$c1" "$c2"
+for c in "$c1" "$c2"; do
+  # TERM from slurmstepd, or USR1 from the batch shell that got TERM: whichever reaches the ranks first
+  grep -qE "^stopping after step [0-9]+ on SIG(TERM|USR1)" shardtune-"$c"_*.out || fail "job $c: shardtune did not stop on the cancel"
+  grep -q "job script: got SIGTERM" shardtune-"$c"_*.out || fail "job $c: the job script did not get SIGTERM"
+done
 stopped_mid_run cancel1; stopped_mid_run cancel2
 c1b=$(sbatch --parsable "${ONE[@]}" "$ROOT/jobs/finetune.sbatch" tiny.yaml --out_dir cancel1)
 c2b=$(sbatch --parsable "${TWO[@]}" "$ROOT/jobs/finetune.sbatch" tiny.yaml --out_dir cancel2)
@@ -162,24 +172,37 @@ resumed "$c1b" "$c2b"
 same_run cancel1
 same_run cancel2
 
-echo "== 4. the time limit's warning (USR1), then submitted again (1 node, 2 nodes) ($(( $(date +%s) - t0 )) s)"
+echo "== 4. the time limit (1 node: submitted again; 2 nodes: SHARDTUNE_REQUEUE=1) ($(( $(date +%s) - t0 )) s)"
 # --time 1 minute with the warning 45 s before the end: slurmctld checks time
-# limits every 30 s, so the warning comes 15-45 s after the start. Saves are
-# slowed down by the checkpoint's test hook (each sleeps 5 s) so that the run
-# has saved step 10 by then and is still running.
+# limits every 30 s, so the warning comes 15-45 s after the start, unless
+# shardtune stops first for SLURM_JOB_END_TIME (which the job script sets on
+# Slurm 22.05). Saves are slowed down by the checkpoint's test hook (each
+# sleeps 5 s) so that the run has saved step 10 by then and is still running;
+# the requeued run goes without the pause (a wrapper drops it on a restart).
 LIMIT=(--time=1 --signal=B:USR1@45)
+printf '#!/bin/bash\n[ -n "${SLURM_RESTART_COUNT:-}" ] && unset SHARDTUNE_CKPT_TEST_PAUSE_MS\nexec "%s" "$@"\n' \
+  "$BIN" > slow-first.sh
+chmod +x slow-first.sh
 l1=$(SHARDTUNE_CKPT_TEST_PAUSE_MS=5000 sbatch --parsable "${ONE[@]}" "${LIMIT[@]}" "$ROOT/jobs/finetune.sbatch" \
        tiny.yaml --out_dir limit1)
-l2=$(SHARDTUNE_CKPT_TEST_PAUSE_MS=5000 sbatch --parsable "${TWO[@]}" "${LIMIT[@]}" "$ROOT/jobs/finetune.sbatch" \
-       tiny.yaml --out_dir limit2)
-EXPECT=FAILED wait_job "$l1" "$l2"
-for l in "$l1" "$l2"; do
-  grep -q "got SIGUSR1" shardtune-"${l}"_*.out || fail "job $l: the job script did not get the time-limit warning"
-done
-stopped_mid_run limit1; stopped_mid_run limit2
+l2=$(SHARDTUNE_CKPT_TEST_PAUSE_MS=5000 SHARDTUNE_REQUEUE=1 SHARDTUNE_BIN=$T/work/slow-first.sh \
+       sbatch --parsable "${TWO[@]}" "${LIMIT[@]}" "$ROOT/jobs/finetune.sbatch" tiny.yaml --out_dir limit2)
+EXPECT=FAILED wait_job "$l1"
+[ "$(field "$l1" ExitCode)" = 75:0 ] || fail "job $l1 ended with $(field "$l1" ExitCode), expected 75:0 (stopped, saved)"
+grep -qE "^stopping after step [0-9]+ on (SIGUSR1|the time limit)" shardtune-"$l1"_*.out ||
+  fail "job $l1: shardtune did not stop for the time limit"
+stopped_mid_run limit1
 l1b=$(sbatch --parsable "${ONE[@]}" "$ROOT/jobs/finetune.sbatch" tiny.yaml --out_dir limit1)
-l2b=$(sbatch --parsable "${TWO[@]}" "$ROOT/jobs/finetune.sbatch" tiny.yaml --out_dir limit2)
-wait_job "$l1b" "$l2b"
-resumed "$l1b" "$l2b"
+# the requeued job waits for its BeginTime (Slurm holds requeued batch jobs
+# about 2 minutes): release it now, with room for the rest of the run
+for _ in $(seq 300); do
+  [ "$(field "$l2" Restarts)" = 1 ] && [ "$(field "$l2" JobState)" = PENDING ] && break
+  sleep 0.5
+done
+[ "$(field "$l2" Restarts)" = 1 ] || fail "job $l2 was not requeued (state $(field "$l2" JobState))"
+grep -q "requeueing job $l2" shardtune-"$l2"_*.out || fail "job $l2: the script did not say it requeued"
+scontrol update JobId="$l2" StartTime=now TimeLimit=5
+wait_job "$l1b" "$l2"
+resumed "$l1b" "$l2"
 same_run limit1
 same_run limit2
