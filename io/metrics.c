@@ -3,6 +3,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -16,14 +17,29 @@ st_err st_metrics_open(st_metrics *m, const char *dir)
     return ST_OK;
 }
 
+/* "key":value, or "key":null for NaN and infinities (not JSON numbers) */
+static void put_num(FILE *f, const char *key, const char *fmt, double x)
+{
+    fprintf(f, "\"%s\":", key);
+    if (isfinite(x)) fprintf(f, fmt, x);
+    else fprintf(f, "null");
+}
+
 void st_metrics_step(st_metrics *m, int64_t step, double loss, double val_loss, double lr,
                      double grad_norm, double tokens_per_s, double mfu, int64_t tokens_seen)
 {
     if (!m->f) return;
-    fprintf(m->f, "{\"step\":%lld,\"loss\":%.9g,", (long long)step, loss);
-    if (val_loss >= 0) fprintf(m->f, "\"val_loss\":%.9g,", val_loss);
-    fprintf(m->f, "\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"tokens\":%lld}\n",
-            lr, grad_norm, tokens_per_s, mfu, (long long)tokens_seen);
+    fprintf(m->f, "{\"step\":%lld,", (long long)step);
+    put_num(m->f, "loss", "%.9g", loss);
+    if (!(val_loss < 0)) {
+        fprintf(m->f, ",");
+        put_num(m->f, "val_loss", "%.9g", val_loss);
+    }
+    fprintf(m->f, ",\"lr\":%.6g,", lr);
+    put_num(m->f, "grad_norm", "%.6g", grad_norm);
+    fprintf(m->f, ",\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"tokens\":%lld", tokens_per_s, mfu, (long long)tokens_seen);
+    if (!isfinite(loss) || !isfinite(grad_norm)) fprintf(m->f, ",\"nonfinite\":true");
+    fprintf(m->f, "}\n");
     fflush(m->f);
 }
 

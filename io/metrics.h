@@ -15,7 +15,9 @@ typedef struct {
 } st_metrics;
 
 st_err st_metrics_open(st_metrics *m, const char *dir);
-/* One step. val_loss < 0 means "not evaluated at this step". */
+/* One step. val_loss < 0 means "not evaluated at this step". Non-finite
+ * numbers are written as null (JSON has no NaN) and mark the line
+ * "nonfinite": true. */
 void st_metrics_step(st_metrics *m, int64_t step, double loss, double val_loss, double lr,
                      double grad_norm, double tokens_per_s, double mfu, int64_t tokens_seen);
 void st_metrics_close(st_metrics *m);

@@ -2,7 +2,8 @@
  * request (what the SIGTERM/SIGUSR1/SIGINT handlers record) on one rank only
  * stops every rank after the same step with a checkpoint and ST_STOPPED, and
  * the resumed run ends bitwise equal to the uninterrupted one; time_limit and
- * SLURM_JOB_END_TIME stop the run in time; save_minutes saves by the clock.
+ * SLURM_JOB_END_TIME stop the run in time; save_minutes saves by the clock;
+ * a run that diverges (NaN) stops or skips the step and never saves it.
  * (tests/faults/run.sh sends real signals to real processes.) */
 #include <signal.h>
 #include <stdio.h>
@@ -10,6 +11,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cjson/cJSON.h>
 
 #include "cmd/runctl.h"
 #include "harness.h"
@@ -126,10 +129,59 @@ START_TEST(save_minutes_saves_by_the_clock)
 }
 END_TEST
 
+/* Every line of metrics.jsonl parses as JSON; returns how many say "nonfinite". */
+static int metrics_nonfinite(const char *out, int *lines)
+{
+    char p[400];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", out);
+    char *text = th_read_file(p, NULL), *save = NULL;
+    int bad = 0;
+    *lines = 0;
+    for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(l);
+        ck_assert_msg(j != NULL, "metrics.jsonl line is not JSON: %s", l);
+        bad += cJSON_IsTrue(cJSON_GetObjectItem(j, "nonfinite"));
+        cJSON_Delete(j);
+        (*lines)++;
+    }
+    free(text);
+    return bad;
+}
+
+/* optim.lr 1e6 after 4 good steps: the loss turns NaN within a few steps */
+START_TEST(nonfinite_stops_and_saves_nothing)
+{
+    setup_data();
+    char out[300];
+    snprintf(out, sizeof out, "%s/nan", dir);
+    const char *first[] = {"--stop_after", "4", NULL};
+    ck_assert_int_eq(train(out, first), 0);
+    const char *diverge[] = {"--resume", "auto", "--optim.lr", "1e6", NULL};
+    ck_assert_int_eq(train(out, diverge), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "not applied"));
+    if (rank == 0) {
+        int lines;
+        ck_assert_int_eq(metrics_nonfinite(out, &lines), 1);
+        ck_assert(exists(out, "step_00000004.h5") && !exists(out, "step_00000012.h5"));
+    }
+    /* skip: each such step is left out, and 10 in a row stop the run */
+    char out2[300];
+    snprintf(out2, sizeof out2, "%s/nan-skip", dir);
+    const char *skip[] = {"--optim.lr", "1e6", "--on_nonfinite", "skip", "--steps", "40", NULL};
+    ck_assert_int_eq(train(out2, skip), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "10 such steps in a row"));
+    if (rank == 0) {
+        int lines;
+        ck_assert_int_eq(metrics_nonfinite(out2, &lines), 10);
+    }
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     const TTest *const tests[] = {stop_on_one_rank_saves_and_resumes_exactly, time_limit_stops_with_a_checkpoint,
-                                         slurm_end_time_stops_and_is_checked, save_minutes_saves_by_the_clock};
+                                         slurm_end_time_stops_and_is_checked, save_minutes_saves_by_the_clock,
+                                  nonfinite_stops_and_saves_nothing};
     return th_mpi_dir_main(&argc, &argv, "train_control", 300, &rank, dir, sizeof dir, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }

@@ -90,6 +90,7 @@ static const st_option train_options[] = {
     {"eval_every", ST_OPT_INT, F(eval_every), "0", "validation loss every N steps (0 = only at the end)"},
     {"eval_batches", ST_OPT_INT, F(eval_batches), "4", "micro-batches per validation"},
     {"plot", ST_OPT_BOOL, F(plot), "true", "draw out_dir/loss.png with gnuplot at the end"},
+    {"on_nonfinite", ST_OPT_STRING, F(on_nonfinite), "stop", "a step whose loss or gradient norm is NaN or infinite is never applied; then stop (exit 1, checkpoints untouched) or skip it (and stop after 10 in a row)"},
 };
 #undef F
 #define N_TRAIN_OPTIONS ((int)(sizeof train_options / sizeof train_options[0]))
@@ -424,10 +425,25 @@ static double ckpt_bytes(const trainer *t)
     return n * sizeof(float);
 }
 
+/* A NaN or an infinity in this rank's weights (the model's, then the sets'),
+ * so that no checkpoint ever holds one. Collective; agreed. */
+static st_err check_finite(trainer *t, int64_t step)
+{
+    const st_tensor *bad = st_layout_first_nonfinite(&t->model.lay, t->model.params);
+    for (int e = 0; !bad && e < t->n_extra; e++) bad = st_layout_first_nonfinite(t->extra[e].lay, t->extra[e].params);
+    st_err err = ST_OK;
+    if (bad)
+        err = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "step %lld: tensor %s holds a NaN or an "
+                           "infinity: not saved (the newest checkpoint in %s is untouched). Lower optim.lr",
+                           (long long)step, bad->name, t->ckpt_dir);
+    return st_agree(t->grid.world, err);
+}
+
 static st_err save(trainer *t, int64_t step)
 {
     const train_opts *o = t->o;
     const double t0 = st_now();
+    ST_TRY(check_finite(t, step));
     st_timer_start(&t->timers, ST_PH_CHECKPOINT);
     st_ckpt_tensors c = ckpt_tensors(t);
     /* without ZeRO every dp rank holds the same moments: dp rank 0 writes them */
@@ -450,7 +466,11 @@ static st_err save(trainer *t, int64_t step)
 
 /* ---- the step --------------------------------------------------------------- */
 
-static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gnorm_out, int64_t *ntok_out)
+/* One optimizer step. A non-finite loss or gradient norm (the same on every
+ * rank: both are reduced) leaves the weights and moments as they were and
+ * sets *skipped. */
+static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gnorm_out, int64_t *ntok_out,
+                         int *skipped)
 {
     const train_opts *o = t->o;
     st_model *m = &t->model;
@@ -508,6 +528,14 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
     if (t->dp.zero) ST_TRY(st_allreduce(t->grid.dp, &sq[0], 1, ST_M_F64, ST_OP_SUM));
     ST_TRY(st_allreduce(t->grid.tp, sq, 2, ST_M_F64, ST_OP_SUM));
     double gnorm = sqrt(sq[0] + sq[1]);
+    *loss_out = sums[0] / sums[1];
+    *gnorm_out = gnorm;
+    *ntok_out = (int64_t)o->global_batch * T;
+    *skipped = !isfinite(*loss_out) || !isfinite(gnorm);
+    if (*skipped) {
+        st_timer_stop(&t->timers, ST_PH_OPTIMIZER);
+        return ST_OK;
+    }
     float clip = o->opt.grad_clip > 0 && gnorm > o->opt.grad_clip ? (float)(o->opt.grad_clip / gnorm) : 1.0f;
     const float lr = st_lr_at(&o->opt, step);
     if (t->body_trainable) {
@@ -521,9 +549,24 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
         st_adamw_update(&t->extra[e].adam, t->extra[e].params, t->extra[e].grads, lr);
     }
     st_timer_stop(&t->timers, ST_PH_OPTIMIZER);
-    *loss_out = sums[0] / sums[1];
-    *gnorm_out = gnorm;
-    *ntok_out = (int64_t)o->global_batch * T;
+    return ST_OK;
+}
+
+/* A step that was not applied: stop (on_nonfinite: stop, or the 10th in a
+ * row) with an error, else say so and go on. Nothing is saved for it. */
+#define MAX_NONFINITE_IN_A_ROW 10
+static st_err on_nonfinite(trainer *t, int64_t step, double loss, double gnorm)
+{
+    const int stop = !strcmp(t->o->on_nonfinite, "stop");
+    if (stop || ++t->nonfinite_run >= MAX_NONFINITE_IN_A_ROW)
+        ST_FAIL(ST_ERR_ARG, "step %lld: non-finite loss (%g) or gradient norm (%g); the step was not applied and "
+                "nothing was saved (%s); the newest checkpoint in %s is untouched. Lower optim.lr, raise "
+                "optim.warmup_steps or check the data%s", (long long)step, loss, gnorm,
+                stop ? "on_nonfinite: stop" : "10 such steps in a row", t->ckpt_dir,
+                stop ? "; on_nonfinite: skip skips such steps" : "");
+    if (is_rank0(t))
+        printf("step %6lld: non-finite loss (%g) or gradient norm (%g): step skipped (on_nonfinite: skip)\n",
+               (long long)step, loss, gnorm);
     return ST_OK;
 }
 
@@ -611,8 +654,21 @@ static st_err run(trainer *t)
     for (int64_t step = t->start_step; step < o->steps; step++) {
         double loss = 0, gnorm = 0, t_step = st_now();
         int64_t ntok = 0;
-        ST_TRY(train_step(t, step, &loss, &gnorm, &ntok));
+        int skipped = 0;
+        ST_TRY(train_step(t, step, &loss, &gnorm, &ntok, &skipped));
         st_runctl_step_took(&t->ctl, st_now() - t_step);
+        if (skipped && is_rank0(t)) /* the line says what happened, even when the run stops here */
+            st_metrics_step(&t->metrics, step + 1, loss, -1, st_lr_at(&o->opt, step), gnorm, 0, 0, t->tokens_seen);
+        if (skipped) { /* the weights are the previous step's: the schedule's end still saves them */
+            ST_TRY(on_nonfinite(t, step + 1, loss, gnorm));
+            t->tokens_seen += ntok;
+            if (step + 1 == o->steps || step + 1 == o->stop_after) {
+                ST_TRY(save(t, step + 1));
+                break;
+            }
+            continue;
+        }
+        t->nonfinite_run = 0;
         t->tokens_seen += ntok;
         tok_window += ntok;
         int last = step + 1 == o->steps || step + 1 == o->stop_after, saved = 0;
@@ -733,6 +789,9 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
         return ST_OK;
     }
     if (!e) e = parse_schedule(ov.schedule, &ov.opt);
+    if (!e && strcmp(ov.on_nonfinite, "stop") && strcmp(ov.on_nonfinite, "skip"))
+        e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "on_nonfinite '%s': expected stop or skip",
+                         ov.on_nonfinite);
     trainer t;
     memset(&t, 0, sizeof t);
     t.o = &ov;

@@ -61,6 +61,7 @@ typedef struct {
     int save_every, keep, log_every, eval_every, eval_batches, plot, patience;
     int64_t stop_after;
     float save_minutes, time_limit;   /* minutes; 0 = off */
+    char *on_nonfinite;               /* "stop" or "skip" */
 } train_opts;
 
 /* A parameter set trained besides the body (a classification head, adapters):
@@ -89,6 +90,7 @@ typedef struct {
     int n_extra;
     double best_val;
     int bad_evals;
+    int nonfinite_run;     /* consecutive steps skipped for a non-finite loss or gradient norm */
     st_dp dp;
     st_adamw adam;
     size_t own_begin, own_end;

@@ -136,6 +136,18 @@ void st_layout_free(st_layout *lay)
     lay->n_tensors = 0;
 }
 
+const st_tensor *st_layout_first_nonfinite(const st_layout *lay, const float *base)
+{
+    for (int i = 0; i < lay->n_tensors; i++) {
+        const st_tensor *t = &lay->tensors[i];
+        /* x - x is 0 for finite x and NaN otherwise: one pass, no branch per element */
+        float acc = 0;
+        for (size_t k = 0; k < t->numel; k++) acc += base[t->offset + k] - base[t->offset + k];
+        if (acc != 0 || acc != acc) return t;
+    }
+    return NULL;
+}
+
 const st_tensor *st_layout_find(const st_layout *lay, const char *name)
 {
     for (int i = 0; i < lay->n_tensors; i++)

@@ -88,6 +88,9 @@ void st_ptrs_free(st_ptrs *p);
 
 /* The tensor named name, or NULL. */
 const st_tensor *st_layout_find(const st_layout *lay, const char *name);
+/* The first tensor of lay whose values in base hold a NaN or an infinity
+ * (NULL: all finite). */
+const st_tensor *st_layout_first_nonfinite(const st_layout *lay, const float *base);
 
 /* Seeded initialisation, identical for every grid: every element's value
  * depends only on (seed, tensor name, global index) (st_normal_fill), so a

@@ -64,10 +64,10 @@ nonfinite() {
   local d=nan rc=0
   first_part $d 10 >/dev/null
   st 2 $d.b.log train tiny.yaml --out_dir $d --resume auto --optim.lr 1e6 || rc=$?
-  local bad; bad=$(grep -ciE 'nan|inf' $d/metrics.jsonl)
+  local bad; bad=$(grep -ciE ':-?(nan|inf)' $d/metrics.jsonl)
   echo "$(says 1 'non-finite' $d.b.log $rc), $bad non-JSON lines, latest step $(latest_step $d)"
 }
-add nonfinite-stop 4 "exit 1, says /non-finite/, 0 non-JSON lines, latest step 10" nonfinite known
+add nonfinite-stop 4 "exit 1, says /non-finite/, 0 non-JSON lines, latest step 10" nonfinite
 
 # tokenizer: a byte-level dataset with a model whose tokenizer is llama2.c's.
 tokenizer_mismatch() {
