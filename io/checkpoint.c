@@ -523,6 +523,8 @@ static long rank0_pause_ms(void)
 
 /* ---- format checks --------------------------------------------------------- */
 
+static st_err check_header_sum(hid_t file, const char *path);
+
 static st_err check_format(hid_t file, const char *path)
 {
     char *fmt = NULL;
@@ -542,7 +544,7 @@ static st_err check_format(hid_t file, const char *path)
     if (version != ST_CKPT_VERSION)
         ST_FAIL(ST_ERR_FORMAT, "%s is checkpoint format version %d; this shardtune reads version %d%s",
                 path, version, ST_CKPT_VERSION, version > ST_CKPT_VERSION ? " (upgrade shardtune)" : "");
-    return ST_OK;
+    return check_header_sum(file, path);
 }
 
 static st_err read_config_attrs(hid_t file, const char *path, st_config *cfg)
@@ -821,7 +823,11 @@ done:
     return e;
 }
 
-/* Root, /config, /tokenizer, /train, /optim and the sets' attributes. Collective. */
+static st_err header_sum(hid_t file, const char *path, uint64_t *sum);
+static const char path_of_header[] = "the checkpoint being written";
+
+/* Root, /config, /tokenizer, /train, /optim and the sets' attributes, and
+ * their checksum. Collective. */
 static st_err write_header(hid_t file, const save_job *j, const st_config *cfg, int root, hid_t dxpl)
 {
     const save_meta *m = &j->meta;
@@ -864,6 +870,10 @@ static st_err write_header(hid_t file, const save_job *j, const st_config *cfg, 
         st_h5_close(&grp);
     }
     ST_TRY(write_set_headers(file, j));
+    /* last: the checksum of what was just written, read back as a reader will */
+    uint64_t sum;
+    ST_TRY(header_sum(file, path_of_header, &sum));
+    ST_TRY(st_h5_attr_write_u64(file, "header_sum", sum));
 done:
     st_h5_close(&grp);
     return e;
@@ -1637,6 +1647,94 @@ static st_err read_sets_attr(hid_t file, const char *path, char names[ST_CKPT_MA
     return e;
 }
 
+/* The numbers a resume trusts besides the tensors -- the step, the tokens
+ * seen, the RNG and data position, the AdamW step and hyper-parameters, the
+ * sets' steps, the model config -- have their own checksum, the root
+ * attribute header_sum: splitmix64 folded over each present attribute's
+ * name and values (integers as 64-bit, floats as doubles). Files written
+ * before it existed have none and are not checked. */
+static const struct { const char *group, *attrs; } header_attrs[] = {
+    {"/", "version step tokens_seen"},
+    {"/config", "n_layer d_model n_head n_kv_head d_ff vocab_size max_seq tied_embeddings qkv_bias norm_eps rope_theta"},
+    {"/train", "rng data_epoch data_cursor data_seed"},
+    {"/optim", "step beta1 beta2 eps weight_decay"},
+};
+
+static uint64_t fold(uint64_t h, uint64_t x) { return st_splitmix64(h ^ st_splitmix64(x)); }
+
+static uint64_t fold_str(uint64_t h, const char *s)
+{
+    for (; *s; s++) h = fold(h, (unsigned char)*s);
+    return fold(h, 0);
+}
+
+/* Fold attribute name of loc (when present) into *h. */
+static st_err fold_attr(hid_t loc, const char *group, const char *name, const char *path, uint64_t *h)
+{
+    if (!st_h5_has_attr(loc, name)) return ST_OK;
+    st_err e = ST_OK;
+    hid_t a = H5Aopen(loc, name, H5P_DEFAULT), type = a < 0 ? -1 : H5Aget_type(a), space = a < 0 ? -1 : H5Aget_space(a);
+    hssize_t n = space < 0 ? -1 : H5Sget_simple_extent_npoints(space);
+    H5T_class_t cls = type < 0 ? H5T_NO_CLASS : H5Tget_class(type);
+    union { long long i; unsigned long long u; double d; } v[8];
+    if (a < 0 || type < 0 || n < 1 || n > 8 || (cls != H5T_INTEGER && cls != H5T_FLOAT))
+        ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "%s: attribute %s of %s is not 1 to 8 numbers", path, name, group);
+    hid_t mem = cls == H5T_FLOAT ? H5T_NATIVE_DOUBLE : H5Tget_sign(type) == H5T_SGN_NONE ? H5T_NATIVE_ULLONG : H5T_NATIVE_LLONG;
+    if (H5Aread(a, mem, v) < 0) ST_H5_GOTO(e, done, "%s: cannot read attribute %s of %s", path, name, group);
+    *h = fold_str(fold_str(*h, group), name);
+    for (hssize_t k = 0; k < n; k++) {
+        uint64_t bits;
+        memcpy(&bits, &v[k], sizeof bits);
+        *h = fold(*h, bits);
+    }
+done:
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
+    if (a >= 0) H5Aclose(a);
+    return e;
+}
+
+static st_err header_sum(hid_t file, const char *path, uint64_t *sum)
+{
+    char names[ST_CKPT_MAX_SETS][ST_CKPT_MAX_SET_NAME + 1], words[256], group[GPATH_CAP];
+    int n_sets = 0;
+    uint64_t h = 0x5eedc0de;
+    st_err e = ST_OK;
+    for (size_t g = 0; g < sizeof header_attrs / sizeof header_attrs[0] && !e; g++) {
+        if (header_attrs[g].group[1] && !st_h5_has_link(file, header_attrs[g].group + 1)) continue;
+        hid_t loc = header_attrs[g].group[1] ? H5Gopen2(file, header_attrs[g].group + 1, H5P_DEFAULT) : file;
+        if (loc < 0) ST_H5_FAIL("%s: cannot open %s", path, header_attrs[g].group);
+        snprintf(words, sizeof words, "%s", header_attrs[g].attrs);
+        char *save = NULL;
+        for (char *w = strtok_r(words, " ", &save); w && !e; w = strtok_r(NULL, " ", &save))
+            e = fold_attr(loc, header_attrs[g].group, w, path, &h);
+        if (loc != file) H5Gclose(loc);
+    }
+    if (!e) e = read_sets_attr(file, path, names, &n_sets);
+    for (int i = 0; i < n_sets && !e; i++) {
+        snprintf(group, sizeof group, "optim/%s", names[i]);
+        if (!st_h5_has_link(file, "optim") || !st_h5_has_link(file, group)) continue;
+        hid_t loc = H5Gopen2(file, group, H5P_DEFAULT);
+        if (loc < 0) ST_H5_FAIL("%s: cannot open /%s", path, group);
+        e = fold_attr(loc, group, "step", path, &h);
+        H5Gclose(loc);
+    }
+    *sum = h;
+    return e;
+}
+
+static st_err check_header_sum(hid_t file, const char *path)
+{
+    if (!st_h5_has_attr(file, "header_sum")) return ST_OK;
+    uint64_t want, got;
+    ST_TRY(st_h5_attr_read_u64(file, "header_sum", &want));
+    ST_TRY(header_sum(file, path, &got));
+    if (got != want)
+        ST_FAIL(ST_ERR_FORMAT, "%s is damaged: its header attributes (step, tokens seen, RNG and data position, "
+                "optimizer step and settings, model config) do not match their checksum", path);
+    return ST_OK;
+}
+
 /* "head, lora" or "none": the sets of the file, for messages. */
 static void sets_in_file(hid_t file, char *buf, size_t cap)
 {
@@ -2163,10 +2261,13 @@ st_err st_ckpt_find_latest_with(const char *dir, MPI_Comm comm, char *path_out, 
     ST_TRY_GOTO(e, st_agree(comm, e), done);
     ST_TRY_GOTO(e, st_bcast_str(comm, 0, names, &all), done);
     int tried = 0;
+    char bad[1024] = ""; /* the names that failed, for the error */
     for (char *name = all, *nl; name && *name; name = nl + 1) {
         nl = strchr(name, '\n');
         *nl = '\0';
         tried++;
+        if (strlen(bad) + strlen(name) + 8 < sizeof bad)
+            snprintf(bad + strlen(bad), sizeof bad - strlen(bad), "%s%s", bad[0] ? ", " : "", name);
         ST_TRY_GOTO(e, join_path(path, sizeof path, dir, name), done);
         if (strlen(path) >= cap) ST_FAIL_GOTO(e, done, ST_ERR_ARG, "checkpoint path %s does not fit %zu bytes", path, cap);
         int fatal = 0;
@@ -2188,8 +2289,8 @@ st_err st_ckpt_find_latest_with(const char *dir, MPI_Comm comm, char *path_out, 
     if (!tried)
         ST_FAIL_GOTO(e, done, ST_ERR_IO, "no checkpoint in %s: no 'latest' file and no step_*.h5 files "
                      "(is this the run's checkpoint directory?)", dir);
-    ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "no complete checkpoint in %s: all %d candidates failed verification "
-                 "(the warnings above name each file and why)", dir, tried);
+    ST_FAIL_GOTO(e, done, ST_ERR_FORMAT, "no checkpoint in %s verifies: %s (the warnings above say why each failed)",
+                 dir, bad);
 done:
     free(names);
     free(all);

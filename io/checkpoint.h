@@ -200,10 +200,12 @@ st_err st_ckpt_load_whole(const char *path, st_config *cfg, st_layout *lay, floa
 st_err st_ckpt_read_tokenizer(const char *path, char **kind, uint8_t **blob, size_t *n);
 
 /* The newest complete checkpoint in dir: DIR/latest first, then step_*.h5 by
- * descending step. Each candidate is verified (format, shapes, every
- * checksum of the model, its moments and every set named by the root
- * attribute "sets"; the reading is spread over comm); a bad one is skipped with a
- * warning on rank 0's stderr naming the file and the reason. Collective. */
+ * descending step. Each candidate is verified (format, the header's
+ * checksum, shapes, every checksum of the model, its moments and every set
+ * named by the root attribute "sets"; the reading is spread over comm); a bad
+ * one is skipped with a warning on rank 0's stderr naming the file and the
+ * reason. Fails with ST_ERR_IO when dir holds no checkpoint at all, with
+ * ST_ERR_FORMAT naming them when none verifies. Collective. */
 st_err st_ckpt_find_latest(const char *dir, MPI_Comm comm, char *path_out, size_t cap);
 
 /* The same search with another test of a candidate: accept(path, ctx,

@@ -3,7 +3,9 @@
  * stops every rank after the same step with a checkpoint and ST_STOPPED, and
  * the resumed run ends bitwise equal to the uninterrupted one; time_limit and
  * SLURM_JOB_END_TIME stop the run in time; save_minutes saves by the clock;
- * a run that diverges (NaN) stops or skips the step and never saves it.
+ * a run that diverges (NaN) stops or skips the step and never saves it;
+ * --resume auto refuses checkpoints that all fail verification, and one
+ * flipped bit in a header attribute (the step) fails verification.
  * (tests/faults/run.sh sends real signals to real processes.) */
 #include <signal.h>
 #include <stdio.h>
@@ -13,8 +15,10 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <hdf5.h>
 
 #include "cmd/runctl.h"
+#include "io/checkpoint.h"
 #include "harness.h"
 #include "mpi_check.h"
 
@@ -177,11 +181,67 @@ START_TEST(nonfinite_stops_and_saves_nothing)
 }
 END_TEST
 
+/* Rank 0 damages, then every rank goes on. */
+static void flip_middle_byte(const char *path)
+{
+    if (rank == 0) {
+        FILE *f = fopen(path, "r+b");
+        ck_assert_ptr_nonnull(f);
+        fseek(f, 0, SEEK_END);
+        long mid = ftell(f) / 2;
+        fseek(f, mid, SEEK_SET);
+        int c = fgetc(f);
+        fseek(f, mid, SEEK_SET);
+        fputc(c ^ 0xff, f);
+        fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
+static void flip_step_attribute(const char *path)
+{
+    if (rank == 0) {
+        hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT), a = H5Aopen(f, "step", H5P_DEFAULT);
+        long long step;
+        ck_assert(f >= 0 && a >= 0 && H5Aread(a, H5T_NATIVE_LLONG, &step) >= 0);
+        step ^= 1;
+        ck_assert(H5Awrite(a, H5T_NATIVE_LLONG, &step) >= 0);
+        H5Aclose(a);
+        H5Fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
+START_TEST(damaged_checkpoints_are_never_trusted)
+{
+    setup_data();
+    char out[300], p2[400], p4[400], found[600];
+    snprintf(out, sizeof out, "%s/damaged", dir);
+    const char *first[] = {"--stop_after", "4", "--save_every", "2", NULL};
+    ck_assert_int_eq(train(out, first), 0);
+    snprintf(p2, sizeof p2, "%s/ckpt/step_00000002.h5", out);
+    snprintf(p4, sizeof p4, "%s/ckpt/step_00000004.h5", out);
+    /* one bit of the root attribute step: the newest no longer verifies */
+    flip_step_attribute(p4);
+    char ckdir[400];
+    snprintf(ckdir, sizeof ckdir, "%s/ckpt", out);
+    ck_assert_int_eq(st_ckpt_find_latest(ckdir, MPI_COMM_WORLD, found, sizeof found), 0);
+    ck_assert_str_eq(found, p2);
+    /* every one damaged: resume auto refuses, names them, deletes nothing */
+    flip_middle_byte(p2);
+    const char *resume[] = {"--resume", "auto", NULL};
+    ck_assert_int_eq(train(out, resume), ST_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "step_00000002.h5"));
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "step_00000004.h5"));
+    if (rank == 0) ck_assert(exists(out, "step_00000002.h5") && exists(out, "step_00000004.h5"));
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     const TTest *const tests[] = {stop_on_one_rank_saves_and_resumes_exactly, time_limit_stops_with_a_checkpoint,
                                          slurm_end_time_stops_and_is_checked, save_minutes_saves_by_the_clock,
-                                  nonfinite_stops_and_saves_nothing};
+                                  nonfinite_stops_and_saves_nothing, damaged_checkpoints_are_never_trusted};
     return th_mpi_dir_main(&argc, &argv, "train_control", 300, &rank, dir, sizeof dir, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }

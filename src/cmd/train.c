@@ -382,6 +382,11 @@ static st_err load_start(trainer *t)
         if (e && !r.tried) {
             st_error_clear();
             if (is_rank0(t)) printf("resume auto: no checkpoint in %s, starting fresh\n", t->ckpt_dir);
+        } else if (e == ST_ERR_FORMAT) { /* every one damaged: never start over on top of them */
+            char why[1500];
+            snprintf(why, sizeof why, "%.*s", (int)strcspn(st_error_message(), "\n"), st_error_message());
+            ST_FAIL(e, "%s. --resume auto does not start over (the next saves would prune them): move them away "
+                    "to start fresh, or name a checkpoint with --resume PATH", why);
         } else {
             ST_TRY(e);
             resumed = 1;

@@ -64,9 +64,9 @@ flip_all() {
   err=$(first_part $d 30); [ -n "$err" ] && { echo "$err"; return; }
   for f in $d/ckpt/step_*.h5; do flip_byte $f $(( $(stat -c %s $f) / 2 )); done
   st 2 $d.c.log train tiny.yaml --out_dir $d --resume auto || rc=$?
-  echo "$(says 1 'no checkpoint .* verifies|every checkpoint' $d.c.log $rc), names $(grep -oE 'step_000000[123]0.h5' $d.c.log | sort -u | wc -l) of 3, $(ls $d/ckpt/step_*.h5 | wc -l) left"
+  echo "$(says 1 'no checkpoint .* verifies' $d.c.log $rc), names $(grep -oE 'step_000000[123]0.h5' $d.c.log | sort -u | wc -l) of 3, $(ls $d/ckpt/step_*.h5 | wc -l) left"
 }
-add flip-all 5 "exit 1, says /no checkpoint .* verifies|every checkpoint/, names 3 of 3, 3 left" flip_all known
+add flip-all 5 "exit 1, says /no checkpoint .* verifies/, names 3 of 3, 3 left" flip_all
 
 # One bit of the root attribute `step` of the newest checkpoint.
 flip_step() {
@@ -76,4 +76,4 @@ flip_step() {
   st 2 $d.c.log train tiny.yaml --out_dir $d --resume auto || { echo "resume failed: $(grep -m1 error $d.c.log)"; return; }
   echo "$(grep -c 'skipping checkpoint.*step_00000030' $d.c.log) warning, resumed at step $(resumed_at $d.c.log), $(same_as_ref $d)"
 }
-add flip-step-attribute 5 "1 warning, resumed at step 20, equal to the uninterrupted run" flip_step known
+add flip-step-attribute 5 "1 warning, resumed at step 20, equal to the uninterrupted run" flip_step
