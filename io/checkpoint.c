@@ -1868,6 +1868,22 @@ fail:
     return e;
 }
 
+/* Every skip name (or prefix*) must name a tensor of the model: a typo would
+ * silently load what it meant to leave out. */
+static st_err check_skip_names(const st_ckpt_tensors *t, const char *const *skip, const char *path)
+{
+    for (; t && skip && *skip; skip++) {
+        const char *one[2] = {*skip, NULL};
+        int hit = 0;
+        for (int i = 0; i < t->lay->n_tensors && !hit; i++) hit = st_ckpt_skipped(t->lay->tensors[i].name, one);
+        if (!hit)
+            ST_FAIL(ST_ERR_ARG, "%s: the name '%s' to leave out (init_skip) matches no tensor of the model; names "
+                    "look like lm_head.weight or model.layers.0.mlp.* (`shardtune inspect %s` lists them)", path,
+                    *skip, path);
+    }
+    return ST_OK;
+}
+
 st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_train_state *s,
                     const char *const *skip, int flags, char **tok_kind, uint8_t **tok_blob, size_t *tok_n)
 {
@@ -1880,6 +1896,7 @@ st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_t
     if (s) memset(s, 0, sizeof *s);
     for (int i = 0; t && i < t->n_sets && i < ST_CKPT_MAX_SETS; i++) t->sets[i].meta = NULL;
     e = check_tensors_arg(g, t, path);
+    if (!e) e = check_skip_names(t, skip, path);
     ST_TRY(st_agree(g->world, e));
     ST_TRY(check_same_model(g, t, flags, path));
     e = st_h5_fapl_mpio(g->world, &fapl);

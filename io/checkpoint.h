@@ -155,7 +155,8 @@ st_err st_ckpt_read_config(const char *path, MPI_Comm comm, st_config *cfg);
  * and, when t->m != NULL and not ST_CKPT_WEIGHTS_ONLY, its [opt_begin,
  * opt_end) slice of both moments plus the /optim attributes (a file without
  * /optim is then an error). skip: NULL-terminated names, or prefixes ending
- * in '*', left as they are (e.g. a new head); the same list on every rank. Checks format, version, every
+ * in '*', left as they are (e.g. a new head); the same list on every rank;
+ * a name that matches no tensor of t->lay is an error. Checks format, version, every
  * expected tensor's presence and global shape, and every loaded tensor's
  * checksum; errors name the file and the tensor. On error the buffers may be
  * partly overwritten. s (may be NULL) is overwritten: free its strings first.

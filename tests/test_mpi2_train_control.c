@@ -5,7 +5,9 @@
  * SLURM_JOB_END_TIME stop the run in time; save_minutes saves by the clock;
  * a run that diverges (NaN) stops or skips the step and never saves it;
  * --resume auto refuses checkpoints that all fail verification, and one
- * flipped bit in a header attribute (the step) fails verification.
+ * flipped bit in a header attribute (the step) fails verification;
+ * init_from must carry the dataset's tokenizer, and init_skip names must
+ * name tensors.
  * (tests/faults/run.sh sends real signals to real processes.) */
 #include <signal.h>
 #include <stdio.h>
@@ -17,6 +19,7 @@
 #include <cjson/cJSON.h>
 #include <hdf5.h>
 
+#include "cmd/commands.h"
 #include "cmd/runctl.h"
 #include "io/checkpoint.h"
 #include "harness.h"
@@ -237,11 +240,39 @@ START_TEST(damaged_checkpoints_are_never_trusted)
 }
 END_TEST
 
+START_TEST(init_from_must_match_the_data)
+{
+    setup_data();
+    char ck[400], out[300], spec[400], base[300];
+    /* llama2.c's stories260K with its own 512-token tokenizer: byte-level data do not fit it */
+    snprintf(ck, sizeof ck, "%s/stories.h5", dir);
+    snprintf(spec, sizeof spec, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    char *conv[] = {"convert", (char *)th_data_path("llama2c/stories260K.bin"), "--out", ck, "--tokenizer", spec, NULL};
+    ck_assert_int_eq(st_cmd_convert(6, conv, MPI_COMM_WORLD), 0);
+    snprintf(out, sizeof out, "%s/tokmix", dir);
+    const char *mix[] = {"--init_from", ck, "--steps", "1", NULL};
+    ck_assert_int_eq(train(out, mix), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "different tokenizer"));
+    /* a base of the same tokenizer, and an init_skip that names nothing */
+    snprintf(base, sizeof base, "%s/base", dir);
+    const char *make_base[] = {"--steps", "1", NULL};
+    ck_assert_int_eq(train(base, make_base), 0);
+    snprintf(ck, sizeof ck, "%s/ckpt/step_00000001.h5", base);
+    snprintf(out, sizeof out, "%s/skip", dir);
+    const char *skip[] = {"--init_from", ck, "--init_skip", "model.norm.weight,model.layers.9.*", "--steps", "1", NULL};
+    ck_assert_int_eq(train(out, skip), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "'model.layers.9.*'"));
+    const char *good[] = {"--init_from", ck, "--init_skip", "model.layers.1.*", "--steps", "1", NULL};
+    ck_assert_int_eq(train(out, good), 0);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     const TTest *const tests[] = {stop_on_one_rank_saves_and_resumes_exactly, time_limit_stops_with_a_checkpoint,
                                          slurm_end_time_stops_and_is_checked, save_minutes_saves_by_the_clock,
-                                  nonfinite_stops_and_saves_nothing, damaged_checkpoints_are_never_trusted};
+                                  nonfinite_stops_and_saves_nothing, damaged_checkpoints_are_never_trusted,
+                                  init_from_must_match_the_data};
     return th_mpi_dir_main(&argc, &argv, "train_control", 300, &rank, dir, sizeof dir, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }

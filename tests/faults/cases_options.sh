@@ -32,7 +32,7 @@ opt save-every-neg  7 "save_every"            tiny.yaml --save_every -10 known
 opt lora-rank-neg   7 "lora.rank"             tiny.yaml --lora.rank -4 known
 opt duplicate-key   7 "dup-key.yaml.*steps"   dup-key.yaml --data.train bank.h5 known
 opt init-skip-none  7 "no_such_tensor"        tiny.yaml --init_from "$ROOT/data/base/shardtune-base-byte.h5" \
-                                              --init_skip no_such_tensor --model.family llama known
+                                              --init_skip no_such_tensor --model.family llama
 
 # generate's sampling options
 gen_case() {

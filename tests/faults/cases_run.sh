@@ -76,7 +76,7 @@ tokenizer_mismatch() {
   st 2 tokmix.log train tiny.yaml --out_dir tokmix --init_from stories.h5 --steps 2 || rc=$?
   says 1 'tokenizer' tokmix.log $rc
 }
-add tokenizer-mismatch 6 "exit 1, says /tokenizer/" tokenizer_mismatch known
+add tokenizer-mismatch 6 "exit 1, says /tokenizer/" tokenizer_mismatch
 
 # metrics_once: a run resumed from an older checkpoint logs each step once.
 metrics_once() {
