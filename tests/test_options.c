@@ -1,5 +1,6 @@
 /* test_options.c: recipes and the command line. Defaults < recipe < command
- * line; unknown keys and wrong types are errors naming the key and line. */
+ * line; unknown keys, wrong types, values out of range and keys a recipe sets
+ * twice are errors naming the key and line. */
 #include <check.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -17,12 +18,13 @@ typedef struct {
 } topts;
 static topts V; /* the test's options, as a command's own struct */
 static const st_option opts[] = {
-    {"model.n_layer", ST_OPT_INT, offsetof(topts, n_layer), "4", "layers"},
-    {"optim.lr", ST_OPT_FLOAT, offsetof(topts, lr), "3e-4", "learning rate"},
-    {"steps", ST_OPT_INT64, offsetof(topts, steps), "100", "steps"},
-    {"grid.zero", ST_OPT_BOOL, offsetof(topts, zero), "false", "ZeRO-1"},
-    {"lora.targets", ST_OPT_STRING, offsetof(topts, targets), "q,v", "targets"},
-    {"optim.beta2", ST_OPT_FLOAT, offsetof(topts, beta2), NULL, "kept from the struct (a defaults table elsewhere)"},
+    {"model.n_layer", ST_OPT_INT, offsetof(topts, n_layer), "4", "layers", "[1,)"},
+    {"optim.lr", ST_OPT_FLOAT, offsetof(topts, lr), "3e-4", "learning rate", "(0,)"},
+    {"steps", ST_OPT_INT64, offsetof(topts, steps), "100", "steps", "[0,)"},
+    {"grid.zero", ST_OPT_BOOL, offsetof(topts, zero), "false", "ZeRO-1", NULL},
+    {"lora.targets", ST_OPT_STRING, offsetof(topts, targets), "q,v", "targets", NULL},
+    {"optim.beta2", ST_OPT_FLOAT, offsetof(topts, beta2), NULL, "kept from the struct (a defaults table elsewhere)",
+     "[0,1)"},
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
 
@@ -99,6 +101,44 @@ END_TEST
 
 /* A number without a default text keeps what its struct held (one table of
  * defaults, kept elsewhere: the optimizer's), and --help shows that value. */
+/* set key=value from where; returns the status */
+static st_err set(st_options *o, const char *key, const char *value) { return st_options_set(o, key, value, "--set"); }
+
+START_TEST(values_out_of_range_are_errors)
+{
+    st_options o;
+    ck_assert_int_eq(st_options_init(&o, opts, N_OPTS, &V), 0);
+    ck_assert_int_eq(set(&o, "steps", "0"), 0);                 /* [0,): 0 is in */
+    ck_assert_int_eq(set(&o, "steps", "-5"), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "'steps' is -5; it must be >= 0"));
+    ck_assert_int_eq(set(&o, "optim.lr", "0"), ST_ERR_ARG);     /* (0,): 0 is out */
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "must be > 0"));
+    ck_assert_int_eq(set(&o, "optim.beta2", "0.999"), 0);
+    ck_assert_int_eq(set(&o, "optim.beta2", "1"), ST_ERR_ARG);  /* [0,1): 1 is out */
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "in [0,1)"));
+    ck_assert_int_eq(set(&o, "model.n_layer", "0"), ST_ERR_ARG);
+    st_options_free(&o);
+}
+END_TEST
+
+START_TEST(a_key_set_twice_is_an_error)
+{
+    /* the same key twice, and once nested and once dotted */
+    const char *twice[] = {"steps: 10\noptim:\n  lr: 1.0e-3\nsteps: 20\n", "optim:\n  lr: 1.0e-3\noptim.lr: 2.0e-3\n"};
+    const char *key[] = {"'steps'", "'optim.lr'"};
+    for (int i = 0; i < 2; i++) {
+        write_recipe(twice[i]);
+        st_options o;
+        ck_assert_int_eq(st_options_init(&o, opts, N_OPTS, &V), 0);
+        ck_assert_int_eq(st_options_load_yaml(&o, path), ST_ERR_FORMAT);
+        ck_assert_ptr_nonnull(strstr(st_error_message(), key[i]));
+        ck_assert_ptr_nonnull(strstr(st_error_message(), "set twice"));
+        st_options_free(&o);
+        unlink(path);
+    }
+}
+END_TEST
+
 START_TEST(defaults_kept_from_the_struct)
 {
     V.beta2 = 0.95f;
@@ -124,6 +164,8 @@ int main(void)
     tcase_add_test(tc, unknown_key_names_key_line_and_suggestion);
     tcase_add_test(tc, wrong_types_are_errors);
     tcase_add_test(tc, defaults_kept_from_the_struct);
+    tcase_add_test(tc, values_out_of_range_are_errors);
+    tcase_add_test(tc, a_key_set_twice_is_an_error);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

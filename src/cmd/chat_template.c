@@ -19,9 +19,9 @@ typedef struct { char *input, *bos, *eos; } chat_template_opts;
 static const st_option options[] = {
     {"input", ST_OPT_STRING, offsetof(chat_template_opts, input), NULL,
      "JSONL, one object per render: its keys are the template's variables (messages, add_generation_prompt, "
-     "tools, enable_thinking, ...); default: standard input"},
-    {"bos", ST_OPT_STRING, offsetof(chat_template_opts, bos), NULL, "bos_token for a .jinja file (a tokenizer gives its own)"},
-    {"eos", ST_OPT_STRING, offsetof(chat_template_opts, eos), NULL, "eos_token for a .jinja file (a tokenizer gives its own)"},
+     "tools, enable_thinking, ...); default: standard input", NULL},
+    {"bos", ST_OPT_STRING, offsetof(chat_template_opts, bos), NULL, "bos_token for a .jinja file (a tokenizer gives its own)", NULL},
+    {"eos", ST_OPT_STRING, offsetof(chat_template_opts, eos), NULL, "eos_token for a .jinja file (a tokenizer gives its own)", NULL},
 };
 
 /* One render: obj's keys as variables (add_generation_prompt false unless

@@ -19,9 +19,9 @@
 
 typedef struct { char *out, *format, *tokenizer; } convert_opts;
 static const st_option convert_options[] = {
-    {"out", ST_OPT_STRING, offsetof(convert_opts, out), NULL, "checkpoint to write (required)"},
-    {"format", ST_OPT_STRING, offsetof(convert_opts, format), "auto", "source format: auto, llama2c, llmc, hf (a Hugging Face directory) or shardtune (a checkpoint: keeps weights and tokenizer, drops optimizer state)"},
-    {"tokenizer", ST_OPT_STRING, offsetof(convert_opts, tokenizer), NULL, "tokenizer to store with the model (byte, gpt2:DIR, hf:FILE, llama2c:FILE, llmc:FILE); default: the one beside the source (DIR/tokenizer.json, gpt2_tokenizer.bin, tokenizer.bin)"},
+    {"out", ST_OPT_STRING, offsetof(convert_opts, out), NULL, "checkpoint to write (required)", NULL},
+    {"format", ST_OPT_STRING, offsetof(convert_opts, format), "auto", "source format: auto, llama2c, llmc, hf (a Hugging Face directory) or shardtune (a checkpoint: keeps weights and tokenizer, drops optimizer state)", NULL},
+    {"tokenizer", ST_OPT_STRING, offsetof(convert_opts, tokenizer), NULL, "tokenizer to store with the model (byte, gpt2:DIR, hf:FILE, llama2c:FILE, llmc:FILE); default: the one beside the source (DIR/tokenizer.json, gpt2_tokenizer.bin, tokenizer.bin)", NULL},
 };
 
 /* A directory is a Hugging Face model; an HDF5 signature is one of our

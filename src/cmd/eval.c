@@ -33,16 +33,16 @@ typedef struct {
 } eval_opts;
 
 static const st_option eval_options[] = {
-    {"data", ST_OPT_STRING, offsetof(eval_opts, data), NULL, "dataset.h5 to evaluate on (required)"},
-    {"split", ST_OPT_STRING, offsetof(eval_opts, split), "validation", "validation, train or all"},
-    {"batch_size", ST_OPT_INT, offsetof(eval_opts, batch_size), "16", "rows per micro-batch on each rank"},
-    {"seq_len", ST_OPT_INT, offsetof(eval_opts, seq_len), "0", "tokens per row (0 = the model's max_seq)"},
-    {"max_batches", ST_OPT_INT, offsetof(eval_opts, max_batches), "0", "stop after this many micro-batches per rank (0 = the whole split)"},
-    {"generate", ST_OPT_INT, offsetof(eval_opts, generate), "0", "sft/chat data: answer N prompts spread evenly over the split greedily and report exact match"},
-    {"max_new", ST_OPT_INT, offsetof(eval_opts, max_new), "32", "with --generate: longest answer in tokens"},
-    {"tp", ST_OPT_INT, offsetof(eval_opts, tp), "1", "tensor-parallel ranks"},
-    {"precision", ST_OPT_STRING, offsetof(eval_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)"},
-    {"out", ST_OPT_STRING, offsetof(eval_opts, out), NULL, "write the results as JSON here"},
+    {"data", ST_OPT_STRING, offsetof(eval_opts, data), NULL, "dataset.h5 to evaluate on (required)", NULL},
+    {"split", ST_OPT_STRING, offsetof(eval_opts, split), "validation", "validation, train or all", NULL},
+    {"batch_size", ST_OPT_INT, offsetof(eval_opts, batch_size), "16", "rows per micro-batch on each rank", "[1,)"},
+    {"seq_len", ST_OPT_INT, offsetof(eval_opts, seq_len), "0", "tokens per row (0 = the model's max_seq)", "[0,)"},
+    {"max_batches", ST_OPT_INT, offsetof(eval_opts, max_batches), "0", "stop after this many micro-batches per rank (0 = the whole split)", "[0,)"},
+    {"generate", ST_OPT_INT, offsetof(eval_opts, generate), "0", "sft/chat data: answer N prompts spread evenly over the split greedily and report exact match", "[0,)"},
+    {"max_new", ST_OPT_INT, offsetof(eval_opts, max_new), "32", "with --generate: longest answer in tokens", "[0,)"},
+    {"tp", ST_OPT_INT, offsetof(eval_opts, tp), "1", "tensor-parallel ranks", "[1,)"},
+    {"precision", ST_OPT_STRING, offsetof(eval_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)", NULL},
+    {"out", ST_OPT_STRING, offsetof(eval_opts, out), NULL, "write the results as JSON here", NULL},
 };
 
 typedef struct {

@@ -25,12 +25,12 @@
 
 typedef struct { char *to, *dtype, *name, *as; int merge_lora, force; } export_opts;
 static const st_option export_options[] = {
-    {"to", ST_OPT_STRING, offsetof(export_opts, to), NULL, "destination: hf:DIR (Hugging Face directory), gguf:FILE (llama.cpp) or peft:DIR (the LoRA adapters alone, as PEFT saves them)"},
-    {"dtype", ST_OPT_STRING, offsetof(export_opts, dtype), "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)"},
-    {"name", ST_OPT_STRING, offsetof(export_opts, name), "shardtune", "model name recorded in GGUF general.name"},
-    {"merge-lora", ST_OPT_BOOL, offsetof(export_opts, merge_lora), "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)"},
-    {"force", ST_OPT_BOOL, offsetof(export_opts, force), "false", "gguf: write the tokenizer even when llama.cpp would tokenize text differently (unknown pre-tokenizer, normalizers, sentencepiece-style tokenizer.json)"},
-    {"as", ST_OPT_STRING, offsetof(export_opts, as), "auto", "what to write: lm (the language model), classifier (a classification or reward head as *ForSequenceClassification, hf only) or auto (classifier when the checkpoint has a head)"},
+    {"to", ST_OPT_STRING, offsetof(export_opts, to), NULL, "destination: hf:DIR (Hugging Face directory), gguf:FILE (llama.cpp) or peft:DIR (the LoRA adapters alone, as PEFT saves them)", NULL},
+    {"dtype", ST_OPT_STRING, offsetof(export_opts, dtype), "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)", NULL},
+    {"name", ST_OPT_STRING, offsetof(export_opts, name), "shardtune", "model name recorded in GGUF general.name", NULL},
+    {"merge-lora", ST_OPT_BOOL, offsetof(export_opts, merge_lora), "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)", NULL},
+    {"force", ST_OPT_BOOL, offsetof(export_opts, force), "false", "gguf: write the tokenizer even when llama.cpp would tokenize text differently (unknown pre-tokenizer, normalizers, sentencepiece-style tokenizer.json)", NULL},
+    {"as", ST_OPT_STRING, offsetof(export_opts, as), "auto", "what to write: lm (the language model), classifier (a classification or reward head as *ForSequenceClassification, hf only) or auto (classifier when the checkpoint has a head)", NULL},
 };
 
 static const char usage[] =

@@ -37,20 +37,20 @@ typedef struct {
 } gen_opts;
 
 static const st_option gen_options[] = {
-    {"prompt", ST_OPT_STRING, offsetof(gen_opts, prompt), NULL, "one prompt (text)"},
-    {"prompts", ST_OPT_STRING, offsetof(gen_opts, prompts), NULL, "JSONL file of {\"prompt\": ...} lines (e.g. candidates for raters)"},
-    {"out", ST_OPT_STRING, offsetof(gen_opts, out), NULL, "write {\"prompt\",\"completion\",\"prompt_ids\",\"completion_ids\"} JSON lines here (default: print)"},
-    {"max_new", ST_OPT_INT, offsetof(gen_opts, max_new), "64", "tokens to generate per prompt"},
-    {"logits", ST_OPT_STRING, offsetof(gen_opts, logits), NULL, "write the logits each new token was drawn from (before temperature, top-k, top-p) to this NumPy .npy file: float32, shape (prompts, max_new, vocab), prompt order, NaN after a completion ends"},
-    {"temperature", ST_OPT_FLOAT, offsetof(gen_opts, s.temperature), "0.8", "sampling temperature (0 = greedy)"},
-    {"top_k", ST_OPT_INT, offsetof(gen_opts, s.top_k), "0", "sample from the k most likely tokens (0 = all)"},
-    {"top_p", ST_OPT_FLOAT, offsetof(gen_opts, s.top_p), "0.95", "nucleus sampling threshold (1 = off)"},
-    {"seed", ST_OPT_INT64, offsetof(gen_opts, seed), "1", "sampling seed"},
-    {"stop_at_eos", ST_OPT_BOOL, offsetof(gen_opts, stop_at_eos), "true", "stop a completion at the end-of-text token"},
-    {"tp", ST_OPT_INT, offsetof(gen_opts, tp), "1", "tensor-parallel ranks"},
-    {"chunk", ST_OPT_INT, offsetof(gen_opts, chunk), "64", "prompt tokens per prefill pass"},
-    {"batch", ST_OPT_INT, offsetof(gen_opts, batch), "8", "prompts decoded together on each rank"},
-    {"precision", ST_OPT_STRING, offsetof(gen_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)"},
+    {"prompt", ST_OPT_STRING, offsetof(gen_opts, prompt), NULL, "one prompt (text)", NULL},
+    {"prompts", ST_OPT_STRING, offsetof(gen_opts, prompts), NULL, "JSONL file of {\"prompt\": ...} lines (e.g. candidates for raters)", NULL},
+    {"out", ST_OPT_STRING, offsetof(gen_opts, out), NULL, "write {\"prompt\",\"completion\",\"prompt_ids\",\"completion_ids\"} JSON lines here (default: print)", NULL},
+    {"max_new", ST_OPT_INT, offsetof(gen_opts, max_new), "64", "tokens to generate per prompt", "[0,)"},
+    {"logits", ST_OPT_STRING, offsetof(gen_opts, logits), NULL, "write the logits each new token was drawn from (before temperature, top-k, top-p) to this NumPy .npy file: float32, shape (prompts, max_new, vocab), prompt order, NaN after a completion ends", NULL},
+    {"temperature", ST_OPT_FLOAT, offsetof(gen_opts, s.temperature), "0.8", "sampling temperature (0 = greedy)", "[0,)"},
+    {"top_k", ST_OPT_INT, offsetof(gen_opts, s.top_k), "0", "sample from the k most likely tokens (0 = all)", "[0,)"},
+    {"top_p", ST_OPT_FLOAT, offsetof(gen_opts, s.top_p), "0.95", "nucleus sampling threshold (1 = off)", "(0,1]"},
+    {"seed", ST_OPT_INT64, offsetof(gen_opts, seed), "1", "sampling seed", NULL},
+    {"stop_at_eos", ST_OPT_BOOL, offsetof(gen_opts, stop_at_eos), "true", "stop a completion at the end-of-text token", NULL},
+    {"tp", ST_OPT_INT, offsetof(gen_opts, tp), "1", "tensor-parallel ranks", "[1,)"},
+    {"chunk", ST_OPT_INT, offsetof(gen_opts, chunk), "64", "prompt tokens per prefill pass", "[1,)"},
+    {"batch", ST_OPT_INT, offsetof(gen_opts, batch), "8", "prompts decoded together on each rank", "[1,)"},
+    {"precision", ST_OPT_STRING, offsetof(gen_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)", NULL},
 };
 #define N_GEN ((int)(sizeof gen_options / sizeof gen_options[0]))
 

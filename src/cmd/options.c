@@ -91,6 +91,29 @@ static const char *closest(const st_options *o, const char *key)
     return best_d <= 3 ? best : NULL;
 }
 
+/* Is v inside range ("[0,1)", "(0,)", ...; NULL = anything)? *text says which
+ * values are, for the message. A malformed range is a bug in a table. */
+static st_err check_range(const char *range, double v, int *inside, char *text, size_t cap)
+{
+    *inside = 1;
+    if (!range) return ST_OK;
+    char lo_br, hi_br, lo[32] = "", hi[32] = "";
+    const char *comma = strchr(range, ',');
+    size_t n = strlen(range);
+    if (n < 3 || !comma || (range[0] != '[' && range[0] != '(') || (range[n - 1] != ']' && range[n - 1] != ')') ||
+        comma - range - 1 >= (long)sizeof lo || range + n - comma - 2 >= (long)sizeof hi)
+        ST_FAIL(ST_ERR_INTERNAL, "malformed option range '%s'", range);
+    lo_br = range[0], hi_br = range[n - 1];
+    snprintf(lo, sizeof lo, "%.*s", (int)(comma - range - 1), range + 1);
+    snprintf(hi, sizeof hi, "%.*s", (int)(range + n - comma - 2), comma + 1);
+    if (lo[0]) *inside &= lo_br == '[' ? v >= atof(lo) : v > atof(lo);
+    if (hi[0]) *inside &= hi_br == ']' ? v <= atof(hi) : v < atof(hi);
+    if (lo[0] && hi[0]) snprintf(text, cap, "in %s", range);
+    else if (lo[0]) snprintf(text, cap, "%s %s", lo_br == '[' ? ">=" : ">", lo);
+    else snprintf(text, cap, "%s %s", hi_br == ']' ? "<=" : "<", hi);
+    return ST_OK;
+}
+
 st_err st_options_set(st_options *o, const char *key, const char *value, const char *where)
 {
     int i = find(o, key);
@@ -134,6 +157,14 @@ st_err st_options_set(st_options *o, const char *key, const char *value, const c
         break;
     }
     }
+    if (op->type == ST_OPT_INT || op->type == ST_OPT_INT64 || op->type == ST_OPT_FLOAT) {
+        double v = op->type == ST_OPT_INT ? *FIELD(o, i, int) : op->type == ST_OPT_INT64 ? (double)*FIELD(o, i, int64_t)
+                                                                                        : *FIELD(o, i, float);
+        int inside;
+        char allowed[80];
+        ST_TRY(check_range(op->range, v, &inside, allowed, sizeof allowed));
+        if (!inside) ST_FAIL(ST_ERR_ARG, "%s: option '%s' is %s; it must be %s", where, key, value, allowed);
+    }
     free(o->origin[i]);
     o->origin[i] = strdup(where);
     return ST_OK;
@@ -144,7 +175,28 @@ st_err st_options_set(st_options *o, const char *key, const char *value, const c
 typedef struct {
     yaml_parser_t p;
     const char *path;
+    struct { char key[256]; size_t line; } *seen; /* the keys this file set, to refuse a second setting */
+    int n_seen, cap_seen;
 } yreader;
+
+/* A key the file sets a second time is a mistake one of the two lines hides. */
+static st_err note_key(yreader *r, const char *key, size_t line)
+{
+    for (int i = 0; i < r->n_seen; i++)
+        if (!strcmp(r->seen[i].key, key))
+            ST_FAIL(ST_ERR_FORMAT, "%s:%zu: '%s' is set twice (first at line %zu); keep one", r->path, line, key,
+                    r->seen[i].line);
+    if (r->n_seen == r->cap_seen) {
+        int cap = r->cap_seen ? 2 * r->cap_seen : 32;
+        void *p = realloc(r->seen, (size_t)cap * sizeof *r->seen);
+        if (!p) ST_FAIL(ST_ERR_MEM, "out of memory reading %s", r->path);
+        r->seen = p;
+        r->cap_seen = cap;
+    }
+    snprintf(r->seen[r->n_seen].key, sizeof r->seen[r->n_seen].key, "%s", key);
+    r->seen[r->n_seen++].line = line;
+    return ST_OK;
+}
 
 static st_err next_event(yreader *r, yaml_event_t *ev)
 {
@@ -163,6 +215,7 @@ static st_err load_value(st_options *o, yreader *r, const char *key, yaml_event_
     char where[600];
     snprintf(where, sizeof where, "%s:%zu", r->path, ev->start_mark.line + 1);
     st_err e = ST_OK;
+    if (ev->type != YAML_MAPPING_START_EVENT) ST_TRY(note_key(r, key, ev->start_mark.line + 1));
     if (ev->type == YAML_SCALAR_EVENT) {
         e = st_options_set(o, key, (const char *)ev->data.scalar.value, where);
     } else if (ev->type == YAML_MAPPING_START_EVENT) {
@@ -247,12 +300,14 @@ st_err st_options_load_yaml(st_options *o, const char *path)
             size_t line = ev.start_mark.line + 1;
             yaml_event_delete(&ev);
             yaml_parser_delete(&r.p);
+            free(r.seen);
             ST_FAIL(ST_ERR_FORMAT, "%s:%zu: a recipe is a map of key: value lines", path, line);
         }
         yaml_event_delete(&ev);
         if (t == YAML_STREAM_END_EVENT) break;
     }
     yaml_parser_delete(&r.p);
+    free(r.seen);
     if (e) { st_error_trace(__FILE__, __LINE__, __func__); return e; }
     return ST_OK;
 }

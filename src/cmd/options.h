@@ -5,9 +5,10 @@
  * fields of its own options struct (offsets, so the table is constant and
  * the values live in the caller's struct, never in globals). Nested YAML
  * maps become dotted keys (optim: {lr: 1e-4} is "optim.lr"); a YAML sequence
- * becomes a comma-separated string. Unknown keys and values of the wrong type
- * are errors naming the key and where it came from ("recipe.yaml:12",
- * "--set"), so a typo never silently runs the wrong experiment.
+ * becomes a comma-separated string. Unknown keys, values of the wrong type or
+ * outside the option's range, and a key a recipe sets twice are errors naming
+ * the key and where it came from ("recipe.yaml:12", "--set"), so a typo never
+ * silently runs the wrong experiment.
  */
 #ifndef ST_OPTIONS_H
 #define ST_OPTIONS_H
@@ -27,6 +28,8 @@ typedef struct {
     const char *def;   /* default, as text. NULL: strings start unset (NULL); numbers keep the value the
                         * struct holds before st_options_init (a table of defaults kept elsewhere) */
     const char *help;
+    const char *range; /* numbers: the values allowed, "[lo,hi]" with ( ) for open ends and an empty
+                        * side unbounded: "[0,)" >= 0, "(0,)" > 0, "[0,1)"; NULL = any */
 } st_option;
 
 typedef struct {

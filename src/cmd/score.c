@@ -33,14 +33,14 @@ typedef struct {
 } score_opts;
 
 static const st_option score_options[] = {
-    {"input", ST_OPT_STRING, offsetof(score_opts, input), NULL, "JSONL of {\"prompt\": ..., \"completion\": ...} lines (required)"},
-    {"out", ST_OPT_STRING, offsetof(score_opts, out), NULL, "write the lines with a \"reward\" field here (required)"},
-    {"template", ST_OPT_STRING, offsetof(score_opts, template_name), NULL, "how prompt and completion become tokens, as in prepare: default, plain, chatml or tokenizer (unset: tokenizer when the tokenizer has a chat template, else default); use the reward model's training data's"},
-    {"prompt-field", ST_OPT_STRING, offsetof(score_opts, prompt_field), "prompt", "the field holding the prompt"},
-    {"completion-field", ST_OPT_STRING, offsetof(score_opts, completion_field), "completion", "the field holding the answer to score"},
-    {"seq_len", ST_OPT_INT, offsetof(score_opts, seq_len), "0", "tokens per sequence (0 = the model's max_seq); longer prompts are cut from the left"},
-    {"batch_size", ST_OPT_INT, offsetof(score_opts, batch_size), "8", "sequences scored together"},
-    {"precision", ST_OPT_STRING, offsetof(score_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)"},
+    {"input", ST_OPT_STRING, offsetof(score_opts, input), NULL, "JSONL of {\"prompt\": ..., \"completion\": ...} lines (required)", NULL},
+    {"out", ST_OPT_STRING, offsetof(score_opts, out), NULL, "write the lines with a \"reward\" field here (required)", NULL},
+    {"template", ST_OPT_STRING, offsetof(score_opts, template_name), NULL, "how prompt and completion become tokens, as in prepare: default, plain, chatml or tokenizer (unset: tokenizer when the tokenizer has a chat template, else default); use the reward model's training data's", NULL},
+    {"prompt-field", ST_OPT_STRING, offsetof(score_opts, prompt_field), "prompt", "the field holding the prompt", NULL},
+    {"completion-field", ST_OPT_STRING, offsetof(score_opts, completion_field), "completion", "the field holding the answer to score", NULL},
+    {"seq_len", ST_OPT_INT, offsetof(score_opts, seq_len), "0", "tokens per sequence (0 = the model's max_seq); longer prompts are cut from the left", "[0,)"},
+    {"batch_size", ST_OPT_INT, offsetof(score_opts, batch_size), "8", "sequences scored together", "[1,)"},
+    {"precision", ST_OPT_STRING, offsetof(score_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)", NULL},
 };
 
 /* The reward model: body + 1-output head, loaded whole on this rank. */

@@ -26,13 +26,13 @@ typedef struct {
 } tok_opts;
 
 static const st_option tok_options[] = {
-    {"input", ST_OPT_STRING, offsetof(tok_opts, input), "-", "file to read (- = standard input; gzip is read too)"},
-    {"out", ST_OPT_STRING, offsetof(tok_opts, out), "-", "file to write (- = standard output)"},
-    {"format", ST_OPT_STRING, offsetof(tok_opts, format), "lines", "lines: each input line is one text (decode: prints each text on its line); jsonl: each line a JSON string or an object whose --field is the text (decode: prints JSON strings)"},
-    {"field", ST_OPT_STRING, offsetof(tok_opts, field), "text", "the field holding the text in --format jsonl objects"},
-    {"decode", ST_OPT_BOOL, offsetof(tok_opts, decode), "false", "ids in, text out: each line a JSON array of ids (or an object with \"ids\")"},
-    {"add_special", ST_OPT_BOOL, offsetof(tok_opts, add_special), "true", "put bos/eos around each text by the tokenizer's own rule (add_bos_token, add_eos_token), as prepare and generate do"},
-    {"parse_special", ST_OPT_BOOL, offsetof(tok_opts, parse_special), "true", "special-token text in the input (\"<|im_end|>\") becomes that token, as Hugging Face tokenizers do"},
+    {"input", ST_OPT_STRING, offsetof(tok_opts, input), "-", "file to read (- = standard input; gzip is read too)", NULL},
+    {"out", ST_OPT_STRING, offsetof(tok_opts, out), "-", "file to write (- = standard output)", NULL},
+    {"format", ST_OPT_STRING, offsetof(tok_opts, format), "lines", "lines: each input line is one text (decode: prints each text on its line); jsonl: each line a JSON string or an object whose --field is the text (decode: prints JSON strings)", NULL},
+    {"field", ST_OPT_STRING, offsetof(tok_opts, field), "text", "the field holding the text in --format jsonl objects", NULL},
+    {"decode", ST_OPT_BOOL, offsetof(tok_opts, decode), "false", "ids in, text out: each line a JSON array of ids (or an object with \"ids\")", NULL},
+    {"add_special", ST_OPT_BOOL, offsetof(tok_opts, add_special), "true", "put bos/eos around each text by the tokenizer's own rule (add_bos_token, add_eos_token), as prepare and generate do", NULL},
+    {"parse_special", ST_OPT_BOOL, offsetof(tok_opts, parse_special), "true", "special-token text in the input (\"<|im_end|>\") becomes that token, as Hugging Face tokenizers do", NULL},
 };
 #define N_TOK ((int)(sizeof tok_options / sizeof tok_options[0]))
 
