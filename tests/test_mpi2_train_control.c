@@ -240,6 +240,19 @@ START_TEST(damaged_checkpoints_are_never_trusted)
 }
 END_TEST
 
+/* An option error before the grid exists ends train with the message on
+ * every rank (teardown of a zero-filled grid used to abort in MPI_Comm_free:
+ * Open MPI's MPI_COMM_NULL is not 0). */
+START_TEST(option_errors_return_on_every_rank)
+{
+    const char *typo[] = {"--set", "stpes=10", NULL}, *recipe[] = {"no-such-recipe.yaml", NULL};
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, typo), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "'stpes'"));
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, recipe), ST_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "no-such-recipe.yaml"));
+}
+END_TEST
+
 START_TEST(init_from_must_match_the_data)
 {
     setup_data();
@@ -272,7 +285,7 @@ int main(int argc, char **argv)
     const TTest *const tests[] = {stop_on_one_rank_saves_and_resumes_exactly, time_limit_stops_with_a_checkpoint,
                                          slurm_end_time_stops_and_is_checked, save_minutes_saves_by_the_clock,
                                   nonfinite_stops_and_saves_nothing, damaged_checkpoints_are_never_trusted,
-                                  init_from_must_match_the_data};
+                                  init_from_must_match_the_data, option_errors_return_on_every_rank};
     return th_mpi_dir_main(&argc, &argv, "train_control", 300, &rank, dir, sizeof dir, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }
