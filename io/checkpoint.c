@@ -643,6 +643,7 @@ typedef struct {
     int64_t step, tokens_seen, data_epoch, data_cursor, adam_step;
     int64_t set_step[ST_CKPT_MAX_SETS];
     uint64_t rng[4], data_seed, tok_n;
+    int64_t total_steps;
     float beta1, beta2, eps, weight_decay;
     int has_train, has_tok;
     long pause_ms, fail_after;
@@ -717,6 +718,7 @@ static st_err save_job_init(save_job *j, const st_grid *g, const st_ckpt_tensors
         if (s) {
             m->step = s->step, m->tokens_seen = s->tokens_seen;
             m->data_epoch = s->data_epoch, m->data_cursor = s->data_cursor, m->data_seed = s->data_seed;
+            m->total_steps = s->total_steps;
             memcpy(m->rng, s->rng, sizeof m->rng);
             m->has_train = 1;
         }
@@ -853,6 +855,7 @@ static st_err write_header(hid_t file, const save_job *j, const st_config *cfg, 
         ST_TRY_GOTO(e, st_h5_attr_write_i64(grp, "data_epoch", m->data_epoch), done);
         ST_TRY_GOTO(e, st_h5_attr_write_i64(grp, "data_cursor", m->data_cursor), done);
         ST_TRY_GOTO(e, st_h5_attr_write_u64(grp, "data_seed", m->data_seed), done);
+        if (m->total_steps > 0) ST_TRY_GOTO(e, st_h5_attr_write_i64(grp, "steps", m->total_steps), done);
         if (j->method) ST_TRY_GOTO(e, st_h5_attr_write_str(grp, "method", j->method), done);
         if (j->recipe) ST_TRY_GOTO(e, st_h5_str_dataset_write(grp, "recipe", j->recipe, root, dxpl), done);
         st_h5_close(&grp);
@@ -1656,7 +1659,7 @@ static st_err read_sets_attr(hid_t file, const char *path, char names[ST_CKPT_MA
 static const struct { const char *group, *attrs; } header_attrs[] = {
     {"/", "version step tokens_seen"},
     {"/config", "n_layer d_model n_head n_kv_head d_ff vocab_size max_seq tied_embeddings qkv_bias norm_eps rope_theta"},
-    {"/train", "rng data_epoch data_cursor data_seed"},
+    {"/train", "rng data_epoch data_cursor data_seed steps"},
     {"/optim", "step beta1 beta2 eps weight_decay"},
 };
 
@@ -1777,6 +1780,7 @@ static st_err load_train_state(hid_t file, st_train_state *s)
     ST_TRY_GOTO(e, st_h5_attr_read_i64(grp, "data_epoch", &s->data_epoch), done);
     ST_TRY_GOTO(e, st_h5_attr_read_i64(grp, "data_cursor", &s->data_cursor), done);
     ST_TRY_GOTO(e, st_h5_attr_read_u64(grp, "data_seed", &s->data_seed), done);
+    if (st_h5_has_attr(grp, "steps")) ST_TRY_GOTO(e, st_h5_attr_read_i64(grp, "steps", &s->total_steps), done);
     if (st_h5_has_attr(grp, "method"))
         ST_TRY_GOTO(e, st_h5_attr_read_str(grp, "method", MAX_SHORT_STR, &s->method), done);
     if (st_h5_has_link(grp, "recipe"))

@@ -7,6 +7,7 @@
  *                  vocab_size, max_seq, norm_eps, rope_theta, tied_embeddings, qkv_bias
  *   /tokenizer     attr kind; dataset blob (uint8, the tokenizer file whole)
  *   /train         attrs rng (uint64[4]), data_epoch, data_cursor, data_seed,
+ *                  steps (the schedule's length; absent in older files),
  *                  method; dataset recipe (string: recipes outgrow attributes)
  *   /model/<name>  float32 at the GLOBAL shape, names from the tensor table
  *   /optim         attrs step, beta1, beta2, eps, weight_decay
@@ -70,6 +71,7 @@ typedef struct {
     uint64_t rng[4];                 /* trainer RNG state */
     int64_t data_epoch, data_cursor;
     uint64_t data_seed;
+    int64_t total_steps;             /* the schedule's length (0 = not recorded) */
     char *recipe;                    /* recipe text (NULL = none); malloc'd on load */
     char *method;                    /* "pretrain", "sft", ... (NULL = none); malloc'd on load */
 } st_train_state;

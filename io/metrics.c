@@ -43,6 +43,35 @@ void st_metrics_step(st_metrics *m, int64_t step, double loss, double val_loss, 
     fflush(m->f);
 }
 
+st_err st_metrics_keep_upto(st_metrics *m, int64_t last_step)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", m->path);
+    st_metrics_close(m);
+    FILE *in = fopen(m->path, "r"), *out = in ? fopen(tmp, "w") : NULL;
+    st_err e = ST_OK;
+    if (in && !out) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", tmp, strerror(errno));
+    char line[4096];
+    while (!e && in && fgets(line, sizeof line, in)) {
+        long long step;
+        /* lines that are not ours (or cut by a crash) go too */
+        if (sscanf(line, "{\"step\":%lld,", &step) == 1 && step <= last_step && strchr(line, '\n')) fputs(line, out);
+    }
+    if (in) fclose(in);
+    if (out && (fflush(out) || fsync(fileno(out))) && !e)
+        e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", tmp, strerror(errno));
+    if (out && fclose(out) && !e)
+        e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", tmp, strerror(errno));
+    if (!e && out && rename(tmp, m->path))
+        e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot rename '%s' to '%s': %s", tmp, m->path,
+                         strerror(errno));
+    if (e) unlink(tmp);
+    ST_TRY(e);
+    m->f = fopen(m->path, "a");
+    if (!m->f) ST_FAIL(ST_ERR_IO, "cannot open '%s' for appending: %s", m->path, strerror(errno));
+    return ST_OK;
+}
+
 void st_metrics_close(st_metrics *m)
 {
     if (m->f) fclose(m->f);

@@ -7,8 +7,11 @@
  * --resume auto refuses checkpoints that all fail verification, and one
  * flipped bit in a header attribute (the step) fails verification;
  * init_from must carry the dataset's tokenizer, and init_skip names must
- * name tensors.
+ * name tensors; resumed runs log each step once, refuse another `steps`,
+ * and a finished run resubmitted does nothing; the validation loss is the
+ * same on one rank and on dp 2.
  * (tests/faults/run.sh sends real signals to real processes.) */
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -280,12 +283,92 @@ START_TEST(init_from_must_match_the_data)
 }
 END_TEST
 
+/* The "step" of each metrics.jsonl line, in order; returns how many. */
+static int metric_steps(const char *out, int *steps, int max)
+{
+    char p[400];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", out);
+    FILE *f = fopen(p, "r");
+    ck_assert_ptr_nonnull(f);
+    char line[4096];
+    int n = 0;
+    while (n < max && fgets(line, sizeof line, f)) ck_assert_int_eq(sscanf(line, "{\"step\":%d,", &steps[n++]), 1);
+    fclose(f);
+    return n;
+}
+
+START_TEST(resumes_log_each_step_once_and_keep_the_schedule)
+{
+    setup_data();
+    char out[300], p[400];
+    snprintf(out, sizeof out, "%s/once", dir);
+    const char *first[] = {"--stop_after", "8", "--save_every", "4", NULL};
+    ck_assert_int_eq(train(out, first), 0);
+    /* the newest checkpoint is damaged: the run goes back to step 4 and logs 5..12 again, once */
+    snprintf(p, sizeof p, "%s/ckpt/step_00000008.h5", out);
+    flip_middle_byte(p);
+    const char *resume[] = {"--resume", "auto", NULL};
+    ck_assert_int_eq(train(out, resume), 0);
+    if (rank == 0) {
+        int steps[40];
+        ck_assert_int_eq(metric_steps(out, steps, 40), 12);
+        for (int i = 0; i < 12; i++) ck_assert_int_eq(steps[i], i + 1);
+    }
+    /* the same command again: nothing to do, nothing logged */
+    ck_assert_int_eq(train(out, resume), 0);
+    if (rank == 0) {
+        int steps[40];
+        ck_assert_int_eq(metric_steps(out, steps, 40), 12);
+    }
+    /* another schedule length is refused */
+    const char *longer[] = {"--resume", "auto", "--steps", "20", NULL};
+    ck_assert_int_eq(train(out, longer), ST_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(st_error_message(), "schedule of 12 steps"));
+}
+END_TEST
+
+/* The validation loss after one step on 1x1 (rank 0 alone) and on dp 2. */
+START_TEST(validation_rows_do_not_depend_on_dp)
+{
+    setup_data();
+    char one[300], two[300];
+    snprintf(one, sizeof one, "%s/val1", dir);
+    snprintf(two, sizeof two, "%s/val2", dir);
+    const char *a[] = {"--steps", "1", "--eval_batches", "3", NULL};
+    if (rank == 0) {
+        const char *args[64] = {"--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "4",
+                                "--model.n_kv_head", "2", "--model.d_ff", "64", "--seq_len", "16",
+                                "--batch_size", "2", "--global_batch", "4", "--steps", "1", "--optim.lr", "3e-3",
+                                "--seed", "5", "--eval_batches", "3", "--plot", "false", "--data.train", data,
+                                "--out_dir", one, NULL};
+        ck_assert_int_eq(th_train(MPI_COMM_SELF, args), 0);
+    }
+    ck_assert_int_eq(train(two, a), 0);
+    if (rank == 0) {
+        char p[400];
+        snprintf(p, sizeof p, "%s/metrics.jsonl", one);
+        char *l1 = th_read_file(p, NULL);
+        snprintf(p, sizeof p, "%s/metrics.jsonl", two);
+        char *l2 = th_read_file(p, NULL);
+        cJSON *j1 = cJSON_Parse(l1), *j2 = cJSON_Parse(l2);
+        double v1 = cJSON_GetObjectItem(j1, "val_loss")->valuedouble, v2 = cJSON_GetObjectItem(j2, "val_loss")->valuedouble;
+        ck_assert_msg(fabs(v1 - v2) <= 1e-5 * fabs(v1), "validation loss %.9g on 1x1, %.9g on dp 2", v1, v2);
+        cJSON_Delete(j1);
+        cJSON_Delete(j2);
+        free(l1);
+        free(l2);
+    }
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     const TTest *const tests[] = {stop_on_one_rank_saves_and_resumes_exactly, time_limit_stops_with_a_checkpoint,
                                          slurm_end_time_stops_and_is_checked, save_minutes_saves_by_the_clock,
                                   nonfinite_stops_and_saves_nothing, damaged_checkpoints_are_never_trusted,
-                                  init_from_must_match_the_data, option_errors_return_on_every_rank};
+                                  init_from_must_match_the_data, option_errors_return_on_every_rank,
+                                  resumes_log_each_step_once_and_keep_the_schedule,
+                                  validation_rows_do_not_depend_on_dp};
     return th_mpi_dir_main(&argc, &argv, "train_control", 300, &rank, dir, sizeof dir, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }

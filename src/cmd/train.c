@@ -88,7 +88,7 @@ static const st_option train_options[] = {
     {"keep", ST_OPT_INT, F(keep), "3", "checkpoints to keep (0 = all)", "[0,)"},
     {"log_every", ST_OPT_INT, F(log_every), "1", "progress line every N steps", "[0,)"},
     {"eval_every", ST_OPT_INT, F(eval_every), "0", "validation loss every N steps (0 = only at the end)", "[0,)"},
-    {"eval_batches", ST_OPT_INT, F(eval_batches), "4", "micro-batches per validation", "[0,)"},
+    {"eval_batches", ST_OPT_INT, F(eval_batches), "4", "validation rows = eval_batches x batch_size, the same rows on any grid", "[0,)"},
     {"plot", ST_OPT_BOOL, F(plot), "true", "draw out_dir/loss.png with gnuplot at the end", NULL},
     {"on_nonfinite", ST_OPT_STRING, F(on_nonfinite), "stop", "a step whose loss or gradient norm is NaN or infinite is never applied; then stop (exit 1, checkpoints untouched) or skip it (and stop after 10 in a row)", NULL},
 };
@@ -347,7 +347,16 @@ static st_err load_resume(trainer *t, const char *path, int *fatal)
     t->adam.step = c.adam_step;
     t->start_step = s.step;
     t->tokens_seen = s.tokens_seen;
+    const int64_t planned = s.total_steps;
     st_train_state_free(&s);
+    /* another `steps` would move every later step's learning rate */
+    if (planned > 0 && planned != t->o->steps) {
+        *fatal = 1;
+        ST_FAIL(ST_ERR_ARG, "checkpoint '%s' belongs to a schedule of %lld steps; this run says steps %lld, which "
+                "would change the learning rate of every remaining step. Resume with --steps %lld, or start a new "
+                "schedule from its weights: --init_from %s --resume none", path, (long long)planned,
+                (long long)t->o->steps, (long long)planned, path);
+    }
     return ST_OK;
 }
 
@@ -419,6 +428,14 @@ static st_err load_start(trainer *t)
         }
     }
     if (t->method->load_start) ST_TRY(t->method->load_start(t)); /* e.g. DPO's reference: the policy as it starts */
+    const int64_t end = o->stop_after > 0 && o->stop_after < o->steps ? o->stop_after : o->steps;
+    t->finished = resumed && o->steps > 0 && t->start_step >= end;
+    if (t->finished && is_rank0(t))
+        printf("this run has already finished: %s is step %lld and the run ends at step %lld; nothing to do (to "
+               "train on, start a new schedule from it with --init_from %s --resume none)\n", path,
+               (long long)t->start_step, (long long)end, path);
+    /* metrics.jsonl: each step once, up to where this run starts */
+    if (is_rank0(t) && !t->finished) ST_TRY(st_metrics_keep_upto(&t->metrics, t->start_step));
     return ST_OK;
 }
 
@@ -454,6 +471,7 @@ static st_err save(trainer *t, int64_t step)
     /* without ZeRO every dp rank holds the same moments: dp rank 0 writes them */
     if (!t->dp.zero && t->grid.dp_rank > 0) c.opt_begin = c.opt_end = 0;
     st_train_state s = {.step = step, .tokens_seen = t->tokens_seen, .data_seed = (uint64_t)o->seed,
+                        .total_steps = o->steps,
                         .data_cursor = step * o->global_batch, .recipe = (char *)t->recipe_text,
                         .method = o->method};
     const char *kind = NULL;
@@ -575,8 +593,10 @@ static st_err on_nonfinite(trainer *t, int64_t step, double loss, double gnorm)
     return ST_OK;
 }
 
-/* Mean loss (and the method's metric) over the first eval_batches
- * micro-batches of the validation split. */
+/* Mean loss (and the method's metric) over the first eval_batches x
+ * batch_size rows of the validation split, whatever the grid: the dp ranks
+ * split those rows (whole pairs for pair methods), so the number compares
+ * across node counts. */
 static st_err eval_loss(trainer *t, double *out, double *acc)
 {
     const train_opts *o = t->o;
@@ -585,12 +605,13 @@ static st_err eval_loss(trainer *t, double *out, double *acc)
     st_timer_start(&t->timers, ST_PH_EVAL);
     const int B = o->batch_size;
     if (t->lora) st_lora_set_step(t->lora, 0, 0);
-    int64_t n = st_loader_num_samples(t->val);
+    const int64_t unit = t->method->pairs ? 2 : 1, dp = t->grid.dp_size, r = t->grid.dp_rank;
+    int64_t n = st_loader_num_samples(t->val), want = (int64_t)o->eval_batches * B;
+    const int64_t units = (want < n ? want : n) / unit;
+    const int64_t lo = units * r / dp * unit, hi = units * (r + 1) / dp * unit;
     double sums[3] = {0, 0, 0};
-    for (int k = 0; k < o->eval_batches; k++) {
-        int64_t g0 = ((int64_t)k * t->grid.dp_size + t->grid.dp_rank) * B;
-        if (g0 >= n) break;
-        int rows = n - g0 < B ? (int)(n - g0) : B;
+    for (int64_t g0 = lo; g0 < hi; g0 += B) {
+        int rows = hi - g0 < B ? (int)(hi - g0) : B;
         ST_TRY(st_loader_fill(t->val, &t->batch, g0, rows, 0));
         double l, c, r;
         ST_TRY(t->method->forward(t, rows, &l, &c, &r));
@@ -601,14 +622,6 @@ static st_err eval_loss(trainer *t, double *out, double *acc)
     if (sums[1] > 0) *out = sums[0] / sums[1];
     if (sums[1] > 0 && t->method->metric) *acc = sums[2] / sums[1];
     return ST_OK;
-}
-
-static void fmt_eta(char *buf, size_t n, double s)
-{
-    if (s < 0 || !isfinite(s)) snprintf(buf, n, "?");
-    else if (s < 90) snprintf(buf, n, "%.0fs", s);
-    else if (s < 5400) snprintf(buf, n, "%.0fm%02.0fs", floor(s / 60), fmod(s, 60));
-    else snprintf(buf, n, "%.0fh%02.0fm", floor(s / 3600), fmod(s / 60, 60));
 }
 
 static void print_eval(const trainer *t, const char *when, double val, double acc)
@@ -676,31 +689,33 @@ static st_err run(trainer *t)
         t->nonfinite_run = 0;
         t->tokens_seen += ntok;
         tok_window += ntok;
-        int last = step + 1 == o->steps || step + 1 == o->stop_after, saved = 0;
+        int last = step + 1 == o->steps || step + 1 == o->stop_after, saved = 0, evaluated = 0;
         double v = -1, a = -1;
         if ((o->eval_every > 0 && (step + 1) % o->eval_every == 0) || last) {
             ST_TRY(eval_loss(t, &v, &a));
             val = v, acc = a;
-            if (o->eval_every > 0) {
-                ST_TRY(track_best(t, step + 1, v, &saved));
-                if (o->patience > 0 && t->bad_evals >= o->patience) {
-                    if (is_rank0(t)) printf("early stopping: no better validation loss in %d evaluations (best %.4f)\n",
-                                            o->patience, t->best_val);
-                    last = 1;
-                }
-            }
+            evaluated = 1;
         }
         double now = st_now();
         double mfu_step = ntok * flops_tok / (now - t_step) / (t->peak_gflops * 1e9 * t->grid.world_size);
         if (is_rank0(t))
             st_metrics_step(&t->metrics, step + 1, loss, v, st_lr_at(&o->opt, step), gnorm, ntok / (now - t_step),
                             mfu_step, t->tokens_seen);
+        /* after the step's metrics line: a save (the best so far) never precedes it */
+        if (evaluated && o->eval_every > 0) {
+            ST_TRY(track_best(t, step + 1, v, &saved));
+            if (o->patience > 0 && t->bad_evals >= o->patience) {
+                if (is_rank0(t)) printf("early stopping: no better validation loss in %d evaluations (best %.4f)\n",
+                                        o->patience, t->best_val);
+                last = 1;
+            }
+        }
         if ((o->log_every > 0 && (step + 1) % o->log_every == 0) || last || v >= 0) {
             double dt = now - t_window, tps = dt > 0 ? tok_window / dt : 0;
             double mfu = tps * flops_tok / (t->peak_gflops * 1e9 * t->grid.world_size);
             double per_step = (now - t_start) / (double)(step + 1 - t->start_step);
             char eta[32];
-            fmt_eta(eta, sizeof eta, per_step * (double)(o->steps - step - 1));
+            st_format_eta(eta, sizeof eta, per_step * (double)(o->steps - step - 1));
             if (is_rank0(t)) {
                 printf("step %6lld/%lld | loss %.4f", (long long)step + 1, (long long)o->steps, loss);
                 if (v >= 0) printf(" | val %.4f", v);
@@ -820,6 +835,11 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
     }
     double t0 = st_now();
     st_comm_reset();
+    if (!e && t.finished) {
+        teardown(&t);
+        st_options_free(&opts);
+        return ST_OK;
+    }
     if (!e) e = run(&t);
     /* the largest rank's peak resident memory: what `shardtune plan` predicts */
     struct rusage ru;

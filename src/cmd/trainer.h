@@ -101,6 +101,7 @@ typedef struct {
     int micro_per_step;    /* micro-batches per rank per step */
     int resumed;           /* the run continues from a checkpoint (start_step may be 0) */
     int64_t start_step;
+    int finished;          /* resumed at or past the end of the run: nothing to do */
     int64_t tokens_seen;
     double peak_gflops;    /* measured matmul rate of one rank, in the run's precision */
     st_precision prec;     /* fp32 or bf16 matrix products, and why */

@@ -1,8 +1,22 @@
 /* timer.c: clocks and per-phase timers. */
 #include "core/timer.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+
+void st_format_eta(char *buf, size_t n, double seconds)
+{
+    if (seconds < 0 || !isfinite(seconds) || seconds > 1e12) {
+        snprintf(buf, n, "?");
+        return;
+    }
+    long long s = llround(seconds), m = llround(seconds / 60); /* round once: never "10m60s" */
+    if (s < 90) snprintf(buf, n, "%llds", s);
+    else if (m < 90) snprintf(buf, n, "%lldm%02llds", s / 60, s % 60);
+    else snprintf(buf, n, "%lldh%02lldm", m / 60, m % 60);
+}
 
 double st_now(void)
 {

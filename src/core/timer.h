@@ -7,6 +7,9 @@
 #include "core/err.h"
 
 double st_now(void);  /* seconds, monotonic */
+/* A duration for a progress line, rounded to whole seconds first: "42s",
+ * "10m05s", "3h07m" ("?" when negative or not finite). */
+void st_format_eta(char *buf, size_t n, double seconds);
 
 /* Start-up figures: main() marks the process's start first thing; a
  * command reports st_since_start() when its weights are loaded, its first

@@ -20,8 +20,8 @@ kill9() {
 for phase in tensor checksums closed renamed latest; do
   add "kill9-save-$phase" 2 "resumed at step 20, equal to the uninterrupted run" "kill9 $phase"
 done
-# (metrics.jsonl gets step 30 after its save: killed in between, it never does)
-add kill9-save-prune 10 "resumed at step 30, equal to the uninterrupted run" "kill9 prune" known
+# (metrics.jsonl got step 30 after its save: killed in between, it never did)
+add kill9-save-prune 10 "resumed at step 30, equal to the uninterrupted run" "kill9 prune"
 
 # fail_after: an I/O error injected while step 30 is written.
 fail_after() {

@@ -87,7 +87,7 @@ metrics_once() {
   local dup; dup=$(sed -n 's/^{"step":\([0-9]*\),.*/\1/p' $d/metrics.jsonl | sort -n | uniq -d | wc -l)
   echo "resumed at step $(resumed_at $d.c.log), $dup steps logged twice"
 }
-add metrics-after-resume 10 "resumed at step 20, 0 steps logged twice" metrics_once known
+add metrics-after-resume 10 "resumed at step 20, 0 steps logged twice" metrics_once
 
 # run_lock: a second run into the same directory while the first runs.
 run_lock() {
@@ -108,7 +108,7 @@ steps_changed() {
   st 2 $d.b.log train tiny.yaml --out_dir $d --resume auto --steps 80 || rc=$?
   says 1 'steps' $d.b.log $rc
 }
-add steps-changed-on-resume 10 "exit 1, says /steps/" steps_changed known
+add steps-changed-on-resume 10 "exit 1, says /steps/" steps_changed
 
 # finished: the same command again after the run has finished.
 finished() {
@@ -117,7 +117,7 @@ finished() {
   st 2 fin.log train tiny.yaml --out_dir fin --resume auto || rc=$?
   echo "$(says 0 'already finished' fin.log $rc), $(diff -q <(losses ref) <(losses fin) >/dev/null && echo 'no new steps' || echo 'steps added')"
 }
-add resubmit-finished 10 "exit 0, says /already finished/, no new steps" finished known
+add resubmit-finished 10 "exit 0, says /already finished/, no new steps" finished
 
 # val_dp: the validation loss before training on 1x1, dp 2 and tp 2.
 val_dp() {
@@ -127,4 +127,4 @@ val_dp() {
   local v; v=$(grep -h -o 'validation before training: loss [0-9.]*' val1.log val2.log val3.log | sort -u | wc -l)
   [ "$v" = 1 ] && echo "the same on every grid" || echo "$v different values: $(grep -h -o 'before training: loss [0-9.]*' val[123].log | tr '\n' ' ')"
 }
-add val-loss-any-grid 10 "the same on every grid" val_dp known
+add val-loss-any-grid 10 "the same on every grid" val_dp
