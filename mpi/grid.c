@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 st_err st_grid_init(st_grid *g, MPI_Comm world, int tp)
@@ -62,6 +63,33 @@ st_err st_precision_agree(MPI_Comm world, const char *want, int n, st_precision 
         snprintf(p->why, sizeof p->why, "rank 0 measured and chose %s", bf16 ? "bf16" : "fp32");
     p->bf16 = bf16;
     return ST_OK;
+}
+
+#define NODE_NAME_CAP 256
+
+st_err st_grid_tp_nodes(const st_grid *g, int32_t *nodes)
+{
+    char mine[NODE_NAME_CAP] = "";
+    const char *slurm = getenv("SLURMD_NODENAME");
+    if (slurm && *slurm) {
+        snprintf(mine, sizeof mine, "%s", slurm);
+    } else {
+        char name[MPI_MAX_PROCESSOR_NAME];
+        int len = 0;
+        ST_MPI(MPI_Get_processor_name(name, &len));
+        snprintf(mine, sizeof mine, "%.*s", len, name);
+    }
+    char *all = malloc((size_t)g->tp_size * NODE_NAME_CAP);
+    if (!all) ST_FAIL(ST_ERR_MEM, "out of memory for %d node names", g->tp_size);
+    st_err e = st_allgather(g->tp, mine, all, NODE_NAME_CAP, ST_M_U8);
+    *nodes = 0;
+    for (int r = 0; !e && r < g->tp_size; r++) {
+        int seen = 0;
+        for (int q = 0; q < r && !seen; q++) seen = !strcmp(all + (size_t)r * NODE_NAME_CAP, all + (size_t)q * NODE_NAME_CAP);
+        *nodes += !seen;
+    }
+    free(all);
+    return e;
 }
 
 int st_threads_setup(MPI_Comm world)

@@ -10,6 +10,7 @@
 #define ST_GRID_H
 
 #include <mpi.h>
+#include <stdint.h>
 
 #include "core/err.h"
 #include "kernels/peak.h"
@@ -42,6 +43,12 @@ st_err st_agree(MPI_Comm comm, st_err local);
  * of world: each rank checks want, rank 0's measurement (n x n x n products)
  * decides, so no two ranks multiply differently. */
 st_err st_precision_agree(MPI_Comm world, const char *want, int n, st_precision *p);
+
+/* How many nodes this rank's tp group spans (1 when tp ranks share a node).
+ * A node is named by SLURMD_NODENAME when set (Slurm's name, which tells
+ * apart nodes that share a host in tests), else by MPI_Get_processor_name.
+ * Collective over g->tp. */
+st_err st_grid_tp_nodes(const st_grid *g, int32_t *nodes);
 
 /* Threads per rank: OMP_NUM_THREADS when set, else cores on this node divided
  * by ranks on this node (at least 1). Applies it to OpenMP (and so oneDNN). */

@@ -9,13 +9,15 @@
  * init_from must carry the dataset's tokenizer, and init_skip names must
  * name tensors; resumed runs log each step once, refuse another `steps`,
  * and a finished run resubmitted does nothing; the validation loss is the
- * same on one rank and on dp 2.
+ * same on one rank and on dp 2; a run directory in use is refused; a tp group
+ * over two nodes is seen.
  * (tests/faults/run.sh sends real signals to real processes.) */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,6 +27,8 @@
 #include "cmd/commands.h"
 #include "cmd/runctl.h"
 #include "io/checkpoint.h"
+#include "io/runlock.h"
+#include "mpi/grid.h"
 #include "harness.h"
 #include "mpi_check.h"
 
@@ -361,6 +365,44 @@ START_TEST(validation_rows_do_not_depend_on_dp)
 }
 END_TEST
 
+START_TEST(a_run_directory_in_use_is_refused)
+{
+    setup_data();
+    char out[300];
+    snprintf(out, sizeof out, "%s/locked", dir);
+    int fd = -1;
+    if (rank == 0) {
+        ck_assert_int_eq(mkdir(out, 0755), 0);
+        ck_assert_int_eq(st_run_lock(out, &fd), 0); /* another run holds it (flock: per open file) */
+        ck_assert_int_ge(fd, 0);
+    }
+    const char *steps[] = {"--steps", "1", NULL};
+    ck_assert_int_eq(train(out, steps), ST_ERR_ARG); /* on every rank */
+    if (rank == 0) {
+        ck_assert_ptr_nonnull(strstr(st_error_message(), "in use by another run (pid "));
+        st_run_unlock(&fd);
+    }
+    ck_assert_int_eq(train(out, steps), 0);
+}
+END_TEST
+
+/* Slurm's node names tell two nodes apart even on one host. */
+START_TEST(a_tp_group_over_two_nodes_is_seen)
+{
+    st_grid g;
+    int32_t nodes = 0;
+    ck_assert_int_eq(st_grid_init(&g, MPI_COMM_WORLD, 2), 0);
+    setenv("SLURMD_NODENAME", rank ? "node2" : "node1", 1);
+    ck_assert_int_eq(st_grid_tp_nodes(&g, &nodes), 0);
+    ck_assert_int_eq(nodes, 2);
+    setenv("SLURMD_NODENAME", "node1", 1);
+    ck_assert_int_eq(st_grid_tp_nodes(&g, &nodes), 0);
+    ck_assert_int_eq(nodes, 1);
+    unsetenv("SLURMD_NODENAME");
+    st_grid_free(&g);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     const TTest *const tests[] = {stop_on_one_rank_saves_and_resumes_exactly, time_limit_stops_with_a_checkpoint,
@@ -368,7 +410,8 @@ int main(int argc, char **argv)
                                   nonfinite_stops_and_saves_nothing, damaged_checkpoints_are_never_trusted,
                                   init_from_must_match_the_data, option_errors_return_on_every_rank,
                                   resumes_log_each_step_once_and_keep_the_schedule,
-                                  validation_rows_do_not_depend_on_dp};
+                                  validation_rows_do_not_depend_on_dp, a_run_directory_in_use_is_refused,
+                                  a_tp_group_over_two_nodes_is_seen};
     return th_mpi_dir_main(&argc, &argv, "train_control", 300, &rank, dir, sizeof dir, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }

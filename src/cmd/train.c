@@ -25,6 +25,7 @@
 #include "cmd/options.h"
 #include "cmd/trainer.h"
 #include "io/checkpoint.h"
+#include "io/runlock.h"
 #include "kernels/peak.h"
 #include "mpi/comm.h"
 #include "mpi/commstats.h"
@@ -227,6 +228,19 @@ static st_err setup_method(trainer *t)
     return ST_OK;
 }
 
+/* tp's all-reduces run at every layer: over the network they dominate. */
+static st_err warn_tp_across_nodes(const trainer *t)
+{
+    int32_t nodes = 1;
+    ST_TRY(st_grid_tp_nodes(&t->grid, &nodes));
+    ST_TRY(st_allreduce(t->grid.world, &nodes, 1, ST_M_I32, ST_OP_MAX));
+    if (nodes > 1 && is_rank0(t))
+        printf("warning: a tensor-parallel group spans %d nodes, so its all-reduces at every layer cross the network; "
+               "start the ranks so that grid.tp %d divides the ranks per node (Slurm: --ntasks-per-node a multiple "
+               "of %d)\n", (int)nodes, t->grid.tp_size, t->grid.tp_size);
+    return ST_OK;
+}
+
 static st_err setup(trainer *t, MPI_Comm world)
 {
     train_opts *o = t->o; /* completes the derived settings */
@@ -262,11 +276,14 @@ static st_err setup(trainer *t, MPI_Comm world)
     ST_TRY(st_precision_agree(world, o->precision, 1024, &t->prec));
     t->peak_gflops = t->prec.bf16 ? t->prec.bf16_gflops : t->prec.fp32_gflops;
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/ckpt", o->out_dir);
+    st_err e = ST_OK;
     if (is_rank0(t)) {
-        ST_TRY(mkdir_p(t->ckpt_dir));
-        ST_TRY(st_metrics_open(&t->metrics, o->out_dir));
+        e = mkdir_p(t->ckpt_dir);
+        if (!e) e = st_run_lock(o->out_dir, &t->lock_fd);
+        if (!e) e = st_metrics_open(&t->metrics, o->out_dir);
     }
-    ST_TRY(st_barrier(world));
+    ST_TRY(st_agree(world, e));
+    ST_TRY(warn_tp_across_nodes(t));
     if (is_rank0(t)) {
         long long n = st_config_num_params(&cfg);
         printf("shardtune train: %d ranks = tp %d x dp %d, %d thread%s per rank%s\n", t->grid.world_size,
@@ -753,6 +770,7 @@ static st_err run(trainer *t)
 static void teardown(trainer *t)
 {
     st_runctl_end(&t->ctl);
+    st_run_unlock(&t->lock_fd);
     st_metrics_close(&t->metrics);
     for (int e = 0; e < t->n_extra; e++) {
         st_adamw_free(&t->extra[e].adam);
@@ -814,6 +832,7 @@ st_err st_cmd_train(int argc, char **argv, MPI_Comm world)
                          ov.on_nonfinite);
     trainer t;
     memset(&t, 0, sizeof t);
+    t.lock_fd = -1;
     t.o = &ov;
     t.recipe_text = opts.recipe_text;
     /* from here a stop signal is a request, not the end of the process */

@@ -108,6 +108,7 @@ typedef struct {
     st_timers timers;
     st_runctl ctl;         /* signals, the time limit, the checkpoint interval */
     st_metrics metrics;
+    int lock_fd;           /* rank 0: the lock on out_dir (io/runlock.h), -1 = none */
     char ckpt_dir[4096];
     const char *recipe_text;
 } trainer;

@@ -99,7 +99,7 @@ run_lock() {
   PID=$first; wait "$PID"; local rc1=$?
   echo "second: $(says 1 'in use|locked' $d.b.log $rc); first: exit $rc1"
 }
-add run-dir-lock 10 "second: exit 1, says /in use|locked/; first: exit 0" run_lock known
+add run-dir-lock 10 "second: exit 1, says /in use|locked/; first: exit 0" run_lock
 
 # steps_changed: resuming with another `steps` (another LR schedule).
 steps_changed() {

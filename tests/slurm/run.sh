@@ -4,7 +4,8 @@
 #
 #   1. prepare.sbatch on 1 node (2 ranks) and on 2 nodes (1 rank each): the
 #      same dataset;
-#   2. finetune.sbatch, uninterrupted: the reference;
+#   2. finetune.sbatch, uninterrupted: the reference; tp 2 over 2 nodes is
+#      warned about (on 1 node it is not);
 #   3. cancelled mid-run (scancel) and submitted again, on 1 and on 2 nodes;
 #   4. stopped for the time limit (USR1 or SLURM_JOB_END_TIME): on 1 node
 #      submitted again, on 2 nodes requeued by the job script itself;
@@ -149,6 +150,14 @@ echo "== 2. finetune.sbatch, uninterrupted (the reference) ($(( $(date +%s) - t0
 r=$(sbatch --parsable "${ONE[@]}" "$ROOT/jobs/finetune.sbatch" tiny.yaml --out_dir ref)
 wait_job "$r"
 grep -q "^step *120/120" shardtune-"$r"_*.out || fail "reference: no step 120 in its log"
+
+echo "== 2b. tp 2 on 1 node, and split over 2 nodes (warned about) ($(( $(date +%s) - t0 )) s)"
+w1=$(sbatch --parsable "${ONE[@]}" "$ROOT/jobs/finetune.sbatch" tiny.yaml --out_dir tp1 --steps 2 --grid.tp 2)
+w2=$(sbatch --parsable "${TWO[@]}" "$ROOT/jobs/finetune.sbatch" tiny.yaml --out_dir tp2 --steps 2 --grid.tp 2)
+wait_job "$w1" "$w2"
+! grep -q "tensor-parallel group spans" shardtune-"$w1"_*.out || fail "job $w1: tp on one node was warned about"
+grep -q "tensor-parallel group spans 2 nodes" shardtune-"$w2"_*.out || fail "job $w2: tp over 2 nodes was not warned about"
+echo "  tp over 2 nodes warned about, on 1 node not"
 
 echo "== 3. cancelled mid-run, then submitted again (1 node, 2 nodes) ($(( $(date +%s) - t0 )) s)"
 # Saves slowed down by the checkpoint's test hook (each sleeps 1 s after its
