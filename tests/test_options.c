@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cmd/options.h"
@@ -14,7 +16,7 @@ typedef struct {
     int n_layer, zero;
     float lr, beta2;
     int64_t steps;
-    char *targets;
+    char *targets, *data;
 } topts;
 static topts V; /* the test's options, as a command's own struct */
 static const st_option opts[] = {
@@ -25,6 +27,7 @@ static const st_option opts[] = {
     {"lora.targets", ST_OPT_STRING, offsetof(topts, targets), "q,v", "targets", NULL},
     {"optim.beta2", ST_OPT_FLOAT, offsetof(topts, beta2), NULL, "kept from the struct (a defaults table elsewhere)",
      "[0,1)"},
+    {"data.train", ST_OPT_PATH, offsetof(topts, data), NULL, "a file", NULL},
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
 
@@ -139,6 +142,34 @@ START_TEST(a_key_set_twice_is_an_error)
 }
 END_TEST
 
+/* A relative path in a recipe is relative to the recipe's folder, whatever
+ * the working directory; on the command line it stays as given. */
+START_TEST(paths_in_a_recipe_are_relative_to_it)
+{
+    char top[64] = "/tmp/st-rcp-XXXXXX", sub[128], recipe[192], want[PATH_MAX + 16], real[PATH_MAX];
+    ck_assert_ptr_nonnull(mkdtemp(top));
+    snprintf(sub, sizeof sub, "%s/recipes", top);
+    ck_assert_int_eq(mkdir(sub, 0755), 0);
+    snprintf(recipe, sizeof recipe, "%s/r.yaml", sub);
+    FILE *f = fopen(recipe, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("data:\n  train: ../data/./x.h5\n", f);
+    fclose(f);
+    ck_assert_ptr_nonnull(realpath(top, real));
+    snprintf(want, sizeof want, "%s/data/x.h5", real);
+    st_options o;
+    ck_assert_int_eq(st_options_init(&o, opts, N_OPTS, &V), 0);
+    ck_assert_int_eq(st_options_load_yaml(&o, recipe), 0);
+    ck_assert_str_eq(V.data, want);
+    ck_assert_int_eq(st_options_set(&o, "data.train", "rel/y.h5", "--set"), 0);
+    ck_assert_str_eq(V.data, "rel/y.h5");
+    st_options_free(&o);
+    unlink(recipe);
+    rmdir(sub);
+    rmdir(top);
+}
+END_TEST
+
 START_TEST(defaults_kept_from_the_struct)
 {
     V.beta2 = 0.95f;
@@ -166,6 +197,7 @@ int main(void)
     tcase_add_test(tc, defaults_kept_from_the_struct);
     tcase_add_test(tc, values_out_of_range_are_errors);
     tcase_add_test(tc, a_key_set_twice_is_an_error);
+    tcase_add_test(tc, paths_in_a_recipe_are_relative_to_it);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -11,6 +11,7 @@
 
 /* The field of option i in the bound struct. */
 #define FIELD(o, i, type) ((type *)((char *)(o)->base + (o)->opt[i].off))
+#define IS_TEXT(type) ((type) == ST_OPT_STRING || (type) == ST_OPT_PATH)
 
 static void format_value(const st_options *o, int i, char *buf, size_t n)
 {
@@ -19,7 +20,8 @@ static void format_value(const st_options *o, int i, char *buf, size_t n)
     case ST_OPT_INT64: snprintf(buf, n, "%lld", (long long)*FIELD(o, i, int64_t)); break;
     case ST_OPT_FLOAT: snprintf(buf, n, "%g", *FIELD(o, i, float)); break;
     case ST_OPT_BOOL: snprintf(buf, n, "%s", *FIELD(o, i, int) ? "true" : "false"); break;
-    case ST_OPT_STRING: snprintf(buf, n, "%s", *FIELD(o, i, char *) ? *FIELD(o, i, char *) : "unset"); break;
+    case ST_OPT_STRING:
+    case ST_OPT_PATH: snprintf(buf, n, "%s", *FIELD(o, i, char *) ? *FIELD(o, i, char *) : "unset"); break;
     }
 }
 
@@ -32,7 +34,7 @@ st_err st_options_init(st_options *o, const st_option *opt, int n, void *base)
     ST_ALLOC(o->origin, n, "option origins");
     ST_ALLOC(o->def, n, "option defaults");
     for (int i = 0; i < n; i++) {
-        if (opt[i].type == ST_OPT_STRING) *FIELD(o, i, char *) = NULL;
+        if (IS_TEXT(opt[i].type)) *FIELD(o, i, char *) = NULL;
         if (opt[i].def) ST_TRY(st_options_set(o, opt[i].key, opt[i].def, "default"));
         free(o->origin[i]);
         o->origin[i] = strdup("default");
@@ -47,7 +49,7 @@ st_err st_options_init(st_options *o, const st_option *opt, int n, void *base)
 void st_options_free(st_options *o)
 {
     for (int i = 0; i < o->n; i++) {
-        if (o->opt[i].type == ST_OPT_STRING) {
+        if (IS_TEXT(o->opt[i].type)) {
             free(*FIELD(o, i, char *));
             *FIELD(o, i, char *) = NULL;
         }
@@ -149,7 +151,8 @@ st_err st_options_set(st_options *o, const char *key, const char *value, const c
             *FIELD(o, i, int) = 0;
         else ST_FAIL(ST_ERR_ARG, "%s: option '%s' expects true or false, got '%s'", where, key, value);
         break;
-    case ST_OPT_STRING: {
+    case ST_OPT_STRING:
+    case ST_OPT_PATH: {
         char *s = strdup(value);
         if (!s) ST_FAIL(ST_ERR_MEM, "out of memory");
         free(*FIELD(o, i, char *));
@@ -209,6 +212,46 @@ static st_err next_event(yreader *r, yaml_event_t *ev)
 
 static st_err load_map(st_options *o, yreader *r, const char *prefix);
 
+/* rel, written in the recipe at recipe_path, as a path from here: the
+ * recipe's real folder joined with rel, with "." and ".." taken out (safe
+ * after realpath: no symbolic links are left in the folder part). */
+static st_err join_recipe_dir(const char *recipe_path, const char *rel, char **out)
+{
+    char *copy = strdup(recipe_path), *dir = NULL;
+    if (!copy) ST_FAIL(ST_ERR_MEM, "out of memory");
+    char *slash = strrchr(copy, '/');
+    if (slash) *slash = '\0';
+    dir = realpath(slash ? (copy[0] ? copy : "/") : ".", NULL);
+    free(copy);
+    if (!dir) ST_FAIL(ST_ERR_IO, "cannot resolve the folder of recipe '%s': %s", recipe_path, strerror(errno));
+    size_t cap = strlen(dir) + strlen(rel) + 2;
+    char *joined = malloc(cap), *res = malloc(cap + 1);
+    if (!joined || !res) {
+        free(dir), free(joined), free(res);
+        ST_FAIL(ST_ERR_MEM, "out of memory");
+    }
+    snprintf(joined, cap, "%s/%s", dir, rel);
+    free(dir);
+    /* component by component: "." goes, ".." drops the last kept one */
+    size_t n = 0;
+    res[0] = '\0';
+    char *save = NULL;
+    for (char *c = strtok_r(joined, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+        if (!strcmp(c, ".")) continue;
+        if (!strcmp(c, "..")) {
+            while (n > 0 && res[n - 1] != '/') n--;
+            if (n > 0) n--;
+            res[n] = '\0';
+            continue;
+        }
+        n += (size_t)sprintf(res + n, "/%s", c);
+    }
+    if (!n) strcpy(res, "/");
+    free(joined);
+    *out = res;
+    return ST_OK;
+}
+
 /* A value after a key: scalar, nested map, or a sequence of scalars. */
 static st_err load_value(st_options *o, yreader *r, const char *key, yaml_event_t *ev)
 {
@@ -217,7 +260,15 @@ static st_err load_value(st_options *o, yreader *r, const char *key, yaml_event_
     st_err e = ST_OK;
     if (ev->type != YAML_MAPPING_START_EVENT) ST_TRY(note_key(r, key, ev->start_mark.line + 1));
     if (ev->type == YAML_SCALAR_EVENT) {
-        e = st_options_set(o, key, (const char *)ev->data.scalar.value, where);
+        const char *value = (const char *)ev->data.scalar.value;
+        int i = find(o, key);
+        char *full = NULL;
+        if (i >= 0 && o->opt[i].type == ST_OPT_PATH && value[0] && value[0] != '/') {
+            ST_TRY(join_recipe_dir(r->path, value, &full));
+            value = full;
+        }
+        e = st_options_set(o, key, value, where);
+        free(full);
     } else if (ev->type == YAML_MAPPING_START_EVENT) {
         e = load_map(o, r, key);
     } else if (ev->type == YAML_SEQUENCE_START_EVENT) {
@@ -406,7 +457,7 @@ void st_options_print(const st_options *o, FILE *f)
     for (int i = 0; i < o->n; i++) {
         char buf[4096];
         format_value(o, i, buf, sizeof buf);
-        fprintf(f, "  %-26s = %s   (%s)\n", o->opt[i].key, o->opt[i].type == ST_OPT_STRING &&
+        fprintf(f, "  %-26s = %s   (%s)\n", o->opt[i].key, IS_TEXT(o->opt[i].type) &&
                 !*FIELD(o, i, char *) ? "(unset)" : buf, o->origin[i] ? o->origin[i] : "?");
     }
 }

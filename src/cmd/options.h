@@ -19,12 +19,15 @@
 
 #include "core/err.h"
 
-typedef enum { ST_OPT_INT, ST_OPT_INT64, ST_OPT_FLOAT, ST_OPT_BOOL, ST_OPT_STRING } st_opt_type;
+/* ST_OPT_PATH: a string naming a file or folder; a relative path written in
+ * a recipe is relative to the recipe's folder (so a recipe works from any
+ * directory), one given on the command line to the working directory. */
+typedef enum { ST_OPT_INT, ST_OPT_INT64, ST_OPT_FLOAT, ST_OPT_BOOL, ST_OPT_STRING, ST_OPT_PATH } st_opt_type;
 
 typedef struct {
     const char *key;   /* "optim.lr"; also accepted as --optim.lr on the command line */
     st_opt_type type;
-    size_t off;        /* offsetof the field: int, int64_t, float, int (bool) or char * (malloc'd) */
+    size_t off;        /* offsetof the field: int, int64_t, float, int (bool) or char * (malloc'd; string, path) */
     const char *def;   /* default, as text. NULL: strings start unset (NULL); numbers keep the value the
                         * struct holds before st_options_init (a table of defaults kept elsewhere) */
     const char *help;
