@@ -216,9 +216,9 @@ for l in sys.stdin: print(" ".join(json.loads(l)["answer"].split()))' > "$SCRATC
   done
   for np in 1 2; do   # max RSS: the largest process (a rank)
     run OMP_NUM_THREADS=1 bash -c 'timed "$@"' - prepare "${MPIRUN[@]}" -np $np "$BIN" prepare \
-        --input data/banking77/train.csv --format text --text-col text --tokenizer "$GPT2" --out "$SCRATCH/b77.h5"
+        --input data/banking77/train.csv --format text --text-col text --tokenizer "$GPT2" --out "$SCRATCH/b77.h5" --force
     run OMP_NUM_THREADS=1 bash -c 'timed "$@"' - prepare "${MPIRUN[@]}" -np $np "$BIN" prepare \
-        --input data/hh-rlhf/harmless-base-test.jsonl.gz --tokenizer "$GPT2" --out "$SCRATCH/hh.h5"
+        --input data/hh-rlhf/harmless-base-test.jsonl.gz --tokenizer "$GPT2" --out "$SCRATCH/hh.h5" --force
   done
   rm -f "$SCRATCH/b77.h5" "$SCRATCH/hh.h5" "$SCRATCH/banking77.txt" "$SCRATCH/medquad.txt"
 fi

@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -1200,6 +1201,14 @@ static st_err deal_units(const st_model_source *src, int size, int *owner)
     return ST_OK;
 }
 
+/* The index of the first NaN or infinity of x[0, n), or -1. */
+static int64_t first_nonfinite(const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return i;
+    return -1;
+}
+
 /* Read this rank's units and write each of their tensors whole with
  * independent MPI-IO; sums[i] = checksum of layout tensor i (0 elsewhere).
  * Not collective: the first error stops this rank's loop. */
@@ -1218,6 +1227,14 @@ static st_err write_own_units(st_model_source *src, const int *owner, int rank, 
                 e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for tensor %s",
                                  un->dst[p]->name);
         if (!e) e = src->read(src, u, out);
+        for (int p = 0; p < un->n_dst && !e; p++) {
+            const st_tensor *t = un->dst[p];
+            int64_t bad = first_nonfinite(out[p], real_numel(t));
+            if (bad >= 0)
+                e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__, "the %s source: tensor %s holds %s at element %lld: "
+                                 "refusing to import a damaged or diverged model", src->format,
+                                 t->name, isnan(out[p][bad]) ? "NaN" : "an infinity", (long long)bad);
+        }
         for (int p = 0; p < un->n_dst && !e; p++) {
             const st_tensor *t = un->dst[p];
             const int i = (int)(t - src->lay.tensors);
@@ -1460,8 +1477,10 @@ static st_err open_serial(const char *path, hid_t *file)
         st_h5_close(&fapl);
         return st_h5_error_set(__FILE__, __LINE__, __func__, "cannot set up reading %s", path);
     }
-    *file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    st_err reg = st_h5_check_regular(path);
+    *file = reg ? H5I_INVALID_HID : H5Fopen(path, H5F_ACC_RDONLY, fapl);
     H5Pclose(fapl);
+    ST_TRY(reg);
     if (*file < 0) ST_H5_FAIL("cannot open checkpoint %s", path);
     st_err e = check_format(*file, path);
     if (e) {
@@ -1904,6 +1923,7 @@ st_err st_ckpt_load(const char *path, const st_grid *g, st_ckpt_tensors *t, st_t
     ST_TRY(st_agree(g->world, e));
     ST_TRY(check_same_model(g, t, flags, path));
     e = st_h5_fapl_mpio(g->world, &fapl);
+    if (!e) e = st_h5_check_regular(path);
     if (!e && (file = H5Fopen(path, H5F_ACC_RDONLY, fapl)) < 0) {
         st_h5_snapshot();
         e = st_h5_error_set(__FILE__, __LINE__, __func__, "cannot open checkpoint %s", path);
@@ -2235,6 +2255,7 @@ static st_err verify_file(const char *path, MPI_Comm comm, FILE *out)
     st_config cfg;
     hid_t fapl = H5I_INVALID_HID, file = H5I_INVALID_HID;
     e = st_h5_fapl_mpio(comm, &fapl);
+    if (!e) e = st_h5_check_regular(path);
     if (!e && (file = H5Fopen(path, H5F_ACC_RDONLY, fapl)) < 0) {
         st_h5_snapshot();
         e = st_h5_error_set(__FILE__, __LINE__, __func__, "cannot open checkpoint %s", path);

@@ -2,6 +2,7 @@
  * the batch loader. The layout is documented in dataset.h. */
 #include "io/dataset.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,7 +308,8 @@ st_err st_dataset_write(const char *path, MPI_Comm comm, const st_tokenizer *tok
     e = write_file(tmp, comm, tok, info, local, &pp, created);
     e = st_agree(comm, e);
     if (!e && pp.rank == 0 && rename(tmp, path) != 0)
-        e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot rename %s to %s", tmp, path);
+        e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot rename %s to %s: %s", tmp, path,
+                         strerror(errno));
     e = st_agree(comm, e);
     if (e && pp.rank == 0) unlink(tmp);
     free(tmp);
@@ -514,6 +516,8 @@ st_err st_dataset_open(st_dataset **out, const char *path)
     if (access(path, R_OK) != 0) {
         e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot read dataset %s "
                          "(make it with 'shardtune prepare --input ... --out %s')", path, path);
+    } else if ((e = st_h5_check_regular(path))) {
+        st_error_trace(__FILE__, __LINE__, __func__);
     } else if ((ds->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT)) < 0) {
         st_h5_snapshot();
         e = st_h5_error_set(__FILE__, __LINE__, __func__, "cannot open %s as HDF5 (damaged, or "

@@ -1,9 +1,11 @@
 /* h5util.c: checked HDF5 helpers (see h5util.h). */
 #include "io/h5util.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -39,6 +41,16 @@ const char *st_h5_snapshot(void)
     snap[0] = '\0';
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_cb, &w);
     return snap;
+}
+
+st_err st_h5_check_regular(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb)) ST_FAIL(ST_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode))
+        ST_FAIL(ST_ERR_IO, "%s is not a regular file (%s): shardtune reads HDF5 files", path,
+                S_ISFIFO(sb.st_mode) ? "a FIFO" : S_ISDIR(sb.st_mode) ? "a folder" : "a device or socket");
+    return ST_OK;
 }
 
 st_err st_h5_error_set(const char *file, int line, const char *func, const char *fmt, ...)

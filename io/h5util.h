@@ -26,6 +26,9 @@ void st_h5_quiet(void);
  * thread-local buffer and return it ("" when the stack is empty). Any later
  * HDF5 call clears the stack, so take the snapshot right after the failure. */
 const char *st_h5_snapshot(void);
+/* Fails unless path is a regular file: opening a FIFO would wait for a
+ * writer forever, and a device or folder is no HDF5 file either. */
+st_err st_h5_check_regular(const char *path);
 
 /* Record an ST_ERR_HDF5 error: the formatted message, then the snapshot. */
 st_err st_h5_error_set(const char *file, int line, const char *func, const char *fmt, ...)

@@ -80,7 +80,17 @@ static st_err refill(st_lines *r)
     }
     r->pos = 0;
     r->end = (size_t)got;
-    if (got == 0) r->at_eof = 1;
+    if (got == 0) {
+        /* zlib ends a stream cut short (even at a flush point, where every
+         * byte so far inflates cleanly) with Z_BUF_ERROR: the trailer with
+         * its CRC and length never came */
+        int zerr = 0;
+        gzerror(r->gz, &zerr);
+        if (zerr == Z_BUF_ERROR)
+            ST_FAIL(ST_ERR_FORMAT, "%s: the gzip stream ends early, after line %lld, without its trailer: the "
+                    "file is truncated (copy it again)", r->path, (long long)r->lineno);
+        r->at_eof = 1;
+    }
     return ST_OK;
 }
 
@@ -146,11 +156,30 @@ static void snippet(char *dst, const char *p, const char *end)
     dst[i] = '\0';
 }
 
+/* Column (1-based) of a \u0000 escape in a JSON text, 0 when none: cJSON
+ * would decode it into a NUL byte that silently ends the C string. An
+ * escape is a backslash preceded by an even run of backslashes. */
+static size_t nul_escape(const char *line, size_t len)
+{
+    for (size_t i = 0; i + 6 <= len; i++) {
+        if (line[i] != '\\' || line[i + 1] != 'u' || memcmp(line + i + 2, "0000", 4)) continue;
+        size_t run = 0;
+        while (run < i && line[i - 1 - run] == '\\') run++;
+        if (run % 2 == 0) return i + 1;
+    }
+    return 0;
+}
+
 st_err st_json_parse_line(cJSON **out, const char *line, size_t len, const char *path,
                           int64_t lineno)
 {
     const char *end = NULL;
     char near[32];
+    size_t nul = nul_escape(line, len);
+    *out = NULL;
+    if (nul)
+        ST_FAIL(ST_ERR_FORMAT, "%s:%lld: a NUL character (\\u0000) at column %zu: text cannot hold NUL bytes "
+                "(it would end there)", path, (long long)lineno, nul);
     *out = cJSON_ParseWithLengthOpts(line, len, &end, 0);
     if (!*out) {
         const char *at = end && end >= line && end <= line + len ? end : line;

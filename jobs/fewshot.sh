@@ -22,7 +22,7 @@ with open("data/banking77/train.csv", newline="") as f, open("runs/banking/fewsh
 PY
 L=(--label-names data/banking77/categories.json)
 "$BIN" prepare --input $OUT/fewshot.csv --format classify --label-col category "${L[@]}" --val-fraction 0.2 \
-    --out $OUT/train-fewshot.h5 | tail -n 2
+    --out $OUT/train-fewshot.h5 --force | tail -n 2
 [ -f $OUT/test-classify.h5 ] || "$BIN" prepare --input data/banking77/test.csv --format classify \
     --label-col category "${L[@]}" --val-fraction 0 --out $OUT/test-classify.h5 | tail -n 1
 mpirun --bind-to none -np 2 "$BIN" train jobs/recipes/banking-lora-fewshot.yaml "$@" | grep -v '^  '

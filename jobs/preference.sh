@@ -16,7 +16,7 @@ OUT=runs/hh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p $OUT runs/banking
 "$BIN" prepare --input data/hh-rlhf/harmless-base-test.jsonl.gz --tokenizer byte --max-len 128 \
-    --val-fraction 0.1 --out $OUT/pairs-byte128.h5 | tail -n 4
+    --val-fraction 0.1 --out $OUT/pairs-byte128.h5 --force | tail -n 4
 mpirun --bind-to none -np 2 "$BIN" train jobs/recipes/hh-reward.yaml "$@" | grep -v '^  '
 
 python3 - <<'PY'
@@ -32,9 +32,9 @@ for split in ("train", "test"):
             f.write(json.dumps({"prompt": r["text"], "chosen": say(r["category"]), "rejected": say(wrong)}) + "\n")
 PY
 "$BIN" prepare --input runs/banking/pairs-train.jsonl --tokenizer byte --max-len 128 --val-fraction 0.1 \
-    --out runs/banking/pairs-train.h5 | tail -n 3
+    --out runs/banking/pairs-train.h5 --force | tail -n 3
 "$BIN" prepare --input runs/banking/pairs-test.jsonl --tokenizer byte --max-len 128 --val-fraction 0 \
-    --out runs/banking/pairs-test.h5 | tail -n 3
+    --out runs/banking/pairs-test.h5 --force | tail -n 3
 R=(jobs/recipes/hh-reward.yaml --data.train runs/banking/pairs-train.h5)
 # the starting point (base + the fresh head training starts from), then training
 mpirun --bind-to none -np 2 "$BIN" train "${R[@]}" --out_dir runs/banking/reward0 --steps 0 | tail -n 1

@@ -1119,12 +1119,18 @@ START_TEST(test_hf_tensor_refusals)
     edit_config(dir, "\"intermediate_size\": 40", "\"intermediate_size\": 48");
     expect_read_error(dir, "mlp.gate_proj.weight", "has shape [40, 16]");
     fx_free(m);
-    /* a missing tensor */
-    snprintf(dir, sizeof dir, "%s/t_missing", g_root);
-    llama_fixture(m, dir, "F32", 0, 0, 0);
-    edit_config(dir, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
-    expect_read_error(dir, "model.layers.2.", "missing");
-    fx_free(m);
+    /* more layers in config.json than in the weights: refused before anything is sized from it (10^9 layers
+     * took all memory, 10^5 minutes of name lookups) */
+    static const char *const layers[] = {"3", "100000", "1000000000"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(dir, sizeof dir, "%s/t_layers%d", g_root, i);
+        llama_fixture(m, dir, "F32", 0, 0, 0);
+        char to[64];
+        snprintf(to, sizeof to, "\"num_hidden_layers\": %s", layers[i]);
+        edit_config(dir, "\"num_hidden_layers\": 2", to);
+        expect_read_error(dir, "num_hidden_layers", "the weights hold 2 layers");
+        fx_free(m);
+    }
     /* untied in config.json, but no lm_head.weight */
     snprintf(dir, sizeof dir, "%s/t_head", g_root);
     llama_fixture(m, dir, "F32", 0, 1, 0);
@@ -1132,6 +1138,59 @@ START_TEST(test_hf_tensor_refusals)
     expect_read_error(dir, "lm_head.weight", "missing");
     fx_free(m);
     free(m);
+}
+END_TEST
+
+/* A NaN or an infinity in imported weights is refused, naming the tensor. */
+START_TEST(test_import_nonfinite_refused)
+{
+    char dir[512], file[600], out[600];
+    fx_model *m = calloc(1, sizeof *m);
+    snprintf(dir, sizeof dir, "%s/nan", g_root);
+    llama_fixture(m, dir, "F32", 0, 0, 0);
+    snprintf(file, sizeof file, "%s/model.safetensors", dir);
+    st_safetensors st;
+    ck_assert_int_eq(st_safetensors_open(&st, file), ST_OK);
+    const st_safetensors_entry *x = st_safetensors_find(&st, "model.norm.weight");
+    ck_assert_ptr_nonnull(x);
+    const long at = (long)(st.data_start + x->begin + 4); /* element 1 */
+    st_safetensors_close(&st);
+    FILE *f = fopen(file, "r+b");
+    ck_assert_ptr_nonnull(f);
+    const float nan = NAN;
+    ck_assert(fseek(f, at, SEEK_SET) == 0 && fwrite(&nan, 4, 1, f) == 1);
+    fclose(f);
+    snprintf(out, sizeof out, "%s/nan.h5", g_root);
+    expect_error(run_convert(dir, out, NULL), ST_ERR_FORMAT, "model.norm.weight holds NaN at element 1", NULL);
+    ck_assert_int_ne(access(out, F_OK), 0);
+    fx_free(m);
+    free(m);
+}
+END_TEST
+
+/* Files of other kinds given to convert are named for what they are, and
+ * inspect of a FIFO fails at once instead of waiting for a writer. */
+START_TEST(test_convert_names_other_files)
+{
+    static const struct { const char *name; unsigned char head[8]; const char *msg; } files[] = {
+        {"model.gguf.bin", {'G', 'G', 'U', 'F', 3, 0, 0, 0}, "is a GGUF file"},
+        {"gpt2_tokenizer.bin", {0xc8, 0xd7, 0x34, 0x01, 2, 0, 0, 0}, "llm.c's tokenizer file"},  /* 20240328 */
+        {"shard.bin", {0x88, 0xd8, 0x34, 0x01, 1, 0, 0, 0}, "llm.c token data file"},           /* 20240520 */
+        {"random.bin", {1, 2, 3, 4, 5, 6, 7, 8}, "no llm.c or GGUF magic"},
+    };
+    char path[600], out[600];
+    snprintf(out, sizeof out, "%s/other.h5", g_root);
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        unsigned char body[2048] = {0};
+        memcpy(body, files[i].head, 8);
+        path_in(path, sizeof path, files[i].name);
+        th_write_file(path, body, sizeof body);
+        expect_error(run_convert(path, out, NULL), ST_ERR_FORMAT, files[i].name, files[i].msg);
+    }
+    path_in(path, sizeof path, "fifo.h5");
+    ck_assert_int_eq(mkfifo(path, 0600), 0);
+    char *argv[] = {"inspect", path, NULL};
+    expect_error(st_cmd_inspect(2, argv, MPI_COMM_WORLD), ST_ERR_IO, "fifo.h5", "a FIFO");
 }
 END_TEST
 
@@ -1196,7 +1255,19 @@ START_TEST(test_export_arguments)
     mkdir_p(idx);
     snprintf(idx, sizeof idx, "%s/sharded/model.safetensors.index.json", g_root);
     th_write_file(idx, "{}", 2);
-    expect_error(run_export(ckpt, to, "f32"), ST_ERR_ARG, "index.json", "empty directory");
+    /* a folder with files in it is not written into without --overwrite ... */
+    expect_error(run_export(ckpt, to, "f32"), ST_ERR_ARG, "is not empty", "--overwrite");
+    /* ... and even then not over another model's shard index */
+    char *force[] = {"export", ckpt, "--to", to, "--overwrite", NULL};
+    expect_error(st_cmd_export(5, force, MPI_COMM_WORLD), ST_ERR_ARG, "index.json", "empty directory");
+    /* an existing GGUF file is replaced only with --overwrite */
+    char gguf[620], gpath[600];
+    path_in(gpath, sizeof gpath, "there.gguf");
+    th_write_file(gpath, "not a model", 11);
+    snprintf(gguf, sizeof gguf, "gguf:%s", gpath);
+    expect_error(run_export(ckpt, gguf, "f32"), ST_ERR_ARG, "there.gguf exists", "--overwrite");
+    char *gforce[] = {"export", ckpt, "--to", gguf, "--overwrite", NULL};
+    ck_assert_msg(st_cmd_export(5, gforce, MPI_COMM_WORLD) == ST_OK, "%s", st_error_message());
     free(p);
     st_layout_free(&lay);
 }
@@ -1944,6 +2015,8 @@ static Suite *formats_suite(void)
     tcase_add_test(tc, test_hf_config_defaults);
     tcase_add_test(tc, test_hf_tensor_refusals);
     tcase_add_test(tc, test_hf_extra_and_index);
+    tcase_add_test(tc, test_import_nonfinite_refused);
+    tcase_add_test(tc, test_convert_names_other_files);
     tcase_add_test(tc, test_export_arguments);
     tcase_add_test(tc, test_tokenizer_export_gpt2);
     tcase_add_test(tc, test_tokenizer_export_byte);

@@ -2,7 +2,11 @@
  * dataset as on 1 rank (every dataset and the counting attributes equal),
  * for CSV, gzip JSONL preference pairs, chat with skipped lines, and an
  * input with fewer records than ranks; a bad record in the second rank's
- * half stops both ranks and leaves no file. */
+ * half stops both ranks and leaves no file; inputs that used to pass or fail
+ * mutely (issue 13 item 8) fail on both ranks with the reason: a NUL inside a
+ * JSON string, a gzip stream cut at a flush point, --out equal to --input or
+ * already there (without --force), a rename that cannot happen, and no good
+ * line at all (the first bad one is shown). */
 #include <check.h>
 #include <hdf5.h>
 #include <mpi.h>
@@ -10,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "cmd/commands.h"
 #include "harness.h"
@@ -183,9 +189,98 @@ START_TEST(test_bad_record_stops_all)
 }
 END_TEST
 
+/* prepare --input in --out DIR_/out [extra...]: its status on every rank, the
+ * message must hold want (on some rank; the others name it) */
+static void refused(const char *in, const char *out, const char *want, const char *extra)
+{
+    st_err e = extra ? prepare_on(MPI_COMM_WORLD, "--input", in, "--out", out, extra, NULL)
+                     : prepare_on(MPI_COMM_WORLD, "--input", in, "--out", out, NULL);
+    int has = strstr(st_error_message(), want) != NULL, any = 0;
+    MPI_Allreduce(&has, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    ck_assert_msg(e != ST_OK && any, "rank %d: %s: returned %d: %s", RANK, in, e, st_error_message());
+}
+
+START_TEST(test_nul_in_a_string)
+{
+    const char *in = fixture("nul.jsonl", "{\"text\": \"hello\"}\n{\"text\": \"ab\\u0000cd\"}\n"
+                                          "{\"text\": \"a \\\\u0000 is text\"}\n");
+    char out[512];
+    snprintf(out, sizeof out, "%s/nul.h5", DIR_);
+    refused(in, out, "nul.jsonl:2: a NUL character", NULL);
+    /* an escaped backslash before u0000 is text, not a NUL */
+    const char *ok = fixture("nul-ok.jsonl", "{\"text\": \"a \\\\u0000 is text\"}\n");
+    ck_assert_int_eq(prepare_on(MPI_COMM_WORLD, "--input", ok, "--out", out, NULL), ST_OK);
+}
+END_TEST
+
+/* 400 lines, deflated up to a line end near the middle, a sync flush, and
+ * nothing more: every byte inflates, the end block and trailer are missing. */
+START_TEST(test_gzip_cut_at_a_flush_point)
+{
+    char in[512], out[512];
+    snprintf(in, sizeof in, "%s/cut.jsonl.gz", DIR_);
+    snprintf(out, sizeof out, "%s/cut.h5", DIR_);
+    if (RANK == 0) {
+        static char text[400 * 48], z[400 * 48 + 1024];
+        size_t n = 0;
+        for (int i = 0; i < 400; i++) n += (size_t)sprintf(text + n, "{\"text\": \"query %d, my card\"}\n", i);
+        z_stream s;
+        memset(&s, 0, sizeof s);
+        ck_assert_int_eq(deflateInit2(&s, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+        s.next_in = (Bytef *)text, s.avail_in = (uInt)(strchr(text + n / 2, '\n') + 1 - text);
+        s.next_out = (Bytef *)z, s.avail_out = sizeof z;
+        ck_assert_int_eq(deflate(&s, Z_SYNC_FLUSH), Z_OK);
+        th_write_file(in, z, s.total_out);
+        deflateEnd(&s);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    refused(in, out, "the gzip stream ends early", NULL);
+}
+END_TEST
+
+START_TEST(test_outputs_are_not_overwritten)
+{
+    const char *in = fixture("same.jsonl", "{\"text\": \"hello\"}\n");
+    refused(in, in, "is the same file as --input", "--force");
+    char out[512];
+    snprintf(out, sizeof out, "%s/there.h5", DIR_);
+    fixture("there.h5", "not a dataset\n");
+    refused(in, out, "exists; add --force", NULL);
+    ck_assert_int_eq(prepare_on(MPI_COMM_WORLD, "--input", in, "--out", out, "--force", NULL), ST_OK);
+    /* a folder in the way: the rename's reason is given */
+    snprintf(out, sizeof out, "%s/folder.h5", DIR_);
+    if (RANK == 0) {
+        char inner[600];
+        ck_assert_int_eq(mkdir(out, 0755), 0);
+        snprintf(inner, sizeof inner, "%s/x", out);
+        th_write_file(inner, "x", 1);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    refused(in, out, "Is a directory", "--force");
+}
+END_TEST
+
+START_TEST(test_no_good_line_shows_the_first_bad_one)
+{
+    char out[512];
+    snprintf(out, sizeof out, "%s/none.h5", DIR_);
+    /* nothing parses */
+    const char *junk = fixture("junk.jsonl", "not json\nalso not\n");
+    refused(junk, out, "the first: ", "--on-error=skip");
+    refused(junk, out, "junk.jsonl:1: malformed JSON", "--on-error=skip");
+    /* everything parses, nothing is usable */
+    const char *typed = fixture("typed.jsonl", "{\"text\": 5}\n{\"text\": 6}\n");
+    refused(typed, out, "every record of", "--on-error=skip");
+    refused(typed, out, "typed.jsonl:1", "--on-error=skip");
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
-    const TTest *const tests[] = {test_banking77_any_ranks, test_hh_any_ranks, test_chat_skip_any_ranks, test_fewer_records_than_ranks, test_bad_record_stops_all};
+    const TTest *const tests[] = {test_banking77_any_ranks, test_hh_any_ranks, test_chat_skip_any_ranks,
+                                  test_fewer_records_than_ranks, test_bad_record_stops_all, test_nul_in_a_string,
+                                  test_gzip_cut_at_a_flush_point, test_outputs_are_not_overwritten,
+                                  test_no_good_line_shows_the_first_bad_one};
     return th_mpi_dir_main(&argc, &argv, "prepare_mpi2", 30, &RANK, DIR_, sizeof DIR_, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }

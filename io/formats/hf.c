@@ -575,6 +575,38 @@ static void shards_find(shard_set *s, const char *name, const st_safetensors **f
 
 /* ==== import =============================================================== */
 
+/* The layer index of a block tensor ("model.layers.12.mlp..." for Llama,
+ * "[transformer.]h.12.attn..." for GPT-2), or -1. */
+static long layer_index(const char *name)
+{
+    const char *p = strstr(name, "layers.");
+    if (p && (p == name || p[-1] == '.')) p += 7;
+    else if (!strncmp(name, "h.", 2)) p = name + 2;
+    else if ((p = strstr(name, ".h.")) != NULL) p += 3;
+    else return -1;
+    char *end;
+    long k = strtol(p, &end, 10);
+    return end > p && *end == '.' && k >= 0 ? k : -1;
+}
+
+/* config.json's layer count against the layers the weights hold, before
+ * anything is sized from it (10^9 layers would take all memory, 10^5 minutes
+ * of name lookups). */
+static st_err check_layer_count(const shard_set *s, const st_config *c, hf_arch arch, const char *dir)
+{
+    long top = -1;
+    for (int i = 0; i < s->n; i++)
+        for (int k = 0; k < s->f[i].n; k++) {
+            long l = layer_index(s->f[i].t[k].name);
+            if (l > top) top = l;
+        }
+    if (c->n_layer != top + 1)
+        ST_FAIL(ST_ERR_FORMAT, "%s/config.json says %s %d, but the weights hold %ld layers (0..%ld): the config does "
+                "not describe these weights", dir, arch == ARCH_GPT2 ? "n_layer" : "num_hidden_layers", c->n_layer,
+                top + 1, top);
+    return ST_OK;
+}
+
 static st_err check_shape(const st_safetensors *f, const st_safetensors_entry *e, const hf_rule *r)
 {
     int ok = e->ndim == r->ndim && e->shape[0] == r->shape[0] && (r->ndim == 1 || e->shape[1] == r->shape[1]);
@@ -700,6 +732,7 @@ st_err st_hf_open(st_model_source *s, const char *dir)
     s->close_impl = hf_close;
     s->read = hf_read_unit;
     ST_TRY(shards_open(&h->shards, dir));
+    ST_TRY(check_layer_count(&h->shards, &s->cfg, arch, dir));
     ST_TRY(st_layout_init(&s->lay, &s->cfg, 1, 0));
     const st_safetensors *f;
     const st_safetensors_entry *x;

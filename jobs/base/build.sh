@@ -10,6 +10,6 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS
 mkdir -p runs/base data/base
 python3 jobs/base/corpus.py data/banking77/train.csv data/medquad/medquad-qa.jsonl.gz runs/base/corpus.jsonl
 mpirun --bind-to none -np 2 "$BIN" prepare --input runs/base/corpus.jsonl --format text --tokenizer byte \
-    --out runs/base/corpus.h5
+    --out runs/base/corpus.h5 --force
 mpirun --bind-to none -np 2 "$BIN" train jobs/recipes/base-pretrain.yaml 2>&1 | tee data/base/pretrain.log
 "$BIN" convert runs/base/ckpt/step_00001500.h5 --out data/base/shardtune-base-byte.h5

@@ -2,11 +2,13 @@
  * a checkpoint's weights (and tokenizer) as a Hugging Face model directory
  * or a llama.cpp GGUF file. One rank does the work on a 1x1 view of the
  * checkpoint; the others wait and agree on the outcome. */
+#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cmd/commands.h"
 #include "cmd/options.h"
@@ -23,11 +25,12 @@
 
 
 
-typedef struct { char *to, *dtype, *name, *as; int merge_lora, force; } export_opts;
+typedef struct { char *to, *dtype, *name, *as; int merge_lora, force, overwrite; } export_opts;
 static const st_option export_options[] = {
     {"to", ST_OPT_STRING, offsetof(export_opts, to), NULL, "destination: hf:DIR (Hugging Face directory), gguf:FILE (llama.cpp) or peft:DIR (the LoRA adapters alone, as PEFT saves them)", NULL},
     {"dtype", ST_OPT_STRING, offsetof(export_opts, dtype), "f32", "weight type written: f32, f16 or bf16 (bf16: hf only)", NULL},
     {"name", ST_OPT_STRING, offsetof(export_opts, name), "shardtune", "model name recorded in GGUF general.name", NULL},
+    {"overwrite", ST_OPT_BOOL, offsetof(export_opts, overwrite), "false", "replace an existing GGUF file, or write into a folder that is not empty", NULL},
     {"merge-lora", ST_OPT_BOOL, offsetof(export_opts, merge_lora), "false", "merge the checkpoint's LoRA adapters into the weights (W += alpha/r B A)", NULL},
     {"force", ST_OPT_BOOL, offsetof(export_opts, force), "false", "gguf: write the tokenizer even when llama.cpp would tokenize text differently (unknown pre-tokenizer, normalizers, sentencepiece-style tokenizer.json)", NULL},
     {"as", ST_OPT_STRING, offsetof(export_opts, as), "auto", "what to write: lm (the language model), classifier (a classification or reward head as *ForSequenceClassification, hf only) or auto (classifier when the checkpoint has a head)", NULL},
@@ -69,6 +72,23 @@ static st_err parse_dest(const char *to, st_dtype dt, int *gguf, const char **wh
     else if (!strncmp(to, "gguf:", 5) && to[5]) *gguf = 1, *where = to + 5;
     else ST_FAIL(ST_ERR_ARG, "--to %s: expected hf:DIR or gguf:FILE", to);
     if (*gguf && dt == ST_DT_BF16) ST_FAIL(ST_ERR_ARG, "GGUF export writes f32 or f16; --dtype bf16 is for hf:DIR");
+    return ST_OK;
+}
+
+/* Nothing is overwritten without --overwrite: not a file, nor files in a folder
+ * that already holds some (another model's config.json would be mixed with
+ * this one's weights). */
+static st_err check_dest(const char *path, int overwrite)
+{
+    struct stat sb;
+    if (overwrite || stat(path, &sb)) return ST_OK;
+    if (!S_ISDIR(sb.st_mode)) ST_FAIL(ST_ERR_ARG, "%s exists; add --overwrite to replace it", path);
+    DIR *d = opendir(path);
+    struct dirent *ent;
+    int used = 0;
+    while (d && !used && (ent = readdir(d))) used = strcmp(ent->d_name, ".") && strcmp(ent->d_name, "..");
+    if (d) closedir(d);
+    if (used) ST_FAIL(ST_ERR_ARG, "%s exists and is not empty; add --overwrite to write into it", path);
     return ST_OK;
 }
 
@@ -130,8 +150,12 @@ static st_err export_one(const char *ckpt, const export_opts *o)
     int gguf = 0;
     const char *where = NULL;
     ST_TRY(parse_dtype(o->dtype, &dt));
-    if (o->to && !strncmp(o->to, "peft:", 5) && o->to[5]) return export_peft(ckpt, o->to + 5, dt);
+    if (o->to && !strncmp(o->to, "peft:", 5) && o->to[5]) {
+        ST_TRY(check_dest(o->to + 5, o->overwrite));
+        return export_peft(ckpt, o->to + 5, dt);
+    }
     ST_TRY(parse_dest(o->to, dt, &gguf, &where));
+    ST_TRY(check_dest(where, o->overwrite));
     if (strcmp(o->as, "auto") && strcmp(o->as, "lm") && strcmp(o->as, "classifier"))
         ST_FAIL(ST_ERR_ARG, "--as %s: expected auto, lm or classifier", o->as);
     char *meta = NULL;

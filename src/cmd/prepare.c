@@ -25,6 +25,7 @@
  * --on-error skip is counted by reason and left out.
  */
 #include <search.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -62,14 +63,15 @@ typedef struct {
     char *input, *out, *tokenizer, *format, *template_name, *on_error;
     char *text_col, *label_col, *text_field, *label_field, *label_names, *prompt_field, *response_field;
     char *ids_field;
-    int max_len;
+    int max_len, force;
     float val_fraction;
     int64_t seed;
 } prepare_opts;
 
 static const st_option prepare_options[] = {
     {"input", ST_OPT_STRING, offsetof(prepare_opts, input), NULL, "JSONL (.jsonl, .gz) or CSV (.csv, .csv.gz) file (required)", NULL},
-    {"out", ST_OPT_STRING, offsetof(prepare_opts, out), NULL, "dataset file to write (required)", NULL},
+    {"out", ST_OPT_STRING, offsetof(prepare_opts, out), NULL, "dataset file to write (required; an existing file only with --force)", NULL},
+    {"force", ST_OPT_BOOL, offsetof(prepare_opts, force), "false", "replace an existing --out file", NULL},
     {"tokenizer", ST_OPT_STRING, offsetof(prepare_opts, tokenizer), "byte", "byte, gpt2:DIR, hf:PATH/tokenizer.json or llama2c:PATH", NULL},
     {"format", ST_OPT_STRING, offsetof(prepare_opts, format), "auto", "auto, text, sft, chat, pref, classify or ids (JSONL of token ids made elsewhere: {\"ids\": [...]}, taken as they are)", NULL},
     {"template", ST_OPT_STRING, offsetof(prepare_opts, template_name), NULL, "default, plain, chatml or tokenizer (the tokenizer's own Jinja chat template); unset: tokenizer when it has one, else default; plain for hh-rlhf pairs", NULL},
@@ -632,6 +634,7 @@ typedef struct {
     plan *pl;
     int detected;
     int fmt_given;
+    char first_bad[MSG_CAP];  /* the first bad line's message, for when no line is good */
 } scan_ctx;
 
 static const char *const label_fallback[] = {"label", "category", "intent", "class"};
@@ -681,19 +684,23 @@ static st_err scan_record(void *ctx, const record *rec)
 
 static st_err scan_bad(void *ctx, int reason, st_err e)
 {
-    (void)ctx, (void)reason, (void)e;
+    scan_ctx *s = ctx;
+    (void)reason, (void)e;
+    if (!s->first_bad[0]) /* its first line: the message without the trace */
+        snprintf(s->first_bad, sizeof s->first_bad, "%.*s", (int)strcspn(st_error_message(), "\n"),
+                 st_error_message());
     st_error_clear(); /* reported by pass 2, with the rank that owns the record */
     return ST_OK;
 }
 
 static st_err scan(plan *pl, int fmt_given, const prepare_opts *o)
 {
-    scan_ctx s = {o, pl, 0, fmt_given};
+    scan_ctx s = {o, pl, 0, fmt_given, ""};
     ST_TRY(for_records(o->input, 0, -1, &s, scan_record, scan_bad, &pl->n_records));
     if (pl->n_records == 0) ST_FAIL(ST_ERR_ARG, "%s holds no records", o->input);
     if (!s.detected)
-        ST_FAIL(ST_ERR_FORMAT, "%s: no record could be read (every line is malformed); the first "
-                "bad line is reported without --on-error skip", o->input);
+        ST_FAIL(ST_ERR_FORMAT, "%s: no record could be read, every line is malformed; the first: %s", o->input,
+                s.first_bad);
     return ST_OK;
 }
 
@@ -875,6 +882,17 @@ static st_err check_options(int *fmt, const prepare_opts *o)
     return parse_format(fmt, o);
 }
 
+/* The output must not be the input, nor an existing file unless --force. */
+static st_err check_output(const prepare_opts *o)
+{
+    struct stat in, out;
+    if (stat(o->out, &out)) return ST_OK; /* nothing there yet */
+    if (!stat(o->input, &in) && in.st_dev == out.st_dev && in.st_ino == out.st_ino)
+        ST_FAIL(ST_ERR_ARG, "--out %s is the same file as --input %s: it would be overwritten", o->out, o->input);
+    if (!o->force) ST_FAIL(ST_ERR_ARG, "--out %s exists; add --force to replace it", o->out);
+    return ST_OK;
+}
+
 /* Rank 0 plans (counts, detects), then everyone learns the plan. */
 static st_err make_plan(plan *pl, int fmt, MPI_Comm comm, int rank, const prepare_opts *o)
 {
@@ -989,6 +1007,18 @@ static st_err prepare(MPI_Comm comm, int fmt, const prepare_opts *o)
     ST_TRY_GOTO(e, st_allreduce(comm, c, N_COUNTS, ST_M_I64, ST_OP_SUM), done);
     int64_t skipped = 0;
     for (int i = 0; i < N_REASONS; i++) skipped += c[C_SKIP0 + i];
+    char first[N_REASONS][MSG_CAP];
+    ST_TRY_GOTO(e, gather_first(&p, comm, rank, size, first), done);
+    if (c[C_DOCS] == 0 && skipped > 0) { /* say why, with the first bad record */
+        char *why = NULL;
+        const char *mine = "";
+        for (int i = 0; rank == 0 && i < N_REASONS && !mine[0]; i++) mine = first[i];
+        ST_TRY_GOTO(e, st_bcast_str(comm, 0, mine, &why), done);
+        e = st_error_set(ST_ERR_FORMAT, __FILE__, __LINE__, __func__, "every record of %s was skipped (%lld); the "
+                         "first: %s", o->input, (long long)skipped, why ? why : "?");
+        free(why);
+        goto done;
+    }
     st_dataset_info info = {
         .kind = pl.format == FMT_IDS ? "text" : fmt_name[pl.format], /* ids data trains as text */
         .template_name = p.tpl ? p.tpl->name : "", .source = o->input,
@@ -996,8 +1026,6 @@ static st_err prepare(MPI_Comm comm, int fmt, const prepare_opts *o)
         .n_truncated_response = c[C_CUT_R], .max_len = o->max_len, .val_fraction = o->val_fraction,
         .seed = (uint64_t)o->seed, .n_labels = n_labels, .label_names = names};
     ST_TRY_GOTO(e, st_dataset_write(o->out, comm, tok, &info, &p.docs), done);
-    char first[N_REASONS][MSG_CAP];
-    ST_TRY_GOTO(e, gather_first(&p, comm, rank, size, first), done);
     if (rank == 0) print_summary(&p, c, first, n_labels, st_now() - t0, size);
 done:
     if (names != p.label_list) free(names);
@@ -1026,6 +1054,7 @@ st_err st_cmd_prepare(int argc, char **argv, const st_grid *g)
         }
     } else if (!e) {
         e = check_options(&fmt, &o);
+        if (!e) e = st_agree(g->world, rank == 0 ? check_output(&o) : ST_OK);
         if (!e) e = prepare(g->world, fmt, &o);
     }
     st_options_free(&opts);

@@ -12,7 +12,7 @@ prep_nul() {
   prep nul --input nul.jsonl --out nul.h5
   says 1 'nul.jsonl:2.*NUL' prep-nul.log $RC
 }
-add prepare-nul-in-string 8 "exit 1, says /nul.jsonl:2.*NUL/" prep_nul known
+add prepare-nul-in-string 8 "exit 1, says /nul.jsonl:2.*NUL/" prep_nul
 
 prep_gz_cut() {
   local i
@@ -21,7 +21,7 @@ prep_gz_cut() {
   prep gzcut --input cut.jsonl.gz --out gzcut.h5
   says 1 'cut.jsonl.gz.*(truncated|unexpected end)' prep-gzcut.log $RC
 }
-add prepare-gz-truncated 8 "exit 1, says /cut.jsonl.gz.*(truncated|unexpected end)/" prep_gz_cut known
+add prepare-gz-truncated 8 "exit 1, says /cut.jsonl.gz.*(truncated|unexpected end)/" prep_gz_cut
 
 prep_out_is_input() {
   printf '{"text": "hello"}\n' > same.jsonl
@@ -29,7 +29,7 @@ prep_out_is_input() {
   prep same --input same.jsonl --out ./same.jsonl
   echo "$(says 1 'same file' prep-same.log $RC), input $([ "$(md5sum < same.jsonl)" = "$sum" ] && echo intact || echo overwritten)"
 }
-add prepare-out-is-input 8 "exit 1, says /same file/, input intact" prep_out_is_input known
+add prepare-out-is-input 8 "exit 1, says /same file/, input intact" prep_out_is_input
 
 prep_exists() {
   printf '{"text": "hello"}\n' > exists.jsonl
@@ -39,15 +39,15 @@ prep_exists() {
   prep force --input exists.jsonl --out exists.h5 --force
   echo "$first; with --force: exit $RC"
 }
-add prepare-output-exists 8 "exit 1, says /exists.*--force/, kept; with --force: exit 0" prep_exists known
+add prepare-output-exists 8 "exit 1, says /exists.*--force/, kept; with --force: exit 0" prep_exists
 
 export_exists() {
   local rc=0
   echo "not a model" > exists.gguf
   st 1 export-exists.log export ref/ckpt/step_00000040.h5 --to gguf:exists.gguf || rc=$?
-  echo "$(says 1 'exists.*--force' export-exists.log $rc), $(grep -q 'not a model' exists.gguf && echo kept || echo replaced)"
+  echo "$(says 1 'exists.*--overwrite' export-exists.log $rc), $(grep -q 'not a model' exists.gguf && echo kept || echo replaced)"
 }
-add export-output-exists 8 "exit 1, says /exists.*--force/, kept" export_exists known
+add export-output-exists 8 "exit 1, says /exists.*--overwrite/, kept" export_exists
 
 prep_rename() {
   printf '{"text": "hello"}\n' > ren.jsonl
@@ -55,14 +55,14 @@ prep_rename() {
   prep rename --input ren.jsonl --out ren.h5 --force
   says 1 'rename.*: (Is a directory|Directory not empty)' prep-rename.log $RC
 }
-add prepare-rename-reason 8 "exit 1, says /rename.*: (Is a directory|Directory not empty)/" prep_rename known
+add prepare-rename-reason 8 "exit 1, says /rename.*: (Is a directory|Directory not empty)/" prep_rename
 
 prep_no_line() {
   printf 'not json\n{"text": 5}\n' > bad.jsonl
   prep noline --input bad.jsonl --out noline.h5 --on-error skip
   says 1 'bad.jsonl:1' prep-noline.log $RC
 }
-add prepare-first-bad-line 8 "exit 1, says /bad.jsonl:1/" prep_no_line known
+add prepare-first-bad-line 8 "exit 1, says /bad.jsonl:1/" prep_no_line
 
 # An HF directory (exported from the reference run), then damaged copies.
 hf_fixture() {
@@ -83,8 +83,8 @@ conv_layers() {
   conv layers-$1 $d
   echo "$(says 1 'num_hidden_layers' conv-layers-$1.log $RC) $(awk -v s="$SECS" 'BEGIN { print s < 5 ? "within 5 s" : "after " s " s" }')"
 }
-add convert-layers-1e9 9 "exit 1, says /num_hidden_layers/ within 5 s" "conv_layers 1000000000" known
-add convert-layers-1e5 9 "exit 1, says /num_hidden_layers/ within 5 s" "conv_layers 100000" known
+add convert-layers-1e9 9 "exit 1, says /num_hidden_layers/ within 5 s" "conv_layers 1000000000"
+add convert-layers-1e5 9 "exit 1, says /num_hidden_layers/ within 5 s" "conv_layers 100000"
 
 # A NaN written into model.norm.weight of the safetensors file.
 conv_nan() {
@@ -98,7 +98,7 @@ conv_nan() {
   conv nan $d
   says 1 'model.norm.weight.*(NaN|non-finite)' conv-nan.log $RC
 }
-add convert-nan-weight 9 "exit 1, says /model.norm.weight.*(NaN|non-finite)/" conv_nan known
+add convert-nan-weight 9 "exit 1, says /model.norm.weight.*(NaN|non-finite)/" conv_nan
 
 conv_gguf() {
   [ -f m.gguf ] || st 1 export-gguf.log export ref/ckpt/step_00000040.h5 --to gguf:m.gguf >/dev/null
@@ -106,7 +106,7 @@ conv_gguf() {
   conv gguf m.bin
   says 1 'GGUF' conv-gguf.log $RC
 }
-add convert-gguf-file 9 "exit 1, says /GGUF/" conv_gguf known
+add convert-gguf-file 9 "exit 1, says /GGUF/" conv_gguf
 
 # llm.c's tokenizer file (magic 20240328) given as a model
 conv_llmc_magic() {
@@ -114,7 +114,7 @@ conv_llmc_magic() {
   conv llmc tok.bin
   says 1 'llm.c.*tokenizer' conv-llmc.log $RC
 }
-add convert-llmc-tokenizer 9 "exit 1, says /llm.c.*tokenizer/" conv_llmc_magic known
+add convert-llmc-tokenizer 9 "exit 1, says /llm.c.*tokenizer/" conv_llmc_magic
 
 inspect_fifo() {
   local rc=0
@@ -122,4 +122,4 @@ inspect_fifo() {
   timeout -k 2 10 "$BIN" inspect fifo > inspect-fifo.log 2>&1 || rc=$?
   says 1 'fifo.*regular file' inspect-fifo.log $rc
 }
-add inspect-fifo 9 "exit 1, says /fifo.*regular file/" inspect_fifo known
+add inspect-fifo 9 "exit 1, says /fifo.*regular file/" inspect_fifo
