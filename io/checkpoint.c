@@ -883,30 +883,23 @@ done:
     return e;
 }
 
-/* Create tensor ti of group gr (contiguous float32 at its global shape) and
- * write this rank's piece of it; *sum = the piece's checksum terms. */
-static st_err write_tensor(hid_t grp, const tgroup *gr, const st_tensor *ti, const st_grid *g, hid_t dcpl,
-                           hid_t dxpl, const char *path, uint64_t *sum, size_t *bytes)
+/* Write this rank's piece of tensor ti of group gr into its dataset d
+ * (independent I/O); *sum = the piece's checksum terms. */
+static st_err write_piece(hid_t d, const tgroup *gr, const st_tensor *ti, const st_grid *g, hid_t dxpl,
+                          const char *path, uint64_t *sum, size_t *bytes)
 {
-    st_err e = ST_OK;
-    hsize_t dims[2] = {(hsize_t)ti->shape[0], (hsize_t)ti->shape[1]};
-    hid_t space = H5I_INVALID_HID, d = H5I_INVALID_HID;
     char what[WHAT_CAP];
     snprintf(what, sizeof what, "/%s/%s", gr->path, ti->name);
-    if ((space = H5Screate_simple(ti->ndim, dims, NULL)) < 0 ||
-        (d = H5Dcreate2(grp, ti->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)) < 0)
-        ST_H5_GOTO(e, done, "%s: cannot create tensor %s", path, what);
     int64_t a = 0, b = 0;
     float *buf = gr->buf;
     if (group_writer(gr, ti, g)) buf = group_piece(gr, ti, &a, &b);
-    ST_TRY_GOTO(e, xfer_piece(d, ti, a, b, buf, dxpl, 1, path, what), done);
+    *bytes = 0;
+    if (b <= a) return ST_OK; /* nothing of it here */
+    ST_TRY(xfer_piece(d, ti, a, b, buf, dxpl, 1, path, what));
     /* after the write: the disk works on it (write_kick) while this runs */
     *sum = piece_checksum(ti, buf, a, b);
-    *bytes = b > a ? (size_t)(b - a) * sizeof(float) : 0;
-done:
-    st_h5_close(&d);
-    st_h5_close(&space);
-    return e;
+    *bytes = (size_t)(b - a) * sizeof(float);
+    return ST_OK;
 }
 
 /* Start the kernel writing the file back once 64 MiB more are dirty, so the
@@ -928,27 +921,13 @@ static void write_kick_add(write_kick *k, size_t bytes)
 #endif
 }
 
-/* The reduced checksums as attributes of the written tensors. Collective. */
-static st_err write_checksums(hid_t file, const save_job *j, const st_grid *g, const char *path)
+/* The reduced checksums as attributes of the written tensors (dsets, in
+ * group order). Collective. */
+static st_err write_checksums(const save_job *j, const st_grid *g, const hid_t *dsets)
 {
     ST_TRY(st_allreduce(g->world, j->sums[0], j->n_sums, ST_M_U64, ST_OP_SUM));
     st_err e = ST_OK;
-    hid_t grp = H5I_INVALID_HID, d = H5I_INVALID_HID;
-    for (int gi = 0; gi < j->n_groups && !e; gi++) {
-        const tgroup *gr = &j->groups[gi];
-        if ((grp = H5Gopen2(file, gr->path, H5P_DEFAULT)) < 0)
-            ST_H5_GOTO(e, done, "%s: cannot reopen group /%s", path, gr->path);
-        for (int i = 0; i < gr->lay->n_tensors && !e; i++) {
-            if ((d = H5Dopen2(grp, gr->lay->tensors[i].name, H5P_DEFAULT)) < 0)
-                ST_H5_GOTO(e, done, "%s: cannot reopen /%s/%s", path, gr->path, gr->lay->tensors[i].name);
-            e = st_h5_attr_write_u64(d, "checksum", j->sums[gi][i]);
-            st_h5_close(&d);
-        }
-        st_h5_close(&grp);
-    }
-done:
-    st_h5_close(&d);
-    st_h5_close(&grp);
+    for (int k = 0; k < j->n_sums && !e; k++) e = st_h5_attr_write_u64(dsets[k], "checksum", j->sums[0][k]);
     return e;
 }
 
@@ -962,25 +941,65 @@ static st_err open_or_create_group(hid_t loc, const char *name, hid_t *out)
     return ST_OK;
 }
 
-static st_err write_tensors(hid_t file, const save_job *j, const st_grid *g, hid_t dxpl, const char *path)
+/* Every group and tensor dataset of the job, created by every rank (HDF5's
+ * collective metadata calls), into dsets (j->n_sums handles, in group
+ * order). A rank that fails goes on creating, so that the ranks' calls stay
+ * matched; the status is agreed once at the end. */
+static st_err create_datasets(hid_t file, const save_job *j, const st_grid *g, const char *path, hid_t *dsets)
 {
     st_err e = ST_OK;
-    hid_t grp = H5I_INVALID_HID, dcpl = H5P_DEFAULT;
-    long written = 0;
-    write_kick kick = {open(path, O_RDONLY | O_CLOEXEC), 0};
-    dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hid_t grp = H5I_INVALID_HID, dcpl = H5Pcreate(H5P_DATASET_CREATE), space = H5I_INVALID_HID;
     /* Contiguous, allocated at creation, never filled: plain fast I/O. */
     if (dcpl < 0 || H5Pset_layout(dcpl, H5D_CONTIGUOUS) < 0 || H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) < 0 ||
         H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) < 0)
         ST_H5_GOTO(e, done, "cannot set up the tensor dataset properties");
-    ST_TRY_GOTO(e, st_agree(g->world, e), done);
-    for (int gi = 0; gi < j->n_groups; gi++) {
+    for (int gi = 0, at = 0; gi < j->n_groups; at += j->groups[gi].lay->n_tensors, gi++) {
         const tgroup *gr = &j->groups[gi];
-        e = open_or_create_group(file, gr->path, &grp);
-        ST_TRY_GOTO(e, st_agree(g->world, e), done);
+        st_err ge = open_or_create_group(file, gr->path, &grp);
+        if (ge && !e) e = ge;
         for (int i = 0; i < gr->lay->n_tensors; i++) {
+            const st_tensor *ti = &gr->lay->tensors[i];
+            hsize_t dims[2] = {(hsize_t)ti->shape[0], (hsize_t)ti->shape[1]};
+            dsets[at + i] = H5I_INVALID_HID;
+            if ((space = H5Screate_simple(ti->ndim, dims, NULL)) < 0 || grp < 0 ||
+                (dsets[at + i] = H5Dcreate2(grp, ti->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)) < 0) {
+                if (!e) {
+                    st_h5_snapshot();
+                    e = st_h5_error_set(__FILE__, __LINE__, __func__, "%s: cannot create tensor /%s/%s", path,
+                                        gr->path, ti->name);
+                }
+            }
+            st_h5_close(&space);
+        }
+        st_h5_close(&grp);
+    }
+done:
+    st_h5_close(&space);
+    st_h5_close(&grp);
+    if (dcpl >= 0) st_h5_close(&dcpl);
+    return st_agree(g->world, e);
+}
+
+/* The tensors: every dataset created, then each rank writes its pieces with
+ * independent MPI-IO (no synchronisation per tensor: under busy cores each
+ * collective call waited for a descheduled rank, which made a small
+ * checkpoint's save take seconds), then one agreement and the checksums. */
+static st_err write_tensors(hid_t file, const save_job *j, const st_grid *g, const char *path)
+{
+    st_err e = ST_OK;
+    long written = 0;
+    hid_t dxpl = H5I_INVALID_HID, *dsets = calloc((size_t)j->n_sums + 1, sizeof *dsets);
+    write_kick kick = {open(path, O_RDONLY | O_CLOEXEC), 0};
+    if (!dsets) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory for %d tensors", j->n_sums);
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
+    for (int k = 0; k < j->n_sums; k++) dsets[k] = H5I_INVALID_HID;
+    ST_TRY_GOTO(e, create_datasets(file, j, g, path, dsets), done);
+    e = st_h5_dxpl_mpio(0, &dxpl);
+    for (int gi = 0, at = 0; gi < j->n_groups && !e; at += j->groups[gi].lay->n_tensors, gi++) {
+        const tgroup *gr = &j->groups[gi];
+        for (int i = 0; i < gr->lay->n_tensors && !e; i++) {
             size_t bytes = 0;
-            e = write_tensor(grp, gr, &gr->lay->tensors[i], g, dcpl, dxpl, path, &j->sums[gi][i], &bytes);
+            e = write_piece(dsets[at + i], gr, &gr->lay->tensors[i], g, dxpl, path, &j->sums[gi][i], &bytes);
             write_kick_add(&kick, bytes);
             written++;
             if (!e && written == 1) test_pause("tensor", j->meta.pause_ms, path, g->world_rank == 0);
@@ -988,16 +1007,16 @@ static st_err write_tensors(hid_t file, const save_job *j, const st_grid *g, hid
                 e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__,
                                  "%s: injected failure after %ld tensors (SHARDTUNE_CKPT_TEST_FAIL_AFTER)",
                                  path, j->meta.fail_after);
-            ST_TRY_GOTO(e, st_agree(g->world, e), done);
         }
-        st_h5_close(&grp);
     }
+    ST_TRY_GOTO(e, st_agree(g->world, e), done);
     test_pause("checksums", j->meta.pause_ms, path, g->world_rank == 0);
-    e = write_checksums(file, j, g, path);
+    e = write_checksums(j, g, dsets);
 done:
     if (kick.fd >= 0) close(kick.fd);
-    st_h5_close(&grp);
-    if (dcpl != H5P_DEFAULT) st_h5_close(&dcpl);
+    for (int k = 0; dsets && k < j->n_sums; k++) st_h5_close(&dsets[k]);
+    free(dsets);
+    st_h5_close(&dxpl);
     return st_agree(g->world, e);
 }
 
@@ -1074,7 +1093,7 @@ static st_err write_tmp(const char *tmp, const save_job *j, const st_grid *g, co
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
     e = write_header(file, j, cfg, g->world_rank == 0, dxpl);
     ST_TRY_GOTO(e, st_agree(g->world, e), done);
-    e = src ? write_source_tensors(file, src, j, g, tmp) : write_tensors(file, j, g, dxpl, tmp);
+    e = src ? write_source_tensors(file, src, j, g, tmp) : write_tensors(file, j, g, tmp);
 done:
     st_h5_close(&dxpl);
     if (file >= 0 && H5Fclose(file) < 0 && !e) {
