@@ -146,19 +146,22 @@ onednn3-check: deps
 	@bash tests/onednn3.sh
 
 # libFuzzer harnesses for the parsers of outside files (JSONL/CSV, tokenizer
-# files, safetensors, GGUF), each run for FUZZ_SECONDS. Needs clang.
+# files, safetensors, GGUF), each run for FUZZ_SECONDS from the seed corpora of
+# tests/fuzz/seeds.sh (real files of each format). Needs clang.
 FUZZ_SECONDS ?= 60
 FUZZ_SRC := io/jsonl.c io/csv.c $(wildcard io/chat/*.c) $(wildcard io/tok/*.c) $(wildcard io/formats/*.c) \
             io/binfile.c src/core/params.c src/core/config.c src/core/rng.c src/core/err.c
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz needs clang (apt-get install clang)"; exit 1; }
 	@mkdir -p build/fuzz
+	@$(MAKE) --no-print-directory $(BIN)
+	@bash tests/fuzz/seeds.sh $(BIN) build/fuzz/seeds
 	@set -e; for h in tests/fuzz/fuzz_*.c; do n=$$(basename $$h .c); \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	    -I. -Isrc $$(pkg-config --cflags libcjson libpcre2-8 libutf8proc) $$h $(FUZZ_SRC) \
 	    $$(pkg-config --libs libcjson libpcre2-8 libutf8proc) -lz -lm -o build/fuzz/$$n; \
 	  mkdir -p build/fuzz/$$n.corpus; echo "== $$n ($(FUZZ_SECONDS) s)"; \
-	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/$$n.corpus \
+	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/$$n.corpus build/fuzz/seeds/$$n \
 	    > build/fuzz/$$n.log 2>&1 || { tail -n 40 build/fuzz/$$n.log; echo "$$n FAILED"; exit 1; }; \
 	  grep -E 'stat::number_of_executed_units|stat::new_units_added' build/fuzz/$$n.log; \
 	done
