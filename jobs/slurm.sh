@@ -33,6 +33,8 @@ st_srun() {
   trap 'st_forward_stop USR1' USR1
   trap 'st_forward_stop TERM' TERM
   trap 'st_forward_stop INT' INT
+  # a signal between the launch and these traps was only noted: pass it on
+  [ -n "$ST_STOP_SIGNAL" ] && kill -USR1 "$ST_SRUN_PID" 2>/dev/null
   # wait returns early (status > 128) whenever a trapped signal arrives.
   while kill -0 "$ST_SRUN_PID" 2>/dev/null; do wait "$ST_SRUN_PID" 2>/dev/null || true; done
   local rc=0
