@@ -23,22 +23,22 @@ typedef struct {
 
 #define F(field) offsetof(plan_opts, field)
 static const st_option plan_options[] = {
-    {"ranks", ST_OPT_INT, F(ranks), "0", "MPI ranks of the run (0: the fewest nodes of --ranks_per_node ranks that fit)"},
-    {"tp", ST_OPT_INT, F(tp), "0", "tensor-parallel ranks per model copy (0: recommend one)"},
-    {"zero", ST_OPT_BOOL, F(zero), "false", "ZeRO-1: AdamW state split over dp (with --tp; else considered)"},
-    {"recompute", ST_OPT_BOOL, F(recompute), "false", "activation recomputation (with --tp; else considered)"},
-    {"seq", ST_OPT_INT, F(seq), "1024", "tokens per row (seq_len)"},
-    {"batch", ST_OPT_INT, F(batch), "1", "rows per micro-batch on each rank (batch_size)"},
-    {"micro", ST_OPT_INT, F(micro), "1", "micro-batches per step on each dp rank (global_batch / (batch * dp))"},
-    {"precision", ST_OPT_STRING, F(precision), "fp32", "fp32, bf16 or auto, as train's precision (bf16: a bf16 weight copy and rounding scratch; the bf16 matmul rate)"},
-    {"ranks_per_node", ST_OPT_INT, F(ranks_per_node), "0", "ranks on each node (0: min(ranks, this machine's cores)); tp stays inside a node"},
-    {"node_memory", ST_OPT_FLOAT, F(node_memory), "0", "GB of memory per node (0: this machine's)"},
-    {"usable", ST_OPT_FLOAT, F(usable), "0.9", "fraction of a node's memory a run may take (the rest: the system, MPI, files)"},
-    {"node_gflops", ST_OPT_FLOAT, F(node_gflops), "0", "matmul GFLOP/s of a whole node in the run's precision (0: measured here)"},
-    {"mfu", ST_OPT_FLOAT, F(mfu), "0", "fraction of the matmul rate a step reaches (0: measured here, benchmarks/RESULTS.md: 0.55 gpt2, 0.64 llama)"},
-    {"shm_gbs", ST_OPT_FLOAT, F(shm_gbs), "5", "all-reduce GB/s per rank inside a node (measured here: 4-6)"},
-    {"net_gbs", ST_OPT_FLOAT, F(net_gbs), "10", "all-reduce GB/s per node across nodes (100 Gb/s links at 80%)"},
-    {"latency_us", ST_OPT_FLOAT, F(latency_us), "5", "microseconds per message hop"},
+    {"ranks", ST_OPT_INT, F(ranks), "0", "MPI ranks of the run (0: the fewest nodes of --ranks_per_node ranks that fit)", "[0,)"},
+    {"tp", ST_OPT_INT, F(tp), "0", "tensor-parallel ranks per model copy (0: recommend one)", "[0,)"},
+    {"zero", ST_OPT_BOOL, F(zero), "false", "ZeRO-1: AdamW state split over dp (with --tp; else considered)", NULL},
+    {"recompute", ST_OPT_BOOL, F(recompute), "false", "activation recomputation (with --tp; else considered)", NULL},
+    {"seq", ST_OPT_INT, F(seq), "1024", "tokens per row (seq_len)", "[1,)"},
+    {"batch", ST_OPT_INT, F(batch), "1", "rows per micro-batch on each rank (batch_size)", "[1,)"},
+    {"micro", ST_OPT_INT, F(micro), "1", "micro-batches per step on each dp rank (global_batch / (batch * dp))", "[1,)"},
+    {"precision", ST_OPT_STRING, F(precision), "fp32", "fp32, bf16 or auto, as train's precision (bf16: a bf16 weight copy and rounding scratch; the bf16 matmul rate)", NULL},
+    {"ranks_per_node", ST_OPT_INT, F(ranks_per_node), "0", "ranks on each node (0: min(ranks, this machine's cores)); tp stays inside a node", "[0,)"},
+    {"node_memory", ST_OPT_FLOAT, F(node_memory), "0", "GB of memory per node (0: this machine's)", "[0,)"},
+    {"usable", ST_OPT_FLOAT, F(usable), "0.9", "fraction of a node's memory a run may take (the rest: the system, MPI, files)", "(0,1]"},
+    {"node_gflops", ST_OPT_FLOAT, F(node_gflops), "0", "matmul GFLOP/s of a whole node in the run's precision (0: measured here)", "[0,)"},
+    {"mfu", ST_OPT_FLOAT, F(mfu), "0", "fraction of the matmul rate a step reaches (0: measured here, benchmarks/RESULTS.md: 0.55 gpt2, 0.64 llama)", "[0,1]"},
+    {"shm_gbs", ST_OPT_FLOAT, F(shm_gbs), "5", "all-reduce GB/s per rank inside a node (measured here: 4-6)", "(0,)"},
+    {"net_gbs", ST_OPT_FLOAT, F(net_gbs), "10", "all-reduce GB/s per node across nodes (100 Gb/s links at 80%)", "(0,)"},
+    {"latency_us", ST_OPT_FLOAT, F(latency_us), "5", "microseconds per message hop", "[0,)"},
 };
 #undef F
 #define N_PLAN ((int)(sizeof plan_options / sizeof plan_options[0]))
