@@ -23,9 +23,9 @@
 #include "io/inference.h"
 #include "io/tok/tokenizer.h"
 #include "model/classify.h"
+#include "model/decode.h"
 #include "model/lora.h"
 #include "model/model.h"
-#include "mpi/tp.h"
 
 typedef struct {
     char *data, *split, *out, *precision;
@@ -138,58 +138,30 @@ static void trim(char *s)
     memmove(s, s + a, n - a + 1);
 }
 
-/* Greedy answers to the first o->generate prompts (docs whose mask marks the
- * response); exact match after trimming white space. Rank 0 of each tp group
- * of dp rank 0 does them all (generation is a small, sequential job). */
-static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples, const eval_opts *o)
+/* One sft doc as a prompt and its reference answer (trailing eos dropped). */
+typedef struct {
+    int32_t *tok;       /* the doc, malloc'd */
+    size_t p, r1;       /* prompt tok[0, p), reference tok[p, r1) */
+} em_doc;
+
+/* Greedy answers (model/decode.h) to docs[0 .. n) in one batch; counts and
+ * the first samples as exact_match says. */
+static st_err answer_batch(evaluator *v, st_decoder *d, em_doc *docs, int n, int32_t *ans, int *tried, int *matched,
+                           cJSON *samples, const eval_opts *o)
 {
-    *tried = *matched = 0;
-    if (!o->generate || v->classify || !v->x.tok || v->g.dp_rank != 0) return ST_OK;
-    const st_layout *y = &v->x.m.lay;
-    st_model gm;
-    ST_TRY(st_model_create(&gm, &y->cfg, v->g.tp, 1, 64, ST_MODEL_INFER));
-    memcpy(gm.params, v->x.m.params, y->numel * sizeof(float));
-    float *local = malloc(sizeof(float) * y->vocab_l), *full = malloc(sizeof(float) * y->vocab_l * y->tp_size);
-    st_err e = local && full ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-    int eos = st_tokenizer_eos(v->x.tok);
-    /* docs of the split spread evenly over the file (sources are often sorted by class) */
-    const int64_t nd = st_dataset_num_docs(v->ds);
-    const int want = strcmp(o->split, "all") ? (strcmp(o->split, "train") ? 1 : 0) : -1;
-    int64_t in_split = 0, seen = 0;
-    for (int64_t d = 0; d < nd; d++) in_split += want < 0 || st_dataset_doc_split(v->ds, d) == want;
-    const int64_t stride = in_split / o->generate > 1 ? in_split / o->generate : 1;
-    for (int64_t d = 0; !e && d < nd && *tried < o->generate; d++) {
-        if (want >= 0 && st_dataset_doc_split(v->ds, d) != want) continue;
-        if (seen++ % stride) continue;
-        int32_t *tok = NULL;
-        uint8_t *mask = NULL;
-        size_t n = 0, p = 0;
-        if ((e = st_dataset_read_doc(v->ds, d, &tok, &mask, &n))) break;
-        while (p < n && !mask[p]) p++;
-        size_t r1 = n;
-        while (r1 > p && tok[r1 - 1] == eos) r1--;
-        if (p == 0 || p >= n || (int)p + o->max_new > y->cfg.max_seq) { free(tok); free(mask); continue; }
-        st_kvcache c;
-        int32_t out[4096];
-        int nout = 0;
-        if ((e = st_kvcache_create(&c, &gm, 1))) { free(tok); free(mask); break; }
-        for (size_t at = 0; !e && at < p; at += 64)
-            e = st_model_forward_cached(&gm, &c, tok + at, (int)(p - at < 64 ? p - at : 64), local);
-        while (!e && nout < o->max_new && nout < 4096) {
-            if ((e = st_tp_gather_logits(gm.tp, full, local, 1, y->vocab_l))) break;
-            int best = 0;
-            for (int i = 1; i < y->cfg.vocab_size; i++) if (full[i] > full[best]) best = i;
-            if (best == eos) break;
-            out[nout++] = best;
-            if (c.lens[0] >= y->cfg.max_seq) break;
-            e = st_model_forward_cached(&gm, &c, &out[nout - 1], 1, local);
-        }
-        st_kvcache_free(&c);
+    const int32_t eos = st_tokenizer_eos(v->x.tok);
+    const st_decode_opts dopt = {.s = {.temperature = 0}, .max_new = o->max_new, .stop = &eos, .n_stop = eos >= 0};
+    st_decode_row rows[n];
+    for (int i = 0; i < n; i++)
+        rows[i] = (st_decode_row){.prompt = docs[i].tok, .plen = (int)docs[i].p, .out = ans + (size_t)i * o->max_new};
+    ST_TRY(st_decode(d, rows, n, &dopt));
+    st_err e = ST_OK;
+    for (int i = 0; !e && i < n; i++) {
         char *got = NULL, *want = NULL, *prompt = NULL;
         size_t l1, l2, l3;
-        if (!e) e = st_tokenizer_decode(v->x.tok, out, (size_t)nout, &got, &l1);
-        if (!e) e = st_tokenizer_decode(v->x.tok, tok + p, r1 - p, &want, &l2);
-        if (!e) e = st_tokenizer_decode(v->x.tok, tok, p, &prompt, &l3);
+        e = st_tokenizer_decode(v->x.tok, rows[i].out, (size_t)(rows[i].len - rows[i].stopped), &got, &l1);
+        if (!e) e = st_tokenizer_decode(v->x.tok, docs[i].tok + docs[i].p, docs[i].r1 - docs[i].p, &want, &l2);
+        if (!e) e = st_tokenizer_decode(v->x.tok, docs[i].tok, docs[i].p, &prompt, &l3);
         if (!e) {
             trim(got);
             trim(want);
@@ -203,11 +175,61 @@ static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples
                 cJSON_AddItemToArray(samples, s);
             }
         }
-        free(got), free(want), free(prompt), free(tok), free(mask);
+        free(got), free(want), free(prompt);
     }
-    free(local);
-    free(full);
-    st_model_free(&gm);
+    return e;
+}
+
+/* Greedy answers to o->generate prompts (docs whose mask marks the
+ * response) spread evenly over the split; exact match after trimming white
+ * space. The tp group of dp rank 0 does them all, --batch_size at a time. */
+static st_err exact_match(evaluator *v, int *tried, int *matched, cJSON *samples, const eval_opts *o)
+{
+    *tried = *matched = 0;
+    if (!o->generate || v->classify || !v->x.tok || v->g.dp_rank != 0) return ST_OK;
+    const st_layout *y = &v->x.m.lay;
+    const int eos = st_tokenizer_eos(v->x.tok), B = v->x.m.B;
+    st_decoder d;
+    ST_TRY(st_decoder_init(&d, &v->x.m, B));
+    em_doc *docs = calloc((size_t)B, sizeof *docs);
+    int32_t *ans = malloc(sizeof(int32_t) * (size_t)B * o->max_new);
+    st_err e = docs && ans ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    /* docs of the split spread evenly over the file (sources are often sorted by class) */
+    const int64_t nd = st_dataset_num_docs(v->ds);
+    const int want = strcmp(o->split, "all") ? (strcmp(o->split, "train") ? 1 : 0) : -1;
+    int64_t in_split = 0, seen = 0;
+    for (int64_t i = 0; i < nd; i++) in_split += want < 0 || st_dataset_doc_split(v->ds, i) == want;
+    const int64_t stride = in_split / o->generate > 1 ? in_split / o->generate : 1;
+    int n = 0, taken = 0;
+    for (int64_t i = 0; !e && i < nd && taken < o->generate; i++) {
+        if (want >= 0 && st_dataset_doc_split(v->ds, i) != want) continue;
+        if (seen++ % stride) continue;
+        uint8_t *mask = NULL;
+        size_t len = 0, p = 0;
+        em_doc *doc = &docs[n];
+        if ((e = st_dataset_read_doc(v->ds, i, &doc->tok, &mask, &len))) break;
+        while (p < len && !mask[p]) p++;
+        free(mask);
+        doc->p = p;
+        doc->r1 = len;
+        while (doc->r1 > p && doc->tok[doc->r1 - 1] == eos) doc->r1--;
+        if (p == 0 || p >= len || (int)p + o->max_new > y->cfg.max_seq) {
+            free(doc->tok);
+            doc->tok = NULL;
+            continue;
+        }
+        taken++;
+        if (++n == B) {
+            e = answer_batch(v, &d, docs, n, ans, tried, matched, samples, o);
+            for (int k = 0; k < n; k++) free(docs[k].tok), docs[k].tok = NULL;
+            n = 0;
+        }
+    }
+    if (!e && n) e = answer_batch(v, &d, docs, n, ans, tried, matched, samples, o);
+    for (int k = 0; docs && k < B; k++) free(docs[k].tok);
+    free(docs);
+    free(ans);
+    st_decoder_free(&d);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }

@@ -1,10 +1,11 @@
 /* generate.c: `shardtune generate CKPT --prompt TEXT | --prompts FILE.jsonl`.
  *
  * Loads a checkpoint on any grid (tp splits the model, dp ranks take blocks
- * of prompts), runs each prompt through the model once (prefill, in chunks),
- * then decodes a batch of prompts together, one position per new token
- * against the key/value cache. Every tp rank
- * gathers the same logits and draws with the same seed, so all agree on each
+ * of answers) and decodes batches of answers with the engine of
+ * model/decode.h: each prompt runs through the model once (prefill, in
+ * chunks, shared by its --samples answers), then the batch decodes together,
+ * one position per new token against the key/value cache. Every tp rank
+ * gathers the same logits and draws the same number, so all agree on each
  * token without further communication.
  */
 #include <cjson/cJSON.h>
@@ -16,6 +17,7 @@
 
 #include "cmd/commands.h"
 #include "cmd/options.h"
+#include "core/rng.h"
 #include "core/timer.h"
 #include "io/checkpoint.h"
 #include "io/inference.h"
@@ -23,15 +25,14 @@
 #include "io/npy.h"
 #include "io/tok/tokenizer.h"
 #include "kernels/kernels.h"
+#include "model/decode.h"
 #include "model/lora.h"
-#include "model/model.h"
-#include "model/sample.h"
 #include "mpi/comm.h"
 #include "mpi/tp.h"
 
 typedef struct {
     char *prompt, *prompts, *out, *logits, *precision;
-    int max_new, tp, chunk, stop_at_eos, raw, batch;
+    int max_new, tp, chunk, stop_at_eos, raw, batch, samples;
     int64_t seed;
     st_sampling s;
 } gen_opts;
@@ -39,9 +40,9 @@ typedef struct {
 static const st_option gen_options[] = {
     {"prompt", ST_OPT_STRING, offsetof(gen_opts, prompt), NULL, "one prompt (text)", NULL},
     {"prompts", ST_OPT_STRING, offsetof(gen_opts, prompts), NULL, "JSONL file of {\"prompt\": ...} lines (e.g. candidates for raters)", NULL},
-    {"out", ST_OPT_STRING, offsetof(gen_opts, out), NULL, "write {\"prompt\",\"completion\",\"prompt_ids\",\"completion_ids\"} JSON lines here (default: print)", NULL},
-    {"max_new", ST_OPT_INT, offsetof(gen_opts, max_new), "64", "tokens to generate per prompt", "[0,)"},
-    {"logits", ST_OPT_STRING, offsetof(gen_opts, logits), NULL, "write the logits each new token was drawn from (before temperature, top-k, top-p) to this NumPy .npy file: float32, shape (prompts, max_new, vocab), prompt order, NaN after a completion ends", NULL},
+    {"out", ST_OPT_STRING, offsetof(gen_opts, out), NULL, "write {\"prompt\",\"completion\",\"prompt_ids\",\"completion_ids\"} JSON lines here (\"sample\" too with --samples above 1; default: print)", NULL},
+    {"max_new", ST_OPT_INT, offsetof(gen_opts, max_new), "64", "tokens to generate per answer", "[1,)"},
+    {"logits", ST_OPT_STRING, offsetof(gen_opts, logits), NULL, "write the logits each new token was drawn from (before temperature, top-k, top-p) to this NumPy .npy file: float32, shape (prompts x samples, max_new, vocab), in --out's order, NaN after a completion ends", NULL},
     {"temperature", ST_OPT_FLOAT, offsetof(gen_opts, s.temperature), "0.8", "sampling temperature (0 = greedy)", "[0,)"},
     {"top_k", ST_OPT_INT, offsetof(gen_opts, s.top_k), "0", "sample from the k most likely tokens (0 = all)", "[0,)"},
     {"top_p", ST_OPT_FLOAT, offsetof(gen_opts, s.top_p), "0.95", "nucleus sampling threshold (1 = off)", "(0,1]"},
@@ -49,7 +50,8 @@ static const st_option gen_options[] = {
     {"stop_at_eos", ST_OPT_BOOL, offsetof(gen_opts, stop_at_eos), "true", "stop a completion at the end-of-text token", NULL},
     {"tp", ST_OPT_INT, offsetof(gen_opts, tp), "1", "tensor-parallel ranks", "[1,)"},
     {"chunk", ST_OPT_INT, offsetof(gen_opts, chunk), "64", "prompt tokens per prefill pass", "[1,)"},
-    {"batch", ST_OPT_INT, offsetof(gen_opts, batch), "8", "prompts decoded together on each rank", "[1,)"},
+    {"batch", ST_OPT_INT, offsetof(gen_opts, batch), "8", "answers decoded together on each rank", "[1,)"},
+    {"samples", ST_OPT_INT, offsetof(gen_opts, samples), "1", "answers per prompt (candidates for raters), each from its own random stream; the prompt is run once for all of them", "[1,)"},
     {"precision", ST_OPT_STRING, offsetof(gen_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)", NULL},
 };
 #define N_GEN ((int)(sizeof gen_options / sizeof gen_options[0]))
@@ -87,100 +89,94 @@ static st_err encode_prompt(st_tokenizer *tok, const char *prompt, int max_seq, 
     return e;
 }
 
-/* The token ids of one prompt and of its completion, for --out. */
+/* The token ids of one answer's prompt and of its completion, for --out. */
 typedef struct {
     int32_t *prompt, *completion;
     size_t n_prompt, n_completion;
 } gen_ids;
 
-/* Where generation's time went, for the closing line and benchmarks/. */
+/* --logits: the decoder's logits of batch row r go to file row first + r
+ * (tp rank 0 of each dp rank writes; the first failed write is kept and
+ * reported after the batch, while the other tp ranks are still decoding). */
 typedef struct {
-    double first_token;       /* st_since_start() when the first tokens were drawn (-1: not yet) */
-    double prompt_s, decode_s; /* prompts through the model up to the first tokens drawn; the rest */
-    int64_t prompt_tokens, new_tokens; /* new tokens after each row's first */
-} gen_stats;
+    st_npy *f;
+    int64_t first;
+    int max_new, write;
+    st_err werr;
+} gen_logits;
 
-/* Completions of nb prompts at once: each row's prompt is run through the
- * model on its own (lengths differ), then all rows decode together, one
- * position per row per step. outs[r]: malloc'd text of row r's new tokens;
- * rids[r]: row r's prompt and new token ids (malloc'd). lg (NULL: none): the
- * logits file, where row r is prompt first + r. st: the time and tokens
- * are added to it. */
-static st_err complete_batch(st_model *m, st_tokenizer *tok, char **prompts, int nb, st_rng *rngs, char **outs,
-                             gen_ids *rids, float *full, float *local, int *scratch, st_npy *lg, int64_t first,
-                             gen_stats *st, const gen_opts *o)
+static void put_logits(void *ctx, int row, int t, const float *logits, int V)
 {
-    double t0 = st_now();
-    const st_layout *y = &m->lay;
-    const int Vl = y->vocab_l, eos = st_tokenizer_eos(tok);
-    st_kvcache c;
-    ST_TRY(st_kvcache_create(&c, m, nb));
-    int32_t *next = calloc((size_t)nb, sizeof *next), *outids = calloc((size_t)nb * (o->max_new + 1), sizeof *outids);
-    int *nout = calloc((size_t)nb, sizeof *nout), *done = calloc((size_t)nb, sizeof *done);
-    st_err e = next && outids && nout && done ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-    st_err werr = ST_OK;
-    for (int r = 0; !e && r < nb; r++) { /* prefill row r, in chunks */
-        int32_t *ids = NULL;
-        size_t n = 0;
-        if ((e = encode_prompt(tok, prompts[r], y->cfg.max_seq, &ids, &n, o))) break;
-        st->prompt_tokens += (int64_t)n;
-        st_kvcache row = st_kvcache_row(&c, m, r);
-        for (size_t at = 0; !e && at < n; at += (size_t)o->chunk) {
-            int q = (int)(n - at < (size_t)o->chunk ? n - at : (size_t)o->chunk);
-            e = st_model_forward_cached(m, &row, ids + at, q, local + (size_t)r * Vl);
-        }
-        rids[r].prompt = ids, rids[r].n_prompt = n;
-    }
-    for (int step = 0; !e && step < o->max_new; step++) {
-        if ((e = st_tp_gather_logits(m->tp, full, local, nb, Vl))) break;
-        int active = 0;
-        for (int r = 0; r < nb; r++) {
-            next[r] = eos >= 0 ? eos : 0; /* a finished row is fed something; its output is ignored */
-            if (done[r]) continue;
-            float *row = full + (size_t)r * Vl * y->tp_size;   /* the first vocab_size are real */
-            /* a failed write is reported after the batch: the other tp ranks are still decoding */
-            if (lg && y->tp_rank == 0 && !werr)
-                werr = st_npy_put(lg, ((first + r) * o->max_new + step) * (int64_t)y->cfg.vocab_size, row,
-                                  (size_t)y->cfg.vocab_size);
-            int t = st_sample_token(row, y->cfg.vocab_size, &o->s, &rngs[r], scratch);
-            if (o->stop_at_eos && t == eos) { done[r] = 1; continue; }
-            outids[(size_t)r * (o->max_new + 1) + nout[r]++] = next[r] = t;
-            active++;
-        }
-        if (step == 0) {
-            if (st->first_token < 0) st->first_token = st_since_start();
-            st->prompt_s += st_now() - t0;
-            t0 = st_now();
+    gen_logits *g = ctx;
+    if (g->write && !g->werr)
+        g->werr = st_npy_put(g->f, ((g->first + row) * g->max_new + t) * (int64_t)V, logits, (size_t)V);
+}
+
+/* Completions of nb answers at once (model/decode.h): row first + r is
+ * sample j of prompt p, drawn from its own stream (seed, p, j), so its answer
+ * is the same in any batch and on any grid. outs[r]: malloc'd text of row r's
+ * new tokens, the stop token left out; rids[r]: its prompt and new token ids
+ * (malloc'd). lg (NULL: none): the logits file. */
+static st_err complete_batch(st_decoder *d, st_tokenizer *tok, char **prompts, int first, int nb, char **outs,
+                             gen_ids *rids, st_npy *lg, const gen_opts *o)
+{
+    const st_layout *y = &d->m->lay;
+    const int32_t eos = st_tokenizer_eos(tok);
+    gen_logits gl = {.f = lg, .first = first, .max_new = o->max_new, .write = lg && y->tp_rank == 0};
+    const st_decode_opts dopt = {.s = o->s, .max_new = o->max_new, .stop = &eos,
+                                 .n_stop = o->stop_at_eos && eos >= 0, .chunk = o->chunk,
+                                 .on_logits = lg ? put_logits : NULL, .ctx = &gl};
+    st_decode_row *rows = calloc((size_t)nb, sizeof *rows);
+    int32_t *ans = malloc(sizeof(int32_t) * (size_t)nb * o->max_new);
+    st_err e = rows && ans ? ST_OK : st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    for (int r = 0; !e && r < nb; r++) {
+        const int p = (first + r) / o->samples, j = (first + r) % o->samples;
+        if (r > 0 && prompts[r] == prompts[r - 1]) { /* the same prompt: the decoder shares its prefill */
+            rows[r].prompt = rows[r - 1].prompt;
+            rows[r].plen = rows[r - 1].plen;
         } else {
-            st->new_tokens += active;
+            int32_t *ids = NULL;
+            size_t n = 0;
+            if ((e = encode_prompt(tok, prompts[r], y->cfg.max_seq, &ids, &n, o))) break;
+            rows[r].prompt = ids;
+            rows[r].plen = (int)n;
         }
-        if (!active || step + 1 == o->max_new) break;
-        e = st_model_forward_cached(m, &c, next, 1, local);
+        rows[r].key = st_splitmix64(st_splitmix64((uint64_t)o->seed * 1000003ULL + (uint64_t)p) ^ (uint64_t)j);
+        rows[r].out = ans + (size_t)r * o->max_new;
     }
-    if (!e && o->max_new > 0) st->decode_s += st_now() - t0;
-    werr = st_agree(m->tp, werr);   /* the tp group stops together */
+    if (!e) e = st_decode(d, rows, nb, &dopt);
+    st_err werr = st_agree(d->m->tp, gl.werr); /* the tp group stops together */
     if (!e) e = werr;
     for (int r = 0; !e && r < nb; r++) {
+        const size_t n = (size_t)(rows[r].len - rows[r].stopped), len_p = (size_t)rows[r].plen;
         size_t len = 0;
-        e = st_tokenizer_decode(tok, outids + (size_t)r * (o->max_new + 1), (size_t)nout[r], &outs[r], &len);
-        rids[r].completion = malloc(sizeof(int32_t) * (size_t)(nout[r] + 1));
-        if (!e && !rids[r].completion) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
-        if (!e) memcpy(rids[r].completion, outids + (size_t)r * (o->max_new + 1), sizeof(int32_t) * (size_t)nout[r]);
-        rids[r].n_completion = (size_t)nout[r];
+        e = st_tokenizer_decode(tok, rows[r].out, n, &outs[r], &len);
+        rids[r].prompt = malloc(sizeof(int32_t) * len_p);
+        rids[r].completion = malloc(sizeof(int32_t) * (n + 1));
+        if (!e && !(rids[r].prompt && rids[r].completion))
+            e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+        if (e) break;
+        memcpy(rids[r].prompt, rows[r].prompt, sizeof(int32_t) * len_p);
+        memcpy(rids[r].completion, rows[r].out, sizeof(int32_t) * n);
+        rids[r].n_prompt = len_p, rids[r].n_completion = n;
     }
-    free(next), free(outids), free(nout), free(done);
-    st_kvcache_free(&c);
+    for (int r = 0; rows && r < nb; r++)
+        if (r == 0 || rows[r].prompt != rows[r - 1].prompt) free((void *)rows[r].prompt);
+    free(rows);
+    free(ans);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);
     return e;
 }
 
-/* The closing line on stderr: prompt processing and decoding rates, over
- * every dp rank (tokens summed, times the slowest rank's), and the oneDNN
- * primitives cached (they should not grow with every new length). */
-static st_err print_stats(const gen_stats *st, const st_grid *g, const gen_opts *o)
+/* The closing line on stderr (benchmarks/ parse it): prompt processing (up to
+ * each batch's first tokens drawn) and decoding rates, over every dp rank
+ * (tokens summed, times the slowest rank's), and the oneDNN primitives cached
+ * (they should not grow with every new length). rows: answers this rank
+ * decoded (their first tokens belong to the prompt phase). */
+static st_err print_stats(const st_decoder *d, int64_t rows, const st_grid *g, const gen_opts *o)
 {
-    double tok[2] = {g->tp_rank ? 0 : (double)st->prompt_tokens, g->tp_rank ? 0 : (double)st->new_tokens};
-    double sec[2] = {st->prompt_s, st->decode_s};
+    double tok[2] = {g->tp_rank ? 0 : (double)d->prompt_tokens, g->tp_rank ? 0 : (double)(d->tokens - rows)};
+    double sec[2] = {d->prompt_seconds, d->seconds - d->prompt_seconds};
     ST_TRY(st_allreduce(g->world, tok, 2, ST_M_F64, ST_OP_SUM));
     ST_TRY(st_allreduce(g->world, sec, 2, ST_M_F64, ST_OP_MAX));
     if (g->world_rank == 0)
@@ -247,7 +243,8 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
     const gen_opts *o = opts;
     st_grid g;
     ST_TRY(st_grid_init(&g, world, o->tp));
-    if (o->batch < 1 || o->chunk < 1) ST_FAIL(ST_ERR_ARG, "--batch and --chunk must be at least 1");
+    if (o->batch < 1 || o->chunk < 1 || o->samples < 1 || o->max_new < 1)
+        ST_FAIL(ST_ERR_ARG, "--batch, --chunk, --samples and --max_new must be at least 1");
     st_infer x; /* LoRA adapters, if the checkpoint has them, merged into the weights */
     const st_infer_opts io = {.B = o->batch, .T = o->chunk, .merge_lora = 1, .need_tokenizer = 1,
                               .precision = o->precision};
@@ -259,42 +256,41 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
     char **prompts = NULL;
     int np = 0;
     ST_TRY(st_agree(world, read_prompts(&prompts, &np, o)));
-    size_t vpad = (size_t)m->lay.vocab_l * m->lay.tp_size;
-    float *full = malloc(sizeof(float) * vpad * o->batch), *local = malloc(sizeof(float) * m->lay.vocab_l * o->batch);
-    int *scratch = malloc(sizeof(int) * vpad);
-    st_rng *rngs = malloc(sizeof *rngs * o->batch);
-    char **texts = calloc((size_t)np + 1, sizeof *texts);
-    gen_ids *ids = calloc((size_t)np + 1, sizeof *ids);
+    /* row i is sample i % samples of prompt i / samples */
+    const int nrows = np * o->samples;
+    char **rowp = malloc(sizeof *rowp * ((size_t)nrows + 1));
+    char **texts = calloc((size_t)nrows + 1, sizeof *texts);
+    gen_ids *ids = calloc((size_t)nrows + 1, sizeof *ids);
     FILE *out = stdout;
     if (o->out && g.world_rank == 0) {
         out = fopen(o->out, "w");
         if (!out) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write '%s': %s", o->out, strerror(errno));
     }
-    if (!full || !local || !scratch || !rngs || !texts || !ids)
-        e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (!e && (!rowp || !texts || !ids)) e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    for (int i = 0; !e && i < nrows; i++) rowp[i] = prompts[i / o->samples];
+    st_decoder d;
+    memset(&d, 0, sizeof d);
+    if (!e) e = st_decoder_init(&d, m, o->batch);
     e = st_agree(world, e);
-    /* the logits file: world rank 0 makes it (all NaN), each tp rank 0 fills its prompts' rows */
+    /* the logits file: world rank 0 makes it (all NaN), each tp rank 0 fills its rows */
     st_npy lg = {.fd = -1}, *lgp = o->logits ? &lg : NULL;
     if (!e && o->logits) {
-        int64_t shape[3] = {np, o->max_new, m->lay.cfg.vocab_size};
+        int64_t shape[3] = {nrows, o->max_new, m->lay.cfg.vocab_size};
         e = st_agree(world, g.world_rank == 0 ? st_npy_create(o->logits, shape, 3) : ST_OK);
         if (!e) e = st_agree(world, g.tp_rank == 0 ? st_npy_open(&lg, o->logits) : ST_OK);
     }
-    /* dp rank r takes a contiguous block of prompts, in batches */
-    const int lo = (int)((int64_t)np * g.dp_rank / g.dp_size), hi = (int)((int64_t)np * (g.dp_rank + 1) / g.dp_size);
-    gen_stats st = {.first_token = -1};
+    /* dp rank r takes a contiguous block of rows, in batches */
+    const int lo = (int)((int64_t)nrows * g.dp_rank / g.dp_size), hi = (int)((int64_t)nrows * (g.dp_rank + 1) / g.dp_size);
     for (int i = lo; !e && i < hi; i += o->batch) {
         int nb = hi - i < o->batch ? hi - i : o->batch;
-        for (int r = 0; r < nb; r++) st_rng_seed(&rngs[r], (uint64_t)o->seed * 1000003ULL + (uint64_t)(i + r));
-        e = complete_batch(m, tok, prompts + i, nb, rngs, texts + i, ids + i, full, local, scratch, lgp, i, &st,
-                           o);
+        e = complete_batch(&d, tok, rowp + i, i, nb, texts + i, ids + i, lgp, o);
         if (!e && i == lo && g.world_rank == 0)
-            fprintf(stderr, "shardtune generate: first token %.2f s after start\n", st.first_token);
+            fprintf(stderr, "shardtune generate: first token %.2f s after start\n", d.first_token);
     }
     st_err ce = st_npy_close(&lg);
     if (!e) e = ce;
     e = st_agree(world, e);
-    if (!e) e = print_stats(&st, &g, o);
+    if (!e) e = print_stats(&d, hi - lo, &g, o);
     /* the block's lines, in prompt order, gathered to world rank 0 over dp (tp rank 0 ranks) */
     char *mine = NULL;
     size_t mlen = 0;
@@ -302,7 +298,8 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
     for (int i = lo; mem && i < hi; i++) {
         if (o->out) {
             cJSON *j = cJSON_CreateObject();
-            cJSON_AddStringToObject(j, "prompt", prompts[i]);
+            cJSON_AddStringToObject(j, "prompt", rowp[i]);
+            if (o->samples > 1) cJSON_AddNumberToObject(j, "sample", i % o->samples);
             cJSON_AddStringToObject(j, "completion", texts[i]);
             add_ids(j, "prompt_ids", ids[i].prompt, ids[i].n_prompt);
             add_ids(j, "completion_ids", ids[i].completion, ids[i].n_completion);
@@ -312,8 +309,9 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
             cJSON_Delete(j);
         } else {
             int tty = isatty(fileno(stdout));
-            fprintf(mem, "=== prompt %d\n%s%s%s%s\n", i + 1, prompts[i], tty ? "\033[1m" : "", texts[i],
-                    tty ? "\033[0m" : "");
+            fprintf(mem, "=== prompt %d", i / o->samples + 1);
+            if (o->samples > 1) fprintf(mem, ", sample %d", i % o->samples + 1);
+            fprintf(mem, "\n%s%s%s%s\n", rowp[i], tty ? "\033[1m" : "", texts[i], tty ? "\033[0m" : "");
         }
     }
     if (mem) fclose(mem);
@@ -337,16 +335,15 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
         free(all), free(lens);
     }
     free(mine);
-    for (int i = 0; i < np; i++) free(texts[i]), free(ids[i].prompt), free(ids[i].completion);
+    for (int i = 0; texts && i < nrows; i++) free(texts[i]);
+    for (int i = 0; ids && i < nrows; i++) free(ids[i].prompt), free(ids[i].completion);
     free(texts);
     free(ids);
-    free(rngs);
+    free(rowp);
+    st_decoder_free(&d);
     if (out && out != stdout) fclose(out);
     for (int i = 0; i < np; i++) free(prompts[i]);
     free(prompts);
-    free(full);
-    free(local);
-    free(scratch);
     st_infer_close(&x);
     st_grid_free(&g);
     if (e) st_error_trace(__FILE__, __LINE__, __func__);

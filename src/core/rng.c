@@ -158,3 +158,8 @@ void st_normal_fill(float *out, size_t n, uint64_t key, uint64_t first, float sd
     for (size_t j = 0; j < n; j++)
         if (isnan(out[j])) out[j] = (float)(sd * zig_slow(key, first + j));
 }
+
+double st_hash_uniform(uint64_t key, uint64_t index)
+{
+    return (double)(st_splitmix64(key ^ st_splitmix64(index)) >> 11) * 0x1.0p-53;
+}

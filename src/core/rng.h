@@ -41,5 +41,9 @@ uint64_t st_hash_str(const char *s);
  * the rest finish from a xoshiro stream seeded by (key, i). Serial: callers
  * split large ranges over threads. */
 void st_normal_fill(float *out, size_t n, uint64_t key, uint64_t first, float sd);
+/* Uniform draw in [0, 1) determined by (key, index): a counter-based stream
+ * (draw `index` of stream `key` needs no state, so a sampler keyed by what it
+ * samples gives the same draws on any grid and after a resume). */
+double st_hash_uniform(uint64_t key, uint64_t index);
 
 #endif

@@ -670,6 +670,21 @@ st_kvcache st_kvcache_row(const st_kvcache *c, const st_model *m, int b)
     return r;
 }
 
+void st_kvcache_copy_row(st_kvcache *c, const st_model *m, int dst, int src)
+{
+    const st_layout *y = &m->lay;
+    const size_t hd = (size_t)y->head_dim, run = (size_t)c->lens[src] * hd, stride = (size_t)c->max_seq * hd;
+    const size_t per = (size_t)y->n_kv_head_l * stride * y->cfg.n_layer;
+    /* (L, KVl) runs of lens[src] positions */
+    for (size_t h = 0; h < (size_t)y->cfg.n_layer * y->n_kv_head_l; h++) {
+        memcpy(c->k + per * dst + h * stride, c->k + per * src + h * stride, run * sizeof(float));
+        memcpy(c->v + per * dst + h * stride, c->v + per * src + h * stride, run * sizeof(float));
+    }
+    memcpy(c->last + (size_t)dst * y->cfg.d_model, c->last + (size_t)src * y->cfg.d_model,
+           (size_t)y->cfg.d_model * sizeof(float));
+    c->lens[dst] = c->lens[src];
+}
+
 void st_kvcache_free(st_kvcache *c)
 {
     if (c->owner) {

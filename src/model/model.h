@@ -153,6 +153,9 @@ st_err st_kvcache_create(st_kvcache *c, const st_model *m, int B);
 void st_kvcache_free(st_kvcache *c);
 /* A one-row view of row b of c (shares its buffers; nothing to free). */
 st_kvcache st_kvcache_row(const st_kvcache *c, const st_model *m, int b);
+/* Row dst of c becomes a copy of row src (its filled positions and length):
+ * one prompt's prefill shared by the rows that sample from it. */
+void st_kvcache_copy_row(st_kvcache *c, const st_model *m, int dst, int src);
 
 /* Run Tq new tokens (B, Tq) at positions lens[b] .. lens[b]+Tq-1 of each row,
  * append their keys and values to the cache, and write the local logits of
