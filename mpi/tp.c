@@ -77,7 +77,7 @@ void st_tp_embed_backward(float *dwte_local, const float *dout, const int32_t *t
 
 st_err st_tp_cross_entropy(MPI_Comm tp, double *loss_sum, float *dlogits, float *logits,
                            const int32_t *targets, const float *mask, float scale, int64_t N,
-                           int v0, int Vl, int V, float *rowbuf)
+                           int v0, int Vl, int V, float *rowbuf, float *entropy)
 {
     int real = V - v0 < Vl ? V - v0 : Vl; /* columns that are real vocabulary */
     if (real < 0) real = 0;
@@ -101,6 +101,17 @@ st_err st_tp_cross_entropy(MPI_Comm tp, double *loss_sum, float *dlogits, float 
         rtgt[i] = (t >= 0 && t < real) ? l[t] : 0.0f;
     }
     if (size > 1) ST_TRY(tp_allreduce(tp, rsum, 2 * N, ST_OP_SUM));
+    if (entropy) { /* H = log Z + max - E[logit], E[logit] = sum exp(l - max) l / Z */
+        for (int64_t i = 0; i < N; i++) {
+            const float *l = logits + i * Vl;
+            double s = 0.0;
+            for (int j = 0; j < real; j++) s += exp((double)(l[j] - rmax[i])) * l[j];
+            entropy[i] = (float)s;
+        }
+        if (size > 1) ST_TRY(tp_allreduce(tp, entropy, N, ST_OP_SUM));
+        for (int64_t i = 0; i < N; i++)
+            entropy[i] = (float)(log((double)rsum[i]) + rmax[i] - entropy[i] / (double)rsum[i]);
+    }
     /* 3. loss and, on request, its gradient: (softmax - onehot) * mask * scale */
     double total = 0.0;
     for (int64_t i = 0; i < N; i++) {

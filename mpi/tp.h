@@ -72,10 +72,13 @@ void st_tp_embed_backward(float *dwte_local, const float *dout, const int32_t *t
  * (the rest is padding, ignored). Returns in *loss_sum the sum over rows of
  * mask * (logsumexp - logit[target]) * scale (identical on every tp rank), and
  * when dlogits is non-NULL writes d(loss_sum)/d(logits) there (may alias
- * logits). rowbuf is scratch of 3*N floats. */
+ * logits). rowbuf is scratch of 3*N floats; afterwards it holds per row the
+ * maximum logit, the sum of exp(logit - maximum) and the target's logit.
+ * entropy (N), when not NULL, receives each row's softmax entropy in nats
+ * (one more exchange of N floats). */
 st_err st_tp_cross_entropy(MPI_Comm tp, double *loss_sum, float *dlogits, float *logits,
                            const int32_t *targets, const float *mask, float scale, int64_t N,
-                           int v0, int Vl, int V, float *rowbuf);
+                           int v0, int Vl, int V, float *rowbuf, float *entropy);
 
 /* Full logits (N, V) on every rank from the local (N, Vl) slices (generation
  * only; training never calls this). full must hold N * Vl * tp floats; the

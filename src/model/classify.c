@@ -119,7 +119,7 @@ st_err st_cls_forward(st_cls_head *h, st_model *m, const int32_t *tokens, const 
     *loss_sum = 0;
     if (labels) /* one rank's worth: the head is replicated, so no tp exchange */
         ST_TRY(st_tp_cross_entropy(MPI_COMM_SELF, loss_sum, h->logits, h->logits, labels, NULL, scale, B, 0,
-                                   K, K, h->rowbuf));
+                                   K, K, h->rowbuf, NULL));
     return ST_OK;
 }
 

@@ -484,7 +484,8 @@ st_err st_model_reweight(st_model *m, const int32_t *targets, const float *mask,
     ST_TRY(st_tp_linear_forward(m->tp, &head, a->logits, a->lnf, N));
     /* the loss and its gradient w.r.t. the logits, in place */
     ST_TRY(st_tp_cross_entropy(m->tp, loss_sum, a->logits, a->logits, targets, mask, scale, N,
-                               y->vocab_start, y->vocab_l, y->cfg.vocab_size, a->rowbuf));
+                               y->vocab_start, y->vocab_l, y->cfg.vocab_size, a->rowbuf,
+                               m->entropy));
     m->head_is_lm = 1;
     return ST_OK;
 }

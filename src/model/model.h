@@ -64,6 +64,9 @@ typedef struct {
      * start reducing them while the backward pass goes on. NULL = none. */
     st_err (*grad_ready)(void *ctx, size_t lo, size_t hi);
     void *grad_ready_ctx;
+    /* When set (B*T floats), each LM-head loss also writes every position's
+     * entropy of the next-token distribution there (model/rl.c's statistics). */
+    float *entropy;
 } st_model;
 
 enum {
