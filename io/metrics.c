@@ -26,15 +26,18 @@ static void put_num(FILE *f, const char *key, const char *fmt, double x)
 }
 
 void st_metrics_step(st_metrics *m, int64_t step, double loss, double val_loss, double lr,
-                     double grad_norm, double tokens_per_s, double mfu, int64_t tokens_seen)
+                     double grad_norm, double tokens_per_s, double mfu, int64_t tokens_seen,
+                     const st_metric_kv *extra, int n_extra)
 {
     if (!m->f) return;
     fprintf(m->f, "{\"step\":%lld,", (long long)step);
     put_num(m->f, "loss", "%.9g", loss);
-    if (!(val_loss < 0)) {
+    if (!isnan(val_loss)) {
         fprintf(m->f, ",");
         put_num(m->f, "val_loss", "%.9g", val_loss);
     }
+    for (int i = 0; i < n_extra; i++) /* a method's number that does not apply this step is NaN: left out */
+        if (isfinite(extra[i].value)) fprintf(m->f, ",\"%s\":%.9g", extra[i].key, extra[i].value);
     fprintf(m->f, ",\"lr\":%.6g,", lr);
     put_num(m->f, "grad_norm", "%.6g", grad_norm);
     fprintf(m->f, ",\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"tokens\":%lld", tokens_per_s, mfu, (long long)tokens_seen);

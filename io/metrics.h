@@ -15,11 +15,20 @@ typedef struct {
 } st_metrics;
 
 st_err st_metrics_open(st_metrics *m, const char *dir);
-/* One step. val_loss < 0 means "not evaluated at this step". Non-finite
- * numbers are written as null (JSON has no NaN) and mark the line
- * "nonfinite": true. */
+/* A method's own number for the step's line ("reward_mean"). */
+typedef struct {
+    const char *key;
+    double value;
+} st_metric_kv;
+
+/* One step. val_loss NAN means "not evaluated at this step" (a method's
+ * own validation number may be negative). Other non-finite numbers are
+ * written as null (JSON has no NaN) and mark the line
+ * "nonfinite": true. extra (n_extra pairs, may be NULL) are added to the
+ * line, those that are not finite (a number that does not apply) left out. */
 void st_metrics_step(st_metrics *m, int64_t step, double loss, double val_loss, double lr,
-                     double grad_norm, double tokens_per_s, double mfu, int64_t tokens_seen);
+                     double grad_norm, double tokens_per_s, double mfu, int64_t tokens_seen,
+                     const st_metric_kv *extra, int n_extra);
 void st_metrics_close(st_metrics *m);
 /* Keep the lines of steps up to last_step (where a run starts or resumes)
  * and drop the rest, through a rewrite aside and a rename, so that each step

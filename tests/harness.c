@@ -48,9 +48,10 @@ int th_make_dataset_kind(MPI_Comm comm, const char *dir, const char *kind)
         if (!f) return 1;
         unsigned s = 12345;
         const int sft = !strcmp(kind, "sft"), cls = !strcmp(kind, "classify"), pref = !strcmp(kind, "pref");
+        const int rl = !strcmp(kind, "rl"); /* short prompt/response records: RL prompts */
         for (int d = 0; d < 200; d++) {
-            fprintf(f, sft || pref ? "{\"prompt\": \"" : "{\"text\": \"");
-            int n = 4 + d % 13;
+            fprintf(f, sft || pref || rl ? "{\"prompt\": \"" : "{\"text\": \"");
+            int n = rl ? 1 + d % 3 : 4 + d % 13;
             unsigned first = 0;
             for (int w = 0; w < n; w++) {
                 s = s * 1103515245u + 12345u;
@@ -59,7 +60,7 @@ int th_make_dataset_kind(MPI_Comm comm, const char *dir, const char *kind)
                 fprintf(f, "%s%s", w ? " " : "", words[k]);
             }
             if (cls) fprintf(f, ".\", \"label\": \"L%u\"}\n", first % 3);
-            else if (sft) fprintf(f, "?\", \"response\": \"%s\"}\n", words[(first * 7) % 5]);
+            else if (sft || rl) fprintf(f, "?\", \"response\": \"%s\"}\n", words[(first * 7) % 5]);
             else if (pref) /* the chosen answer is the sft rule's, the rejected another word */
                 fprintf(f, "?\", \"chosen\": \"%s\", \"rejected\": \"%s\"}\n", words[(first * 7) % 5],
                         words[(first * 7) % 5 + 1 + d % 7]);
@@ -163,15 +164,18 @@ void th_rm_rf(const char *dir)
 /* Common settings of the equivalence runs. */
 /* rows: the global batch (8; 16 for pairs, so every rank's micro-batch holds whole pairs). */
 static void grid_args(const char **a, int *n, const char *family, const char *dir, const char *data,
-                      char *tpbuf, int tp, int zero, char *bsbuf, int dp, const char *const *extra, int rows)
+                      char *tpbuf, int tp, int zero, char *bsbuf, int dp, const char *const *extra, int rows,
+                      const char *steps)
 {
     static const char *fixed[] = {
         "--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "8", "--model.n_kv_head", "4",
-        "--model.d_ff", "64", "--seq_len", "16", "--steps", "10",
+        "--model.d_ff", "64", "--seq_len", "16",
         "--optim.lr", "3e-3", "--optim.warmup_steps", "2", "--optim.grad_clip", "0.5", "--seed", "7",
         "--log_every", "1", "--eval_every", "0", "--eval_batches", "1", "--plot", "false", "--keep", "1"};
     int k = 0;
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) a[k++] = fixed[i];
+    a[k++] = "--steps";
+    a[k++] = steps;
     a[k++] = "--model.family";
     a[k++] = family;
     /* gpt2 has no grouped-query attention; llama uses 8 query heads over 4 kv heads */
@@ -202,62 +206,104 @@ int th_check_grids(MPI_Comm world, const char *family, const th_grid *grids, int
     return th_check_grids_method(world, family, grids, n_grids, "text", NULL, worst_loss, worst_weight);
 }
 
+int th_read_metric(const char *path, const char *key, double *out, int max)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[8192];
+    int n = 0;
+    while (n < max && fgets(line, sizeof line, f)) {
+        cJSON *j = cJSON_Parse(line);
+        cJSON *v = j ? cJSON_GetObjectItem(j, key) : NULL;
+        if (cJSON_IsNumber(v)) out[n++] = v->valuedouble;
+        cJSON_Delete(j);
+    }
+    fclose(f);
+    return n;
+}
+
+/* The largest relative difference of metric key between two runs' metrics.jsonl
+ * (-1 when either lacks it at some step). */
+static double metric_diff(const char *a, const char *b, const char *key, int steps)
+{
+    double x[64], y[64], d = 0;
+    if (th_read_metric(a, key, x, 64) != steps || th_read_metric(b, key, y, 64) != steps) return -1;
+    for (int i = 0; i < steps; i++) d = fmax(d, fabs(x[i] - y[i]) / fmax(fabs(y[i]), 1e-3));
+    return d;
+}
+
 int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *grids, int n_grids,
                           const char *kind, const char *const *extra, double *worst_loss,
                           double *worst_weight)
 {
+    return th_check_grids_keys(world, family, grids, n_grids, kind, extra, NULL, 10, worst_loss, worst_weight, NULL);
+}
+
+int th_check_grids_keys(MPI_Comm world, const char *family, const th_grid *grids, int n_grids, const char *kind,
+                        const char *const *extra, const char *const *keys, int steps, double *worst_loss,
+                        double *worst_weight, double *worst_key)
+{
+    int n_keys = 0;
+    while (keys && keys[n_keys]) n_keys++;
     int rank = 0, size = 1;
     MPI_Comm_rank(world, &rank);
     MPI_Comm_size(world, &size);
-    char dir[256], data[300], refdir[320], ckpt[400];
+    char dir[256], data[300], refdir[320], ckpt[400], nsteps[16], refm[400];
     th_tmpdir(world, dir, sizeof dir);
     snprintf(data, sizeof data, "%s/data.h5", dir);
+    snprintf(nsteps, sizeof nsteps, "%d", steps);
     if (th_make_dataset_kind(world, dir, kind)) return 1;
     const int rows = strcmp(kind, "pref") ? 8 : 16;
     const char *a[96];
     int n;
     char tpbuf[16], bsbuf[16];
-    double ref_loss[16] = {0};
+    double ref_loss[64] = {0};
     float *ref_w = NULL;
     size_t nw = 0;
     st_config cfg;
     int err = 0;
     snprintf(refdir, sizeof refdir, "%s/ref", dir);
+    snprintf(refm, sizeof refm, "%s/metrics.jsonl", refdir);
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_%08d.h5", refdir, steps);
     if (!rank) {
-        grid_args(a, &n, family, refdir, data, tpbuf, 1, 0, bsbuf, 1, extra, rows);
+        grid_args(a, &n, family, refdir, data, tpbuf, 1, 0, bsbuf, 1, extra, rows, nsteps);
         err = th_train(MPI_COMM_SELF, a);
-        char mp[400];
-        snprintf(mp, sizeof mp, "%s/metrics.jsonl", refdir);
-        if (!err && th_read_losses(mp, ref_loss, 16) != 10) err = 1;
-        snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_00000010.h5", refdir);
+        if (!err && th_read_losses(refm, ref_loss, 64) != steps) err = 1;
         if (!err) err = th_load_weights(ckpt, &cfg, &ref_w, &nw);
     }
     MPI_Bcast(&err, 1, MPI_INT, 0, world);
     if (err) return err;
     *worst_loss = *worst_weight = 0;
+    for (int k = 0; k < n_keys; k++) worst_key[k] = 0;
     for (int g = 0; g < n_grids && !err; g++) {
         char gdir[320];
         snprintf(gdir, sizeof gdir, "%s/grid%d", dir, g);
         grid_args(a, &n, family, gdir, data, tpbuf, grids[g].tp, grids[g].zero, bsbuf, size / grids[g].tp, extra,
-                  rows);
+                  rows, nsteps);
         err = th_train(world, a);
         if (err || rank) continue;
-        double loss[16];
+        double loss[64];
         char mp[400], worst[128] = "";
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", gdir);
-        if (th_read_losses(mp, loss, 16) != 10) { err = 1; continue; }
+        if (th_read_losses(mp, loss, 64) != steps) { err = 1; continue; }
         double dl = 0;
-        for (int i = 0; i < 10; i++) dl = fmax(dl, fabs(loss[i] - ref_loss[i]) / fabs(ref_loss[i]));
+        /* relative, but RL losses may be near 0: then within 1e-3 x ... absolute */
+        for (int i = 0; i < steps; i++) dl = fmax(dl, fabs(loss[i] - ref_loss[i]) / fmax(fabs(ref_loss[i]), 1e-3));
         float *w = NULL;
         size_t nw2 = 0;
         st_config c2;
-        snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_00000010.h5", gdir);
+        snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_%08d.h5", gdir, steps);
         if (th_load_weights(ckpt, &c2, &w, &nw2) || nw2 != nw) { err = 1; continue; }
         double dw = th_max_rel_diff(&cfg, w, ref_w, worst, sizeof worst);
         printf("%s %s grid tp%d x dp%d%s: loss rel diff %.2e, weights rel diff %.2e (%s); losses %.5f -> %.5f\n",
                family, extra && extra[0] ? extra[1] : "pretrain", grids[g].tp, size / grids[g].tp,
-               grids[g].zero ? " ZeRO-1" : "", dl, dw, worst,
-               loss[0], loss[9]);
+               grids[g].zero ? " ZeRO-1" : "", dl, dw, worst, loss[0], loss[steps - 1]);
+        for (int k = 0; keys && keys[k]; k++) {
+            const double dk = metric_diff(mp, refm, keys[k], steps);
+            printf("    %s: rel diff %.2e\n", keys[k], dk);
+            if (dk < 0) err = 1;
+            else if (dk > worst_key[k]) worst_key[k] = dk;
+        }
         fflush(stdout);
         if (dl > *worst_loss) *worst_loss = dl;
         if (dw > *worst_weight) *worst_weight = dw;
@@ -266,6 +312,7 @@ int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *gri
     MPI_Bcast(&err, 1, MPI_INT, 0, world);
     MPI_Bcast(worst_loss, 1, MPI_DOUBLE, 0, world);
     MPI_Bcast(worst_weight, 1, MPI_DOUBLE, 0, world);
+    if (n_keys) MPI_Bcast(worst_key, n_keys, MPI_DOUBLE, 0, world);
     free(ref_w);
     if (!rank && !err) th_rm_rf(dir);
     return err;

@@ -13,7 +13,8 @@
 void th_tmpdir(MPI_Comm comm, char *out, size_t cap);
 /* Write a small corpus and prepare it into DIR/data.h5 with the byte
  * tokenizer on every rank of comm. kind: "text" ({"text"}), "classify"
- * ({"text","label"}, 3 labels), "sft" ({"prompt","response"}) or "pref"
+ * ({"text","label"}, 3 labels), "sft" ({"prompt","response"}), "rl" (the
+ * same with prompts of 1-3 words: RL prompts) or "pref"
  * ({"prompt","chosen","rejected"}: 200 pairs). */
 int th_make_dataset_kind(MPI_Comm comm, const char *dir, const char *kind);
 int th_make_dataset(MPI_Comm comm, const char *dir);
@@ -60,6 +61,17 @@ int th_check_grids_method(MPI_Comm world, const char *family, const th_grid *gri
                           const char *kind, const char *const *extra, double *worst_loss,
                           double *worst_weight);
 
+/* The same with `steps` steps, and the metrics.jsonl keys (NULL-terminated,
+ * may be NULL) to compare with 1x1's at every step too (RL: the rewards and
+ * answer lengths say the grids drew the same answers): worst_key[k], key k's
+ * largest relative difference (denominator at least 1e-3). A key missing
+ * from a run's metrics is an error. */
+int th_check_grids_keys(MPI_Comm world, const char *family, const th_grid *grids, int n_grids, const char *kind,
+                        const char *const *extra, const char *const *keys, int steps, double *worst_loss,
+                        double *worst_weight, double *worst_key);
+/* Values of key in metrics.jsonl (step order); returns how many were read. */
+int th_read_metric(const char *metrics_path, const char *key, double *out, int max);
+
 /* main() of an MPI test that works in one temporary directory: MPI_Init,
  * *rank and dir (the same fresh path on every rank), the tests as one case
  * with this timeout, the directory removed, MPI_Finalize. Returns nonzero
@@ -69,5 +81,7 @@ int th_mpi_dir_main(int *argc, char ***argv, const char *name, int timeout, int 
 
 /* The whole equivalence suite on these grids (tests/grid_suite.c). */
 int th_grid_suite_main(int argc, char **argv, const char *name, const th_grid *grids, int n);
+/* The RL methods' equivalence suite on these grids (tests/rl_suite.c). */
+int th_rl_suite_main(int argc, char **argv, const char *name, const th_grid *grids, int n);
 
 #endif

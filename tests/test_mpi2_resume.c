@@ -4,8 +4,10 @@
  * data-parallel grid, for DPO (whose frozen reference the resumed
  * trainer must rebuild as the run's starting point, not the checkpoint), and
  * in bf16 mixed precision (the resumed trainer must round the loaded weights
- * again). Checkpoints hold fp32 weights whatever the precision, so a run in
- * one precision resumes in the other. */
+ * again), and for GRPO and PPO in the middle of a run (the sampler's state
+ * from the checkpoint; PPO's value model and its moments as parameter sets).
+ * Checkpoints hold fp32 weights whatever the precision, so a run in one
+ * precision resumes in the other. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,61 +26,63 @@ static void join_args(const char **out, const char *const *a, const char *const 
     out[n] = NULL;
 }
 
-/* method NULL: pretraining on text; "dpo": DPO on preference pairs.
- * prec: the precision of the uninterrupted run, the first 10 steps and the
- * resumed 10; bitwise equal results are expected when all three agree, else
+/* steps uninterrupted against steps/2, a checkpoint and a resumed trainer:
+ * pretraining on text (method NULL), or a method on data of kind with its
+ * own arguments; rest_extra: more arguments for the resumed part only.
+ * prec: the precision of the uninterrupted run, the first half and the
+ * resumed half; bitwise equal results are expected when all three agree, else
  * losses within TOL_CROSS_PRECISION (bf16 against fp32 learning, relative). */
 #define TOL_CROSS_PRECISION 1e-2
-static void run_pair_in(const char *family, const char *tp, const char *zero, const char *method,
-                        const char *const prec[3])
+static void run_pair_in(const char *family, const char *tp, const char *zero, const char *kind,
+                        const char *const *method, const char *const *rest_extra, int steps, const char *const prec[3])
 {
     const int exact = !strcmp(prec[0], prec[1]) && !strcmp(prec[1], prec[2]);
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    char dir[256], data[300], full[300], split[300];
+    char dir[256], data[300], full[300], split[300], nsteps[16], half[16], p[400];
     th_tmpdir(MPI_COMM_WORLD, dir, sizeof dir);
-    ck_assert_int_eq(th_make_dataset_kind(MPI_COMM_WORLD, dir, method ? "pref" : "text"), 0);
+    ck_assert_int_eq(th_make_dataset_kind(MPI_COMM_WORLD, dir, kind), 0);
     snprintf(data, sizeof data, "%s/data.h5", dir);
     snprintf(full, sizeof full, "%s/full", dir);
     snprintf(split, sizeof split, "%s/split", dir);
+    snprintf(nsteps, sizeof nsteps, "%d", steps);
+    snprintf(half, sizeof half, "%d", steps / 2);
 #define COMMON "--model.family", family, "--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "4", \
     "--model.n_kv_head", strcmp(family, "gpt2") ? "2" : "4", "--model.d_ff", "64", "--seq_len", "16",          \
-    "--batch_size", "2", "--global_batch", "8", "--steps", "20", "--optim.lr", "3e-3",                        \
+    "--batch_size", "2", "--global_batch", "8", "--steps", nsteps, "--optim.lr", "3e-3",                      \
     "--optim.warmup_steps", "3", "--seed", "11", "--eval_every", "5", "--eval_batches", "1", "--plot", "false", \
     "--grid.tp", tp, "--grid.zero", zero, "--data.train", data, "--keep", "0"
-    static const char *const dpo[] = {"--method", "dpo", "--seq_len", "160", "--global_batch", "16",
-                                      "--batch_size", "4", NULL};
-    const char *a[80];
-    const char *a_full[] = {COMMON, "--out_dir", full, "--save_every", "20", "--precision", prec[0], NULL};
-    join_args(a, a_full, method ? dpo : NULL);
+    const char *a[96], *b[96];
+    const char *a_full[] = {COMMON, "--out_dir", full, "--save_every", nsteps, "--precision", prec[0], NULL};
+    join_args(a, a_full, method);
     ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
-    /* interrupted after step 10 (the schedule still runs to 20) ... */
-    const char *a_first[] = {COMMON, "--out_dir", split, "--save_every", "10", "--stop_after", "10",
+    /* interrupted half way (the schedule still runs to the end) ... */
+    const char *a_first[] = {COMMON, "--out_dir", split, "--save_every", half, "--stop_after", half,
                              "--precision", prec[1], NULL};
-    join_args(a, a_first, method ? dpo : NULL);
+    join_args(a, a_first, method);
     ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
     /* ... and a new trainer that finds the checkpoint and goes on */
-    const char *a_rest[] = {COMMON, "--out_dir", split, "--save_every", "10", "--resume", "auto",
+    const char *a_rest[] = {COMMON, "--out_dir", split, "--save_every", half, "--resume", "auto",
                             "--precision", prec[2], NULL};
-    join_args(a, a_rest, method ? dpo : NULL);
+    join_args(b, a_rest, method);
+    join_args(a, b, rest_extra);
     ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
     if (rank == 0) {
         double lf[32], ls[32];
-        char p[400];
         snprintf(p, sizeof p, "%s/metrics.jsonl", full);
-        ck_assert_int_eq(th_read_losses(p, lf, 32), 20);
+        ck_assert_int_eq(th_read_losses(p, lf, 32), steps);
         snprintf(p, sizeof p, "%s/metrics.jsonl", split);
-        ck_assert_int_eq(th_read_losses(p, ls, 32), 20); /* appended across the resume */
-        for (int i = 0; i < 20; i++)
+        ck_assert_int_eq(th_read_losses(p, ls, 32), steps); /* appended across the resume */
+        for (int i = 0; i < steps; i++)
             ck_assert_msg(exact ? lf[i] == ls[i] : fabs(lf[i] - ls[i]) <= TOL_CROSS_PRECISION * fabs(lf[i]),
                           "%s tp%s zero=%s %s/%s/%s: step %d loss %.9g (uninterrupted) vs %.9g (resumed)",
                           family, tp, zero, prec[0], prec[1], prec[2], i + 1, lf[i], ls[i]);
         st_config c1, c2;
         float *w1, *w2;
         size_t n1, n2;
-        snprintf(p, sizeof p, "%s/ckpt/step_00000020.h5", full);
+        snprintf(p, sizeof p, "%s/ckpt/step_%08d.h5", full, steps);
         ck_assert_int_eq(th_load_weights(p, &c1, &w1, &n1), 0);
-        snprintf(p, sizeof p, "%s/ckpt/step_00000020.h5", split);
+        snprintf(p, sizeof p, "%s/ckpt/step_%08d.h5", split, steps);
         ck_assert_int_eq(th_load_weights(p, &c2, &w2, &n2), 0);
         ck_assert(n1 == n2);
         if (exact)
@@ -90,10 +94,11 @@ static void run_pair_in(const char *family, const char *tp, const char *zero, co
 #undef COMMON
 }
 
-static void run_pair(const char *family, const char *tp, const char *zero, const char *method)
+static void run_pair(const char *family, const char *tp, const char *zero, const char *kind,
+                     const char *const *method, const char *const *rest_extra, int steps)
 {
     static const char *const fp32[3] = {"fp32", "fp32", "fp32"};
-    run_pair_in(family, tp, zero, method, fp32);
+    run_pair_in(family, tp, zero, kind, method, rest_extra, steps, fp32);
 }
 
 /* --resume auto reads each candidate once, with its load: a damaged newest
@@ -189,24 +194,46 @@ START_TEST(init_from_draws_only_init_skip)
 }
 END_TEST
 
-START_TEST(resume_is_exact_tp2) { run_pair("llama", "2", "false", NULL); }
+static const char *const dpo[] = {"--method", "dpo", "--seq_len", "160", "--global_batch", "16", "--batch_size", "4",
+                                  NULL};
+/* RL: the sampler's state comes from the checkpoint, so a resumed run given
+ * another rl.seed still draws the answers the uninterrupted run drew */
+static const char *const other_seed[] = {"--rl.seed", "999", NULL};
+#define RL_ARGS "--seq_len", "64", "--rl.max_new", "8", "--rl.reward.regex", "^[a-m]", \
+    "--rl.reward.length_penalty", "0.5", "--rl.epochs", "2"
+
+START_TEST(resume_is_exact_tp2) { run_pair("llama", "2", "false", "text", NULL, NULL, 20); }
 END_TEST
-START_TEST(resume_is_exact_dp2_zero) { run_pair("gpt2", "1", "true", NULL); }
+START_TEST(resume_is_exact_dp2_zero) { run_pair("gpt2", "1", "true", "text", NULL, NULL, 20); }
 END_TEST
-START_TEST(resume_is_exact_dpo_tp2) { run_pair("llama", "2", "false", "dpo"); }
+START_TEST(resume_is_exact_dpo_tp2) { run_pair("llama", "2", "false", "pref", dpo, NULL, 20); }
+END_TEST
+START_TEST(resume_is_exact_grpo_tp2)
+{
+    static const char *const grpo[] = {"--method", "grpo", RL_ARGS, "--rl.group_size", "4", "--rl.kl_coef", "0.1",
+                                       NULL};
+    run_pair("llama", "2", "false", "rl", grpo, other_seed, 6);
+}
+END_TEST
+START_TEST(resume_is_exact_ppo_dp2_zero)
+{
+    /* the value model (its own parameter sets and moments) starts from the policy's start */
+    static const char *const ppo[] = {"--method", "ppo", RL_ARGS, "--rl.reward.missing_eos", "1", NULL};
+    run_pair("llama", "1", "true", "rl", ppo, other_seed, 6);
+}
 END_TEST
 START_TEST(resume_is_exact_bf16_tp2)
 {
     static const char *const bf16[3] = {"bf16", "bf16", "bf16"};
-    run_pair_in("llama", "2", "false", NULL, bf16);
+    run_pair_in("llama", "2", "false", "text", NULL, NULL, 20, bf16);
 }
 END_TEST
 START_TEST(precisions_resume_each_other)
 {
     /* bf16 then fp32 against fp32 throughout, and fp32 then bf16 against bf16 */
     static const char *const a[3] = {"fp32", "bf16", "fp32"}, *const b[3] = {"bf16", "fp32", "bf16"};
-    run_pair_in("gpt2", "1", "true", NULL, a);
-    run_pair_in("gpt2", "1", "true", NULL, b);
+    run_pair_in("gpt2", "1", "true", "text", NULL, NULL, 20, a);
+    run_pair_in("gpt2", "1", "true", "text", NULL, NULL, 20, b);
 }
 END_TEST
 
@@ -219,6 +246,8 @@ int main(int argc, char **argv)
     tcase_add_test(tc, resume_is_exact_tp2);
     tcase_add_test(tc, resume_is_exact_dp2_zero);
     tcase_add_test(tc, resume_is_exact_dpo_tp2);
+    tcase_add_test(tc, resume_is_exact_grpo_tp2);
+    tcase_add_test(tc, resume_is_exact_ppo_dp2_zero);
     tcase_add_test(tc, resume_is_exact_bf16_tp2);
     tcase_add_test(tc, precisions_resume_each_other);
     tcase_add_test(tc, resume_auto_passes_over_a_damaged_checkpoint);

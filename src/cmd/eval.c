@@ -9,13 +9,13 @@
  * results as a table on rank 0 and as JSON with --out.
  */
 #include <cjson/cJSON.h>
-#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmd/answer.h"
 #include "cmd/commands.h"
 #include "cmd/options.h"
 #include "io/checkpoint.h"
@@ -130,14 +130,6 @@ static st_err score(evaluator *v, double sums[3], const eval_opts *o)
     return ST_OK;
 }
 
-static void trim(char *s)
-{
-    size_t n = strlen(s), a = 0;
-    while (n && isspace((unsigned char)s[n - 1])) s[--n] = 0;
-    while (s[a] && isspace((unsigned char)s[a])) a++;
-    memmove(s, s + a, n - a + 1);
-}
-
 /* One sft doc as a prompt and its reference answer (trailing eos dropped). */
 typedef struct {
     int32_t *tok;       /* the doc, malloc'd */
@@ -158,13 +150,11 @@ static st_err answer_batch(evaluator *v, st_decoder *d, em_doc *docs, int n, int
     st_err e = ST_OK;
     for (int i = 0; !e && i < n; i++) {
         char *got = NULL, *want = NULL, *prompt = NULL;
-        size_t l1, l2, l3;
-        e = st_tokenizer_decode(v->x.tok, rows[i].out, (size_t)(rows[i].len - rows[i].stopped), &got, &l1);
-        if (!e) e = st_tokenizer_decode(v->x.tok, docs[i].tok + docs[i].p, docs[i].r1 - docs[i].p, &want, &l2);
-        if (!e) e = st_tokenizer_decode(v->x.tok, docs[i].tok, docs[i].p, &prompt, &l3);
+        size_t len;
+        e = st_answer_text(v->x.tok, rows[i].out, (size_t)(rows[i].len - rows[i].stopped), &got);
+        if (!e) e = st_answer_text(v->x.tok, docs[i].tok + docs[i].p, docs[i].r1 - docs[i].p, &want);
+        if (!e) e = st_tokenizer_decode(v->x.tok, docs[i].tok, docs[i].p, &prompt, &len);
         if (!e) {
-            trim(got);
-            trim(want);
             (*tried)++;
             *matched += !strcmp(got, want);
             if (samples && cJSON_GetArraySize(samples) < 8) {

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cmd/method.h"
+#include "cmd/rl.h"
 #include "model/dpo.h"
 
 /* ---- language modelling: pretrain, sft --------------------------------------- */
@@ -173,16 +174,22 @@ static void dpo_free(trainer *t)
 /* ---- the table -------------------------------------------------------------------------- */
 
 static const st_method methods[] = {
-    {"pretrain", "loss on every next token (continued pretraining on domain text)", 1, 0, ST_HEAD_NONE, 1, NULL,
-     NULL, lm_forward, lm_backward, NULL, NULL},
-    {"sft", "loss where the dataset's mask says (responses)", 0, 0, ST_HEAD_NONE, 1, NULL, NULL, lm_forward,
-     lm_backward, NULL, NULL},
-    {"classify", "a head over the dataset's labels", 0, 0, ST_HEAD_LABELS, 0, "accuracy", head_setup,
-     classify_forward, head_backward, NULL, head_free},
-    {"reward", "a scalar head on preference pairs: -log sigmoid(r_chosen - r_rejected)", 0, 1, ST_HEAD_SCALAR, 0,
-     "pair accuracy", head_setup, reward_forward, head_backward, NULL, head_free},
-    {"dpo", "the language model on preference pairs against a frozen copy of its starting weights", 0, 1,
-     ST_HEAD_NONE, 0, "pair accuracy", dpo_setup, dpo_forward, lm_backward, dpo_load_start, dpo_free},
+    {.name = "pretrain", .summary = "loss on every next token (continued pretraining on domain text)", .stream = 1,
+     .token_loss = 1, .forward = lm_forward, .backward = lm_backward},
+    {.name = "sft", .summary = "loss where the dataset's mask says (responses)", .token_loss = 1,
+     .forward = lm_forward, .backward = lm_backward},
+    {.name = "classify", .summary = "a head over the dataset's labels", .head = ST_HEAD_LABELS,
+     .metric = "accuracy", .setup = head_setup, .forward = classify_forward, .backward = head_backward,
+     .free = head_free},
+    {.name = "reward", .summary = "a scalar head on preference pairs: -log sigmoid(r_chosen - r_rejected)",
+     .pairs = 1, .head = ST_HEAD_SCALAR, .metric = "pair accuracy", .setup = head_setup,
+     .forward = reward_forward, .backward = head_backward, .free = head_free},
+    {.name = "dpo", .summary = "the language model on preference pairs against a frozen copy of its starting weights",
+     .pairs = 1, .metric = "pair accuracy", .setup = dpo_setup, .forward = dpo_forward, .backward = lm_backward,
+     .load_start = dpo_load_start, .free = dpo_free},
+    ST_RL_METHOD("grpo", "on-policy RL: groups of answers per prompt, rewards normalised within the group"),
+    ST_RL_METHOD("rloo", "on-policy RL: each answer's baseline is the mean reward of the others of its prompt"),
+    ST_RL_METHOD("ppo", "on-policy RL: a value model, GAE, per-token KL penalty, several epochs per rollout"),
 };
 
 const st_method *st_method_find(const char *name)
@@ -192,4 +199,4 @@ const st_method *st_method_find(const char *name)
     return NULL;
 }
 
-const char *st_method_names(void) { return "pretrain, sft, classify, reward, dpo"; }
+const char *st_method_names(void) { return "pretrain, sft, classify, reward, dpo, grpo, rloo, ppo"; }

@@ -53,10 +53,35 @@ static const st_option train_options[] = {
     {"seq_len", ST_OPT_INT, F(seq_len), "128", "tokens per row", "[1,)"},
     {"batch_size", ST_OPT_INT, F(batch_size), "8", "rows per micro-batch on each rank", "[1,)"},
     {"global_batch", ST_OPT_INT, F(global_batch), "0", "rows per optimizer step over all dp ranks (0 = batch_size * dp); a multiple of batch_size * dp gives gradient accumulation", "[0,)"},
-    {"method", ST_OPT_STRING, F(method), "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses), classify (a head over the dataset's labels), reward (a scalar head trained on preference pairs: -log sigmoid(r_chosen - r_rejected)) or dpo (the language model on preference pairs against a frozen copy of its starting weights)", NULL},
+    {"method", ST_OPT_STRING, F(method), "pretrain", "pretrain (loss on every token), sft (loss where the dataset's mask says: responses), classify (a head over the dataset's labels), reward (a scalar head trained on preference pairs: -log sigmoid(r_chosen - r_rejected)) dpo (the language model on preference pairs against a frozen copy of its starting weights), or on-policy RL on the prompts of sft/chat data: grpo (group-normalised rewards), rloo (leave-one-out baseline) or ppo (value model, GAE)", NULL},
     {"classify.bias", ST_OPT_BOOL, F(cls_bias), "true", "methods classify and reward: train score.bias (false: held at 0, the head Hugging Face's *ForSequenceClassification has, so `export --to hf:DIR` can write it)", NULL},
     {"dpo.beta", ST_OPT_FLOAT, F(dpo_beta), "0.1", "method dpo: the strength of the pull towards the reference (TRL's beta)", "(0,)"},
     {"classify.pool", ST_OPT_STRING, F(pool), "last", "method classify: pool the last token's state (last) or all tokens' (mean)", NULL},
+    {"rl.group_size", ST_OPT_INT, F(rl.group_size), "0", "methods grpo, rloo, ppo: answers sampled per prompt (0: grpo 8, rloo 2, ppo 1); global_batch counts answers", "[0,)"},
+    {"rl.max_new", ST_OPT_INT, F(rl.max_new), "64", "RL: answer tokens at most (and prompt + answer within seq_len)", "[1,)"},
+    {"rl.temperature", ST_OPT_FLOAT, F(rl.temperature), "1", "RL: sampling temperature of the answers (log-probabilities are taken at 1: keep 1 for an unbiased gradient)", "(0,)"},
+    {"rl.top_k", ST_OPT_INT, F(rl.top_k), "0", "RL: sample from the k most likely tokens (0 = all)", "[0,)"},
+    {"rl.top_p", ST_OPT_FLOAT, F(rl.top_p), "1", "RL: nucleus sampling threshold (1 = off)", "(0,1]"},
+    {"rl.stop", ST_OPT_STRING, F(rl.stop), NULL, "RL: more tokens that end an answer, by their text (eos and the templates' end-of-turn tokens <|im_end|>, <|eot_id|>, <|end|>, <end_of_turn> always do)", NULL},
+    {"rl.seed", ST_OPT_INT64, F(rl.seed), "0", "RL: sampling seed (0 = seed); answer j of prompt sample g draws from stream (seed, g, j)", NULL},
+    {"rl.clip", ST_OPT_FLOAT, F(rl.clip), "0.2", "RL: the policy ratio is clipped to [1 - clip, 1 + clip]", "(0,1)"},
+    {"rl.kl_coef", ST_OPT_FLOAT, F(rl.kl_coef), "-1", "RL: weight of the KL divergence to the frozen reference (the run's start): grpo a k3 term in the loss (default 0: no reference), rloo per answer in the reward (0.05), ppo per token in the reward (0.05); -1 = the method's default", "[-1,)"},
+    {"rl.epochs", ST_OPT_INT, F(rl.epochs), "0", "RL: passes over each step's answers (0: grpo and rloo 1, ppo 4)", "[0,)"},
+    {"rl.minibatches", ST_OPT_INT, F(rl.minibatches), "1", "RL: optimizer updates per pass (the step's answers split in this many parts)", "[1,)"},
+    {"rl.scale_rewards", ST_OPT_BOOL, F(rl.scale_rewards), "true", "grpo: divide advantages by the group's reward std (false: Dr. GRPO)", NULL},
+    {"rl.gamma", ST_OPT_FLOAT, F(rl.gamma), "1", "ppo: discount", "[0,1]"},
+    {"rl.lambda", ST_OPT_FLOAT, F(rl.lambda), "0.95", "ppo: GAE lambda", "[0,1]"},
+    {"rl.vf_coef", ST_OPT_FLOAT, F(rl.vf_coef), "0.1", "ppo: weight of the value loss", "[0,)"},
+    {"rl.value_clip", ST_OPT_FLOAT, F(rl.value_clip), "0.2", "ppo: the value's clip range around its rollout value", "(0,)"},
+    {"rl.value_from", ST_OPT_PATH, F(rl.value_from), NULL, "ppo: checkpoint the value model starts from (default: the reward model, else init_from)", NULL},
+    {"rl.reward.model", ST_OPT_PATH, F(rl.reward.model), NULL, "RL: a reward model's checkpoint (method reward; LoRA merged) scoring prompt + answer", NULL},
+    {"rl.reward.model_weight", ST_OPT_FLOAT, F(rl.reward.model_weight), "1", "RL: weight of the reward model's score", NULL},
+    {"rl.reward.exact", ST_OPT_FLOAT, F(rl.reward.exact), "0", "RL: weight of a rule: the answer (trimmed) equals the reference answer", NULL},
+    {"rl.reward.contains", ST_OPT_FLOAT, F(rl.reward.contains), "0", "RL: weight of a rule: the answer contains the reference answer (e.g. a label name)", NULL},
+    {"rl.reward.regex", ST_OPT_STRING, F(rl.reward.regex), NULL, "RL: a rule: the answer matches this PCRE2 pattern ({reference} stands for the reference answer, quoted)", NULL},
+    {"rl.reward.regex_weight", ST_OPT_FLOAT, F(rl.reward.regex_weight), "1", "RL: weight of the regex rule", NULL},
+    {"rl.reward.length_penalty", ST_OPT_FLOAT, F(rl.reward.length_penalty), "0", "RL: minus this times answer tokens / rl.max_new", "[0,)"},
+    {"rl.reward.missing_eos", ST_OPT_FLOAT, F(rl.reward.missing_eos), "0", "RL: minus this for an answer that did not end with a stop token", "[0,)"},
     {"lora.rank", ST_OPT_INT, F(lora.rank), "0", "LoRA adapters of this rank on a frozen base (0 = full fine-tuning)", "[0,)"},
     {"lora.alpha", ST_OPT_FLOAT, F(lora.alpha), "16", "LoRA scale numerator: adapters add (alpha/rank) B A x", "(0,)"},
     {"lora.dropout", ST_OPT_FLOAT, F(lora.dropout), "0", "dropout on the adapters' input", "[0,1)"},
@@ -362,6 +387,7 @@ static st_err load_resume(trainer *t, const char *path, int *fatal)
         ST_TRY(e);
     }
     t->adam.step = c.adam_step;
+    memcpy(t->rng, s.rng, sizeof t->rng); /* the method's random state goes on where it was */
     t->start_step = s.step;
     t->tokens_seen = s.tokens_seen;
     const int64_t planned = s.total_steps;
@@ -491,6 +517,7 @@ static st_err save(trainer *t, int64_t step)
                         .total_steps = o->steps,
                         .data_cursor = step * o->global_batch, .recipe = (char *)t->recipe_text,
                         .method = o->method};
+    memcpy(s.rng, t->rng, sizeof s.rng);
     const char *kind = NULL;
     uint8_t *blob = NULL;
     size_t n = 0;
@@ -506,11 +533,13 @@ static st_err save(trainer *t, int64_t step)
 
 /* ---- the step --------------------------------------------------------------- */
 
-/* One optimizer step. A non-finite loss or gradient norm (the same on every
- * rank: both are reduced) leaves the weights and moments as they were and
- * sets *skipped. */
-static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gnorm_out, int64_t *ntok_out,
-                         int *skipped)
+/* One optimizer update: plan->micro micro-batches on each rank (forward,
+ * backward, the dp reduction overlapped with the last backward), the mean
+ * over what counted, the global-norm clip, AdamW. *loss = the update's mean
+ * loss. A non-finite loss or gradient norm (the same on every rank: both are
+ * reduced) leaves the weights and moments as they were and sets *skipped. */
+static st_err update(trainer *t, int64_t step, int u, const st_step_plan *plan, double *loss_out, double *gnorm_out,
+                     int *skipped)
 {
     const train_opts *o = t->o;
     st_model *m = &t->model;
@@ -519,14 +548,15 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
     double sums[3] = {0, 0, 0}; /* loss, count, correct */
     st_model_zero_grad(m);
     for (int e = 0; e < t->n_extra; e++) memset(t->extra[e].grads, 0, t->extra[e].lay->numel * sizeof(float));
-    for (int k = 0; k < t->micro_per_step; k++) {
+    for (int k = 0; k < plan->micro; k++) {
         int64_t g0 = step * o->global_batch + t->grid.dp_rank * rows_per_rank + (int64_t)k * B;
         st_timer_start(&t->timers, ST_PH_DATA);
-        ST_TRY(st_loader_fill(t->train, &t->batch, g0, B, o->shuffle));
+        if (t->method->fill) ST_TRY(t->method->fill(t, u, k, &g0));
+        else ST_TRY(st_loader_fill(t->train, &t->batch, g0, B, o->shuffle));
         st_timer_stop(&t->timers, ST_PH_DATA);
         /* on the last micro-batch, finished layers start their dp reduction
          * while the backward pass goes on */
-        if (k == t->micro_per_step - 1 && t->body_trainable) {
+        if (k == plan->micro - 1 && t->body_trainable) {
             st_dp_begin(&t->dp);
             m->grad_ready = on_grad_ready;
             m->grad_ready_ctx = t;
@@ -570,7 +600,6 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
     double gnorm = sqrt(sq[0] + sq[1]);
     *loss_out = sums[0] / sums[1];
     *gnorm_out = gnorm;
-    *ntok_out = (int64_t)o->global_batch * T;
     *skipped = !isfinite(*loss_out) || !isfinite(gnorm);
     if (*skipped) {
         st_timer_stop(&t->timers, ST_PH_OPTIMIZER);
@@ -589,6 +618,31 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
         st_adamw_update(&t->extra[e].adam, t->extra[e].params, t->extra[e].grads, lr);
     }
     st_timer_stop(&t->timers, ST_PH_OPTIMIZER);
+    return ST_OK;
+}
+
+/* One step: the method's rollout, if it has one (RL: generation and
+ * rewards), then its updates. *loss, *gnorm: their mean; *ntok: the tokens
+ * the updates trained on, over all ranks. An update that is not finite ends
+ * the step there (*skipped; the earlier updates of a step of several stay
+ * applied). */
+static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gnorm_out, int64_t *ntok_out,
+                         int *skipped)
+{
+    const train_opts *o = t->o;
+    st_step_plan plan = {1, t->micro_per_step};
+    if (t->method->rollout) ST_TRY(st_agree(t->grid.world, t->method->rollout(t, step, &plan)));
+    double loss = 0, gnorm = 0;
+    int done = 0;
+    *skipped = 0;
+    while (done < plan.updates && !*skipped) {
+        double l = 0, g = 0;
+        ST_TRY(update(t, step, done, &plan, &l, &g, skipped));
+        loss += l, gnorm += g, done++;
+    }
+    *loss_out = loss / done;
+    *gnorm_out = gnorm / done;
+    *ntok_out = (int64_t)done * plan.micro * o->batch_size * t->grid.dp_size * o->seq_len;
     return ST_OK;
 }
 
@@ -613,15 +667,21 @@ static st_err on_nonfinite(trainer *t, int64_t step, double loss, double gnorm)
 /* Mean loss (and the method's metric) over the first eval_batches x
  * batch_size rows of the validation split, whatever the grid: the dp ranks
  * split those rows (whole pairs for pair methods), so the number compares
- * across node counts. */
+ * across node counts. A method with its own evaluation (RL: the greedy
+ * answers' reward) gives its numbers instead. NAN: no evaluation. */
 static st_err eval_loss(trainer *t, double *out, double *acc)
 {
     const train_opts *o = t->o;
-    *out = *acc = -1;
+    *out = *acc = NAN;
     if (!t->val) return ST_OK;
     st_timer_start(&t->timers, ST_PH_EVAL);
-    const int B = o->batch_size;
     if (t->lora) st_lora_set_step(t->lora, 0, 0);
+    if (t->method->evaluate) {
+        ST_TRY(st_agree(t->grid.world, t->method->evaluate(t, out, acc)));
+        st_timer_stop(&t->timers, ST_PH_EVAL);
+        return ST_OK;
+    }
+    const int B = o->batch_size;
     const int64_t unit = t->method->pairs ? 2 : 1, dp = t->grid.dp_size, r = t->grid.dp_rank;
     int64_t n = st_loader_num_samples(t->val), want = (int64_t)o->eval_batches * B;
     const int64_t units = (want < n ? want : n) / unit;
@@ -641,20 +701,32 @@ static st_err eval_loss(trainer *t, double *out, double *acc)
     return ST_OK;
 }
 
+/* "loss 1.2345 (perplexity 3.44), accuracy 51.00%", or a method's own
+ * evaluation: "reward 0.4100" */
+static void fmt_eval(const trainer *t, char *buf, size_t n, double val, double acc)
+{
+    if (t->method->evaluate) {
+        snprintf(buf, n, "%s %.4f", t->method->metric, acc);
+        return;
+    }
+    int k = snprintf(buf, n, "loss %.4f", val);
+    if (t->method->token_loss && k < (int)n) k += snprintf(buf + k, n - (size_t)k, " (perplexity %.2f)", exp(val));
+    if (!isnan(acc) && k < (int)n) snprintf(buf + k, n - (size_t)k, ", %s %.2f%%", t->method->metric, 100 * acc);
+}
+
 static void print_eval(const trainer *t, const char *when, double val, double acc)
 {
-    if (!is_rank0(t) || val < 0) return;
-    printf("validation %s: loss %.4f", when, val);
-    if (t->method->token_loss) printf(" (perplexity %.2f)", exp(val));
-    if (acc >= 0) printf(", %s %.2f%%", t->method->metric, 100 * acc);
-    printf("\n");
+    if (!is_rank0(t) || isnan(val)) return;
+    char buf[256];
+    fmt_eval(t, buf, sizeof buf, val, acc);
+    printf("validation %s: %s\n", when, buf);
     fflush(stdout);
 }
 
 /* Remember the best validation loss; rank 0 writes its step to ckpt/best. */
 static st_err track_best(trainer *t, int64_t step, double val, int *improved)
 {
-    *improved = val >= 0 && (t->best_val < 0 || val < t->best_val);
+    *improved = !isnan(val) && (isnan(t->best_val) || val < t->best_val);
     if (!*improved) {
         t->bad_evals++;
         return ST_OK;
@@ -679,8 +751,8 @@ static st_err run(trainer *t)
     const double flops_tok = st_config_flops_per_token(&t->model.lay.cfg, o->seq_len);
     double t_start = st_now(), t_window = t_start;
     int64_t tok_window = 0;
-    double val0 = -1, acc0 = -1, val = -1, acc = -1;
-    t->best_val = -1;
+    double val0 = NAN, acc0 = NAN, val = NAN, acc = NAN;
+    t->best_val = NAN;
     ST_TRY(eval_loss(t, &val0, &acc0));
     print_eval(t, t->start_step ? "at the resumed step" : "before training", val0, acc0);
     if (o->steps == 0) /* steps: 0 writes the starting point (base + fresh head or adapters) */
@@ -693,7 +765,8 @@ static st_err run(trainer *t)
         ST_TRY(train_step(t, step, &loss, &gnorm, &ntok, &skipped));
         st_runctl_step_took(&t->ctl, st_now() - t_step);
         if (skipped && is_rank0(t)) /* the line says what happened, even when the run stops here */
-            st_metrics_step(&t->metrics, step + 1, loss, -1, st_lr_at(&o->opt, step), gnorm, 0, 0, t->tokens_seen);
+            st_metrics_step(&t->metrics, step + 1, loss, NAN, st_lr_at(&o->opt, step), gnorm, 0, 0, t->tokens_seen,
+                            NULL, 0);
         if (skipped) { /* the weights are the previous step's: the schedule's end still saves them */
             ST_TRY(on_nonfinite(t, step + 1, loss, gnorm));
             t->tokens_seen += ntok;
@@ -704,10 +777,12 @@ static st_err run(trainer *t)
             continue;
         }
         t->nonfinite_run = 0;
+        st_stat stats[16]; /* the method's numbers for the step (before an evaluation reuses its buffers) */
+        const int ns = t->method->stats ? t->method->stats(t, stats, 16) : 0;
         t->tokens_seen += ntok;
         tok_window += ntok;
         int last = step + 1 == o->steps || step + 1 == o->stop_after, saved = 0, evaluated = 0;
-        double v = -1, a = -1;
+        double v = NAN, a = NAN;
         if ((o->eval_every > 0 && (step + 1) % o->eval_every == 0) || last) {
             ST_TRY(eval_loss(t, &v, &a));
             val = v, acc = a;
@@ -715,9 +790,12 @@ static st_err run(trainer *t)
         }
         double now = st_now();
         double mfu_step = ntok * flops_tok / (now - t_step) / (t->peak_gflops * 1e9 * t->grid.world_size);
-        if (is_rank0(t))
+        if (is_rank0(t)) {
+            st_metric_kv kv[16];
+            for (int i = 0; i < ns; i++) kv[i] = (st_metric_kv){stats[i].key, stats[i].value};
             st_metrics_step(&t->metrics, step + 1, loss, v, st_lr_at(&o->opt, step), gnorm, ntok / (now - t_step),
-                            mfu_step, t->tokens_seen);
+                            mfu_step, t->tokens_seen, kv, ns);
+        }
         /* after the step's metrics line: a save (the best so far) never precedes it */
         if (evaluated && o->eval_every > 0) {
             ST_TRY(track_best(t, step + 1, v, &saved));
@@ -727,7 +805,7 @@ static st_err run(trainer *t)
                 last = 1;
             }
         }
-        if ((o->log_every > 0 && (step + 1) % o->log_every == 0) || last || v >= 0) {
+        if ((o->log_every > 0 && (step + 1) % o->log_every == 0) || last || !isnan(v)) {
             double dt = now - t_window, tps = dt > 0 ? tok_window / dt : 0;
             double mfu = tps * flops_tok / (t->peak_gflops * 1e9 * t->grid.world_size);
             double per_step = (now - t_start) / (double)(step + 1 - t->start_step);
@@ -735,8 +813,14 @@ static st_err run(trainer *t)
             st_format_eta(eta, sizeof eta, per_step * (double)(o->steps - step - 1));
             if (is_rank0(t)) {
                 printf("step %6lld/%lld | loss %.4f", (long long)step + 1, (long long)o->steps, loss);
-                if (v >= 0) printf(" | val %.4f", v);
-                if (a >= 0) printf(" | acc %.1f%%", 100 * a);
+                if (!isnan(v) && t->method->evaluate) printf(" | val %s %.4f", t->method->metric, a);
+                else if (!isnan(v)) printf(" | val %.4f", v);
+                if (!isnan(a) && !t->method->evaluate) printf(" | acc %.1f%%", 100 * a);
+                for (int i = 0; i < ns; i++)
+                    if (stats[i].fmt) {
+                        printf(" | ");
+                        printf(stats[i].fmt, stats[i].value);
+                    }
                 printf(" | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | ETA %s\n", st_lr_at(&o->opt, step),
                        gnorm, tps, 100 * mfu, eta);
                 fflush(stdout);
@@ -756,12 +840,12 @@ static st_err run(trainer *t)
         if (last) break;
         if (act == ST_RUN_STOP) return ST_STOPPED;
     }
-    if (is_rank0(t) && val0 >= 0 && val >= 0) {
-        printf("validation: before loss %.4f", val0);
-        if (acc0 >= 0) printf(" accuracy %.2f%%", 100 * acc0);
-        printf(" -> after loss %.4f", val);
-        if (acc >= 0) printf(" accuracy %.2f%%", 100 * acc);
-        if (t->best_val >= 0) printf(" (best loss %.4f)", t->best_val);
+    if (is_rank0(t) && !isnan(val0) && !isnan(val)) {
+        char before[256], after[256];
+        fmt_eval(t, before, sizeof before, val0, acc0);
+        fmt_eval(t, after, sizeof after, val, acc);
+        printf("validation: before %s -> after %s", before, after);
+        if (!isnan(t->best_val)) printf(" (best loss %.4f)", t->best_val);
         printf("\n");
     }
     return ST_OK;

@@ -31,6 +31,40 @@
 
 struct st_method;
 
+/* The settings of the RL methods (grpo, rloo, ppo; src/cmd/rl.c). Numbers
+ * below 0 (or 0 where it says so) take the method's default. */
+typedef struct {
+    int group_size;            /* answers per prompt (0: grpo 8, rloo 2, ppo 1) */
+    int max_new;               /* answer tokens at most */
+    float temperature, top_p;  /* sampling */
+    int top_k;
+    char *stop;                /* more tokens that end an answer (their text, comma-separated) */
+    int64_t seed;              /* sampling seed (0: the run's seed) */
+    float clip;                /* policy ratio clip range */
+    float kl_coef;             /* KL to the reference (< 0: grpo 0, rloo 0.05, ppo 0.05) */
+    int epochs, minibatches;   /* passes over each rollout (0: grpo/rloo 1, ppo 4), updates per pass */
+    int scale_rewards;         /* grpo: divide by the group's std */
+    float gamma, lambda;       /* ppo: GAE */
+    float vf_coef, value_clip; /* ppo: value loss weight and clip range */
+    char *value_from;          /* ppo: the value model's starting checkpoint (NULL: the reward model, else init_from) */
+    struct {                   /* the reward: a weighted sum of these terms */
+        char *model;           /* a reward model's checkpoint (method reward) */
+        float model_weight;
+        float exact, contains; /* answer equals / contains the reference answer */
+        char *regex;           /* PCRE2 pattern on the answer; {reference} stands for the reference, quoted */
+        float regex_weight;
+        float length_penalty;  /* minus this times answer tokens / max_new */
+        float missing_eos;     /* minus this when the answer did not end with a stop token */
+    } reward;
+} rl_opts;
+
+/* One line of what a method reports per step beside the loss: the
+ * metrics.jsonl key and, unless NULL, a printf format for the progress line. */
+typedef struct {
+    const char *key, *fmt;
+    double value;
+} st_stat;
+
 /* The recipe's settings (train.c's option table binds to these fields). */
 typedef struct {
     /* model */
@@ -48,6 +82,7 @@ typedef struct {
     float dpo_beta;
     int freeze_layers, recompute;
     char *precision;
+    rl_opts rl;
     st_lora_config lora;
     char *lora_targets;
     /* optimisation */
@@ -86,7 +121,7 @@ typedef struct {
     st_lora *lora;         /* adapters, or NULL */
     uint8_t *trainable;    /* per body tensor */
     int body_trainable;    /* any body tensor trains */
-    st_pset extra[2];
+    st_pset extra[4];      /* at most ST_CKPT_MAX_SETS */
     int n_extra;
     double best_val;
     int bad_evals;
@@ -103,6 +138,7 @@ typedef struct {
     int64_t start_step;
     int finished;          /* resumed at or past the end of the run: nothing to do */
     int64_t tokens_seen;
+    uint64_t rng[4];       /* a method's random state, saved in /train rng (the RL sampler's seed) */
     double peak_gflops;    /* measured matmul rate of one rank, in the run's precision */
     st_precision prec;     /* fp32 or bf16 matrix products, and why */
     st_timers timers;

@@ -35,8 +35,8 @@ double st_since_start(void)
     return st_now() - process_start;
 }
 
-static const char *phase_name[ST_PH_COUNT] = {"data", "forward", "backward", "grad reduce (dp)",
-                                              "optimizer", "evaluation", "checkpoint"};
+static const char *phase_name[ST_PH_COUNT] = {"data", "generation", "reward", "forward", "backward",
+                                              "grad reduce (dp)", "optimizer", "evaluation", "checkpoint"};
 
 void st_timer_start(st_timers *t, int phase) { t->start[phase] = st_now(); }
 

@@ -18,8 +18,8 @@ void st_clock_start(void);
 double st_since_start(void);
 
 /* Per-phase wall time of a run (PETSc's -log_view, in small). */
-enum { ST_PH_DATA, ST_PH_FORWARD, ST_PH_BACKWARD, ST_PH_GRAD_REDUCE, ST_PH_OPTIMIZER, ST_PH_EVAL,
-       ST_PH_CHECKPOINT, ST_PH_COUNT };
+enum { ST_PH_DATA, ST_PH_GENERATE, ST_PH_REWARD, ST_PH_FORWARD, ST_PH_BACKWARD, ST_PH_GRAD_REDUCE,
+       ST_PH_OPTIMIZER, ST_PH_EVAL, ST_PH_CHECKPOINT, ST_PH_COUNT };
 typedef struct { double total[ST_PH_COUNT], start[ST_PH_COUNT]; long calls[ST_PH_COUNT]; } st_timers;
 void st_timer_start(st_timers *t, int phase);
 void st_timer_stop(st_timers *t, int phase);
