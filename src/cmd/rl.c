@@ -84,9 +84,10 @@ static st_err stop_tokens(rl_state *s, const trainer *t)
         for (char *p = strtok_r(list, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
             const int id = st_tokenizer_token_id(t->tok, p);
             if (id < 0 || n == (int)(sizeof s->stop / sizeof s->stop[0])) {
+                st_err e = st_error_set(ST_ERR_ARG, __FILE__, __LINE__, __func__, "rl.stop: '%s' %s", p,
+                                        id < 0 ? "is not a token of the dataset's tokenizer" : ": too many stop tokens");
                 free(list);
-                ST_FAIL(ST_ERR_ARG, "rl.stop: '%s' is not a token of the dataset's tokenizer%s", p,
-                        id < 0 ? "" : " (or too many stop tokens)");
+                return e;
             }
             s->stop[n++] = id;
         }
