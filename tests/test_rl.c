@@ -146,7 +146,7 @@ static void check_pg(int per_answer)
 
     st_pg_stats s;
     st_model_zero_grad(&pol);
-    ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, old_lp, ref_lp, adv, &c, scale, work, &s), 0);
+    ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, old_lp, ref_lp, adv, &c, scale, work, NULL, &s), 0);
     ck_assert_int_eq(st_model_backward(&pol, p.tok), 0);
     const double want = want_loss(&p, lp, old_lp, ref_lp, adv, &c, scale, w, &clipped_want);
     ck_assert_msg(fabs(s.loss - want) < 1e-5 * (1 + fabs(want)), "loss %.9g vs reference %.9g", s.loss, want);
@@ -170,9 +170,9 @@ static void check_pg(int per_answer)
         const float x = pol.params[i];
         st_pg_stats up, dn;
         pol.params[i] = x + eps;
-        ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, old_lp, ref_lp, adv, &c, scale, work, &up), 0);
+        ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, old_lp, ref_lp, adv, &c, scale, work, NULL, &up), 0);
         pol.params[i] = x - eps;
-        ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, old_lp, ref_lp, adv, &c, scale, work, &dn), 0);
+        ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, old_lp, ref_lp, adv, &c, scale, work, NULL, &dn), 0);
         pol.params[i] = x;
         const double fd = (up.loss - dn.loss) / (2 * eps);
         ck_assert_msg(fabs(fd - g[i]) < 1e-3 + 2e-2 * fabs(fd), "param %zu: grad %.6g vs finite difference %.6g", i,
@@ -205,12 +205,18 @@ START_TEST(on_policy_is_reinforce)
     for (int i = 0; i < B * T; i++) adv[i] = (float)(i % 3) - 1.0f, want -= p.mask[i] * adv[i];
     const st_pg_config c = {.clip = 0.2f};
     st_pg_stats s;
-    ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, lp, NULL, adv, &c, 1.0f, work, &s), 0);
+    ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, lp, NULL, adv, &c, 1.0f, work, NULL, &s), 0);
+    /* old_lp NULL means this: the same loss, the log-probabilities left in work */
+    st_pg_stats s2;
+    float ent[B * T];
+    ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, NULL, NULL, adv, &c, 1.0f, work, ent, &s2), 0);
+    ck_assert_double_eq(s2.loss, s.loss);
+    for (int i = 0; i < B * T; i++) ck_assert(work[i] == lp[i] && (p.mask[i] != 0 || ent[i] == 0));
     ck_assert_double_eq_tol(s.loss, want, 1e-9);
     ck_assert_double_eq(s.clipped, 0);
     ck_assert_double_eq(s.k3, 0);
     const st_pg_config bad = {.clip = 0.2f, .kl_coef = 0.1f};
-    ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, lp, NULL, adv, &bad, 1.0f, work, &s), ST_ERR_ARG);
+    ck_assert_int_eq(st_pg_forward(&pol, p.tok, p.tgt, p.mask, B, T, lp, NULL, adv, &bad, 1.0f, work, NULL, &s), ST_ERR_ARG);
     st_model_free(&pol);
 }
 END_TEST

@@ -31,9 +31,11 @@
 
 typedef enum { ST_HEAD_NONE = 0, ST_HEAD_LABELS, ST_HEAD_SCALAR } st_head_kind;
 
-/* A step: `updates` optimizer updates of `micro` micro-batches per rank. */
+/* A step: `updates` optimizer updates of `micro` micro-batches per rank;
+ * tokens: what they process over all ranks (0: every row's seq_len). */
 typedef struct {
     int updates, micro;
+    int64_t tokens;
 } st_step_plan;
 
 typedef struct st_method {

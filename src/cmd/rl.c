@@ -19,14 +19,16 @@
 
 typedef enum { RL_GRPO, RL_RLOO, RL_PPO } rl_kind;
 
-/* the step's numbers, summed over dp: see stats_reduce */
-enum { S_ANSWERS, S_REWARD, S_REWARD2, S_TOKENS, S_STOPPED, S_ENTROPY, S_KL, S_GEN_TOKENS, S_SCORE, S_COUNT };
+/* the step's numbers, summed over dp: see st_rl_stats */
+enum { S_ANSWERS, S_REWARD, S_REWARD2, S_TOKENS, S_STOPPED, S_ENTROPY, S_KL, S_SCORE, S_COUNT };
 
 typedef struct {
     rl_kind kind;
     int G, epochs, mb;           /* answers per prompt, passes, updates per pass */
     float kl_coef;
     int R, P, T, B;              /* answers and prompts of this rank per step; row length; micro-batch rows */
+    int on_policy;               /* one update per step and nothing in the advantages needs the sampling
+                                  * policy's log-probabilities: the update's own forward gives them */
     st_decoder dec;
     st_decode_opts dopt;
     int32_t stop[16];
@@ -50,8 +52,10 @@ typedef struct {
     float *old_lp, *ref_lp, *ent, *adv, *old_v, *ret, *tok_r; /* (R, T) */
     double *reward, *score, *seq_r; /* (R) */
     float *work;                 /* 2 B T */
-    int cur;                     /* the first row of the micro-batch in t->batch */
-    double step_t0, gen_s, sums[S_COUNT];
+    float *mbs[6];               /* (B, Tm) the micro-batch's old_lp, ref_lp, adv, old_v, ret, entropy */
+    int32_t *pk;                 /* (B, Tm) tokens packed for the reward model */
+    int cur, Tm;                 /* the micro-batch in t->batch: its first row, its columns */
+    double step_t0, gen_s;
     double upd[6];               /* over the step's updates: pg loss, clipped, counted, value loss, value clipped, value count */
 } rl_state;
 
@@ -177,6 +181,8 @@ static st_err alloc_buffers(rl_state *s, const trainer *t)
     ST_ALLOC(s->score, R, "reward model scores");
     ST_ALLOC(s->seq_r, R, "answer rewards");
     ST_ALLOC(s->work, 2 * (size_t)s->B * s->T, "RL scratch");
+    for (int k = 0; k < 6; k++) ST_ALLOC(s->mbs[k], (size_t)s->B * s->T, "micro-batch scores");
+    ST_ALLOC(s->pk, (size_t)s->B * s->T, "packed tokens");
     return ST_OK;
 }
 
@@ -218,6 +224,7 @@ st_err st_rl_setup(trainer *t)
         s->has_ref = 1;
     }
     if (s->kind == RL_PPO) ST_TRY(value_setup(s, t));
+    s->on_policy = s->epochs * s->mb == 1 && (s->kind == RL_GRPO || (s->kind == RL_RLOO && !s->has_ref));
     if (is_rank0(t)) {
         printf("%s: %d answers per prompt, %d prompts per step (%d per rank), %d update%s per step, KL coefficient "
                "%g%s; reward = %s\n", o->method, s->G, o->global_batch / s->G, s->P, s->epochs * s->mb,
@@ -278,8 +285,9 @@ void st_rl_free(trainer *t)
     for (int i = 0; s->ans_text && i < s->R; i++) free(s->ans_text[i]);
     void *p[] = {s->pplen, s->ref_text, s->tokens, s->targets, s->mask, s->lengths, s->alen, s->stopped, s->grow,
                  s->ans, s->ans_text, s->old_lp, s->ref_lp, s->ent, s->adv, s->old_v, s->ret, s->tok_r, s->reward,
-                 s->score, s->seq_r, s->work};
+                 s->score, s->seq_r, s->work, s->pk};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
+    for (int k = 0; k < 6; k++) free(s->mbs[k]);
     free(s);
     t->mstate = NULL;
 }
@@ -324,6 +332,39 @@ static void build_row(rl_state *s, int i, const int32_t *prompt, int plen, const
     for (int p = 0; p + 1 < L; p++) tg[p] = tk[p + 1];
     for (int p = plen - 1; p + 1 < L; p++) mk[p] = 1.0f;
     s->lengths[i] = L;
+}
+
+/* Rows run on the columns they use: a micro-batch's longest row, rounded up
+ * to 8, at most T (answers are short next to seq_len: the forward and
+ * backward cost scales with the columns). */
+static int used_len(const rl_state *s, int i0, int n)
+{
+    int L = 1;
+    for (int i = i0; i < i0 + n; i++) L = s->lengths[i] > L ? s->lengths[i] : L;
+    L = (L + 7) / 8 * 8;
+    return L < s->T ? L : s->T;
+}
+
+/* rows of elem-byte values from stride src_ld to stride dst_ld: the first
+ * min(src_ld, dst_ld) of each row, the rest of a longer row zero */
+static void restride(void *dst, int dst_ld, const void *src, int src_ld, int rows, size_t elem)
+{
+    const int n = dst_ld < src_ld ? dst_ld : src_ld;
+    for (int r = 0; r < rows; r++) {
+        char *d = (char *)dst + (size_t)r * dst_ld * elem;
+        memcpy(d, (const char *)src + (size_t)r * src_ld * elem, n * elem);
+        memset(d + n * elem, 0, (size_t)(dst_ld - n) * elem);
+    }
+}
+
+/* rows [i0, i0 + n) into b on Tm columns */
+static void pack_rows(const rl_state *s, st_batch *b, int i0, int n, int Tm)
+{
+    const size_t o = (size_t)i0 * s->T;
+    restride(b->tokens, Tm, s->tokens + o, s->T, n, sizeof(int32_t));
+    restride(b->targets, Tm, s->targets + o, s->T, n, sizeof(int32_t));
+    restride(b->mask, Tm, s->mask + o, s->T, n, sizeof(float));
+    memcpy(b->lengths, s->lengths + i0, (size_t)n * sizeof(int32_t));
 }
 
 /* Local row i's global answer index: update u's global minibatch j is the
@@ -388,25 +429,39 @@ static st_err rewards(rl_state *s, trainer *t, int n, int per_prompt)
     for (int i0 = 0; i0 < n; i0 += s->B) {
         const int nb = n - i0 < s->B ? n - i0 : s->B;
         for (int r = 0; r < nb; r++) refs[r] = s->ref_text[(i0 + r) / per_prompt];
-        ST_TRY(st_rewarder_score(s->rw, s->tokens + (size_t)i0 * s->T, s->lengths + i0, nb, s->T, s->alen + i0,
-                                 s->stopped + i0, s->ans_text + i0, refs, s->reward + i0, s->score + i0));
+        const int Tm = used_len(s, i0, nb);
+        restride(s->pk, Tm, s->tokens + (size_t)i0 * s->T, s->T, nb, sizeof(int32_t));
+        ST_TRY(st_rewarder_score(s->rw, s->pk, s->lengths + i0, nb, Tm, s->alen + i0, s->stopped + i0,
+                                 s->ans_text + i0, refs, s->reward + i0, s->score + i0));
     }
     (void)t;
     return ST_OK;
 }
 
 /* log-probabilities (policy, reference), entropies and values of every row,
- * a micro-batch at a time */
+ * a micro-batch at a time (packed in t->batch, which is free until the updates) */
 static st_err score_rows(rl_state *s, trainer *t)
 {
     const int B = s->B, T = s->T;
+    st_batch *b = &t->batch;
+    float *out = s->work, *ent = s->work + (size_t)B * T;
     for (int i0 = 0; i0 < s->R; i0 += B) {
         const size_t o = (size_t)i0 * T;
-        const int32_t *tk = s->tokens + o, *tg = s->targets + o;
-        const float *mk = s->mask + o;
-        ST_TRY(st_rl_logprobs(&t->model, tk, tg, mk, B, T, s->old_lp + o, s->ent + o));
-        if (s->has_ref) ST_TRY(st_rl_logprobs(&s->ref, tk, tg, mk, B, T, s->ref_lp + o, NULL));
-        if (s->has_value) ST_TRY(st_value_forward(&s->vhead, &s->vbody, tk, B, T, s->old_v + o));
+        const int Tm = used_len(s, i0, B);
+        pack_rows(s, b, i0, B, Tm);
+        if (!s->on_policy) {
+            ST_TRY(st_rl_logprobs(&t->model, b->tokens, b->targets, b->mask, B, Tm, out, ent));
+            restride(s->old_lp + o, T, out, Tm, B, sizeof(float));
+            restride(s->ent + o, T, ent, Tm, B, sizeof(float));
+        }
+        if (s->has_ref) {
+            ST_TRY(st_rl_logprobs(&s->ref, b->tokens, b->targets, b->mask, B, Tm, out, NULL));
+            restride(s->ref_lp + o, T, out, Tm, B, sizeof(float));
+        }
+        if (s->has_value) {
+            ST_TRY(st_value_forward(&s->vhead, &s->vbody, b->tokens, B, Tm, out));
+            restride(s->old_v + o, T, out, Tm, B, sizeof(float));
+        }
     }
     return ST_OK;
 }
@@ -469,27 +524,6 @@ static st_err advantages(rl_state *s, trainer *t)
     return ST_OK;
 }
 
-/* The step's numbers over the rank's rows, summed over dp */
-static st_err stats_reduce(rl_state *s, trainer *t)
-{
-    double *m = s->sums;
-    memset(m, 0, sizeof s->sums);
-    for (int i = 0; i < s->R; i++) {
-        m[S_ANSWERS] += 1;
-        m[S_REWARD] += s->reward[i];
-        m[S_REWARD2] += s->reward[i] * s->reward[i];
-        m[S_SCORE] += s->score[i];
-        m[S_TOKENS] += s->alen[i];
-        m[S_STOPPED] += s->stopped[i];
-        if (s->has_ref) m[S_KL] += row_kl(s, i);
-        for (int p = 0; p < s->T; p++) m[S_ENTROPY] += s->ent[(size_t)i * s->T + p];
-    }
-    m[S_GEN_TOKENS] = m[S_TOKENS];
-    ST_TRY(st_allreduce(t->grid.dp, m, S_COUNT, ST_M_F64, ST_OP_SUM));
-    ST_TRY(st_allreduce(t->grid.dp, &s->gen_s, 1, ST_M_F64, ST_OP_MAX));
-    return ST_OK;
-}
-
 st_err st_rl_rollout(trainer *t, int64_t step, st_step_plan *plan)
 {
     rl_state *s = t->mstate;
@@ -512,9 +546,13 @@ st_err st_rl_rollout(trainer *t, int64_t step, st_step_plan *plan)
     ST_TRY(rewards(s, t, s->R, s->G));
     st_timer_stop(&t->timers, ST_PH_REWARD);
     ST_TRY(advantages(s, t));
-    ST_TRY(stats_reduce(s, t));
     plan->updates = s->epochs * s->mb;
     plan->micro = t->micro_per_step / s->mb;
+    /* the columns the updates run on (for tokens/s and MFU) */
+    double cols = 0;
+    for (int i0 = 0; i0 < s->R; i0 += s->B) cols += (double)s->B * used_len(s, i0, s->B);
+    ST_TRY(st_allreduce(t->grid.dp, &cols, 1, ST_M_F64, ST_OP_SUM));
+    plan->tokens = (int64_t)cols * s->epochs;
     return ST_OK;
 }
 
@@ -524,12 +562,12 @@ st_err st_rl_fill(trainer *t, int update, int micro, int64_t *g0)
 {
     rl_state *s = t->mstate;
     const int Rm = s->R / s->mb, i0 = (update % s->mb) * Rm + micro * s->B;
-    const size_t o = (size_t)i0 * s->T, n = (size_t)s->B * s->T;
-    memcpy(t->batch.tokens, s->tokens + o, n * sizeof(int32_t));
-    memcpy(t->batch.targets, s->targets + o, n * sizeof(int32_t));
-    memcpy(t->batch.mask, s->mask + o, n * sizeof(float));
-    memcpy(t->batch.lengths, s->lengths + i0, (size_t)s->B * sizeof(int32_t));
+    const size_t o = (size_t)i0 * s->T;
     s->cur = i0;
+    s->Tm = used_len(s, i0, s->B);
+    pack_rows(s, &t->batch, i0, s->B, s->Tm);
+    float *const from[5] = {s->old_lp, s->ref_lp, s->adv, s->old_v, s->ret};
+    for (int k = 0; k < 5; k++) restride(s->mbs[k], s->Tm, from[k] + o, s->T, s->B, sizeof(float));
     *g0 = s->grow[i0];
     return ST_OK;
 }
@@ -541,15 +579,21 @@ st_err st_rl_forward(trainer *t, int rows, double *loss, double *count, double *
     rl_state *s = t->mstate;
     const st_batch *b = &t->batch;
     const size_t o = (size_t)s->cur * s->T;
+    const int Tm = s->Tm;
     const st_pg_config c = {.clip = t->o->rl.clip, .kl_coef = s->kind == RL_GRPO ? s->kl_coef : 0.0f,
                             .seq_ratio = s->kind == RL_RLOO};
     st_pg_stats ps;
-    ST_TRY(st_pg_forward(&t->model, b->tokens, b->targets, b->mask, rows, s->T, s->old_lp + o,
-                         s->has_ref ? s->ref_lp + o : NULL, s->adv + o, &c, 1.0f, s->work, &ps));
+    ST_TRY(st_pg_forward(&t->model, b->tokens, b->targets, b->mask, rows, Tm, s->on_policy ? NULL : s->mbs[0],
+                         s->has_ref ? s->mbs[1] : NULL, s->mbs[2], &c, 1.0f, s->work, s->on_policy ? s->mbs[5] : NULL,
+                         &ps));
+    if (s->on_policy) { /* the sampling policy's log-probabilities and entropies, for the statistics */
+        restride(s->old_lp + o, s->T, s->work, Tm, rows, sizeof(float));
+        restride(s->ent + o, s->T, s->mbs[5], Tm, rows, sizeof(float));
+    }
     double tokens = 0, answers = 0;
     for (int i = 0; i < rows; i++) {
         double n = 0;
-        for (int p = 0; p < s->T; p++) n += b->mask[(size_t)i * s->T + p];
+        for (int p = 0; p < Tm; p++) n += b->mask[(size_t)i * Tm + p];
         tokens += n, answers += n > 0;
     }
     *loss = ps.loss;
@@ -558,8 +602,8 @@ st_err st_rl_forward(trainer *t, int rows, double *loss, double *count, double *
     s->upd[0] += ps.pg, s->upd[1] += ps.clipped, s->upd[2] += s->kind == RL_RLOO ? answers : tokens;
     if (s->has_value) {
         double vl = 0, vc = 0;
-        ST_TRY(st_value_forward(&s->vhead, &s->vbody, b->tokens, rows, s->T, NULL));
-        st_value_loss(&s->vhead, b->mask, s->old_v + o, s->ret + o, t->o->rl.value_clip, t->o->rl.vf_coef, &vl, &vc);
+        ST_TRY(st_value_forward(&s->vhead, &s->vbody, b->tokens, rows, Tm, NULL));
+        st_value_loss(&s->vhead, b->mask, s->mbs[3], s->mbs[4], t->o->rl.value_clip, t->o->rl.vf_coef, &vl, &vc);
         *loss += vl;
         s->upd[3] += vl, s->upd[4] += vc, s->upd[5] += tokens;
     }
@@ -602,13 +646,29 @@ st_err st_rl_evaluate(trainer *t, double *val, double *metric)
     return ST_OK;
 }
 
+/* The step's numbers: sums over the rank's answers and the updates, then over dp. */
 int st_rl_stats(const trainer *t, st_stat *out, int max)
 {
     const rl_state *s = t->mstate;
-    double upd[6]; /* the updates' sums over dp */
-    memcpy(upd, s->upd, sizeof upd);
-    if (st_allreduce(t->grid.dp, upd, 6, ST_M_F64, ST_OP_SUM)) st_error_clear(), upd[2] = upd[5] = 0;
-    const double *m = s->sums, n = m[S_ANSWERS] > 0 ? m[S_ANSWERS] : 1;
+    double m[S_COUNT + 6] = {0}, gen_s = s->gen_s;
+    for (int i = 0; i < s->R; i++) {
+        m[S_ANSWERS] += 1;
+        m[S_REWARD] += s->reward[i];
+        m[S_REWARD2] += s->reward[i] * s->reward[i];
+        m[S_SCORE] += s->score[i];
+        m[S_TOKENS] += s->alen[i];
+        m[S_STOPPED] += s->stopped[i];
+        if (s->has_ref) m[S_KL] += row_kl(s, i);
+        for (int p = 0; p < s->T; p++) m[S_ENTROPY] += s->ent[(size_t)i * s->T + p];
+    }
+    const double *upd = m + S_COUNT;
+    memcpy(m + S_COUNT, s->upd, sizeof s->upd);
+    if (st_allreduce(t->grid.dp, m, S_COUNT + 6, ST_M_F64, ST_OP_SUM) ||
+        st_allreduce(t->grid.dp, &gen_s, 1, ST_M_F64, ST_OP_MAX)) {
+        st_error_clear();
+        return 0;
+    }
+    const double n = m[S_ANSWERS] > 0 ? m[S_ANSWERS] : 1;
     const double mean = m[S_REWARD] / n, var = m[S_REWARD2] / n - mean * mean;
     const double step_s = st_now() - s->step_t0;
     st_stat all[] = {
@@ -621,7 +681,7 @@ int st_rl_stats(const trainer *t, st_stat *out, int max)
         {"answer_len", "len %.1f", m[S_TOKENS] / n},
         {"stopped", NULL, m[S_STOPPED] / n},
         {"value_loss", "vloss %.4f", s->has_value && upd[5] > 0 ? upd[3] / t->o->rl.vf_coef / upd[5] : NAN},
-        {"gen_tokens_per_s", "gen %.0f tok/s", s->gen_s > 0 ? m[S_GEN_TOKENS] / s->gen_s : NAN},
+        {"gen_tokens_per_s", "gen %.0f tok/s", gen_s > 0 ? m[S_TOKENS] / gen_s : NAN},
         {"gen_share", "gen %.0f%% of step", step_s > 0 ? 100 * s->gen_s / step_s : NAN},
     };
     int k = 0;

@@ -630,7 +630,7 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
                          int *skipped)
 {
     const train_opts *o = t->o;
-    st_step_plan plan = {1, t->micro_per_step};
+    st_step_plan plan = {1, t->micro_per_step, 0};
     if (t->method->rollout) ST_TRY(st_agree(t->grid.world, t->method->rollout(t, step, &plan)));
     double loss = 0, gnorm = 0;
     int done = 0;
@@ -642,7 +642,8 @@ static st_err train_step(trainer *t, int64_t step, double *loss_out, double *gno
     }
     *loss_out = loss / done;
     *gnorm_out = gnorm / done;
-    *ntok_out = (int64_t)done * plan.micro * o->batch_size * t->grid.dp_size * o->seq_len;
+    *ntok_out = plan.tokens ? plan.tokens * done / plan.updates
+                            : (int64_t)done * plan.micro * o->batch_size * t->grid.dp_size * o->seq_len;
     return ST_OK;
 }
 

@@ -23,12 +23,13 @@ st_err st_rl_logprobs(st_model *m, const int32_t *tokens, const int32_t *targets
 
 st_err st_pg_forward(st_model *policy, const int32_t *tokens, const int32_t *targets, const float *mask, int B,
                      int T, const float *old_lp, const float *ref_lp, const float *adv, const st_pg_config *c,
-                     float scale, float *work, st_pg_stats *out)
+                     float scale, float *work, float *entropy, st_pg_stats *out)
 {
     if (!(c->clip > 0)) ST_FAIL(ST_ERR_ARG, "the ratio's clip range must be positive (got %g)", (double)c->clip);
     if (c->kl_coef != 0.0f && !ref_lp) ST_FAIL(ST_ERR_ARG, "a KL penalty needs the reference's log-probabilities");
     float *lp = work, *w = work + (size_t)B * T;
-    ST_TRY(st_rl_logprobs(policy, tokens, targets, mask, B, T, lp, NULL));
+    ST_TRY(st_rl_logprobs(policy, tokens, targets, mask, B, T, lp, entropy));
+    if (!old_lp) old_lp = lp; /* on-policy: the ratio is 1, its gradient lp's */
     memset(out, 0, sizeof *out);
     const double lo = 1.0 - c->clip, hi = 1.0 + c->clip;
     for (int b = 0; b < B; b++) {

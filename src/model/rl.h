@@ -41,12 +41,15 @@ typedef struct {
 
 /* The loss of a micro-batch (see above), summed over its answer tokens
  * (seq_ratio: over answers) times scale; old_lp, ref_lp, adv are (B,T), read
- * where mask is 1 (ref_lp may be NULL when kl_coef is 0). Runs the policy's
- * forward and leaves its LM-head loss reweighted, so st_model_backward(policy)
- * adds the gradient. work: 2*B*T floats. */
+ * where mask is 1 (ref_lp may be NULL when kl_coef is 0; old_lp NULL: the
+ * policy that sampled is this one, the ratio 1 and its gradient lp's).
+ * Runs the policy's forward and leaves its LM-head loss reweighted, so
+ * st_model_backward(policy) adds the gradient. work: 2*B*T floats, the
+ * first B*T of them the log-probabilities afterwards (0 where mask is 0);
+ * entropy (B,T), when not NULL, receives the answer positions' entropies. */
 st_err st_pg_forward(st_model *policy, const int32_t *tokens, const int32_t *targets, const float *mask, int B,
                      int T, const float *old_lp, const float *ref_lp, const float *adv, const st_pg_config *c,
-                     float scale, float *work, st_pg_stats *out);
+                     float scale, float *work, float *entropy, st_pg_stats *out);
 
 /* log-probabilities lp (B,T) of the targets where mask is 1 (0 elsewhere)
  * under m, and, when entropy is not NULL, each such position's entropy of the
