@@ -30,6 +30,8 @@ typedef struct {
     int on_policy;               /* one update per step and nothing in the advantages needs the sampling
                                   * policy's log-probabilities: the update's own forward gives them */
     st_decoder dec;
+    int gb;                      /* answers decoded together */
+    st_decode_row *drows;        /* (gb) */
     st_decode_opts dopt;
     int32_t stop[16];
     int has_ref;
@@ -218,7 +220,12 @@ st_err st_rl_setup(trainer *t)
     ST_TRY(resolve(s, t));
     ST_TRY(alloc_buffers(s, t));
     ST_TRY(st_rewarder_open(&s->rw, t));
-    ST_TRY(st_decoder_init(&s->dec, &t->model, s->B));
+    /* decode all of the rank's answers at once (bigger products per token), as
+     * far as rl.gen_batch and the model's B x T positions allow */
+    const int cap = o->rl.gen_batch > 0 ? o->rl.gen_batch : s->R > s->B ? s->R : s->B;
+    s->gb = cap < s->B * s->T ? cap : s->B * s->T;
+    ST_ALLOC(s->drows, s->gb, "decoding rows");
+    ST_TRY(st_decoder_init(&s->dec, &t->model, s->gb));
     if (s->kl_coef > 0) { /* forward only: one layer's activations */
         ST_TRY(st_model_create(&s->ref, &t->model.lay.cfg, t->grid.tp, s->B, s->T, ST_MODEL_INFER));
         s->has_ref = 1;
@@ -285,7 +292,7 @@ void st_rl_free(trainer *t)
     for (int i = 0; s->ans_text && i < s->R; i++) free(s->ans_text[i]);
     void *p[] = {s->pplen, s->ref_text, s->tokens, s->targets, s->mask, s->lengths, s->alen, s->stopped, s->grow,
                  s->ans, s->ans_text, s->old_lp, s->ref_lp, s->ent, s->adv, s->old_v, s->ret, s->tok_r, s->reward,
-                 s->score, s->seq_r, s->work, s->pk};
+                 s->score, s->seq_r, s->work, s->pk, s->drows};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
     for (int k = 0; k < 6; k++) free(s->mbs[k]);
     free(s);
@@ -398,9 +405,9 @@ static st_err load_prompts(rl_state *s, trainer *t, st_loader *ld, int64_t step,
 static st_err generate(rl_state *s, trainer *t, int n, int per_prompt, const st_decode_opts *dopt)
 {
     const int max_new = t->o->rl.max_new;
-    st_decode_row rows[s->B];
-    for (int i0 = 0; i0 < n; i0 += s->B) {
-        const int nb = n - i0 < s->B ? n - i0 : s->B;
+    st_decode_row *rows = s->drows;
+    for (int i0 = 0; i0 < n; i0 += s->gb) {
+        const int nb = n - i0 < s->gb ? n - i0 : s->gb;
         for (int r = 0; r < nb; r++) {
             const int i = i0 + r, k = i / per_prompt;
             rows[r] = (st_decode_row){.prompt = s->pb.tokens + (size_t)k * s->T, .plen = s->pplen[k],
@@ -409,21 +416,20 @@ static st_err generate(rl_state *s, trainer *t, int n, int per_prompt, const st_
         }
         ST_TRY(st_decode(&s->dec, rows, nb, dopt));
         for (int r = 0; r < nb; r++) {
-            const int i = i0 + r, k = i / per_prompt;
+            const int i = i0 + r;
             s->alen[i] = rows[r].len;
             s->stopped[i] = rows[r].stopped;
             build_row(s, i, rows[r].prompt, rows[r].plen, rows[r].out, rows[r].len);
             free(s->ans_text[i]);
             s->ans_text[i] = NULL;
             ST_TRY(st_answer_text(t->tok, rows[r].out, (size_t)(rows[r].len - rows[r].stopped), &s->ans_text[i]));
-            (void)k;
         }
     }
     return ST_OK;
 }
 
 /* Rewards of rows [0, n) (row i answers prompt i / per_prompt). */
-static st_err rewards(rl_state *s, trainer *t, int n, int per_prompt)
+static st_err rewards(rl_state *s, int n, int per_prompt)
 {
     char *refs[s->B];
     for (int i0 = 0; i0 < n; i0 += s->B) {
@@ -434,7 +440,6 @@ static st_err rewards(rl_state *s, trainer *t, int n, int per_prompt)
         ST_TRY(st_rewarder_score(s->rw, s->pk, s->lengths + i0, nb, Tm, s->alen + i0, s->stopped + i0,
                                  s->ans_text + i0, refs, s->reward + i0, s->score + i0));
     }
-    (void)t;
     return ST_OK;
 }
 
@@ -543,7 +548,7 @@ st_err st_rl_rollout(trainer *t, int64_t step, st_step_plan *plan)
     ST_TRY(score_rows(s, t));
     st_timer_stop(&t->timers, ST_PH_FORWARD);
     st_timer_start(&t->timers, ST_PH_REWARD);
-    ST_TRY(rewards(s, t, s->R, s->G));
+    ST_TRY(rewards(s, s->R, s->G));
     st_timer_stop(&t->timers, ST_PH_REWARD);
     ST_TRY(advantages(s, t));
     plan->updates = s->epochs * s->mb;
@@ -638,7 +643,7 @@ st_err st_rl_evaluate(trainer *t, double *val, double *metric)
         ST_TRY(st_loader_fill(t->val, &view, p0, rows, 0));
         for (int i = 0; i < rows; i++) ST_TRY(read_prompt(s, t, i, p0 + i));
         ST_TRY(generate(s, t, rows, 1, &greedy));
-        ST_TRY(rewards(s, t, rows, 1));
+        ST_TRY(rewards(s, rows, 1));
         for (int i = 0; i < rows; i++) sum[0] += s->reward[i], sum[1] += 1;
     }
     ST_TRY(st_allreduce(t->grid.dp, sum, 2, ST_M_F64, ST_OP_SUM));

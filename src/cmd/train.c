@@ -62,6 +62,7 @@ static const st_option train_options[] = {
     {"rl.temperature", ST_OPT_FLOAT, F(rl.temperature), "1", "RL: sampling temperature of the answers (log-probabilities are taken at 1: keep 1 for an unbiased gradient)", "(0,)"},
     {"rl.top_k", ST_OPT_INT, F(rl.top_k), "0", "RL: sample from the k most likely tokens (0 = all)", "[0,)"},
     {"rl.top_p", ST_OPT_FLOAT, F(rl.top_p), "1", "RL: nucleus sampling threshold (1 = off)", "(0,1]"},
+    {"rl.gen_batch", ST_OPT_INT, F(rl.gen_batch), "0", "RL: answers decoded together on each rank (0 = all of its answers in the step, at most batch_size x seq_len); the key/value cache holds this many rows of max_seq", "[0,)"},
     {"rl.stop", ST_OPT_STRING, F(rl.stop), NULL, "RL: more tokens that end an answer, by their text (eos and the templates' end-of-turn tokens <|im_end|>, <|eot_id|>, <|end|>, <end_of_turn> always do)", NULL},
     {"rl.seed", ST_OPT_INT64, F(rl.seed), "0", "RL: sampling seed (0 = seed); answer j of prompt sample g draws from stream (seed, g, j)", NULL},
     {"rl.clip", ST_OPT_FLOAT, F(rl.clip), "0.2", "RL: the policy ratio is clipped to [1 - clip, 1 + clip]", "(0,1)"},

@@ -38,6 +38,7 @@ typedef struct {
     int max_new;               /* answer tokens at most */
     float temperature, top_p;  /* sampling */
     int top_k;
+    int gen_batch;             /* answers decoded together on a rank (0: all of its answers) */
     char *stop;                /* more tokens that end an answer (their text, comma-separated) */
     int64_t seed;              /* sampling seed (0: the run's seed) */
     float clip;                /* policy ratio clip range */

@@ -12,7 +12,8 @@ st_err st_decoder_init(st_decoder *d, st_model *m, int B)
 {
     memset(d, 0, sizeof *d);
     const st_layout *y = &m->lay;
-    if (B < 1 || B > m->B) ST_FAIL(ST_ERR_ARG, "decoding %d rows with a model built for %d", B, m->B);
+    if (B < 1 || (int64_t)B > (int64_t)m->B * m->T)
+        ST_FAIL(ST_ERR_ARG, "decoding %d rows with a model built for %d x %d positions", B, m->B, m->T);
     d->m = m;
     d->B = B;
     d->first_token = -1;

@@ -53,7 +53,7 @@ typedef struct {
 
 typedef struct {
     st_model *m;            /* any model (inference or training); its activations are reused */
-    int B;                  /* rows at most, <= m->B */
+    int B;                  /* rows at most: up to the model's B x T (a step is one token per row) */
     st_kvcache cache;
     float *local, *full;    /* (B, Vl) this rank's logits, (B, Vl * tp) gathered */
     int *scratch;           /* (Vl * tp) */

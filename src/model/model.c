@@ -644,7 +644,8 @@ st_err st_kvcache_create(st_kvcache *c, const st_model *m, int B)
 {
     const st_layout *y = &m->lay;
     memset(c, 0, sizeof *c);
-    if (B > m->B) ST_FAIL(ST_ERR_ARG, "generation batch %d exceeds the model's %d rows", B, m->B);
+    if ((int64_t)B > (int64_t)m->B * m->T)
+        ST_FAIL(ST_ERR_ARG, "generation batch %d exceeds the model's %d x %d positions", B, m->B, m->T);
     c->B = B;
     c->max_seq = y->cfg.max_seq;
     c->owner = 1;
@@ -705,7 +706,8 @@ st_err st_model_forward_cached(st_model *m, st_kvcache *c, const int32_t *tokens
     st_acts *a = &m->a;
     const int B = c->B, L = y->cfg.n_layer;
     if (Tq < 1 || Tq > m->T) ST_FAIL(ST_ERR_ARG, "%d new tokens: expected 1..%d", Tq, m->T);
-    if (B > m->B) ST_FAIL(ST_ERR_ARG, "%d rows exceed the model's %d", B, m->B);
+    if ((int64_t)B * Tq > (int64_t)m->B * m->T)
+        ST_FAIL(ST_ERR_ARG, "%d rows x %d new tokens exceed the model's %d x %d positions", B, Tq, m->B, m->T);
     for (int b = 0; b < B; b++)
         if (c->lens[b] + Tq > c->max_seq)
             ST_FAIL(ST_ERR_ARG, "row %d: a sequence of %d tokens exceeds max_seq %d", b, c->lens[b] + Tq,

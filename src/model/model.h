@@ -142,7 +142,9 @@ void st_model_set_trainable(st_model *m, const uint8_t *trainable, int adapters_
 /* ---- inference with a key/value cache ---------------------------------- */
 /* Rows are independent sequences, each with its own length, so prompts of
  * different lengths are filled one row at a time (st_kvcache_row) and then
- * decoded together, one position per row per call. */
+ * decoded together, one position per row per call. A call's rows x new
+ * tokens fit the model's B x T positions, so one-token steps can run up to
+ * B x T rows (the cache is sized by its own rows). */
 typedef struct {
     int B, max_seq;            /* rows, capacity per row */
     int *lens;                 /* (B) positions filled in each row */
@@ -163,7 +165,7 @@ void st_kvcache_copy_row(st_kvcache *c, const st_model *m, int dst, int src);
 /* Run Tq new tokens (B, Tq) at positions lens[b] .. lens[b]+Tq-1 of each row,
  * append their keys and values to the cache, and write the local logits of
  * each row's last new position to logits_local (B, Vl). Tq <= m->T,
- * B == c->B <= m->B. */
+ * B == c->B, B x Tq <= m->B x m->T. */
 st_err st_model_forward_cached(st_model *m, st_kvcache *c, const int32_t *tokens, int Tq,
                                float *logits_local);
 

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Bitext customer support (data/bitext-support, CDLA-Sharing-1.0) for the
+RLHF recipes (jobs/rlhf-bitext.sh, jobs/rlhf-round.sh).
+
+A record is a customer message ("instruction"), its intent (27) and an
+agent's answer. The shipped base model reads 256 bytes, so an answer is its
+opening: the sentences of its first paragraph that fit 150 bytes (at least
+the first, cut at a space), where the agent says what it understood and will
+do. Every 10th record is held out.
+
+  bitext.py split OUT              the files below, in OUT
+  bitext.py answers GEN TEST OUT   generate's answers to TEST's prompts as
+                                   {"prompt": instruction, "completion": answer,
+                                   "text": answer, "label": intent} (for
+                                   `shardtune score` and a classify dataset)
+  bitext.py table OUT NAME...      the before/after table of the evaluated models
+
+split writes:
+  sft-train.jsonl    {"prompt": instruction, "response": answer}   (training records)
+  pairs-train.jsonl  {"prompt", "chosen", "rejected"}: the record's answer preferred
+                     over the answer of a record of another intent (seeded)
+  judge-train.jsonl  {"text": answer, "label": intent}: the judge, an intent
+                     classifier of answers, learns from the training records
+  judge-ref.jsonl    the same for the held-out records (the judge's own accuracy)
+  test.jsonl         {"prompt": the rendered prompt generate continues,
+                     "instruction", "intent"}: the held-out records
+  prompts-train.jsonl  the same for the training records, shuffled (seeded):
+                     its first lines are prompts of every intent
+  ref-answers.jsonl  the held-out records' own answers, as `answers` writes a
+                     model's (the reference line of the tables)
+  intents.json       the 27 intent names (label order)
+"""
+import csv
+import json
+import os
+import random
+import re
+import sys
+
+SRC = "data/bitext-support/Bitext_Sample_Customer_Support_Training_Dataset.csv"
+MAX_ANSWER = 150
+
+
+def opening(text):
+    """the answer's opening sentences that fit MAX_ANSWER bytes (at least the
+    first, cut at a space when it alone is longer)"""
+    first_para = text.strip().split("\n")[0]
+    out = ""
+    for s in re.split(r"(?<=[.!?])\s+", first_para):
+        cand = (out + " " + s).strip()
+        if len(cand.encode()) > MAX_ANSWER:
+            break
+        out = cand
+    if not out:
+        out = first_para.encode()[:MAX_ANSWER].decode(errors="ignore")
+        out = out[: out.rfind(" ")] if " " in out else out
+    return out
+
+
+def rendered(instruction):
+    """the default template's prompt (io/chat/template.h), up to the answer"""
+    return "<|user|>\n" + instruction + "\n<|assistant|>\n"
+
+
+def split(out):
+    rows = list(csv.DictReader(open(SRC, newline="", encoding="utf-8")))
+    intents = sorted({r["intent"] for r in rows})
+    train = [r for i, r in enumerate(rows) if i % 10]
+    test = [r for i, r in enumerate(rows) if i % 10 == 0]
+    by_intent = {}
+    for r in train:
+        by_intent.setdefault(r["intent"], []).append(opening(r["response"]))
+    rng = random.Random(15)
+    os.makedirs(out, exist_ok=True)
+
+    def write(name, items):
+        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
+            for x in items:
+                f.write(json.dumps(x, ensure_ascii=False) + "\n")
+
+    write("sft-train.jsonl", ({"prompt": r["instruction"], "response": opening(r["response"])} for r in train))
+    pairs = []
+    for r in train:
+        other = rng.choice([i for i in intents if i != r["intent"]])
+        pairs.append({"prompt": r["instruction"], "chosen": opening(r["response"]),
+                      "rejected": rng.choice(by_intent[other])})
+    write("pairs-train.jsonl", pairs)
+    write("judge-train.jsonl", ({"text": opening(r["response"]), "label": r["intent"]} for r in train))
+    write("judge-ref.jsonl", ({"text": opening(r["response"]), "label": r["intent"]} for r in test))
+    def prompt(r):
+        return {"prompt": rendered(r["instruction"]), "instruction": r["instruction"], "intent": r["intent"]}
+
+    write("test.jsonl", (prompt(r) for r in test))
+    shuffled = list(train)
+    random.Random(16).shuffle(shuffled)
+    write("prompts-train.jsonl", (prompt(r) for r in shuffled))
+    write("ref-answers.jsonl", ({"prompt": r["instruction"], "completion": opening(r["response"]),
+                                 "text": opening(r["response"]), "label": r["intent"]} for r in test))
+    json.dump(intents, open(os.path.join(out, "intents.json"), "w"))
+    print(f"bitext: {len(train)} training and {len(test)} held-out records, {len(intents)} intents -> {out}")
+
+
+def answers(gen, test, out):
+    """generate writes its lines in prompt order: line i answers test line i"""
+    tests = [json.loads(l) for l in open(test, encoding="utf-8")]
+    gens = [json.loads(l) for l in open(gen, encoding="utf-8")]
+    if len(gens) > len(tests) or any(g["prompt"] != t["prompt"] for g, t in zip(gens, tests)):
+        sys.exit(f"{gen}: its prompts are not {test}'s, in order")
+    with open(out, "w", encoding="utf-8") as f:
+        for g, t in zip(gens, tests):
+            a = g["completion"].strip()
+            f.write(json.dumps({"prompt": t["instruction"], "completion": a, "text": a or ".", "label": t["intent"]},
+                               ensure_ascii=False) + "\n")
+
+
+def table(out, names):
+    """per model: the reward model's mean score of its held-out answers, the
+    judge's accuracy (the answer's intent is the customer's), answer length,
+    and answers with a {{placeholder}} slot as Bitext's agents write them"""
+    print(f"  {'model':<34} {'reward model':>12} {'judge: intent':>13} {'bytes':>6} {'slots':>6}")
+    for name in names:
+        scored = [json.loads(l) for l in open(os.path.join(out, name + "-scored.jsonl"), encoding="utf-8")]
+        judge = json.load(open(os.path.join(out, name + "-judge.json")))
+        n = len(scored)
+        reward = sum(x["reward"] for x in scored) / n
+        length = sum(len(x["completion"].encode()) for x in scored) / n
+        slots = sum("{{" in x["completion"] for x in scored) / n
+        print(f"  {name:<34} {reward:>12.3f} {100 * judge['accuracy']:>12.1f}% {length:>6.0f} {100 * slots:>5.0f}%")
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    if cmd == "split" and len(sys.argv) == 3:
+        split(sys.argv[2])
+    elif cmd == "answers" and len(sys.argv) == 5:
+        answers(*sys.argv[2:])
+    elif cmd == "table" and len(sys.argv) >= 4:
+        table(sys.argv[2], sys.argv[3:])
+    else:
+        sys.exit(__doc__)
