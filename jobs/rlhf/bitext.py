@@ -3,10 +3,11 @@
 RLHF recipes (jobs/rlhf-bitext.sh, jobs/rlhf-round.sh).
 
 A record is a customer message ("instruction"), its intent (27) and an
-agent's answer. The shipped base model reads 256 bytes, so an answer is its
-opening: the sentences of its first paragraph that fit 150 bytes (at least
-the first, cut at a space), where the agent says what it understood and will
-do. Every 10th record is held out.
+agent's reply. The shipped base model reads 256 bytes, so an answer here is
+the reply's first sentence that says something (30 bytes or more, so not
+"Certainly!"; at most 140, cut at a space): where the agent restates what it
+understood the customer wants ("I understand that you want to switch to a Pro
+account."). Every 10th record is held out.
 
   bitext.py split OUT              the files below, in OUT
   bitext.py answers GEN TEST OUT   generate's answers to TEST's prompts as
@@ -18,7 +19,8 @@ do. Every 10th record is held out.
 split writes:
   sft-train.jsonl    {"prompt": instruction, "response": answer}   (training records)
   pairs-train.jsonl  {"prompt", "chosen", "rejected"}: the record's answer preferred
-                     over the answer of a record of another intent (seeded)
+                     over the answer of a record of another intent, and over
+                     its own first words (an unfinished answer; seeded)
   judge-train.jsonl  {"text": answer, "label": intent}: the judge, an intent
                      classifier of answers, learns from the training records
   judge-ref.jsonl    the same for the held-out records (the judge's own accuracy)
@@ -38,23 +40,18 @@ import re
 import sys
 
 SRC = "data/bitext-support/Bitext_Sample_Customer_Support_Training_Dataset.csv"
-MAX_ANSWER = 150
+MAX_ANSWER = 140
 
 
-def opening(text):
-    """the answer's opening sentences that fit MAX_ANSWER bytes (at least the
-    first, cut at a space when it alone is longer)"""
-    first_para = text.strip().split("\n")[0]
-    out = ""
-    for s in re.split(r"(?<=[.!?])\s+", first_para):
-        cand = (out + " " + s).strip()
-        if len(cand.encode()) > MAX_ANSWER:
-            break
-        out = cand
-    if not out:
-        out = first_para.encode()[:MAX_ANSWER].decode(errors="ignore")
-        out = out[: out.rfind(" ")] if " " in out else out
-    return out
+def answer_of(text):
+    """the first sentence of the reply's first paragraph that says something
+    (30 bytes or more: not "Certainly!"), cut at a space to MAX_ANSWER bytes"""
+    sentences = re.split(r"(?<=[.!?])\s+", text.strip().split("\n")[0])
+    s = next((x for x in sentences if len(x.encode()) >= 30), sentences[0])
+    if len(s.encode()) > MAX_ANSWER:
+        s = s.encode()[:MAX_ANSWER].decode(errors="ignore")
+        s = s[: s.rfind(" ")] if " " in s else s
+    return s
 
 
 def rendered(instruction):
@@ -69,7 +66,7 @@ def split(out):
     test = [r for i, r in enumerate(rows) if i % 10 == 0]
     by_intent = {}
     for r in train:
-        by_intent.setdefault(r["intent"], []).append(opening(r["response"]))
+        by_intent.setdefault(r["intent"], []).append(answer_of(r["response"]))
     rng = random.Random(15)
     os.makedirs(out, exist_ok=True)
 
@@ -78,15 +75,20 @@ def split(out):
             for x in items:
                 f.write(json.dumps(x, ensure_ascii=False) + "\n")
 
-    write("sft-train.jsonl", ({"prompt": r["instruction"], "response": opening(r["response"])} for r in train))
+    write("sft-train.jsonl", ({"prompt": r["instruction"], "response": answer_of(r["response"])} for r in train))
     pairs = []
     for r in train:
+        chosen = answer_of(r["response"])
         other = rng.choice([i for i in intents if i != r["intent"]])
-        pairs.append({"prompt": r["instruction"], "chosen": opening(r["response"]),
-                      "rejected": rng.choice(by_intent[other])})
+        pairs.append({"prompt": r["instruction"], "chosen": chosen, "rejected": rng.choice(by_intent[other])})
+        # and over itself cut short: an unfinished answer is worse than the whole one
+        words = chosen.split()
+        if len(words) >= 6:
+            cut = " ".join(words[: rng.randint(2, len(words) // 2)])
+            pairs.append({"prompt": r["instruction"], "chosen": chosen, "rejected": cut})
     write("pairs-train.jsonl", pairs)
-    write("judge-train.jsonl", ({"text": opening(r["response"]), "label": r["intent"]} for r in train))
-    write("judge-ref.jsonl", ({"text": opening(r["response"]), "label": r["intent"]} for r in test))
+    write("judge-train.jsonl", ({"text": answer_of(r["response"]), "label": r["intent"]} for r in train))
+    write("judge-ref.jsonl", ({"text": answer_of(r["response"]), "label": r["intent"]} for r in test))
     def prompt(r):
         return {"prompt": rendered(r["instruction"]), "instruction": r["instruction"], "intent": r["intent"]}
 
@@ -94,8 +96,8 @@ def split(out):
     shuffled = list(train)
     random.Random(16).shuffle(shuffled)
     write("prompts-train.jsonl", (prompt(r) for r in shuffled))
-    write("ref-answers.jsonl", ({"prompt": r["instruction"], "completion": opening(r["response"]),
-                                 "text": opening(r["response"]), "label": r["intent"]} for r in test))
+    write("ref-answers.jsonl", ({"prompt": r["instruction"], "completion": answer_of(r["response"]),
+                                 "text": answer_of(r["response"]), "label": r["intent"]} for r in test))
     json.dump(intents, open(os.path.join(out, "intents.json"), "w"))
     print(f"bitext: {len(train)} training and {len(test)} held-out records, {len(intents)} intents -> {out}")
 

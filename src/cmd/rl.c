@@ -625,8 +625,10 @@ st_err st_rl_backward(trainer *t)
 
 /* ---- evaluation and statistics ---------------------------------------------------- */
 
-/* Greedy answers to the validation prompts (eval_batches x batch_size per dp
- * rank): *metric their mean reward, *val minus it (lower is better). */
+/* Greedy answers to validation prompts (eval_batches x batch_size per dp
+ * rank, the first of the validation split's seeded order, the same at every
+ * evaluation: files are often sorted by class): *metric their mean reward,
+ * *val minus it (lower is better). */
 st_err st_rl_evaluate(trainer *t, double *val, double *metric)
 {
     rl_state *s = t->mstate;
@@ -640,7 +642,7 @@ st_err st_rl_evaluate(trainer *t, double *val, double *metric)
         const int rows = n - p0 < s->B ? (int)(n - p0) : s->B;
         st_batch view = s->pb;
         view.B = rows;
-        ST_TRY(st_loader_fill(t->val, &view, p0, rows, 0));
+        ST_TRY(st_loader_fill(t->val, &view, p0, rows, 1));
         for (int i = 0; i < rows; i++) ST_TRY(read_prompt(s, t, i, p0 + i));
         ST_TRY(generate(s, t, rows, 1, &greedy));
         ST_TRY(rewards(s, rows, 1));
