@@ -98,7 +98,7 @@ START_TEST(refused_settings)
         {{"--rl.group_size", "3"}, "whole groups of rl.group_size 3"},
         {{"--rl.minibatches", "3"}, "rl.minibatches 3 must divide"},
         {{"--rl.max_new", "64"}, "rl.max_new 64"},
-        {{"--rl.temperature", "0"}, "temperature must be positive"},
+        {{"--rl.temperature", "0"}, "option 'rl.temperature' is 0; it must be > 0"},
         {{"--seq_len", "24"}, "are longer than seq_len 24"},
         {{"--rl.stop", "<|no such token|>"}, "rl.stop: '<|no such token|>'"},
         {{"--rl.reward.model", "/nonexistent.h5"}, "/nonexistent.h5"},

@@ -126,7 +126,7 @@ static st_err resolve(rl_state *s, trainer *t)
     if (s->kind != RL_PPO && s->G < 2)
         ST_FAIL(ST_ERR_ARG, "method %s compares answers to the same prompt: rl.group_size must be at least 2, not %d",
                 o->method, s->G);
-    if (s->mb < 1 || t->micro_per_step % s->mb)
+    if (t->micro_per_step % s->mb)
         ST_FAIL(ST_ERR_ARG, "rl.minibatches %d must divide the %d micro-batches of each rank's share of a step", s->mb,
                 t->micro_per_step);
     s->B = o->batch_size;
@@ -147,10 +147,7 @@ static st_err resolve(rl_state *s, trainer *t)
                 o->seq_len, o->seq_len);
     if (r->max_new < 1 || r->max_new >= o->seq_len)
         ST_FAIL(ST_ERR_ARG, "rl.max_new %d: expected 1 .. seq_len - 1 (%d)", r->max_new, o->seq_len - 1);
-    if (!(r->temperature > 0))
-        ST_FAIL(ST_ERR_ARG, "rl.temperature %g: RL samples its answers, the temperature must be positive",
-                (double)r->temperature);
-    if (!(r->clip > 0)) ST_FAIL(ST_ERR_ARG, "rl.clip %g must be positive", (double)r->clip);
+    /* rl.temperature > 0, rl.clip in (0, 1), rl.minibatches >= 1: the option table's ranges */
     s->dopt.s = (st_sampling){.temperature = r->temperature, .top_k = r->top_k, .top_p = r->top_p};
     s->dopt.max_new = r->max_new;
     s->dopt.max_len = o->seq_len;
