@@ -24,8 +24,10 @@ make --no-print-directory   # a fresh clone: the Debian packages and the build (
 BIN=${BIN:-bin/shardtune}
 OUT=runs/rlhf-round
 PY=jobs/rlhf/bitext.py RATE=jobs/rlhf/rate.py
+BASE=${BASE:-data/base/shardtune-base-sp4096.h5} TOK=${TOK:-llama2c:data/base/tok4096.bin}
+MAX_NEW=48   # answer tokens (the answers are at most 140 bytes, about 35 tokens)
 N_PROMPTS=${N_PROMPTS:-400} SAMPLES=${SAMPLES:-4} RATER=${RATER:-script}
-STEPS_SFT=${STEPS_SFT:-200} STEPS_RM=${STEPS_RM:-200} STEPS_RL=${STEPS_RL:-30}
+STEPS_SFT=${STEPS_SFT:-150} STEPS_RM=${STEPS_RM:-100} STEPS_RL=${STEPS_RL:-15}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 MPIRUN=(mpirun --bind-to none -np 2)
 ck() { printf "%s/ckpt/step_%08d.h5" "$1" "$2"; }
@@ -35,16 +37,17 @@ echo "== 0. the policy: the base model after $STEPS_SFT steps of SFT on the agen
 python3 $PY split $OUT
 SFT=$(ck $OUT/sft "$STEPS_SFT")
 if [ ! -f "$SFT" ]; then
-  "${MPIRUN[@]}" "$BIN" prepare --input $OUT/sft-train.jsonl --format sft --max-len 256 --out $OUT/sft-train.h5 \
+  "${MPIRUN[@]}" "$BIN" prepare --input $OUT/sft-train.jsonl --format sft --max-len 128 --tokenizer "$TOK" --force \
+      --out $OUT/sft-train.h5 \
       | tail -n 1
-  "${MPIRUN[@]}" "$BIN" train jobs/recipes/bitext-sft.yaml --data.train $OUT/sft-train.h5 --out_dir $OUT/sft \
+  "${MPIRUN[@]}" "$BIN" train jobs/recipes/bitext-sft.yaml --init_from "$BASE" --data.train $OUT/sft-train.h5 --out_dir $OUT/sft \
       --steps "$STEPS_SFT" | grep -E '^validation:'
 fi
 
 echo; echo "== 1. candidates: $SAMPLES sampled answers to each of $N_PROMPTS messages"
 head -n "$N_PROMPTS" $OUT/prompts-train.jsonl > $OUT/round-prompts.jsonl
 "${MPIRUN[@]}" "$BIN" generate "$SFT" --prompts $OUT/round-prompts.jsonl --samples "$SAMPLES" --temperature 1 \
-    --top_p 1 --max_new 150 --batch 16 --seed 1 --out $OUT/candidates-gen.jsonl
+    --top_p 1 --max_new $MAX_NEW --batch 16 --seed 1 --out $OUT/candidates-gen.jsonl
 python3 $RATE candidates $OUT/candidates-gen.jsonl $OUT/round-prompts.jsonl "$SAMPLES" $OUT/candidates.jsonl
 echo "candidates for raters: $OUT/candidates.jsonl"
 
@@ -55,10 +58,11 @@ else python3 $RATE ask $OUT/candidates.jsonl $OUT/choices.jsonl --script; fi
 
 echo; echo "== 3. choices -> preference pairs"
 python3 $RATE pairs $OUT/candidates.jsonl $OUT/choices.jsonl $OUT/pairs.jsonl
-"${MPIRUN[@]}" "$BIN" prepare --input $OUT/pairs.jsonl --max-len 256 --out $OUT/pairs.h5 | tail -n 1
+"${MPIRUN[@]}" "$BIN" prepare --input $OUT/pairs.jsonl --max-len 128 --tokenizer "$TOK" --force --out $OUT/pairs.h5 \
+    | tail -n 1
 
 echo; echo "== 4. a reward model on the raters' pairs ($STEPS_RM steps)"
-"${MPIRUN[@]}" "$BIN" train jobs/recipes/bitext-reward.yaml --data.train $OUT/pairs.h5 --out_dir $OUT/reward \
+"${MPIRUN[@]}" "$BIN" train jobs/recipes/bitext-reward.yaml --init_from "$BASE" --data.train $OUT/pairs.h5 --out_dir $OUT/reward \
     --steps "$STEPS_RM" --eval_batches 4 | grep -E '^validation:'
 RM=$(ck $OUT/reward "$STEPS_RM")
 
@@ -71,10 +75,10 @@ RL=$(ck $OUT/grpo "$STEPS_RL")
 echo; echo "== 6. greedy answers to the held-out messages, before and after the round"
 for m in before after; do
   ckpt=$SFT; [ $m = after ] && ckpt=$RL
-  "${MPIRUN[@]}" "$BIN" generate "$ckpt" --prompts $OUT/test.jsonl --temperature 0 --max_new 150 --batch 16 \
+  "${MPIRUN[@]}" "$BIN" generate "$ckpt" --prompts $OUT/test.jsonl --temperature 0 --max_new $MAX_NEW --batch 16 \
       --out $OUT/$m-gen.jsonl
   python3 $PY answers $OUT/$m-gen.jsonl $OUT/test.jsonl $OUT/$m-answers.jsonl
-  "$BIN" score "$RM" --input $OUT/$m-answers.jsonl --out $OUT/$m-scored.jsonl --seq_len 256 > /dev/null
+  "$BIN" score "$RM" --input $OUT/$m-answers.jsonl --out $OUT/$m-scored.jsonl --seq_len 128 > /dev/null
 done
 mean() { python3 -c "import json,sys; r=[json.loads(l)['reward'] for l in open(sys.argv[1])]; print(f'{sum(r)/len(r):.3f}')" "$1"; }
 echo
