@@ -632,11 +632,13 @@ st_err st_rl_evaluate(trainer *t, double *val, double *metric)
     const int64_t n = st_loader_num_samples(t->val);
     const st_decode_opts greedy = {.s = {.temperature = 0}, .max_new = s->dopt.max_new, .max_len = s->T,
                                    .stop = s->dopt.stop, .n_stop = s->dopt.n_stop};
+    /* the first eval_batches x batch_size prompts, split over the dp ranks:
+     * the same prompts, so the same number, on any grid */
+    const int64_t want = (int64_t)t->o->eval_batches * s->B, all = want < n ? want : n;
+    const int64_t lo = all * t->grid.dp_rank / t->grid.dp_size, hi = all * (t->grid.dp_rank + 1) / t->grid.dp_size;
     double sum[2] = {0, 0};
-    for (int k = 0; k < t->o->eval_batches; k++) {
-        const int64_t p0 = ((int64_t)k * t->grid.dp_size + t->grid.dp_rank) * s->B;
-        if (p0 >= n) break;
-        const int rows = n - p0 < s->B ? (int)(n - p0) : s->B;
+    for (int64_t p0 = lo; p0 < hi; p0 += s->B) {
+        const int rows = hi - p0 < s->B ? (int)(hi - p0) : s->B;
         st_batch view = s->pb;
         view.B = rows;
         ST_TRY(st_loader_fill(t->val, &view, p0, rows, 1));
