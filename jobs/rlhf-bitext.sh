@@ -15,7 +15,7 @@
 #     SFT model, GRPO and PPO (and the agents' own answers): the reward
 #     model's mean score, the judge's accuracy (the answer's intent is the
 #     customer's), length and {{placeholder}} slots.
-# 2 ranks, about 20 minutes on 2 shared cores with the defaults; STEPS_SFT,
+# 2 ranks, about 13 minutes on 2 shared cores with the defaults; STEPS_SFT,
 # STEPS_RM, STEPS_JUDGE, STEPS_RL change the sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,7 +3,7 @@
 RLHF recipes (jobs/rlhf-bitext.sh, jobs/rlhf-round.sh).
 
 A record is a customer message ("instruction"), its intent (27) and an
-agent's reply. The shipped base model reads 256 bytes, so an answer here is
+agent's reply. The recipes read rows of 128 tokens, so an answer here is
 the reply's first sentence that says something (30 bytes or more, so not
 "Certainly!"; at most 140, cut at a space): where the agent restates what it
 understood the customer wants ("I understand that you want to switch to a Pro
