@@ -105,7 +105,9 @@ def split(out):
 def answers(gen, test, out):
     """generate writes its lines in prompt order: line i answers test line i"""
     tests = [json.loads(l) for l in open(test, encoding="utf-8")]
-    gens = [json.loads(l) for l in open(gen, encoding="utf-8")]
+    # a sampled answer can end inside a character (sentencepiece's byte tokens):
+    # generate writes those bytes as they are, read them as U+FFFD
+    gens = [json.loads(l) for l in open(gen, encoding="utf-8", errors="replace")]
     if len(gens) > len(tests) or any(g["prompt"] != t["prompt"] for g, t in zip(gens, tests)):
         sys.exit(f"{gen}: its prompts are not {test}'s, in order")
     with open(out, "w", encoding="utf-8") as f:

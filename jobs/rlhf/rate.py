@@ -38,7 +38,9 @@ def scripted(intent, answer):
 
 def candidates(gen, test, samples, out):
     tests = [json.loads(l) for l in open(test, encoding="utf-8")]
-    gens = [json.loads(l) for l in open(gen, encoding="utf-8")]
+    # a sampled answer can end inside a character (sentencepiece's byte tokens):
+    # generate writes those bytes as they are, read them as U+FFFD
+    gens = [json.loads(l) for l in open(gen, encoding="utf-8", errors="replace")]
     samples = int(samples)
     with open(out, "w", encoding="utf-8") as f:
         for k in range(len(gens) // samples):
