@@ -233,6 +233,24 @@ int st_utf8_valid(const char *s, size_t n, size_t *bad, char *why, size_t why_ca
     return ok;
 }
 
+char *st_utf8_repair(const char *s, size_t n)
+{
+    char *out = malloc(3 * n + 1), *w = out; /* each byte at most U+FFFD's 3 */
+    if (!out) return NULL;
+    size_t at = 0, bad = 0;
+    while (at < n) {
+        const int ok = st_utf8_valid(s + at, n - at, &bad, NULL, 0);
+        const size_t good = ok ? n - at : bad;
+        memcpy(w, s + at, good);
+        w += good, at += good;
+        if (ok) break;
+        memcpy(w, "\xEF\xBF\xBD", 3);
+        w += 3, at++;
+    }
+    *w = '\0';
+    return out;
+}
+
 uint64_t st_hash_bytes(const void *s, size_t n, uint64_t seed)
 {
     const unsigned char *p = s;

@@ -46,6 +46,11 @@ st_err st_json_parse_line(cJSON **out, const char *line, size_t len, const char 
  * with the byte offset of the first bad sequence in *bad and PCRE2's reason
  * in why (a buffer of why_cap bytes). */
 int st_utf8_valid(const char *s, size_t n, size_t *bad, char *why, size_t why_cap);
+/* s[0..n) with each byte of a malformed UTF-8 sequence replaced by U+FFFD,
+ * malloc'd and NUL-terminated (NULL: out of memory): for text that goes
+ * into JSON but did not come from it, such as a model's answer, which can
+ * stop inside a character or hold a tokenizer's lone byte tokens. */
+char *st_utf8_repair(const char *s, size_t n);
 
 /* 64-bit hash of s[0..n) under a seed (FNV-1a mixed through splitmix64). */
 uint64_t st_hash_bytes(const void *s, size_t n, uint64_t seed);

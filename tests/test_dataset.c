@@ -27,6 +27,7 @@
 #include "harness.h"
 #include "io/dataset.h"
 #include "io/h5util.h"
+#include "io/jsonl.h"
 #include "io/tok/tokenizer.h"
 #include "mpi/grid.h"
 
@@ -948,6 +949,32 @@ START_TEST(test_damaged)
     ck_assert_int_ne(st_dataset_open(&ds, bad), ST_OK);
     assert_contains(st_error_message(), bad);
 }
+
+/* st_utf8_repair: each byte of a malformed sequence (a lone continuation
+ * byte, a character cut short at the end, an overlong form) becomes U+FFFD;
+ * well-formed text, multi-byte characters included, is kept as it is. */
+START_TEST(test_utf8_repair)
+{
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        {"caf\xC3\xA9 ok", "caf\xC3\xA9 ok"},
+        {"make a\x84 pict\x96ure", "make a\xEF\xBF\xBD pict\xEF\xBF\xBDure"},
+        {"cut \xE2\x82", "cut \xEF\xBF\xBD\xEF\xBF\xBD"},
+        {"\xC0\xAF", "\xEF\xBF\xBD\xEF\xBF\xBD"},
+        {"", ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *got = st_utf8_repair(cases[i].in, strlen(cases[i].in));
+        ck_assert_ptr_nonnull(got);
+        ck_assert_msg(!strcmp(got, cases[i].want), "case %zu: got \"%s\"", i, got);
+        size_t bad;
+        ck_assert(st_utf8_valid(got, strlen(got), &bad, NULL, 0));
+        free(got);
+    }
+}
+END_TEST
+
 END_TEST
 
 static Suite *dataset_suite(void)
@@ -956,6 +983,7 @@ static Suite *dataset_suite(void)
     TCase *tc = tcase_create("prepare");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_banking77);
+    tcase_add_test(tc, test_utf8_repair);
     tcase_add_test(tc, test_label_names_file);
     tcase_add_test(tc, test_hh_pref);
     tcase_add_test(tc, test_sft_mask);

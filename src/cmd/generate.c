@@ -300,7 +300,9 @@ static st_err generate(const char *ckpt, MPI_Comm world, void *opts)
             cJSON *j = cJSON_CreateObject();
             cJSON_AddStringToObject(j, "prompt", rowp[i]);
             if (o->samples > 1) cJSON_AddNumberToObject(j, "sample", i % o->samples);
-            cJSON_AddStringToObject(j, "completion", texts[i]);
+            char *text = st_utf8_repair(texts[i], strlen(texts[i])); /* JSON holds UTF-8 only */
+            cJSON_AddStringToObject(j, "completion", text ? text : "");
+            free(text);
             add_ids(j, "prompt_ids", ids[i].prompt, ids[i].n_prompt);
             add_ids(j, "completion_ids", ids[i].completion, ids[i].n_completion);
             char *js = cJSON_PrintUnformatted(j);
