@@ -14,7 +14,7 @@ OUT=runs/rlhf-banking
 STEPS_SFT=${STEPS_SFT:-250} STEPS_RL=${STEPS_RL:-60} N_GEN=${N_GEN:-400}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 MPIRUN=(mpirun --bind-to none -np 2)
-mkdir -p $OUT
+rm -rf $OUT && mkdir -p $OUT   # prepare replaces no file without --force
 t0=$(date +%s)
 em() { sed -n 's/.*"exact_match":[[:space:]]*\([0-9.eE+-]*\).*/\1/p' "$1" | head -1; }
 pct() { awk -v x="${1:-0}" 'BEGIN { printf "%.1f%%", 100 * x }'; }
