@@ -360,6 +360,38 @@ END_TEST
 
 /* ---- templates on fixtures ---------------------------------------------- */
 
+/* Text and classify records with a llama2c tokenizer (the genuine tok512):
+ * bos, then the text encoded as sentencepiece and run.c encode it, with the
+ * dummy-prefix space (a text record once lost it: "Once" became "O" "nce"). */
+START_TEST(test_llama2c_text_prefix)
+{
+    char spec[600];
+    snprintf(spec, sizeof spec, "llama2c:%s", th_data_path("llama2c/tok512.bin"));
+    st_tokenizer *tok = NULL;
+    ck_assert_int_eq(st_tokenizer_load(&tok, spec), ST_OK);
+    const char *text = "Once upon a time";
+    int32_t *want = NULL;
+    size_t nwant = 0, cap = 0;
+    ck_assert_int_eq(st_tokenizer_encode(tok, text, strlen(text), 0, &want, &nwant, &cap), ST_OK);
+    static const char *const records[] = {"{\"text\": \"Once upon a time\"}\n",
+                                          "{\"text\": \"Once upon a time\", \"label\": \"story\"}\n"};
+    for (int r = 0; r < 2; r++) {
+        const char *in = tmp_path("l2c.jsonl"), *out = tmp_path("l2c.h5");
+        spit_str(in, records[r]);
+        must_prepare(in, out, "--tokenizer", spec);
+        st_dataset *ds = open_ds(out);
+        expect_seq x = {.n = 0};
+        ex_id(&x, st_tokenizer_bos(tok), 0);
+        for (size_t k = 0; k < nwant; k++) ex_id(&x, want[k], r == 0);
+        if (r == 0) ex_id(&x, st_tokenizer_eos(tok), 1);
+        assert_doc(ds, 0, &x);
+        st_dataset_close(ds);
+    }
+    free(want);
+    st_tokenizer_free(tok);
+}
+END_TEST
+
 START_TEST(test_sft_mask)
 {
     const char *in = tmp_path("sft.jsonl"), *out = tmp_path("sft.h5");
@@ -987,6 +1019,7 @@ static Suite *dataset_suite(void)
     tcase_add_test(tc, test_label_names_file);
     tcase_add_test(tc, test_hh_pref);
     tcase_add_test(tc, test_sft_mask);
+    tcase_add_test(tc, test_llama2c_text_prefix);
     tcase_add_test(tc, test_chat_mask);
     tcase_add_test(tc, test_text_sentencepiece);
     tcase_add_test(tc, test_text_empty_skipped);
