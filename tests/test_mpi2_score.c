@@ -4,8 +4,10 @@
  * and rejected answers are scored from JSONL, and each score is compared with
  * the head's output on the dataset's own tokens for that pair (so score
  * renders exactly as prepare does), for a fully fine-tuned reward model and
- * for one trained with LoRA (whose adapters score must apply). Bad input
- * fails on every rank. */
+ * for one trained with LoRA (whose adapters score must apply). A language
+ * model (no head) gets log p(completion | prompt) instead: equal to minus the
+ * masked cross-entropy of the sft dataset's own tokens for that line. Bad
+ * input fails on every rank. */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -164,6 +166,107 @@ static void check_scores(const char *run, const char *const *extra, int want_mer
     }
 }
 
+/* -log p summed over the answer tokens of docs [0, n) of an sft dataset, and
+ * their count, from the language model ckpt, here. */
+static void direct_nll(const char *ckpt, const char *data, int n_docs, double *nll, int *count)
+{
+    st_config cfg;
+    ck_assert_int_eq(st_ckpt_read_config(ckpt, MPI_COMM_SELF, &cfg), ST_OK);
+    st_grid g;
+    ck_assert_int_eq(st_grid_init(&g, MPI_COMM_SELF, 1), ST_OK);
+    st_model m;
+    ck_assert_int_eq(st_model_create(&m, &cfg, g.tp, 1, T, ST_MODEL_TRAIN), ST_OK);
+    st_ckpt_tensors t = {.lay = &m.lay, .params = m.params};
+    ck_assert_msg(st_ckpt_load(ckpt, &g, &t, NULL, NULL, ST_CKPT_WEIGHTS_ONLY, NULL, NULL, NULL) == ST_OK, "%s",
+                  st_error_message());
+    st_dataset *ds;
+    ck_assert_int_eq(st_dataset_open(&ds, data), ST_OK);
+    for (int d = 0; d < n_docs; d++) {
+        int32_t *tok, row[T] = {0}, tgt[T] = {0};
+        uint8_t *mask;
+        float fm[T] = {0};
+        size_t n;
+        ck_assert_int_eq(st_dataset_read_doc(ds, d, &tok, &mask, &n), ST_OK);
+        ck_assert(n >= 2 && n <= T);
+        memcpy(row, tok, n * sizeof *tok);
+        count[d] = 0;
+        for (size_t k = 0; k + 1 < n; k++) {   /* position k predicts token k+1 */
+            tgt[k] = tok[k + 1];
+            fm[k] = mask[k + 1];
+            count[d] += mask[k + 1];
+        }
+        ck_assert_int_eq(st_model_forward(&m, row, tgt, fm, 1, T, 1.0f, &nll[d]), ST_OK);
+        free(tok);
+        free(mask);
+    }
+    st_dataset_close(ds);
+    st_model_free(&m);
+    st_grid_free(&g);
+}
+
+START_TEST(test_lm_logprob_equals_the_datasets)
+{
+    char data[300], run[300], ckpt[400], in[300], out[300], corpus[300];
+    snprintf(data, sizeof data, "%s/data.h5", DIR_);
+    snprintf(run, sizeof run, "%s/sft", DIR_);
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_00000008.h5", run);
+    snprintf(in, sizeof in, "%s/cand.jsonl", DIR_);
+    snprintf(out, sizeof out, "%s/scored.jsonl", DIR_);
+    snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", DIR_);
+    ck_assert_int_eq(th_make_dataset_kind(MPI_COMM_WORLD, DIR_, "sft"), 0);
+    const char *a[] = {"--method", "sft", "--data.train", data, "--out_dir", run, "--model.n_layer", "2",
+                       "--model.d_model", "32", "--model.n_head", "4", "--model.n_kv_head", "2", "--model.d_ff", "64",
+                       "--seq_len", "160", "--batch_size", "4", "--steps", "8", "--optim.lr", "3e-3",
+                       "--eval_every", "0", "--plot", "false", NULL};
+    ck_assert_int_eq(th_train(MPI_COMM_WORLD, a), 0);
+    enum { N = 12 };
+    if (RANK == 0) { /* the dataset's records, as candidates: the prepared docs are in file order */
+        FILE *f = fopen(corpus, "r"), *g = fopen(in, "w");
+        char line[4096];
+        ck_assert(f && g);
+        for (int i = 0; i < N && fgets(line, sizeof line, f); i++) {
+            cJSON *j = cJSON_Parse(line);
+            ck_assert(j);
+            fprintf(g, "{\"prompt\": \"%s\", \"completion\": \"%s\"}\n", cJSON_GetObjectItem(j, "prompt")->valuestring,
+                    cJSON_GetObjectItem(j, "response")->valuestring);
+            cJSON_Delete(j);
+        }
+        fclose(f);
+        fclose(g);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    st_err e = score_on(MPI_COMM_WORLD, ckpt, in, out, "fp32");
+    ck_assert_msg(e == ST_OK, "score: %s", st_error_message());
+    int ok = 1;
+    if (RANK == 0) {
+        double nll[N];
+        int count[N];
+        direct_nll(ckpt, data, N, nll, count);
+        FILE *f = fopen(out, "r");
+        char line[8192];
+        int k = 0;
+        while (f && fgets(line, sizeof line, f)) {
+            cJSON *j = cJSON_Parse(line);
+            ck_assert(j && k < N);
+            double lp = cJSON_GetObjectItem(j, "logprob")->valuedouble;
+            int nt = cJSON_GetObjectItem(j, "n_tokens")->valueint;
+            ck_assert_ptr_null(cJSON_GetObjectItem(j, "reward"));
+            if (nt != count[k] || nt < 2 || lp >= 0 || fabs(lp + nll[k]) > 1e-4 * (1 + nll[k])) {
+                fprintf(stderr, "line %d: logprob %.9g over %d tokens, the dataset's tokens give %.9g over %d\n", k,
+                        lp, nt, -nll[k], count[k]);
+                ok = 0;
+            }
+            cJSON_Delete(j);
+            k++;
+        }
+        if (f) fclose(f);
+        ck_assert_int_eq(k, N);
+    }
+    MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    ck_assert_msg(ok, "score's log-probabilities differ from the dataset's");
+}
+END_TEST
+
 START_TEST(test_scores_equal_the_datasets)
 {
     char ckpt[400], in[300], out[300], data[300];
@@ -191,7 +294,7 @@ START_TEST(test_scores_equal_the_datasets)
     ck_assert_int_eq(e, ST_ERR_FORMAT);
     if (RANK == 0) ck_assert_msg(strstr(st_error_message(), "cand.jsonl:2"), "%s", st_error_message());
     ck_assert(access(out, F_OK) != 0);
-    /* a classifier or LM checkpoint is not a reward model */
+    /* a dataset is not a checkpoint */
     e = score_on(MPI_COMM_WORLD, data, in, out, "fp32");
     ck_assert_int_ne(e, ST_OK);
     /* a precision that does not exist: an error naming it */
@@ -203,7 +306,7 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    const TTest *const tests[] = {test_scores_equal_the_datasets};
+    const TTest *const tests[] = {test_scores_equal_the_datasets, test_lm_logprob_equals_the_datasets};
     return th_mpi_dir_main(&argc, &argv, "score_mpi2", 120, &RANK, DIR_, sizeof DIR_, tests,
                            (int)(sizeof tests / sizeof tests[0]));
 }

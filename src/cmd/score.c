@@ -7,6 +7,11 @@
  * rendered exactly as `prepare` renders a prompt/response record (the same
  * template and max-length policy), so the model sees what it was trained on;
  * the output is each input object with a "reward" field, in input order.
+ * A checkpoint without a head is scored as a language model instead: each
+ * line gets "logprob", log p(completion | prompt) summed over the tokens the
+ * template's loss mask marks (the answer and its end of turn), and
+ * "n_tokens", their count: lm-evaluation-harness's loglikelihood request,
+ * which multiple-choice tasks (LegalBench's Yes/No) compare across answers.
  * Scoring is a small job: world rank 0 does it (tp 1), the other ranks wait.
  */
 #include <cjson/cJSON.h>
@@ -43,10 +48,10 @@ static const st_option score_options[] = {
     {"precision", ST_OPT_STRING, offsetof(score_opts, precision), "fp32", "matrix products: fp32, bf16 (bf16 inputs, fp32 accumulation) or auto (bf16 where this CPU's bf16 matmul is faster)", NULL},
 };
 
-/* The reward model: body + 1-output head, loaded whole on this rank. */
+/* The reward model (body + 1-output head) or language model, loaded whole on this rank. */
 typedef struct {
     st_grid g;
-    st_infer x;           /* body, 1-output head, tokenizer */
+    st_infer x;           /* body, the 1-output head when x.has_head, tokenizer */
     st_chat_template *ct;
     st_template own;
     const st_template *tpl;
@@ -58,11 +63,11 @@ static st_err load(scorer *v, const char *ckpt, const score_opts *o)
     ST_TRY(st_grid_init(&v->g, MPI_COMM_SELF, 1));
     if (o->batch_size < 1) ST_FAIL(ST_ERR_ARG, "--batch_size %d: expected at least 1", o->batch_size);
     /* a reward model trained with LoRA: its adapters merged into the weights, as eval does */
-    const st_infer_opts io = {.B = o->batch_size, .T = o->seq_len, .head = ST_INFER_HEAD_REQUIRED,
+    const st_infer_opts io = {.B = o->batch_size, .T = o->seq_len, .head = ST_INFER_HEAD,
                               .merge_lora = 1, .need_tokenizer = 1, .precision = o->precision};
     ST_TRY(st_infer_open(&v->x, ckpt, &v->g, &io));
     st_infer_print_loaded(&v->x, "score", &v->g);
-    if (v->x.n_labels != 1)
+    if (v->x.has_head && v->x.n_labels != 1)
         ST_FAIL(ST_ERR_ARG, "'%s' is not a reward model (its head has %d outputs: a classifier); train one with "
                 "method reward", ckpt, v->x.n_labels);
     v->T = v->x.m.T;
@@ -84,18 +89,56 @@ static void unload(scorer *v)
     st_grid_free(&v->g);
 }
 
-/* The rows [0, n) of tokens/lengths -> rewards. */
-static st_err score_batch(scorer *v, const int32_t *tokens, const int32_t *lengths, int n, double *rewards)
+/* Per-batch buffers: rows of tokens with their template loss masks. */
+typedef struct {
+    int32_t *tokens, *lengths;   /* (B, T), (B) */
+    uint8_t *masks;              /* (B, T): 1 on the completion's tokens */
+    int32_t *targets;            /* (B, T) language model: the next token */
+    float *fmask, *losses;       /* (B, T) language model: mask at the target, -log p(target) */
+    double *scores;              /* (B) reward or log-probability */
+    int *counts;                 /* (B) language model: tokens scored */
+} batch;
+
+/* The rows [0, n) of b -> b->scores: the reward head's output. */
+static st_err reward_batch(scorer *v, batch *b, int n)
 {
     double none = 0;
-    ST_TRY(st_cls_forward(&v->x.head, &v->x.m, tokens, lengths, NULL, n, v->T, 1.0f, &none, NULL));
-    for (int i = 0; i < n; i++) rewards[i] = v->x.head.logits[i];
+    ST_TRY(st_cls_forward(&v->x.head, &v->x.m, b->tokens, b->lengths, NULL, n, v->T, 1.0f, &none, NULL));
+    for (int i = 0; i < n; i++) b->scores[i] = v->x.head.logits[i];
+    return ST_OK;
+}
+
+/* The rows [0, n) of b -> b->scores = sum of log p(token) over the tokens whose
+ * mask is 1, each predicted from the tokens before it; b->counts their number. */
+static st_err logprob_batch(scorer *v, batch *b, int n)
+{
+    const int T = v->T;
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < T; t++) {
+            size_t k = (size_t)i * T + t;
+            int next = t + 1 < b->lengths[i];
+            b->targets[k] = next ? b->tokens[k + 1] : 0;
+            b->fmask[k] = next && b->masks[k + 1] ? 1.0f : 0.0f;
+        }
+    double loss_sum = 0;
+    ST_TRY(st_model_forward(&v->x.m, b->tokens, b->targets, b->fmask, n, T, 1.0f, &loss_sum));
+    st_model_position_losses(&v->x.m, b->losses);
+    for (int i = 0; i < n; i++) {
+        double lp = 0;
+        int c = 0;
+        for (int t = 0; t < T; t++) {
+            size_t k = (size_t)i * T + t;
+            if (b->fmask[k] > 0) lp -= b->losses[k], c++;
+        }
+        b->scores[i] = lp;
+        b->counts[i] = c;
+    }
     return ST_OK;
 }
 
 /* One line's text fields as a rendered, fitted token sequence in row r. */
 static st_err render_line(scorer *v, st_tokseq *seq, const char *prompt, const char *completion, int32_t *row,
-                          int32_t *len)
+                          uint8_t *mask, int32_t *len)
 {
     st_turn turns[2] = {{ST_ROLE_USER, prompt, strlen(prompt)}, {ST_ROLE_ASSISTANT, completion, strlen(completion)}};
     ST_TRY(st_template_render(seq, v->tpl, v->x.tok, turns, 2));
@@ -104,6 +147,8 @@ static st_err render_line(scorer *v, st_tokseq *seq, const char *prompt, const c
     if (seq->n == 0) ST_FAIL(ST_ERR_ARG, "the rendered sequence is empty");
     memset(row, 0, sizeof *row * (size_t)v->T);
     memcpy(row, seq->ids, sizeof *row * seq->n);
+    memset(mask, 0, (size_t)v->T);
+    memcpy(mask, seq->mask, seq->n);
     *len = (int32_t)seq->n;
     return ST_OK;
 }
@@ -116,14 +161,18 @@ static st_err score_file(scorer *v, const score_opts *o)
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", o->out);
     FILE *f = fopen(tmp, "w");
-    const int B = o->batch_size;
+    const int B = o->batch_size, lm = !v->x.has_head;
+    const size_t BT = (size_t)B * v->T;
     cJSON **objs = calloc((size_t)B, sizeof *objs);
-    int32_t *tokens = calloc((size_t)B * v->T, sizeof *tokens), *lengths = calloc((size_t)B, sizeof *lengths);
-    double *rewards = calloc((size_t)B, sizeof *rewards);
+    batch b = {.tokens = calloc(BT, sizeof *b.tokens), .lengths = calloc((size_t)B, sizeof *b.lengths),
+               .masks = calloc(BT, 1), .targets = calloc(BT, sizeof *b.targets), .fmask = calloc(BT, sizeof *b.fmask),
+               .losses = calloc(BT, sizeof *b.losses), .scores = calloc((size_t)B, sizeof *b.scores),
+               .counts = calloc((size_t)B, sizeof *b.counts)};
     st_tokseq seq = {0};
     st_err e = ST_OK;
     if (!f) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot write %s", tmp);
-    if (!e && (!objs || !tokens || !lengths || !rewards))
+    if (!e && (!objs || !b.tokens || !b.lengths || !b.masks || !b.targets || !b.fmask || !b.losses || !b.scores ||
+               !b.counts))
         e = st_error_set(ST_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
     int n = 0, lineno = 0, eof = 0;
     long scored = 0;
@@ -146,7 +195,8 @@ static st_err score_file(scorer *v, const score_opts *o)
                 n++;
                 break;
             }
-            e = render_line(v, &seq, p->valuestring, c->valuestring, tokens + (size_t)n * v->T, &lengths[n]);
+            e = render_line(v, &seq, p->valuestring, c->valuestring, b.tokens + (size_t)n * v->T,
+                            b.masks + (size_t)n * v->T, &b.lengths[n]);
             n++;
             if (e) {
                 st_error_trace(__FILE__, __LINE__, __func__);
@@ -155,9 +205,10 @@ static st_err score_file(scorer *v, const score_opts *o)
             }
         }
         if (n == B || (eof && n > 0)) {
-            if ((e = score_batch(v, tokens, lengths, n, rewards))) break;
+            if ((e = lm ? logprob_batch(v, &b, n) : reward_batch(v, &b, n))) break;
             for (int i = 0; i < n; i++) {
-                cJSON_AddNumberToObject(objs[i], "reward", rewards[i]);
+                cJSON_AddNumberToObject(objs[i], lm ? "logprob" : "reward", b.scores[i]);
+                if (lm) cJSON_AddNumberToObject(objs[i], "n_tokens", b.counts[i]);
                 char *s = cJSON_PrintUnformatted(objs[i]);
                 if (!s || fprintf(f, "%s\n", s) < 0)
                     e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "writing %s failed", tmp);
@@ -173,12 +224,12 @@ static st_err score_file(scorer *v, const score_opts *o)
     if (f && fclose(f) && !e) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "closing %s failed", tmp);
     if (!e && rename(tmp, o->out)) e = st_error_set(ST_ERR_IO, __FILE__, __LINE__, __func__, "cannot rename %s", tmp);
     if (e) remove(tmp);
-    else printf("scored %ld lines of %s -> %s (template %s, seq_len %d)\n", scored, o->input, o->out, v->tpl->name, v->T);
+    else printf("scored %ld lines of %s -> %s (%s, template %s, seq_len %d)\n", scored, o->input, o->out,
+                lm ? "language model: logprob" : "reward model: reward", v->tpl->name, v->T);
     st_tokseq_free(&seq);
     free(objs);
-    free(tokens);
-    free(lengths);
-    free(rewards);
+    free(b.tokens), free(b.lengths), free(b.masks), free(b.targets), free(b.fmask), free(b.losses);
+    free(b.scores), free(b.counts);
     st_lines_close(r);
     return e;
 }
@@ -204,9 +255,12 @@ st_err st_cmd_score(int argc, char **argv, MPI_Comm world)
 {
     score_opts o;
     return st_options_run(argc, argv, world, score_options, (int)(sizeof score_options / sizeof score_options[0]), &o,
-                          "usage: shardtune score REWARD_CKPT --input candidates.jsonl --out scored.jsonl\n\n"
+                          "usage: shardtune score CKPT --input candidates.jsonl --out scored.jsonl\n\n"
                           "Scores answers with a reward model (method reward): each {\"prompt\", \"completion\"}\n"
                           "line (what `generate --prompts F --out F` writes) is rendered as prepare renders\n"
-                          "prompt/response data and gets a \"reward\" field; lines keep their order.\n\n",
-                          "the reward model's checkpoint", score);
+                          "prompt/response data and gets a \"reward\" field; lines keep their order.\n"
+                          "A checkpoint without a head (a language model) gives each line \"logprob\",\n"
+                          "log p(completion | prompt) over the tokens the template's loss mask marks, and\n"
+                          "\"n_tokens\", their count (compare answers to a multiple-choice question).\n\n",
+                          "the reward model's or language model's checkpoint", score);
 }
