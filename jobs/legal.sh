@@ -18,7 +18,8 @@
 # the task has enough (jobs/industry/splits.py; 0 = all 17,502 rows).
 # The TSVs are read with python3's csv module (tab delimiter, pandas-style
 # quoting) and converted to JSONL for prepare and score.
-# 2 cores; LORA_STEPS (30), MT_STEPS (120), CPT_STEPS (40) scale it.
+# 2 cores; LORA_STEPS (30), MT_STEPS (120), CPT_STEPS (40) scale it; CUAD_TASKS
+# (default: all 38) limits the per-task LoRAs to some tasks, for a quick try.
 # PREPARE_ONLY=1 prepares and stops.
 source "$(dirname "$0")/industry/lib.sh"
 OUT=runs/industry/legal
@@ -26,7 +27,7 @@ R=jobs/recipes/industry
 PER_TASK=${CUAD_TEST_PER_TASK:-40} LORA_STEPS=${LORA_STEPS:-30} MT_STEPS=${MT_STEPS:-120} CPT_STEPS=${CPT_STEPS:-40}
 rm -rf $OUT && mkdir -p $OUT
 TABLE=$OUT/table.tsv
-TASKS=$(ls -d data/legalbench-cuad/cuad_* | xargs -n 1 basename)
+TASKS=${CUAD_TASKS:-$(ls -d data/legalbench-cuad/cuad_* | xargs -n 1 basename)}   # CUAD_TASKS: a subset, for a quick try
 
 echo "== CUAD: train rows, test sample, prepare with each base's tokenizer"
 $PY jobs/industry/splits.py cuad $OUT "$PER_TASK" | grep -v '/tasks/'
@@ -62,8 +63,8 @@ cuad_row() {
 # lora_task TASK: LoRA from the task's 6 examples (1 rank), then its test rows scored.
 lora_task() {
   local d=$OUT/tasks/$1
-  "$BIN" train $R/legal-lora.yaml --data.train $d/train-sp4096.h5 --batch_size 6 --global_batch 6 \
-      --steps "$LORA_STEPS" --out_dir $d/lora --plot false > $d/train.log
+  "$BIN" train $R/legal-lora.yaml --init_from $BASE --data.train $d/train-sp4096.h5 --batch_size 6 \
+      --global_batch 6 --steps "$LORA_STEPS" --out_dir $d/lora --plot false > $d/train.log
   "$BIN" score "$(last_ckpt $d/lora)" --input $d/candidates.jsonl --out $d/scored.jsonl --template plain \
       --seq_len 256 --batch_size 16 >/dev/null
   rm -rf $d/lora/ckpt
@@ -78,21 +79,23 @@ score_both $STORIES $OUT/candidates.jsonl $OUT/zero-stories-scored.jsonl 512
 cuad_row zero-stories "stories260K, zero-shot"
 
 echo; echo "== (d) LoRA per task from its 6 examples ($LORA_STEPS steps each, two tasks at a time)"
+pids=()   # waited for in launch order, so that a failing task stops the script
 for task in $TASKS; do
   lora_task $task &
-  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done
+  pids+=($!)
+  if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
 done
-while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n; done
+for p in "${pids[@]}"; do wait "$p"; done
 for task in $TASKS; do cat $OUT/tasks/$task/scored.jsonl; done > $OUT/per-task-lora-scored.jsonl
 cuad_row per-task-lora "(d) shipped base + LoRA per task (6 examples each)"
 
 echo; echo "== (d) one LoRA over the 228 examples of all tasks ($MT_STEPS steps)"
-train $R/legal-lora.yaml --steps "$MT_STEPS" --out_dir $OUT/multitask-lora-base
+train $R/legal-lora.yaml --init_from $BASE --steps "$MT_STEPS" --out_dir $OUT/multitask-lora-base
 score_both "$(last_ckpt $OUT/multitask-lora-base)" $OUT/candidates.jsonl $OUT/multitask-lora-scored.jsonl 256
 cuad_row multitask-lora "(d) shipped base + one multi-task LoRA (228 examples)"
 
 echo; echo "== (a) from scratch on the 228 examples ($MT_STEPS steps, full training)"
-train $R/legal-lora.yaml --steps "$MT_STEPS" --init_skip '*' --lora.rank 0 --optim.lr 1e-3 --out_dir $OUT/scratch
+train $R/legal-lora.yaml --init_from $BASE --steps "$MT_STEPS" --init_skip '*' --lora.rank 0 --optim.lr 1e-3 --out_dir $OUT/scratch
 score_both "$(last_ckpt $OUT/scratch)" $OUT/candidates.jsonl $OUT/scratch-scored.jsonl 256
 cuad_row scratch "(a) from scratch (the base's shape), trained on the 228 examples"
 

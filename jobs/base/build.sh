@@ -6,7 +6,7 @@
 #   -> prepare -> pretrain on 2 ranks (jobs/recipes/base-sp4096.yaml)
 #   -> a weights-and-tokenizer copy.
 # About 20 minutes on 2 idle cores (runs under nice); needs python3 and
-# Debian's python3-sentencepiece. data/base/pretrain.log is the log of the
+# Debian's python3-sentencepiece. data/base/pretrain-sp4096.log is the log of the
 # run that made the committed file.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,5 +19,5 @@ $PY jobs/base/tokenizer.py runs/base/corpus.txt 4096 runs/base/tok4096
 cp runs/base/tok4096.bin runs/base/tok4096.model data/base/
 mpirun --bind-to none -np 2 "$BIN" prepare --input runs/base/corpus.jsonl --format text \
     --tokenizer llama2c:data/base/tok4096.bin --out runs/base/corpus.h5 --force
-nice mpirun --bind-to none -np 2 "$BIN" train jobs/recipes/base-sp4096.yaml 2>&1 | tee data/base/pretrain.log
+nice mpirun --bind-to none -np 2 "$BIN" train jobs/recipes/base-sp4096.yaml 2>&1 | tee data/base/pretrain-sp4096.log
 "$BIN" convert runs/base/ckpt/step_00000600.h5 --out data/base/shardtune-base-sp4096.h5

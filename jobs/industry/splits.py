@@ -28,6 +28,7 @@ BITEXT = os.path.join(DATA, "bitext-support", "Bitext_Sample_Customer_Support_Tr
 MEDQUAD = os.path.join(DATA, "medquad", "medquad-qa.jsonl.gz")
 CUAD = os.path.join(DATA, "legalbench-cuad")
 ANSWER_CHARS = 400   # MedQuAD answers are cut here (at a word boundary) for SFT and its references
+TEST_ANSWER_CHARS = 550   # Bitext test answers are cut here for the bits-per-character measure
 
 
 def split_of(key):
@@ -138,13 +139,17 @@ def medquad(out, n_gen):
 
 def bitext(out, n_gen):
     """sft-{train,test}.jsonl (prompt = the customer's message, response = the
-    answer), intent-{train,test}.jsonl (text/label), intents.json,
+    answer; test answers cut to TEST_ANSWER_CHARS), intent-{train,test}.jsonl (text/label), intents.json,
     domain.jsonl (train messages and answers), sft-gen.jsonl (n_gen test
     messages spread over the split, with their reference answers)."""
     rows = bitext_rows()
     write_json(os.path.join(out, "intents.json"), sorted({r["intent"] for side in rows.values() for r in side}))
     for side, recs in rows.items():
-        write_jsonl(os.path.join(out, f"sft-{side}.jsonl"), [{"prompt": r["instruction"], "response": r["response"]} for r in recs])
+        # test answers cut to TEST_ANSWER_CHARS, so that every tokenizer's sequence holds them whole for the
+        # bits-per-character measure; training and the generation references keep whole answers
+        cut = (lambda t: cut_words(t, TEST_ANSWER_CHARS)) if side == "test" else (lambda t: t)
+        write_jsonl(os.path.join(out, f"sft-{side}.jsonl"),
+                    [{"prompt": r["instruction"], "response": cut(r["response"])} for r in recs])
         write_jsonl(os.path.join(out, f"intent-{side}.jsonl"), [{"text": r["instruction"], "label": r["intent"]} for r in recs])
     write_jsonl(os.path.join(out, "domain.jsonl"), [{"text": r["instruction"] + "\n" + r["response"]} for r in rows["train"]])
     write_jsonl(os.path.join(out, "sft-gen.jsonl"),
