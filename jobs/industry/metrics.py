@@ -10,7 +10,10 @@
       " Yes" and " No" candidates of each test row: the answer with the higher
       log-probability is the prediction; balanced accuracy per task (the mean
       of the recall of Yes and the recall of No) and its mean over tasks.
-      Prints JSON {"mean": ..., "tasks": {...}}.
+      Also with contextual calibration (Zhao et al. 2021, "Calibrate before
+      use"): each answer's log-probability less its log-probability for the
+      task's content-free clause "N/A" (the rows with id "na").
+      Prints JSON {"mean", "rows", "tasks", "mean_calibrated", "tasks_calibrated"}.
   bpc EVAL.json TEXT.jsonl FIELD
       bits per character of the held-out answers: the loss of `shardtune eval`
       (nats per answer token, its end-of-text token included) times its token
@@ -77,20 +80,37 @@ def gen(refs_path, gen_path):
     print(json.dumps(result))
 
 
+def balanced_accuracy(preds):
+    """preds: [(label, predicted)] -> the mean recall over the labels present."""
+    recall = {}
+    for label, pred in preds:
+        ok, n = recall.get(label, (0, 0))
+        recall[label] = (ok + (pred == label), n + 1)
+    return sum(ok / n for ok, n in recall.values()) / len(recall)
+
+
 def cuad(scored_path):
-    rows = {}
+    rows, na = {}, {}
     for r in read_jsonl(scored_path):
-        rows.setdefault((r["task"], r["id"]), {"label": r["label"]})[r["answer"]] = r["logprob"]
-    per_task = {}
+        if r["id"] == "na":
+            na.setdefault(r["task"], {})[r["answer"]] = r["logprob"]
+        else:
+            rows.setdefault((r["task"], r["id"]), {"label": r["label"]})[r["answer"]] = r["logprob"]
+    raw, cal = {}, {}
     for (task, _), r in rows.items():
         if "Yes" not in r or "No" not in r:
             raise SystemExit(f"{scored_path}: a test row of {task} lacks its Yes or No candidate")
-        pred = "Yes" if r["Yes"] > r["No"] else "No"
-        c = per_task.setdefault(task, {"Yes": [0, 0], "No": [0, 0]})
-        c[r["label"]][0] += pred == r["label"]
-        c[r["label"]][1] += 1
-    bal = {t: sum(ok / n for ok, n in c.values() if n) / sum(1 for _, n in c.values() if n) for t, c in per_task.items()}
-    print(json.dumps({"mean": sum(bal.values()) / len(bal), "rows": len(rows), "tasks": dict(sorted(bal.items()))}))
+        raw.setdefault(task, []).append((r["label"], "Yes" if r["Yes"] > r["No"] else "No"))
+        if task in na:
+            shift = na[task]["Yes"] - na[task]["No"]
+            cal.setdefault(task, []).append((r["label"], "Yes" if r["Yes"] - r["No"] > shift else "No"))
+    result = {"rows": len(rows)}
+    for key, preds in (("", raw), ("_calibrated", cal)):
+        if preds:
+            bal = {t: balanced_accuracy(p) for t, p in sorted(preds.items())}
+            result["mean" + key] = sum(bal.values()) / len(bal)
+            result["tasks" + key] = bal
+    print(json.dumps(result))
 
 
 def bpc(eval_path, text_path, field):

@@ -177,8 +177,9 @@ def cuad_sample(rows, per_task):
 def cuad(out, per_task):
     """train.jsonl (all 228 rows: prompt/response " Yes"/" No", with "task"),
     domain.jsonl (the train clauses), candidates.jsonl (each sampled test row
-    twice, completion " Yes" and " No", with task, row id and label), and
-    per task tasks/TASK/{train,candidates}.jsonl."""
+    twice, completion " Yes" and " No", with task, row id and label; and per
+    task the content-free clause "N/A", id "na", for contextual calibration),
+    and per task tasks/TASK/{train,candidates}.jsonl."""
     tasks = cuad_tasks()
     train, cands = [], []
     for task, t in tasks.items():
@@ -187,7 +188,8 @@ def cuad(out, per_task):
         tr = [{"task": task, "prompt": cuad_prompt(text, t["question"]), "response": " " + label}
               for text, label in t["train"]]
         cs = []
-        for i, (text, label) in enumerate(cuad_sample(t["test"], per_task)):
+        rows = list(enumerate(cuad_sample(t["test"], per_task))) + [("na", ("N/A", ""))]
+        for i, (text, label) in rows:   # "na": the content-free clause of contextual calibration
             for answer in ("Yes", "No"):
                 cs.append({"task": task, "id": i, "label": label, "answer": answer,
                            "prompt": cuad_prompt(text, t["question"]), "completion": " " + answer})
@@ -201,7 +203,7 @@ def cuad(out, per_task):
     write_jsonl(os.path.join(out, "candidates.jsonl"), cands)
     write_jsonl(os.path.join(out, "domain.jsonl"),
                 [{"text": text} for text in sorted({text for t in tasks.values() for text, _ in t["train"]})])
-    print(f"  {len(tasks)} tasks, {len(cands) // 2} test rows scored "
+    print(f"  {len(tasks)} tasks, {len(cands) // 2 - len(tasks)} test rows scored "
           f"({'all' if per_task <= 0 else f'up to {per_task} per task'} of {sum(len(t['test']) for t in tasks.values())})")
 
 
