@@ -71,11 +71,11 @@ intent stories tok512 96 "(b) stories260K fine-tuned" --init_from $STORIES
 intent cpt-stories tok512 96 "(c) stories260K + Bitext continued pretraining" \
     --init_from "$(last_ckpt $OUT/cpt-stories)"
 echo; echo "== answers by SFT ($STEPS_SFT steps)"
-sft scratch sp4096 256 256 "(a) from scratch (the base's shape)" --init_from $BASE --init_skip '*'
-sft base sp4096 256 256 "(b) shipped base fine-tuned" --init_from $BASE
-sft cpt-base sp4096 256 256 "(c) shipped base + Bitext continued pretraining" \
+sft scratch sp4096 256 192 "(a) from scratch (the base's shape)" --init_from $BASE --init_skip '*'
+sft base sp4096 256 192 "(b) shipped base fine-tuned" --init_from $BASE
+sft cpt-base sp4096 256 192 "(c) shipped base + Bitext continued pretraining" \
     --init_from "$(last_ckpt $OUT/cpt-base)"
-sft stories tok512 512 512 "(b) stories260K fine-tuned" --init_from $STORIES
-sft cpt-stories tok512 512 512 "(c) stories260K + Bitext continued pretraining" \
+sft stories tok512 512 400 "(b) stories260K fine-tuned" --init_from $STORIES
+sft cpt-stories tok512 512 400 "(c) stories260K + Bitext continued pretraining" \
     --init_from "$(last_ckpt $OUT/cpt-stories)"
 show_table "Bitext intent classification and answers"
