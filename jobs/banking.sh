@@ -9,13 +9,13 @@
 #   (d) LoRA rank 8 on every projection + head, the base frozen
 #   and llama2.c's stories260K (general English) directly and after the same
 #   continued pretraining, and the previous byte-level base where present.
-# 2 ranks; STEPS (fine-tuning, default 300) and CPT_STEPS (default 150) scale it.
+# 2 ranks; STEPS (fine-tuning, default 150) and CPT_STEPS (default 60) scale it.
 # PREPARE_ONLY=1 prepares the datasets and stops (for sbatch jobs/finetune.sbatch
 # jobs/recipes/industry/banking-classify.yaml on a cluster).
 source "$(dirname "$0")/industry/lib.sh"
 OUT=runs/industry/banking
 R=jobs/recipes/industry
-STEPS=${STEPS:-300} CPT_STEPS=${CPT_STEPS:-150}
+STEPS=${STEPS:-150} CPT_STEPS=${CPT_STEPS:-60}
 OLD_BASE=data/base/shardtune-base-byte.h5
 rm -rf $OUT && mkdir -p $OUT
 TABLE=$OUT/table.tsv

@@ -41,7 +41,7 @@ for t in "sp4096 $BASE_TOK 256" "tok512 $STORIES_TOK 512"; do
   prep --input $OUT/domain.jsonl --format text --tokenizer $2 --out $OUT/domain-$1.h5
 done
 for task in $TASKS; do
-  "$BIN" prepare --input $OUT/tasks/$task/train.jsonl "${P[@]}" --tokenizer $BASE_TOK --max-len 256 \
+  "$BIN" prepare --force --input $OUT/tasks/$task/train.jsonl "${P[@]}" --tokenizer $BASE_TOK --max-len 256 \
       --out $OUT/tasks/$task/train-sp4096.h5 >/dev/null
 done
 [ "${PREPARE_ONLY:-0}" = 1 ] && exit 0

@@ -23,8 +23,8 @@ stories() {
   [ -f $STORIES ] || "$BIN" convert data/llama2c/stories260K.bin --tokenizer $STORIES_TOK --out $STORIES >/dev/null
 }
 
-# prepare on 2 ranks; prints its summary line.
-prep() { "${MPIRUN[@]}" "$BIN" prepare "$@" | sed -n 2p; }
+# prepare on 2 ranks (--force: the scripts re-create their datasets); prints its summary line.
+prep() { "${MPIRUN[@]}" "$BIN" prepare --force "$@" | sed -n 2p; }
 
 # train on 2 ranks; prints the closing validation line.
 train() { "${MPIRUN[@]}" "$BIN" train "$@" | grep -E '^validation:' || true; }
