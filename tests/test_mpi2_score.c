@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cmd/commands.h"
@@ -206,14 +207,18 @@ static void direct_nll(const char *ckpt, const char *data, int n_docs, double *n
 
 START_TEST(test_lm_logprob_equals_the_datasets)
 {
-    char data[300], run[300], ckpt[400], in[300], out[300], corpus[300];
-    snprintf(data, sizeof data, "%s/data.h5", DIR_);
-    snprintf(run, sizeof run, "%s/sft", DIR_);
+    /* its own folder: the other test's data.h5 is there, and prepare does not replace a file */
+    char dir[300], data[330], run[330], ckpt[400], in[330], out[330], corpus[330];
+    snprintf(dir, sizeof dir, "%s/lm", DIR_);
+    if (RANK == 0) ck_assert_int_eq(mkdir(dir, 0700), 0);
+    MPI_Barrier(MPI_COMM_WORLD);
+    snprintf(data, sizeof data, "%s/data.h5", dir);
+    snprintf(run, sizeof run, "%s/sft", dir);
     snprintf(ckpt, sizeof ckpt, "%s/ckpt/step_00000008.h5", run);
-    snprintf(in, sizeof in, "%s/cand.jsonl", DIR_);
-    snprintf(out, sizeof out, "%s/scored.jsonl", DIR_);
-    snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", DIR_);
-    ck_assert_int_eq(th_make_dataset_kind(MPI_COMM_WORLD, DIR_, "sft"), 0);
+    snprintf(in, sizeof in, "%s/cand.jsonl", dir);
+    snprintf(out, sizeof out, "%s/scored.jsonl", dir);
+    snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", dir);
+    ck_assert_int_eq(th_make_dataset_kind(MPI_COMM_WORLD, dir, "sft"), 0);
     const char *a[] = {"--method", "sft", "--data.train", data, "--out_dir", run, "--model.n_layer", "2",
                        "--model.d_model", "32", "--model.n_head", "4", "--model.n_kv_head", "2", "--model.d_ff", "64",
                        "--seq_len", "160", "--batch_size", "4", "--steps", "8", "--optim.lr", "3e-3",
