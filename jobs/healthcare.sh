@@ -10,12 +10,12 @@
 # each (a) from scratch, (b) from the shipped base, (c) from the base after
 # continued pretraining on the MedQuAD train text, (d) LoRA (qtype), and from
 # llama2.c's stories260K (general English) directly and after the same
-# continued pretraining. 2 ranks; STEPS_QTYPE (200), STEPS_QA (150),
-# CPT_STEPS (150), N_GEN (100) scale it. PREPARE_ONLY=1 prepares and stops.
+# continued pretraining. 2 ranks; STEPS_QTYPE (100), STEPS_QA (80),
+# CPT_STEPS (60), N_GEN (50) scale it. PREPARE_ONLY=1 prepares and stops.
 source "$(dirname "$0")/industry/lib.sh"
 OUT=runs/industry/healthcare
 R=jobs/recipes/industry
-STEPS_QTYPE=${STEPS_QTYPE:-200} STEPS_QA=${STEPS_QA:-150} CPT_STEPS=${CPT_STEPS:-150} N_GEN=${N_GEN:-100}
+STEPS_QTYPE=${STEPS_QTYPE:-100} STEPS_QA=${STEPS_QA:-80} CPT_STEPS=${CPT_STEPS:-60} N_GEN=${N_GEN:-50}
 rm -rf $OUT && mkdir -p $OUT
 TABLE=$OUT/table.tsv
 

@@ -16,17 +16,17 @@
 #                 clauses, then the multi-task LoRA
 #   and stories260K (general English) zero-shot and with the multi-task LoRA.
 # Test rows: test.tsv minus the rows whose clause is in any train.tsv, a
-# sample of CUAD_TEST_PER_TASK (40) rows per task, half Yes and half No where
+# sample of CUAD_TEST_PER_TASK (20) rows per task, half Yes and half No where
 # the task has enough (jobs/industry/splits.py; 0 = all 17,502 rows).
 # The TSVs are read with python3's csv module (tab delimiter, pandas-style
 # quoting) and converted to JSONL for prepare and score.
-# 2 cores; LORA_STEPS (30), MT_STEPS (120), CPT_STEPS (40) scale it; CUAD_TASKS
+# 2 cores; LORA_STEPS (20), MT_STEPS (80), CPT_STEPS (30) scale it; CUAD_TASKS
 # (default: all 38) limits the per-task LoRAs to some tasks, for a quick try.
 # PREPARE_ONLY=1 prepares and stops.
 source "$(dirname "$0")/industry/lib.sh"
 OUT=runs/industry/legal
 R=jobs/recipes/industry
-PER_TASK=${CUAD_TEST_PER_TASK:-40} LORA_STEPS=${LORA_STEPS:-30} MT_STEPS=${MT_STEPS:-120} CPT_STEPS=${CPT_STEPS:-40}
+PER_TASK=${CUAD_TEST_PER_TASK:-20} LORA_STEPS=${LORA_STEPS:-20} MT_STEPS=${MT_STEPS:-80} CPT_STEPS=${CPT_STEPS:-30}
 rm -rf $OUT && mkdir -p $OUT
 TABLE=$OUT/table.tsv
 TASKS=${CUAD_TASKS:-$(ls -d data/legalbench-cuad/cuad_* | xargs -n 1 basename)}   # CUAD_TASKS: a subset, for a quick try
