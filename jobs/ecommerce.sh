@@ -11,14 +11,14 @@
 # each (a) from scratch, (b) from the shipped base, (c) from the base after
 # continued pretraining on the Bitext train text, (d) LoRA (intent), and from
 # llama2.c's stories260K directly and after the same continued pretraining.
-# 2 ranks; STEPS_INTENT (100), STEPS_SFT (80), CPT_STEPS (60), N_GEN (50)
+# 2 ranks; STEPS_INTENT (100), STEPS_SFT (60), CPT_STEPS (60), N_GEN (40)
 # scale it. PREPARE_ONLY=1 prepares and stops. The RLHF recipes reuse this
 # split and the sft model runs/industry/ecommerce/sft-base (recipe
 # jobs/recipes/industry/ecommerce-sft.yaml).
 source "$(dirname "$0")/industry/lib.sh"
 OUT=runs/industry/ecommerce
 R=jobs/recipes/industry
-STEPS_INTENT=${STEPS_INTENT:-100} STEPS_SFT=${STEPS_SFT:-80} CPT_STEPS=${CPT_STEPS:-60} N_GEN=${N_GEN:-50}
+STEPS_INTENT=${STEPS_INTENT:-100} STEPS_SFT=${STEPS_SFT:-60} CPT_STEPS=${CPT_STEPS:-60} N_GEN=${N_GEN:-40}
 rm -rf $OUT && mkdir -p $OUT
 TABLE=$OUT/table.tsv
 
