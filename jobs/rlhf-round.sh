@@ -14,7 +14,7 @@
 #  4. a reward model learns them (method reward; `method: dpo` on the same
 #     pairs would skip the reward model and the RL below);
 #  5. GRPO from the policy against that reward model;
-#  6. greedy answers to the 452 held-out messages before and after: the new
+#  6. greedy answers to the 438 held-out messages before and after: the new
 #     reward model's mean score and the scripted rater's mean score (what the
 #     raters asked for).
 # 2 ranks. N_PROMPTS, SAMPLES, STEPS_SFT, STEPS_RM, STEPS_RL change the sizes.
@@ -82,7 +82,7 @@ for m in before after; do
 done
 mean() { python3 -c "import json,sys; r=[json.loads(l)['reward'] for l in open(sys.argv[1])]; print(f'{sum(r)/len(r):.3f}')" "$1"; }
 echo
-echo "== one round ($(( $(date +%s) - t0 )) s; rater: $RATER), 452 held-out messages"
+echo "== one round ($(( $(date +%s) - t0 )) s; rater: $RATER), 438 held-out messages"
 printf "  %-28s %12s %22s\n" "" "reward model" "scripted rater's score"
 printf "  %-28s %12s %22s\n" "before (the SFT policy)" "$(mean $OUT/before-scored.jsonl)" "$(python3 $RATE judge $OUT/before-answers.jsonl)"
 printf "  %-28s %12s %22s\n" "after GRPO ($STEPS_RL steps)" "$(mean $OUT/after-scored.jsonl)" "$(python3 $RATE judge $OUT/after-answers.jsonl)"

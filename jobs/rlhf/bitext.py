@@ -7,7 +7,10 @@ agent's reply. The recipes read rows of 128 tokens, so an answer here is
 the reply's first sentence that says something (30 bytes or more, so not
 "Certainly!"; at most 140, cut at a space): where the agent restates what it
 understood the customer wants ("I understand that you want to switch to a Pro
-account."). Every 10th record is held out.
+account."). The held-out records are the industry recipes' Bitext test side
+(jobs/industry/splits.py: a message's side is fixed by its SHA-256; 438 of
+4,514), the side the shipped base (pretrained on the train sides only) never
+saw.
 
   bitext.py split OUT              the files below, in OUT
   bitext.py answers GEN TEST OUT   generate's answers to TEST's prompts as
@@ -32,14 +35,15 @@ split writes:
                      model's (the reference line of the tables)
   intents.json       the 27 intent names (label order)
 """
-import csv
 import json
 import os
 import random
 import re
 import sys
 
-SRC = "data/bitext-support/Bitext_Sample_Customer_Support_Training_Dataset.csv"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "industry"))
+from splits import bitext_rows  # noqa: E402  (the industry recipes' split, one rule for all)
+
 MAX_ANSWER = 140
 
 
@@ -60,10 +64,9 @@ def rendered(instruction):
 
 
 def split(out):
-    rows = list(csv.DictReader(open(SRC, newline="", encoding="utf-8")))
-    intents = sorted({r["intent"] for r in rows})
-    train = [r for i, r in enumerate(rows) if i % 10]
-    test = [r for i, r in enumerate(rows) if i % 10 == 0]
+    sides = bitext_rows()
+    train, test = sides["train"], sides["test"]
+    intents = sorted({r["intent"] for r in train + test})
     by_intent = {}
     for r in train:
         by_intent.setdefault(r["intent"], []).append(answer_of(r["response"]))
