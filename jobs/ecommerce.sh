@@ -13,7 +13,7 @@
 # llama2.c's stories260K directly and after the same continued pretraining.
 # 2 ranks; STEPS_INTENT (100), STEPS_SFT (60), CPT_STEPS (60), N_GEN (40)
 # scale it. PREPARE_ONLY=1 prepares and stops. (The RLHF recipes,
-# jobs/rlhf-bitext.sh, split Bitext their own way: jobs/rlhf/bitext.py.)
+# jobs/rlhf-bitext.sh and rlhf-round.sh, hold out the same test side.)
 source "$(dirname "$0")/industry/lib.sh"
 OUT=runs/industry/ecommerce
 R=jobs/recipes/industry
